@@ -1,0 +1,1 @@
+"""governance layer (see ARCHITECTURE.md §2)."""

@@ -1,0 +1,350 @@
+"""CCF transaction entries: serialise a committed write set, parse and decrypt one back.
+
+Byte layout (ccf-ledger-format.md §2):
+    entry   = header(8) || body
+    header  = version:u8 (=1) || flags:u8 || size:u48 LE (= len(body))
+    body    = gcm_tag(16) || gcm_iv(12) || public_size:u64 || public_domain || private_ciphertext
+    iv      = seqno:u64 || view:u32 (top bit set only for snapshots)
+    public  = entry_type:u8 (4) || seqno:u64 || claims:32 || commit_evidence_digest:32
+              || max_conflict_version:u64 (0) || maps sorted by name
+    map     = lp(name) || read_version:u64 (0) || read_count:u64 (0) || write_count:u64
+              || (lp(key) || lp(value))* || remove_count:u64 || lp(key)*
+
+The private maps use the same map format, encrypted with AES-256-GCM under the ledger secret in force,
+AAD = the public domain bytes. Encryption happens even with no private writes so that the tag always
+authenticates the public domain. Parsing never raises anything but `EntryFormatError` (or its
+`DecryptionError`), carrying the offset and, once known, the seqno.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+
+from ledger.errors import DecryptionError, EntryFormatError, LedgerSecretError
+from ledger.kv import MapChanges, WriteSet, is_public
+from ledger.secrets import LedgerSecret, LedgerSecrets
+
+ENTRY_FORMAT_V1 = 1
+ENTRY_HEADER_SIZE = 8
+GCM_TAG_SIZE = 16
+GCM_IV_SIZE = 12
+BODY_PREFIX = GCM_TAG_SIZE + GCM_IV_SIZE + 8
+
+FLAG_FORCE_CHUNK_AFTER = 0x01
+FLAG_FORCE_CHUNK_BEFORE = 0x02
+
+TYPE_WRITE_SET = 0
+TYPE_SNAPSHOT = 1
+TYPE_WITH_CLAIMS = 2
+TYPE_WITH_COMMIT_EVIDENCE = 3
+TYPE_WITH_COMMIT_EVIDENCE_AND_CLAIMS = 4
+
+SNAPSHOT_IV_BIT = 0x80000000
+MAX_VIEW = 0x7FFFFFFF
+
+_U64 = struct.Struct("<Q")
+_IV = struct.Struct("<QI")
+_MAP_PREFIX = struct.Struct("<QQQ")
+_PUBLIC_HEAD = struct.Struct("<BQ")
+_ZERO8 = bytes(8)
+_pack_u64 = _U64.pack
+_unpack_u64 = _U64.unpack_from
+
+
+def entry_header(flags: int, body_size: int) -> bytes:
+    return _pack_u64(ENTRY_FORMAT_V1 | (flags << 8) | (body_size << 16))
+
+
+def gcm_iv(seqno: int, view: int, snapshot: bool = False) -> bytes:
+    if not 0 <= view <= MAX_VIEW:
+        raise ValueError(f"view {view} does not fit in 31 bits")
+    return _IV.pack(seqno, view | SNAPSHOT_IV_BIT if snapshot else view)
+
+
+def serialise_maps(maps: WriteSet, names: list[str]) -> bytes:
+    """The per-map write/remove format of the given maps, in the order given (callers sort)."""
+    parts: list[bytes] = []
+    append = parts.append
+    for name in names:
+        changes = maps[name]
+        bname = name.encode()
+        append(_pack_u64(len(bname)))
+        append(bname)
+        writes = [(k, v) for k, v in changes.items() if v is not None]
+        if len(writes) > 1:
+            writes.sort()
+        append(_MAP_PREFIX.pack(0, 0, len(writes)))
+        for k, v in writes:
+            append(_pack_u64(len(k)))
+            append(k)
+            append(_pack_u64(len(v)))
+            append(v)
+        removes = [k for k, v in changes.items() if v is None]
+        if len(removes) > 1:
+            removes.sort()
+        append(_pack_u64(len(removes)))
+        for k in removes:
+            append(_pack_u64(len(k)))
+            append(k)
+    return b"".join(parts)
+
+
+def split_domains(writes: WriteSet) -> tuple[list[str], list[str]]:
+    """Names of the changed public and private maps, each sorted (std::map order)."""
+    public: list[str] = []
+    private: list[str] = []
+    for name, changes in writes.items():
+        if changes:
+            (public if is_public(name) else private).append(name)
+    public.sort()
+    private.sort()
+    return public, private
+
+
+def serialise_entry(
+    seqno: int,
+    view: int,
+    writes: WriteSet,
+    claims_digest: bytes,
+    commit_evidence_digest: bytes,
+    secret: LedgerSecret,
+    flags: int = 0,
+) -> bytes:
+    """A whole CCF entry (type 4) for the transaction committed at `seqno` in `view`."""
+    public_names, private_names = split_domains(writes)
+    public = b"".join(
+        (
+            _PUBLIC_HEAD.pack(TYPE_WITH_COMMIT_EVIDENCE_AND_CLAIMS, seqno),
+            claims_digest,
+            commit_evidence_digest,
+            _ZERO8,
+            serialise_maps(writes, public_names) if public_names else b"",
+        )
+    )
+    private = serialise_maps(writes, private_names) if private_names else b""
+    iv = gcm_iv(seqno, view)
+    sealed = secret.aead.encrypt(iv, private, public)
+    body_size = BODY_PREFIX + len(public) + len(private)
+    return b"".join(
+        (entry_header(flags, body_size), sealed[-GCM_TAG_SIZE:], iv, _pack_u64(len(public)), public,
+         sealed[:-GCM_TAG_SIZE])
+    )
+
+
+# --- parsing -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EntryFrame:
+    """The framing of one entry: where its parts lie in `buf`, without parsing maps or decrypting."""
+
+    buf: bytes
+    start: int  # offset of the 8-byte header in buf
+    end: int  # offset just past the entry
+    flags: int
+    seqno: int  # from the IV
+    view: int
+    is_snapshot: bool
+    public_start: int
+    public_end: int
+
+    @property
+    def raw(self) -> bytes:
+        return self.buf[self.start : self.end]
+
+    @property
+    def tag(self) -> bytes:
+        return self.buf[self.start + 8 : self.start + 24]
+
+    @property
+    def iv(self) -> bytes:
+        return self.buf[self.start + 24 : self.start + 36]
+
+    @property
+    def public_domain(self) -> bytes:
+        return self.buf[self.public_start : self.public_end]
+
+    @property
+    def private_ciphertext(self) -> bytes:
+        return self.buf[self.public_end : self.end]
+
+    def write_set_digest(self) -> bytes:
+        return hashlib.sha256(memoryview(self.buf)[self.start : self.end]).digest()
+
+
+def read_entry_size(buf: bytes, offset: int, *, file: str | None = None, limit: int | None = None) -> int:
+    """Total size (header included) of the entry at `offset`; raises if the header is bad or torn.
+
+    The entry must end at or before `limit` (default: the end of `buf`).
+    """
+    end_of_data = len(buf) if limit is None else limit
+    if offset + ENTRY_HEADER_SIZE > end_of_data:
+        raise EntryFormatError("truncated entry header", file=file, offset=offset)
+    (word,) = _unpack_u64(buf, offset)
+    version = word & 0xFF
+    if version != ENTRY_FORMAT_V1:
+        raise EntryFormatError(f"unknown entry format version {version}", file=file, offset=offset)
+    size = word >> 16
+    if size < BODY_PREFIX:
+        raise EntryFormatError(f"entry body of {size} bytes is too small", file=file, offset=offset)
+    if offset + ENTRY_HEADER_SIZE + size > end_of_data:
+        raise EntryFormatError(
+            f"entry of {size} bytes runs past the end of the data ({end_of_data - offset - 8} left)",
+            file=file,
+            offset=offset,
+        )
+    return ENTRY_HEADER_SIZE + size
+
+
+def frame_entry(buf: bytes, offset: int = 0, *, file: str | None = None) -> EntryFrame:
+    total = read_entry_size(buf, offset, file=file)
+    end = offset + total
+    flags = buf[offset + 1]
+    seqno, view_word = _IV.unpack_from(buf, offset + 24)
+    (public_size,) = _unpack_u64(buf, offset + 36)
+    public_start = offset + ENTRY_HEADER_SIZE + BODY_PREFIX
+    public_end = public_start + public_size
+    if public_end > end:
+        raise EntryFormatError(
+            f"public domain of {public_size} bytes overruns the entry", file=file, offset=offset, seqno=seqno
+        )
+    return EntryFrame(
+        buf, offset, end, flags, seqno, view_word & MAX_VIEW, bool(view_word & SNAPSHOT_IV_BIT),
+        public_start, public_end,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PublicHeader:
+    entry_type: int
+    seqno: int
+    claims_digest: bytes | None
+    commit_evidence_digest: bytes | None
+    maps_offset: int  # absolute offset in the buffer where the maps start
+
+
+def parse_public_header(frame: EntryFrame, *, file: str | None = None) -> PublicHeader:
+    buf, pos, end = frame.buf, frame.public_start, frame.public_end
+    if pos + 9 > end:
+        raise EntryFormatError("public domain too short", file=file, offset=frame.start, seqno=frame.seqno)
+    entry_type, seqno = _PUBLIC_HEAD.unpack_from(buf, pos)
+    pos += 9
+    claims = ce = None
+    if entry_type in (TYPE_WITH_CLAIMS, TYPE_WITH_COMMIT_EVIDENCE_AND_CLAIMS):
+        claims = bytes(buf[pos : pos + 32])
+        pos += 32
+    if entry_type in (TYPE_WITH_COMMIT_EVIDENCE, TYPE_WITH_COMMIT_EVIDENCE_AND_CLAIMS):
+        ce = bytes(buf[pos : pos + 32])
+        pos += 32
+    if entry_type > TYPE_WITH_COMMIT_EVIDENCE_AND_CLAIMS:
+        raise EntryFormatError(f"unknown entry type {entry_type}", file=file, offset=frame.start, seqno=seqno)
+    pos += 8  # max_conflict_version
+    if pos > end:
+        raise EntryFormatError("public domain too short", file=file, offset=frame.start, seqno=frame.seqno)
+    if seqno != frame.seqno and not frame.is_snapshot:
+        raise EntryFormatError(
+            f"public domain names seqno {seqno} but the IV names {frame.seqno}",
+            file=file, offset=frame.start, seqno=frame.seqno,
+        )
+    return PublicHeader(entry_type, seqno, claims, ce, pos)
+
+
+def parse_maps(buf: bytes, pos: int, end: int, *, seqno: int | None = None, file: str | None = None,
+               offset: int | None = None) -> WriteSet:
+    """Parse back the output of `serialise_maps` lying in buf[pos:end]."""
+    maps: WriteSet = {}
+    try:
+        while pos < end:
+            (n,) = _unpack_u64(buf, pos)
+            pos += 8
+            name = bytes(buf[pos : pos + n]).decode()
+            pos += n
+            _read_version, read_count, write_count = _MAP_PREFIX.unpack_from(buf, pos)
+            pos += 24
+            if read_count != 0:
+                raise EntryFormatError(f"map {name!r} has {read_count} reads (expected 0)",
+                                       file=file, offset=offset, seqno=seqno)
+            if write_count > (end - pos) // 16:
+                raise EntryFormatError(f"map {name!r} claims {write_count} writes", file=file, offset=offset,
+                                       seqno=seqno)
+            changes: MapChanges = {}
+            for _ in range(write_count):
+                (n,) = _unpack_u64(buf, pos)
+                k = bytes(buf[pos + 8 : pos + 8 + n])
+                pos += 8 + n
+                (n,) = _unpack_u64(buf, pos)
+                v = bytes(buf[pos + 8 : pos + 8 + n])
+                pos += 8 + n
+                changes[k] = v
+            (remove_count,) = _unpack_u64(buf, pos)
+            pos += 8
+            if remove_count > (end - pos) // 8 + 1:
+                raise EntryFormatError(f"map {name!r} claims {remove_count} removals", file=file,
+                                       offset=offset, seqno=seqno)
+            for _ in range(remove_count):
+                (n,) = _unpack_u64(buf, pos)
+                changes[bytes(buf[pos + 8 : pos + 8 + n])] = None
+                pos += 8 + n
+            if pos > end:
+                raise EntryFormatError(f"map {name!r} overruns its domain", file=file, offset=offset, seqno=seqno)
+            maps[name] = changes
+    except (struct.error, UnicodeDecodeError) as e:
+        raise EntryFormatError(f"malformed map data: {e}", file=file, offset=offset, seqno=seqno) from e
+    return maps
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedEntry:
+    """An entry parsed and decrypted back into a write set."""
+
+    seqno: int
+    view: int
+    flags: int
+    entry_type: int
+    claims_digest: bytes | None
+    commit_evidence_digest: bytes | None
+    writes: WriteSet
+    write_set_digest: bytes
+
+
+def decrypt_private(frame: EntryFrame, secret: LedgerSecret, *, file: str | None = None) -> bytes:
+    try:
+        return secret.aead.decrypt(frame.iv, frame.private_ciphertext + frame.tag, frame.public_domain)
+    except InvalidTag:
+        raise DecryptionError(
+            "GCM tag does not verify (wrong ledger secret or tampered entry)",
+            file=file, offset=frame.start, seqno=frame.seqno,
+        ) from None
+
+
+def decode_entry(
+    buf: bytes, secrets: LedgerSecrets | None, offset: int = 0, *, file: str | None = None
+) -> DecodedEntry:
+    """Parse the entry at `offset`; with `secrets`, verify its tag and decrypt its private maps."""
+    frame = frame_entry(buf, offset, file=file)
+    header = parse_public_header(frame, file=file)
+    writes = parse_maps(buf, header.maps_offset, frame.public_end, seqno=frame.seqno, file=file,
+                        offset=frame.start)
+    if secrets is not None:
+        try:
+            secret = secrets.for_seqno(frame.seqno)
+        except LedgerSecretError as e:
+            raise DecryptionError(str(e), file=file, offset=frame.start, seqno=frame.seqno) from e
+        plain = decrypt_private(frame, secret, file=file)
+        if plain:
+            writes.update(parse_maps(plain, 0, len(plain), seqno=frame.seqno, file=file, offset=frame.start))
+    return DecodedEntry(
+        frame.seqno, frame.view, frame.flags, header.entry_type, header.claims_digest,
+        header.commit_evidence_digest, writes, frame.write_set_digest(),
+    )
+
+
+def merkle_leaf(write_set_digest: bytes, commit_evidence_digest: bytes | None, claims: bytes | None) -> bytes:
+    """The transaction digest CCF puts in the Merkle tree for each entry type (§3)."""
+    if commit_evidence_digest is None and claims is None:
+        return write_set_digest
+    return hashlib.sha256(write_set_digest + (commit_evidence_digest or b"") + (claims or b"")).digest()

@@ -1,0 +1,439 @@
+"""Ledger chunk files: the host side of the ledger. Moves bytes only; never sees a key.
+
+File format (ccf-ledger-format.md §1): `u64 positions_offset` (0 while the chunk is open), the entries
+back to back, then (complete chunks only) one u32 absolute offset per entry. Names:
+`ledger_<start>` (open), `ledger_<start>-<end>` (complete), `ledger_<start>-<end>.committed`.
+
+Guarantees:
+- `append` writes entry seqno = last + 1 to the open chunk; an entry flagged FORCE_CHUNK_AFTER (a
+  signature past the chunk size, decided by the enclave) completes the chunk right after it, one
+  flagged FORCE_CHUNK_BEFORE completes the chunk before it.
+- Durability by `FsyncPolicy`: BATCH (default) fsyncs on `flush()` (the owner calls it once per batch,
+  before reporting entries as held) and whenever a chunk is completed; ALWAYS fsyncs every append.
+- `commit(seqno)` renames complete chunks ending at or before seqno to `.committed`;
+  `truncate(seqno)` drops uncommitted entries after seqno (reopening a complete chunk if needed).
+- `LedgerFiles.open` recovers the last valid prefix: a torn or damaged tail of an uncommitted chunk is
+  cut with a warning; a structurally damaged committed chunk raises `CorruptedCommittedChunk` naming the
+  file and seqno. Content damage (a flipped value byte) is for the enclave to find (GCM tag, Merkle).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from loguru import logger
+
+from ledger.entry import (
+    ENTRY_HEADER_SIZE,
+    FLAG_FORCE_CHUNK_AFTER,
+    FLAG_FORCE_CHUNK_BEFORE,
+    read_entry_size,
+)
+from ledger.errors import CorruptedCommittedChunk, EntryFormatError, LedgerFileError
+
+FILE_HEADER_SIZE = 8
+COMMITTED_SUFFIX = ".committed"
+_NAME = re.compile(r"^ledger_(\d+)(?:-(\d+))?(\.committed)?$")
+_U64 = struct.Struct("<Q")
+_IV_SEQNO = struct.Struct("<Q")
+
+
+class FsyncPolicy(enum.Enum):
+    ALWAYS = "always"
+    BATCH = "batch"
+    NEVER = "never"
+
+
+@dataclass
+class _Chunk:
+    start: int
+    end: int | None  # None while open
+    path: str
+    committed: bool = False
+    positions: list[int] | None = field(default=None, repr=False)  # loaded lazily for complete chunks
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+
+def chunk_name(start: int, end: int | None, committed: bool) -> str:
+    if end is None:
+        return f"ledger_{start}"
+    return f"ledger_{start}-{end}" + (COMMITTED_SUFFIX if committed else "")
+
+
+def parse_chunk_name(name: str) -> tuple[int, int | None, bool] | None:
+    m = _NAME.match(name)
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2)) if m.group(2) else None, bool(m.group(3))
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    last_seqno: int
+    committed_seqno: int
+    cut_bytes: int
+    warnings: tuple[str, ...]
+
+
+def scan_entries(data: bytes, start: int, end: int, first_seqno: int, *, file: str) -> tuple[list[int], str | None]:
+    """Walk entries in data[start:end]; return their offsets and why the walk stopped early, if it did."""
+    positions: list[int] = []
+    pos = start
+    expected = first_seqno
+    while pos < end:
+        try:
+            size = read_entry_size(data, pos, file=file, limit=end)
+        except EntryFormatError as e:
+            return positions, e.reason + f" at offset {pos}, seqno {expected}"
+        (iv_seqno,) = _IV_SEQNO.unpack_from(data, pos + ENTRY_HEADER_SIZE + 16)
+        if iv_seqno != expected:
+            return positions, f"entry at offset {pos} has seqno {iv_seqno}, expected {expected}"
+        positions.append(pos)
+        pos += size
+        expected += 1
+    return positions, None
+
+
+def read_positions(data: bytes, name: str, start: int, end: int | None) -> tuple[list[int], int]:
+    """Positions of a complete chunk from its table, checked against the entries' size fields.
+
+    Returns (positions, offset of the table). Raises `LedgerFileError` with the first bad seqno.
+    """
+    table = _U64.unpack_from(data, 0)[0] if len(data) >= 8 else 0
+    if table < FILE_HEADER_SIZE or table > len(data) or (len(data) - table) % 4:
+        raise LedgerFileError(f"bad positions table offset {table} in a file of {len(data)} bytes",
+                              file=name, seqno=start)
+    count = (len(data) - table) // 4
+    positions = list(struct.unpack_from(f"<{count}I", data, table))
+    if end is not None and count != end - start + 1:
+        raise LedgerFileError(f"positions table holds {count} entries, the name says {end - start + 1}",
+                              file=name, seqno=start)
+    scanned, problem = scan_entries(data, FILE_HEADER_SIZE, table, start, file=name)
+    if problem is not None or scanned != positions:
+        bad = start + next((i for i, (a, b) in enumerate(zip(scanned, positions, strict=False)) if a != b),
+                           len(scanned))
+        raise LedgerFileError(problem or "positions table does not match the entries", file=name, seqno=bad)
+    return positions, table
+
+
+class LedgerFiles:
+    """The ledger directory of one node: append, flush, commit, truncate and read entries by seqno."""
+
+    def __init__(self, directory: str, *, chunks: list[_Chunk], committed_seqno: int,
+                 fsync: FsyncPolicy = FsyncPolicy.BATCH) -> None:
+        self.directory = directory
+        self.fsync = fsync
+        self._chunks = chunks
+        self._committed = committed_seqno
+        self._file: BinaryIO | None = None
+        self._open_positions: list[int] = []
+        self._open_size = 0
+        self._dirty = False
+        if chunks and chunks[-1].end is None:
+            last = chunks[-1]
+            self._file = open(last.path, "r+b")  # noqa: SIM115 - kept open across appends
+            self._file.seek(0, os.SEEK_END)
+            self._open_size = self._file.tell()
+            self._open_positions = list(last.positions or [])
+            last.positions = self._open_positions
+        self._last = self._compute_last()
+
+    # --- opening and recovery ----------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, directory: str, *, fsync: FsyncPolicy = FsyncPolicy.BATCH) -> tuple[LedgerFiles, RecoveryReport]:
+        os.makedirs(directory, exist_ok=True)
+        found: list[_Chunk] = []
+        for name in os.listdir(directory):
+            parsed = parse_chunk_name(name)
+            if parsed is None:
+                continue
+            start, end, committed = parsed
+            found.append(_Chunk(start, end, os.path.join(directory, name), committed))
+        found.sort(key=lambda c: c.start)
+        warnings: list[str] = []
+        cut = 0
+        chunks: list[_Chunk] = []
+        committed_seqno = 0
+        expected_start = found[0].start if found else 1
+        for i, chunk in enumerate(found):
+            if chunk.start != expected_start:
+                raise LedgerFileError(f"chunk starts at {chunk.start}, expected {expected_start} (gap or overlap)",
+                                      file=chunk.name, seqno=expected_start)
+            with open(chunk.path, "rb") as f:
+                data = f.read()
+            if chunk.end is not None:
+                try:
+                    chunk.positions, _ = read_positions(data, chunk.name, chunk.start, chunk.end)
+                except LedgerFileError as e:
+                    if chunk.committed:
+                        raise CorruptedCommittedChunk(f"committed chunk is damaged: {e}", file=chunk.name,
+                                                      seqno=e.seqno) from e
+                    raise
+                if chunk.committed:
+                    committed_seqno = chunk.end
+                chunks.append(chunk)
+                expected_start = chunk.end + 1
+                continue
+            # An open chunk: only the last one, and its tail may be torn.
+            if i != len(found) - 1:
+                raise LedgerFileError("an open chunk is followed by other chunks", file=chunk.name)
+            header = _U64.unpack_from(data, 0)[0] if len(data) >= 8 else 0
+            if header:
+                # Crashed between completing the chunk and renaming it: finish the rename.
+                positions, _ = read_positions(data, chunk.name, chunk.start, None)
+                chunk.end = chunk.start + len(positions) - 1
+                chunk.positions = positions
+                new_path = os.path.join(directory, chunk_name(chunk.start, chunk.end, False))
+                os.replace(chunk.path, new_path)
+                chunk.path = new_path
+                chunks.append(chunk)
+                continue
+            positions, problem = scan_entries(data, FILE_HEADER_SIZE, len(data), chunk.start, file=chunk.name)
+            good_end = positions[-1] + read_entry_size(data, positions[-1]) if positions else FILE_HEADER_SIZE
+            if problem is not None or len(data) < FILE_HEADER_SIZE:
+                cut += len(data) - good_end
+                msg = f"{chunk.name}: cut {len(data) - good_end} bytes of torn or damaged tail ({problem})"
+                logger.warning(msg)
+                warnings.append(msg)
+                with open(chunk.path, "r+b") as f:
+                    if len(data) < FILE_HEADER_SIZE:
+                        f.write(bytes(FILE_HEADER_SIZE))
+                    f.truncate(good_end)
+                    f.flush()
+                    os.fsync(f.fileno())
+            if not positions:
+                os.remove(chunk.path)
+                continue
+            chunk.positions = positions
+            chunks.append(chunk)
+        files = cls(directory, chunks=chunks, committed_seqno=committed_seqno, fsync=fsync)
+        return files, RecoveryReport(files.last_seqno, committed_seqno, cut, tuple(warnings))
+
+    # --- state -------------------------------------------------------------------------------------
+
+    def _compute_last(self) -> int:
+        if not self._chunks:
+            return 0
+        last = self._chunks[-1]
+        if last.end is not None:
+            return last.end
+        return last.start + len(self._open_positions) - 1
+
+    @property
+    def last_seqno(self) -> int:
+        return self._last
+
+    @property
+    def committed_seqno(self) -> int:
+        return self._committed
+
+    @property
+    def first_seqno(self) -> int:
+        return self._chunks[0].start if self._chunks else 0
+
+    def chunk_names(self) -> list[str]:
+        return [c.name for c in self._chunks]
+
+    # --- writing -----------------------------------------------------------------------------------
+
+    def _open_new_chunk(self, start: int) -> None:
+        path = os.path.join(self.directory, chunk_name(start, None, False))
+        self._file = open(path, "w+b")  # noqa: SIM115 - kept open across appends
+        self._file.write(bytes(FILE_HEADER_SIZE))
+        self._open_size = FILE_HEADER_SIZE
+        self._open_positions = []
+        self._chunks.append(_Chunk(start, None, path, positions=self._open_positions))
+
+    def append(self, entry: bytes) -> int:
+        """Append the next entry; return its seqno."""
+        seqno = self._last + 1
+        flags = entry[1] if len(entry) > 1 else 0
+        if flags & FLAG_FORCE_CHUNK_BEFORE and self._file is not None and self._open_positions:
+            self._complete_open_chunk()
+        if self._file is None:
+            self._open_new_chunk(seqno)
+        f = self._file
+        assert f is not None
+        self._open_positions.append(self._open_size)
+        f.write(entry)
+        self._open_size += len(entry)
+        self._last = seqno
+        self._dirty = True
+        if self.fsync is FsyncPolicy.ALWAYS:
+            self.flush()
+        if flags & FLAG_FORCE_CHUNK_AFTER:
+            self._complete_open_chunk()
+        return seqno
+
+    def flush(self) -> None:
+        """Make appended entries durable (per the fsync policy)."""
+        if self._file is not None and self._dirty:
+            self._file.flush()
+            if self.fsync is not FsyncPolicy.NEVER:
+                os.fsync(self._file.fileno())
+            self._dirty = False
+
+    def _fsync_dir(self) -> None:
+        if self.fsync is FsyncPolicy.NEVER:
+            return
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _complete_open_chunk(self) -> None:
+        f = self._file
+        assert f is not None
+        chunk = self._chunks[-1]
+        table = self._open_size
+        f.write(struct.pack(f"<{len(self._open_positions)}I", *self._open_positions))
+        f.seek(0)
+        f.write(_U64.pack(table))
+        f.flush()
+        if self.fsync is not FsyncPolicy.NEVER:
+            os.fsync(f.fileno())
+        f.close()
+        self._file = None
+        self._dirty = False
+        chunk.end = chunk.start + len(self._open_positions) - 1
+        chunk.positions = list(self._open_positions)
+        chunk.committed = chunk.end <= self._committed
+        new_path = os.path.join(self.directory, chunk_name(chunk.start, chunk.end, chunk.committed))
+        os.replace(chunk.path, new_path)
+        chunk.path = new_path
+        self._fsync_dir()
+
+    def commit(self, seqno: int) -> None:
+        """Record that everything up to `seqno` is committed; rename the chunks that became so."""
+        if seqno > self._last:
+            raise LedgerFileError(f"cannot commit {seqno}: the ledger ends at {self._last}")
+        if seqno <= self._committed:
+            return
+        self._committed = seqno
+        renamed = False
+        for chunk in self._chunks:
+            if chunk.end is not None and not chunk.committed and chunk.end <= seqno:
+                new_path = os.path.join(self.directory, chunk_name(chunk.start, chunk.end, True))
+                os.replace(chunk.path, new_path)
+                chunk.path = new_path
+                chunk.committed = True
+                renamed = True
+        if renamed:
+            self._fsync_dir()
+
+    def truncate(self, seqno: int) -> None:
+        """Drop every entry after `seqno` (which must not be below the commit point)."""
+        if seqno < self._committed:
+            raise LedgerFileError(f"cannot truncate to {seqno}: committed up to {self._committed}")
+        if seqno >= self._last:
+            return
+        self.flush()
+        while self._chunks and self._chunks[-1].start > seqno:
+            chunk = self._chunks.pop()
+            if chunk.end is None and self._file is not None:
+                self._file.close()
+                self._file = None
+            os.remove(chunk.path)
+        if self._chunks:
+            chunk = self._chunks[-1]
+            if chunk.end is None:
+                keep = seqno - chunk.start + 1
+                assert self._file is not None
+                self._open_size = self._open_positions[keep]
+                del self._open_positions[keep:]
+                self._file.truncate(self._open_size)
+                self._file.seek(self._open_size)
+            elif chunk.end > seqno:
+                self._reopen(chunk, seqno)
+        self._last = seqno
+        self.flush()
+        self._fsync_dir()
+
+    def _reopen(self, chunk: _Chunk, seqno: int) -> None:
+        positions = self._positions(chunk)
+        keep = seqno - chunk.start + 1
+        new_path = os.path.join(self.directory, chunk_name(chunk.start, None, False))
+        os.replace(chunk.path, new_path)
+        f = open(new_path, "r+b")  # noqa: SIM115 - kept open across appends
+        f.write(bytes(FILE_HEADER_SIZE))
+        f.truncate(positions[keep])
+        f.seek(positions[keep])
+        chunk.path, chunk.end, chunk.committed = new_path, None, False
+        self._file = f
+        self._open_positions = positions[:keep]
+        chunk.positions = self._open_positions
+        self._open_size = positions[keep]
+
+    # --- reading -----------------------------------------------------------------------------------
+
+    def _positions(self, chunk: _Chunk) -> list[int]:
+        if chunk.positions is None:
+            with open(chunk.path, "rb") as f:
+                data = f.read()
+            chunk.positions, _ = read_positions(data, chunk.name, chunk.start, chunk.end)
+        return chunk.positions
+
+    def _chunk_for(self, seqno: int) -> _Chunk:
+        for chunk in reversed(self._chunks):
+            if chunk.start <= seqno:
+                if seqno <= self._last and (chunk.end is None or seqno <= chunk.end):
+                    return chunk
+                break
+        raise LedgerFileError(f"no entry {seqno} (ledger holds {self.first_seqno}..{self._last})", seqno=seqno)
+
+    def read(self, seqno: int) -> bytes:
+        return self.read_range(seqno, seqno)[0]
+
+    def read_range(self, start: int, end: int) -> list[bytes]:
+        """Entries start..end inclusive, as stored."""
+        if start > end:
+            return []
+        if self._file is not None and self._dirty:
+            self._file.flush()
+        out: list[bytes] = []
+        seqno = start
+        while seqno <= end:
+            chunk = self._chunk_for(seqno)
+            positions = self._positions(chunk)
+            last_in_chunk = chunk.start + len(positions) - 1 if chunk.end is None else chunk.end
+            stop = min(end, last_in_chunk)
+            with open(chunk.path, "rb") as f:
+                first = positions[seqno - chunk.start]
+                f.seek(first)
+                if stop == last_in_chunk:
+                    data = f.read((self._open_size if chunk.end is None else _table_offset(f)) - first)
+                else:
+                    data = f.read(positions[stop - chunk.start + 1] - first)
+            for s in range(seqno, stop + 1):
+                a = positions[s - chunk.start] - first
+                b = (positions[s - chunk.start + 1] - first) if s < stop else len(data)
+                out.append(data[a:b])
+            seqno = stop + 1
+        return out
+
+    def chunk_file_of(self, seqno: int) -> str:
+        return self._chunk_for(seqno).path
+
+    def close(self) -> None:
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _table_offset(f: BinaryIO) -> int:
+    here = f.tell()
+    f.seek(0)
+    (table,) = _U64.unpack(f.read(8))
+    f.seek(here)
+    return int(table)

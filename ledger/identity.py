@@ -1,0 +1,222 @@
+"""Identities: EC keys and X.509 certificates of the service, nodes, members and users.
+
+Guarantees (ARCHITECTURE.md §6, ccf-ledger-format.md §5-7):
+- The service identity is a self-signed CA certificate (BasicConstraints CA, keyCertSign, SKI) on a
+  P-384 key by default; node certificates it endorses have CA false, a SAN and the service's AKI, and
+  pass `ccf.receipt.check_endorsements` and `check_cert_chain`.
+- Node id = hex SHA-256 of the node's public key (SubjectPublicKeyInfo DER); member and user ids =
+  hex SHA-256 of their DER certificate; a COSE kid = hex SHA-256 of the signer's SPKI, as ASCII bytes.
+
+Time comes in as a parameter (`now`) so that callers with a deterministic clock stay deterministic.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+DEFAULT_CURVE: ec.EllipticCurve = ec.SECP384R1()
+CertificateKey = ec.EllipticCurvePrivateKey
+
+
+def _now(now: dt.datetime | None) -> dt.datetime:
+    return now if now is not None else dt.datetime.now(dt.UTC)
+
+
+def generate_key(curve: ec.EllipticCurve | None = None) -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(curve or DEFAULT_CURVE)
+
+
+def hash_for_key(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> hashes.HashAlgorithm:
+    size = key.curve.key_size
+    if size >= 521:
+        return hashes.SHA512()
+    if size >= 384:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def spki_der(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def key_id(key: ec.EllipticCurvePublicKey) -> str:
+    """hex(SHA-256(SPKI DER)): a node id, and the COSE `kid` of a service signature (as ASCII)."""
+    return hashlib.sha256(spki_der(key)).hexdigest()
+
+
+def cert_id(cert: x509.Certificate) -> str:
+    """Member or user id: hex(SHA-256(DER certificate))."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def cert_pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def load_cert(pem: str | bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem.encode() if isinstance(pem, str) else pem)
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def load_key(pem: str | bytes) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(pem.encode() if isinstance(pem, str) else pem, None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError("only EC private keys are supported")
+    return key
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _serial(key: ec.EllipticCurvePublicKey) -> int:
+    # Deterministic per key (no randomness needed for uniqueness within one service).
+    return int.from_bytes(hashlib.sha256(spki_der(key)).digest()[:16], "big") >> 1
+
+
+def self_signed_cert(
+    key: ec.EllipticCurvePrivateKey, cn: str, *, ca: bool, now: dt.datetime | None = None, days: int = 365
+) -> x509.Certificate:
+    start = _now(now) - dt.timedelta(minutes=1)
+    pub = key.public_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(pub)
+        .serial_number(_serial(pub))
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+    return builder.sign(key, hash_for_key(key))
+
+
+def endorse(
+    issuer_key: ec.EllipticCurvePrivateKey,
+    issuer_cert: x509.Certificate,
+    subject_key: ec.EllipticCurvePublicKey,
+    cn: str,
+    *,
+    san_hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+    now: dt.datetime | None = None,
+    days: int = 365,
+) -> x509.Certificate:
+    """A certificate for `subject_key` issued by the service identity (CA false, SAN, AKI)."""
+    start = _now(now) - dt.timedelta(minutes=1)
+    sans: list[x509.GeneralName] = []
+    for host in san_hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(issuer_cert.subject)
+        .public_key(subject_key)
+        .serial_number(_serial(subject_key))
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    )
+    return builder.sign(issuer_key, hash_for_key(issuer_key))
+
+
+@dataclass(frozen=True)
+class ServiceIdentity:
+    """The service key pair and its self-signed CA certificate (the clients' trust anchor)."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @classmethod
+    def create(cls, *, curve: ec.EllipticCurve | None = None, now: dt.datetime | None = None,
+               days: int = 365) -> ServiceIdentity:
+        key = generate_key(curve)
+        return cls(key, self_signed_cert(key, "CCF Service", ca=True, now=now, days=days))
+
+    @property
+    def pem(self) -> str:
+        return cert_pem(self.cert)
+
+    @property
+    def kid(self) -> str:
+        return key_id(self.key.public_key())
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """A node's key pair, its self-signed certificate, and the certificate the service endorsed."""
+
+    key: ec.EllipticCurvePrivateKey
+    self_signed: x509.Certificate
+    endorsed: x509.Certificate | None = None
+
+    @classmethod
+    def create(cls, *, curve: ec.EllipticCurve | None = None, now: dt.datetime | None = None) -> NodeIdentity:
+        key = generate_key(curve)
+        return cls(key, self_signed_cert(key, "CCF Node", ca=False, now=now))
+
+    def endorsed_by(self, service: ServiceIdentity, *, now: dt.datetime | None = None,
+                    san_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> NodeIdentity:
+        cert = endorse(service.key, service.cert, self.key.public_key(), "CCF Node", now=now, san_hosts=san_hosts)
+        return NodeIdentity(self.key, self.self_signed, cert)
+
+    @property
+    def node_id(self) -> str:
+        return key_id(self.key.public_key())
+
+    @property
+    def cert(self) -> x509.Certificate:
+        """The certificate others should see: the endorsed one once there is one."""
+        return self.endorsed or self.self_signed
+
+
+@dataclass(frozen=True)
+class PartyIdentity:
+    """A member's or user's key and self-signed certificate; their id is the certificate's digest."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @classmethod
+    def create(cls, name: str, *, curve: ec.EllipticCurve | None = None,
+               now: dt.datetime | None = None) -> PartyIdentity:
+        key = generate_key(curve)
+        return cls(key, self_signed_cert(key, name, ca=False, now=now))
+
+    @property
+    def id(self) -> str:
+        return cert_id(self.cert)
+
+    @property
+    def pem(self) -> str:
+        return cert_pem(self.cert)

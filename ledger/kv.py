@@ -1,0 +1,435 @@
+"""The versioned key-value store: named maps of bytes to bytes, transactions, optimistic concurrency.
+
+Guarantees:
+- Every committed write transaction gets the next seqno (version) and the store's current view; its
+  write set (a dict per map of key -> value, `None` for a removal) is kept until compaction.
+- A transaction reads a consistent state at its read version. Committing fails with
+  `TransactionConflict` if a key it read (or a map it iterated or sized) was written by a transaction
+  committed after its read version; blind writes never conflict (as in CCF).
+- `rollback(seqno)` undoes every version above `seqno` (consensus truncating an uncommitted suffix);
+  `compact(seqno)` forgets superseded versions at or below `seqno` and fires global hooks; reads at
+  versions below the compaction point are refused.
+- `snapshot(seqno)` returns the live state at `seqno`; `Store.from_snapshot` rebuilds a store from it.
+
+Not guaranteed: durability, serialisation and encryption; those are `ledger.entry` and the files.
+Maps whose name starts with `public:` are public (written in clear to the ledger); others are private.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ledger.errors import (
+    ReadOnlyTransaction,
+    RollbackBelowCommit,
+    TransactionClosed,
+    TransactionConflict,
+    VersionUnavailable,
+)
+
+PUBLIC_PREFIX = "public:"
+ZERO_CLAIMS = bytes(32)
+
+Key = bytes
+Value = bytes
+MapChanges = dict[bytes, bytes | None]
+WriteSet = dict[str, MapChanges]
+Hook = Callable[[int, MapChanges], None]
+SnapshotState = dict[str, dict[bytes, tuple[int, bytes]]]
+
+
+def is_public(map_name: str) -> bool:
+    return map_name.startswith(PUBLIC_PREFIX)
+
+
+def _key(key: bytes | str) -> bytes:
+    return key.encode() if isinstance(key, str) else key
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """What a committed write transaction became: its txid, write set and claims digest."""
+
+    seqno: int
+    view: int
+    writes: WriteSet
+    claims_digest: bytes = ZERO_CLAIMS
+
+
+class _MapState:
+    """All retained versions of one map: key -> [(version, value or None for removed)], ascending."""
+
+    __slots__ = ("keys", "write_versions")
+
+    def __init__(self) -> None:
+        self.keys: dict[bytes, list[tuple[int, bytes | None]]] = {}
+        self.write_versions: list[int] = []
+
+    def value_at(self, key: bytes, version: int) -> tuple[int, bytes | None]:
+        history = self.keys.get(key)
+        if not history:
+            return 0, None
+        last = history[-1]
+        if last[0] <= version:
+            return last
+        i = bisect_right(history, version, key=lambda e: e[0])
+        return history[i - 1] if i else (0, None)
+
+    def last_write_at_or_before(self, version: int) -> int:
+        w = self.write_versions
+        if not w:
+            return 0
+        if w[-1] <= version:
+            return w[-1]
+        i = bisect_right(w, version)
+        return w[i - 1] if i else 0
+
+
+class Store:
+    """A versioned store of named maps. Single-threaded: the node serialises access."""
+
+    def __init__(self) -> None:
+        self._maps: dict[str, _MapState] = {}
+        self._log: dict[int, WriteSet] = {}  # write sets of versions above the compaction point
+        self._version = 0
+        self._view = 0
+        self._compacted = 0
+        self._local_hooks: dict[str, list[Hook]] = {}
+        self._global_hooks: dict[str, list[Hook]] = {}
+
+    # --- state ------------------------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        """The seqno of the last committed (applied) transaction."""
+        return self._version
+
+    @property
+    def view(self) -> int:
+        return self._view
+
+    @property
+    def compacted_version(self) -> int:
+        return self._compacted
+
+    def set_view(self, view: int) -> None:
+        if view < self._view:
+            raise ValueError(f"view cannot go back from {self._view} to {view}")
+        self._view = view
+
+    def map_names(self) -> list[str]:
+        return sorted(self._maps)
+
+    def write_set(self, seqno: int) -> WriteSet:
+        """The write set committed at `seqno` (retained until compaction)."""
+        try:
+            return self._log[seqno]
+        except KeyError:
+            raise VersionUnavailable(f"write set of version {seqno} is not retained") from None
+
+    # --- hooks ------------------------------------------------------------------------------------
+
+    def add_local_hook(self, map_name: str, hook: Hook) -> None:
+        """Call `hook(version, changes)` each time a transaction changing `map_name` is applied."""
+        self._local_hooks.setdefault(map_name, []).append(hook)
+
+    def add_global_hook(self, map_name: str, hook: Hook) -> None:
+        """Call `hook(version, changes)` when a version changing `map_name` is compacted (committed)."""
+        self._global_hooks.setdefault(map_name, []).append(hook)
+
+    # --- transactions -----------------------------------------------------------------------------
+
+    def begin(self) -> Tx:
+        """A read-write transaction reading at the latest version."""
+        return Tx(self, self._version, readonly=False)
+
+    def read_tx(self, at: int | None = None) -> Tx:
+        """A read-only transaction at the latest version or at version `at`."""
+        if at is None:
+            at = self._version
+        self._check_readable(at)
+        return Tx(self, at, readonly=True)
+
+    def _check_readable(self, version: int) -> None:
+        if version > self._version:
+            raise VersionUnavailable(f"version {version} is ahead of the store ({self._version})")
+        if version < self._compacted:
+            raise VersionUnavailable(f"version {version} was compacted (compacted to {self._compacted})")
+
+    def _map(self, name: str) -> _MapState | None:
+        return self._maps.get(name)
+
+    def commit(self, tx: Tx) -> CommitResult:
+        """Apply a read-write transaction as the next version; raise `TransactionConflict` if stale."""
+        if tx._closed:
+            raise TransactionClosed("transaction already committed or abandoned")
+        if tx.readonly:
+            raise ReadOnlyTransaction("a read-only transaction cannot be committed")
+        rv = tx.read_version
+        if rv != self._version:
+            self._check_conflicts(tx)
+        tx._closed = True
+        version = self._version + 1
+        writes = tx._writes
+        self._apply(version, writes)
+        return CommitResult(version, self._view, writes, tx.claims_digest)
+
+    def _check_conflicts(self, tx: Tx) -> None:
+        rv = tx.read_version
+        for map_name in tx._map_reads:
+            ms = self._maps.get(map_name)
+            if ms is not None and ms.write_versions and ms.write_versions[-1] > rv:
+                raise TransactionConflict(map_name, None, rv, ms.write_versions[-1])
+        for (map_name, key) in tx._reads:
+            ms = self._maps.get(map_name)
+            if ms is None:
+                continue
+            history = ms.keys.get(key)
+            if history and history[-1][0] > rv:
+                raise TransactionConflict(map_name, key, rv, history[-1][0])
+
+    def apply_writes(self, seqno: int, view: int, writes: WriteSet) -> None:
+        """Apply a write set replicated or replayed from the ledger, as version `seqno` in `view`."""
+        if seqno != self._version + 1:
+            raise ValueError(f"expected version {self._version + 1}, got {seqno}")
+        if view < self._view:
+            raise ValueError(f"view of version {seqno} ({view}) is older than the store's ({self._view})")
+        self._view = view
+        self._apply(seqno, writes)
+
+    def _apply(self, version: int, writes: WriteSet) -> None:
+        maps = self._maps
+        for map_name, changes in writes.items():
+            ms = maps.get(map_name)
+            if ms is None:
+                ms = maps[map_name] = _MapState()
+            keys = ms.keys
+            for k, v in changes.items():
+                history = keys.get(k)
+                if history is None:
+                    keys[k] = [(version, v)]
+                else:
+                    history.append((version, v))
+            ms.write_versions.append(version)
+        self._log[version] = writes
+        self._version = version
+        if self._local_hooks:
+            for map_name, changes in writes.items():
+                for hook in self._local_hooks.get(map_name, ()):
+                    hook(version, changes)
+
+    # --- rollback, compaction, snapshots ------------------------------------------------------------
+
+    def rollback(self, seqno: int) -> None:
+        """Undo every version above `seqno`. The view is left for the caller (consensus) to set."""
+        if seqno < self._compacted:
+            raise RollbackBelowCommit(f"cannot roll back to {seqno}: compacted to {self._compacted}")
+        for version in range(self._version, seqno, -1):
+            writes = self._log.pop(version)
+            for map_name, changes in writes.items():
+                ms = self._maps[map_name]
+                for k in changes:
+                    history = ms.keys[k]
+                    history.pop()
+                    if not history:
+                        del ms.keys[k]
+                ms.write_versions.pop()
+        self._version = min(self._version, seqno)
+
+    def compact(self, seqno: int) -> None:
+        """Forget versions superseded at or below `seqno` and fire global hooks for them, in order."""
+        if seqno <= self._compacted:
+            return
+        if seqno > self._version:
+            raise VersionUnavailable(f"cannot compact to {seqno}: store is at {self._version}")
+        for version in range(self._compacted + 1, seqno + 1):
+            writes = self._log.pop(version)
+            for map_name, changes in writes.items():
+                ms = self._maps[map_name]
+                for k in changes:
+                    history = ms.keys.get(k)
+                    if history is None:
+                        continue
+                    # keep the newest entry at or below seqno, and everything after it
+                    i = bisect_right(history, seqno, key=lambda e: e[0])
+                    if i > 1:
+                        del history[: i - 1]
+                    if history[0][1] is None and history[0][0] <= seqno and len(history) == 1:
+                        del ms.keys[k]
+                wv = ms.write_versions
+                i = bisect_right(wv, seqno)
+                if i > 1:
+                    del wv[: i - 1]
+                for hook in self._global_hooks.get(map_name, ()):
+                    hook(version, changes)
+        self._compacted = seqno
+
+    def snapshot(self, seqno: int | None = None) -> SnapshotState:
+        """Live state at `seqno`: map -> key -> (version written, value). Removed keys are absent."""
+        if seqno is None:
+            seqno = self._version
+        self._check_readable(seqno)
+        state: SnapshotState = {}
+        for map_name, ms in self._maps.items():
+            entries: dict[bytes, tuple[int, bytes]] = {}
+            for k in ms.keys:
+                ver, val = ms.value_at(k, seqno)
+                if val is not None:
+                    entries[k] = (ver, val)
+            if entries:
+                state[map_name] = entries
+        return state
+
+    @classmethod
+    def from_snapshot(cls, state: SnapshotState, seqno: int, view: int) -> Store:
+        """A store whose state is `state` at version `seqno` (compacted there: no older reads)."""
+        store = cls()
+        for map_name, entries in state.items():
+            ms = store._maps[map_name] = _MapState()
+            for k, (ver, val) in entries.items():
+                if ver > seqno:
+                    raise ValueError(f"entry of {map_name!r} has version {ver} above the snapshot {seqno}")
+                ms.keys[k] = [(ver, val)]
+            ms.write_versions = [max(ver for ver, _ in entries.values())] if entries else []
+        store._version = store._compacted = seqno
+        store._view = view
+        return store
+
+
+class Tx:
+    """One transaction over a `Store`: reads at `read_version`, buffered writes, commit via the store."""
+
+    __slots__ = ("_store", "read_version", "readonly", "_writes", "_reads", "_map_reads", "_closed",
+                 "claims_digest")
+
+    def __init__(self, store: Store, read_version: int, readonly: bool) -> None:
+        self._store = store
+        self.read_version = read_version
+        self.readonly = readonly
+        self._writes: WriteSet = {}
+        self._reads: set[tuple[str, bytes]] = set()
+        self._map_reads: set[str] = set()
+        self._closed = False
+        self.claims_digest = ZERO_CLAIMS
+
+    # raw bytes API ---------------------------------------------------------------------------------
+
+    def get(self, map_name: str, key: bytes | str) -> bytes | None:
+        k = _key(key)
+        changes = self._writes.get(map_name)
+        if changes is not None and k in changes:
+            return changes[k]
+        self._reads.add((map_name, k))
+        ms = self._store._map(map_name)
+        if ms is None:
+            return None
+        return ms.value_at(k, self.read_version)[1]
+
+    def get_version(self, map_name: str, key: bytes | str) -> int:
+        """The version at which the value read for `key` was written (0 if absent)."""
+        k = _key(key)
+        self._reads.add((map_name, k))
+        ms = self._store._map(map_name)
+        if ms is None:
+            return 0
+        ver, val = ms.value_at(k, self.read_version)
+        return ver if val is not None else 0
+
+    def has(self, map_name: str, key: bytes | str) -> bool:
+        return self.get(map_name, key) is not None
+
+    def put(self, map_name: str, key: bytes | str, value: bytes) -> None:
+        if self.readonly:
+            raise ReadOnlyTransaction(f"cannot write to {map_name!r} in a read-only transaction")
+        if self._closed:
+            raise TransactionClosed("transaction already committed or abandoned")
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise TypeError(f"values are bytes, got {type(value).__name__}")
+        changes = self._writes.get(map_name)
+        if changes is None:
+            changes = self._writes[map_name] = {}
+        changes[_key(key)] = bytes(value)
+
+    def remove(self, map_name: str, key: bytes | str) -> None:
+        if self.readonly:
+            raise ReadOnlyTransaction(f"cannot remove from {map_name!r} in a read-only transaction")
+        if self._closed:
+            raise TransactionClosed("transaction already committed or abandoned")
+        changes = self._writes.get(map_name)
+        if changes is None:
+            changes = self._writes[map_name] = {}
+        changes[_key(key)] = None
+
+    def clear(self, map_name: str) -> None:
+        for k, _ in list(self.items(map_name)):
+            self.remove(map_name, k)
+
+    def items(self, map_name: str) -> Iterator[tuple[bytes, bytes]]:
+        """Live (key, value) pairs of a map as this transaction sees them, ordered by key."""
+        self._map_reads.add(map_name)
+        view: dict[bytes, bytes | None] = {}
+        ms = self._store._map(map_name)
+        if ms is not None:
+            rv = self.read_version
+            for k in ms.keys:
+                view[k] = ms.value_at(k, rv)[1]
+        view.update(self._writes.get(map_name, {}))
+        for k in sorted(view):
+            v = view[k]
+            if v is not None:
+                yield k, v
+
+    def keys(self, map_name: str) -> list[bytes]:
+        return [k for k, _ in self.items(map_name)]
+
+    def size(self, map_name: str) -> int:
+        return sum(1 for _ in self.items(map_name))
+
+    # typed helpers ---------------------------------------------------------------------------------
+
+    def get_json(self, map_name: str, key: bytes | str) -> Any:
+        raw = self.get(map_name, key)
+        return None if raw is None else orjson.loads(raw)
+
+    def put_json(self, map_name: str, key: bytes | str, value: Any) -> None:
+        self.put(map_name, key, orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
+
+    def get_str(self, map_name: str, key: bytes | str) -> str | None:
+        raw = self.get(map_name, key)
+        return None if raw is None else raw.decode()
+
+    def put_str(self, map_name: str, key: bytes | str, value: str) -> None:
+        self.put(map_name, key, value.encode())
+
+    def get_int(self, map_name: str, key: bytes | str) -> int | None:
+        raw = self.get(map_name, key)
+        return None if raw is None else int.from_bytes(raw, "little", signed=True)
+
+    def put_int(self, map_name: str, key: bytes | str, value: int) -> None:
+        self.put(map_name, key, value.to_bytes(8, "little", signed=True))
+
+    # lifecycle -------------------------------------------------------------------------------------
+
+    def set_claims_digest(self, digest: bytes) -> None:
+        """Application claims bound into this transaction's Merkle leaf (32 bytes)."""
+        if len(digest) != 32:
+            raise ValueError("a claims digest is 32 bytes")
+        self.claims_digest = bytes(digest)
+
+    @property
+    def writes(self) -> WriteSet:
+        return self._writes
+
+    def has_writes(self) -> bool:
+        return any(self._writes.values())
+
+    def abandon(self) -> None:
+        self._closed = True
+
+    def commit(self) -> CommitResult:
+        return self._store.commit(self)

@@ -1,0 +1,205 @@
+"""CCF's Merkle history: leaf i is transaction i, leaf 0 is 32 zero bytes.
+
+Tree shape (ccf-ledger-format.md §4, merklecpp): pair nodes level by level, promote an odd last node
+unchanged. That is the same as folding, from the right, the perfect subtrees given by the binary
+decomposition of the leaf count: for 7 leaves, root = H(P4 || H(P2 || P1)). This module keeps only the
+perfect subtrees (level k holds the hash of each complete run of 2^k leaves), so:
+- `append` is O(1) amortised (one hash per leaf on average);
+- `root(n)` of any retained prefix and `path(i, n)` are O(log n);
+- `truncate(n)` (rollback) is O(log n) plus the nodes dropped;
+- `flush_to(f)` forgets leaves below f but keeps the left peaks needed for roots and for paths of
+  leaves >= f; `serialise`/`deserialise` carry exactly that state (merklecpp's "from > 0" form).
+
+Not kept: anything about which leaf is a signature (that is the ledger's business).
+"""
+
+from __future__ import annotations
+
+import struct
+from hashlib import sha256
+
+from ledger.errors import MerkleError
+
+HASH_SIZE = 32
+_HEAD = struct.Struct(">QQ")
+
+# One step of an inclusion path: (sibling_is_left, sibling_hash), leaf to root.
+PathStep = tuple[bool, bytes]
+
+
+def fold_path(leaf: bytes, path: list[PathStep]) -> bytes:
+    """The root reached from `leaf` along `path`."""
+    cur = leaf
+    for is_left, sibling in path:
+        cur = sha256(sibling + cur).digest() if is_left else sha256(cur + sibling).digest()
+    return cur
+
+
+class MerkleHistory:
+    """An append-only Merkle tree over 32-byte leaves, with rollback and flushing."""
+
+    def __init__(self, first_leaf: bytes | None = bytes(HASH_SIZE)) -> None:
+        self._levels: list[list[bytes]] = [[]]
+        self._offsets: list[int] = [0]
+        self._size = 0
+        self._flushed = 0
+        if first_leaf is not None:
+            self.append(first_leaf)
+
+    @property
+    def size(self) -> int:
+        """Number of leaves (the next leaf's index)."""
+        return self._size
+
+    @property
+    def first_retained(self) -> int:
+        """Index of the first leaf that is still held (paths exist for leaves from here on)."""
+        return self._flushed
+
+    def append(self, leaf: bytes) -> None:
+        levels = self._levels
+        levels[0].append(leaf)
+        self._size += 1
+        n = self._size
+        k = 0
+        while not n & 1:
+            lower = levels[k]
+            if k + 1 == len(levels):
+                levels.append([])
+                self._offsets.append(self._flushed >> (k + 1))
+            levels[k + 1].append(sha256(lower[-2] + lower[-1]).digest())
+            n >>= 1
+            k += 1
+
+    def leaf(self, index: int) -> bytes:
+        return self._node(0, index)
+
+    def _node(self, level: int, index: int) -> bytes:
+        off = self._offsets[level]
+        if index < off:
+            raise MerkleError(f"node {index} of level {level} was flushed (first retained leaf {self._flushed})")
+        try:
+            return self._levels[level][index - off]
+        except IndexError:
+            raise MerkleError(f"node {index} of level {level} does not exist (size {self._size})") from None
+
+    def _range_root(self, start: int, end: int) -> bytes:
+        """Root of leaves [start, end) where start is aligned to every peak of end - start."""
+        peaks: list[bytes] = []
+        pos = start
+        rem = end - start
+        k = rem.bit_length() - 1
+        while k >= 0:
+            if rem >> k & 1:
+                peaks.append(self._node(k, pos >> k))
+                pos += 1 << k
+            k -= 1
+        acc = peaks[-1]
+        for p in reversed(peaks[:-1]):
+            acc = sha256(p + acc).digest()
+        return acc
+
+    def root(self, n: int | None = None) -> bytes:
+        """Root of the tree made of the first `n` leaves (default: all)."""
+        if n is None:
+            n = self._size
+        if not 1 <= n <= self._size:
+            raise MerkleError(f"cannot take the root of {n} leaves (size {self._size})")
+        return self._range_root(0, n)
+
+    def path(self, index: int, n: int | None = None) -> list[PathStep]:
+        """Inclusion path of leaf `index` in the tree of the first `n` leaves, leaf to root."""
+        if n is None:
+            n = self._size
+        if not 0 <= index < n <= self._size:
+            raise MerkleError(f"no leaf {index} in a tree of {n} leaves (size {self._size})")
+        if index < self._flushed:
+            raise MerkleError(f"leaf {index} was flushed (first retained leaf {self._flushed})")
+        path: list[PathStep] = []
+        j = index
+        k = 0
+        width = n
+        while width > 1:
+            if j & 1:
+                path.append((True, self._node(k, j - 1)))
+            elif j + 1 < width:
+                start = (j + 1) << k
+                end = min(start + (1 << k), n)
+                sibling = self._node(k, j + 1) if end - start == 1 << k else self._range_root(start, end)
+                path.append((False, sibling))
+            j >>= 1
+            k += 1
+            width = (width + 1) >> 1
+        return path
+
+    def truncate(self, n: int) -> None:
+        """Keep only the first `n` leaves (rollback)."""
+        if n < self._flushed or n > self._size:
+            raise MerkleError(f"cannot truncate to {n} leaves (retained {self._flushed}..{self._size})")
+        for k, level in enumerate(self._levels):
+            keep = max((n >> k) - self._offsets[k], 0)
+            del level[keep:]
+        self._size = n
+
+    def flush_to(self, f: int) -> None:
+        """Forget leaves (and nodes) below `f`, keeping the left peaks of [0, f)."""
+        if f <= self._flushed:
+            return
+        if f > self._size:
+            raise MerkleError(f"cannot flush to {f}: only {self._size} leaves")
+        for k, level in enumerate(self._levels):
+            idx = f >> k
+            new_off = idx - 1 if idx & 1 else idx
+            drop = new_off - self._offsets[k]
+            if drop > 0:
+                del level[:drop]
+                self._offsets[k] = new_off
+        self._flushed = f
+
+    def _left_peaks(self, f: int) -> list[bytes]:
+        """Hashes of the perfect subtrees that make up [0, f), largest (shallowest) first."""
+        peaks = []
+        pos = 0
+        for k in range(f.bit_length() - 1, -1, -1):
+            if f >> k & 1:
+                peaks.append(self._node(k, pos >> k))
+                pos += 1 << k
+        return peaks
+
+    def serialise(self, n: int | None = None, from_: int | None = None) -> bytes:
+        """`u64 BE count || u64 BE from || leaves from..n-1 || left peaks of [0, from)`.
+
+        `from_` defaults to the flush point; a later one makes a smaller tree that still yields the same
+        roots and the paths of leaves from `from_` on.
+        """
+        if n is None:
+            n = self._size
+        f = self._flushed if from_ is None else from_
+        if not self._flushed <= f < n <= self._size:
+            raise MerkleError(f"cannot serialise {n} leaves from {f} (size {self._size})")
+        leaves = self._levels[0][f - self._offsets[0] : n - self._offsets[0]]
+        return b"".join([_HEAD.pack(n - f, f), *leaves, *self._left_peaks(f)])
+
+    @classmethod
+    def deserialise(cls, data: bytes) -> MerkleHistory:
+        if len(data) < _HEAD.size:
+            raise MerkleError("serialised tree too short")
+        count, f = _HEAD.unpack_from(data)
+        extras = bin(f).count("1")
+        if len(data) != _HEAD.size + HASH_SIZE * (count + extras) or count == 0:
+            raise MerkleError(f"serialised tree of {len(data)} bytes does not hold {count} leaves from {f}")
+        tree = cls(first_leaf=None)
+        tree._flushed = tree._size = f
+        nlevels = max(f.bit_length(), 1)
+        tree._levels = [[] for _ in range(nlevels)]
+        tree._offsets = [f >> k for k in range(nlevels)]
+        pos = _HEAD.size + HASH_SIZE * count
+        for k in range(f.bit_length() - 1, -1, -1):
+            if f >> k & 1:
+                tree._levels[k].append(data[pos : pos + HASH_SIZE])
+                tree._offsets[k] = (f >> k) - 1
+                pos += HASH_SIZE
+        for i in range(count):
+            start = _HEAD.size + HASH_SIZE * i
+            tree.append(data[start : start + HASH_SIZE])
+        return tree

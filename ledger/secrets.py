@@ -1,0 +1,140 @@
+"""Ledger secrets: the AES-256-GCM keys that encrypt private maps, and the commit evidence they derive.
+
+Guarantees (ccf-ledger-format.md §3, §9):
+- A secret applies from its start seqno until the next secret's start; `for_seqno` finds it.
+- Rekeying at seqno R keeps the old secret for R itself; the new one applies from R + 1.
+- Commit evidence for (view, seqno) is `ce:<view>.<seqno>:<hex nonce>` with
+  nonce = HMAC-SHA256(HMAC-SHA256(secret, "Commit S"), "<view>.<seqno>"), as CCF derives it.
+- The records written to `public:ccf.internal.historical_encrypted_ledger_secret` chain the secrets
+  the way `verify_ledger_secrets_chain.py` checks.
+
+Not provided here: wrapping secrets for other nodes or for recovery shares (governance and the node).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ledger.errors import LedgerSecretError
+
+SECRET_SIZE = 32
+
+
+@dataclass(frozen=True)
+class LedgerSecret:
+    """One ledger secret, with its cipher object and commit secret computed once."""
+
+    start: int
+    raw: bytes = field(repr=False)
+    aead: AESGCM = field(repr=False, compare=False)
+    commit_secret: bytes = field(repr=False, compare=False)
+
+    @classmethod
+    def create(cls, start: int, raw: bytes | None = None) -> LedgerSecret:
+        raw = os.urandom(SECRET_SIZE) if raw is None else raw
+        if len(raw) != SECRET_SIZE:
+            raise LedgerSecretError(f"a ledger secret is {SECRET_SIZE} bytes, got {len(raw)}")
+        return cls(start, raw, AESGCM(raw), hmac.digest(raw, b"Commit S", "sha256"))
+
+    def commit_nonce(self, view: int, seqno: int) -> bytes:
+        return hmac.digest(self.commit_secret, f"{view}.{seqno}".encode(), "sha256")
+
+    def commit_evidence(self, view: int, seqno: int) -> str:
+        return f"ce:{view}.{seqno}:{self.commit_nonce(view, seqno).hex()}"
+
+
+def commit_evidence_digest(commit_evidence: str) -> bytes:
+    return hashlib.sha256(commit_evidence.encode()).digest()
+
+
+class LedgerSecrets:
+    """The ordered set of ledger secrets of a service, by start seqno."""
+
+    def __init__(self, secrets: list[LedgerSecret] | None = None) -> None:
+        self._secrets: list[LedgerSecret] = sorted(secrets or [], key=lambda s: s.start)
+        self._starts = [s.start for s in self._secrets]
+
+    @classmethod
+    def fresh(cls, start: int = 1) -> LedgerSecrets:
+        return cls([LedgerSecret.create(start)])
+
+    def __len__(self) -> int:
+        return len(self._secrets)
+
+    def all(self) -> list[LedgerSecret]:
+        return list(self._secrets)
+
+    @property
+    def latest(self) -> LedgerSecret:
+        if not self._secrets:
+            raise LedgerSecretError("no ledger secret")
+        return self._secrets[-1]
+
+    def for_seqno(self, seqno: int) -> LedgerSecret:
+        i = bisect_right(self._starts, seqno)
+        if i == 0:
+            raise LedgerSecretError(f"no ledger secret applies to seqno {seqno}")
+        return self._secrets[i - 1]
+
+    def add(self, secret: LedgerSecret) -> None:
+        if self._secrets and secret.start <= self._secrets[-1].start:
+            raise LedgerSecretError(
+                f"a new secret must start after {self._secrets[-1].start}, not at {secret.start}"
+            )
+        self._secrets.append(secret)
+        self._starts.append(secret.start)
+
+    def rekey(self, rekey_seqno: int, raw: bytes | None = None) -> LedgerSecret:
+        """Add a secret applying from `rekey_seqno + 1`; the rekey transaction keeps the old one."""
+        new = LedgerSecret.create(rekey_seqno + 1, raw)
+        self.add(new)
+        return new
+
+    def rollback(self, seqno: int) -> None:
+        """Forget secrets introduced by rekeys rolled back (rekey tx above `seqno`)."""
+        while len(self._secrets) > 1 and self._secrets[-1].start > seqno + 1:
+            self._secrets.pop()
+            self._starts.pop()
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def opening_secret_record(current: LedgerSecret) -> dict[str, Any]:
+    """The record written when a service opens: the next rekey will name `current.start`."""
+    return {"next_version": current.start}
+
+
+def rekey_secret_record(
+    previous: LedgerSecret, new: LedgerSecret, previous_record_seqno: int | None
+) -> dict[str, Any]:
+    """The record a rekey transaction writes: the previous secret, encrypted under the new one."""
+    iv = os.urandom(12)
+    ct_tag = new.aead.encrypt(iv, previous.raw, None)
+    encrypted = ct_tag[-16:] + iv + ct_tag[:-16]
+    entry: dict[str, Any] = {"encrypted_data": _b64(encrypted), "version": previous.start}
+    if previous_record_seqno is not None:
+        entry["previous_secret_stored_version"] = previous_record_seqno
+    return {"previous_ledger_secret": entry}
+
+
+def decrypt_previous_secret(record: dict[str, Any], new: LedgerSecret) -> LedgerSecret:
+    """Recover the previous secret from a rekey record, given the secret that followed it."""
+    try:
+        prev = record["previous_ledger_secret"]
+        data = base64.b64decode(prev["encrypted_data"])
+        tag, iv, ct = data[:16], data[16:28], data[28:]
+        raw = new.aead.decrypt(iv, ct + tag, None)
+        return LedgerSecret.create(int(prev["version"]), raw)
+    except (KeyError, TypeError, ValueError, InvalidTag) as e:
+        raise LedgerSecretError(f"cannot decrypt previous ledger secret: {e!r}") from e

@@ -1,0 +1,502 @@
+"""The enclave side of the ledger: the commit path from a KV transaction to a signed, chunked ledger.
+
+`ServiceLedger` owns the store, the ledger secrets, the Merkle history and the node and service keys,
+and drives the host's `LedgerFiles`. For each committed transaction it serialises a CCF entry (private
+maps encrypted), derives the commit evidence, appends the Merkle leaf and hands the bytes to the host.
+It emits signature transactions, rekeys, chunks (the FORCE_CHUNK_AFTER flag on a signature once the
+chunk size is passed), takes snapshots with their evidence, advances commit, rolls back uncommitted
+suffixes, and issues receipts for committed transactions.
+
+Guarantees: seqnos are contiguous; the Merkle leaf of seqno s is the digest of entry s; a signature at
+s signs the root of leaves 0..s-1; receipts are only issued for committed transactions covered by a
+signature. `recover` replays a ledger directory, verifying every GCM tag and every signature, and
+names the file and seqno of the first damage.
+
+Not here: consensus (who may commit), time (`clock` is injected), networking.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+from loguru import logger
+
+from ledger import snapshots
+from ledger.entry import (
+    FLAG_FORCE_CHUNK_AFTER,
+    decode_entry,
+    serialise_entry,
+)
+from ledger.errors import (
+    CorruptedCommittedChunk,
+    EntryFormatError,
+    LedgerError,
+    ReceiptNotAvailable,
+    RollbackBelowCommit,
+    SnapshotError,
+    VerificationError,
+)
+from ledger.files import LedgerFiles
+from ledger.identity import NodeIdentity, ServiceIdentity, load_cert
+from ledger.kv import ZERO_CLAIMS, CommitResult, Store, Tx, WriteSet
+from ledger.merkle import MerkleHistory
+from ledger.receipts import cose_receipt, json_receipt, json_receipt_for_signature
+from ledger.secrets import LedgerSecret, LedgerSecrets, rekey_secret_record
+from ledger.signatures import PrimarySignature, signature_writes
+from ledger.tables import (
+    COSE_SIGNATURES,
+    HISTORICAL_SECRETS,
+    NODES_ENDORSED_CERTS,
+    SIGNATURES,
+    SINGLETON_KEY,
+    SNAPSHOT_EVIDENCE,
+    TREE,
+    dump_json,
+)
+
+DEFAULT_CHUNK_SIZE = 5 * 1000 * 1000
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class TxID:
+    view: int
+    seqno: int
+
+    def __str__(self) -> str:
+        return f"{self.view}.{self.seqno}"
+
+    @classmethod
+    def parse(cls, text: str) -> TxID:
+        view, _, seqno = text.partition(".")
+        if not (view.isdigit() and seqno.isdigit()):
+            raise ValueError(f"{text!r} is not a transaction id <view>.<seqno>")
+        return cls(int(view), int(seqno))
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureRecord:
+    primary: PrimarySignature
+    cose: bytes
+
+
+class ServiceLedger:
+    """Commit path, signatures, chunking, snapshots, rollback and receipts for one node."""
+
+    def __init__(
+        self,
+        *,
+        node: NodeIdentity,
+        service: ServiceIdentity,
+        secrets: LedgerSecrets,
+        files: LedgerFiles | None,
+        store: Store | None = None,
+        merkle: MerkleHistory | None = None,
+        view: int = 2,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        clock: Callable[[], float] = time.time,
+        snapshot_dir: str | None = None,
+    ) -> None:
+        self.node = node
+        self.service = service
+        self.secrets = secrets
+        self.files = files
+        self.store = store if store is not None else Store()
+        self.store.set_view(max(view, self.store.view))
+        self.merkle = merkle if merkle is not None else MerkleHistory()
+        self.chunk_size = chunk_size
+        self.clock = clock
+        self.snapshot_dir = snapshot_dir
+        first = self.store.version + 1
+        if self.merkle.size != first:
+            raise LedgerError(f"Merkle history has {self.merkle.size} leaves, store is at {self.store.version}")
+        self._first = first  # seqno of the first transaction with a local record
+        self._views: list[int] = []
+        self._wsd: list[bytes] = []
+        self._claims: list[bytes] = []
+        self._sizes: list[int] = []
+        self._signatures: dict[int, SignatureRecord] = {}
+        self._sig_seqnos: list[int] = []
+        self._bytes_since_chunk = 0
+        self._chunk_requested = False
+        self._last_secret_record: int | None = None
+        self._committed = self.store.version
+        self._pending_snapshots: list[tuple[int, int]] = []
+
+    # --- state -------------------------------------------------------------------------------------
+
+    @property
+    def last_seqno(self) -> int:
+        return self.store.version
+
+    @property
+    def view(self) -> int:
+        return self.store.view
+
+    @property
+    def committed_seqno(self) -> int:
+        return self._committed
+
+    @property
+    def last_signature_seqno(self) -> int:
+        return self._sig_seqnos[-1] if self._sig_seqnos else 0
+
+    def set_view(self, view: int) -> None:
+        self.store.set_view(view)
+
+    def txid(self, seqno: int) -> TxID:
+        return TxID(self._views[seqno - self._first], seqno)
+
+    def view_of(self, seqno: int) -> int | None:
+        i = seqno - self._first
+        return self._views[i] if 0 <= i < len(self._views) else None
+
+    def is_signature(self, seqno: int) -> bool:
+        return seqno in self._signatures
+
+    def signature_seqnos(self) -> list[int]:
+        return list(self._sig_seqnos)
+
+    def begin(self) -> Tx:
+        return self.store.begin()
+
+    def read_tx(self, at: int | None = None) -> Tx:
+        return self.store.read_tx(at)
+
+    # --- the commit path ---------------------------------------------------------------------------
+
+    def commit(self, tx: Tx) -> TxID:
+        """Commit a read-write transaction through the whole path; `TransactionConflict` if stale."""
+        result = self.store.commit(tx)
+        self._record(result, 0)
+        return TxID(result.view, result.seqno)
+
+    def commit_writes(self, writes: WriteSet, claims_digest: bytes = ZERO_CLAIMS, flags: int = 0) -> TxID:
+        """Commit a write set built by the node itself (genesis, signatures, governance effects)."""
+        seqno = self.store.version + 1
+        view = self.store.view
+        self.store.apply_writes(seqno, view, writes)
+        self._record(CommitResult(seqno, view, writes, claims_digest), flags)
+        return TxID(view, seqno)
+
+    def _record(self, result: CommitResult, flags: int) -> None:
+        seqno, view = result.seqno, result.view
+        secret = self.secrets.latest
+        if seqno < secret.start:
+            secret = self.secrets.for_seqno(seqno)
+        ce_digest = hashlib.sha256(secret.commit_evidence(view, seqno).encode()).digest()
+        entry = serialise_entry(seqno, view, result.writes, result.claims_digest, ce_digest, secret, flags)
+        wsd = hashlib.sha256(entry).digest()
+        self.merkle.append(hashlib.sha256(wsd + ce_digest + result.claims_digest).digest())
+        if self.files is not None:
+            self.files.append(entry)
+        self._views.append(view)
+        self._wsd.append(wsd)
+        self._claims.append(result.claims_digest)
+        self._sizes.append(len(entry))
+        self._bytes_since_chunk = 0 if flags & FLAG_FORCE_CHUNK_AFTER else self._bytes_since_chunk + len(entry)
+
+    def request_chunk(self) -> None:
+        """End the current chunk at the next signature (governance's trigger_ledger_chunk)."""
+        self._chunk_requested = True
+
+    def emit_signature(self) -> TxID:
+        """Sign the root of everything so far: a signature transaction at the next seqno."""
+        seqno = self.store.version + 1
+        view = self.store.view
+        root = self.merkle.root()
+        tree_from = self._sig_seqnos[-1] if self._sig_seqnos else self.merkle.first_retained
+        tree_from = max(tree_from, self.merkle.first_retained)
+        writes, primary, cose_sig = signature_writes(
+            self.node, self.service, view, seqno, root, self.merkle.serialise(seqno, tree_from), int(self.clock())
+        )
+        flags = 0
+        if self._chunk_requested or self._bytes_since_chunk >= self.chunk_size:
+            flags = FLAG_FORCE_CHUNK_AFTER
+            self._chunk_requested = False
+        txid = self.commit_writes(writes, flags=flags)
+        self._signatures[seqno] = SignatureRecord(primary, cose_sig)
+        self._sig_seqnos.append(seqno)
+        return txid
+
+    def rekey(self, raw: bytes | None = None) -> TxID:
+        """Write the rekey transaction (previous secret wrapped by the new) and switch secrets after it."""
+        seqno = self.store.version + 1
+        new = LedgerSecret.create(seqno + 1, raw)
+        record = rekey_secret_record(self.secrets.latest, new, self._last_secret_record)
+        txid = self.commit_writes({HISTORICAL_SECRETS: {SINGLETON_KEY: dump_json(record)}})
+        self.secrets.add(new)
+        self._last_secret_record = seqno
+        return txid
+
+    def note_secret_record(self, seqno: int) -> None:
+        """Tell the ledger that `seqno` wrote the historical-secrets table (e.g. at service open)."""
+        self._last_secret_record = seqno
+
+    def flush(self) -> None:
+        """Make everything appended durable (the host fsyncs)."""
+        if self.files is not None:
+            self.files.flush()
+
+    # --- commit and rollback -----------------------------------------------------------------------
+
+    def commit_to(self, seqno: int) -> None:
+        """Everything up to `seqno` is committed: rename chunks, compact the store, finish snapshots."""
+        if seqno <= self._committed:
+            return
+        if seqno > self.store.version:
+            raise LedgerError(f"cannot commit {seqno}: the ledger ends at {self.store.version}")
+        self._committed = seqno
+        if self.files is not None:
+            self.files.commit(seqno)
+        self.store.compact(seqno)
+        self._finish_snapshots()
+
+    def rollback(self, seqno: int) -> None:
+        """Drop every transaction after `seqno` (an uncommitted suffix)."""
+        if seqno < self._committed:
+            raise RollbackBelowCommit(f"cannot roll back to {seqno}: committed up to {self._committed}")
+        if seqno >= self.store.version:
+            return
+        self.store.rollback(seqno)
+        self.merkle.truncate(seqno + 1)
+        if self.files is not None:
+            self.files.truncate(seqno)
+        self.secrets.rollback(seqno)
+        keep = seqno - self._first + 1
+        del self._views[keep:], self._wsd[keep:], self._claims[keep:], self._sizes[keep:]
+        while self._sig_seqnos and self._sig_seqnos[-1] > seqno:
+            del self._signatures[self._sig_seqnos.pop()]
+        if self._last_secret_record is not None and self._last_secret_record > seqno:
+            self._last_secret_record = None
+        self._pending_snapshots = [(s, e) for s, e in self._pending_snapshots if e <= seqno]
+        # bytes since the last chunk-ending signature, recomputed over what remains
+        total = 0
+        for i in range(len(self._sizes) - 1, -1, -1):
+            s = self._first + i
+            if s in self._signatures and self.files is not None and self._ended_chunk(s):
+                break
+            total += self._sizes[i]
+        self._bytes_since_chunk = total
+
+    def _ended_chunk(self, seqno: int) -> bool:
+        assert self.files is not None
+        return any(n.endswith(f"-{seqno}") or n.endswith(f"-{seqno}.committed") for n in self.files.chunk_names())
+
+    # --- receipts ----------------------------------------------------------------------------------
+
+    def commit_evidence(self, seqno: int) -> str:
+        return self.secrets.for_seqno(seqno).commit_evidence(self.txid(seqno).view, seqno)
+
+    def _covering_signature(self, seqno: int) -> int:
+        i = bisect_right(self._sig_seqnos, seqno)
+        if i == len(self._sig_seqnos):
+            raise ReceiptNotAvailable(f"no signature covers seqno {seqno} yet")
+        return self._sig_seqnos[i]
+
+    def _check_receiptable(self, seqno: int) -> None:
+        if seqno < self._first or seqno > self.store.version:
+            raise ReceiptNotAvailable(f"seqno {seqno} is not held by this ledger")
+        if seqno > self._committed:
+            raise ReceiptNotAvailable(f"seqno {seqno} is not committed (commit is at {self._committed})")
+
+    def receipt(self, seqno: int) -> dict[str, Any]:
+        """CCF's JSON receipt (describe_receipt_v1) for a committed transaction."""
+        self._check_receiptable(seqno)
+        record = self._signatures.get(seqno)
+        if record is not None:
+            return json_receipt_for_signature(record.primary)
+        sig_seqno = self._covering_signature(seqno)
+        i = seqno - self._first
+        return json_receipt(
+            write_set_digest=self._wsd[i],
+            commit_evidence=self.commit_evidence(seqno),
+            claims_digest=self._claims[i],
+            path=self.merkle.path(seqno, sig_seqno),
+            signature=self._signatures[sig_seqno].primary,
+        )
+
+    def cose_receipt(self, seqno: int) -> bytes:
+        """A COSE receipt (vds 2) signed by the service key, for a committed transaction."""
+        self._check_receiptable(seqno)
+        sig_seqno = self._covering_signature(seqno)
+        i = seqno - self._first
+        return cose_receipt(
+            self._signatures[sig_seqno].cose,
+            write_set_digest=self._wsd[i],
+            commit_evidence=self.commit_evidence(seqno),
+            claims_digest=self._claims[i],
+            path=self.merkle.path(seqno, sig_seqno),
+        )
+
+    # --- snapshots ---------------------------------------------------------------------------------
+
+    def _view_history(self, seqno: int) -> list[int]:
+        """Entry v-1 = first seqno of view v, for views 1..view(seqno) (CCF's ViewHistory)."""
+        views = self._views[: seqno - self._first + 1]
+        current = views[-1]
+        history: list[int] = []
+        for v in range(1, current + 1):
+            i = bisect_left(views, v)
+            history.append(self._first + i if i < len(views) else seqno)
+        return history
+
+    def snapshot(self) -> tuple[int, int]:
+        """Snapshot the state at the latest signature and commit its evidence transaction.
+
+        The file is written uncommitted; it becomes `.committed` (with the evidence's receipt appended)
+        once a signature after the evidence is committed. Returns (snapshot seqno, evidence seqno).
+        """
+        if self.snapshot_dir is None:
+            raise SnapshotError("this ledger has no snapshot directory")
+        if not self._sig_seqnos:
+            raise SnapshotError("no signature yet to snapshot at")
+        seqno = self._sig_seqnos[-1]
+        i = seqno - self._first
+        leaf = hashlib.sha256(
+            self._wsd[i] + hashlib.sha256(self.commit_evidence(seqno).encode()).digest() + self._claims[i]
+        ).digest()
+        data = snapshots.serialise_snapshot(
+            self.store.snapshot(seqno), seqno, self._views[i], leaf, self._view_history(seqno),
+            self.secrets.for_seqno(seqno),
+        )
+        evidence = {"hash": hashlib.sha256(data).hexdigest(), "version": seqno}
+        ev = self.commit_writes({SNAPSHOT_EVIDENCE: {SINGLETON_KEY: dump_json(evidence)}})
+        snapshots.write_snapshot_file(self.snapshot_dir, seqno, ev.seqno, data)
+        self._pending_snapshots.append((seqno, ev.seqno))
+        self._finish_snapshots()
+        return seqno, ev.seqno
+
+    def _finish_snapshots(self) -> None:
+        still: list[tuple[int, int]] = []
+        for seqno, ev in self._pending_snapshots:
+            try:
+                if ev > self._committed:
+                    raise ReceiptNotAvailable("evidence not committed")
+                receipt = self.receipt(ev)
+            except ReceiptNotAvailable:
+                still.append((seqno, ev))
+                continue
+            assert self.snapshot_dir is not None
+            snapshots.commit_snapshot_file(self.snapshot_dir, seqno, ev, orjson.dumps(receipt))
+        self._pending_snapshots = still
+
+    @classmethod
+    def from_snapshot(
+        cls, data: bytes, *, secrets: LedgerSecrets, node: NodeIdentity, service: ServiceIdentity,
+        files: LedgerFiles | None, **kwargs: Any,
+    ) -> ServiceLedger:
+        """A ledger resuming from a snapshot: the store at its seqno and the Merkle tree it recorded."""
+        loaded = snapshots.load_snapshot(data, secrets)
+        tree_bytes = loaded.state.get(TREE, {}).get(SINGLETON_KEY)
+        if tree_bytes is None:
+            raise SnapshotError("snapshot holds no Merkle tree")
+        merkle = MerkleHistory.deserialise(tree_bytes[1])
+        if merkle.size != loaded.seqno:
+            raise SnapshotError(f"snapshot tree has {merkle.size} leaves, expected {loaded.seqno}")
+        merkle.append(loaded.hash_at_snapshot)
+        store = Store.from_snapshot(loaded.state, loaded.seqno, loaded.view)
+        ledger = cls(node=node, service=service, secrets=secrets, files=files, store=store, merkle=merkle,
+                     view=loaded.view, **kwargs)
+        return ledger
+
+    # --- replay ------------------------------------------------------------------------------------
+
+    @classmethod
+    def recover(
+        cls, files: LedgerFiles, *, secrets: LedgerSecrets, node: NodeIdentity, service: ServiceIdentity,
+        **kwargs: Any,
+    ) -> ServiceLedger:
+        """Rebuild the ledger state by replaying `files`, verifying tags and signatures.
+
+        Damage in a committed chunk raises `CorruptedCommittedChunk` naming the file and seqno; damage
+        after the commit point truncates the ledger there with a warning (the suffix was never agreed).
+        """
+        ledger = cls(node=node, service=service, secrets=secrets, files=None, **kwargs)
+        last = files.last_seqno
+        seqno = 1
+        damaged = False
+        while seqno <= last and not damaged:
+            for raw in files.read_range(seqno, min(last, seqno + 999)):
+                try:
+                    ledger._replay_entry(raw, seqno, os.path.basename(files.chunk_file_of(seqno)))
+                except (EntryFormatError, VerificationError) as e:
+                    file = os.path.basename(files.chunk_file_of(seqno))
+                    if seqno <= files.committed_seqno:
+                        raise CorruptedCommittedChunk(f"cannot replay committed entry: {e}", file=file,
+                                                      seqno=seqno) from e
+                    logger.warning(f"{file}: dropping uncommitted suffix from seqno {seqno}: {e}")
+                    files.truncate(seqno - 1)
+                    damaged = True
+                    break
+                seqno += 1
+        ledger.files = files
+        ledger.commit_to(files.committed_seqno)
+        return ledger
+
+    def _replay_entry(self, raw: bytes, seqno: int, file: str) -> None:
+        """Verify one stored entry against what this ledger has so far, then apply it."""
+        decoded = decode_entry(raw, self.secrets, file=file)
+        if decoded.seqno != seqno:
+            raise EntryFormatError(f"entry holds seqno {decoded.seqno}", seqno=seqno)
+        claims = decoded.claims_digest or ZERO_CLAIMS
+        ce = decoded.commit_evidence_digest or b""
+        expected_ce = hashlib.sha256(
+            self.secrets.for_seqno(seqno).commit_evidence(decoded.view, seqno).encode()).digest()
+        if ce != expected_ce:
+            raise VerificationError("commit evidence digest does not match the ledger secret", seqno=seqno)
+        writes = decoded.writes
+        record = self._verify_replayed_signature(seqno, writes) if SIGNATURES in writes else None
+        if decoded.view > self.store.view:
+            self.store.set_view(decoded.view)
+        self.store.apply_writes(seqno, decoded.view, writes)
+        self.merkle.append(hashlib.sha256(decoded.write_set_digest + ce + claims).digest())
+        self._views.append(decoded.view)
+        self._wsd.append(decoded.write_set_digest)
+        self._claims.append(claims)
+        self._sizes.append(len(raw))
+        self._bytes_since_chunk = 0 if decoded.flags & FLAG_FORCE_CHUNK_AFTER else self._bytes_since_chunk + len(raw)
+        if record is not None:
+            self._signatures[seqno] = record
+            self._sig_seqnos.append(seqno)
+        if writes.get(HISTORICAL_SECRETS, {}).get(SINGLETON_KEY) is not None:
+            self._last_secret_record = seqno
+
+    def _verify_replayed_signature(self, seqno: int, writes: WriteSet) -> SignatureRecord | None:
+        """Check a replayed signature: signer endorsed in the store, signature valid, root ours."""
+        raw_sig = writes[SIGNATURES].get(SINGLETON_KEY)
+        if raw_sig is None:
+            return None
+        try:
+            sig = orjson.loads(raw_sig)
+            root = bytes.fromhex(sig["root"])
+            sig_der = base64.b64decode(sig["sig"])
+            node_id = str(sig["node"])
+        except (orjson.JSONDecodeError, KeyError, ValueError, TypeError) as e:
+            raise VerificationError(f"malformed signature: {e!r}", seqno=seqno) from None
+        if root != self.merkle.root():
+            raise VerificationError("signed Merkle root does not match the replayed entries", seqno=seqno)
+        cert_pem = self.store.read_tx().get(NODES_ENDORSED_CERTS, node_id)
+        if cert_pem is None:
+            raise VerificationError(f"signing node {node_id} has no endorsed certificate", seqno=seqno)
+        key = load_cert(cert_pem).public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise VerificationError("signing node key is not EC", seqno=seqno)
+        try:
+            key.verify(sig_der, root, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        except InvalidSignature:
+            raise VerificationError("node signature over the root does not verify", seqno=seqno) from None
+        cose_raw = writes.get(COSE_SIGNATURES, {}).get(SINGLETON_KEY)
+        cose_bytes = base64.b64decode(orjson.loads(cose_raw)) if cose_raw else b""
+        primary = PrimarySignature(node_id, seqno, int(sig["view"]), root, sig_der, cert_pem.decode())
+        return SignatureRecord(primary, cose_bytes)

@@ -1,0 +1,92 @@
+"""Signature transactions: the node's signature and the service's COSE signature over the Merkle root.
+
+A signature transaction at seqno s signs the root of leaves 0..s-1 (everything before it; its own leaf
+is appended afterwards, ccf-ledger-format.md §4-5). It writes, under the singleton key:
+- `public:ccf.internal.signatures`: JSON PrimarySignature with `sig` = ECDSA (prehashed SHA-256) by the
+  node key over the 32-byte root, DER, base64;
+- `public:ccf.internal.cose_signatures`: JSON string of base64 COSE_Sign1 by the service key, detached
+  payload = root, protected header {alg, kid, vds = 2, CWT claims {iss, sub, iat}, "ccf.v1": {txid}};
+- `public:ccf.internal.tree`: the serialised Merkle tree of leaves `from`..s-1.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+from ledger import cose
+from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem
+from ledger.kv import WriteSet
+from ledger.tables import COSE_SIGNATURES, SIGNATURES, SINGLETON_KEY, TREE, dump_json
+
+VDS_CCF_LEDGER_SHA256 = 2
+CWT_ISS = 1
+CWT_SUB = 2
+CWT_IAT = 6
+DEFAULT_ISSUER = "ccf.service"
+DEFAULT_SUBJECT = "ledger.signature"
+
+
+def sign_root(key: ec.EllipticCurvePrivateKey, root: bytes) -> bytes:
+    """ECDSA over the root used directly as a SHA-256 digest, DER-encoded (CCF's `sign_hash`)."""
+    return key.sign(root, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+
+
+def cose_sign_root(service: ServiceIdentity, root: bytes, view: int, seqno: int, iat: int,
+                   issuer: str = DEFAULT_ISSUER, subject: str = DEFAULT_SUBJECT) -> bytes:
+    protected: dict[Any, Any] = {
+        cose.HDR_KID: service.kid.encode(),
+        cose.HDR_VDS: VDS_CCF_LEDGER_SHA256,
+        cose.HDR_CWT: {CWT_ISS: issuer, CWT_SUB: subject, CWT_IAT: iat},
+        "ccf.v1": {"txid": f"{view}.{seqno}"},
+    }
+    return cose.sign1(service.key, protected, root, detached=True)
+
+
+@dataclass(frozen=True, slots=True)
+class PrimarySignature:
+    """The JSON value of `public:ccf.internal.signatures`."""
+
+    node: str
+    seqno: int
+    view: int
+    root: bytes
+    sig: bytes
+    cert: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cert": self.cert,
+            "commit_seqno": 0,
+            "commit_view": 0,
+            "hashed_nonce": "0" * 64,
+            "node": self.node,
+            "root": self.root.hex(),
+            "seqno": self.seqno,
+            "sig": base64.b64encode(self.sig).decode(),
+            "view": self.view,
+        }
+
+
+def signature_writes(
+    node: NodeIdentity,
+    service: ServiceIdentity,
+    view: int,
+    seqno: int,
+    root: bytes,
+    serialised_tree: bytes,
+    iat: int,
+) -> tuple[WriteSet, PrimarySignature, bytes]:
+    """The write set of the signature transaction at `seqno`, its PrimarySignature and COSE_Sign1."""
+    primary = PrimarySignature(node.node_id, seqno, view, root, sign_root(node.key, root), cert_pem(node.cert))
+    cose_sig = cose_sign_root(service, root, view, seqno, iat)
+    writes: WriteSet = {
+        SIGNATURES: {SINGLETON_KEY: dump_json(primary.to_json())},
+        COSE_SIGNATURES: {SINGLETON_KEY: dump_json(base64.b64encode(cose_sig).decode())},
+        TREE: {SINGLETON_KEY: serialised_tree},
+    }
+    return writes, primary, cose_sig

@@ -1,0 +1,205 @@
+"""Snapshots in CCF's format (ccf-ledger-format.md §8): serialise the whole store at a seqno, load it back.
+
+A snapshot file is one entry with no file header: entry header, GCM tag, IV (snapshot bit set),
+public size, public domain = type 1 || seqno || max_conflict_version || lp(hash_at_snapshot)
+|| lp(view_history) || maps, each map lp(name) || map_version || map_size || entries
+(`u64 key_size || key || pad8 || u64 value_size || i64 version || value || pad8`, value_size = 8 + len).
+Private maps follow encrypted under the ledger secret in force at the seqno, AAD = public domain.
+Once its evidence transaction is committed, the JSON receipt of that transaction is appended and the
+file is renamed `snapshot_<seqno>_<evidence>.committed`.
+
+Loading verifies the GCM tag (which authenticates the public domain too); `SnapshotError` otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import struct
+from dataclasses import dataclass
+
+import orjson
+
+from ledger.entry import (
+    BODY_PREFIX,
+    GCM_TAG_SIZE,
+    TYPE_SNAPSHOT,
+    decrypt_private,
+    entry_header,
+    frame_entry,
+    gcm_iv,
+    split_domains,
+)
+from ledger.errors import EntryFormatError, SnapshotError
+from ledger.kv import SnapshotState, is_public
+from ledger.secrets import LedgerSecret, LedgerSecrets
+
+_U64 = struct.Struct("<Q")
+_KV_HEAD = struct.Struct("<Qq")
+_NAME = re.compile(r"^snapshot_(\d+)_(\d+)(\.committed)?$")
+
+
+def _pad(n: int) -> bytes:
+    return bytes(-n % 8)
+
+
+def _serialise_snapshot_maps(state: SnapshotState, names: list[str]) -> bytes:
+    parts: list[bytes] = []
+    for name in names:
+        entries = state[name]
+        body: list[bytes] = []
+        for k in sorted(entries):
+            ver, val = entries[k]
+            body += [_U64.pack(len(k)), k, _pad(len(k)), _KV_HEAD.pack(8 + len(val), ver), val, _pad(8 + len(val))]
+        blob = b"".join(body)
+        bname = name.encode()
+        map_version = max(ver for ver, _ in entries.values())
+        parts += [_U64.pack(len(bname)), bname, _U64.pack(map_version), _U64.pack(len(blob)), blob]
+    return b"".join(parts)
+
+
+def serialise_snapshot(
+    state: SnapshotState, seqno: int, view: int, hash_at_snapshot: bytes, view_history: list[int],
+    secret: LedgerSecret,
+) -> bytes:
+    public_names, private_names = split_domains({name: {b"": None} for name, e in state.items() if e})
+    history = b"".join(_U64.pack(s) for s in view_history)
+    public = b"".join([
+        bytes([TYPE_SNAPSHOT]), _U64.pack(seqno), _U64.pack(0),
+        _U64.pack(len(hash_at_snapshot)), hash_at_snapshot, _U64.pack(len(history)), history,
+        _serialise_snapshot_maps(state, public_names),
+    ])
+    private = _serialise_snapshot_maps(state, private_names)
+    iv = gcm_iv(seqno, view, snapshot=True)
+    sealed = secret.aead.encrypt(iv, private, public)
+    size = BODY_PREFIX + len(public) + len(private)
+    return b"".join([entry_header(0, size), sealed[-GCM_TAG_SIZE:], iv, _U64.pack(len(public)), public,
+                     sealed[:-GCM_TAG_SIZE]])
+
+
+def _parse_snapshot_maps(buf: bytes, pos: int, end: int, state: SnapshotState) -> None:
+    while pos < end:
+        (n,) = _U64.unpack_from(buf, pos)
+        name = bytes(buf[pos + 8 : pos + 8 + n]).decode()
+        pos += 8 + n
+        _map_version, map_size = struct.unpack_from("<QQ", buf, pos)
+        pos += 16
+        stop = pos + map_size
+        if stop > end:
+            raise SnapshotError(f"map {name!r} overruns the snapshot")
+        entries: dict[bytes, tuple[int, bytes]] = {}
+        while pos < stop:
+            (klen,) = _U64.unpack_from(buf, pos)
+            k = bytes(buf[pos + 8 : pos + 8 + klen])
+            pos += 8 + klen + (-klen % 8)
+            vsize, ver = _KV_HEAD.unpack_from(buf, pos)
+            if vsize < 8:
+                raise SnapshotError(f"value of size {vsize} in map {name!r}")
+            val = bytes(buf[pos + 16 : pos + 8 + vsize])
+            pos += 8 + vsize + (-vsize % 8)
+            if ver >= 0:
+                entries[k] = (ver, val)
+        if pos != stop:
+            raise SnapshotError(f"map {name!r} entries do not fill its declared size")
+        state[name] = entries
+
+
+@dataclass(frozen=True)
+class LoadedSnapshot:
+    seqno: int
+    view: int
+    hash_at_snapshot: bytes
+    view_history: list[int]
+    state: SnapshotState
+    digest: bytes  # SHA-256 of the snapshot entry, as recorded in the evidence
+    receipt: dict[str, object] | None
+
+
+def snapshot_entry_size(data: bytes) -> int:
+    return 8 + (_U64.unpack_from(data, 0)[0] >> 16)
+
+
+def load_snapshot(data: bytes, secrets: LedgerSecrets | None) -> LoadedSnapshot:
+    """Parse a snapshot file's bytes; with `secrets`, verify the tag and include the private maps."""
+    try:
+        frame = frame_entry(data, 0)
+        if not frame.is_snapshot:
+            raise SnapshotError("the IV does not carry the snapshot bit")
+        buf, pos = data, frame.public_start
+        if buf[pos] != TYPE_SNAPSHOT:
+            raise SnapshotError(f"entry type {buf[pos]} is not a snapshot (1)")
+        seqno, _max_conflict, hlen = struct.unpack_from("<QQQ", buf, pos + 1)
+        pos += 25
+        hash_at = bytes(buf[pos : pos + hlen])
+        pos += hlen
+        (vlen,) = _U64.unpack_from(buf, pos)
+        pos += 8
+        if vlen % 8:
+            raise SnapshotError("view history is not an array of u64")
+        history = list(struct.unpack_from(f"<{vlen // 8}Q", buf, pos))
+        pos += vlen
+        state: SnapshotState = {}
+        _parse_snapshot_maps(buf, pos, frame.public_end, state)
+        if secrets is not None:
+            plain = decrypt_private(frame, secrets.for_seqno(seqno))
+            _parse_snapshot_maps(plain, 0, len(plain), state)
+        receipt = None
+        rest = data[frame.end :]
+        if rest:
+            receipt = orjson.loads(rest)
+    except (struct.error, UnicodeDecodeError, IndexError, orjson.JSONDecodeError) as e:
+        raise SnapshotError(f"malformed snapshot: {e}") from e
+    except EntryFormatError as e:
+        raise SnapshotError(f"malformed snapshot: {e}") from e
+    view = frame.view
+    digest = hashlib.sha256(data[: frame.end]).digest()
+    for name in state:
+        if secrets is None and not is_public(name):
+            raise SnapshotError(f"private map {name!r} found in the public domain")
+    return LoadedSnapshot(seqno, view, hash_at, history, state, digest, receipt)
+
+
+# --- snapshot files (host side) ----------------------------------------------------------------------
+
+
+def snapshot_file_name(seqno: int, evidence_seqno: int, committed: bool) -> str:
+    return f"snapshot_{seqno}_{evidence_seqno}" + (".committed" if committed else "")
+
+
+def parse_snapshot_name(name: str) -> tuple[int, int, bool] | None:
+    m = _NAME.match(name)
+    return (int(m.group(1)), int(m.group(2)), bool(m.group(3))) if m else None
+
+
+def write_snapshot_file(directory: str, seqno: int, evidence_seqno: int, data: bytes) -> str:
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, snapshot_file_name(seqno, evidence_seqno, False))
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+def commit_snapshot_file(directory: str, seqno: int, evidence_seqno: int, receipt_json: bytes) -> str:
+    """Append the evidence receipt and rename the snapshot `.committed`."""
+    path = os.path.join(directory, snapshot_file_name(seqno, evidence_seqno, False))
+    with open(path, "ab") as f:
+        f.write(receipt_json)
+        f.flush()
+        os.fsync(f.fileno())
+    final = os.path.join(directory, snapshot_file_name(seqno, evidence_seqno, True))
+    os.replace(path, final)
+    return final
+
+
+def latest_committed_snapshot(directory: str) -> str | None:
+    best: tuple[int, str] | None = None
+    if not os.path.isdir(directory):
+        return None
+    for name in os.listdir(directory):
+        parsed = parse_snapshot_name(name)
+        if parsed and parsed[2] and (best is None or parsed[0] > best[0]):
+            best = (parsed[0], os.path.join(directory, name))
+    return best[1] if best else None
