@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 
 from ledger.errors import DecryptionError, EntryFormatError, LedgerSecretError
-from ledger.kv import MapChanges, WriteSet, is_public
+from ledger.kv import PUBLIC_PREFIX, MapChanges, WriteSet, is_public
 from ledger.secrets import LedgerSecret, LedgerSecrets
 
 ENTRY_FORMAT_V1 = 1
@@ -65,31 +65,38 @@ def gcm_iv(seqno: int, view: int, snapshot: bool = False) -> bytes:
     return _IV.pack(seqno, view | SNAPSHOT_IV_BIT if snapshot else view)
 
 
+_ONE_WRITE = _MAP_PREFIX.pack(0, 0, 1)
+_NO_WRITES = _MAP_PREFIX.pack(0, 0, 0)
+_ONE = _pack_u64(1)
+
+
+def _append_map(parts: list[bytes], name: str, changes: MapChanges) -> None:
+    """Append one map's write/remove serialisation to `parts` (keys in byte order)."""
+    bname = name.encode()
+    parts.append(_pack_u64(len(bname)))
+    parts.append(bname)
+    if len(changes) == 1:  # the common case: one key changed
+        for k, v in changes.items():
+            if v is None:
+                parts += (_NO_WRITES, _ONE, _pack_u64(len(k)), k)
+            else:
+                parts += (_ONE_WRITE, _pack_u64(len(k)), k, _pack_u64(len(v)), v, _ZERO8)
+        return
+    writes = sorted((k, v) for k, v in changes.items() if v is not None)
+    parts.append(_MAP_PREFIX.pack(0, 0, len(writes)))
+    for k, v in writes:
+        parts += (_pack_u64(len(k)), k, _pack_u64(len(v)), v)
+    removes = sorted(k for k, v in changes.items() if v is None)
+    parts.append(_pack_u64(len(removes)))
+    for k in removes:
+        parts += (_pack_u64(len(k)), k)
+
+
 def serialise_maps(maps: WriteSet, names: list[str]) -> bytes:
     """The per-map write/remove format of the given maps, in the order given (callers sort)."""
     parts: list[bytes] = []
-    append = parts.append
     for name in names:
-        changes = maps[name]
-        bname = name.encode()
-        append(_pack_u64(len(bname)))
-        append(bname)
-        writes = [(k, v) for k, v in changes.items() if v is not None]
-        if len(writes) > 1:
-            writes.sort()
-        append(_MAP_PREFIX.pack(0, 0, len(writes)))
-        for k, v in writes:
-            append(_pack_u64(len(k)))
-            append(k)
-            append(_pack_u64(len(v)))
-            append(v)
-        removes = [k for k, v in changes.items() if v is None]
-        if len(removes) > 1:
-            removes.sort()
-        append(_pack_u64(len(removes)))
-        for k in removes:
-            append(_pack_u64(len(k)))
-            append(k)
+        _append_map(parts, name, maps[name])
     return b"".join(parts)
 
 
@@ -115,23 +122,21 @@ def serialise_entry(
     flags: int = 0,
 ) -> bytes:
     """A whole CCF entry (type 4) for the transaction committed at `seqno` in `view`."""
-    public_names, private_names = split_domains(writes)
-    public = b"".join(
-        (
-            _PUBLIC_HEAD.pack(TYPE_WITH_COMMIT_EVIDENCE_AND_CLAIMS, seqno),
-            claims_digest,
-            commit_evidence_digest,
-            _ZERO8,
-            serialise_maps(writes, public_names) if public_names else b"",
-        )
-    )
-    private = serialise_maps(writes, private_names) if private_names else b""
-    iv = gcm_iv(seqno, view)
-    sealed = secret.aead.encrypt(iv, private, public)
-    body_size = BODY_PREFIX + len(public) + len(private)
+    public = [_PUBLIC_HEAD.pack(TYPE_WITH_COMMIT_EVIDENCE_AND_CLAIMS, seqno), claims_digest,
+              commit_evidence_digest, _ZERO8]
+    private: list[bytes] = []
+    for name in sorted(writes) if len(writes) > 1 else writes:
+        changes = writes[name]
+        if changes:
+            _append_map(public if name.startswith(PUBLIC_PREFIX) else private, name, changes)
+    public_bytes = b"".join(public)
+    private_bytes = b"".join(private)
+    iv = _IV.pack(seqno, view)
+    sealed = secret.aead.encrypt(iv, private_bytes, public_bytes)
+    body_size = BODY_PREFIX + len(public_bytes) + len(private_bytes)
     return b"".join(
-        (entry_header(flags, body_size), sealed[-GCM_TAG_SIZE:], iv, _pack_u64(len(public)), public,
-         sealed[:-GCM_TAG_SIZE])
+        (_pack_u64(ENTRY_FORMAT_V1 | (flags << 8) | (body_size << 16)), sealed[-GCM_TAG_SIZE:], iv,
+         _pack_u64(len(public_bytes)), public_bytes, sealed[:-GCM_TAG_SIZE])
     )
 
 

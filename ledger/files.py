@@ -26,8 +26,6 @@ import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from loguru import logger
-
 from ledger.entry import (
     ENTRY_HEADER_SIZE,
     FLAG_FORCE_CHUNK_AFTER,
@@ -41,6 +39,9 @@ COMMITTED_SUFFIX = ".committed"
 _NAME = re.compile(r"^ledger_(\d+)(?:-(\d+))?(\.committed)?$")
 _U64 = struct.Struct("<Q")
 _IV_SEQNO = struct.Struct("<Q")
+
+
+_WRITE_BATCH_BYTES = 1 << 20
 
 
 class FsyncPolicy(enum.Enum):
@@ -137,6 +138,8 @@ class LedgerFiles:
         self._open_positions: list[int] = []
         self._open_size = 0
         self._dirty = False
+        self._pending: list[bytes] = []  # appended entries not yet handed to the OS
+        self._pending_bytes = 0
         if chunks and chunks[-1].end is None:
             last = chunks[-1]
             self._file = open(last.path, "r+b")  # noqa: SIM115 - kept open across appends
@@ -202,6 +205,8 @@ class LedgerFiles:
             if problem is not None or len(data) < FILE_HEADER_SIZE:
                 cut += len(data) - good_end
                 msg = f"{chunk.name}: cut {len(data) - good_end} bytes of torn or damaged tail ({problem})"
+                from loguru import logger  # deferred: loguru costs ~60 ms to import, warnings are rare
+
                 logger.warning(msg)
                 warnings.append(msg)
                 with open(chunk.path, "r+b") as f:
@@ -261,22 +266,31 @@ class LedgerFiles:
             self._complete_open_chunk()
         if self._file is None:
             self._open_new_chunk(seqno)
-        f = self._file
-        assert f is not None
         self._open_positions.append(self._open_size)
-        f.write(entry)
+        self._pending.append(entry)
+        self._pending_bytes += len(entry)
         self._open_size += len(entry)
         self._last = seqno
         self._dirty = True
+        if self._pending_bytes >= _WRITE_BATCH_BYTES:
+            self._write_pending()
         if self.fsync is FsyncPolicy.ALWAYS:
             self.flush()
         if flags & FLAG_FORCE_CHUNK_AFTER:
             self._complete_open_chunk()
         return seqno
 
+    def _write_pending(self) -> None:
+        if self._pending:
+            assert self._file is not None
+            self._file.write(b"".join(self._pending))
+            self._pending.clear()
+            self._pending_bytes = 0
+
     def flush(self) -> None:
         """Make appended entries durable (per the fsync policy)."""
         if self._file is not None and self._dirty:
+            self._write_pending()
             self._file.flush()
             if self.fsync is not FsyncPolicy.NEVER:
                 os.fsync(self._file.fileno())
@@ -292,6 +306,7 @@ class LedgerFiles:
             os.close(fd)
 
     def _complete_open_chunk(self) -> None:
+        self._write_pending()
         f = self._file
         assert f is not None
         chunk = self._chunks[-1]
@@ -399,6 +414,7 @@ class LedgerFiles:
         if start > end:
             return []
         if self._file is not None and self._dirty:
+            self._write_pending()
             self._file.flush()
         out: list[bytes] = []
         seqno = start

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -51,9 +50,12 @@ def _key(key: bytes | str) -> bytes:
     return key.encode() if isinstance(key, str) else key
 
 
-@dataclass(frozen=True, slots=True)
-class CommitResult:
-    """What a committed write transaction became: its txid, write set and claims digest."""
+class CommitResult(NamedTuple):
+    """What a committed write transaction became: its txid, write set and claims digest.
+
+    (An immutable NamedTuple rather than a frozen dataclass: it is built once per transaction on the
+    commit path, where a frozen dataclass's __init__ costs several times more.)
+    """
 
     seqno: int
     view: int
@@ -348,12 +350,14 @@ class Tx:
             raise ReadOnlyTransaction(f"cannot write to {map_name!r} in a read-only transaction")
         if self._closed:
             raise TransactionClosed("transaction already committed or abandoned")
-        if not isinstance(value, bytes | bytearray | memoryview):
-            raise TypeError(f"values are bytes, got {type(value).__name__}")
+        if value.__class__ is not bytes:
+            if not isinstance(value, bytearray | memoryview):
+                raise TypeError(f"values are bytes, got {type(value).__name__}")
+            value = bytes(value)
         changes = self._writes.get(map_name)
         if changes is None:
             changes = self._writes[map_name] = {}
-        changes[_key(key)] = bytes(value)
+        changes[key if key.__class__ is bytes else _key(key)] = value
 
     def remove(self, map_name: str, key: bytes | str) -> None:
         if self.readonly:

@@ -35,6 +35,53 @@ def fold_path(leaf: bytes, path: list[PathStep]) -> bytes:
     return cur
 
 
+class MerkleRoots:
+    """The running root of a CCF Merkle tree, keeping only the peaks (perfect subtrees): O(log n) memory.
+
+    For auditors that only need the root at each signature, not paths. Same tree as `MerkleHistory`.
+    """
+
+    __slots__ = ("peaks", "size")
+
+    def __init__(self, first_leaf: bytes | None = bytes(HASH_SIZE)) -> None:
+        self.peaks: list[bytes] = []
+        self.size = 0
+        if first_leaf is not None:
+            self.append(first_leaf)
+
+    def append(self, leaf: bytes) -> None:
+        peaks = self.peaks
+        self.size = n = self.size + 1
+        while not n & 1:
+            leaf = sha256(peaks.pop() + leaf).digest()
+            n >>= 1
+        peaks.append(leaf)
+
+    def append_subtree(self, height: int, subtree_root: bytes) -> None:
+        """Append 2**height leaves at once, given the root of their perfect subtree.
+
+        The tree size must be a multiple of 2**height (the subtree is aligned, as in the tree's shape).
+        """
+        size = 1 << height
+        if self.size & (size - 1):
+            raise MerkleError(f"a subtree of {size} leaves cannot start at leaf {self.size}")
+        peaks = self.peaks
+        self.size += size
+        m = self.size >> height
+        while not m & 1:
+            subtree_root = sha256(peaks.pop() + subtree_root).digest()
+            m >>= 1
+        peaks.append(subtree_root)
+
+    def root(self) -> bytes:
+        if not self.peaks:
+            raise MerkleError("no leaves")
+        acc = self.peaks[-1]
+        for p in reversed(self.peaks[:-1]):
+            acc = sha256(p + acc).digest()
+        return acc
+
+
 class MerkleHistory:
     """An append-only Merkle tree over 32-byte leaves, with rollback and flushing."""
 

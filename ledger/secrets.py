@@ -29,6 +29,16 @@ from ledger.errors import LedgerSecretError
 SECRET_SIZE = 32
 
 
+def _hmac_pads(key: bytes) -> tuple[Any, Any]:
+    """SHA-256 states after absorbing key^ipad and key^opad (RFC 2104), to copy per message.
+
+    `hmac.digest` re-derives these for every call (about 4 us with OpenSSL 3); copying two hash
+    states costs a third of that, and the commit path computes one HMAC per transaction.
+    """
+    block = key.ljust(64, b"\0")
+    return (hashlib.sha256(bytes(b ^ 0x36 for b in block)), hashlib.sha256(bytes(b ^ 0x5C for b in block)))
+
+
 @dataclass(frozen=True)
 class LedgerSecret:
     """One ledger secret, with its cipher object and commit secret computed once."""
@@ -37,19 +47,34 @@ class LedgerSecret:
     raw: bytes = field(repr=False)
     aead: AESGCM = field(repr=False, compare=False)
     commit_secret: bytes = field(repr=False, compare=False)
+    _pads: tuple[Any, Any] = field(repr=False, compare=False)
 
     @classmethod
     def create(cls, start: int, raw: bytes | None = None) -> LedgerSecret:
         raw = os.urandom(SECRET_SIZE) if raw is None else raw
         if len(raw) != SECRET_SIZE:
             raise LedgerSecretError(f"a ledger secret is {SECRET_SIZE} bytes, got {len(raw)}")
-        return cls(start, raw, AESGCM(raw), hmac.digest(raw, b"Commit S", "sha256"))
+        commit_secret = hmac.digest(raw, b"Commit S", "sha256")
+        return cls(start, raw, AESGCM(raw), commit_secret, _hmac_pads(commit_secret))
 
     def commit_nonce(self, view: int, seqno: int) -> bytes:
-        return hmac.digest(self.commit_secret, f"{view}.{seqno}".encode(), "sha256")
+        return self._nonce(f"{view}.{seqno}".encode())
+
+    def _nonce(self, txid: bytes) -> bytes:
+        inner, outer = self._pads
+        h = inner.copy()
+        h.update(txid)
+        o = outer.copy()
+        o.update(h.digest())
+        return bytes(o.digest())
 
     def commit_evidence(self, view: int, seqno: int) -> str:
         return f"ce:{view}.{seqno}:{self.commit_nonce(view, seqno).hex()}"
+
+    def commit_evidence_digest(self, view: int, seqno: int) -> bytes:
+        """SHA-256 of the commit evidence string: what the entry and the Merkle leaf carry."""
+        txid = b"%d.%d" % (view, seqno)
+        return hashlib.sha256(b"ce:" + txid + b":" + self._nonce(txid).hex().encode()).digest()
 
 
 def commit_evidence_digest(commit_evidence: str) -> bytes:

@@ -24,7 +24,7 @@ import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from cryptography.exceptions import InvalidSignature
@@ -66,10 +66,12 @@ from ledger.tables import (
 )
 
 DEFAULT_CHUNK_SIZE = 5 * 1000 * 1000
+_sha256 = hashlib.sha256
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class TxID:
+class TxID(NamedTuple):
+    """A transaction id, `<view>.<seqno>` (a NamedTuple: one is made per committed transaction)."""
+
     view: int
     seqno: int
 
@@ -190,21 +192,22 @@ class ServiceLedger:
         return TxID(view, seqno)
 
     def _record(self, result: CommitResult, flags: int) -> None:
-        seqno, view = result.seqno, result.view
+        seqno, view, writes, claims = result
         secret = self.secrets.latest
         if seqno < secret.start:
             secret = self.secrets.for_seqno(seqno)
-        ce_digest = hashlib.sha256(secret.commit_evidence(view, seqno).encode()).digest()
-        entry = serialise_entry(seqno, view, result.writes, result.claims_digest, ce_digest, secret, flags)
-        wsd = hashlib.sha256(entry).digest()
-        self.merkle.append(hashlib.sha256(wsd + ce_digest + result.claims_digest).digest())
+        ce_digest = secret.commit_evidence_digest(view, seqno)
+        entry = serialise_entry(seqno, view, writes, claims, ce_digest, secret, flags)
+        wsd = _sha256(entry).digest()
+        self.merkle.append(_sha256(wsd + ce_digest + claims).digest())
         if self.files is not None:
             self.files.append(entry)
         self._views.append(view)
         self._wsd.append(wsd)
-        self._claims.append(result.claims_digest)
-        self._sizes.append(len(entry))
-        self._bytes_since_chunk = 0 if flags & FLAG_FORCE_CHUNK_AFTER else self._bytes_since_chunk + len(entry)
+        self._claims.append(claims)
+        size = len(entry)
+        self._sizes.append(size)
+        self._bytes_since_chunk = 0 if flags & FLAG_FORCE_CHUNK_AFTER else self._bytes_since_chunk + size
 
     def request_chunk(self) -> None:
         """End the current chunk at the next signature (governance's trigger_ledger_chunk)."""
