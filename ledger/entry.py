@@ -49,6 +49,7 @@ MAX_VIEW = 0x7FFFFFFF
 _U64 = struct.Struct("<Q")
 _IV = struct.Struct("<QI")
 _MAP_PREFIX = struct.Struct("<QQQ")
+_READ_HEADER = struct.Struct("<QQ")
 _PUBLIC_HEAD = struct.Struct("<BQ")
 _ZERO8 = bytes(8)
 _pack_u64 = _U64.pack
@@ -260,45 +261,52 @@ def parse_public_header(frame: EntryFrame, *, file: str | None = None) -> Public
 
 def parse_maps(buf: bytes, pos: int, end: int, *, seqno: int | None = None, file: str | None = None,
                offset: int | None = None) -> WriteSet:
-    """Parse back the output of `serialise_maps` lying in buf[pos:end]."""
+    """Parse back the output of `serialise_maps` lying in buf[pos:end]. Every length is checked
+    against what is left before it is used, so damaged lengths raise `EntryFormatError`."""
+
+    def fail(message: str) -> EntryFormatError:
+        return EntryFormatError(message, file=file, offset=offset, seqno=seqno)
+
+    def blob(what: str) -> bytes:
+        nonlocal pos
+        if pos + 8 > end:
+            raise fail(f"{what} length runs past the domain")
+        (n,) = _unpack_u64(buf, pos)
+        if n > end - pos - 8:
+            raise fail(f"{what} of {n} bytes runs past the domain")
+        value = bytes(buf[pos + 8 : pos + 8 + n])
+        pos += 8 + n
+        return value
+
+    def count(what: str, minimum_item_size: int) -> int:
+        nonlocal pos
+        if pos + 8 > end:
+            raise fail(f"{what} count runs past the domain")
+        (n,) = _unpack_u64(buf, pos)
+        pos += 8
+        if n > (end - pos) // minimum_item_size:
+            raise fail(f"{what} count {n} cannot fit in the domain")
+        return int(n)
+
     maps: WriteSet = {}
-    try:
-        while pos < end:
-            (n,) = _unpack_u64(buf, pos)
-            pos += 8
-            name = bytes(buf[pos : pos + n]).decode()
-            pos += n
-            _read_version, read_count, write_count = _MAP_PREFIX.unpack_from(buf, pos)
-            pos += 24
-            if read_count != 0:
-                raise EntryFormatError(f"map {name!r} has {read_count} reads (expected 0)",
-                                       file=file, offset=offset, seqno=seqno)
-            if write_count > (end - pos) // 16:
-                raise EntryFormatError(f"map {name!r} claims {write_count} writes", file=file, offset=offset,
-                                       seqno=seqno)
-            changes: MapChanges = {}
-            for _ in range(write_count):
-                (n,) = _unpack_u64(buf, pos)
-                k = bytes(buf[pos + 8 : pos + 8 + n])
-                pos += 8 + n
-                (n,) = _unpack_u64(buf, pos)
-                v = bytes(buf[pos + 8 : pos + 8 + n])
-                pos += 8 + n
-                changes[k] = v
-            (remove_count,) = _unpack_u64(buf, pos)
-            pos += 8
-            if remove_count > (end - pos) // 8 + 1:
-                raise EntryFormatError(f"map {name!r} claims {remove_count} removals", file=file,
-                                       offset=offset, seqno=seqno)
-            for _ in range(remove_count):
-                (n,) = _unpack_u64(buf, pos)
-                changes[bytes(buf[pos + 8 : pos + 8 + n])] = None
-                pos += 8 + n
-            if pos > end:
-                raise EntryFormatError(f"map {name!r} overruns its domain", file=file, offset=offset, seqno=seqno)
-            maps[name] = changes
-    except (struct.error, UnicodeDecodeError) as e:
-        raise EntryFormatError(f"malformed map data: {e}", file=file, offset=offset, seqno=seqno) from e
+    while pos < end:
+        try:
+            name = blob("map name").decode()
+        except UnicodeDecodeError:
+            raise fail("map name is not UTF-8") from None
+        if pos + 16 > end:
+            raise fail(f"map {name!r} header runs past the domain")
+        _read_version, read_count = _READ_HEADER.unpack_from(buf, pos)
+        pos += 16
+        if read_count != 0:
+            raise fail(f"map {name!r} has {read_count} reads (expected 0)")
+        changes: MapChanges = {}
+        for _ in range(count(f"map {name!r} write", 16)):
+            k = blob("key")
+            changes[k] = blob("value")
+        for _ in range(count(f"map {name!r} removal", 8)):
+            changes[blob("key")] = None
+        maps[name] = changes
     return maps
 
 

@@ -12,6 +12,24 @@ class LedgerError(Exception):
     """Base of every error raised by the ledger core."""
 
 
+class LocatedError(LedgerError):
+    """An error about stored bytes: says which file, offset and seqno, when known.
+
+    `reason` is the message without the location, for wrapping in another located error.
+    """
+
+    def __init__(
+        self, message: str, *, file: str | None = None, offset: int | None = None, seqno: int | None = None
+    ) -> None:
+        where = [f"{label} {value}" for label, value in (("file", file), ("offset", offset), ("seqno", seqno))
+                 if value is not None]
+        super().__init__(f"{message} ({', '.join(where)})" if where else message)
+        self.reason = message
+        self.file = file
+        self.offset = offset
+        self.seqno = seqno
+
+
 # --- key-value store ---------------------------------------------------------------------------------
 
 
@@ -50,29 +68,8 @@ class RollbackBelowCommit(KVError):
 # --- serialised entries and secrets ------------------------------------------------------------------
 
 
-class EntryFormatError(LedgerError):
+class EntryFormatError(LocatedError):
     """A serialised entry (or snapshot) is malformed."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        file: str | None = None,
-        offset: int | None = None,
-        seqno: int | None = None,
-    ) -> None:
-        where = []
-        if file is not None:
-            where.append(f"file {file}")
-        if offset is not None:
-            where.append(f"offset {offset}")
-        if seqno is not None:
-            where.append(f"seqno {seqno}")
-        super().__init__(f"{message} ({', '.join(where)})" if where else message)
-        self.file = file
-        self.offset = offset
-        self.seqno = seqno
-        self.reason = message
 
 
 class DecryptionError(EntryFormatError):
@@ -93,18 +90,8 @@ class MerkleError(LedgerError):
 # --- ledger files (host side) ------------------------------------------------------------------------
 
 
-class LedgerFileError(LedgerError):
+class LedgerFileError(LocatedError):
     """A ledger directory or chunk file cannot be used."""
-
-    def __init__(self, message: str, *, file: str | None = None, seqno: int | None = None) -> None:
-        where = []
-        if file is not None:
-            where.append(f"file {file}")
-        if seqno is not None:
-            where.append(f"seqno {seqno}")
-        super().__init__(f"{message} ({', '.join(where)})" if where else message)
-        self.file = file
-        self.seqno = seqno
 
 
 class CorruptedCommittedChunk(LedgerFileError):
@@ -114,18 +101,8 @@ class CorruptedCommittedChunk(LedgerFileError):
 # --- verification ------------------------------------------------------------------------------------
 
 
-class VerificationError(LedgerError):
-    """Offline verification of a ledger failed."""
-
-    def __init__(self, message: str, *, seqno: int | None = None, file: str | None = None) -> None:
-        where = []
-        if file is not None:
-            where.append(f"file {file}")
-        if seqno is not None:
-            where.append(f"seqno {seqno}")
-        super().__init__(f"{message} ({', '.join(where)})" if where else message)
-        self.seqno = seqno
-        self.file = file
+class VerificationError(LocatedError):
+    """Verification of a ledger (offline audit or replay) failed."""
 
 
 class ReceiptError(LedgerError):

@@ -104,9 +104,11 @@ def scan_entries(data: bytes, start: int, end: int, first_seqno: int, *, file: s
 
 
 def read_positions(data: bytes, name: str, start: int, end: int | None) -> tuple[list[int], int]:
-    """Positions of a complete chunk from its table, checked against the entries' size fields.
+    """Positions of a complete chunk from its table, each checked against the entry found there.
 
-    Returns (positions, offset of the table). Raises `LedgerFileError` with the first bad seqno.
+    Returns (positions, offset of the table). Raises `LedgerFileError` naming the first entry whose
+    framing disagrees with the table (its size, its IV seqno; `offset` set), or the chunk start if the
+    table itself cannot be read (`offset` unset).
     """
     table = _U64.unpack_from(data, 0)[0] if len(data) >= 8 else 0
     if table < FILE_HEADER_SIZE or table > len(data) or (len(data) - table) % 4:
@@ -117,12 +119,40 @@ def read_positions(data: bytes, name: str, start: int, end: int | None) -> tuple
     if end is not None and count != end - start + 1:
         raise LedgerFileError(f"positions table holds {count} entries, the name says {end - start + 1}",
                               file=name, seqno=start)
-    scanned, problem = scan_entries(data, FILE_HEADER_SIZE, table, start, file=name)
-    if problem is not None or scanned != positions:
-        bad = start + next((i for i, (a, b) in enumerate(zip(scanned, positions, strict=False)) if a != b),
-                           len(scanned))
-        raise LedgerFileError(problem or "positions table does not match the entries", file=name, seqno=bad)
+    bounds = [*positions, table]
+    expected_pos = FILE_HEADER_SIZE
+    for i, pos in enumerate(positions):
+        seqno = start + i
+        if pos != expected_pos:
+            raise LedgerFileError(f"positions table says offset {pos}, the previous entry ends at {expected_pos}",
+                                  file=name, offset=pos, seqno=seqno)
+        next_pos = bounds[i + 1]
+        try:
+            size = read_entry_size(data, pos, file=name, limit=table)
+        except EntryFormatError as e:
+            raise LedgerFileError(e.reason, file=name, offset=pos, seqno=seqno) from None
+        if pos + size != next_pos:
+            # Either this entry's size field or the next row of the table is wrong: if a well-framed
+            # entry with the next seqno starts where this one ends, the table row is to blame.
+            blamed = seqno + 1 if _entry_at(data, pos + size, seqno + 1, table) else seqno
+            raise LedgerFileError(f"entry ends at offset {pos + size}, the table says {next_pos}",
+                                  file=name, offset=pos, seqno=blamed)
+        (iv_seqno,) = _IV_SEQNO.unpack_from(data, pos + ENTRY_HEADER_SIZE + 16)
+        if iv_seqno != seqno:
+            raise LedgerFileError(f"entry holds seqno {iv_seqno}", file=name, offset=pos, seqno=seqno)
+        expected_pos = next_pos
     return positions, table
+
+
+def _entry_at(data: bytes, pos: int, seqno: int, limit: int) -> bool:
+    """Whether a well-framed entry holding `seqno` starts at `pos` (or `pos` is the end, past the last)."""
+    if pos == limit:
+        return True
+    try:
+        read_entry_size(data, pos, limit=limit)
+    except EntryFormatError:
+        return False
+    return bool(_IV_SEQNO.unpack_from(data, pos + ENTRY_HEADER_SIZE + 16)[0] == seqno)
 
 
 class LedgerFiles:
@@ -178,9 +208,13 @@ class LedgerFiles:
                     chunk.positions, _ = read_positions(data, chunk.name, chunk.start, chunk.end)
                 except LedgerFileError as e:
                     if chunk.committed:
-                        raise CorruptedCommittedChunk(f"committed chunk is damaged: {e}", file=chunk.name,
-                                                      seqno=e.seqno) from e
-                    raise
+                        raise CorruptedCommittedChunk(f"committed chunk is damaged: {e.reason}", file=chunk.name,
+                                                      offset=e.offset, seqno=e.seqno) from e
+                    # Never committed, so never agreed: keep the valid prefix, drop the rest.
+                    cut += cls._cut_damaged_chunk(chunk, data, e, found[i + 1 :], warnings)
+                    if chunk.positions:
+                        chunks.append(chunk)
+                    break
                 if chunk.committed:
                     committed_seqno = chunk.end
                 chunks.append(chunk)
@@ -203,8 +237,8 @@ class LedgerFiles:
             positions, problem = scan_entries(data, FILE_HEADER_SIZE, len(data), chunk.start, file=chunk.name)
             good_end = positions[-1] + read_entry_size(data, positions[-1]) if positions else FILE_HEADER_SIZE
             if problem is not None or len(data) < FILE_HEADER_SIZE:
-                cut += len(data) - good_end
-                msg = f"{chunk.name}: cut {len(data) - good_end} bytes of torn or damaged tail ({problem})"
+                cut += max(len(data) - good_end, 0) if len(data) >= FILE_HEADER_SIZE else len(data)
+                msg = f"{chunk.name}: cut torn or damaged tail after offset {good_end} ({problem or 'torn header'})"
                 from loguru import logger  # deferred: loguru costs ~60 ms to import, warnings are rare
 
                 logger.warning(msg)
@@ -222,6 +256,39 @@ class LedgerFiles:
             chunks.append(chunk)
         files = cls(directory, chunks=chunks, committed_seqno=committed_seqno, fsync=fsync)
         return files, RecoveryReport(files.last_seqno, committed_seqno, cut, tuple(warnings))
+
+    @staticmethod
+    def _cut_damaged_chunk(chunk: _Chunk, data: bytes, error: LedgerFileError, later: list[_Chunk],
+                           warnings: list[str]) -> int:
+        """Turn a damaged, uncommitted complete chunk back into an open one holding its valid prefix,
+        and delete the chunks after it. Returns the number of bytes dropped."""
+        from loguru import logger  # deferred: loguru costs ~60 ms to import, warnings are rare
+
+        scanned, _ = scan_entries(data, FILE_HEADER_SIZE, len(data), chunk.start, file=chunk.name)
+        if error.offset is not None and error.seqno is not None:  # a damaged entry: keep those before it
+            scanned = scanned[: max(error.seqno - chunk.start, 0)]
+        positions = scanned
+        good_end = positions[-1] + read_entry_size(data, positions[-1]) if positions else FILE_HEADER_SIZE
+        dropped = len(data) - good_end + sum(os.path.getsize(c.path) for c in later)
+        open_path = os.path.join(os.path.dirname(chunk.path), chunk_name(chunk.start, None, False))
+        with open(chunk.path, "r+b") as f:
+            f.write(bytes(FILE_HEADER_SIZE))
+            f.truncate(good_end)
+            f.flush()
+            os.fsync(f.fileno())
+        for c in later:
+            os.remove(c.path)
+        if positions:
+            os.replace(chunk.path, open_path)
+            chunk.path, chunk.end, chunk.positions = open_path, None, positions
+        else:
+            os.remove(chunk.path)
+            chunk.positions = []
+        msg = (f"{chunk.name}: uncommitted chunk damaged ({error.reason}, seqno {error.seqno}); kept "
+               f"{len(positions)} entries, dropped {len(later)} later chunk(s)")
+        logger.warning(msg)
+        warnings.append(msg)
+        return dropped
 
     # --- state -------------------------------------------------------------------------------------
 

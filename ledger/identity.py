@@ -78,6 +78,12 @@ def load_key(pem: str | bytes) -> ec.EllipticCurvePrivateKey:
     return key
 
 
+_CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+    key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
+)
+
+
 def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
@@ -104,14 +110,7 @@ def self_signed_cert(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
     )
     if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        builder = builder.add_extension(_CA_KEY_USAGE, critical=True)
     return builder.sign(key, hash_for_key(key))
 
 
@@ -124,8 +123,13 @@ def endorse(
     san_hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
     now: dt.datetime | None = None,
     days: int = 365,
+    ca: bool = False,
 ) -> x509.Certificate:
-    """A certificate for `subject_key` issued by the service identity (CA false, SAN, AKI)."""
+    """A certificate for `subject_key` issued by the service identity (SAN, AKI).
+
+    `ca=False` for node certificates; `ca=True` when the new service identity endorses a previous one
+    (after a recovery), so that chains through it pass X.509 path validation.
+    """
     start = _now(now) - dt.timedelta(minutes=1)
     sans: list[x509.GeneralName] = []
     for host in san_hosts:
@@ -142,11 +146,13 @@ def endorse(
         .serial_number(_serial(subject_key))
         .not_valid_before(start)
         .not_valid_after(start + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
     )
+    if ca:
+        builder = builder.add_extension(_CA_KEY_USAGE, critical=True)
     return builder.sign(issuer_key, hash_for_key(issuer_key))
 
 

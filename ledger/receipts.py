@@ -134,7 +134,7 @@ def _cert(pem: Any, what: str) -> x509.Certificate:
         raise ReceiptFormatError(f"{what} must be a PEM string")
     try:
         return x509.load_pem_x509_certificate(pem.encode())
-    except ValueError as e:
+    except (ValueError, x509.InvalidVersion) as e:
         raise ReceiptFormatError(f"{what} is not a PEM certificate: {e}") from None
 
 
@@ -167,7 +167,10 @@ def verify_json_receipt(
     if not isinstance(receipt, dict):
         raise ReceiptFormatError("a JSON receipt is an object")
     node_cert = _cert(receipt.get("cert"), "cert")
-    node_key = node_cert.public_key()
+    try:
+        node_key = node_cert.public_key()
+    except ValueError as e:
+        raise ReceiptFormatError(f"cert holds an unusable key: {e}") from None
     if not isinstance(node_key, ec.EllipticCurvePublicKey):
         raise ReceiptFormatError("cert must hold an EC key")
     node_id = receipt.get("node_id")

@@ -1,0 +1,734 @@
+"""The versioned key-value store (`ledger.kv`): transactions, versions, conflicts, rollback, compaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledger.errors import (
+    ReadOnlyTransaction,
+    RollbackBelowCommit,
+    TransactionClosed,
+    TransactionConflict,
+    VersionUnavailable,
+)
+from ledger.kv import Store, is_public
+
+pytestmark = pytest.mark.unit
+
+M = "app.m"
+OTHER = "app.other"
+
+
+def commit_put(store: Store, map_name: str, key: bytes | str, value: bytes) -> int:
+    tx = store.begin()
+    tx.put(map_name, key, value)
+    return tx.commit().seqno
+
+
+def commit_remove(store: Store, map_name: str, key: bytes | str) -> int:
+    tx = store.begin()
+    tx.remove(map_name, key)
+    return tx.commit().seqno
+
+
+def read_at(store: Store, version: int, map_name: str, key: bytes | str) -> bytes | None:
+    return store.read_tx(at=version).get(map_name, key)
+
+
+# --- maps, basic reads and writes -----------------------------------------------------------------
+
+
+def test_maps_named_public_prefix_are_public_and_others_private() -> None:
+    assert is_public("public:ccf.gov.members.certs")
+    assert is_public("public:")
+    assert not is_public("ccf.internal.secret")
+    assert not is_public("app.public:thing")
+    assert not is_public("Public:x")
+
+
+def test_get_of_missing_key_or_map_is_none_and_has_is_false() -> None:
+    tx = Store().begin()
+    assert tx.get(M, b"k") is None
+    assert not tx.has(M, b"k")
+
+
+def test_tx_reads_its_own_put_before_commit_and_store_sees_it_after() -> None:
+    store = Store()
+    tx = store.begin()
+    tx.put(M, b"k", b"v")
+    assert tx.get(M, b"k") == b"v"
+    assert tx.has(M, b"k")
+    assert store.read_tx().get(M, b"k") is None  # not visible before commit
+    tx.commit()
+    assert store.read_tx().get(M, b"k") == b"v"
+
+
+def test_remove_hides_key_within_tx_and_after_commit() -> None:
+    store = Store()
+    commit_put(store, M, b"k", b"v")
+    tx = store.begin()
+    tx.remove(M, b"k")
+    assert tx.get(M, b"k") is None
+    assert not tx.has(M, b"k")
+    tx.commit()
+    reader = store.read_tx()
+    assert reader.get(M, b"k") is None
+    assert not reader.has(M, b"k")
+    assert reader.keys(M) == []
+
+
+def test_clear_removes_every_key_of_the_map_only() -> None:
+    store = Store()
+    tx = store.begin()
+    for i in range(5):
+        tx.put(M, f"k{i}", b"v")
+    tx.put(OTHER, b"keep", b"v")
+    tx.commit()
+    tx = store.begin()
+    tx.clear(M)
+    assert tx.size(M) == 0
+    tx.commit()
+    reader = store.read_tx()
+    assert reader.size(M) == 0
+    assert list(reader.items(M)) == []
+    assert reader.get(OTHER, b"keep") == b"v"
+
+
+def test_items_are_ordered_by_key_and_merge_uncommitted_writes() -> None:
+    store = Store()
+    tx = store.begin()
+    for k in (b"d", b"b", b"a"):
+        tx.put(M, k, b"old-" + k)
+    tx.commit()
+    tx = store.begin()
+    tx.put(M, b"c", b"new-c")  # new key
+    tx.put(M, b"a", b"new-a")  # overwrite
+    tx.remove(M, b"d")  # removal
+    assert list(tx.items(M)) == [(b"a", b"new-a"), (b"b", b"old-b"), (b"c", b"new-c")]
+    assert tx.keys(M) == [b"a", b"b", b"c"]
+    assert tx.size(M) == 3
+    # the committed state is unchanged until commit
+    assert list(store.read_tx().items(M)) == [(b"a", b"old-a"), (b"b", b"old-b"), (b"d", b"old-d")]
+
+
+def test_str_keys_are_utf8_encoded_bytes() -> None:
+    store = Store()
+    tx = store.begin()
+    tx.put(M, "clé", b"v")
+    tx.commit()
+    reader = store.read_tx()
+    assert reader.get(M, "clé".encode()) == b"v"
+    assert reader.get(M, "clé") == b"v"
+    assert reader.keys(M) == ["clé".encode()]
+
+
+@pytest.mark.parametrize("value", ["text", 5, None, [1], {"a": 1}])
+def test_put_of_non_bytes_value_raises_type_error(value: Any) -> None:
+    tx = Store().begin()
+    with pytest.raises(TypeError):
+        tx.put(M, b"k", value)
+    assert tx.get(M, b"k") is None
+
+
+def test_put_accepts_bytearray_and_memoryview_and_stores_bytes() -> None:
+    store = Store()
+    tx = store.begin()
+    tx.put(M, b"a", bytearray(b"xy"))
+    tx.put(M, b"b", memoryview(b"zw"))
+    tx.commit()
+    reader = store.read_tx()
+    assert reader.get(M, b"a") == b"xy"
+    assert type(reader.get(M, b"a")) is bytes
+    assert reader.get(M, b"b") == b"zw"
+    assert type(reader.get(M, b"b")) is bytes
+
+
+def test_put_json_stores_sorted_compact_json_and_get_json_parses_it() -> None:
+    store = Store()
+    tx = store.begin()
+    tx.put_json(M, "j", {"b": 1, "a": [1, 2], "c": {"z": None, "y": "s"}})
+    tx.commit()
+    reader = store.read_tx()
+    assert reader.get(M, "j") == b'{"a":[1,2],"b":1,"c":{"y":"s","z":null}}'
+    assert reader.get_json(M, "j") == {"a": [1, 2], "b": 1, "c": {"y": "s", "z": None}}
+    assert reader.get_json(M, "missing") is None
+
+
+def test_put_str_and_get_str_round_trip_utf8() -> None:
+    store = Store()
+    tx = store.begin()
+    tx.put_str(M, "s", "héllo")
+    tx.commit()
+    reader = store.read_tx()
+    assert reader.get(M, "s") == "héllo".encode()
+    assert reader.get_str(M, "s") == "héllo"
+    assert reader.get_str(M, "missing") is None
+
+
+@pytest.mark.parametrize("value", [0, 1, -1, 2**63 - 1, -(2**63), 123456789])
+def test_put_int_and_get_int_round_trip_as_8_byte_little_endian_signed(value: int) -> None:
+    store = Store()
+    tx = store.begin()
+    tx.put_int(M, "i", value)
+    tx.commit()
+    reader = store.read_tx()
+    assert reader.get(M, "i") == value.to_bytes(8, "little", signed=True)
+    assert reader.get_int(M, "i") == value
+    assert reader.get_int(M, "missing") is None
+
+
+# --- versions and views -------------------------------------------------------------------------------
+
+
+def test_committed_write_tx_gets_next_seqno_and_current_view() -> None:
+    store = Store()
+    assert store.version == 0
+    store.set_view(2)
+    tx = store.begin()
+    tx.put(M, b"k", b"1")
+    result = tx.commit()
+    assert (result.seqno, result.view) == (1, 2)
+    assert result.writes == {M: {b"k": b"1"}}
+    assert store.version == 1
+    store.set_view(5)
+    tx = store.begin()
+    tx.remove(M, b"k")
+    result = tx.commit()
+    assert (result.seqno, result.view) == (2, 5)
+    assert result.writes == {M: {b"k": None}}
+    assert store.version == 2
+
+
+def test_view_can_stay_or_advance_but_not_go_back() -> None:
+    store = Store()
+    store.set_view(3)
+    store.set_view(3)
+    assert store.view == 3
+    with pytest.raises(ValueError):
+        store.set_view(2)
+    assert store.view == 3
+
+
+def test_read_tx_at_version_reads_state_as_of_that_version() -> None:
+    store = Store()
+    commit_put(store, M, b"k", b"v1")  # 1
+    commit_put(store, M, b"k", b"v2")  # 2
+    commit_remove(store, M, b"k")  # 3
+    commit_put(store, M, b"k", b"v4")  # 4
+    assert read_at(store, 0, M, b"k") is None
+    assert read_at(store, 1, M, b"k") == b"v1"
+    assert read_at(store, 2, M, b"k") == b"v2"
+    assert read_at(store, 3, M, b"k") is None
+    assert read_at(store, 4, M, b"k") == b"v4"
+    assert store.read_tx().get(M, b"k") == b"v4"
+    assert [k for k, _ in store.read_tx(at=3).items(M)] == []
+    assert store.read_tx(at=2).get_version(M, b"k") == 2
+
+
+def test_read_tx_ahead_of_store_raises_version_unavailable() -> None:
+    store = Store()
+    commit_put(store, M, b"k", b"v")
+    with pytest.raises(VersionUnavailable):
+        store.read_tx(at=2)
+
+
+def test_read_tx_below_compaction_point_raises_version_unavailable() -> None:
+    store = Store()
+    for i in range(4):
+        commit_put(store, M, b"k", bytes([i]))
+    store.compact(3)
+    with pytest.raises(VersionUnavailable):
+        store.read_tx(at=2)
+    assert read_at(store, 3, M, b"k") == bytes([2])
+
+
+# --- transaction lifecycle -------------------------------------------------------------------------------
+
+
+def test_read_only_tx_rejects_put_remove_and_commit() -> None:
+    store = Store()
+    commit_put(store, M, b"k", b"v")
+    reader = store.read_tx()
+    with pytest.raises(ReadOnlyTransaction):
+        reader.put(M, b"k", b"x")
+    with pytest.raises(ReadOnlyTransaction):
+        reader.remove(M, b"k")
+    with pytest.raises(ReadOnlyTransaction):
+        reader.commit()
+    assert store.version == 1
+    assert store.read_tx().get(M, b"k") == b"v"
+
+
+def test_committing_twice_raises_transaction_closed_and_adds_no_version() -> None:
+    store = Store()
+    tx = store.begin()
+    tx.put(M, b"k", b"v")
+    tx.commit()
+    with pytest.raises(TransactionClosed):
+        tx.commit()
+    with pytest.raises(TransactionClosed):
+        tx.put(M, b"k", b"again")
+    assert store.version == 1
+
+
+def test_abandoned_tx_cannot_commit() -> None:
+    store = Store()
+    tx = store.begin()
+    tx.put(M, b"k", b"v")
+    tx.abandon()
+    with pytest.raises(TransactionClosed):
+        tx.commit()
+    assert store.version == 0
+    assert store.read_tx().get(M, b"k") is None
+
+
+# --- optimistic concurrency ------------------------------------------------------------------------------
+
+
+def test_read_key_written_by_later_commit_conflicts_with_details() -> None:
+    store = Store()
+    commit_put(store, M, b"k", b"v1")  # 1
+    a = store.begin()
+    assert a.get(M, b"k") == b"v1"
+    a.put(M, b"other", b"x")
+    commit_put(store, M, b"k", b"v2")  # 2
+    with pytest.raises(TransactionConflict) as info:
+        a.commit()
+    err = info.value
+    assert err.map_name == M
+    assert err.key == b"k"
+    assert err.read_version == 1
+    assert err.changed_at == 2
+    assert store.version == 2
+    assert store.read_tx().get(M, b"other") is None
+
+
+def test_read_key_removed_by_later_commit_conflicts() -> None:
+    store = Store()
+    commit_put(store, M, b"k", b"v1")
+    a = store.begin()
+    a.get(M, b"k")
+    a.put(M, b"x", b"y")
+    commit_remove(store, M, b"k")
+    with pytest.raises(TransactionConflict):
+        a.commit()
+
+
+def test_read_of_absent_key_conflicts_when_later_commit_creates_it() -> None:
+    store = Store()
+    a = store.begin()
+    assert not a.has(M, b"k")
+    a.put(M, b"x", b"y")
+    commit_put(store, M, b"k", b"v")
+    with pytest.raises(TransactionConflict):
+        a.commit()
+
+
+def test_blind_writes_never_conflict() -> None:
+    store = Store()
+    commit_put(store, M, b"k", b"v1")
+    a = store.begin()
+    a.put(M, b"k", b"from-a")
+    a.remove(M, b"j")
+    commit_put(store, M, b"k", b"from-b")
+    commit_put(store, M, b"j", b"from-b")
+    result = a.commit()
+    assert result.seqno == 4
+    assert store.read_tx().get(M, b"k") == b"from-a"
+    assert store.read_tx().get(M, b"j") is None
+
+
+def test_reading_own_write_does_not_record_a_read() -> None:
+    store = Store()
+    a = store.begin()
+    a.put(M, b"k", b"a")
+    assert a.get(M, b"k") == b"a"
+    commit_put(store, M, b"k", b"b")
+    a.commit()  # the only "read" was served from a's own write set
+    assert store.read_tx().get(M, b"k") == b"a"
+
+
+def test_reading_a_different_key_does_not_conflict() -> None:
+    store = Store()
+    commit_put(store, M, b"k", b"v")
+    commit_put(store, M, b"j", b"v")
+    a = store.begin()
+    a.get(M, b"j")
+    a.get(OTHER, b"k")
+    a.put(M, b"out", b"x")
+    commit_put(store, M, b"k", b"v2")
+    assert a.commit().seqno == 4
+
+
+@pytest.mark.parametrize("how", ["items", "keys", "size", "clear"])
+def test_iterating_or_sizing_a_map_changed_by_later_commit_conflicts(how: str) -> None:
+    store = Store()
+    commit_put(store, M, b"a", b"1")
+    tx = store.begin()
+    if how == "items":
+        list(tx.items(M))
+    elif how == "keys":
+        tx.keys(M)
+    elif how == "size":
+        tx.size(M)
+    else:
+        tx.clear(M)
+    tx.put(OTHER, b"x", b"y")
+    commit_put(store, M, b"unrelated-new-key", b"2")
+    with pytest.raises(TransactionConflict) as info:
+        tx.commit()
+    assert info.value.map_name == M
+    assert info.value.key is None
+    assert info.value.read_version == 1
+    assert info.value.changed_at == 2
+
+
+def test_iterating_a_map_does_not_conflict_with_commits_to_other_maps() -> None:
+    store = Store()
+    commit_put(store, M, b"a", b"1")
+    tx = store.begin()
+    tx.size(M)
+    tx.put(M, b"b", b"2")
+    commit_put(store, OTHER, b"z", b"2")
+    assert tx.commit().seqno == 3
+
+
+def test_read_key_removed_and_compacted_since_read_still_conflicts() -> None:
+    # The store's guarantee: a key read is checked against every commit after the read version.
+    # Compacting the removal must not make the removal invisible to that check.
+    store = Store()
+    commit_put(store, M, b"k", b"v1")  # 1
+    a = store.begin()
+    assert a.get(M, b"k") == b"v1"
+    a.put(M, b"derived", b"from-v1")
+    commit_remove(store, M, b"k")  # 2
+    store.compact(2)
+    with pytest.raises(TransactionConflict):
+        a.commit()
+
+
+def test_open_tx_whose_read_version_was_compacted_never_reads_a_wrong_value() -> None:
+    # A transaction reads a consistent state at its read version: after compaction past that version it
+    # must either refuse to read (VersionUnavailable) or return the value as of its read version.
+    store = Store()
+    commit_put(store, M, b"k", b"v1")  # 1
+    a = store.begin()  # read version 1
+    commit_put(store, M, b"k", b"v2")  # 2
+    commit_put(store, M, b"k", b"v3")  # 3
+    store.compact(3)
+    try:
+        value = a.get(M, b"k")
+    except VersionUnavailable:
+        return
+    assert value == b"v1"
+
+
+# --- rollback -------------------------------------------------------------------------------------------------
+
+
+def test_rollback_undoes_later_versions_restoring_values_and_removed_keys() -> None:
+    store = Store()
+    commit_put(store, M, b"k", b"v1")  # 1
+    commit_put(store, M, b"gone", b"g")  # 2
+    commit_put(store, M, b"k", b"v3")  # 3
+    commit_remove(store, M, b"gone")  # 4
+    commit_put(store, OTHER, b"new", b"n")  # 5
+    store.rollback(2)
+    assert store.version == 2
+    reader = store.read_tx()
+    assert reader.get(M, b"k") == b"v1"
+    assert reader.get(M, b"gone") == b"g"
+    assert reader.get(OTHER, b"new") is None
+    assert reader.size(OTHER) == 0
+    with pytest.raises(VersionUnavailable):
+        store.read_tx(at=3)
+    with pytest.raises(VersionUnavailable):
+        store.write_set(3)
+    # the next commit reuses the rolled-back seqno
+    assert commit_put(store, M, b"k", b"v3b") == 3
+    assert store.read_tx().get(M, b"k") == b"v3b"
+    assert read_at(store, 2, M, b"k") == b"v1"
+
+
+def test_rollback_to_current_or_later_version_changes_nothing() -> None:
+    store = Store()
+    commit_put(store, M, b"k", b"v1")
+    commit_put(store, M, b"k", b"v2")
+    store.rollback(2)
+    store.rollback(7)
+    assert store.version == 2
+    assert store.read_tx().get(M, b"k") == b"v2"
+
+
+def test_rollback_below_compacted_version_raises() -> None:
+    store = Store()
+    for i in range(4):
+        commit_put(store, M, b"k", bytes([i]))
+    store.compact(3)
+    assert store.compacted_version == 3
+    with pytest.raises(RollbackBelowCommit):
+        store.rollback(2)
+    assert store.version == 4
+    store.rollback(3)  # down to the compaction point is allowed
+    assert store.version == 3
+    assert store.read_tx().get(M, b"k") == bytes([2])
+
+
+def test_map_iterated_after_rollback_is_not_conflicted_by_rolled_back_versions() -> None:
+    store = Store()
+    commit_put(store, M, b"a", b"1")  # 1
+    commit_put(store, OTHER, b"x", b"2")  # 2
+    commit_put(store, M, b"b", b"3")  # 3, rolled back below
+    store.rollback(2)
+    tx = store.begin()  # read version 2
+    assert tx.size(M) == 1
+    tx.put(M, b"c", b"x")
+    commit_put(store, OTHER, b"y", b"3")  # 3 again, another map
+    assert tx.commit().seqno == 4
+
+
+def test_tx_conflicting_on_rolled_back_write_is_judged_against_new_history() -> None:
+    store = Store()
+    commit_put(store, M, b"k", b"v1")  # 1
+    a = store.begin()
+    a.get(M, b"k")
+    a.put(M, b"x", b"y")
+    commit_put(store, M, b"unrelated", b"u")  # 2
+    commit_put(store, M, b"k", b"v3")  # 3, rolled back below
+    store.rollback(2)
+    assert a.commit().seqno == 3
+
+
+# --- compaction and hooks --------------------------------------------------------------------------------------
+
+
+def test_compact_keeps_reads_at_or_above_point_and_refuses_older() -> None:
+    store = Store()
+    commit_put(store, M, b"k", b"v1")  # 1
+    commit_put(store, M, b"j", b"j2")  # 2
+    commit_remove(store, M, b"k")  # 3
+    commit_put(store, M, b"k", b"v4")  # 4
+    commit_put(store, M, b"j", b"j5")  # 5
+    store.compact(3)
+    assert store.compacted_version == 3
+    assert read_at(store, 3, M, b"k") is None
+    assert read_at(store, 3, M, b"j") == b"j2"
+    assert read_at(store, 4, M, b"k") == b"v4"
+    assert read_at(store, 4, M, b"j") == b"j2"
+    assert read_at(store, 5, M, b"j") == b"j5"
+    for old in (0, 1, 2):
+        with pytest.raises(VersionUnavailable):
+            store.read_tx(at=old)
+    with pytest.raises(VersionUnavailable):
+        store.snapshot(2)
+
+
+def test_compact_beyond_store_version_raises_and_backwards_is_a_no_op() -> None:
+    store = Store()
+    commit_put(store, M, b"k", b"v")
+    commit_put(store, M, b"k", b"w")
+    with pytest.raises(VersionUnavailable):
+        store.compact(3)
+    store.compact(2)
+    store.compact(1)
+    assert store.compacted_version == 2
+
+
+def test_global_hooks_fire_once_per_compacted_version_in_order_with_changes() -> None:
+    store = Store()
+    calls: list[tuple[int, dict[bytes, bytes | None]]] = []
+    other_calls: list[int] = []
+    store.add_global_hook(M, lambda v, ch: calls.append((v, dict(ch))))
+    store.add_global_hook(OTHER, lambda v, ch: other_calls.append(v))
+    commit_put(store, M, b"a", b"1")  # 1
+    commit_put(store, OTHER, b"x", b"1")  # 2
+    commit_remove(store, M, b"a")  # 3
+    commit_put(store, M, b"b", b"4")  # 4
+    assert calls == []  # not on commit
+    store.compact(2)
+    assert calls == [(1, {b"a": b"1"})]
+    assert other_calls == [2]
+    store.compact(2)  # again: nothing new
+    store.compact(4)
+    assert calls == [(1, {b"a": b"1"}), (3, {b"a": None}), (4, {b"b": b"4"})]
+    assert other_calls == [2]
+
+
+def test_local_hooks_fire_on_every_commit_of_their_map_only() -> None:
+    store = Store()
+    calls: list[tuple[int, dict[bytes, bytes | None]]] = []
+    store.add_local_hook(M, lambda v, ch: calls.append((v, dict(ch))))
+    commit_put(store, M, b"a", b"1")  # 1
+    commit_put(store, OTHER, b"x", b"1")  # 2
+    tx = store.begin()
+    tx.put(M, b"b", b"3")
+    tx.remove(M, b"a")
+    tx.put(OTHER, b"y", b"3")
+    tx.commit()  # 3
+    assert calls == [(1, {b"a": b"1"}), (3, {b"b": b"3", b"a": None})]
+    store.apply_writes(4, 0, {M: {b"c": b"4"}})
+    assert calls[-1] == (4, {b"c": b"4"})
+
+
+def test_write_set_is_retained_until_compaction() -> None:
+    store = Store()
+    commit_put(store, M, b"a", b"1")
+    tx = store.begin()
+    tx.put(OTHER, b"x", b"2")
+    tx.remove(M, b"a")
+    tx.commit()
+    assert store.write_set(1) == {M: {b"a": b"1"}}
+    assert store.write_set(2) == {OTHER: {b"x": b"2"}, M: {b"a": None}}
+    with pytest.raises(VersionUnavailable):
+        store.write_set(3)
+    store.compact(1)
+    with pytest.raises(VersionUnavailable):
+        store.write_set(1)
+    assert store.write_set(2) == {OTHER: {b"x": b"2"}, M: {b"a": None}}
+
+
+# --- snapshots ---------------------------------------------------------------------------------------------------
+
+
+def test_snapshot_is_live_state_with_versions_and_without_removed_keys() -> None:
+    store = Store()
+    commit_put(store, M, b"a", b"1")  # 1
+    commit_put(store, M, b"b", b"2")  # 2
+    commit_remove(store, M, b"a")  # 3
+    commit_put(store, OTHER, b"x", b"4")  # 4
+    commit_remove(store, OTHER, b"x")  # 5
+    assert store.snapshot(2) == {M: {b"a": (1, b"1"), b"b": (2, b"2")}}
+    assert store.snapshot(4) == {M: {b"b": (2, b"2")}, OTHER: {b"x": (4, b"4")}}
+    assert store.snapshot() == {M: {b"b": (2, b"2")}}
+    with pytest.raises(VersionUnavailable):
+        store.snapshot(6)
+
+
+def test_store_from_snapshot_reproduces_reads_and_continues_numbering() -> None:
+    store = Store()
+    store.set_view(2)
+    commit_put(store, M, b"a", b"1")  # 1
+    commit_put(store, M, b"b", b"2")  # 2
+    commit_remove(store, M, b"a")  # 3
+    commit_put(store, OTHER, b"x", b"4")  # 4
+    state = store.snapshot(4)
+    copy = Store.from_snapshot(state, 4, 2)
+    assert copy.version == 4
+    assert copy.view == 2
+    assert copy.compacted_version == 4
+    original, restored = store.read_tx(at=4), copy.read_tx()
+    for map_name in (M, OTHER, "absent"):
+        assert list(restored.items(map_name)) == list(original.items(map_name))
+        for key in (b"a", b"b", b"x"):
+            assert restored.get(map_name, key) == original.get(map_name, key)
+            assert restored.get_version(map_name, key) == original.get_version(map_name, key)
+    assert copy.snapshot() == state
+    with pytest.raises(VersionUnavailable):
+        copy.read_tx(at=3)
+    assert commit_put(copy, M, b"c", b"5") == 5
+
+
+def test_from_snapshot_rejects_entries_newer_than_snapshot_version() -> None:
+    with pytest.raises(ValueError):
+        Store.from_snapshot({M: {b"a": (5, b"v")}}, 4, 0)
+
+
+def test_conflict_detection_works_on_a_store_built_from_a_snapshot() -> None:
+    copy = Store.from_snapshot({M: {b"a": (3, b"v")}}, 4, 1)
+    a = copy.begin()
+    a.get(M, b"a")
+    a.put(M, b"b", b"x")
+    commit_put(copy, M, b"a", b"w")
+    with pytest.raises(TransactionConflict):
+        a.commit()
+
+
+# --- property: random histories against a dict-of-dicts model -----------------------------------------------------
+
+MAPS = ["public:p", "priv"]
+KEYS = [b"a", b"b"]
+
+Model = dict[str, dict[bytes, bytes]]
+
+write_strategy = st.tuples(
+    st.sampled_from(["put", "put", "remove"]), st.sampled_from(MAPS), st.sampled_from(KEYS), st.binary(max_size=3)
+)
+tx_step = st.tuples(
+    st.just("tx"), st.lists(write_strategy, min_size=1, max_size=4), st.sampled_from([True, True, True, False])
+)
+rollback_step = st.tuples(st.just("rollback"), st.integers(0, 1000), st.just(False))
+compact_step = st.tuples(st.just("compact"), st.integers(0, 1000), st.just(False))
+# mostly transactions (committed or abandoned), with occasional rollbacks and compactions
+step_strategy = st.integers(0, 7).flatmap(
+    lambda i: rollback_step if i == 0 else compact_step if i <= 2 else tx_step
+)
+steps_strategy = st.lists(step_strategy, min_size=1, max_size=40)
+
+
+def assert_store_matches(store: Store, version: int, expected: Model) -> None:
+    tx = store.read_tx(at=version)
+    for map_name in MAPS:
+        want = expected.get(map_name, {})
+        assert dict(tx.items(map_name)) == want, (version, map_name)
+        assert tx.size(map_name) == len(want)
+        for key in KEYS:
+            assert tx.get(map_name, key) == want.get(key), (version, map_name, key)
+
+
+@pytest.mark.property
+@given(steps=steps_strategy, probes=st.lists(st.integers(0, 1000), max_size=5))
+def test_random_histories_match_dict_model_at_latest_and_retained_versions(
+    steps: list[tuple[str, Any, bool]], probes: list[int]
+) -> None:
+    store = Store()
+    states: list[Model] = [{}]  # states[v] = model state at version v
+    compacted = 0
+
+    def retained(n: int) -> int:
+        # map a raw draw onto a readable version in [compacted, store.version]
+        return compacted + n % (store.version - compacted + 1)
+
+    for step, arg, commit in steps:
+        if step == "tx":
+            tx = store.begin()
+            new = {m: dict(kv) for m, kv in states[-1].items()}
+            for op, map_name, key, value in arg:
+                if op == "put":
+                    tx.put(map_name, key, value)
+                    new.setdefault(map_name, {})[key] = value
+                else:
+                    tx.remove(map_name, key)
+                    new.setdefault(map_name, {}).pop(key, None)
+            if not commit:
+                tx.abandon()
+                continue
+            result = tx.commit()  # the only writer: never conflicts
+            states.append(new)
+            assert result.seqno == len(states) - 1 == store.version
+        elif step == "rollback":
+            target = retained(arg)
+            store.rollback(target)
+            del states[target + 1 :]
+            assert store.version == target
+        else:
+            target = retained(arg)
+            store.compact(target)
+            compacted = max(compacted, target)
+            assert store.compacted_version == compacted
+        assert_store_matches(store, store.version, states[store.version])
+
+    assert store.version == len(states) - 1
+    for n in probes:
+        v = retained(n)
+        assert_store_matches(store, v, states[v])
+        snap = store.snapshot(v)
+        assert {m: {k: val for k, (_, val) in kv.items()} for m, kv in snap.items()} == {
+            m: kv for m, kv in states[v].items() if kv
+        }
+    for v in range(compacted):
+        with pytest.raises(VersionUnavailable):
+            store.read_tx(at=v)

@@ -1,0 +1,292 @@
+"""Receipts: every committed transaction's JSON and COSE receipts pass the `ccf` package's verifiers,
+and our own verifier rejects mutated or bit-flipped receipts with the error of the check that failed."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import cbor2
+import ccf.cose
+import ccf.receipt
+import pytest
+from cryptography import x509
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledger.errors import (
+    ReceiptClaimsMismatch,
+    ReceiptEndorsementError,
+    ReceiptError,
+    ReceiptFormatError,
+    ReceiptNotAvailable,
+    ReceiptSignatureError,
+)
+from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, endorse, load_cert
+from ledger.receipts import verify_cose_receipt, verify_json_receipt
+from ledger.service_ledger import ServiceLedger
+
+pytestmark = pytest.mark.unit
+
+CLAIMS = hashlib.sha256(b"application claims").digest()
+
+
+def ccf_check_json_receipt(receipt: dict[str, Any], service_cert: x509.Certificate) -> None:
+    """What a CCF user does with a JSON receipt, using only the ccf package."""
+    if "leaf_components" in receipt:
+        lc = receipt["leaf_components"]
+        leaf = hashlib.sha256(
+            bytes.fromhex(lc["write_set_digest"])
+            + hashlib.sha256(lc["commit_evidence"].encode()).digest()
+            + bytes.fromhex(lc["claims_digest"])
+        ).hexdigest()
+    else:
+        leaf = receipt["leaf"]
+    root = ccf.receipt.root(leaf, receipt["proof"])
+    node_cert = x509.load_pem_x509_certificate(receipt["cert"].encode())
+    ccf.receipt.verify(root, receipt["signature"], node_cert)
+    endorsements = [x509.load_pem_x509_certificate(p.encode()) for p in receipt.get("service_endorsements", [])]
+    ccf.receipt.check_endorsements(node_cert, service_cert, endorsements)
+    ccf.receipt.check_cert_chain(node_cert, service_cert, endorsements)
+
+
+@pytest.fixture(scope="module")
+def signed_ledger(tmp_path_factory: pytest.TempPathFactory) -> ServiceLedger:
+    """A ledger of 60 transactions, some with claims, signed at irregular intervals, all committed."""
+    from ledger.bootstrap import start_new_service
+    from ledger.genesis import GenesisMember
+    from ledger.identity import PartyIdentity
+
+    member = PartyIdentity.create("m")
+    ledger = start_new_service(str(tmp_path_factory.mktemp("receipts") / "ledger"), [GenesisMember(member.pem)], "c")
+    for i in range(60):
+        tx = ledger.begin()
+        tx.put("app.secret", b"k%d" % (i % 5), b"v%d" % i)
+        tx.put("public:app.log", b"%d" % i, b"entry %d" % i)
+        if i % 4 == 0:
+            tx.set_claims_digest(CLAIMS)
+        ledger.commit(tx)
+        if i in (0, 7, 8, 30, 59) or i % 13 == 0:
+            ledger.emit_signature()
+    ledger.flush()
+    ledger.commit_to(ledger.last_signature_seqno)
+    return ledger
+
+
+def test_every_committed_transaction_has_json_and_cose_receipts_that_ccf_accepts(signed_ledger: ServiceLedger) -> None:
+    service_cert = signed_ledger.service.cert
+    last = signed_ledger.committed_seqno
+    for seqno in range(1, last + 1):
+        receipt = signed_ledger.receipt(seqno)
+        ccf_check_json_receipt(receipt, service_cert)
+        ours = verify_json_receipt(receipt, service_cert)
+        assert ours.is_signature == signed_ledger.is_signature(seqno)
+        if not ours.is_signature:
+            assert (ours.view, ours.seqno) == tuple(signed_ledger.txid(seqno))
+        if seqno == last:
+            continue  # no later signature covers the last one in a COSE receipt
+        claims = ours.claims_digest if ours.claims_digest is not None else bytes(32)
+        cose = signed_ledger.cose_receipt(seqno)
+        ccf.cose.verify_receipt(cose, service_cert.public_key(), claims)
+        assert verify_cose_receipt(cose, service_cert, expected_claims_digest=claims).seqno == seqno
+
+
+def test_application_claims_are_bound_into_receipts(signed_ledger: ServiceLedger) -> None:
+    seqno = next(s for s in range(3, 60) if signed_ledger.receipt(s).get("leaf_components", {})
+                 .get("claims_digest") == CLAIMS.hex())
+    cose = signed_ledger.cose_receipt(seqno)
+    service_cert = signed_ledger.service.cert
+    ccf.cose.verify_receipt(cose, service_cert.public_key(), CLAIMS)
+    with pytest.raises(ValueError, match="Claim digest mismatch"):
+        ccf.cose.verify_receipt(cose, service_cert.public_key(), bytes(32))
+    with pytest.raises(ReceiptClaimsMismatch):
+        verify_cose_receipt(cose, service_cert, expected_claims_digest=bytes(32))
+    with pytest.raises(ReceiptClaimsMismatch):
+        verify_json_receipt(signed_ledger.receipt(seqno), service_cert, expected_claims_digest=bytes(32))
+
+
+def test_no_receipt_for_uncommitted_or_unsigned_transactions(new_service: Callable[..., ServiceLedger]) -> None:
+    ledger = new_service(with_files=False)
+    tx = ledger.begin()
+    tx.put("x", b"k", b"v")
+    txid = ledger.commit(tx)
+    with pytest.raises(ReceiptNotAvailable):
+        ledger.receipt(txid.seqno)  # not committed
+    with pytest.raises(ReceiptNotAvailable):
+        ledger.receipt(txid.seqno + 5)  # unknown
+    sig = ledger.emit_signature()
+    with pytest.raises(ReceiptNotAvailable):
+        ledger.cose_receipt(txid.seqno)  # signed but not committed
+    ledger.commit_to(sig.seqno)
+    verify_json_receipt(ledger.receipt(txid.seqno), ledger.service.cert)
+    with pytest.raises(ReceiptNotAvailable):
+        ledger.cose_receipt(sig.seqno)  # nothing signs after the last signature yet
+
+
+# --- mutations of JSON receipt fields ----------------------------------------------------------------
+
+
+def _other_hex(hex_value: str) -> str:
+    raw = bytearray(bytes.fromhex(hex_value))
+    raw[0] ^= 0x01
+    return raw.hex()
+
+
+def _mutations(receipt: dict[str, Any], other_node_pem: str) -> list[tuple[str, Callable[[dict[str, Any]], None],
+                                                                       type[ReceiptError]]]:
+    def set_lc(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+        return lambda r: r["leaf_components"].__setitem__(key, value)
+
+    lc = receipt["leaf_components"]
+    view_seqno, nonce = lc["commit_evidence"][3:].rsplit(":", 1)
+    first_side = next(iter(receipt["proof"][0]))
+    return [
+        ("write_set_digest changed", set_lc("write_set_digest", _other_hex(lc["write_set_digest"])),
+         ReceiptSignatureError),
+        ("claims_digest changed", set_lc("claims_digest", _other_hex(lc["claims_digest"])), ReceiptSignatureError),
+        ("commit evidence nonce changed", set_lc("commit_evidence", f"ce:{view_seqno}:{_other_hex(nonce)}"),
+         ReceiptSignatureError),
+        ("commit evidence malformed", set_lc("commit_evidence", "ce:nonsense"), ReceiptFormatError),
+        ("write_set_digest not hex", set_lc("write_set_digest", "zz" * 32), ReceiptFormatError),
+        ("write_set_digest short", set_lc("write_set_digest", "00" * 31), ReceiptFormatError),
+        ("leaf_components missing", lambda r: r.pop("leaf_components"), ReceiptFormatError),
+        ("proof step changed", lambda r: r["proof"][0].__setitem__(first_side, _other_hex(r["proof"][0][first_side])),
+         ReceiptSignatureError),
+        ("proof step side swapped",
+         lambda r: r["proof"].__setitem__(0, {("right" if first_side == "left" else "left"): r["proof"][0][first_side]}),
+         ReceiptSignatureError),
+        ("proof step dropped", lambda r: r["proof"].pop(), ReceiptSignatureError),
+        ("proof step added", lambda r: r["proof"].append({"left": "00" * 32}), ReceiptSignatureError),
+        ("proof step malformed", lambda r: r["proof"].__setitem__(0, {"up": "00" * 32}), ReceiptFormatError),
+        ("proof not a list", lambda r: r.__setitem__("proof", "none"), ReceiptFormatError),
+        ("signature of other bytes",
+         lambda r: r.__setitem__("signature", base64.b64encode(b"\x30\x06\x02\x01\x01\x02\x01\x01").decode()),
+         ReceiptSignatureError),
+        ("signature not base64", lambda r: r.__setitem__("signature", "!!!"), ReceiptFormatError),
+        ("node_id changed", lambda r: r.__setitem__("node_id", "ab" * 32), ReceiptFormatError),
+        ("cert replaced", lambda r: r.__setitem__("cert", other_node_pem), ReceiptFormatError),
+        ("cert not PEM", lambda r: r.__setitem__("cert", "hello"), ReceiptFormatError),
+        ("bogus service endorsement", lambda r: r.__setitem__("service_endorsements", [other_node_pem]),
+         ReceiptEndorsementError),
+    ]
+
+
+def test_each_field_mutation_is_rejected_with_the_right_error(signed_ledger: ServiceLedger) -> None:
+    seqno = next(s for s in range(3, 60) if not signed_ledger.is_signature(s) and len(signed_ledger.receipt(s)["proof"]) > 2)
+    receipt = signed_ledger.receipt(seqno)
+    service_cert = signed_ledger.service.cert
+    other = NodeIdentity.create().endorsed_by(signed_ledger.service)
+    verify_json_receipt(receipt, service_cert)
+    for name, mutate, error in _mutations(receipt, cert_pem(other.cert)):
+        mutated = copy.deepcopy(receipt)
+        mutate(mutated)
+        with pytest.raises(error):
+            verify_json_receipt(mutated, service_cert)
+        print("rejected:", name)
+
+
+def test_receipt_from_another_service_is_not_endorsed(signed_ledger: ServiceLedger) -> None:
+    receipt = signed_ledger.receipt(5)
+    stranger = ServiceIdentity.create()
+    with pytest.raises(ReceiptEndorsementError):
+        verify_json_receipt(receipt, stranger.cert)
+    with pytest.raises(ReceiptEndorsementError):
+        verify_cose_receipt(signed_ledger.cose_receipt(5), stranger.cert)
+
+
+def test_service_endorsements_chain_to_the_current_service_identity() -> None:
+    """After a recovery, a node endorsed by the previous identity is trusted through an endorsement."""
+    from ledger.merkle import MerkleHistory
+    from ledger.receipts import json_receipt
+    from ledger.signatures import PrimarySignature, sign_root
+
+    old, new = ServiceIdentity.create(), ServiceIdentity.create()
+    node = NodeIdentity.create().endorsed_by(old)
+    previous_identity = endorse(new.key, new.cert, old.key.public_key(), "CCF Service", ca=True)
+    tree = MerkleHistory()
+    wsd, claims, ce = hashlib.sha256(b"tx").digest(), bytes(32), "ce:2.1:" + "ab" * 32
+    tree.append(hashlib.sha256(wsd + hashlib.sha256(ce.encode()).digest() + claims).digest())
+    root = tree.root()
+    primary = PrimarySignature(node.node_id, 2, 2, root, sign_root(node.key, root), cert_pem(node.cert))
+    receipt = json_receipt(write_set_digest=wsd, commit_evidence=ce, claims_digest=claims, path=tree.path(1),
+                           signature=primary, service_endorsements=[cert_pem(previous_identity)])
+    ccf_check_json_receipt(receipt, new.cert)
+    assert verify_json_receipt(receipt, new.cert).seqno == 1
+    without = {k: v for k, v in receipt.items() if k != "service_endorsements"}
+    with pytest.raises(ReceiptEndorsementError):
+        verify_json_receipt(without, new.cert)
+
+
+# --- single-bit flips --------------------------------------------------------------------------------
+
+
+@pytest.mark.property
+@given(data=st.data())
+def test_single_bit_flips_in_json_receipt_binary_fields_are_rejected(signed_ledger: ServiceLedger,
+                                                                     data: st.DataObject) -> None:
+    receipt = signed_ledger.receipt(9)
+    service_cert = signed_ledger.service.cert
+    field = data.draw(st.sampled_from(["write_set_digest", "claims_digest", "proof", "signature", "cert"]))
+    mutated = copy.deepcopy(receipt)
+    if field in ("write_set_digest", "claims_digest"):
+        raw = bytearray(bytes.fromhex(mutated["leaf_components"][field]))
+    elif field == "proof":
+        step = data.draw(st.integers(0, len(mutated["proof"]) - 1))
+        side = next(iter(mutated["proof"][step]))
+        raw = bytearray(bytes.fromhex(mutated["proof"][step][side]))
+    elif field == "signature":
+        raw = bytearray(base64.b64decode(mutated["signature"]))
+    else:
+        raw = bytearray(load_cert(mutated["cert"]).public_bytes(encoding=__import__(
+            "cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.DER))
+    bit = data.draw(st.integers(0, len(raw) * 8 - 1))
+    raw[bit // 8] ^= 1 << (bit % 8)
+    if field in ("write_set_digest", "claims_digest"):
+        mutated["leaf_components"][field] = raw.hex()
+    elif field == "proof":
+        mutated["proof"][step] = {side: raw.hex()}
+    elif field == "signature":
+        mutated["signature"] = base64.b64encode(raw).decode()
+    else:
+        pem = "-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(bytes(raw)).decode() + "-----END CERTIFICATE-----\n"
+        mutated["cert"] = pem
+    with pytest.raises(ReceiptError):
+        verify_json_receipt(mutated, service_cert)
+
+
+@pytest.mark.property
+@given(data=st.data())
+def test_single_bit_flips_anywhere_in_a_cose_receipt_are_rejected(signed_ledger: ServiceLedger,
+                                                                  data: st.DataObject) -> None:
+    cose = bytearray(signed_ledger.cose_receipt(9))
+    bit = data.draw(st.integers(0, len(cose) * 8 - 1))
+    cose[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(ReceiptError):
+        verify_cose_receipt(bytes(cose), signed_ledger.service.cert)
+
+
+def test_cose_receipt_structure_mutations_are_format_errors(signed_ledger: ServiceLedger) -> None:
+    cert = signed_ledger.service.cert
+    tagged = cbor2.loads(signed_ledger.cose_receipt(9))
+    phdr, uhdr, payload, sig = tagged.value
+    cases = {
+        "no inclusion proof": {396: {-1: []}},
+        "proof not bstr": {396: {-1: ["text"]}},
+        "no vdp": {},
+        "leaf wrong shape": {396: {-1: [cbor2.dumps({1: [b"x", "ce", b"y"], 2: []})]}},
+        "path wrong shape": {396: {-1: [cbor2.dumps({1: uhdr_leaf(uhdr), 2: [[1, b"short"]]})]}},
+    }
+    for name, new_uhdr in cases.items():
+        blob = cbor2.dumps(cbor2.CBORTag(18, [phdr, new_uhdr, payload, sig]))
+        with pytest.raises(ReceiptFormatError):
+            verify_cose_receipt(blob, cert)
+        print("rejected:", name)
+    with pytest.raises(ReceiptFormatError):
+        verify_cose_receipt(b"\xff\x00garbage", cert)
+
+
+def uhdr_leaf(uhdr: dict[Any, Any]) -> Any:
+    return cbor2.loads(uhdr[396][-1][0])[1]
