@@ -143,6 +143,7 @@ def _mutations(receipt: dict[str, Any], other_node_pem: str) -> list[tuple[str, 
     lc = receipt["leaf_components"]
     view_seqno, nonce = lc["commit_evidence"][3:].rsplit(":", 1)
     first_side = next(iter(receipt["proof"][0]))
+    other_side = "right" if first_side == "left" else "left"
     return [
         ("write_set_digest changed", set_lc("write_set_digest", _other_hex(lc["write_set_digest"])),
          ReceiptSignatureError),
@@ -156,7 +157,7 @@ def _mutations(receipt: dict[str, Any], other_node_pem: str) -> list[tuple[str, 
         ("proof step changed", lambda r: r["proof"][0].__setitem__(first_side, _other_hex(r["proof"][0][first_side])),
          ReceiptSignatureError),
         ("proof step side swapped",
-         lambda r: r["proof"].__setitem__(0, {("right" if first_side == "left" else "left"): r["proof"][0][first_side]}),
+         lambda r: r["proof"].__setitem__(0, {other_side: r["proof"][0][first_side]}),
          ReceiptSignatureError),
         ("proof step dropped", lambda r: r["proof"].pop(), ReceiptSignatureError),
         ("proof step added", lambda r: r["proof"].append({"left": "00" * 32}), ReceiptSignatureError),
@@ -175,7 +176,8 @@ def _mutations(receipt: dict[str, Any], other_node_pem: str) -> list[tuple[str, 
 
 
 def test_each_field_mutation_is_rejected_with_the_right_error(signed_ledger: ServiceLedger) -> None:
-    seqno = next(s for s in range(3, 60) if not signed_ledger.is_signature(s) and len(signed_ledger.receipt(s)["proof"]) > 2)
+    seqno = next(s for s in range(3, 60)
+                 if not signed_ledger.is_signature(s) and len(signed_ledger.receipt(s)["proof"]) > 2)
     receipt = signed_ledger.receipt(seqno)
     service_cert = signed_ledger.service.cert
     other = NodeIdentity.create().endorsed_by(signed_ledger.service)

@@ -9,6 +9,7 @@ import hmac
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -207,8 +208,6 @@ def test_rekey_record_without_previous_record_seqno_omits_it_and_still_decrypts(
 
 def test_rekey_record_layout_is_tag_then_iv_then_ciphertext() -> None:
     # CCF's layout, which verify_ledger_secrets_chain.py and our own reader both assume.
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
     previous, new = LedgerSecret.create(1, RAW), LedgerSecret.create(9, RAW2)
     data = base64.b64decode(rekey_secret_record(previous, new, 1)["previous_ledger_secret"]["encrypted_data"])
     assert len(data) == 16 + 12 + SECRET_SIZE
