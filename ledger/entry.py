@@ -203,7 +203,7 @@ def read_entry_size(buf: bytes, offset: int, *, file: str | None = None, limit: 
             file=file,
             offset=offset,
         )
-    return ENTRY_HEADER_SIZE + size
+    return ENTRY_HEADER_SIZE + int(size)
 
 
 def frame_entry(buf: bytes, offset: int = 0, *, file: str | None = None) -> EntryFrame:

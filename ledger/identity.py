@@ -34,7 +34,9 @@ def generate_key(curve: ec.EllipticCurve | None = None) -> ec.EllipticCurvePriva
     return ec.generate_private_key(curve or DEFAULT_CURVE)
 
 
-def hash_for_key(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> hashes.HashAlgorithm:
+def hash_for_key(
+    key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey,
+) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512:
     size = key.curve.key_size
     if size >= 521:
         return hashes.SHA512()

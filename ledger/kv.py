@@ -82,15 +82,6 @@ class _MapState:
         i = bisect_right(history, version, key=lambda e: e[0])
         return history[i - 1] if i else (0, None)
 
-    def last_write_at_or_before(self, version: int) -> int:
-        w = self.write_versions
-        if not w:
-            return 0
-        if w[-1] <= version:
-            return w[-1]
-        i = bisect_right(w, version)
-        return w[i - 1] if i else 0
-
 
 class Store:
     """A versioned store of named maps. Single-threaded: the node serialises access."""
@@ -101,6 +92,7 @@ class Store:
         self._version = 0
         self._view = 0
         self._compacted = 0
+        self._rollbacks: list[int] = []  # the seqno each rollback went back to, in order
         self._local_hooks: dict[str, list[Hook]] = {}
         self._global_hooks: dict[str, list[Hook]] = {}
 
@@ -173,6 +165,11 @@ class Store:
         if tx.readonly:
             raise ReadOnlyTransaction("a read-only transaction cannot be committed")
         rv = tx.read_version
+        if tx._rollbacks_seen != len(self._rollbacks):
+            # Versions this transaction read from may have been rolled back and reused since.
+            for target in self._rollbacks[tx._rollbacks_seen :]:
+                if target < rv:
+                    raise TransactionConflict("*", None, rv, target + 1)
         if rv != self._version:
             self._check_conflicts(tx)
         tx._closed = True
@@ -192,8 +189,13 @@ class Store:
             if ms is None:
                 continue
             history = ms.keys.get(key)
-            if history and history[-1][0] > rv:
-                raise TransactionConflict(map_name, key, rv, history[-1][0])
+            if history:
+                if history[-1][0] > rv:
+                    raise TransactionConflict(map_name, key, rv, history[-1][0])
+            elif rv < self._compacted and ms.write_versions and ms.write_versions[-1] > rv:
+                # The key has no history left: compaction may have dropped a removal made after this
+                # transaction read it. Be conservative: any later write to the map is a conflict.
+                raise TransactionConflict(map_name, key, rv, ms.write_versions[-1])
 
     def apply_writes(self, seqno: int, view: int, writes: WriteSet) -> None:
         """Apply a write set replicated or replayed from the ledger, as version `seqno` in `view`."""
@@ -231,6 +233,8 @@ class Store:
         """Undo every version above `seqno`. The view is left for the caller (consensus) to set."""
         if seqno < self._compacted:
             raise RollbackBelowCommit(f"cannot roll back to {seqno}: compacted to {self._compacted}")
+        if seqno < self._version:
+            self._rollbacks.append(seqno)
         for version in range(self._version, seqno, -1):
             writes = self._log.pop(version)
             for map_name, changes in writes.items():
@@ -307,7 +311,7 @@ class Tx:
     """One transaction over a `Store`: reads at `read_version`, buffered writes, commit via the store."""
 
     __slots__ = ("_store", "read_version", "readonly", "_writes", "_reads", "_map_reads", "_closed",
-                 "claims_digest")
+                 "claims_digest", "_rollbacks_seen")
 
     def __init__(self, store: Store, read_version: int, readonly: bool) -> None:
         self._store = store
@@ -318,6 +322,7 @@ class Tx:
         self._map_reads: set[str] = set()
         self._closed = False
         self.claims_digest = ZERO_CLAIMS
+        self._rollbacks_seen = len(store._rollbacks)
 
     # raw bytes API ---------------------------------------------------------------------------------
 
@@ -327,7 +332,11 @@ class Tx:
         if changes is not None and k in changes:
             return changes[k]
         self._reads.add((map_name, k))
-        ms = self._store._map(map_name)
+        store = self._store
+        if self.read_version < store._compacted:
+            raise VersionUnavailable(f"this transaction reads at {self.read_version}, compacted since to "
+                                     f"{store._compacted}: retry it")
+        ms = store._map(map_name)
         if ms is None:
             return None
         return ms.value_at(k, self.read_version)[1]
@@ -336,6 +345,7 @@ class Tx:
         """The version at which the value read for `key` was written (0 if absent)."""
         k = _key(key)
         self._reads.add((map_name, k))
+        self._store._check_readable(self.read_version)
         ms = self._store._map(map_name)
         if ms is None:
             return 0
@@ -376,6 +386,7 @@ class Tx:
     def items(self, map_name: str) -> Iterator[tuple[bytes, bytes]]:
         """Live (key, value) pairs of a map as this transaction sees them, ordered by key."""
         self._map_reads.add(map_name)
+        self._store._check_readable(self.read_version)
         view: dict[bytes, bytes | None] = {}
         ms = self._store._map(map_name)
         if ms is not None:
@@ -428,9 +439,6 @@ class Tx:
     @property
     def writes(self) -> WriteSet:
         return self._writes
-
-    def has_writes(self) -> bool:
-        return any(self._writes.values())
 
     def abandon(self) -> None:
         self._closed = True

@@ -22,7 +22,7 @@ from typing import Any
 
 import cbor2
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
@@ -148,8 +148,11 @@ def _parse_commit_evidence(ce: Any) -> tuple[int, int]:
 
 
 def _check_endorsed(cert: x509.Certificate, issuer: x509.Certificate, what: str) -> None:
-    algo = cert.signature_hash_algorithm
-    key = issuer.public_key()
+    try:
+        algo = cert.signature_hash_algorithm
+        key = issuer.public_key()
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise ReceiptEndorsementError(f"{what}: unusable certificate ({e})") from None
     if algo is None or not isinstance(key, ec.EllipticCurvePublicKey):
         raise ReceiptEndorsementError(f"{what}: unsupported certificate signature")
     try:
@@ -169,7 +172,7 @@ def verify_json_receipt(
     node_cert = _cert(receipt.get("cert"), "cert")
     try:
         node_key = node_cert.public_key()
-    except ValueError as e:
+    except (ValueError, UnsupportedAlgorithm) as e:
         raise ReceiptFormatError(f"cert holds an unusable key: {e}") from None
     if not isinstance(node_key, ec.EllipticCurvePublicKey):
         raise ReceiptFormatError("cert must hold an EC key")

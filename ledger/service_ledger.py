@@ -130,6 +130,7 @@ class ServiceLedger:
         self._signatures: dict[int, SignatureRecord] = {}
         self._sig_seqnos: list[int] = []
         self._bytes_since_chunk = 0
+        self._chunk_ends: list[int] = []  # seqnos of the signatures that ended a chunk
         self._chunk_requested = False
         self._last_secret_record: int | None = None
         self._committed = self.store.version
@@ -207,7 +208,11 @@ class ServiceLedger:
         self._claims.append(claims)
         size = len(entry)
         self._sizes.append(size)
-        self._bytes_since_chunk = 0 if flags & FLAG_FORCE_CHUNK_AFTER else self._bytes_since_chunk + size
+        if flags & FLAG_FORCE_CHUNK_AFTER:
+            self._chunk_ends.append(seqno)
+            self._bytes_since_chunk = 0
+        else:
+            self._bytes_since_chunk += size
 
     def request_chunk(self) -> None:
         """End the current chunk at the next signature (governance's trigger_ledger_chunk)."""
@@ -283,18 +288,10 @@ class ServiceLedger:
         if self._last_secret_record is not None and self._last_secret_record > seqno:
             self._last_secret_record = None
         self._pending_snapshots = [(s, e) for s, e in self._pending_snapshots if e <= seqno]
-        # bytes since the last chunk-ending signature, recomputed over what remains
-        total = 0
-        for i in range(len(self._sizes) - 1, -1, -1):
-            s = self._first + i
-            if s in self._signatures and self.files is not None and self._ended_chunk(s):
-                break
-            total += self._sizes[i]
-        self._bytes_since_chunk = total
-
-    def _ended_chunk(self, seqno: int) -> bool:
-        assert self.files is not None
-        return any(n.endswith(f"-{seqno}") or n.endswith(f"-{seqno}.committed") for n in self.files.chunk_names())
+        while self._chunk_ends and self._chunk_ends[-1] > seqno:
+            self._chunk_ends.pop()
+        chunk_start = max(self._chunk_ends[-1] + 1 if self._chunk_ends else 0, self._first)
+        self._bytes_since_chunk = sum(self._sizes[chunk_start - self._first :])
 
     # --- receipts ----------------------------------------------------------------------------------
 
@@ -468,7 +465,11 @@ class ServiceLedger:
         self._wsd.append(decoded.write_set_digest)
         self._claims.append(claims)
         self._sizes.append(len(raw))
-        self._bytes_since_chunk = 0 if decoded.flags & FLAG_FORCE_CHUNK_AFTER else self._bytes_since_chunk + len(raw)
+        if decoded.flags & FLAG_FORCE_CHUNK_AFTER:
+            self._chunk_ends.append(seqno)
+            self._bytes_since_chunk = 0
+        else:
+            self._bytes_since_chunk += len(raw)
         if record is not None:
             self._signatures[seqno] = record
             self._sig_seqnos.append(seqno)

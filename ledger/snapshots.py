@@ -116,10 +116,6 @@ class LoadedSnapshot:
     receipt: dict[str, object] | None
 
 
-def snapshot_entry_size(data: bytes) -> int:
-    return 8 + (_U64.unpack_from(data, 0)[0] >> 16)
-
-
 def load_snapshot(data: bytes, secrets: LedgerSecrets | None) -> LoadedSnapshot:
     """Parse a snapshot file's bytes; with `secrets`, verify the tag and include the private maps."""
     try:

@@ -732,3 +732,31 @@ def test_random_histories_match_dict_model_at_latest_and_retained_versions(
     for v in range(compacted):
         with pytest.raises(VersionUnavailable):
             store.read_tx(at=v)
+
+
+def test_transaction_open_across_a_rollback_that_dropped_what_it_read_conflicts() -> None:
+    store = Store()
+    for i in range(3):
+        commit_put(store, M, b"k", b"%d" % (i + 1))  # versions 1..3
+    stale = store.begin()  # reads at 3
+    assert stale.get(M, b"k") == b"3"
+    stale.put(M, b"other", b"x")
+    store.rollback(1)
+    commit_put(store, M, b"k", b"new2")
+    commit_put(store, M, b"k", b"new3")  # the store is at version 3 again, with other contents
+    with pytest.raises(TransactionConflict):
+        store.commit(stale)
+    fresh = store.begin()
+    fresh.put(M, b"other", b"y")
+    assert store.commit(fresh).seqno == 4
+
+
+def test_transaction_begun_below_a_rollback_point_is_unaffected_by_it() -> None:
+    store = Store()
+    commit_put(store, M, b"k", b"1")
+    early = store.begin()  # reads at 1
+    assert early.get(M, b"k") == b"1"
+    commit_put(store, OTHER, b"x", b"2")
+    store.rollback(1)  # drops version 2 only: what `early` read is intact
+    early.put(M, b"k", b"early")
+    assert store.commit(early).seqno == 2
