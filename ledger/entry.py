@@ -51,6 +51,8 @@ _IV = struct.Struct("<QI")
 _MAP_PREFIX = struct.Struct("<QQQ")
 _READ_HEADER = struct.Struct("<QQ")
 _PUBLIC_HEAD = struct.Struct("<BQ")
+_PUBLIC_HEAD4 = struct.Struct("<BQ32s32sQ")  # type, seqno, claims, commit evidence digest, max_conflict_version
+_ENTRY_HEAD = struct.Struct("<Q16sQIQ")  # header word, GCM tag, IV (seqno, view), public domain size
 _ZERO8 = bytes(8)
 _pack_u64 = _U64.pack
 _unpack_u64 = _U64.unpack_from
@@ -123,22 +125,40 @@ def serialise_entry(
     flags: int = 0,
 ) -> bytes:
     """A whole CCF entry (type 4) for the transaction committed at `seqno` in `view`."""
-    public = [_PUBLIC_HEAD.pack(TYPE_WITH_COMMIT_EVIDENCE_AND_CLAIMS, seqno), claims_digest,
-              commit_evidence_digest, _ZERO8]
-    private: list[bytes] = []
-    for name in sorted(writes) if len(writes) > 1 else writes:
-        changes = writes[name]
-        if changes:
-            _append_map(public if name.startswith(PUBLIC_PREFIX) else private, name, changes)
-    public_bytes = b"".join(public)
-    private_bytes = b"".join(private)
-    iv = _IV.pack(seqno, view)
-    sealed = secret.aead.encrypt(iv, private_bytes, public_bytes)
-    body_size = BODY_PREFIX + len(public_bytes) + len(private_bytes)
-    return b"".join(
-        (_pack_u64(ENTRY_FORMAT_V1 | (flags << 8) | (body_size << 16)), sealed[-GCM_TAG_SIZE:], iv,
-         _pack_u64(len(public_bytes)), public_bytes, sealed[:-GCM_TAG_SIZE])
-    )
+    public_head = _PUBLIC_HEAD4.pack(TYPE_WITH_COMMIT_EVIDENCE_AND_CLAIMS, seqno, claims_digest,
+                                     commit_evidence_digest, 0)
+    if len(writes) == 1:
+        public_bytes, private_bytes = _one_map(public_head, writes)
+    else:
+        public = [public_head]
+        private: list[bytes] = []
+        for name in sorted(writes):
+            changes = writes[name]
+            if changes:
+                _append_map(public if name.startswith(PUBLIC_PREFIX) else private, name, changes)
+        public_bytes = b"".join(public)
+        private_bytes = b"".join(private)
+    sealed = secret.aead.encrypt(_IV.pack(seqno, view), private_bytes, public_bytes)
+    public_size = len(public_bytes)
+    body_size = BODY_PREFIX + public_size + len(private_bytes)
+    head = _ENTRY_HEAD.pack(ENTRY_FORMAT_V1 | (flags << 8) | (body_size << 16), sealed[-GCM_TAG_SIZE:], seqno,
+                            view, public_size)
+    return b"".join((head, public_bytes, memoryview(sealed)[:-GCM_TAG_SIZE]))
+
+
+def _one_map(public_head: bytes, writes: WriteSet) -> tuple[bytes, bytes]:
+    """The public and private domains of a write set that touches a single map (the common case)."""
+    for name, changes in writes.items():
+        parts = [public_head]
+        if not changes:
+            return public_head, b""
+        if name.startswith(PUBLIC_PREFIX):
+            _append_map(parts, name, changes)
+            return b"".join(parts), b""
+        parts = []
+        _append_map(parts, name, changes)
+        return public_head, b"".join(parts)
+    return public_head, b""
 
 
 # --- parsing -------------------------------------------------------------------------------------------

@@ -104,24 +104,38 @@ class MerkleHistory:
         return self._flushed
 
     def append(self, leaf: bytes) -> None:
-        levels = self._levels
-        levels[0].append(leaf)
+        # O(1): internal nodes are hashed in batches when a root or path is next asked for (on the commit
+        # path that is once per signature), which costs a third of hashing them one append at a time.
+        self._levels[0].append(leaf)
         self._size += 1
-        n = self._size
+
+    def _build(self) -> None:
+        """Hash every internal node whose two children exist and that is not hashed yet."""
+        levels, offsets = self._levels, self._offsets
         k = 0
-        while not n & 1:
+        while True:
             lower = levels[k]
+            top = offsets[k] + len(lower)  # number of nodes at level k (global index of the next one)
+            if top < 2:
+                return
             if k + 1 == len(levels):
                 levels.append([])
-                self._offsets.append(self._flushed >> (k + 1))
-            levels[k + 1].append(sha256(lower[-2] + lower[-1]).digest())
-            n >>= 1
+                offsets.append(self._flushed >> (k + 1))
+            upper = levels[k + 1]
+            first = offsets[k + 1] + len(upper)
+            stop = top >> 1
+            if first < stop:
+                off = offsets[k]
+                upper.extend([sha256(lower[i] + lower[i + 1]).digest()
+                              for i in range(2 * first - off, 2 * stop - off, 2)])
             k += 1
 
     def leaf(self, index: int) -> bytes:
         return self._node(0, index)
 
     def _node(self, level: int, index: int) -> bytes:
+        if level:
+            self._build()
         off = self._offsets[level]
         if index < off:
             raise MerkleError(f"node {index} of level {level} was flushed (first retained leaf {self._flushed})")
@@ -152,6 +166,7 @@ class MerkleHistory:
             n = self._size
         if not 1 <= n <= self._size:
             raise MerkleError(f"cannot take the root of {n} leaves (size {self._size})")
+        self._build()
         return self._range_root(0, n)
 
     def path(self, index: int, n: int | None = None) -> list[PathStep]:
@@ -194,6 +209,7 @@ class MerkleHistory:
             return
         if f > self._size:
             raise MerkleError(f"cannot flush to {f}: only {self._size} leaves")
+        self._build()
         for k, level in enumerate(self._levels):
             idx = f >> k
             new_off = idx - 1 if idx & 1 else idx
