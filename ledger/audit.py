@@ -83,12 +83,17 @@ def ledger_chunk_paths(paths: list[str], committed_only: bool = True) -> list[st
     """Chunk files in `paths` (directories or files), sorted and checked to be contiguous."""
     files: dict[str, str] = {}
     for p in paths:
+        if not os.path.exists(p):
+            raise VerificationError(f"{p} does not exist")
         names = [os.path.join(p, n) for n in os.listdir(p)] if os.path.isdir(p) else [p]
         for path in names:
             parsed = parse_chunk_name(os.path.basename(path))
             if parsed is None or (committed_only and not parsed[2]):
                 continue
             files.setdefault(os.path.basename(path), path)
+    if not files:
+        kind = "committed ledger chunks" if committed_only else "ledger chunks"
+        raise VerificationError(f"no {kind} in {', '.join(paths)}")
     ordered = sorted(files.values(), key=lambda f: _range(f)[0])
     for a, b in zip(ordered, ordered[1:], strict=False):
         (_, end_a), (start_b, _) = _range(a), _range(b)

@@ -95,24 +95,32 @@ def _serial(key: ec.EllipticCurvePublicKey) -> int:
     return int.from_bytes(hashlib.sha256(spki_der(key)).digest()[:16], "big") >> 1
 
 
-def self_signed_cert(
-    key: ec.EllipticCurvePrivateKey, cn: str, *, ca: bool, now: dt.datetime | None = None, days: int = 365
-) -> x509.Certificate:
+def _builder(
+    subject_key: ec.EllipticCurvePublicKey, cn: str, issuer: x509.Name, *, ca: bool, now: dt.datetime | None,
+    days: int,
+) -> x509.CertificateBuilder:
+    """The fields every certificate here has: names, key, serial, validity, CA flag, SKI (and CA usage)."""
     start = _now(now) - dt.timedelta(minutes=1)
-    pub = key.public_key()
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(cn))
-        .issuer_name(_name(cn))
-        .public_key(pub)
-        .serial_number(_serial(pub))
+        .issuer_name(issuer)
+        .public_key(subject_key)
+        .serial_number(_serial(subject_key))
         .not_valid_before(start)
         .not_valid_after(start + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
     )
     if ca:
         builder = builder.add_extension(_CA_KEY_USAGE, critical=True)
+    return builder
+
+
+def self_signed_cert(
+    key: ec.EllipticCurvePrivateKey, cn: str, *, ca: bool, now: dt.datetime | None = None, days: int = 365
+) -> x509.Certificate:
+    builder = _builder(key.public_key(), cn, _name(cn), ca=ca, now=now, days=days)
     return builder.sign(key, hash_for_key(key))
 
 
@@ -132,7 +140,6 @@ def endorse(
     `ca=False` for node certificates; `ca=True` when the new service identity endorses a previous one
     (after a recovery), so that chains through it pass X.509 path validation.
     """
-    start = _now(now) - dt.timedelta(minutes=1)
     sans: list[x509.GeneralName] = []
     for host in san_hosts:
         try:
@@ -141,20 +148,10 @@ def endorse(
             sans.append(x509.DNSName(host))
     ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer_cert.subject)
-        .public_key(subject_key)
-        .serial_number(_serial(subject_key))
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
+        _builder(subject_key, cn, issuer_cert.subject, ca=ca, now=now, days=days)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
     )
-    if ca:
-        builder = builder.add_extension(_CA_KEY_USAGE, critical=True)
     return builder.sign(issuer_key, hash_for_key(issuer_key))
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
@@ -48,7 +49,7 @@ from ledger.errors import (
     VerificationError,
 )
 from ledger.files import LedgerFiles
-from ledger.identity import NodeIdentity, ServiceIdentity, load_cert
+from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, load_cert
 from ledger.kv import ZERO_CLAIMS, CommitResult, Store, Tx, WriteSet
 from ledger.merkle import MerkleHistory
 from ledger.receipts import cose_receipt, json_receipt, json_receipt_for_signature
@@ -66,6 +67,18 @@ from ledger.tables import (
 )
 
 DEFAULT_CHUNK_SIZE = 5 * 1000 * 1000
+
+
+def _ski(cert: x509.Certificate) -> bytes:
+    return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+
+
+def _aki(cert: x509.Certificate) -> bytes | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    except x509.ExtensionNotFound:
+        return None
+
 _sha256 = hashlib.sha256
 
 
@@ -135,6 +148,10 @@ class ServiceLedger:
         self._last_secret_record: int | None = None
         self._committed = self.store.version
         self._pending_snapshots: list[tuple[int, int]] = []
+        # Certificates by which a later service identity endorses an earlier one, by the earlier key's SKI
+        # (after a disaster recovery), and the chains they give each node certificate, cached.
+        self._identity_endorsements: dict[bytes, x509.Certificate] = {}
+        self._chains: dict[str, list[str]] = {}
 
     # --- state -------------------------------------------------------------------------------------
 
@@ -295,6 +312,28 @@ class ServiceLedger:
 
     # --- receipts ----------------------------------------------------------------------------------
 
+    def add_service_endorsement(self, endorsement: x509.Certificate) -> None:
+        """Record that a later service identity endorses an earlier one (`endorsement` is issued by the
+        later key for the earlier key). Receipts signed by nodes of the earlier identity then carry
+        `service_endorsements` leading to the current service certificate."""
+        self._identity_endorsements[_ski(endorsement)] = endorsement
+        self._chains.clear()
+
+    def _service_endorsements(self, node_cert_pem: str) -> list[str]:
+        chain = self._chains.get(node_cert_pem)
+        if chain is None:
+            chain = []
+            current = _ski(self.service.cert)
+            cert = load_cert(node_cert_pem)
+            for _ in range(len(self._identity_endorsements)):
+                issuer = _aki(cert)
+                if issuer is None or issuer == current or issuer not in self._identity_endorsements:
+                    break
+                cert = self._identity_endorsements[issuer]
+                chain.append(cert_pem(cert))
+            self._chains[node_cert_pem] = chain
+        return chain
+
     def commit_evidence(self, seqno: int) -> str:
         return self.secrets.for_seqno(seqno).commit_evidence(self.txid(seqno).view, seqno)
 
@@ -315,15 +354,17 @@ class ServiceLedger:
         self._check_receiptable(seqno)
         record = self._signatures.get(seqno)
         if record is not None:
-            return json_receipt_for_signature(record.primary)
+            return json_receipt_for_signature(record.primary, self._service_endorsements(record.primary.cert))
         sig_seqno = self._covering_signature(seqno)
+        primary = self._signatures[sig_seqno].primary
         i = seqno - self._first
         return json_receipt(
             write_set_digest=self._wsd[i],
             commit_evidence=self.commit_evidence(seqno),
             claims_digest=self._claims[i],
             path=self.merkle.path(seqno, sig_seqno),
-            signature=self._signatures[sig_seqno].primary,
+            signature=primary,
+            service_endorsements=self._service_endorsements(primary.cert),
         )
 
     def cose_receipt(self, seqno: int) -> bytes:

@@ -45,6 +45,7 @@ def _commit_path(ledger_dir: str, n: int, interval: int, value_size: int) -> flo
             sig = ledger.emit_signature()
             ledger.flush()
             ledger.commit_to(sig.seqno)
+    ledger.request_chunk()  # end on a complete chunk, so that every transaction is in a committed file
     sig = ledger.emit_signature()
     ledger.flush()
     ledger.commit_to(sig.seqno)
@@ -73,7 +74,7 @@ def main() -> int:
     ledger_dir = os.path.join(work, "ledger")
     try:
         rates = []
-        for run in range(args.repeat):
+        for _ in range(args.repeat):
             shutil.rmtree(ledger_dir, ignore_errors=True)
             rates.append(_commit_path(ledger_dir, args.transactions, args.signature_interval, args.value_size))
         n, interval = args.transactions, args.signature_interval

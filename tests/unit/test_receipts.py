@@ -292,3 +292,31 @@ def test_cose_receipt_structure_mutations_are_format_errors(signed_ledger: Servi
 
 def uhdr_leaf(uhdr: dict[Any, Any]) -> Any:
     return cbor2.loads(uhdr[396][-1][0])[1]
+
+
+def test_receipts_from_before_a_service_identity_change_carry_service_endorsements(
+    new_service: Callable[..., ServiceLedger],
+) -> None:
+    """After a recovery the service has a new identity that endorses the old one: receipts for old
+    transactions (signed by a node endorsed by the old identity) chain to the new certificate."""
+    ledger = new_service(with_files=False)
+    tx = ledger.begin()
+    tx.put("public:x", b"k", b"before")
+    old_tx = ledger.commit(tx)
+    sig = ledger.emit_signature()
+    ledger.commit_to(sig.seqno)
+    assert "service_endorsements" not in ledger.receipt(old_tx.seqno)
+
+    old_service = ledger.service
+    new_identity = ServiceIdentity.create()
+    ledger.service = new_identity
+    ledger.add_service_endorsement(
+        endorse(new_identity.key, new_identity.cert, old_service.key.public_key(), "CCF Service", ca=True))
+    for seqno in (old_tx.seqno, sig.seqno):
+        receipt = ledger.receipt(seqno)
+        assert len(receipt["service_endorsements"]) == 1
+        ccf_check_json_receipt(receipt, new_identity.cert)
+        verify_json_receipt(receipt, new_identity.cert)
+        with pytest.raises(ReceiptEndorsementError):
+            verify_json_receipt({k: v for k, v in receipt.items() if k != "service_endorsements"},
+                                new_identity.cert)
