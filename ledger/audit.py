@@ -65,8 +65,9 @@ _ALLOWED_TRANSITIONS = {
     "Open": {"Recovering"},
 }
 _HEAD = struct.Struct("<Q")
-_FRAME = struct.Struct("<Q16xQIQ")  # header word, (tag), IV seqno, IV view, public size
-_PUB = struct.Struct("<BQ")
+# header word, (GCM tag), IV seqno, IV view, public size, entry type, public seqno [, claims, commit evidence]
+_FRAME = struct.Struct("<Q16xQIQBQ")
+_FRAME4 = struct.Struct("<Q16xQIQBQ32s32s")
 _sha256 = hashlib.sha256
 
 
@@ -176,43 +177,44 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
     leaves: list[bytes] = []
     tables: dict[int, WriteSet] = {}
     sha = _sha256
-    unpack_frame = _FRAME.unpack_from
-    unpack_pub = _PUB.unpack_from
+    unpack_frame4 = _FRAME4.unpack_from
     view = memoryview(buf)
     pos = FILE_HEADER_SIZE
     expected = start
-    index = 0
+    found: list[int] = []
     while pos < stop:
-        if positions is not None and (index >= len(positions) or positions[index] != pos):
-            raise EntryFormatError("positions table does not match the entries", file=file, offset=pos,
-                                   seqno=expected)
-        if pos + 44 > stop:
+        found.append(pos)
+        if pos + _FRAME4.size <= stop:
+            # One unpack reads the framing and, for type 4 (all CCF writes now), the claims and commit
+            # evidence digests too.
+            word, seqno, _view_word, public_size, entry_type, pub_seqno, claims, ce = unpack_frame4(buf, pos)
+        elif pos + 53 <= stop:
+            word, seqno, _view_word, public_size, entry_type, pub_seqno = _FRAME.unpack_from(buf, pos)
+            claims = ce = b""
+        else:
             raise EntryFormatError("truncated entry", file=file, offset=pos, seqno=expected)
-        word, seqno, _view_word, public_size = unpack_frame(buf, pos)
         entry_end = pos + 8 + (word >> 16)
-        p = pos + 44
-        pend = p + public_size
+        pend = pos + 44 + public_size
         if word & 0xFF != ENTRY_FORMAT_V1 or entry_end > stop or pend > entry_end or public_size < 17:
             raise EntryFormatError("malformed entry framing", file=file, offset=pos, seqno=expected)
-        if seqno != expected:
-            raise EntryFormatError(f"entry holds seqno {seqno}", file=file, offset=pos, seqno=expected)
-        entry_type, pub_seqno = unpack_pub(buf, p)
-        if pub_seqno != seqno:
-            raise EntryFormatError(f"public domain names seqno {pub_seqno}", file=file, offset=pos, seqno=seqno)
-        q = p + 9
+        if seqno != expected or pub_seqno != seqno:
+            raise EntryFormatError(f"entry holds seqno {seqno} (public domain: {pub_seqno})", file=file, offset=pos,
+                                   seqno=expected)
         wsd = sha(view[pos:entry_end]).digest()
-        if entry_type == TYPE_WITH_COMMIT_EVIDENCE_AND_CLAIMS:
+        if entry_type == TYPE_WITH_COMMIT_EVIDENCE_AND_CLAIMS and ce:
             # the public header holds claims then commit evidence; the leaf takes them the other way round
-            leaves.append(sha(wsd + buf[q + 32 : q + 64] + buf[q : q + 32]).digest())
-            q += 72
-        elif entry_type in (TYPE_WITH_CLAIMS, TYPE_WITH_COMMIT_EVIDENCE):
-            leaves.append(sha(wsd + buf[q : q + 32]).digest())
-            q += 40
-        elif entry_type == 0:
-            leaves.append(wsd)
-            q += 8
+            leaves.append(sha(wsd + ce + claims).digest())
+            q = pos + 125
         else:
-            raise EntryFormatError(f"unexpected entry type {entry_type}", file=file, offset=pos, seqno=seqno)
+            q = pos + 53
+            if entry_type in (TYPE_WITH_CLAIMS, TYPE_WITH_COMMIT_EVIDENCE):
+                leaves.append(sha(wsd + buf[q : q + 32]).digest())
+                q += 40
+            elif entry_type == 0:
+                leaves.append(wsd)
+                q += 8
+            else:
+                raise EntryFormatError(f"unexpected entry type {entry_type}", file=file, offset=pos, seqno=seqno)
         if q > pend:
             raise EntryFormatError("public domain too short", file=file, offset=pos, seqno=seqno)
         if secrets is not None:
@@ -222,12 +224,14 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
                 raise EntryFormatError(str(e), file=file, offset=pos, seqno=seqno) from None
             decrypt_private(frame_entry(buf, pos, file=file), secret, file=file)
         if q < pend:
-            tables[index] = parse_maps(buf, q, pend, seqno=seqno, file=file, offset=pos)
+            tables[len(leaves) - 1] = parse_maps(buf, q, pend, seqno=seqno, file=file, offset=pos)
         expected = seqno + 1
         pos = entry_end
-        index += 1
-    if positions is not None and index != len(positions):
-        raise EntryFormatError("positions table lists more entries than the chunk holds", file=file, seqno=expected)
+    if positions is not None and found != positions:
+        bad = next((i for i, (a, b) in enumerate(zip(found, positions, strict=False)) if a != b),
+                   min(len(found), len(positions)))
+        raise EntryFormatError("positions table does not match the entries", file=file,
+                               offset=found[bad] if bad < len(found) else None, seqno=start + bad)
     cuts = sorted(tables)
     bounds = [0, *cuts, len(leaves)]
     segments = [summarise_leaves(leaves[a:b], start + a) for a, b in zip(bounds, bounds[1:], strict=False)]
