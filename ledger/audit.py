@@ -395,7 +395,7 @@ def audit_ledger(
                 auditor.apply(scan)
             except EntryFormatError as e:
                 raise VerificationError(str(e), seqno=e.seqno, file=name) from e
-            except (KeyError, ValueError, TypeError, x509.InvalidVersion) as e:
+            except (KeyError, ValueError, TypeError, AttributeError, x509.InvalidVersion) as e:
                 raise VerificationError(f"malformed service table: {e!r}", seqno=auditor.expected_seqno,
                                         file=name) from e
     last = (auditor.expected_seqno or 1) - 1

@@ -18,6 +18,7 @@ from ledger.genesis import (
     GENESIS_VIEW,
     GenesisMember,
     GenesisNode,
+    NodeNetwork,
     ServiceConfig,
     VirtualQuote,
     genesis_writes,
@@ -50,7 +51,7 @@ def start_new_service(
     service: ServiceIdentity | None = None,
     node: NodeKeys | None = None,
     config: ServiceConfig | None = None,
-    network: dict[str, Any] | None = None,
+    network: NodeNetwork | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     fsync: FsyncPolicy = FsyncPolicy.BATCH,
     clock: Callable[[], float] | None = None,
@@ -75,8 +76,9 @@ def start_new_service(
         kwargs["clock"] = clock
     ledger = ServiceLedger(node=identity, service=service, secrets=LedgerSecrets.fresh(1), files=files,
                            view=GENESIS_VIEW, **kwargs)
-    genesis_node = GenesisNode(identity, quote, node.encryption_public_pem, network or {})
+    genesis_node = GenesisNode(identity, quote, node.encryption_public_pem, network or NodeNetwork())
     ledger.commit_writes(genesis_writes(service, genesis_node, members, constitution, config, service_data))
+    ledger.request_chunk()  # genesis and its signature make the first chunk, as in CCF (ledger_1-2)
     sig = ledger.emit_signature()
     ledger.flush()
     ledger.commit_to(sig.seqno)

@@ -280,9 +280,10 @@ def parse_public_header(frame: EntryFrame, *, file: str | None = None) -> Public
 
 
 def parse_maps(buf: bytes, pos: int, end: int, *, seqno: int | None = None, file: str | None = None,
-               offset: int | None = None) -> WriteSet:
+               offset: int | None = None, public: bool | None = None) -> WriteSet:
     """Parse back the output of `serialise_maps` lying in buf[pos:end]. Every length is checked
-    against what is left before it is used, so damaged lengths raise `EntryFormatError`."""
+    against what is left before it is used, so damaged lengths raise `EntryFormatError`; a map named
+    twice, or (when `public` is given) a map in the wrong domain, is refused too."""
 
     def fail(message: str) -> EntryFormatError:
         return EntryFormatError(message, file=file, offset=offset, seqno=seqno)
@@ -314,6 +315,10 @@ def parse_maps(buf: bytes, pos: int, end: int, *, seqno: int | None = None, file
             name = blob("map name").decode()
         except UnicodeDecodeError:
             raise fail("map name is not UTF-8") from None
+        if name in maps:
+            raise fail(f"map {name!r} appears twice")
+        if public is not None and is_public(name) != public:
+            raise fail(f"map {name!r} is in the {'public' if public else 'private'} domain")
         if pos + 16 > end:
             raise fail(f"map {name!r} header runs past the domain")
         _read_version, read_count = _READ_HEADER.unpack_from(buf, pos)
@@ -361,7 +366,7 @@ def decode_entry(
     frame = frame_entry(buf, offset, file=file)
     header = parse_public_header(frame, file=file)
     writes = parse_maps(buf, header.maps_offset, frame.public_end, seqno=frame.seqno, file=file,
-                        offset=frame.start)
+                        offset=frame.start, public=True)
     if secrets is not None:
         try:
             secret = secrets.for_seqno(frame.seqno)
@@ -369,7 +374,8 @@ def decode_entry(
             raise DecryptionError(str(e), file=file, offset=frame.start, seqno=frame.seqno) from e
         plain = decrypt_private(frame, secret, file=file)
         if plain:
-            writes.update(parse_maps(plain, 0, len(plain), seqno=frame.seqno, file=file, offset=frame.start))
+            writes.update(parse_maps(plain, 0, len(plain), seqno=frame.seqno, file=file, offset=frame.start,
+                                     public=False))
     return DecodedEntry(
         frame.seqno, frame.view, frame.flags, header.entry_type, header.claims_digest,
         header.commit_evidence_digest, writes, frame.write_set_digest(),

@@ -144,6 +144,14 @@ def read_positions(data: bytes, name: str, start: int, end: int | None) -> tuple
     return positions, table
 
 
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _entry_at(data: bytes, pos: int, seqno: int, limit: int) -> bool:
     """Whether a well-framed entry holding `seqno` starts at `pos` (or `pos` is the end, past the last)."""
     if pos == limit:
@@ -168,6 +176,8 @@ class LedgerFiles:
         self._open_positions: list[int] = []
         self._open_size = 0
         self._dirty = False
+        self._failure: OSError | None = None
+        self._new_name_unsynced = False
         self._pending: list[bytes] = []  # appended entries not yet handed to the OS
         self._pending_bytes = 0
         if chunks and chunks[-1].end is None:
@@ -225,15 +235,25 @@ class LedgerFiles:
                 raise LedgerFileError("an open chunk is followed by other chunks", file=chunk.name)
             header = _U64.unpack_from(data, 0)[0] if len(data) >= 8 else 0
             if header:
-                # Crashed between completing the chunk and renaming it: finish the rename.
-                positions, _ = read_positions(data, chunk.name, chunk.start, None)
-                chunk.end = chunk.start + len(positions) - 1
-                chunk.positions = positions
-                new_path = os.path.join(directory, chunk_name(chunk.start, chunk.end, False))
-                os.replace(chunk.path, new_path)
-                chunk.path = new_path
-                chunks.append(chunk)
-                continue
+                # Crashed while completing the chunk: if the table is whole, finish the rename; if not,
+                # the chunk was never complete, so forget the header and the table and treat it as open.
+                try:
+                    positions, _ = read_positions(data, chunk.name, chunk.start, None)
+                except LedgerFileError:
+                    data = bytes(FILE_HEADER_SIZE) + data[FILE_HEADER_SIZE:]  # the torn table is cut below
+                    with open(chunk.path, "r+b") as f:
+                        f.write(bytes(FILE_HEADER_SIZE))
+                        f.flush()
+                        os.fsync(f.fileno())
+                else:
+                    chunk.end = chunk.start + len(positions) - 1
+                    chunk.positions = positions
+                    new_path = os.path.join(directory, chunk_name(chunk.start, chunk.end, False))
+                    os.replace(chunk.path, new_path)
+                    _fsync_directory(directory)
+                    chunk.path = new_path
+                    chunks.append(chunk)
+                    continue
             positions, problem = scan_entries(data, FILE_HEADER_SIZE, len(data), chunk.start, file=chunk.name)
             good_end = positions[-1] + read_entry_size(data, positions[-1]) if positions else FILE_HEADER_SIZE
             if problem is not None or len(data) < FILE_HEADER_SIZE:
@@ -264,6 +284,11 @@ class LedgerFiles:
         and delete the chunks after it. Returns the number of bytes dropped."""
         from loguru import logger  # deferred: loguru costs ~60 ms to import, warnings are rare
 
+        committed_after = [c.name for c in later if c.committed]
+        if committed_after:
+            raise CorruptedCommittedChunk(
+                f"uncommitted chunk is damaged ({error.reason}) but committed chunks follow it: "
+                f"{', '.join(committed_after)}", file=chunk.name, offset=error.offset, seqno=error.seqno)
         scanned, _ = scan_entries(data, FILE_HEADER_SIZE, len(data), chunk.start, file=chunk.name)
         if error.offset is not None and error.seqno is not None:  # a damaged entry: keep those before it
             scanned = scanned[: max(error.seqno - chunk.start, 0)]
@@ -284,6 +309,7 @@ class LedgerFiles:
         else:
             os.remove(chunk.path)
             chunk.positions = []
+        _fsync_directory(os.path.dirname(chunk.path))
         msg = (f"{chunk.name}: uncommitted chunk damaged ({error.reason}, seqno {error.seqno}); kept "
                f"{len(positions)} entries, dropped {len(later)} later chunk(s)")
         logger.warning(msg)
@@ -324,11 +350,35 @@ class LedgerFiles:
         self._open_size = FILE_HEADER_SIZE
         self._open_positions = []
         self._chunks.append(_Chunk(start, None, path, positions=self._open_positions))
+        self._new_name_unsynced = True  # the next flush makes the new name durable too
 
     def append(self, entry: bytes) -> int:
-        """Append the next entry; return its seqno."""
+        """Append the next entry; return its seqno.
+
+        The entry must be well framed and hold seqno last + 1 (the host reads the public framing only).
+        If the operating system fails a write, the files are in an unknown state: this object refuses
+        everything from then on (the node must restart and recover), and `LedgerFileError` is raised.
+        """
+        if self._failure is not None:
+            raise LedgerFileError(f"ledger files stopped after a failed write: {self._failure}")
         seqno = self._last + 1
-        flags = entry[1] if len(entry) > 1 else 0
+        try:
+            read_entry_size(entry, 0, limit=len(entry))
+        except EntryFormatError as e:
+            raise LedgerFileError(f"cannot append a malformed entry: {e.reason}", seqno=seqno) from None
+        if len(entry) != ENTRY_HEADER_SIZE + (_U64.unpack_from(entry, 0)[0] >> 16):
+            raise LedgerFileError("entry has bytes after its declared size", seqno=seqno)
+        (iv_seqno,) = _IV_SEQNO.unpack_from(entry, ENTRY_HEADER_SIZE + 16)
+        if iv_seqno != seqno:
+            raise LedgerFileError(f"entry holds seqno {iv_seqno}, the ledger expects {seqno}", seqno=seqno)
+        try:
+            return self._append(entry, seqno)
+        except OSError as e:
+            self._failure = e
+            raise LedgerFileError(f"writing the ledger failed: {e}", seqno=seqno) from e
+
+    def _append(self, entry: bytes, seqno: int) -> int:
+        flags = entry[1]
         if flags & FLAG_FORCE_CHUNK_BEFORE and self._file is not None and self._open_positions:
             self._complete_open_chunk()
         if self._file is None:
@@ -356,21 +406,28 @@ class LedgerFiles:
 
     def flush(self) -> None:
         """Make appended entries durable (per the fsync policy)."""
+        if self._failure is not None:
+            raise LedgerFileError(f"ledger files stopped after a failed write: {self._failure}")
         if self._file is not None and self._dirty:
-            self._write_pending()
-            self._file.flush()
-            if self.fsync is not FsyncPolicy.NEVER:
-                os.fsync(self._file.fileno())
+            try:
+                self._write_pending()
+                self._sync(self._file)
+                if self._new_name_unsynced:
+                    self._fsync_dir()  # a new chunk's name must survive a crash as its entries do
+                    self._new_name_unsynced = False
+            except OSError as e:
+                self._failure = e
+                raise LedgerFileError(f"writing the ledger failed: {e}") from e
             self._dirty = False
 
+    def _sync(self, f: BinaryIO) -> None:
+        f.flush()
+        if self.fsync is not FsyncPolicy.NEVER:
+            os.fsync(f.fileno())
+
     def _fsync_dir(self) -> None:
-        if self.fsync is FsyncPolicy.NEVER:
-            return
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if self.fsync is not FsyncPolicy.NEVER:
+            _fsync_directory(self.directory)
 
     def _complete_open_chunk(self) -> None:
         self._write_pending()
@@ -378,12 +435,13 @@ class LedgerFiles:
         assert f is not None
         chunk = self._chunks[-1]
         table = self._open_size
+        # The table must be durable before the header points at it: a header reaching the disk first
+        # would describe a torn table (open() copes, but a chunk should never need that).
         f.write(struct.pack(f"<{len(self._open_positions)}I", *self._open_positions))
+        self._sync(f)
         f.seek(0)
         f.write(_U64.pack(table))
-        f.flush()
-        if self.fsync is not FsyncPolicy.NEVER:
-            os.fsync(f.fileno())
+        self._sync(f)
         f.close()
         self._file = None
         self._dirty = False
@@ -435,21 +493,24 @@ class LedgerFiles:
                 del self._open_positions[keep:]
                 self._file.truncate(self._open_size)
                 self._file.seek(self._open_size)
+                self._sync(self._file)
             elif chunk.end > seqno:
                 self._reopen(chunk, seqno)
         self._last = seqno
-        self.flush()
         self._fsync_dir()
 
     def _reopen(self, chunk: _Chunk, seqno: int) -> None:
         positions = self._positions(chunk)
         keep = seqno - chunk.start + 1
-        new_path = os.path.join(self.directory, chunk_name(chunk.start, None, False))
-        os.replace(chunk.path, new_path)
-        f = open(new_path, "r+b")  # noqa: SIM115 - kept open across appends
+        # Make the file an open chunk on disk (no header, no table, no dropped entries) before its name
+        # says so: a crash in between must not bring the dropped entries back.
+        f = open(chunk.path, "r+b")  # noqa: SIM115 - kept open across appends
         f.write(bytes(FILE_HEADER_SIZE))
         f.truncate(positions[keep])
         f.seek(positions[keep])
+        self._sync(f)
+        new_path = os.path.join(self.directory, chunk_name(chunk.start, None, False))
+        os.replace(chunk.path, new_path)
         chunk.path, chunk.end, chunk.committed = new_path, None, False
         self._file = f
         self._open_positions = positions[:keep]

@@ -90,16 +90,48 @@ class ServiceConfig:
         }
 
 
+def _split(address: str) -> tuple[str, str]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"address {address!r} is not host:port")
+    return host, port
+
+
+@dataclass(frozen=True)
+class NodeNetwork:
+    """Where a node listens (CCF's NodeInfoNetwork): node-to-node and one primary RPC interface."""
+
+    rpc_address: str = "127.0.0.1:8000"
+    node_to_node_address: str = "127.0.0.1:8001"
+    published_rpc_address: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        published = self.published_rpc_address or self.rpc_address
+        rpc_host, rpc_port = _split(self.rpc_address)
+        pub_host, pub_port = _split(published)
+        node_host, node_port = _split(self.node_to_node_address)
+        return {
+            "node_to_node_interface": {"bind_address": self.node_to_node_address,
+                                       "published_address": self.node_to_node_address},
+            "rpc_interfaces": {"primary_rpc_interface": {"bind_address": self.rpc_address,
+                                                         "published_address": published}},
+            # the v1 mirror fields CCF still writes
+            "nodehost": node_host, "nodeport": node_port, "rpchost": rpc_host, "rpcport": rpc_port,
+            "pubhost": pub_host, "pubport": pub_port,
+        }
+
+
 @dataclass(frozen=True)
 class GenesisNode:
     identity: NodeIdentity  # must carry its endorsed certificate
     quote: VirtualQuote
     encryption_public_key_pem: str
-    network: dict[str, Any] = field(default_factory=dict)  # node_to_node_interface, rpc_interfaces, ...
+    network: NodeNetwork = field(default_factory=NodeNetwork)
     node_data: Any = None
 
     def info(self, status: str) -> dict[str, Any]:
         info: dict[str, Any] = {
+            **self.network.to_json(),
             "code_digest": self.quote.measurement,
             "encryption_pub_key": self.encryption_public_key_pem,
             "ledger_secret_seqno": 0,
@@ -108,7 +140,6 @@ class GenesisNode:
             .decode(),
             "quote_info": self.quote.quote_info(),
             "status": status,
-            **self.network,
         }
         if self.node_data is not None:
             info["node_data"] = self.node_data

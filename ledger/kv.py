@@ -47,7 +47,13 @@ def is_public(map_name: str) -> bool:
 
 
 def _key(key: bytes | str) -> bytes:
-    return key.encode() if isinstance(key, str) else key
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, bytearray | memoryview):
+        return bytes(key)
+    raise TypeError(f"keys are bytes or str, got {type(key).__name__}")
 
 
 class CommitResult(NamedTuple):
@@ -158,8 +164,11 @@ class Store:
     def _map(self, name: str) -> _MapState | None:
         return self._maps.get(name)
 
-    def commit(self, tx: Tx) -> CommitResult:
-        """Apply a read-write transaction as the next version; raise `TransactionConflict` if stale."""
+    def commit(self, tx: Tx) -> CommitResult | None:
+        """Apply a read-write transaction as the next version; raise `TransactionConflict` if stale.
+
+        A transaction that wrote nothing gets no version (as in CCF): it is closed and None returned.
+        """
         if tx._closed:
             raise TransactionClosed("transaction already committed or abandoned")
         if tx.readonly:
@@ -173,8 +182,10 @@ class Store:
         if rv != self._version:
             self._check_conflicts(tx)
         tx._closed = True
-        version = self._version + 1
         writes = tx._writes
+        if not any(writes.values()):
+            return None
+        version = self._version + 1
         self._apply(version, writes)
         return CommitResult(version, self._view, writes, tx.claims_digest)
 
@@ -248,13 +259,19 @@ class Store:
         self._version = min(self._version, seqno)
 
     def compact(self, seqno: int) -> None:
-        """Forget versions superseded at or below `seqno` and fire global hooks for them, in order."""
+        """Forget versions superseded at or below `seqno`, then fire global hooks for them, in order.
+
+        The store's state is complete before the first hook runs: a hook that raises leaves the store
+        compacted and consistent (and the remaining hooks of this call unfired). Hooks should not raise.
+        """
         if seqno <= self._compacted:
             return
         if seqno > self._version:
             raise VersionUnavailable(f"cannot compact to {seqno}: store is at {self._version}")
+        compacted: list[tuple[int, WriteSet]] = []
         for version in range(self._compacted + 1, seqno + 1):
             writes = self._log.pop(version)
+            compacted.append((version, writes))
             for map_name, changes in writes.items():
                 ms = self._maps[map_name]
                 for k in changes:
@@ -271,9 +288,12 @@ class Store:
                 i = bisect_right(wv, seqno)
                 if i > 1:
                     del wv[: i - 1]
-                for hook in self._global_hooks.get(map_name, ()):
-                    hook(version, changes)
         self._compacted = seqno
+        if self._global_hooks:
+            for version, writes in compacted:
+                for map_name, changes in writes.items():
+                    for hook in self._global_hooks.get(map_name, ()):
+                        hook(version, changes)
 
     def snapshot(self, seqno: int | None = None) -> SnapshotState:
         """Live state at `seqno`: map -> key -> (version written, value). Removed keys are absent."""
@@ -443,5 +463,5 @@ class Tx:
     def abandon(self) -> None:
         self._closed = True
 
-    def commit(self) -> CommitResult:
+    def commit(self) -> CommitResult | None:
         return self._store.commit(self)

@@ -8,7 +8,8 @@ perfect subtrees (level k holds the hash of each complete run of 2^k leaves), so
 - `root(n)` of any retained prefix and `path(i, n)` are O(log n);
 - `truncate(n)` (rollback) is O(log n) plus the nodes dropped;
 - `flush_to(f)` forgets leaves below f but keeps the left peaks needed for roots and for paths of
-  leaves >= f; `serialise`/`deserialise` carry exactly that state (merklecpp's "from > 0" form).
+  leaves >= f; `serialise`/`deserialise` carry exactly that state in merklecpp's form: the leaves from
+  `f`, then the left peaks smallest first (one per set bit of f, from the leaf level up).
 
 Not kept: anything about which leaf is a signature (that is the ledger's business).
 """
@@ -220,13 +221,14 @@ class MerkleHistory:
         self._flushed = f
 
     def _left_peaks(self, f: int) -> list[bytes]:
-        """Hashes of the perfect subtrees that make up [0, f), largest (shallowest) first."""
+        """Hashes of the perfect subtrees that make up [0, f), smallest (deepest) first: merklecpp's
+        order, since its deserialiser consumes one per set bit of `f` from the leaf level up."""
         peaks = []
-        pos = 0
-        for k in range(f.bit_length() - 1, -1, -1):
+        pos = f
+        for k in range(f.bit_length()):
             if f >> k & 1:
+                pos -= 1 << k
                 peaks.append(self._node(k, pos >> k))
-                pos += 1 << k
         return peaks
 
     def serialise(self, n: int | None = None, from_: int | None = None) -> bytes:
@@ -257,7 +259,7 @@ class MerkleHistory:
         tree._levels = [[] for _ in range(nlevels)]
         tree._offsets = [f >> k for k in range(nlevels)]
         pos = _HEAD.size + HASH_SIZE * count
-        for k in range(f.bit_length() - 1, -1, -1):
+        for k in range(f.bit_length()):
             if f >> k & 1:
                 tree._levels[k].append(data[pos : pos + HASH_SIZE])
                 tree._offsets[k] = (f >> k) - 1

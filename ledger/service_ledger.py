@@ -18,24 +18,26 @@ Not here: consensus (who may commit), time (`clock` is injected), networking.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import os
 import time
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from loguru import logger
 
-from ledger import snapshots
+from ledger import cose, snapshots
 from ledger.entry import (
     FLAG_FORCE_CHUNK_AFTER,
+    MAX_VIEW,
     decode_entry,
     serialise_entry,
 )
@@ -43,6 +45,7 @@ from ledger.errors import (
     CorruptedCommittedChunk,
     EntryFormatError,
     LedgerError,
+    LedgerFileError,
     ReceiptNotAvailable,
     RollbackBelowCommit,
     SnapshotError,
@@ -59,6 +62,8 @@ from ledger.tables import (
     COSE_SIGNATURES,
     HISTORICAL_SECRETS,
     NODES_ENDORSED_CERTS,
+    NODES_INFO,
+    SERVICE_INFO,
     SIGNATURES,
     SINGLETON_KEY,
     SNAPSHOT_EVIDENCE,
@@ -121,6 +126,7 @@ class ServiceLedger:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         clock: Callable[[], float] = time.time,
         snapshot_dir: str | None = None,
+        view_history: list[int] | None = None,
     ) -> None:
         self.node = node
         self.service = service
@@ -136,7 +142,9 @@ class ServiceLedger:
         if self.merkle.size != first:
             raise LedgerError(f"Merkle history has {self.merkle.size} leaves, store is at {self.store.version}")
         self._first = first  # seqno of the first transaction with a local record
-        self._views: list[int] = []
+        # CCF's view history: entry v-1 is the first seqno of view v (from a snapshot, or built as we go)
+        self._view_starts: list[int] = list(view_history or [])
+        self._failure: BaseException | None = None  # a failed write to the files stops this ledger
         self._wsd: list[bytes] = []
         self._claims: list[bytes] = []
         self._sizes: list[int] = []
@@ -145,7 +153,7 @@ class ServiceLedger:
         self._bytes_since_chunk = 0
         self._chunk_ends: list[int] = []  # seqnos of the signatures that ended a chunk
         self._chunk_requested = False
-        self._last_secret_record: int | None = None
+        self._requested_chunk_ends: set[int] = set()  # chunk ends asked for by request_chunk()
         self._committed = self.store.version
         self._pending_snapshots: list[tuple[int, int]] = []
         # Certificates by which a later service identity endorses an earlier one, by the earlier key's SKI
@@ -172,14 +180,21 @@ class ServiceLedger:
         return self._sig_seqnos[-1] if self._sig_seqnos else 0
 
     def set_view(self, view: int) -> None:
+        if view > MAX_VIEW:
+            raise ValueError(f"view {view} does not fit in 31 bits (CCF's IV)")
         self.store.set_view(view)
 
     def txid(self, seqno: int) -> TxID:
-        return TxID(self._views[seqno - self._first], seqno)
+        view = self.view_of(seqno)
+        if view is None:
+            raise LedgerError(f"seqno {seqno} is not in this ledger (last {self.store.version})")
+        return TxID(view, seqno)
 
     def view_of(self, seqno: int) -> int | None:
-        i = seqno - self._first
-        return self._views[i] if 0 <= i < len(self._views) else None
+        """The view seqno was committed in (None if the ledger does not hold it)."""
+        if not 1 <= seqno <= self.store.version:
+            return None
+        return bisect_right(self._view_starts, seqno)
 
     def is_signature(self, seqno: int) -> bool:
         return seqno in self._signatures
@@ -195,32 +210,58 @@ class ServiceLedger:
 
     # --- the commit path ---------------------------------------------------------------------------
 
-    def commit(self, tx: Tx) -> TxID:
-        """Commit a read-write transaction through the whole path; `TransactionConflict` if stale."""
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise LedgerError(f"this ledger stopped after a failed write to its files: {self._failure}")
+
+    def commit(self, tx: Tx) -> TxID | None:
+        """Commit a read-write transaction through the whole path; `TransactionConflict` if stale.
+
+        All or nothing: if the entry cannot be serialised or handed to the host, the store is rolled
+        back to before it and the error raised. A transaction that wrote nothing gets no txid (None).
+        """
+        self._check_usable()
         result = self.store.commit(tx)
-        self._record(result, 0)
+        if result is None:
+            return None
+        self._record_or_undo(result, 0)
         return TxID(result.view, result.seqno)
 
     def commit_writes(self, writes: WriteSet, claims_digest: bytes = ZERO_CLAIMS, flags: int = 0) -> TxID:
         """Commit a write set built by the node itself (genesis, signatures, governance effects)."""
+        self._check_usable()
+        if len(claims_digest) != 32:
+            raise ValueError("a claims digest is 32 bytes")
         seqno = self.store.version + 1
         view = self.store.view
         self.store.apply_writes(seqno, view, writes)
-        self._record(CommitResult(seqno, view, writes, claims_digest), flags)
+        self._record_or_undo(CommitResult(seqno, view, writes, claims_digest), flags)
         return TxID(view, seqno)
 
+    def _record_or_undo(self, result: CommitResult, flags: int) -> None:
+        try:
+            self._record(result, flags)
+        except BaseException as e:
+            self.store.rollback(result.seqno - 1)
+            if isinstance(e, LedgerFileError):
+                self._failure = e
+            raise
+
     def _record(self, result: CommitResult, flags: int) -> None:
+        """Serialise, hand to the host, then extend the tree and the records (which cannot fail)."""
         seqno, view, writes, claims = result
         secret = self.secrets.latest
         if seqno < secret.start:
             secret = self.secrets.for_seqno(seqno)
         ce_digest = secret.commit_evidence_digest(view, seqno)
         entry = serialise_entry(seqno, view, writes, claims, ce_digest, secret, flags)
-        wsd = _sha256(entry).digest()
-        self.merkle.append(_sha256(wsd + ce_digest + claims).digest())
         if self.files is not None:
             self.files.append(entry)
-        self._views.append(view)
+        wsd = _sha256(entry).digest()
+        self.merkle.append(_sha256(wsd + ce_digest + claims).digest())
+        starts = self._view_starts
+        while len(starts) < view:
+            starts.append(seqno)
         self._wsd.append(wsd)
         self._claims.append(claims)
         size = len(entry)
@@ -245,11 +286,12 @@ class ServiceLedger:
         writes, primary, cose_sig = signature_writes(
             self.node, self.service, view, seqno, root, self.merkle.serialise(seqno, tree_from), int(self.clock())
         )
-        flags = 0
-        if self._chunk_requested or self._bytes_since_chunk >= self.chunk_size:
-            flags = FLAG_FORCE_CHUNK_AFTER
-            self._chunk_requested = False
+        requested = self._chunk_requested
+        flags = FLAG_FORCE_CHUNK_AFTER if requested or self._bytes_since_chunk >= self.chunk_size else 0
         txid = self.commit_writes(writes, flags=flags)
+        if requested:
+            self._chunk_requested = False
+            self._requested_chunk_ends.add(seqno)
         self._signatures[seqno] = SignatureRecord(primary, cose_sig)
         self._sig_seqnos.append(seqno)
         return txid
@@ -258,15 +300,12 @@ class ServiceLedger:
         """Write the rekey transaction (previous secret wrapped by the new) and switch secrets after it."""
         seqno = self.store.version + 1
         new = LedgerSecret.create(seqno + 1, raw)
-        record = rekey_secret_record(self.secrets.latest, new, self._last_secret_record)
+        # the previous write of this table, found in the store (so rollbacks and snapshots keep it right)
+        previous = self.store.read_tx().get_version(HISTORICAL_SECRETS, SINGLETON_KEY) or None
+        record = rekey_secret_record(self.secrets.latest, new, previous)
         txid = self.commit_writes({HISTORICAL_SECRETS: {SINGLETON_KEY: dump_json(record)}})
         self.secrets.add(new)
-        self._last_secret_record = seqno
         return txid
-
-    def note_secret_record(self, seqno: int) -> None:
-        """Tell the ledger that `seqno` wrote the historical-secrets table (e.g. at service open)."""
-        self._last_secret_record = seqno
 
     def flush(self) -> None:
         """Make everything appended durable (the host fsyncs)."""
@@ -281,11 +320,11 @@ class ServiceLedger:
             return
         if seqno > self.store.version:
             raise LedgerError(f"cannot commit {seqno}: the ledger ends at {self.store.version}")
-        self._committed = seqno
         if self.files is not None:
             self.files.commit(seqno)
-        self.store.compact(seqno)
+        self._committed = seqno
         self._finish_snapshots()
+        self.store.compact(seqno)  # last: its global hooks are the caller's code
 
     def rollback(self, seqno: int) -> None:
         """Drop every transaction after `seqno` (an uncommitted suffix)."""
@@ -299,14 +338,17 @@ class ServiceLedger:
             self.files.truncate(seqno)
         self.secrets.rollback(seqno)
         keep = seqno - self._first + 1
-        del self._views[keep:], self._wsd[keep:], self._claims[keep:], self._sizes[keep:]
+        del self._wsd[keep:], self._claims[keep:], self._sizes[keep:]
+        while self._view_starts and self._view_starts[-1] > seqno:
+            self._view_starts.pop()
         while self._sig_seqnos and self._sig_seqnos[-1] > seqno:
             del self._signatures[self._sig_seqnos.pop()]
-        if self._last_secret_record is not None and self._last_secret_record > seqno:
-            self._last_secret_record = None
         self._pending_snapshots = [(s, e) for s, e in self._pending_snapshots if e <= seqno]
         while self._chunk_ends and self._chunk_ends[-1] > seqno:
-            self._chunk_ends.pop()
+            end = self._chunk_ends.pop()
+            if end in self._requested_chunk_ends:  # the request is still to be honoured
+                self._requested_chunk_ends.discard(end)
+                self._chunk_requested = True
         chunk_start = max(self._chunk_ends[-1] + 1 if self._chunk_ends else 0, self._first)
         self._bytes_since_chunk = sum(self._sizes[chunk_start - self._first :])
 
@@ -338,9 +380,11 @@ class ServiceLedger:
         return self.secrets.for_seqno(seqno).commit_evidence(self.txid(seqno).view, seqno)
 
     def _covering_signature(self, seqno: int) -> int:
+        """The first signature after `seqno`; it must be committed (a receipt never rests on a root
+        that a rollback could still take away)."""
         i = bisect_right(self._sig_seqnos, seqno)
-        if i == len(self._sig_seqnos):
-            raise ReceiptNotAvailable(f"no signature covers seqno {seqno} yet")
+        if i == len(self._sig_seqnos) or self._sig_seqnos[i] > self._committed:
+            raise ReceiptNotAvailable(f"no committed signature covers seqno {seqno} yet")
         return self._sig_seqnos[i]
 
     def _check_receiptable(self, seqno: int) -> None:
@@ -384,13 +428,7 @@ class ServiceLedger:
 
     def _view_history(self, seqno: int) -> list[int]:
         """Entry v-1 = first seqno of view v, for views 1..view(seqno) (CCF's ViewHistory)."""
-        views = self._views[: seqno - self._first + 1]
-        current = views[-1]
-        history: list[int] = []
-        for v in range(1, current + 1):
-            i = bisect_left(views, v)
-            history.append(self._first + i if i < len(views) else seqno)
-        return history
+        return self._view_starts[: bisect_right(self._view_starts, seqno)]
 
     def snapshot(self) -> tuple[int, int]:
         """Snapshot the state at the latest signature and commit its evidence transaction.
@@ -408,7 +446,7 @@ class ServiceLedger:
             self._wsd[i] + hashlib.sha256(self.commit_evidence(seqno).encode()).digest() + self._claims[i]
         ).digest()
         data = snapshots.serialise_snapshot(
-            self.store.snapshot(seqno), seqno, self._views[i], leaf, self._view_history(seqno),
+            self.store.snapshot(seqno), seqno, self.txid(seqno).view, leaf, self._view_history(seqno),
             self.secrets.for_seqno(seqno),
         )
         evidence = {"hash": hashlib.sha256(data).hexdigest(), "version": seqno}
@@ -448,7 +486,7 @@ class ServiceLedger:
         merkle.append(loaded.hash_at_snapshot)
         store = Store.from_snapshot(loaded.state, loaded.seqno, loaded.view)
         ledger = cls(node=node, service=service, secrets=secrets, files=files, store=store, merkle=merkle,
-                     view=loaded.view, **kwargs)
+                     view=loaded.view, view_history=loaded.view_history, **kwargs)
         return ledger
 
     # --- replay ------------------------------------------------------------------------------------
@@ -482,27 +520,40 @@ class ServiceLedger:
                     break
                 seqno += 1
         ledger.files = files
-        ledger.commit_to(files.committed_seqno)
+        # The host's file names say how far commit went; trust them only up to a verified signature.
+        verified = [s for s in ledger._sig_seqnos if s <= files.committed_seqno]
+        ledger.commit_to(verified[-1] if verified else 0)
         return ledger
 
     def _replay_entry(self, raw: bytes, seqno: int, file: str) -> None:
-        """Verify one stored entry against what this ledger has so far, then apply it."""
+        """Verify one stored entry against what this ledger has so far, then apply it.
+
+        Raises `EntryFormatError` or `VerificationError` (never a parsing exception) if it does not hold.
+        """
         decoded = decode_entry(raw, self.secrets, file=file)
         if decoded.seqno != seqno:
-            raise EntryFormatError(f"entry holds seqno {decoded.seqno}", seqno=seqno)
+            raise EntryFormatError(f"entry holds seqno {decoded.seqno}", file=file, seqno=seqno)
+        if decoded.view < self.store.view or decoded.view > MAX_VIEW:
+            raise VerificationError(f"view {decoded.view} goes back from {self.store.view}", file=file, seqno=seqno)
         claims = decoded.claims_digest or ZERO_CLAIMS
         ce = decoded.commit_evidence_digest or b""
-        expected_ce = hashlib.sha256(
-            self.secrets.for_seqno(seqno).commit_evidence(decoded.view, seqno).encode()).digest()
-        if ce != expected_ce:
-            raise VerificationError("commit evidence digest does not match the ledger secret", seqno=seqno)
+        if ce != self.secrets.for_seqno(seqno).commit_evidence_digest(decoded.view, seqno):
+            raise VerificationError("commit evidence digest does not match the ledger secret", file=file, seqno=seqno)
         writes = decoded.writes
-        record = self._verify_replayed_signature(seqno, writes) if SIGNATURES in writes else None
-        if decoded.view > self.store.view:
-            self.store.set_view(decoded.view)
+        record = None
+        if SIGNATURES in writes:
+            try:
+                record = self._verify_replayed_signature(seqno, writes)
+            except VerificationError:
+                raise
+            except (KeyError, ValueError, TypeError, AttributeError, binascii.Error, orjson.JSONDecodeError,
+                    x509.InvalidVersion, UnsupportedAlgorithm, cose.CoseError) as e:
+                raise VerificationError(f"malformed signature transaction: {e!r}", file=file, seqno=seqno) from None
+        self.store.set_view(decoded.view)
         self.store.apply_writes(seqno, decoded.view, writes)
         self.merkle.append(hashlib.sha256(decoded.write_set_digest + ce + claims).digest())
-        self._views.append(decoded.view)
+        while len(self._view_starts) < decoded.view:
+            self._view_starts.append(seqno)
         self._wsd.append(decoded.write_set_digest)
         self._claims.append(claims)
         self._sizes.append(len(raw))
@@ -514,24 +565,25 @@ class ServiceLedger:
         if record is not None:
             self._signatures[seqno] = record
             self._sig_seqnos.append(seqno)
-        if writes.get(HISTORICAL_SECRETS, {}).get(SINGLETON_KEY) is not None:
-            self._last_secret_record = seqno
 
     def _verify_replayed_signature(self, seqno: int, writes: WriteSet) -> SignatureRecord | None:
-        """Check a replayed signature: signer endorsed in the store, signature valid, root ours."""
+        """Check a replayed signature as the auditor does: the signer is a trusted node whose endorsed
+        certificate is in the store, its signature is over our root, and the service's COSE signature
+        verifies with the service certificate in force."""
         raw_sig = writes[SIGNATURES].get(SINGLETON_KEY)
         if raw_sig is None:
             return None
-        try:
-            sig = orjson.loads(raw_sig)
-            root = bytes.fromhex(sig["root"])
-            sig_der = base64.b64decode(sig["sig"])
-            node_id = str(sig["node"])
-        except (orjson.JSONDecodeError, KeyError, ValueError, TypeError) as e:
-            raise VerificationError(f"malformed signature: {e!r}", seqno=seqno) from None
+        sig = orjson.loads(raw_sig)
+        root = bytes.fromhex(sig["root"])
+        sig_der = base64.b64decode(sig["sig"], validate=True)
+        node_id = str(sig["node"])
         if root != self.merkle.root():
             raise VerificationError("signed Merkle root does not match the replayed entries", seqno=seqno)
-        cert_pem = self.store.read_tx().get(NODES_ENDORSED_CERTS, node_id)
+        state = self.store.read_tx()
+        info = state.get_json(NODES_INFO, node_id)
+        if not isinstance(info, dict) or info.get("status") not in ("Trusted", "Retired"):
+            raise VerificationError(f"signing node {node_id} is not trusted", seqno=seqno)
+        cert_pem = state.get(NODES_ENDORSED_CERTS, node_id)
         if cert_pem is None:
             raise VerificationError(f"signing node {node_id} has no endorsed certificate", seqno=seqno)
         key = load_cert(cert_pem).public_key()
@@ -542,6 +594,13 @@ class ServiceLedger:
         except InvalidSignature:
             raise VerificationError("node signature over the root does not verify", seqno=seqno) from None
         cose_raw = writes.get(COSE_SIGNATURES, {}).get(SINGLETON_KEY)
-        cose_bytes = base64.b64decode(orjson.loads(cose_raw)) if cose_raw else b""
+        cose_bytes = b""
+        if cose_raw is not None:
+            cose_bytes = base64.b64decode(orjson.loads(cose_raw), validate=True)
+            service_info = state.get_json(SERVICE_INFO, SINGLETON_KEY)
+            service_key = load_cert(service_info["cert"]).public_key()
+            if not isinstance(service_key, ec.EllipticCurvePublicKey):
+                raise VerificationError("service key is not EC", seqno=seqno)
+            cose.decode(cose_bytes).verify(service_key, root)
         primary = PrimarySignature(node_id, seqno, int(sig["view"]), root, sig_der, cert_pem.decode())
         return SignatureRecord(primary, cose_bytes)

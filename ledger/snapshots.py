@@ -31,7 +31,7 @@ from ledger.entry import (
     gcm_iv,
     split_domains,
 )
-from ledger.errors import EntryFormatError, SnapshotError
+from ledger.errors import EntryFormatError, LedgerSecretError, SnapshotError
 from ledger.kv import SnapshotState, is_public
 from ledger.secrets import LedgerSecret, LedgerSecrets
 
@@ -78,30 +78,54 @@ def serialise_snapshot(
                      sealed[:-GCM_TAG_SIZE]])
 
 
-def _parse_snapshot_maps(buf: bytes, pos: int, end: int, state: SnapshotState) -> None:
+def _parse_snapshot_maps(buf: bytes, pos: int, end: int, state: SnapshotState, *, public: bool) -> None:
+    """Parse maps in buf[pos:end] into `state`; every length is checked before it is used."""
+
+    def u64(what: str) -> int:
+        nonlocal pos
+        if pos + 8 > end:
+            raise SnapshotError(f"{what} runs past the end of its domain")
+        (value,) = _U64.unpack_from(buf, pos)
+        pos += 8
+        return int(value)
+
+    def take(n: int, what: str) -> bytes:
+        nonlocal pos
+        if n > end - pos:
+            raise SnapshotError(f"{what} of {n} bytes runs past the end of its domain")
+        value = bytes(buf[pos : pos + n])
+        pos += n
+        return value
+
     while pos < end:
-        (n,) = _U64.unpack_from(buf, pos)
-        name = bytes(buf[pos + 8 : pos + 8 + n]).decode()
-        pos += 8 + n
-        _map_version, map_size = struct.unpack_from("<QQ", buf, pos)
-        pos += 16
+        try:
+            name = take(u64("map name length"), "map name").decode()
+        except UnicodeDecodeError:
+            raise SnapshotError("map name is not UTF-8") from None
+        if is_public(name) != public:
+            raise SnapshotError(f"map {name!r} is in the {'public' if public else 'private'} domain")
+        if name in state:
+            raise SnapshotError(f"map {name!r} appears twice")
+        u64("map version")
+        map_size = u64("map size")
         stop = pos + map_size
-        if stop > end:
+        if map_size > end - pos:
             raise SnapshotError(f"map {name!r} overruns the snapshot")
         entries: dict[bytes, tuple[int, bytes]] = {}
+        saved_end, end = end, stop
         while pos < stop:
-            (klen,) = _U64.unpack_from(buf, pos)
-            k = bytes(buf[pos + 8 : pos + 8 + klen])
-            pos += 8 + klen + (-klen % 8)
-            vsize, ver = _KV_HEAD.unpack_from(buf, pos)
+            klen = u64("key length")
+            k = take(klen, "key")
+            take(-klen % 8, "key padding")
+            vsize = u64("value size")
             if vsize < 8:
                 raise SnapshotError(f"value of size {vsize} in map {name!r}")
-            val = bytes(buf[pos + 16 : pos + 8 + vsize])
-            pos += 8 + vsize + (-vsize % 8)
+            (ver,) = struct.unpack("<q", take(8, "version"))
+            val = take(vsize - 8, "value")
+            take(-vsize % 8, "value padding")
             if ver >= 0:
                 entries[k] = (ver, val)
-        if pos != stop:
-            raise SnapshotError(f"map {name!r} entries do not fill its declared size")
+        end = saved_end
         state[name] = entries
 
 
@@ -125,34 +149,38 @@ def load_snapshot(data: bytes, secrets: LedgerSecrets | None) -> LoadedSnapshot:
         buf, pos = data, frame.public_start
         if buf[pos] != TYPE_SNAPSHOT:
             raise SnapshotError(f"entry type {buf[pos]} is not a snapshot (1)")
+        end = frame.public_end
+        if pos + 33 > end:
+            raise SnapshotError("snapshot header runs past the public domain")
         seqno, _max_conflict, hlen = struct.unpack_from("<QQQ", buf, pos + 1)
         pos += 25
+        if hlen != 32 or pos + hlen + 8 > end:
+            raise SnapshotError(f"hash at snapshot of {hlen} bytes (expected 32)")
         hash_at = bytes(buf[pos : pos + hlen])
         pos += hlen
         (vlen,) = _U64.unpack_from(buf, pos)
         pos += 8
-        if vlen % 8:
-            raise SnapshotError("view history is not an array of u64")
+        if vlen % 8 or vlen > end - pos:
+            raise SnapshotError("view history is not an array of u64 inside the public domain")
         history = list(struct.unpack_from(f"<{vlen // 8}Q", buf, pos))
         pos += vlen
         state: SnapshotState = {}
-        _parse_snapshot_maps(buf, pos, frame.public_end, state)
+        _parse_snapshot_maps(buf, pos, end, state, public=True)
         if secrets is not None:
             plain = decrypt_private(frame, secrets.for_seqno(seqno))
-            _parse_snapshot_maps(plain, 0, len(plain), state)
+            _parse_snapshot_maps(plain, 0, len(plain), state, public=False)
         receipt = None
         rest = data[frame.end :]
         if rest:
             receipt = orjson.loads(rest)
-    except (struct.error, UnicodeDecodeError, IndexError, orjson.JSONDecodeError) as e:
+            if not isinstance(receipt, dict):
+                raise SnapshotError("the receipt appended to the snapshot is not a JSON object")
+    except (struct.error, orjson.JSONDecodeError) as e:
         raise SnapshotError(f"malformed snapshot: {e}") from e
-    except EntryFormatError as e:
-        raise SnapshotError(f"malformed snapshot: {e}") from e
+    except (EntryFormatError, LedgerSecretError) as e:
+        raise SnapshotError(f"cannot read the snapshot: {e}") from e
     view = frame.view
     digest = hashlib.sha256(data[: frame.end]).digest()
-    for name in state:
-        if secrets is None and not is_public(name):
-            raise SnapshotError(f"private map {name!r} found in the public domain")
     return LoadedSnapshot(seqno, view, hash_at, history, state, digest, receipt)
 
 

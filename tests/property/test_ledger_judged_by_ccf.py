@@ -57,10 +57,9 @@ def test_random_ledgers_pass_read_ledger_public_state_and_secret_chain(
     new_service: Callable[..., ServiceLedger], txs: list[Any], chunk_size: int
 ) -> None:
     ledger = new_service(chunk_size=chunk_size)
-    opening = ledger.commit_writes(
+    ledger.commit_writes(
         {HISTORICAL_SECRETS: {SINGLETON_KEY: dump_json(opening_secret_record(ledger.secrets.latest))}}
     )
-    ledger.note_secret_record(opening.seqno)
     rekeyed = False
     for ops, claims, action in txs:
         tx = ledger.begin()

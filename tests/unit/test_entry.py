@@ -389,3 +389,18 @@ def test_property_random_truncations_raise_entry_format_error(writes: WriteSet, 
     with pytest.raises(EntryFormatError) as info:
         decode_entry(truncated, SECRETS)
     assert info.value.offset == 0
+
+
+def test_maps_in_the_wrong_domain_or_named_twice_are_refused() -> None:
+    from ledger.entry import parse_maps, serialise_maps
+
+    public = serialise_maps({"public:a": {b"k": b"v"}}, ["public:a"])
+    private = serialise_maps({"secret": {b"k": b"v"}}, ["secret"])
+    assert parse_maps(public, 0, len(public), public=True) == {"public:a": {b"k": b"v"}}
+    with pytest.raises(EntryFormatError, match="public domain"):
+        parse_maps(private, 0, len(private), public=True)
+    with pytest.raises(EntryFormatError, match="private domain"):
+        parse_maps(public, 0, len(public), public=False)
+    twice = public + public
+    with pytest.raises(EntryFormatError, match="twice"):
+        parse_maps(twice, 0, len(twice))

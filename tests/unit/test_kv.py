@@ -760,3 +760,23 @@ def test_transaction_begun_below_a_rollback_point_is_unaffected_by_it() -> None:
     store.rollback(1)  # drops version 2 only: what `early` read is intact
     early.put(M, b"k", b"early")
     assert store.commit(early).seqno == 2
+
+
+def test_a_raising_global_hook_leaves_the_store_compacted_and_consistent() -> None:
+    store = Store()
+    seen: list[int] = []
+
+    def hook(version: int, changes: dict[bytes, bytes | None]) -> None:
+        seen.append(version)
+        raise RuntimeError("hook failed")
+
+    store.add_global_hook(M, hook)
+    commit_put(store, M, b"k", b"1")
+    commit_put(store, M, b"k", b"2")
+    with pytest.raises(RuntimeError):
+        store.compact(2)
+    assert store.compacted_version == 2 and seen == [1]
+    store.compact(2)  # nothing left to do, no KeyError
+    assert store.read_tx().get(M, b"k") == b"2"
+    commit_put(store, M, b"k", b"3")
+    assert store.version == 3

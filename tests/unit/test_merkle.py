@@ -140,3 +140,31 @@ def test_root_accumulator_with_aligned_subtrees_matches_full_tree(n: int, data: 
     with pytest.raises(MerkleError):
         bad = MerkleRoots()
         bad.append_subtree(1, bytes(32))  # size 1 is not a multiple of 2
+
+
+def merklecpp_deserialised_root(data: bytes) -> bytes:
+    """Independent port of merklecpp's TreeT::deserialise + root: leaves from `from`, then one extra
+    hash per set bit of `from`, consumed from the leaf level up and put in front of that level."""
+    import struct
+
+    count, flushed = struct.unpack_from(">QQ", data)
+    pos = 16
+    level = [data[pos + 32 * i : pos + 32 * i + 32] for i in range(count)]
+    pos += 32 * count
+    bits = flushed
+    while bits or len(level) > 1:
+        if bits & 1:
+            level.insert(0, data[pos : pos + 32])
+            pos += 32
+        level = [level[i] if i + 1 >= len(level) else hashlib.sha256(level[i] + level[i + 1]).digest()
+                 for i in range(0, len(level), 2)]
+        bits >>= 1
+    assert pos == len(data)
+    return level[0]
+
+
+@pytest.mark.parametrize("from_", [0, 1, 2, 3, 5, 6, 7, 11, 12, 13, 31, 32, 38])
+def test_serialised_tree_is_read_back_by_merklecpp_to_the_same_root(from_: int) -> None:
+    tree = ours(leaves_for(40, salt=9))
+    blob = tree.serialise(40, from_)
+    assert merklecpp_deserialised_root(blob) == tree.root()

@@ -45,6 +45,9 @@ def test_genesis_writes_service_members_node_and_constitution(
     node_info = tx.get_json(NODES_INFO, node_id)
     assert node_info["status"] == "Trusted" and "cert" not in node_info
     assert node_info["quote_info"]["format"] == "Insecure_Virtual"
+    # CCF's NodeInfoNetwork requires both interfaces
+    assert node_info["node_to_node_interface"]["bind_address"] == "127.0.0.1:8001"
+    assert node_info["rpc_interfaces"]["primary_rpc_interface"]["published_address"] == "127.0.0.1:8000"
     assert tx.get(NODES_ENDORSED_CERTS, node_id) == cert_pem(ledger.node.cert).encode()
     assert tx.get_json(MEMBERS_INFO, member.id) == {"member_data": {"name": "member0"}, "status": "Accepted"}
     assert "validate" in tx.get_json(CONSTITUTION, SINGLETON_KEY)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
+from typing import Any
 
 import ccf.ledger
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ledger.errors import SnapshotError
 from ledger.secrets import LedgerSecrets
@@ -134,3 +138,29 @@ def test_ledger_after_snapshot_and_rekey_still_passes_read_ledger(new_service: C
     ledger.flush()
     ledger.commit_to(sig.seqno)
     assert_read_ledger_accepts(ledger.files.directory, signatures=len(ledger.signature_seqnos()))  # type: ignore[union-attr]
+
+
+@pytest.mark.property
+@given(data=st.data())
+def test_damaged_snapshot_bytes_raise_only_snapshot_error(new_service: Callable[..., ServiceLedger],
+                                                          data: st.DataObject) -> None:
+    ledger = _SNAPSHOT_CACHE.get("ledger") or busy_ledger(new_service)
+    if "bytes" not in _SNAPSHOT_CACHE:
+        ledger.snapshot()
+        sig = ledger.emit_signature()
+        ledger.commit_to(sig.seqno)
+        path = latest_committed_snapshot(ledger.snapshot_dir or "")
+        assert path is not None
+        with open(path, "rb") as f:
+            _SNAPSHOT_CACHE.update(ledger=ledger, bytes=f.read())
+    blob = bytearray(_SNAPSHOT_CACHE["bytes"])
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(blob)))
+    for secrets in (None, ledger.secrets):
+        with contextlib.suppress(SnapshotError):  # anything else fails the test
+            load_snapshot(bytes(blob[:cut]) if data.draw(st.booleans()) else bytes(blob), secrets)
+
+
+_SNAPSHOT_CACHE: dict[str, Any] = {}

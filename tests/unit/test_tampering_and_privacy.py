@@ -153,3 +153,44 @@ def test_a_signature_by_a_stranger_node_is_refused(new_service: Callable[..., Se
     with pytest.raises(VerificationError, match="no endorsed certificate"):
         audit_ledger([directory])
     assert read_ledger(directory, "-q").returncode != 0
+
+
+def test_service_tables_of_the_wrong_type_are_verification_errors(new_service: Callable[..., ServiceLedger]) -> None:
+    from ledger.tables import SERVICE_INFO, SINGLETON_KEY, dump_json
+
+    ledger = new_service()
+    ledger.commit_writes({SERVICE_INFO: {SINGLETON_KEY: dump_json({"cert": 42, "status": "Opening"})}})
+    ledger.request_chunk()
+    sig = ledger.emit_signature()
+    ledger.flush()
+    ledger.commit_to(sig.seqno)
+    with pytest.raises(VerificationError, match="malformed service table"):
+        audit_ledger([ledger.files.directory])  # type: ignore[union-attr]
+
+
+def test_recovery_cuts_an_uncommitted_malformed_signature_and_trusts_commit_only_at_verified_signatures(
+    new_service: Callable[..., ServiceLedger],
+) -> None:
+    from ledger.signatures import signature_writes
+    from ledger.tables import COSE_SIGNATURES, SINGLETON_KEY
+
+    ledger = new_service()
+    tx = ledger.begin()
+    tx.put("public:app", b"k", b"v")
+    ledger.commit(tx)
+    ledger.request_chunk()  # so that the good signature ends a chunk the file names show as committed
+    good = ledger.emit_signature()
+    ledger.flush()
+    ledger.commit_to(good.seqno)
+    # an uncommitted signature, valid but for its COSE value, which is not base64
+    writes, _, _ = signature_writes(ledger.node, ledger.service, ledger.view, ledger.last_seqno + 1,
+                                    ledger.merkle.root(), ledger.merkle.serialise(), 0)
+    writes[COSE_SIGNATURES] = {SINGLETON_KEY: b'"%%% not base64 %%%"'}
+    ledger.commit_writes(writes)
+    ledger.flush()
+    assert ledger.files is not None
+    ledger.files.close()
+    files, _ = LedgerFiles.open(ledger.files.directory)
+    recovered = ServiceLedger.recover(files, secrets=ledger.secrets, node=ledger.node, service=ledger.service)
+    assert recovered.last_seqno == good.seqno
+    assert recovered.committed_seqno == good.seqno
