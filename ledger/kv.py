@@ -42,6 +42,10 @@ Hook = Callable[[int, MapChanges], None]
 SnapshotState = dict[str, dict[bytes, tuple[int, bytes]]]
 
 
+def _version_of(entry: tuple[int, bytes | None]) -> int:
+    return entry[0]
+
+
 def is_public(map_name: str) -> bool:
     return map_name.startswith(PUBLIC_PREFIX)
 
@@ -85,7 +89,7 @@ class _MapState:
         last = history[-1]
         if last[0] <= version:
             return last
-        i = bisect_right(history, version, key=lambda e: e[0])
+        i = bisect_right(history, version, key=_version_of)
         return history[i - 1] if i else (0, None)
 
 
@@ -269,25 +273,29 @@ class Store:
         if seqno > self._version:
             raise VersionUnavailable(f"cannot compact to {seqno}: store is at {self._version}")
         compacted: list[tuple[int, WriteSet]] = []
+        touched: set[str] = set()
         for version in range(self._compacted + 1, seqno + 1):
             writes = self._log.pop(version)
             compacted.append((version, writes))
             for map_name, changes in writes.items():
-                ms = self._maps[map_name]
+                touched.add(map_name)
+                keys = self._maps[map_name].keys
                 for k in changes:
-                    history = ms.keys.get(k)
+                    history = keys.get(k)
                     if history is None:
                         continue
-                    # keep the newest entry at or below seqno, and everything after it
-                    i = bisect_right(history, seqno, key=lambda e: e[0])
-                    if i > 1:
-                        del history[: i - 1]
-                    if history[0][1] is None and history[0][0] <= seqno and len(history) == 1:
-                        del ms.keys[k]
-                wv = ms.write_versions
-                i = bisect_right(wv, seqno)
-                if i > 1:
-                    del wv[: i - 1]
+                    if len(history) > 1:
+                        # keep the newest entry at or below seqno, and everything after it
+                        i = bisect_right(history, seqno, key=_version_of)
+                        if i > 1:
+                            del history[: i - 1]
+                    if len(history) == 1 and history[0][1] is None and history[0][0] <= seqno:
+                        del keys[k]  # a removal nothing can read past any more
+        for map_name in touched:
+            wv = self._maps[map_name].write_versions
+            i = bisect_right(wv, seqno)
+            if i > 1:
+                del wv[: i - 1]
         self._compacted = seqno
         if self._global_hooks:
             for version, writes in compacted:
