@@ -17,7 +17,6 @@ Raises `VerificationError` (with `seqno` and `file`) on the first failure.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import multiprocessing as mp
@@ -30,10 +29,8 @@ from dataclasses import dataclass
 import orjson
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, utils
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from ledger import cose
 from ledger.entry import (
     ENTRY_FORMAT_V1,
     TYPE_WITH_CLAIMS,
@@ -49,6 +46,7 @@ from ledger.identity import spki_der
 from ledger.kv import WriteSet
 from ledger.merkle import MerkleRoots
 from ledger.secrets import LedgerSecrets
+from ledger.signatures import parse_primary_signature, verify_signature_transaction
 from ledger.tables import (
     COSE_SIGNATURES,
     NODES_ENDORSED_CERTS,
@@ -289,10 +287,8 @@ class _Auditor:
         for node_id_b, pem in tables.get(NODES_ENDORSED_CERTS, {}).items():
             self.node_cert(node_id_b.decode(), pem, seqno, file)
         if SIGNATURES in tables:
-            self.signature(tables[SIGNATURES].get(SINGLETON_KEY), seqno, file)
-            cose_value = tables.get(COSE_SIGNATURES, {}).get(SINGLETON_KEY)
-            if cose_value is not None:
-                self.cose_signature(cose_value, seqno, file)
+            self.signature(tables[SIGNATURES].get(SINGLETON_KEY), tables.get(COSE_SIGNATURES, {}).get(SINGLETON_KEY),
+                           seqno, file)
 
     def service_info(self, raw: bytes | None, seqno: int, file: str) -> None:
         if raw is None:
@@ -330,42 +326,24 @@ class _Auditor:
         self.node_keys[node_id] = key
         self.node_spki[node_id] = spki_der(key)
 
-    def signature(self, raw: bytes | None, seqno: int, file: str) -> None:
+    def signature(self, raw: bytes | None, cose_value: bytes | None, seqno: int, file: str) -> None:
         if raw is None:
             return
         self.signatures += 1
-        sig = orjson.loads(raw)
-        node_id = sig["node"]
-        key = self.node_keys.get(node_id)
-        covered = f"transactions {self.last_signature + 1}..{seqno - 1}"
-        if key is None:
-            raise VerificationError(f"signing node {node_id} has no endorsed certificate", seqno=seqno, file=file)
-        if self.node_status.get(node_id) in (None, "Pending"):
-            raise VerificationError(f"signing node {node_id} is not trusted", seqno=seqno, file=file)
-        if "cert" in sig:
-            claimed = x509.load_pem_x509_certificate(sig["cert"].encode()).public_key()
-            if not isinstance(claimed, ec.EllipticCurvePublicKey) or spki_der(claimed) != self.node_spki[node_id]:
-                raise VerificationError("signature cert differs from the node's endorsed key", seqno=seqno, file=file)
-        root = bytes.fromhex(sig["root"])
         try:
-            key.verify(base64.b64decode(sig["sig"]), root, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
-        except InvalidSignature:
-            raise VerificationError(f"node signature over the root does not verify ({covered})", seqno=seqno,
-                                    file=file) from None
-        if root != self.merkle.root():
-            raise VerificationError(f"signed Merkle root does not match the ledger: one of {covered} was altered",
-                                    seqno=seqno, file=file)
-        self.last_verified = f"{sig['view']}.{sig['seqno']}"
+            primary = parse_primary_signature(raw, seqno)
+            key = self.node_keys.get(primary.node)
+            if key is None:
+                raise VerificationError(f"signing node {primary.node} has no endorsed certificate", seqno=seqno)
+            if self.node_status.get(primary.node) in (None, "Pending"):
+                raise VerificationError(f"signing node {primary.node} is not trusted", seqno=seqno)
+            verify_signature_transaction(
+                primary, cose_value, seqno=seqno, expected_root=self.merkle.root(), node_key=key,
+                service_key=self.service_key, covering=f"transactions {self.last_signature + 1}..{seqno - 1}")
+        except VerificationError as e:
+            raise VerificationError(e.reason, seqno=seqno, file=file) from None
+        self.last_verified = f"{primary.view}.{primary.seqno}"
         self.last_signature = seqno
-
-    def cose_signature(self, raw: bytes, seqno: int, file: str) -> None:
-        if self.service_key is None:
-            raise VerificationError("COSE signature before any service identity", seqno=seqno, file=file)
-        try:
-            cose.decode(base64.b64decode(orjson.loads(raw))).verify(self.service_key, self.merkle.root())
-        except (cose.CoseError, ValueError) as e:
-            raise VerificationError(f"COSE signature by the service does not verify: {e}", seqno=seqno,
-                                    file=file) from None
 
 
 def audit_ledger(

@@ -9,18 +9,14 @@ suffixes, and issues receipts for committed transactions.
 
 Guarantees: seqnos are contiguous; the Merkle leaf of seqno s is the digest of entry s; a signature at
 s signs the root of leaves 0..s-1; receipts are only issued for committed transactions covered by a
-signature. `recover` replays a ledger directory, verifying every GCM tag and every signature, and
-names the file and seqno of the first damage.
+signature. `append_replayed` takes back entries that `ledger.replay` verified from the files.
 
 Not here: consensus (who may commit), time (`clock` is injected), networking.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import os
 import time
 from bisect import bisect_right
 from collections.abc import Callable
@@ -29,27 +25,20 @@ from typing import Any, NamedTuple
 
 import orjson
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, utils
-from loguru import logger
 
-from ledger import cose, snapshots
+from ledger import snapshots
 from ledger.entry import (
     FLAG_FORCE_CHUNK_AFTER,
     MAX_VIEW,
-    decode_entry,
+    DecodedEntry,
     serialise_entry,
 )
 from ledger.errors import (
-    CorruptedCommittedChunk,
-    EntryFormatError,
     LedgerError,
     LedgerFileError,
     ReceiptNotAvailable,
     RollbackBelowCommit,
     SnapshotError,
-    VerificationError,
 )
 from ledger.files import LedgerFiles
 from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, load_cert
@@ -59,12 +48,7 @@ from ledger.receipts import cose_receipt, json_receipt, json_receipt_for_signatu
 from ledger.secrets import LedgerSecret, LedgerSecrets, rekey_secret_record
 from ledger.signatures import PrimarySignature, signature_writes
 from ledger.tables import (
-    COSE_SIGNATURES,
     HISTORICAL_SECRETS,
-    NODES_ENDORSED_CERTS,
-    NODES_INFO,
-    SERVICE_INFO,
-    SIGNATURES,
     SINGLETON_KEY,
     SNAPSHOT_EVIDENCE,
     TREE,
@@ -489,70 +473,17 @@ class ServiceLedger:
                      view=loaded.view, view_history=loaded.view_history, **kwargs)
         return ledger
 
-    # --- replay ------------------------------------------------------------------------------------
+    # --- replay (driven by ledger.replay) -------------------------------------------------------------
 
-    @classmethod
-    def recover(
-        cls, files: LedgerFiles, *, secrets: LedgerSecrets, node: NodeIdentity, service: ServiceIdentity,
-        **kwargs: Any,
-    ) -> ServiceLedger:
-        """Rebuild the ledger state by replaying `files`, verifying tags and signatures.
-
-        Damage in a committed chunk raises `CorruptedCommittedChunk` naming the file and seqno; damage
-        after the commit point truncates the ledger there with a warning (the suffix was never agreed).
-        """
-        ledger = cls(node=node, service=service, secrets=secrets, files=None, **kwargs)
-        last = files.last_seqno
-        seqno = 1
-        damaged = False
-        while seqno <= last and not damaged:
-            for raw in files.read_range(seqno, min(last, seqno + 999)):
-                try:
-                    ledger._replay_entry(raw, seqno, os.path.basename(files.chunk_file_of(seqno)))
-                except (EntryFormatError, VerificationError) as e:
-                    file = os.path.basename(files.chunk_file_of(seqno))
-                    if seqno <= files.committed_seqno:
-                        raise CorruptedCommittedChunk(f"cannot replay committed entry: {e}", file=file,
-                                                      seqno=seqno) from e
-                    logger.warning(f"{file}: dropping uncommitted suffix from seqno {seqno}: {e}")
-                    files.truncate(seqno - 1)
-                    damaged = True
-                    break
-                seqno += 1
-        ledger.files = files
-        # The host's file names say how far commit went; trust them only up to a verified signature.
-        verified = [s for s in ledger._sig_seqnos if s <= files.committed_seqno]
-        ledger.commit_to(verified[-1] if verified else 0)
-        return ledger
-
-    def _replay_entry(self, raw: bytes, seqno: int, file: str) -> None:
-        """Verify one stored entry against what this ledger has so far, then apply it.
-
-        Raises `EntryFormatError` or `VerificationError` (never a parsing exception) if it does not hold.
-        """
-        decoded = decode_entry(raw, self.secrets, file=file)
-        if decoded.seqno != seqno:
-            raise EntryFormatError(f"entry holds seqno {decoded.seqno}", file=file, seqno=seqno)
-        if decoded.view < self.store.view or decoded.view > MAX_VIEW:
-            raise VerificationError(f"view {decoded.view} goes back from {self.store.view}", file=file, seqno=seqno)
+    def append_replayed(self, raw: bytes, decoded: DecodedEntry, signature: SignatureRecord | None) -> None:
+        """Apply an entry read back from the files and already verified by `ledger.replay`."""
+        seqno, view = decoded.seqno, decoded.view
         claims = decoded.claims_digest or ZERO_CLAIMS
         ce = decoded.commit_evidence_digest or b""
-        if ce != self.secrets.for_seqno(seqno).commit_evidence_digest(decoded.view, seqno):
-            raise VerificationError("commit evidence digest does not match the ledger secret", file=file, seqno=seqno)
-        writes = decoded.writes
-        record = None
-        if SIGNATURES in writes:
-            try:
-                record = self._verify_replayed_signature(seqno, writes)
-            except VerificationError:
-                raise
-            except (KeyError, ValueError, TypeError, AttributeError, binascii.Error, orjson.JSONDecodeError,
-                    x509.InvalidVersion, UnsupportedAlgorithm, cose.CoseError) as e:
-                raise VerificationError(f"malformed signature transaction: {e!r}", file=file, seqno=seqno) from None
-        self.store.set_view(decoded.view)
-        self.store.apply_writes(seqno, decoded.view, writes)
-        self.merkle.append(hashlib.sha256(decoded.write_set_digest + ce + claims).digest())
-        while len(self._view_starts) < decoded.view:
+        self.store.set_view(view)
+        self.store.apply_writes(seqno, view, decoded.writes)
+        self.merkle.append(_sha256(decoded.write_set_digest + ce + claims).digest())
+        while len(self._view_starts) < view:
             self._view_starts.append(seqno)
         self._wsd.append(decoded.write_set_digest)
         self._claims.append(claims)
@@ -562,45 +493,6 @@ class ServiceLedger:
             self._bytes_since_chunk = 0
         else:
             self._bytes_since_chunk += len(raw)
-        if record is not None:
-            self._signatures[seqno] = record
+        if signature is not None:
+            self._signatures[seqno] = signature
             self._sig_seqnos.append(seqno)
-
-    def _verify_replayed_signature(self, seqno: int, writes: WriteSet) -> SignatureRecord | None:
-        """Check a replayed signature as the auditor does: the signer is a trusted node whose endorsed
-        certificate is in the store, its signature is over our root, and the service's COSE signature
-        verifies with the service certificate in force."""
-        raw_sig = writes[SIGNATURES].get(SINGLETON_KEY)
-        if raw_sig is None:
-            return None
-        sig = orjson.loads(raw_sig)
-        root = bytes.fromhex(sig["root"])
-        sig_der = base64.b64decode(sig["sig"], validate=True)
-        node_id = str(sig["node"])
-        if root != self.merkle.root():
-            raise VerificationError("signed Merkle root does not match the replayed entries", seqno=seqno)
-        state = self.store.read_tx()
-        info = state.get_json(NODES_INFO, node_id)
-        if not isinstance(info, dict) or info.get("status") not in ("Trusted", "Retired"):
-            raise VerificationError(f"signing node {node_id} is not trusted", seqno=seqno)
-        cert_pem = state.get(NODES_ENDORSED_CERTS, node_id)
-        if cert_pem is None:
-            raise VerificationError(f"signing node {node_id} has no endorsed certificate", seqno=seqno)
-        key = load_cert(cert_pem).public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            raise VerificationError("signing node key is not EC", seqno=seqno)
-        try:
-            key.verify(sig_der, root, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
-        except InvalidSignature:
-            raise VerificationError("node signature over the root does not verify", seqno=seqno) from None
-        cose_raw = writes.get(COSE_SIGNATURES, {}).get(SINGLETON_KEY)
-        cose_bytes = b""
-        if cose_raw is not None:
-            cose_bytes = base64.b64decode(orjson.loads(cose_raw), validate=True)
-            service_info = state.get_json(SERVICE_INFO, SINGLETON_KEY)
-            service_key = load_cert(service_info["cert"]).public_key()
-            if not isinstance(service_key, ec.EllipticCurvePublicKey):
-                raise VerificationError("service key is not EC", seqno=seqno)
-            cose.decode(cose_bytes).verify(service_key, root)
-        primary = PrimarySignature(node_id, seqno, int(sig["view"]), root, sig_der, cert_pem.decode())
-        return SignatureRecord(primary, cose_bytes)

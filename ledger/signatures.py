@@ -7,19 +7,26 @@ is appended afterwards, ccf-ledger-format.md §4-5). It writes, under the single
 - `public:ccf.internal.cose_signatures`: JSON string of base64 COSE_Sign1 by the service key, detached
   payload = root, protected header {alg, kid, vds = 2, CWT claims {iss, sub, iat}, "ccf.v1": {txid}};
 - `public:ccf.internal.tree`: the serialised Merkle tree of leaves `from`..s-1.
+
+`verify_signature_transaction` is the check the auditor and the replay both apply to one.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from ledger import cose
-from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem
+from ledger.errors import VerificationError
+from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, spki_der
 from ledger.kv import WriteSet
 from ledger.tables import COSE_SIGNATURES, SIGNATURES, SINGLETON_KEY, TREE, dump_json
 
@@ -70,6 +77,62 @@ class PrimarySignature:
             "sig": base64.b64encode(self.sig).decode(),
             "view": self.view,
         }
+
+
+def parse_primary_signature(raw: bytes, seqno: int) -> PrimarySignature:
+    """The PrimarySignature stored at `seqno`; `VerificationError` if it is not one."""
+    try:
+        obj = orjson.loads(raw)
+        return PrimarySignature(
+            node=str(obj["node"]), seqno=int(obj["seqno"]), view=int(obj["view"]),
+            root=bytes.fromhex(obj["root"]), sig=base64.b64decode(obj["sig"], validate=True),
+            cert=str(obj.get("cert", "")),
+        )
+    except (orjson.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError, binascii.Error) as e:
+        raise VerificationError(f"malformed signature: {e!r}", seqno=seqno) from None
+
+
+def verify_signature_transaction(
+    primary: PrimarySignature,
+    cose_value: bytes | None,
+    *,
+    seqno: int,
+    expected_root: bytes,
+    node_key: ec.EllipticCurvePublicKey,
+    service_key: ec.EllipticCurvePublicKey | None,
+    covering: str = "",
+) -> bytes:
+    """Check a signature transaction against what a verifier rebuilt: the node signature verifies with
+    the signer's endorsed key, the signed root is the verifier's root of leaves 0..seqno-1, and the
+    service's COSE signature (when present) verifies over that root. Returns the COSE_Sign1 bytes.
+
+    `covering` names the transactions the root covers, for the error message. Raises `VerificationError`.
+    """
+    suffix = f" ({covering})" if covering else ""
+    if primary.cert:
+        try:
+            claimed = x509.load_pem_x509_certificate(primary.cert.encode()).public_key()
+        except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm) as e:
+            raise VerificationError(f"signature cert is unreadable: {e}", seqno=seqno) from None
+        if not isinstance(claimed, ec.EllipticCurvePublicKey) or spki_der(claimed) != spki_der(node_key):
+            raise VerificationError("signature cert differs from the node's endorsed key", seqno=seqno)
+    try:
+        node_key.verify(primary.sig, primary.root, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+    except InvalidSignature:
+        raise VerificationError(f"node signature over the root does not verify{suffix}", seqno=seqno) from None
+    if primary.root != expected_root:
+        raise VerificationError(f"signed Merkle root does not match the ledger: one of the transactions was "
+                                f"altered{suffix}", seqno=seqno)
+    if cose_value is None:
+        return b""
+    if service_key is None:
+        raise VerificationError("COSE signature before any service identity", seqno=seqno)
+    try:
+        cose_bytes = base64.b64decode(orjson.loads(cose_value), validate=True)
+        cose.decode(cose_bytes).verify(service_key, expected_root)
+    except (cose.CoseError, ValueError, TypeError, binascii.Error, orjson.JSONDecodeError) as e:
+        raise VerificationError(f"COSE signature by the service does not verify: {e}", seqno=seqno) from None
+    return cose_bytes
 
 
 def signature_writes(

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from ledger.audit import audit_ledger
 from ledger.files import LedgerFiles
+from ledger.replay import recover
 from ledger.secrets import opening_secret_record
 from ledger.service_ledger import ServiceLedger
 from ledger.tables import HISTORICAL_SECRETS, SINGLETON_KEY, dump_json
@@ -107,7 +108,7 @@ def test_random_ledgers_pass_read_ledger_public_state_and_secret_chain(
     assert report.last_seqno == last.seqno
 
     files, _ = LedgerFiles.open(directory)
-    replayed = ServiceLedger.recover(files, secrets=ledger.secrets, node=ledger.node, service=ledger.service)
+    replayed = recover(files, secrets=ledger.secrets, node=ledger.node, service=ledger.service)
     assert replayed.store.snapshot() == ledger.store.snapshot()
     assert replayed.merkle.root() == ledger.merkle.root()
     files.close()

@@ -20,6 +20,7 @@ import pytest
 from ledger.entry import FLAG_FORCE_CHUNK_AFTER, FLAG_FORCE_CHUNK_BEFORE, decode_entry, serialise_entry
 from ledger.errors import CorruptedCommittedChunk, DecryptionError, LedgerFileError
 from ledger.files import FsyncPolicy, LedgerFiles
+from ledger.replay import recover
 from ledger.secrets import LedgerSecret, LedgerSecrets
 from ledger.service_ledger import ServiceLedger
 from tests.ccf_tools import assert_read_ledger_accepts
@@ -634,7 +635,7 @@ def test_service_ledger_recovers_from_files_with_a_torn_tail_and_keeps_committin
 
     reopened, report = LedgerFiles.open(str(directory))
     assert report.cut_bytes > 0 and report.last_seqno == old.last_seqno - 1
-    recovered = ServiceLedger.recover(reopened, secrets=old.secrets, node=old.node, service=old.service,
+    recovered = recover(reopened, secrets=old.secrets, node=old.node, service=old.service,
                                       chunk_size=4000)
     assert recovered.last_seqno == old.last_seqno - 1
     assert recovered.committed_seqno == reopened.committed_seqno

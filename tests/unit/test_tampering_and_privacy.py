@@ -11,6 +11,7 @@ import pytest
 from ledger.audit import audit_ledger
 from ledger.errors import CorruptedCommittedChunk, VerificationError
 from ledger.files import LedgerFiles
+from ledger.replay import recover
 from ledger.service_ledger import ServiceLedger
 from tests.ccf_tools import assert_read_ledger_accepts, read_ledger
 
@@ -119,7 +120,7 @@ def test_a_flipped_byte_in_a_committed_chunk_fails_read_ledger_and_our_audit_nam
     assert exact.value.seqno == target_seqno
     files, _ = LedgerFiles.open(directory)
     with pytest.raises(CorruptedCommittedChunk) as replay:
-        ServiceLedger.recover(files, secrets=ledger.secrets, node=ledger.node, service=ledger.service)
+        recover(files, secrets=ledger.secrets, node=ledger.node, service=ledger.service)
     assert replay.value.seqno == target_seqno
     assert os.path.basename(chunk) in str(replay.value)
 
@@ -191,6 +192,6 @@ def test_recovery_cuts_an_uncommitted_malformed_signature_and_trusts_commit_only
     assert ledger.files is not None
     ledger.files.close()
     files, _ = LedgerFiles.open(ledger.files.directory)
-    recovered = ServiceLedger.recover(files, secrets=ledger.secrets, node=ledger.node, service=ledger.service)
+    recovered = recover(files, secrets=ledger.secrets, node=ledger.node, service=ledger.service)
     assert recovered.last_seqno == good.seqno
     assert recovered.committed_seqno == good.seqno

@@ -1,0 +1,122 @@
+"""Rebuilding a node's ledger state from its own ledger files, verifying everything it reads.
+
+`recover` replays every entry of a `LedgerFiles` through a fresh `ServiceLedger`: each entry's GCM tag
+(which authenticates the public domain too), its commit evidence, and at every signature transaction
+the signed root against the rebuilt Merkle tree, the signer's trust and endorsed certificate, and the
+service's COSE signature. Damage inside the committed part raises `CorruptedCommittedChunk` naming the
+file and seqno; damage after it cuts the ledger there with a warning (that suffix was never agreed).
+Commit is taken from the file names only up to the last verified signature they cover.
+
+Not here: fetching the ledger secrets (a restarting node has them sealed; a recovering service gets them
+from recovery shares, which is governance's business).
+"""
+
+from __future__ import annotations
+
+import binascii
+import dataclasses
+import os
+from typing import Any
+
+import orjson
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
+from loguru import logger
+
+from ledger import cose
+from ledger.entry import MAX_VIEW, decode_entry
+from ledger.errors import CorruptedCommittedChunk, EntryFormatError, VerificationError
+from ledger.files import LedgerFiles
+from ledger.identity import NodeIdentity, ServiceIdentity, load_cert
+from ledger.kv import WriteSet
+from ledger.secrets import LedgerSecrets
+from ledger.service_ledger import ServiceLedger, SignatureRecord
+from ledger.signatures import parse_primary_signature, verify_signature_transaction
+from ledger.tables import (
+    COSE_SIGNATURES,
+    NODES_ENDORSED_CERTS,
+    NODES_INFO,
+    SERVICE_INFO,
+    SIGNATURES,
+    SINGLETON_KEY,
+)
+
+_BATCH = 1000
+_PARSE_ERRORS = (KeyError, ValueError, TypeError, AttributeError, binascii.Error, orjson.JSONDecodeError,
+                 x509.InvalidVersion, UnsupportedAlgorithm, cose.CoseError)
+
+
+def recover(
+    files: LedgerFiles, *, secrets: LedgerSecrets, node: NodeIdentity, service: ServiceIdentity, **kwargs: Any
+) -> ServiceLedger:
+    """A `ServiceLedger` holding everything in `files` that verifies, writing to `files` from then on."""
+    ledger = ServiceLedger(node=node, service=service, secrets=secrets, files=None, **kwargs)
+    last = files.last_seqno
+    seqno = 1
+    while seqno <= last:
+        for raw in files.read_range(seqno, min(last, seqno + _BATCH - 1)):
+            file = os.path.basename(files.chunk_file_of(seqno))
+            try:
+                _replay_entry(ledger, raw, seqno, file)
+            except (EntryFormatError, VerificationError) as e:
+                if seqno <= files.committed_seqno:
+                    raise CorruptedCommittedChunk(f"cannot replay committed entry: {e.reason}", file=file,
+                                                  seqno=seqno) from e
+                logger.warning(f"{file}: dropping uncommitted suffix from seqno {seqno}: {e}")
+                files.truncate(seqno - 1)
+                last = seqno - 1
+                break
+            seqno += 1
+    ledger.files = files
+    verified = [s for s in ledger.signature_seqnos() if s <= files.committed_seqno]
+    ledger.commit_to(verified[-1] if verified else 0)
+    return ledger
+
+
+def _replay_entry(ledger: ServiceLedger, raw: bytes, seqno: int, file: str) -> None:
+    """Verify one stored entry against the ledger rebuilt so far, then apply it.
+
+    Raises `EntryFormatError` or `VerificationError` (never a parsing exception) if it does not hold.
+    """
+    decoded = decode_entry(raw, ledger.secrets, file=file)
+    if decoded.seqno != seqno:
+        raise EntryFormatError(f"entry holds seqno {decoded.seqno}", file=file, seqno=seqno)
+    if decoded.view < ledger.view or decoded.view > MAX_VIEW:
+        raise VerificationError(f"view {decoded.view} goes back from {ledger.view}", file=file, seqno=seqno)
+    ce = decoded.commit_evidence_digest or b""
+    if ce != ledger.secrets.for_seqno(seqno).commit_evidence_digest(decoded.view, seqno):
+        raise VerificationError("commit evidence digest does not match the ledger secret", file=file, seqno=seqno)
+    signature = None
+    if SIGNATURES in decoded.writes:
+        try:
+            signature = _verify_signature_transaction(ledger, seqno, decoded.writes)
+        except _PARSE_ERRORS as e:
+            raise VerificationError(f"malformed signature transaction: {e!r}", file=file, seqno=seqno) from None
+    ledger.append_replayed(raw, decoded, signature)
+
+
+def _verify_signature_transaction(ledger: ServiceLedger, seqno: int, writes: WriteSet) -> SignatureRecord | None:
+    """As the auditor checks it, with the signer's trust and certificate and the service certificate
+    taken from the state rebuilt so far."""
+    raw_sig = writes[SIGNATURES].get(SINGLETON_KEY)
+    if raw_sig is None:
+        return None
+    primary = parse_primary_signature(raw_sig, seqno)
+    state = ledger.read_tx()
+    info = state.get_json(NODES_INFO, primary.node)
+    if not isinstance(info, dict) or info.get("status") not in ("Trusted", "Retired"):
+        raise VerificationError(f"signing node {primary.node} is not trusted", seqno=seqno)
+    cert_pem = state.get(NODES_ENDORSED_CERTS, primary.node)
+    if cert_pem is None:
+        raise VerificationError(f"signing node {primary.node} has no endorsed certificate", seqno=seqno)
+    node_key = load_cert(cert_pem).public_key()
+    service_info = state.get_json(SERVICE_INFO, SINGLETON_KEY)
+    service_key = load_cert(service_info["cert"]).public_key() if service_info else None
+    if not isinstance(node_key, ec.EllipticCurvePublicKey) or not isinstance(
+            service_key, ec.EllipticCurvePublicKey | None):
+        raise VerificationError("node and service keys must be EC", seqno=seqno)
+    cose_bytes = verify_signature_transaction(
+        primary, writes.get(COSE_SIGNATURES, {}).get(SINGLETON_KEY), seqno=seqno,
+        expected_root=ledger.merkle.root(), node_key=node_key, service_key=service_key)
+    return SignatureRecord(dataclasses.replace(primary, cert=cert_pem.decode()), cose_bytes)
