@@ -9,7 +9,7 @@
   `read_ledger.py DIR -q` divided by that of our `scripts/verify_ledger.py DIR`. Both are run as commands;
   each one's verification time is its wall time minus its start-up (the same command with `--help`,
   which imports the same modules). `verify_speedup_commands` is the plain ratio of the commands' wall
-  times, start-up included. Every timing is the median of `--repeat` runs.
+  times, start-up included. Each timing is the median of `--verify-repeat` runs.
 
 Usage: `.venv/bin/python scripts/bench_ledger.py [--transactions 100000] [--keep DIR]`
 """
@@ -76,6 +76,7 @@ def main() -> int:
     parser.add_argument("--signature-interval", type=int, default=5000)
     parser.add_argument("--value-size", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3, help="commit-path runs (fresh ledger each); median reported")
+    parser.add_argument("--verify-repeat", type=int, default=5, help="runs of each verification command")
     parser.add_argument("--keep", help="write the ledger here and keep it")
     args = parser.parse_args()
 
@@ -91,11 +92,12 @@ def main() -> int:
         report = audit_ledger([ledger_dir])
         ours_cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "verify_ledger.py")]
         theirs_cmd = [sys.executable, os.path.join(os.path.dirname(sys.executable), "read_ledger.py")]
-        ours_s = _median_time(ours_cmd + [ledger_dir], args.repeat, lambda p: p.returncode == 0)
-        ours_startup_s = _median_time(ours_cmd + ["--help"], args.repeat)
-        theirs_s = _median_time(theirs_cmd + [ledger_dir, "-q"], args.repeat,
+        runs = args.verify_repeat
+        ours_s = _median_time(ours_cmd + [ledger_dir], runs, lambda p: p.returncode == 0)
+        ours_startup_s = _median_time(ours_cmd + ["--help"], runs)
+        theirs_s = _median_time(theirs_cmd + [ledger_dir, "-q"], runs,
                                 lambda p: p.returncode == 0 and "Ledger verification complete" in p.stdout)
-        theirs_startup_s = _median_time(theirs_cmd + ["--help"], args.repeat)
+        theirs_startup_s = _median_time(theirs_cmd + ["--help"], runs)
 
         print(json.dumps({
             "transactions": n,

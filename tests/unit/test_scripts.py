@@ -80,7 +80,8 @@ def test_verify_ledger_refuses_a_missing_directory_and_a_foreign_service_cert(
 
 
 def test_bench_script_prints_the_agreed_keys() -> None:
-    proc = run_script("bench_ledger.py", "--transactions", "3000", "--signature-interval", "500", "--repeat", "1")
+    proc = run_script("bench_ledger.py", "--transactions", "3000", "--signature-interval", "500", "--repeat", "1",
+                      "--verify-repeat", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     figures = json.loads(proc.stdout)
     assert figures["commit_path_tx_per_s"] > 0
