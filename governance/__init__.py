@@ -1,1 +1,1 @@
-"""governance layer (see ARCHITECTURE.md §2)."""
+"""Governance as pure functions over a KV transaction: signed requests, proposals, the constitution."""
