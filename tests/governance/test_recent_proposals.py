@@ -46,7 +46,7 @@ def test_a_replayed_proposal_is_refused_naming_the_first_one() -> None:
 def test_created_at_older_than_the_median_kept_is_too_old() -> None:
     store = Store()
     for i, ts in enumerate((100, 200, 300, 400, 500)):
-        submit(store, ts, b"sig%d" % i, "p%d" % i)
+        submit(store, ts, b"sig%d" % i, f"p{i}")
     with pytest.raises(ProposalCreatedTooLongAgo, match="greater than 0000000300"):
         submit(store, 299, b"late", "late")
     submit(store, 300, b"on time", "ok")  # the median itself is not too old
@@ -63,7 +63,7 @@ def test_the_window_keeps_the_newest_entries_of_the_configured_size() -> None:
     tx.put_json(SERVICE_CONFIG, SINGLETON_KEY, {"recent_cose_proposals_window_size": 3})
     store.commit(tx)
     for ts in range(10, 20):
-        submit(store, ts, b"s%d" % ts, "p%d" % ts)
+        submit(store, ts, b"s%d" % ts, f"p{ts}")
         assert len(keys(store)) <= 3
     assert [k.split(":")[0] for k in keys(store)] == ["0000000017", "0000000018", "0000000019"]
 
@@ -77,7 +77,7 @@ def test_the_table_never_exceeds_the_default_window_and_never_accepts_a_kept_key
     accepted: set[tuple[int, bytes]] = set()
     for n, (ts, sig) in enumerate(submissions):
         try:
-            submit(store, ts, sig, "p%d" % n)
+            submit(store, ts, sig, f"p{n}")
         except ProposalReplay:
             assert (ts, sig) in accepted
             continue
