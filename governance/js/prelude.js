@@ -1,0 +1,129 @@
+// The `ccf` globals a constitution or ballot sees (ccf-api.md §2.1), over a snapshot of the KV the host
+// passes in. Keys and values are ArrayBuffers, as in CCF. Maps are loaded on demand: reading a map the host
+// did not pass records it in __kv.missing and reads it as empty; the host then runs the call again with that
+// map loaded (execution is deterministic, so the second run takes the same path up to that point).
+"use strict";
+
+const __kv = { maps: {}, missing: [], writes: {}, writable: false, failedWrite: null };
+
+function __utf8Encode(s) {
+  const out = [];
+  for (let i = 0; i < s.length; i++) {
+    let c = s.charCodeAt(i);
+    if (c >= 0xd800 && c < 0xdc00 && i + 1 < s.length) {
+      const d = s.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d < 0xe000) { c = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00); i++; }
+    }
+    if (c < 0x80) out.push(c);
+    else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
+    else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+    else out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+  }
+  return new Uint8Array(out).buffer;
+}
+
+function __utf8Decode(buf) {
+  const b = new Uint8Array(buf);
+  let s = "";
+  for (let i = 0; i < b.length; ) {
+    const c = b[i++];
+    let cp;
+    if (c < 0x80) cp = c;
+    else if (c < 0xe0) cp = ((c & 31) << 6) | (b[i++] & 63);
+    else if (c < 0xf0) cp = ((c & 15) << 12) | ((b[i++] & 63) << 6) | (b[i++] & 63);
+    else cp = ((c & 7) << 18) | ((b[i++] & 63) << 12) | ((b[i++] & 63) << 6) | (b[i++] & 63);
+    s += String.fromCodePoint(cp);
+  }
+  return s;
+}
+
+function __hexToBuf(h) {
+  const b = new Uint8Array(h.length / 2);
+  for (let i = 0; i < b.length; i++) b[i] = parseInt(h.substr(2 * i, 2), 16);
+  return b.buffer;
+}
+
+function __bufToHex(buf) {
+  if (!(buf instanceof ArrayBuffer)) {
+    if (ArrayBuffer.isView(buf)) buf = buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength);
+    else throw new TypeError("Expected an ArrayBuffer");
+  }
+  const b = new Uint8Array(buf);
+  let h = "";
+  for (let i = 0; i < b.length; i++) h += (b[i] < 16 ? "0" : "") + b[i].toString(16);
+  return h;
+}
+
+class __KVMap {
+  constructor(name) { this.name = name; }
+  __base() {
+    const m = __kv.maps[this.name];
+    if (m === undefined) {
+      if (!__kv.missing.includes(this.name)) __kv.missing.push(this.name);
+      return {};
+    }
+    return m;
+  }
+  __overlay() { return __kv.writes[this.name]; }
+  __get(kh) {
+    const w = this.__overlay();
+    if (w !== undefined && Object.prototype.hasOwnProperty.call(w, kh)) return w[kh];
+    const base = this.__base();
+    return Object.prototype.hasOwnProperty.call(base, kh) ? base[kh] : null;
+  }
+  __write(kh, vh) {
+    if (!__kv.writable) {
+      const e = new Error(`Cannot write to map ${this.name}: this context is read-only`);
+      __kv.failedWrite = e.message;
+      throw e;
+    }
+    if (__kv.writes[this.name] === undefined) __kv.writes[this.name] = {};
+    __kv.writes[this.name][kh] = vh;
+  }
+  __keys() {
+    const keys = new Set(Object.keys(this.__base()));
+    const w = this.__overlay();
+    if (w !== undefined) for (const k of Object.keys(w)) keys.add(k);
+    return [...keys].filter((k) => this.__get(k) !== null).sort();
+  }
+  get(key) { const v = this.__get(__bufToHex(key)); return v === null ? undefined : __hexToBuf(v); }
+  has(key) { return this.__get(__bufToHex(key)) !== null; }
+  set(key, value) { this.__write(__bufToHex(key), __bufToHex(value)); return this; }
+  delete(key) { const kh = __bufToHex(key); const had = this.__get(kh) !== null; this.__write(kh, null); return had; }
+  clear() { for (const k of this.__keys()) this.__write(k, null); }
+  forEach(callback) { for (const k of this.__keys()) callback(__hexToBuf(this.__get(k)), __hexToBuf(k), this); }
+  get size() { return this.__keys().length; }
+  getVersionOfPreviousWrite(key) { return undefined; }
+}
+
+const __maps = {};
+globalThis.ccf = {
+  kv: new Proxy({}, {
+    get(_target, name) {
+      if (typeof name !== "string") return undefined;
+      if (__maps[name] === undefined) __maps[name] = new __KVMap(name);
+      return __maps[name];
+    },
+  }),
+  strToBuf: (s) => __utf8Encode(String(s)),
+  bufToStr: (b) => __utf8Decode(b),
+  jsonCompatibleToBuf: (v) => __utf8Encode(JSON.stringify(v)),
+  bufToJsonCompatible: (b) => JSON.parse(__utf8Decode(b)),
+  enableUntrustedDateTime: () => false,
+};
+
+// Deterministic execution: every node must reach the same result.
+Date.now = () => 0;
+Math.random = () => { throw new Error("Math.random is not available in governance code"); };
+
+globalThis.__call = function (exports, name, args) {
+  const f = exports[name];
+  if (typeof f !== "function") return { ok: false, error: `the module exports no function ${name}`, trace: null };
+  try {
+    const result = f(...args);
+    return { ok: true, result: result === undefined ? null : result };
+  } catch (e) {
+    const message = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+    return { ok: false, error: message, trace: (e && e.stack) || null };
+  }
+};

@@ -1,0 +1,153 @@
+"""Running governance JavaScript (constitutions and ballots) in QuickJS, deterministically and bounded.
+
+A call runs one exported function of an ES module in a fresh QuickJS context with the `ccf` globals of
+`js/prelude.js`. QuickJS refuses Python callbacks while a time limit is set, so the KV is not read through
+callbacks: the host passes a snapshot of the maps the code reads, as hex, and collects its writes. Maps are
+loaded on demand by running the call again with every map the previous run asked for (execution is
+deterministic: `Date.now` is fixed and `Math.random` refused), so the code sees exactly the transaction's
+state and the host reads only what it needs.
+
+Guarantees: time, heap and stack limits (never below CCF's defaults) apply to every run; exceeding the
+time limit fails with CCF's "Operation took too long to complete."; a JS exception becomes `JSCallFailed`
+with the reason and trace; writes happen only through `writable` calls and come back as a write set for
+the caller to apply to its transaction (nothing is written if the call fails).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import quickjs
+
+from governance.errors import GovernanceError
+from ledger.kv import Tx, WriteSet
+
+TIMEOUT_REASON = "Operation took too long to complete."
+_MAX_RELOADS = 256
+_EXPORT = re.compile(r"^\s*export\s+(?:async\s+)?(?:function\*?|const|let|var|class)\s+([A-Za-z_$][\w$]*)", re.M)
+_EXPORT_LIST = re.compile(r"^\s*export\s*\{([^}]*)\}\s*;?", re.M)
+
+
+@dataclass(frozen=True)
+class JSLimits:
+    """CCF's defaults (`public:ccf.gov.js_runtime_options` may raise them, never lower them)."""
+
+    max_heap_bytes: int = 100 * 1024 * 1024
+    max_stack_bytes: int = 1024 * 1024
+    max_execution_time_ms: int = 1000
+
+    def at_least_defaults(self) -> JSLimits:
+        d = JSLimits()
+        return JSLimits(max(self.max_heap_bytes, d.max_heap_bytes), max(self.max_stack_bytes, d.max_stack_bytes),
+                        max(self.max_execution_time_ms, d.max_execution_time_ms))
+
+
+class JSCallFailed(GovernanceError):
+    """The JavaScript threw, timed out or ran out of memory or stack."""
+
+    def __init__(self, reason: str, trace: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.trace = trace
+
+
+@dataclass(frozen=True)
+class JSCallResult:
+    value: Any
+    writes: WriteSet
+
+
+def _prelude() -> str:
+    return resources.files("governance").joinpath("js/prelude.js").read_text(encoding="utf-8")
+
+
+_PRELUDE = _prelude()
+
+
+def module_with_exports(source: str) -> str:
+    """The module, plus a line publishing its exports on `globalThis.__exports` (QuickJS's
+    `Context.module` does not return them)."""
+    names: dict[str, str] = {name: name for name in _EXPORT.findall(source)}
+    for group in _EXPORT_LIST.findall(source):
+        for item in group.split(","):
+            parts = item.strip().split()
+            if len(parts) == 1 and parts[0]:
+                names[parts[0]] = parts[0]
+            elif len(parts) == 3 and parts[1] == "as":
+                names[parts[2]] = parts[0]
+    table = ", ".join(f"{json.dumps(public)}: {local}" for public, local in names.items())
+    return f"{source}\nglobalThis.__exports = {{{table}}};\n"
+
+
+def _map_snapshot(tx: Tx, name: str) -> dict[str, str]:
+    return {k.hex(): v.hex() for k, v in tx.items(name)}
+
+
+def call_export(
+    source: str,
+    function: str,
+    args: list[Any],
+    tx: Tx,
+    *,
+    writable: bool = False,
+    limits: JSLimits | None = None,
+) -> JSCallResult:
+    """Run `function(*args)` exported by the module `source` against the state `tx` sees."""
+    limits = (limits or JSLimits()).at_least_defaults()
+    module = module_with_exports(source)
+    loaded: dict[str, dict[str, str]] = {}
+    call = f"JSON.stringify(__call(__exports, {json.dumps(function)}, {json.dumps(args)}))"
+    for _ in range(_MAX_RELOADS):
+        ctx = quickjs.Context()
+        ctx.set_memory_limit(limits.max_heap_bytes)
+        ctx.set_max_stack_size(limits.max_stack_bytes)
+        ctx.eval(_PRELUDE)
+        ctx.eval(f"__kv.maps = {json.dumps(loaded)}; __kv.writable = {json.dumps(writable)};")
+        ctx.set_time_limit(limits.max_execution_time_ms / 1000)
+        outcome: Any = None
+        failure: JSCallFailed | None = None
+        try:
+            ctx.module(module)
+            outcome = json.loads(ctx.eval(call))
+        except quickjs.StackOverflow as e:
+            failure = JSCallFailed(f"RangeError: {_first_line(e)}", str(e))
+        except quickjs.JSException as e:
+            text = str(e)
+            reason = TIMEOUT_REASON if "interrupted" in text else _first_line(e)
+            failure = JSCallFailed(reason, text)
+        ctx.set_time_limit(-1)
+        missing = json.loads(ctx.eval("JSON.stringify(__kv.missing)"))
+        if missing:  # run again with the maps it asked for: the path so far may have depended on them
+            for name in missing:
+                loaded[name] = _map_snapshot(tx, name)
+            continue
+        if failure is not None:
+            raise failure
+        if not outcome["ok"]:
+            raise JSCallFailed(outcome["error"], outcome["trace"])
+        writes = _write_set(json.loads(ctx.eval("JSON.stringify(__kv.writes)")))
+        return JSCallResult(outcome["result"], writes)
+    raise JSCallFailed(f"the code asked for more than {_MAX_RELOADS} maps")
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _write_set(raw: dict[str, dict[str, str | None]]) -> WriteSet:
+    return {name: {bytes.fromhex(k): None if v is None else bytes.fromhex(v) for k, v in changes.items()}
+            for name, changes in raw.items()}
+
+
+def apply_writes(tx: Tx, writes: WriteSet) -> None:
+    """Apply a JS call's write set to the transaction."""
+    for name, changes in writes.items():
+        for key, value in changes.items():
+            if value is None:
+                tx.remove(name, key)
+            else:
+                tx.put(name, key, value)

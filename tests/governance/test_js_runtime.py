@@ -1,0 +1,150 @@
+"""The governance JavaScript runtime: CCF's `ccf` globals over a KV snapshot, limits, determinism."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from governance.js_runtime import TIMEOUT_REASON, JSCallFailed, JSLimits, apply_writes, call_export, module_with_exports
+from ledger.kv import Store
+
+pytestmark = pytest.mark.unit
+
+MEMBERS = "public:ccf.gov.members.info"
+USERS = "public:ccf.gov.users.info"
+
+
+def store_with_members(**statuses: str) -> Store:
+    store = Store()
+    tx = store.begin()
+    for member, status in statuses.items():
+        tx.put_json(MEMBERS, member, {"status": status})
+    store.commit(tx)
+    return store
+
+
+def test_exports_of_every_form_are_found() -> None:
+    source = """
+    export function a() { return 1; }
+    export async function b() { return 2; }
+    export const c = () => 3;
+    let d = () => 4, e = () => 5;
+    export { d, e as renamed };
+    """
+    tx = Store().read_tx()
+    assert call_export(source, "a", [], tx).value == 1
+    assert call_export(source, "c", [], tx).value == 3
+    assert call_export(source, "d", [], tx).value == 4
+    assert call_export(source, "renamed", [], tx).value == 5
+    assert "globalThis.__exports" in module_with_exports(source)
+    with pytest.raises(JSCallFailed, match="exports no function missing"):
+        call_export(source, "missing", [], tx)
+
+
+def test_kv_maps_read_the_transactions_state_in_key_order() -> None:
+    store = store_with_members(m3="Active", m1="Accepted", m2="Active")
+    source = f"""
+    export function scan() {{
+      const seen = [];
+      const map = ccf.kv["{MEMBERS}"];
+      map.forEach((v, k) => seen.push([ccf.bufToStr(k), ccf.bufToJsonCompatible(v).status]));
+      return {{ seen, size: map.size, has: map.has(ccf.strToBuf("m2")), missing: map.get(ccf.strToBuf("zz")) === undefined,
+               other: ccf.kv["public:nothing.here"].size }};
+    }}"""
+    value = call_export(source, "scan", [], store.read_tx()).value
+    assert value == {"seen": [["m1", "Accepted"], ["m2", "Active"], ["m3", "Active"]], "size": 3, "has": True,
+                     "missing": True, "other": 0}
+
+
+def test_writes_are_seen_by_later_reads_and_returned_as_a_write_set() -> None:
+    store = store_with_members(m1="Active", m2="Active")
+    source = f"""
+    export function change() {{
+      const members = ccf.kv["{MEMBERS}"];
+      members.delete(ccf.strToBuf("m1"));
+      ccf.kv["{USERS}"].set(ccf.strToBuf("u1"), ccf.jsonCompatibleToBuf({{user_data: {{"n": 1}}}}));
+      const after = [];
+      members.forEach((v, k) => after.push(ccf.bufToStr(k)));
+      ccf.kv["public:scratch"].set(ccf.strToBuf("x"), ccf.strToBuf("1"));
+      ccf.kv["public:scratch"].clear();
+      return {{ after, user: ccf.bufToJsonCompatible(ccf.kv["{USERS}"].get(ccf.strToBuf("u1"))) }};
+    }}"""
+    tx = store.begin()
+    result = call_export(source, "change", [], tx, writable=True)
+    assert result.value == {"after": ["m2"], "user": {"user_data": {"n": 1}}}
+    assert result.writes == {MEMBERS: {b"m1": None}, USERS: {b"u1": b'{"user_data":{"n":1}}'},
+                             "public:scratch": {b"x": None}}
+    apply_writes(tx, result.writes)
+    store.commit(tx)
+    assert store.read_tx().get(MEMBERS, "m1") is None
+    assert store.read_tx().get_json(USERS, "u1") == {"user_data": {"n": 1}}
+
+
+def test_read_only_calls_cannot_write_and_leave_nothing_behind() -> None:
+    store = store_with_members(m1="Active")
+    source = f'export function w() {{ ccf.kv["{MEMBERS}"].delete(ccf.strToBuf("m1")); }}'
+    with pytest.raises(JSCallFailed, match="read-only"):
+        call_export(source, "w", [], store.read_tx())
+    assert store.read_tx().get_json(MEMBERS, "m1") == {"status": "Active"}
+
+
+def test_a_thrown_error_comes_back_with_its_reason_and_trace() -> None:
+    source = "function inner() { throw new TypeError('bad argument'); }\nexport function f() { inner(); }"
+    with pytest.raises(JSCallFailed) as info:
+        call_export(source, "f", [], Store().read_tx())
+    assert info.value.reason == "TypeError: bad argument"
+    assert info.value.trace is not None and "inner" in info.value.trace
+
+
+def test_limits_stop_endless_loops_unbounded_allocation_and_deep_recursion() -> None:
+    tx = Store().read_tx()
+    start = time.monotonic()
+    with pytest.raises(JSCallFailed) as loop:
+        call_export("export function f() { while (true) {} }", "f", [], tx)
+    assert loop.value.reason == TIMEOUT_REASON
+    assert time.monotonic() - start < 5
+    with pytest.raises(JSCallFailed, match="out of memory"):
+        call_export("export function f() { const a = []; while (true) a.push(new Array(100000).fill(7)); }", "f", [],
+                    tx, limits=JSLimits(max_heap_bytes=1))  # raised to CCF's default of 100 MiB
+    with pytest.raises(JSCallFailed, match="stack"):
+        call_export("function r(n) { return r(n + 1) + 1; }\nexport function f() { return r(0); }", "f", [], tx)
+
+
+def test_limits_are_never_below_ccfs_defaults() -> None:
+    assert JSLimits(1, 1, 1).at_least_defaults() == JSLimits()
+    assert JSLimits(max_execution_time_ms=5000).at_least_defaults().max_execution_time_ms == 5000
+
+
+def test_execution_is_deterministic() -> None:
+    tx = Store().read_tx()
+    assert call_export("export function f() { return Date.now(); }", "f", [], tx).value == 0
+    with pytest.raises(JSCallFailed, match="Math.random"):
+        call_export("export function f() { return Math.random(); }", "f", [], tx)
+
+
+def test_a_path_that_depends_on_a_map_read_late_sees_consistent_state() -> None:
+    """The map is loaded on demand: the code must never see it empty and then full within one call."""
+    store = store_with_members(m1="Active")
+    source = f"""
+    export function f() {{
+      const first = ccf.kv["{MEMBERS}"].size;
+      const users = ccf.kv["{USERS}"].size;
+      const again = ccf.kv["{MEMBERS}"].size;
+      return [first, users, again];
+    }}"""
+    assert call_export(source, "f", [], store.read_tx()).value == [1, 0, 1]
+
+
+@pytest.mark.property
+@given(st.text())
+def test_strings_round_trip_through_utf8_buffers(text: str) -> None:
+    source = "export function f(s) { return [ccf.bufToStr(ccf.strToBuf(s)), ccf.strToBuf(s).byteLength]; }"
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates are not UTF-8
+        return
+    value = call_export(source, "f", [text], Store().read_tx()).value
+    assert value == [text, len(encoded)]
