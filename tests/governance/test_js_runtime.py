@@ -51,8 +51,8 @@ def test_kv_maps_read_the_transactions_state_in_key_order() -> None:
       const seen = [];
       const map = ccf.kv["{MEMBERS}"];
       map.forEach((v, k) => seen.push([ccf.bufToStr(k), ccf.bufToJsonCompatible(v).status]));
-      return {{ seen, size: map.size, has: map.has(ccf.strToBuf("m2")), missing: map.get(ccf.strToBuf("zz")) === undefined,
-               other: ccf.kv["public:nothing.here"].size }};
+      return {{ seen, size: map.size, has: map.has(ccf.strToBuf("m2")),
+               missing: map.get(ccf.strToBuf("zz")) === undefined, other: ccf.kv["public:nothing.here"].size }};
     }}"""
     value = call_export(source, "scan", [], store.read_tx()).value
     assert value == {"seen": [["m1", "Accepted"], ["m2", "Active"], ["m3", "Active"]], "size": 3, "has": True,
