@@ -41,3 +41,52 @@ class ProposalCreatedTooLongAgo(InvalidRequest):
 
 class InvalidCreatedAt(InvalidRequest):
     code = "InvalidCreatedAt"
+
+
+class InvalidResourceName(InvalidRequest):
+    code = "InvalidResourceName"
+
+
+class ProposalFailedToValidate(InvalidRequest):
+    code = "ProposalFailedToValidate"
+
+
+class ProposalNotOpen(InvalidRequest):
+    code = "ProposalNotOpen"
+
+
+class VoteAlreadyExists(InvalidRequest):
+    code = "VoteAlreadyExists"
+
+
+class NotFound(GovernanceError):
+    """The named proposal, ballot or record does not exist (CCF answers 404)."""
+
+    code = "ResourceNotFound"
+
+
+class ProposalNotFound(NotFound):
+    code = "ProposalNotFound"
+
+
+class VoteNotFound(NotFound):
+    code = "VoteNotFound"
+
+
+class AuthorizationFailed(GovernanceError):
+    """Authenticated, but not allowed to do this (CCF answers 403)."""
+
+    code = "AuthorizationFailed"
+
+
+class ConstitutionFailure(GovernanceError):
+    """The constitution could not decide: validate threw, or a proposal ended Failed (CCF answers 500).
+
+    The caller must abandon the transaction: nothing of the request is recorded.
+    """
+
+    code = "InternalError"
+
+    def __init__(self, message: str, *, proposal: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.proposal = proposal

@@ -56,9 +56,18 @@ class JSCallFailed(GovernanceError):
 
 
 @dataclass(frozen=True)
+class Effect:
+    """A node effect the code asked for (`ccf.node.*`), for the node to carry out after commit."""
+
+    name: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class JSCallResult:
     value: Any
     writes: WriteSet
+    effects: tuple[Effect, ...] = ()
 
 
 def _prelude() -> str:
@@ -95,8 +104,12 @@ def call_export(
     *,
     writable: bool = False,
     limits: JSLimits | None = None,
+    host: dict[str, Any] | None = None,
 ) -> JSCallResult:
-    """Run `function(*args)` exported by the module `source` against the state `tx` sees."""
+    """Run `function(*args)` exported by the module `source` against the state `tx` sees.
+
+    `host` holds values the node provides to `ccf.network.*` (e.g. `latest_ledger_secret_seqno`).
+    """
     limits = (limits or JSLimits()).at_least_defaults()
     module = module_with_exports(source)
     loaded: dict[str, dict[str, str]] = {}
@@ -106,7 +119,8 @@ def call_export(
         ctx.set_memory_limit(limits.max_heap_bytes)
         ctx.set_max_stack_size(limits.max_stack_bytes)
         ctx.eval(_PRELUDE)
-        ctx.eval(f"__kv.maps = {json.dumps(loaded)}; __kv.writable = {json.dumps(writable)};")
+        ctx.eval(f"__kv.maps = {json.dumps(loaded)}; __kv.writable = {json.dumps(writable)}; "
+                 f"__host = {json.dumps(host or {})};")
         ctx.set_time_limit(limits.max_execution_time_ms / 1000)
         outcome: Any = None
         failure: JSCallFailed | None = None
@@ -130,7 +144,8 @@ def call_export(
         if not outcome["ok"]:
             raise JSCallFailed(outcome["error"], outcome["trace"])
         writes = _write_set(json.loads(ctx.eval("JSON.stringify(__kv.writes)")))
-        return JSCallResult(outcome["result"], writes)
+        effects = tuple(Effect(e["name"], e["args"]) for e in json.loads(ctx.eval("JSON.stringify(__effects)")))
+        return JSCallResult(outcome["result"], writes, effects)
     raise JSCallFailed(f"the code asked for more than {_MAX_RELOADS} maps")
 
 

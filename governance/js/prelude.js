@@ -5,6 +5,10 @@
 "use strict";
 
 const __kv = { maps: {}, missing: [], writes: {}, writable: false, failedWrite: null };
+// Effects on the node (ccf.node.*) are recorded here and carried out by the node after the transaction
+// commits; __host holds the values the host provides (e.g. the latest ledger secret's seqno).
+const __effects = [];
+let __host = {};
 
 function __utf8Encode(s) {
   const out = [];
@@ -110,7 +114,29 @@ globalThis.ccf = {
   jsonCompatibleToBuf: (v) => __utf8Encode(JSON.stringify(v)),
   bufToJsonCompatible: (b) => JSON.parse(__utf8Decode(b)),
   enableUntrustedDateTime: () => false,
+  node: {
+    triggerLedgerRekey: () => __effect("trigger_ledger_rekey", {}),
+    transitionServiceToOpen: (previousIdentity, nextIdentity) =>
+      __effect("transition_service_to_open", { previous_identity: previousIdentity === undefined ? null :
+        __bufToHex(previousIdentity), next_identity: nextIdentity === undefined ? null : __bufToHex(nextIdentity) }),
+    triggerRecoverySharesRefresh: () => __effect("trigger_recovery_shares_refresh", {}),
+    triggerLedgerChunk: () => __effect("trigger_ledger_chunk", {}),
+    triggerSnapshot: () => __effect("trigger_snapshot", {}),
+  },
+  network: {
+    getLatestLedgerSecretSeqno: () => __hostValue("latest_ledger_secret_seqno"),
+  },
 };
+
+function __effect(name, args) {
+  if (!__kv.writable) throw new Error(`ccf.node effects are only available in apply()`);
+  __effects.push({ name, args });
+}
+
+function __hostValue(name) {
+  if (!(name in __host)) throw new Error(`${name} is not available here`);
+  return __host[name];
+}
 
 // Deterministic execution: every node must reach the same result.
 Date.now = () => 0;

@@ -1,0 +1,284 @@
+"""The proposal lifecycle (ccf-api.md §1.4-1.5) under constitutions written in CCF's documented style."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from typing import Any
+
+import orjson
+import pytest
+
+from governance.errors import (
+    AuthorizationFailed,
+    ConstitutionFailure,
+    InvalidResourceName,
+    ProposalFailedToValidate,
+    ProposalNotFound,
+    ProposalNotOpen,
+    ProposalReplay,
+    VoteAlreadyExists,
+    VoteNotFound,
+)
+from governance.proposals import (
+    Outcome,
+    actions,
+    ballot,
+    create_proposal,
+    list_proposals,
+    proposal_view,
+    submit_ballot,
+    withdraw_proposal,
+)
+from governance.requests import MessageType, verify_request
+from governance.tables import COSE_HISTORY, PROPOSALS, PROPOSALS_INFO
+from ledger import cose
+from ledger.identity import PartyIdentity
+from ledger.kv import Store, Tx
+from ledger.tables import CONSTITUTION, MEMBERS_CERTS, MEMBERS_INFO, SINGLETON_KEY
+from tests.governance.constitutions import BAD_STATUS, CCF_STYLE, REJECTING, THROWING, VALIDATE_THROWS
+
+pytestmark = pytest.mark.unit
+
+APPROVE = '{"ballot": "export function vote (proposal, proposerId) { return true }"}'
+REJECT = '{"ballot": "export function vote (proposal, proposerId) { return false }"}'
+GREETINGS = "public:app.greetings"
+_MEMBERS = [PartyIdentity.create(f"member{i}") for i in range(3)]
+
+
+class Gov:
+    """A store with three active members and a constitution; each call is one transaction."""
+
+    def __init__(self, constitution: str = CCF_STYLE, members: list[PartyIdentity] = _MEMBERS) -> None:
+        self.store = Store()
+        self.members = members
+        self.clock = itertools.count(1_800_000_000)
+        tx = self.store.begin()
+        tx.put_json(CONSTITUTION, SINGLETON_KEY, constitution)
+        for m in members:
+            tx.put(MEMBERS_CERTS, m.id, m.pem.encode())
+            tx.put_json(MEMBERS_INFO, m.id, {"status": "Active"})
+        self.store.commit(tx)
+
+    def _sign(self, member: PartyIdentity, payload: bytes, msg_type: str, proposal_id: str | None = None,
+              created_at: int | None = None) -> bytes:
+        headers: dict[Any, Any] = {cose.HDR_KID: member.id.encode(), "ccf.gov.msg.type": msg_type,
+                                   "ccf.gov.msg.created_at": next(self.clock) if created_at is None else created_at}
+        if proposal_id is not None:
+            headers["ccf.gov.msg.proposal_id"] = proposal_id
+        return cose.sign1(member.key, headers, payload)
+
+    def _run(self, action: Any) -> Any:
+        tx = self.store.begin()
+        try:
+            result = action(tx)
+        except Exception:
+            tx.abandon()
+            raise
+        self.store.commit(tx)
+        return result
+
+    def root(self, tx: Tx) -> bytes:
+        return hashlib.sha256(b"root at %d" % tx.read_version).digest()
+
+    def propose(self, member: PartyIdentity, body: dict[str, Any] | bytes, **kw: Any) -> Outcome:
+        payload = body if isinstance(body, bytes) else orjson.dumps(body)
+        envelope = self._sign(member, payload, "proposal", **kw)
+        return self._run(lambda tx: create_proposal(
+            tx, verify_request(tx, envelope, MessageType.PROPOSAL, require_active=True), self.root(tx)))
+
+    def propose_envelope(self, envelope: bytes) -> Outcome:
+        return self._run(lambda tx: create_proposal(
+            tx, verify_request(tx, envelope, MessageType.PROPOSAL, require_active=True), self.root(tx)))
+
+    def vote(self, member: PartyIdentity, pid: str, ballot_body: str = APPROVE, url_member: str | None = None,
+             signed_pid: str | None = None) -> Outcome:
+        envelope = self._sign(member, ballot_body.encode(), "ballot", signed_pid or pid)
+        return self._run(lambda tx: submit_ballot(
+            tx, verify_request(tx, envelope, MessageType.BALLOT, require_active=True), pid, url_member or member.id))
+
+    def withdraw(self, member: PartyIdentity, pid: str) -> Outcome | None:
+        envelope = self._sign(member, b"", "withdrawal", pid)
+        return self._run(lambda tx: withdraw_proposal(
+            tx, verify_request(tx, envelope, MessageType.WITHDRAWAL, require_active=True), pid))
+
+    def greeting(self) -> Any:
+        return self.store.read_tx().get_json(GREETINGS, "greeting")
+
+
+def greet(text: Any) -> dict[str, Any]:
+    return {"actions": [{"name": "set_greeting", "args": {"greeting": text}}]}
+
+
+def test_a_majority_of_active_members_accepts_and_apply_runs_in_the_same_transaction() -> None:
+    gov = Gov()
+    a, b, c = gov.members
+    created = gov.propose(a, greet("hello"))
+    assert created.proposal == {"ballotCount": 0, "proposalId": created.proposal_id, "proposalState": "Open",
+                                "proposerId": a.id}
+    assert gov.vote(a, created.proposal_id).proposal["proposalState"] == "Open"
+    assert gov.greeting() is None
+    accepted = gov.vote(b, created.proposal_id)
+    assert accepted.proposal["proposalState"] == "Accepted"
+    assert accepted.proposal["finalVotes"] == {a.id: True, b.id: True}
+    assert accepted.proposal["ballotCount"] == 2
+    assert gov.greeting() == "hello"
+    assert gov.store.read_tx().get_str(GREETINGS, "by_proposal") == created.proposal_id
+    with pytest.raises(ProposalNotOpen):
+        gov.vote(c, created.proposal_id)
+
+
+def test_the_proposal_id_binds_the_state_read_and_the_signature() -> None:
+    gov = Gov()
+    created = gov.propose(gov.members[0], greet("x"))
+    tx = gov.store.read_tx()
+    envelope = tx.get(COSE_HISTORY, gov.members[0].id)
+    assert envelope is not None
+    signature = cose.decode(envelope).signature
+    root = hashlib.sha256(b"root at %d" % (tx.read_version - 1)).digest()
+    assert created.proposal_id == hashlib.sha256(root + hashlib.sha256(signature).digest()).hexdigest()
+    assert actions(tx, created.proposal_id) == orjson.dumps(greet("x"))
+
+
+def test_validation_refuses_bad_arguments_with_a_precise_message_and_records_nothing() -> None:
+    gov = Gov()
+    before = gov.store.version
+    with pytest.raises(ProposalFailedToValidate, match="greeting must be of type string but is of type number"):
+        gov.propose(gov.members[0], greet(42))
+    with pytest.raises(ProposalFailedToValidate, match="no_such_action: no such action"):
+        gov.propose(gov.members[0], {"actions": [{"name": "no_such_action", "args": {}}]})
+    assert gov.store.version == before
+
+
+def test_a_ballot_may_read_the_kv_and_a_throwing_ballot_is_a_vote_failure() -> None:
+    gov = Gov()
+    a, b, c = gov.members
+    created = gov.propose(a, greet("kv"))
+    reads_kv = orjson.dumps({"ballot": 'export function vote (proposal, proposerId) { '
+                                       'return ccf.kv["public:ccf.gov.members.info"].has(ccf.strToBuf(proposerId)) }'}
+                            ).decode()
+    gov.vote(b, created.proposal_id, reads_kv)
+    throws = '{"ballot": "export function vote () { throw new Error(\\"cannot decide\\") }"}'
+    gov.vote(c, created.proposal_id, throws)
+    done = gov.vote(a, created.proposal_id)
+    assert done.proposal["proposalState"] == "Accepted"
+    assert done.proposal["finalVotes"] == {a.id: True, b.id: True}
+    assert done.proposal["voteFailures"][c.id]["reason"] == "Error: cannot decide"
+    assert ballot(gov.store.read_tx(), created.proposal_id, b.id) == orjson.loads(reads_kv)["ballot"]
+
+
+def test_the_same_ballot_twice_changes_nothing_and_a_different_one_is_refused() -> None:
+    gov = Gov()
+    a, b, _ = gov.members
+    created = gov.propose(a, greet("once"))
+    gov.vote(a, created.proposal_id, REJECT)
+    version = gov.store.version
+    assert gov.vote(a, created.proposal_id, REJECT).proposal["ballotCount"] == 1
+    with pytest.raises(VoteAlreadyExists):
+        gov.vote(a, created.proposal_id, APPROVE)
+    assert gov.store.version == version  # the idempotent re-send wrote nothing: no new transaction
+    assert orjson.loads(gov.store.read_tx().get(PROPOSALS_INFO, created.proposal_id) or b"{}")["ballots"] == {
+        a.id: orjson.loads(REJECT)["ballot"]}
+
+
+def test_ballots_must_name_the_proposal_and_member_of_the_url() -> None:
+    gov = Gov()
+    a, b, _ = gov.members
+    created = gov.propose(a, greet("url"))
+    with pytest.raises(InvalidResourceName, match="proposal id"):
+        gov.vote(a, created.proposal_id, signed_pid="another")
+    with pytest.raises(InvalidResourceName, match="member id"):
+        gov.vote(a, created.proposal_id, url_member=b.id)
+    with pytest.raises(ProposalNotFound):
+        gov.vote(a, "ab" * 32)
+    with pytest.raises(VoteNotFound):
+        ballot(gov.store.read_tx(), created.proposal_id, b.id)
+
+
+def test_rejected_proposals_freeze_their_votes_and_are_not_applied() -> None:
+    gov = Gov(REJECTING)
+    a, b, _ = gov.members
+    created = gov.propose(a, {"actions": []})
+    rejected = gov.vote(b, created.proposal_id, REJECT)
+    assert rejected.proposal["proposalState"] == "Rejected"
+    assert rejected.proposal["finalVotes"] == {b.id: False}
+    assert gov.store.read_tx().get(GREETINGS, "applied") is None
+
+
+def test_leaving_open_deletes_every_other_completed_proposal() -> None:
+    gov = Gov(REJECTING)
+    a, b, c = gov.members
+    first = gov.propose(a, {"actions": [], "n": 1})
+    gov.vote(b, first.proposal_id, REJECT)
+    still_open = gov.propose(a, {"actions": [], "n": 2})
+    second = gov.propose(a, {"actions": [], "n": 3})
+    gov.vote(b, second.proposal_id)
+    gov.vote(c, second.proposal_id)  # Accepted: the earlier Rejected one goes, the Open one stays
+    ids = {p["proposalId"]: p["proposalState"] for p in list_proposals(gov.store.read_tx())}
+    assert ids == {still_open.proposal_id: "Open", second.proposal_id: "Accepted"}
+    with pytest.raises(ProposalNotFound):
+        proposal_view(gov.store.read_tx(), first.proposal_id)
+
+
+@pytest.mark.parametrize(("source", "reason"), [
+    (THROWING, "Failed to resolve(): Error: resolve is broken"),
+    (BAD_STATUS, 'resolve() returned invalid status value: "Maybe"'),
+])
+def test_a_failed_resolution_records_nothing_of_the_request(source: str, reason: str) -> None:
+    gov = Gov(source)
+    before = (gov.store.version, gov.store.read_tx().keys(PROPOSALS))
+    with pytest.raises(ConstitutionFailure) as info:
+        gov.propose(gov.members[0], {"actions": []})
+    assert info.value.message == reason
+    assert info.value.proposal is not None and info.value.proposal["proposalState"] == "Failed"
+    assert (gov.store.version, gov.store.read_tx().keys(PROPOSALS)) == before
+
+
+def test_an_apply_that_throws_fails_the_proposal_and_nothing_is_applied() -> None:
+    gov = Gov()
+    a, b, _ = gov.members
+    created = gov.propose(a, {"actions": [{"name": "set_greeting", "args": {"greeting": "partial"}},
+                                          {"name": "always_throws_on_apply", "args": {}}]})
+    gov.vote(a, created.proposal_id)
+    with pytest.raises(ConstitutionFailure, match="Failed to apply\\(\\): Error: apply broke"):
+        gov.vote(b, created.proposal_id)
+    assert gov.greeting() is None
+    assert proposal_view(gov.store.read_tx(), created.proposal_id)["proposalState"] == "Open"
+
+
+def test_validate_that_throws_is_an_internal_failure() -> None:
+    gov = Gov(VALIDATE_THROWS)
+    with pytest.raises(ConstitutionFailure, match="Failed to execute validation: Error: validate is broken"):
+        gov.propose(gov.members[0], {"actions": []})
+
+
+def test_accepted_proposals_return_the_node_effects_they_asked_for() -> None:
+    gov = Gov()
+    a, b, _ = gov.members
+    created = gov.propose(a, {"actions": [{"name": "trigger_ledger_rekey", "args": {}}]})
+    gov.vote(a, created.proposal_id)
+    done = gov.vote(b, created.proposal_id)
+    assert [e.name for e in done.effects] == ["trigger_ledger_rekey"]
+
+
+def test_withdrawal_is_for_the_proposer_of_an_open_proposal_only() -> None:
+    gov = Gov()
+    a, b, _ = gov.members
+    created = gov.propose(a, greet("withdraw me"))
+    with pytest.raises(AuthorizationFailed):
+        gov.withdraw(b, created.proposal_id)
+    withdrawn = gov.withdraw(a, created.proposal_id)
+    assert withdrawn is not None and withdrawn.proposal["proposalState"] == "Withdrawn"
+    again = gov.withdraw(a, created.proposal_id)
+    assert again is not None and again.proposal["proposalState"] == "Withdrawn"
+    assert gov.withdraw(a, "cd" * 32) is None  # unknown: CCF answers 204
+    with pytest.raises(ProposalNotOpen):
+        gov.vote(b, created.proposal_id)
+
+
+def test_a_replayed_proposal_envelope_is_refused() -> None:
+    gov = Gov()
+    envelope = gov._sign(gov.members[0], orjson.dumps(greet("replay")), "proposal")
+    gov.propose_envelope(envelope)
+    with pytest.raises(ProposalReplay):
+        gov.propose_envelope(envelope)
