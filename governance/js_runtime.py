@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -24,10 +25,11 @@ from typing import Any
 import quickjs
 
 from governance.errors import GovernanceError
+from governance.js_host import DEFAULT_HOST_CALLS, HostCall, HostCallError
 from ledger.kv import Tx, WriteSet
 
 TIMEOUT_REASON = "Operation took too long to complete."
-_MAX_RELOADS = 256
+_MAX_RELOADS = 256  # map loads and host-call answers: each one is a re-run
 _EXPORT = re.compile(r"^\s*export\s+(?:async\s+)?(?:function\*?|const|let|var|class)\s+([A-Za-z_$][\w$]*)", re.M)
 _EXPORT_LIST = re.compile(r"^\s*export\s*\{([^}]*)\}\s*;?", re.M)
 
@@ -105,11 +107,16 @@ def call_export(
     writable: bool = False,
     limits: JSLimits | None = None,
     host: dict[str, Any] | None = None,
+    host_calls: Mapping[str, HostCall] | None = None,
 ) -> JSCallResult:
     """Run `function(*args)` exported by the module `source` against the state `tx` sees.
 
-    `host` holds values the node provides to `ccf.network.*` (e.g. `latest_ledger_secret_seqno`).
+    `host` holds values the node provides to `ccf.network.*` (e.g. `latest_ledger_secret_seqno`);
+    `host_calls` adds to (or overrides) the host calls of `governance.js_host` (e.g. the node's
+    `generateEndorsedCertificate`).
     """
+    calls = {**DEFAULT_HOST_CALLS, **(host_calls or {})}
+    answers: dict[str, dict[str, Any]] = {}
     limits = (limits or JSLimits()).at_least_defaults()
     module = module_with_exports(source)
     loaded: dict[str, dict[str, str]] = {}
@@ -120,7 +127,7 @@ def call_export(
         ctx.set_max_stack_size(limits.max_stack_bytes)
         ctx.eval(_PRELUDE)
         ctx.eval(f"__kv.maps = {json.dumps(loaded)}; __kv.writable = {json.dumps(writable)}; "
-                 f"__host = {json.dumps(host or {})};")
+                 f"__host = {json.dumps(host or {})}; __answers = {json.dumps(answers)};")
         ctx.set_time_limit(limits.max_execution_time_ms / 1000)
         outcome: Any = None
         failure: JSCallFailed | None = None
@@ -135,9 +142,12 @@ def call_export(
             failure = JSCallFailed(reason, text)
         ctx.set_time_limit(-1)
         missing = json.loads(ctx.eval("JSON.stringify(__kv.missing)"))
-        if missing:  # run again with the maps it asked for: the path so far may have depended on them
+        requests = json.loads(ctx.eval("JSON.stringify(__requests)"))
+        if missing or requests:  # run again with what it asked for: the path so far may have depended on it
             for name in missing:
                 loaded[name] = _map_snapshot(tx, name)
+            for request in requests:
+                answers[request["key"]] = _answer(calls, request["name"], request["args"])
             continue
         if failure is not None:
             raise failure
@@ -146,7 +156,19 @@ def call_export(
         writes = _write_set(json.loads(ctx.eval("JSON.stringify(__kv.writes)")))
         effects = tuple(Effect(e["name"], e["args"]) for e in json.loads(ctx.eval("JSON.stringify(__effects)")))
         return JSCallResult(outcome["result"], writes, effects)
-    raise JSCallFailed(f"the code asked for more than {_MAX_RELOADS} maps")
+    raise JSCallFailed(f"the code asked for more than {_MAX_RELOADS} maps and host calls")
+
+
+def _answer(calls: Mapping[str, HostCall], name: str, args: list[Any]) -> dict[str, Any]:
+    call = calls.get(name)
+    if call is None:
+        return {"error": f"{name} is not available here"}
+    try:
+        return {"value": call(*args)}
+    except HostCallError as e:
+        return {"error": f"{name}: {e}"}
+    except (TypeError, ValueError) as e:
+        return {"error": f"{name}: bad arguments: {e}"}
 
 
 def _first_line(e: Exception) -> str:

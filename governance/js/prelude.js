@@ -9,6 +9,21 @@ const __kv = { maps: {}, missing: [], writes: {}, writable: false, failedWrite: 
 // commits; __host holds the values the host provides (e.g. the latest ledger secret's seqno).
 const __effects = [];
 let __host = {};
+// Host calls (crypto, certificates): answered by the host between runs, like map loads. An unanswered call
+// is recorded and returns null; the host computes the answers and runs the call again.
+let __answers = {};
+const __requests = [];
+
+function __hostCall(name, args) {
+  const key = JSON.stringify([name, args]);
+  if (Object.prototype.hasOwnProperty.call(__answers, key)) {
+    const answer = __answers[key];
+    if (answer.error !== undefined) throw new Error(answer.error);
+    return answer.value;
+  }
+  if (!__requests.some((r) => r.key === key)) __requests.push({ key, name, args });
+  return null;
+}
 
 function __utf8Encode(s) {
   const out = [];
@@ -125,6 +140,25 @@ globalThis.ccf = {
   },
   network: {
     getLatestLedgerSecretSeqno: () => __hostValue("latest_ledger_secret_seqno"),
+    generateEndorsedCertificate: (csr, validFrom, validityPeriodDays) =>
+      __hostCall("generateEndorsedCertificate", [csr, validFrom, validityPeriodDays]),
+    generateNetworkCertificate: (validFrom, validityPeriodDays) =>
+      __hostCall("generateNetworkCertificate", [validFrom, validityPeriodDays]),
+  },
+  crypto: {
+    digest: (algorithm, data) => {
+      const h = __hostCall("digest", [algorithm, __bufToHex(data)]);
+      return h === null ? new ArrayBuffer(32) : __hexToBuf(h);
+    },
+    isValidX509CertBundle: (pem) => __hostCall("isValidX509CertBundle", [String(pem)]) === true,
+    isValidX509CertChain: (chain, trusted) =>
+      __hostCall("isValidX509CertChain", [String(chain), String(trusted)]) === true,
+    verifySignature: (algorithm, key, signature, data) =>
+      __hostCall("verifySignature", [algorithm, String(key), __bufToHex(signature), __bufToHex(data)]) === true,
+  },
+  pemToId: (pem) => {
+    const id = __hostCall("pemToId", [String(pem)]);
+    return id === null ? "" : id;
   },
 };
 
