@@ -90,3 +90,7 @@ class ConstitutionFailure(GovernanceError):
     def __init__(self, message: str, *, proposal: dict[str, object] | None = None) -> None:
         super().__init__(message)
         self.proposal = proposal
+
+
+class StateDigestMismatch(InvalidRequest):
+    code = "StateDigestMismatch"
