@@ -36,11 +36,12 @@ _EXPORT_LIST = re.compile(r"^\s*export\s*\{([^}]*)\}\s*;?", re.M)
 
 @dataclass(frozen=True)
 class JSLimits:
-    """CCF's defaults (`public:ccf.gov.js_runtime_options` may raise them, never lower them)."""
+    """CCF's defaults for governance code (ccf-api.md §2.1: 100 MiB heap, 1 MiB stack, 5000 ms);
+    `public:ccf.gov.js_runtime_options` may raise them, never lower them."""
 
     max_heap_bytes: int = 100 * 1024 * 1024
     max_stack_bytes: int = 1024 * 1024
-    max_execution_time_ms: int = 1000
+    max_execution_time_ms: int = 5000
 
     def at_least_defaults(self) -> JSLimits:
         d = JSLimits()

@@ -37,6 +37,7 @@ from governance.errors import (
     VoteAlreadyExists,
     VoteNotFound,
 )
+from governance.js_host import HostCall
 from governance.js_runtime import TIMEOUT_REASON, Effect, JSCallFailed, JSLimits, apply_writes, call_export
 from governance.recent_proposals import proposal_id as compute_proposal_id
 from governance.recent_proposals import record_proposal_submission
@@ -187,8 +188,16 @@ def _failure(e: JSCallFailed) -> Failure:
     return Failure(e.reason, e.trace)
 
 
+@dataclass(frozen=True)
+class NodeServices:
+    """What the node lends to `apply`: values for `ccf.network.*` and its host calls (e.g. certificates)."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    calls: dict[str, HostCall] = field(default_factory=dict)
+
+
 def _resolve(
-    tx: Tx, proposal_id: str, info: ProposalInfo, host: dict[str, Any]
+    tx: Tx, proposal_id: str, info: ProposalInfo, node: NodeServices
 ) -> tuple[ProposalInfo, tuple[Effect, ...]]:
     """Run the ballots and `resolve`, then `apply` if Accepted (ccf-api.md §1.5)."""
     source = constitution(tx)
@@ -226,7 +235,7 @@ def _resolve(
         if state is ProposalState.ACCEPTED:
             try:
                 applied = call_export(source, "apply", [body, proposal_id], tx, writable=True, limits=limits,
-                                      host=host)
+                                      host=node.values, host_calls=node.calls)
                 apply_writes(tx, applied.writes)
                 effects = applied.effects
             except JSCallFailed as e:
@@ -250,7 +259,7 @@ def _remove_other_completed(tx: Tx, proposal_id: str) -> None:
 
 
 def create_proposal(tx: Tx, request: SignedRequest, root_at_read: bytes,
-                    host: dict[str, Any] | None = None) -> Outcome:
+                    node: NodeServices | None = None) -> Outcome:
     """Validate, store and resolve a proposal; see the module docstring for what can fail."""
     pid = compute_proposal_id(root_at_read, request.signature)
     source = constitution(tx)
@@ -274,7 +283,7 @@ def create_proposal(tx: Tx, request: SignedRequest, root_at_read: bytes,
     tx.put(PROPOSALS, pid, request.payload)
     info = ProposalInfo(request.member_id, ProposalState.OPEN)
     tx.put_json(PROPOSALS_INFO, pid, info.to_json())
-    info, effects = _resolve(tx, pid, info, host or {})
+    info, effects = _resolve(tx, pid, info, node or NodeServices())
     return Outcome(pid, info.to_api(pid), effects)
 
 
@@ -284,7 +293,7 @@ def _check_url(request: SignedRequest, proposal_id: str) -> None:
 
 
 def submit_ballot(tx: Tx, request: SignedRequest, proposal_id: str, member_id: str,
-                  host: dict[str, Any] | None = None) -> Outcome:
+                  node: NodeServices | None = None) -> Outcome:
     """Record the member's ballot and resolve the proposal again."""
     _check_url(request, proposal_id)
     if request.member_id != member_id:
@@ -310,7 +319,7 @@ def submit_ballot(tx: Tx, request: SignedRequest, proposal_id: str, member_id: s
     record_request(tx, request)
     info = ProposalInfo(info.proposer_id, info.state, {**info.ballots, member_id: ballot_source})
     tx.put_json(PROPOSALS_INFO, proposal_id, info.to_json())
-    info, effects = _resolve(tx, proposal_id, info, host or {})
+    info, effects = _resolve(tx, proposal_id, info, node or NodeServices())
     return Outcome(proposal_id, info.to_api(proposal_id), effects)
 
 

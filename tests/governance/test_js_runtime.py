@@ -105,7 +105,7 @@ def test_limits_stop_endless_loops_unbounded_allocation_and_deep_recursion() -> 
     with pytest.raises(JSCallFailed) as loop:
         call_export("export function f() { while (true) {} }", "f", [], tx)
     assert loop.value.reason == TIMEOUT_REASON
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 15
     with pytest.raises(JSCallFailed, match="out of memory"):
         call_export("export function f() { const a = []; while (true) a.push(new Array(100000).fill(7)); }", "f", [],
                     tx, limits=JSLimits(max_heap_bytes=1))  # raised to CCF's default of 100 MiB
@@ -115,7 +115,7 @@ def test_limits_stop_endless_loops_unbounded_allocation_and_deep_recursion() -> 
 
 def test_limits_are_never_below_ccfs_defaults() -> None:
     assert JSLimits(1, 1, 1).at_least_defaults() == JSLimits()
-    assert JSLimits(max_execution_time_ms=5000).at_least_defaults().max_execution_time_ms == 5000
+    assert JSLimits(max_execution_time_ms=9000).at_least_defaults().max_execution_time_ms == 9000
 
 
 def test_execution_is_deterministic() -> None:
