@@ -231,6 +231,19 @@ def test_set_constitution_replaces_it_and_drops_open_proposals() -> None:
     ("assert_service_identity", {"service_identity": ServiceIdentity.create().pem}, "service identity assertion"),
     ("set_node_data", {"node_id": "short"}, "node_id must contain exactly 64"),
     ("no_such_thing", {}, "no_such_thing: no such action"),
+    ("set_constitution", {"constitution": 5}, "constitution must be of type string"),
+    ("set_member_data", {"member_id": "nope"}, "member_id must contain exactly 64"),
+    ("set_user_data", {"user_id": 1}, "user_id must be of type string"),
+    ("remove_node", {"node_id": ""}, "node_id must contain exactly 64"),
+    ("set_node_certificate_validity", {"node_id": NODE_ID, "valid_from": "260101000000Z",
+                                       "validity_period_days": "ten"}, "validity_period_days must be an integer"),
+    ("set_all_nodes_certificate_validity", {"valid_from": 5}, "valid_from must be of type string"),
+    ("set_service_certificate_validity", {"valid_from": "2026-01-01"}, "valid_from must be an ASN.1 UTCTime"),
+    ("remove_ca_cert_bundle", {"name": None}, "name must be of type string"),
+    ("remove_jwt_issuer", {}, "issuer must be of type string"),
+    ("set_jwt_public_signing_keys", {"issuer": "i", "jwks": {"keys": "none"}}, "jwks.keys must be an array"),
+    ("remove_virtual_measurement", {"measurement": []}, "measurement must be of type string"),
+    ("remove_virtual_host_data", {}, "host_data must be of type string"),
 ])
 def test_bad_arguments_are_refused_with_a_precise_message(name: str, args: dict[str, Any], message: str) -> None:
     gov = sandbox()

@@ -209,3 +209,46 @@ def test_a_replayed_proposal_envelope_is_refused() -> None:
     gov.propose_envelope(envelope)
     with pytest.raises(ProposalReplay):
         gov.propose_envelope(envelope)
+
+
+def test_runtime_options_raise_the_limits_but_never_lower_them() -> None:
+    from governance.proposals import JS_RUNTIME_OPTIONS, js_limits
+    from ledger.tables import SINGLETON_KEY
+
+    gov = Gov()
+    tx = gov.store.begin()
+    assert js_limits(tx).max_execution_time_ms == 5000
+    tx.put_json(JS_RUNTIME_OPTIONS, SINGLETON_KEY, {"max_heap_bytes": 1, "max_stack_bytes": 1,
+                                                    "max_execution_time_ms": 8000})
+    limits = js_limits(tx)
+    assert (limits.max_execution_time_ms, limits.max_heap_bytes) == (8000, 100 * 1024 * 1024)
+
+
+def test_a_ballot_that_loops_forever_is_a_vote_failure_and_the_service_goes_on() -> None:
+    gov = Gov()
+    a, b, c = gov.members
+    created = gov.propose(a, greet("loop"))
+    loops = orjson.dumps({"ballot": "export function vote () { while (true) {} }"}).decode()
+    gov.vote(b, created.proposal_id, loops)
+    done = gov.vote(a, created.proposal_id)
+    assert done.proposal["proposalState"] == "Open"  # one vote in favour of three active members
+    assert done.proposal.get("voteFailures") is None  # frozen only when the proposal leaves Open
+    finished = gov.vote(c, created.proposal_id)
+    assert finished.proposal["proposalState"] == "Accepted"
+    assert finished.proposal["voteFailures"][b.id]["reason"] == "Operation took too long to complete."
+    assert gov.greeting() == "loop"
+
+
+def test_an_apply_that_allocates_without_bound_fails_and_leaves_nothing() -> None:
+    hungry = r"""
+    export function validate(input) { return { valid: true }; }
+    export function resolve() { return "Accepted"; }
+    export function apply(proposal) {
+      ccf.kv["public:app.greetings"].set(ccf.strToBuf("greeting"), ccf.strToBuf("partial"));
+      const hog = [];
+      while (true) hog.push(new Array(1000000).fill(1));
+    }"""
+    gov = Gov(hungry)
+    with pytest.raises(ConstitutionFailure, match="Failed to apply\\(\\): .*out of memory"):
+        gov.propose(gov.members[0], {"actions": []})
+    assert gov.greeting() is None and gov.store.read_tx().keys(PROPOSALS) == []
