@@ -105,6 +105,14 @@ function updateServiceConfig(changes) {
   setJson("public:ccf.gov.service.config", getSingletonKvKey(), Object.assign(getServiceConfig(), changes));
 }
 
+function getActiveMemberCount() {
+  let count = 0;
+  ccf.kv["public:ccf.gov.members.info"].forEach((v) => {
+    if (ccf.bufToJsonCompatible(v).status === "Active") count++;
+  });
+  return count;
+}
+
 function getActiveRecoveryMembersCount() {
   let count = 0;
   ccf.kv["public:ccf.gov.members.encryption_public_keys"].forEach((_, k) => {

@@ -1,12 +1,4 @@
 // Veto: any vote against rejects; otherwise accepted once a majority of active members voted for it.
-function getActiveMemberCount() {
-  let count = 0;
-  ccf.kv["public:ccf.gov.members.info"].forEach((v) => {
-    if (ccf.bufToJsonCompatible(v).status === "Active") count++;
-  });
-  return count;
-}
-
 export function resolve(proposal, proposerId, votes, proposalId) {
   if (votes.some((v) => v.vote !== true)) return "Rejected";
   return votes.length > Math.floor(getActiveMemberCount() / 2) ? "Accepted" : "Open";
