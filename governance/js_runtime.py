@@ -15,8 +15,10 @@ the caller to apply to its transaction (nothing is written if the call fails).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -96,6 +98,8 @@ def module_with_exports(source: str) -> str:
 
 
 def _map_snapshot(tx: Tx, name: str) -> dict[str, str]:
+    if not name.startswith("public:"):  # the prelude refuses private maps before asking; never hand one over
+        raise JSCallFailed(f"{name} is inaccessible to governance code")
     return {k.hex(): v.hex() for k, v in tx.items(name)}
 
 
@@ -121,19 +125,25 @@ def call_export(
     limits = (limits or JSLimits()).at_least_defaults()
     module = module_with_exports(source)
     loaded: dict[str, dict[str, str]] = {}
-    call = f"JSON.stringify(__call(__exports, {json.dumps(function)}, {json.dumps(args)}))"
+    arguments = json.dumps(args)
+    call = f"JSON.stringify(__call(__exports, {json.dumps(function)}, {arguments}))"
+    # Math.random's seed: a function of the call, so every re-run (and every node) draws the same numbers.
+    seed = int.from_bytes(hashlib.sha256(f"{function}:{arguments}".encode()).digest()[:4], "big") or 1
+    # One time budget for the whole call: module evaluation, the function, and every re-run share it.
+    deadline = time.monotonic() + limits.max_execution_time_ms / 1000
     for _ in range(_MAX_RELOADS):
         ctx = quickjs.Context()
         ctx.set_memory_limit(limits.max_heap_bytes)
         ctx.set_max_stack_size(limits.max_stack_bytes)
         ctx.eval(_PRELUDE)
         ctx.eval(f"__kv.maps = {json.dumps(loaded)}; __kv.writable = {json.dumps(writable)}; "
-                 f"__host = {json.dumps(host or {})}; __answers = {json.dumps(answers)};")
-        ctx.set_time_limit(limits.max_execution_time_ms / 1000)
+                 f"__host = {json.dumps(host or {})}; __answers = {json.dumps(answers)}; __seed = {seed};")
         outcome: Any = None
         failure: JSCallFailed | None = None
         try:
+            _set_remaining(ctx, deadline)
             ctx.module(module)
+            _set_remaining(ctx, deadline)
             outcome = json.loads(ctx.eval(call))
         except quickjs.StackOverflow as e:
             failure = JSCallFailed(f"RangeError: {_first_line(e)}", str(e))
@@ -141,7 +151,11 @@ def call_export(
             text = str(e)
             reason = TIMEOUT_REASON if "interrupted" in text else _first_line(e)
             failure = JSCallFailed(reason, text)
+        except _OutOfTime:
+            failure = JSCallFailed(TIMEOUT_REASON)
         ctx.set_time_limit(-1)
+        if failure is not None and failure.reason == TIMEOUT_REASON:
+            raise failure  # out of budget: no re-run, whatever it asked for
         missing = json.loads(ctx.eval("JSON.stringify(__kv.missing)"))
         requests = json.loads(ctx.eval("JSON.stringify(__requests)"))
         if missing or requests:  # run again with what it asked for: the path so far may have depended on it
@@ -156,8 +170,19 @@ def call_export(
             raise JSCallFailed(outcome["error"], outcome["trace"])
         writes = _write_set(json.loads(ctx.eval("JSON.stringify(__kv.writes)")))
         effects = tuple(Effect(e["name"], e["args"]) for e in json.loads(ctx.eval("JSON.stringify(__effects)")))
-        return JSCallResult(outcome["result"], writes, effects)
+        return JSCallResult(outcome.get("result"), writes, effects)
     raise JSCallFailed(f"the code asked for more than {_MAX_RELOADS} maps and host calls")
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+def _set_remaining(ctx: Any, deadline: float) -> None:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _OutOfTime
+    ctx.set_time_limit(remaining)
 
 
 def _answer(calls: Mapping[str, HostCall], name: str, args: list[Any]) -> dict[str, Any]:

@@ -41,17 +41,40 @@ function __utf8Encode(s) {
   return new Uint8Array(out).buffer;
 }
 
+function __bytesOf(buf) {
+  if (buf instanceof ArrayBuffer) return new Uint8Array(buf);
+  if (ArrayBuffer.isView(buf)) return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+  throw new TypeError("Expected an ArrayBuffer");
+}
+
+// Strict UTF-8: invalid lead bytes, stray continuations and truncated sequences become one U+FFFD each (up to
+// the first byte that breaks them); a complete sequence that is overlong, a surrogate or out of range becomes
+// one U+FFFD. No byte sequence can decode to a character it does not properly encode.
 function __utf8Decode(buf) {
-  const b = new Uint8Array(buf);
+  const b = __bytesOf(buf);
   let s = "";
-  for (let i = 0; i < b.length; ) {
-    const c = b[i++];
-    let cp;
-    if (c < 0x80) cp = c;
-    else if (c < 0xe0) cp = ((c & 31) << 6) | (b[i++] & 63);
-    else if (c < 0xf0) cp = ((c & 15) << 12) | ((b[i++] & 63) << 6) | (b[i++] & 63);
-    else cp = ((c & 7) << 18) | ((b[i++] & 63) << 12) | ((b[i++] & 63) << 6) | (b[i++] & 63);
+  let i = 0;
+  while (i < b.length) {
+    const c = b[i];
+    if (c < 0x80) { s += String.fromCharCode(c); i++; continue; }
+    let need, cp, min;
+    if (c >= 0xc2 && c <= 0xdf) { need = 1; cp = c & 0x1f; min = 0x80; }
+    else if (c >= 0xe0 && c <= 0xef) { need = 2; cp = c & 0x0f; min = 0x800; }
+    else if (c >= 0xf0 && c <= 0xf4) { need = 3; cp = c & 0x07; min = 0x10000; }
+    else { s += "\ufffd"; i++; continue; }
+    let j = 1;
+    for (; j <= need; j++) {
+      const d = b[i + j];
+      if (d === undefined || (d & 0xc0) !== 0x80) break;
+      cp = (cp << 6) | (d & 0x3f);
+    }
+    if (j <= need || cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+      s += "\ufffd";
+      i += j <= need ? j : need + 1;
+      continue;
+    }
     s += String.fromCodePoint(cp);
+    i += need + 1;
   }
   return s;
 }
@@ -73,9 +96,24 @@ function __bufToHex(buf) {
   return h;
 }
 
+// CCF's permissions for governance code: private maps are inaccessible, internal maps read-only,
+// governance maps read-write in apply and read-only elsewhere, public application maps write-only in apply
+// and read-only elsewhere.
+function __access(name) {
+  if (!name.startsWith("public:")) return "none";
+  if (name.startsWith("public:ccf.internal.")) return "read";
+  if (name.startsWith("public:ccf.gov.")) return __kv.writable ? "readwrite" : "read";
+  return __kv.writable ? "write" : "read";
+}
+
 class __KVMap {
-  constructor(name) { this.name = name; }
+  constructor(name) { this.name = name; this.access = __access(name); }
+  __readable() { return this.access === "read" || this.access === "readwrite"; }
   __base() {
+    if (!this.__readable()) {
+      throw new Error(`Cannot read from ${this.name}: this table is ${this.access === "none" ? "inaccessible" :
+        "write-only"} in the current (governance) execution context`);
+    }
     const m = __kv.maps[this.name];
     if (m === undefined) {
       if (!__kv.missing.includes(this.name)) __kv.missing.push(this.name);
@@ -91,8 +129,10 @@ class __KVMap {
     return Object.prototype.hasOwnProperty.call(base, kh) ? base[kh] : null;
   }
   __write(kh, vh) {
-    if (!__kv.writable) {
-      const e = new Error(`Cannot write to map ${this.name}: this context is read-only`);
+    if (this.access !== "write" && this.access !== "readwrite") {
+      const why = this.access === "none" ? "inaccessible" : "read-only";
+      const e = new Error(`Cannot write to map ${this.name}: this table is ${why} in the current (governance) ` +
+        "execution context");
       __kv.failedWrite = e.message;
       throw e;
     }
@@ -108,7 +148,12 @@ class __KVMap {
   get(key) { const v = this.__get(__bufToHex(key)); return v === null ? undefined : __hexToBuf(v); }
   has(key) { return this.__get(__bufToHex(key)) !== null; }
   set(key, value) { this.__write(__bufToHex(key), __bufToHex(value)); return this; }
-  delete(key) { const kh = __bufToHex(key); const had = this.__get(kh) !== null; this.__write(kh, null); return had; }
+  delete(key) {
+    const kh = __bufToHex(key);
+    const had = this.__readable() ? this.__get(kh) !== null : undefined;
+    this.__write(kh, null);
+    return had;
+  }
   clear() { for (const k of this.__keys()) this.__write(k, null); }
   forEach(callback) { for (const k of this.__keys()) callback(__hexToBuf(this.__get(k)), __hexToBuf(k), this); }
   get size() { return this.__keys().length; }
@@ -156,6 +201,9 @@ globalThis.ccf = {
     verifySignature: (algorithm, key, signature, data) =>
       __hostCall("verifySignature", [algorithm, String(key), __bufToHex(signature), __bufToHex(data)]) === true,
   },
+  setJwtPublicSigningKeys: (issuer, metadata, jwks) => __setJwtKeys(issuer, jwks),
+  removeJwtPublicSigningKeys: (issuer) => __removeJwtKeys(issuer),
+  refreshAppBytecodeCache: () => __effect("refresh_app_bytecode_cache", {}),
   pemToId: (pem) => {
     const id = __hostCall("pemToId", [String(pem)]);
     return id === null ? "" : id;
@@ -172,18 +220,64 @@ function __hostValue(name) {
   return __host[name];
 }
 
-// Deterministic execution: every node must reach the same result.
-Date.now = () => 0;
-Math.random = () => { throw new Error("Math.random is not available in governance code"); };
+// Deterministic execution: a call is re-run when it asks for maps or host answers, and every run must take
+// the same path. Time is the epoch (as CCF's governance sees it with untrusted time off), Math.random is a
+// PRNG seeded by the host from the call itself, and console output is kept, not printed.
+const __RealDate = Date;
+function __FixedDate(...args) {
+  if (new.target === undefined) return new __RealDate(0).toString();
+  return args.length === 0 ? new __RealDate(0) : new __RealDate(...args);
+}
+__FixedDate.prototype = __RealDate.prototype;
+__FixedDate.now = () => 0;
+__FixedDate.UTC = __RealDate.UTC;
+__FixedDate.parse = __RealDate.parse;
+globalThis.Date = __FixedDate;
+delete globalThis.performance;
+let __seed = 0x9e3779b9;
+Math.random = () => {
+  __seed ^= __seed << 13; __seed >>>= 0;
+  __seed ^= __seed >>> 17;
+  __seed ^= __seed << 5; __seed >>>= 0;
+  return __seed / 4294967296;
+};
+const __logs = [];
+globalThis.console = Object.fromEntries(["log", "info", "warn", "error", "debug"].map((level) =>
+  [level, (...parts) => { if (__logs.length < 100) __logs.push(`${level}: ${parts.map(String).join(" ")}`); }]));
 
 globalThis.__call = function (exports, name, args) {
   const f = exports[name];
   if (typeof f !== "function") return { ok: false, error: `the module exports no function ${name}`, trace: null };
   try {
     const result = f(...args);
-    return { ok: true, result: result === undefined ? null : result };
+    const kind = typeof result;
+    return { ok: true, result: result === undefined || kind === "function" || kind === "symbol" ? null : result };
   } catch (e) {
     const message = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
     return { ok: false, error: message, trace: (e && e.stack) || null };
   }
 };
+
+// JWT signing keys, by kid: [{issuer, jwk}] (ccf.setJwtPublicSigningKeys / removeJwtPublicSigningKeys).
+const __JWT_KEYS = "public:ccf.gov.jwt.public_signing_keys_metadata_v2";
+
+function __removeJwtKeys(issuer) {
+  const map = ccf.kv[__JWT_KEYS];
+  const updates = [];
+  map.forEach((v, k) => updates.push([k, ccf.bufToJsonCompatible(v).filter((entry) => entry.issuer !== issuer)]));
+  for (const [k, kept] of updates) {
+    if (kept.length === 0) map.delete(k);
+    else map.set(k, ccf.jsonCompatibleToBuf(kept));
+  }
+}
+
+function __setJwtKeys(issuer, jwks) {
+  __removeJwtKeys(issuer);
+  const map = ccf.kv[__JWT_KEYS];
+  for (const jwk of jwks.keys) {
+    const key = ccf.strToBuf(jwk.kid);
+    const current = map.has(key) ? ccf.bufToJsonCompatible(map.get(key)) : [];
+    current.push({ issuer, jwk });
+    map.set(key, ccf.jsonCompatibleToBuf(current));
+  }
+}

@@ -68,15 +68,15 @@ def test_writes_are_seen_by_later_reads_and_returned_as_a_write_set() -> None:
       ccf.kv["{USERS}"].set(ccf.strToBuf("u1"), ccf.jsonCompatibleToBuf({{user_data: {{"n": 1}}}}));
       const after = [];
       members.forEach((v, k) => after.push(ccf.bufToStr(k)));
-      ccf.kv["public:scratch"].set(ccf.strToBuf("x"), ccf.strToBuf("1"));
-      ccf.kv["public:scratch"].clear();
+      ccf.kv["public:ccf.gov.scratch"].set(ccf.strToBuf("x"), ccf.strToBuf("1"));
+      ccf.kv["public:ccf.gov.scratch"].clear();
       return {{ after, user: ccf.bufToJsonCompatible(ccf.kv["{USERS}"].get(ccf.strToBuf("u1"))) }};
     }}"""
     tx = store.begin()
     result = call_export(source, "change", [], tx, writable=True)
     assert result.value == {"after": ["m2"], "user": {"user_data": {"n": 1}}}
     assert result.writes == {MEMBERS: {b"m1": None}, USERS: {b"u1": b'{"user_data":{"n":1}}'},
-                             "public:scratch": {b"x": None}}
+                             "public:ccf.gov.scratch": {b"x": None}}
     apply_writes(tx, result.writes)
     store.commit(tx)
     assert store.read_tx().get(MEMBERS, "m1") is None
@@ -121,8 +121,8 @@ def test_limits_are_never_below_ccfs_defaults() -> None:
 def test_execution_is_deterministic() -> None:
     tx = Store().read_tx()
     assert call_export("export function f() { return Date.now(); }", "f", [], tx).value == 0
-    with pytest.raises(JSCallFailed, match="Math.random"):
-        call_export("export function f() { return Math.random(); }", "f", [], tx)
+    draws = call_export("export function f() { return [Math.random(), Math.random()]; }", "f", [], tx).value
+    assert draws == call_export("export function f() { return [Math.random(), Math.random()]; }", "f", [], tx).value
 
 
 def test_a_path_that_depends_on_a_map_read_late_sees_consistent_state() -> None:
@@ -148,3 +148,81 @@ def test_strings_round_trip_through_utf8_buffers(text: str) -> None:
         return
     value = call_export(source, "f", [text], Store().read_tx()).value
     assert value == [text, len(encoded)]
+
+
+def test_map_permissions_follow_ccf() -> None:
+    """Private maps are inaccessible, internal ones read-only, application ones write-only in apply."""
+    store = Store()
+    tx = store.begin()
+    tx.put("app.secrets", "password", b"hunter2")
+    tx.put("public:app.data", "k", b"v")
+    tx.put("public:ccf.internal.signatures", "k", b"sig")
+    store.commit(tx)
+    read = "export function f(name) { const v = ccf.kv[name].get(ccf.strToBuf('%s')); return v && ccf.bufToStr(v); }"
+    write = "export function f(name) { ccf.kv[name].set(ccf.strToBuf('k'), ccf.strToBuf('x')); }"
+    ro, rw = store.read_tx(), store.begin()
+    with pytest.raises(JSCallFailed, match="inaccessible"):
+        call_export(read % "password", "f", ["app.secrets"], ro)
+    with pytest.raises(JSCallFailed, match="inaccessible"):
+        call_export(write, "f", ["app.secrets"], rw, writable=True)
+    assert call_export(read % "k", "f", ["public:ccf.internal.signatures"], rw, writable=True).value == "sig"
+    with pytest.raises(JSCallFailed, match="read-only"):
+        call_export(write, "f", ["public:ccf.internal.signatures"], rw, writable=True)
+    assert call_export(read % "k", "f", ["public:app.data"], ro).value == "v"
+    with pytest.raises(JSCallFailed, match="write-only"):
+        call_export(read % "k", "f", ["public:app.data"], rw, writable=True)
+    assert call_export(write, "f", ["public:app.data"], rw, writable=True).writes == {"public:app.data": {b"k": b"x"}}
+
+
+def test_time_randomness_and_console_are_deterministic() -> None:
+    tx = Store().read_tx()
+    source = """export function f() {
+      return [Date.now(), new Date().getTime(), Date().length > 0, typeof performance, Math.random(), Math.random(),
+              (console.log("hello"), "logged")];
+    }"""
+    first = call_export(source, "f", [], tx).value
+    assert first[:4] == [0, 0, True, "undefined"] and first[6] == "logged"
+    assert call_export(source, "f", [], tx).value == first  # the same draws every time
+    assert 0 <= first[4] < 1 and first[4] != first[5]
+    assert call_export("export function f() { return new Date(86400000).getTime(); }", "f", [], tx).value == 86400000
+
+
+def test_results_that_are_not_json_become_null() -> None:
+    tx = Store().read_tx()
+    assert call_export("export function f() { return () => 1; }", "f", [], tx).value is None
+    assert call_export("export function f() { return Symbol('s'); }", "f", [], tx).value is None
+
+
+def test_utf8_decoding_is_strict() -> None:
+    source = """export function f(hex) {
+      const b = new Uint8Array(hex.match(/../g).map((x) => parseInt(x, 16)));
+      return ccf.bufToStr(b.buffer);
+    }"""
+    tx = Store().read_tx()
+    assert call_export(source, "f", ["c0af"], tx).value == "\ufffd\ufffd"  # overlong '/' is not '/'
+    assert call_export(source, "f", ["8041"], tx).value == "\ufffdA"  # a stray continuation keeps the 'A'
+    assert call_export(source, "f", ["c3"], tx).value == "\ufffd"  # truncated
+    assert call_export(source, "f", ["eda080"], tx).value == "\ufffd"  # an encoded surrogate
+    assert call_export(source, "f", ["f09f9880"], tx).value == "\U0001F600"
+    with pytest.raises(JSCallFailed, match="Expected an ArrayBuffer"):
+        call_export('export function f() { return ccf.bufToStr("not a buffer"); }', "f", [], tx)
+
+
+def test_one_time_budget_covers_module_evaluation_the_call_and_every_rerun() -> None:
+    tx = Store().read_tx()
+    slow_module = """
+    const until = (ms) => { const end = __RealDate.now() + ms; while (__RealDate.now() < end) {} };
+    until(3000);
+    export function f() { until(3000); return "done"; }"""
+    start = time.monotonic()
+    with pytest.raises(JSCallFailed, match="too long"):
+        call_export(slow_module, "f", [], tx)
+    assert time.monotonic() - start < 8
+    rerunning = """export function f() {
+      ccf.pemToId("-----BEGIN CERTIFICATE-----x-----END CERTIFICATE-----" + ccf.kv["public:ccf.gov.x"].size);
+      while (true) {}
+    }"""
+    start = time.monotonic()
+    with pytest.raises(JSCallFailed, match="too long"):
+        call_export(rerunning, "f", [], tx)
+    assert time.monotonic() - start < 8

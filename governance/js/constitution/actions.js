@@ -460,7 +460,7 @@ const actions = new Map([
       const metadata = { auto_refresh: args.auto_refresh === true };
       if (args.ca_cert_bundle_name !== undefined) metadata.ca_cert_bundle_name = args.ca_cert_bundle_name;
       setJson("public:ccf.gov.jwt.issuers", args.issuer, metadata);
-      if (args.jwks !== undefined) setJwtKeys(args.issuer, args.jwks);
+      if (args.jwks !== undefined) ccf.setJwtPublicSigningKeys(args.issuer, metadata, args.jwks);
     })],
   ["set_jwt_public_signing_keys", new Action(
     function (args) {
@@ -471,13 +471,13 @@ const actions = new Map([
       if (!ccf.kv["public:ccf.gov.jwt.issuers"].has(ccf.strToBuf(args.issuer))) {
         throw new Error(`${args.issuer} is not a registered JWT issuer`);
       }
-      setJwtKeys(args.issuer, args.jwks);
+      ccf.setJwtPublicSigningKeys(args.issuer, {}, args.jwks);
     })],
   ["remove_jwt_issuer", new Action(
     function (args) { checkType(args.issuer, "string", "issuer"); },
     function (args) {
       ccf.kv["public:ccf.gov.jwt.issuers"].delete(ccf.strToBuf(args.issuer));
-      removeJwtKeys(args.issuer);
+      ccf.removeJwtPublicSigningKeys(args.issuer);
     })],
   ["add_virtual_measurement", new Action(
     function (args) { checkType(args.measurement, "string", "measurement"); },
@@ -510,24 +510,3 @@ const actions = new Map([
     },
     function (args) {})],
 ]);
-
-const JWT_KEYS = "public:ccf.gov.jwt.public_signing_keys_metadata_v2";
-
-function removeJwtKeys(issuer) {
-  const map = ccf.kv[JWT_KEYS];
-  const updates = [];
-  map.forEach((v, k) => updates.push([k, ccf.bufToJsonCompatible(v).filter((entry) => entry.issuer !== issuer)]));
-  for (const [k, kept] of updates) {
-    if (kept.length === 0) map.delete(k);
-    else map.set(k, ccf.jsonCompatibleToBuf(kept));
-  }
-}
-
-function setJwtKeys(issuer, jwks) {
-  removeJwtKeys(issuer);
-  for (const jwk of jwks.keys) {
-    const current = getJson(JWT_KEYS, jwk.kid) || [];
-    current.push({ issuer, jwk });
-    setJson(JWT_KEYS, jwk.kid, current);
-  }
-}
