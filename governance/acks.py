@@ -36,7 +36,9 @@ def update_state_digest(tx: Tx, request: SignedRequest, member_id: str, current_
     """Record the digest of the current state for the member to sign in its ack."""
     _check_member(request, member_id)
     record = tx.get_json(MEMBERS_ACKS, member_id)
-    record = dict(record) if isinstance(record, dict) else {}
+    if not isinstance(record, dict):
+        raise NotFound(f"No ACK record exists for member {member_id}.")
+    record = dict(record)
     record["state_digest"] = current_root.hex()
     tx.put_json(MEMBERS_ACKS, member_id, record)
     record_request(tx, request)
@@ -57,11 +59,16 @@ def ack(tx: Tx, request: SignedRequest, member_id: str) -> tuple[Effect, ...]:
     info = tx.get_json(MEMBERS_INFO, member_id)
     if not isinstance(info, dict):
         raise NotFound(f"Member {member_id} does not exist.")
-    record_request(tx, request)
     if info.get("status") == "Active":
+        record_request(tx, request)
         return ()
-    tx.put_json(MEMBERS_INFO, member_id, {**info, "status": "Active"})
     service = tx.get_json(SERVICE_INFO, SINGLETON_KEY)
+    recovering = isinstance(service, dict) and service.get("status") in ("Recovering", "WaitingForRecoveryShares")
+    if recovering and tx.has(MEMBERS_ENCRYPTION_KEYS, member_id):
+        raise InvalidRequest(f"Member {member_id} cannot be activated while the service is recovering: an inactive "
+                             "recovery member's share would be missing from the recovery in progress")
+    record_request(tx, request)
+    tx.put_json(MEMBERS_INFO, member_id, {**info, "status": "Active"})
     if tx.has(MEMBERS_ENCRYPTION_KEYS, member_id) and isinstance(service, dict) and service.get("status") == "Open":
         return (Effect("trigger_recovery_shares_refresh", {}),)
     return ()

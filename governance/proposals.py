@@ -172,15 +172,31 @@ def constitution(tx: Tx) -> str:
     return source
 
 
+# What js_runtime_options may raise the limits to: far above any sane governance code, far below what
+# would overflow QuickJS or remove the time limit (a bad value must not stop governance for good).
+_MAX_HEAP_BYTES = 1 << 31
+_MAX_STACK_BYTES = 64 << 20
+_MAX_EXECUTION_TIME_MS = 10 * 60 * 1000
+
+
 def js_limits(tx: Tx) -> JSLimits:
+    """The limits for governance code: `public:ccf.gov.js_runtime_options`, bounded, never below CCF's
+    defaults; anything that is not a positive integer falls back to the default."""
     options = tx.get_json(JS_RUNTIME_OPTIONS, SINGLETON_KEY)
-    if not isinstance(options, dict):
-        return JSLimits()
     defaults = JSLimits()
+    if not isinstance(options, dict):
+        return defaults
+
+    def bounded(name: str, default: int, cap: int) -> int:
+        value = options.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            return default
+        return min(value, cap)
+
     return JSLimits(
-        int(options.get("max_heap_bytes", defaults.max_heap_bytes)),
-        int(options.get("max_stack_bytes", defaults.max_stack_bytes)),
-        int(options.get("max_execution_time_ms", defaults.max_execution_time_ms)),
+        bounded("max_heap_bytes", defaults.max_heap_bytes, _MAX_HEAP_BYTES),
+        bounded("max_stack_bytes", defaults.max_stack_bytes, _MAX_STACK_BYTES),
+        bounded("max_execution_time_ms", defaults.max_execution_time_ms, _MAX_EXECUTION_TIME_MS),
     ).at_least_defaults()
 
 

@@ -41,9 +41,11 @@ def split(secret: bytes, threshold: int, count: int) -> list[bytes]:
 
 def combine(shares: list[bytes], secret_size: int) -> bytes:
     """The secret (of `secret_size` bytes) the shares interpolate to at x = 0."""
+    if not isinstance(secret_size, int) or not 1 <= secret_size <= 64:
+        raise SharingError("a secret is 1 to 64 bytes")
     points: dict[int, int] = {}
     for share in shares:
-        if len(share) != SHARE_SIZE or share[0] == 0:
+        if not isinstance(share, bytes | bytearray) or len(share) != SHARE_SIZE or share[0] == 0:
             raise SharingError(f"a share is {SHARE_SIZE} bytes starting with a non-zero index")
         if share[0] in points:
             raise SharingError(f"share {share[0]} given twice")

@@ -95,3 +95,24 @@ def test_a_recovery_member_activated_on_an_open_service_asks_for_shares_to_be_de
     effects = ack(tx, verify_request(tx, signed(member, "ack", orjson.dumps(shown)), MessageType.ACK,
                                      require_active=False), member.id)
     assert [e.name for e in effects] == ["trigger_recovery_shares_refresh"]
+
+
+def test_a_member_without_an_ack_record_cannot_update_it() -> None:
+    store, member = setup()
+    tx = store.begin()
+    tx.remove(MEMBERS_ACKS, member.id)
+    with pytest.raises(NotFound, match="No ACK record"):
+        update_state_digest(tx, verify_request(tx, signed(member, "state_digest"), MessageType.STATE_DIGEST,
+                                               require_active=False), member.id, ROOT)
+
+
+def test_an_inactive_recovery_member_cannot_be_activated_during_recovery() -> None:
+    from governance.errors import InvalidRequest
+
+    store, member = setup(service_status="Recovering", recovery=True)
+    tx = store.begin()
+    shown = update_state_digest(tx, verify_request(tx, signed(member, "state_digest"), MessageType.STATE_DIGEST,
+                                                   require_active=False), member.id, ROOT)
+    with pytest.raises(InvalidRequest, match="recovering"):
+        ack(tx, verify_request(tx, signed(member, "ack", orjson.dumps(shown)), MessageType.ACK,
+                               require_active=False), member.id)

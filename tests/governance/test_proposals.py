@@ -252,3 +252,20 @@ def test_an_apply_that_allocates_without_bound_fails_and_leaves_nothing() -> Non
     with pytest.raises(ConstitutionFailure, match="Failed to apply\\(\\): .*out of memory"):
         gov.propose(gov.members[0], {"actions": []})
     assert gov.greeting() is None and gov.store.read_tx().keys(PROPOSALS) == []
+
+
+def test_runtime_options_out_of_range_are_bounded_so_governance_keeps_working() -> None:
+    from governance.proposals import JS_RUNTIME_OPTIONS, js_limits
+    from ledger.tables import SINGLETON_KEY
+
+    gov = Gov()
+    tx = gov.store.begin()
+    # as JavaScript would write them: numbers beyond 64 bits, and nonsense
+    tx.put(JS_RUNTIME_OPTIONS, SINGLETON_KEY, b'{"max_heap_bytes": 100000000000000000000, '
+                                              b'"max_stack_bytes": 9223372036854775807, "max_execution_time_ms": "forever"}')
+    limits = js_limits(tx)
+    assert limits.max_heap_bytes == 100 * 1024 * 1024  # not an integer once parsed: the default
+    assert limits.max_stack_bytes == 64 << 20  # capped
+    assert limits.max_execution_time_ms == 5000
+    gov.store.commit(tx)
+    assert gov.propose(gov.members[0], greet("still works")).proposal["proposalState"] == "Open"

@@ -49,3 +49,14 @@ def test_bad_parameters_and_shares_are_refused() -> None:
         combine([shares[0][:-1], shares[1]], 32)
     with pytest.raises(SharingError):
         combine([], 32)
+
+
+@pytest.mark.unit
+def test_shares_of_the_wrong_type_and_bad_sizes_are_sharing_errors() -> None:
+    shares = split(b"y" * 32, 2, 2)
+    for bad in (["text"], [None], [shares[0], 7]):
+        with pytest.raises(SharingError):
+            combine(bad, 32)  # type: ignore[arg-type]
+    for size in (-1, 0, 65):
+        with pytest.raises(SharingError):
+            combine(shares, size)

@@ -417,9 +417,9 @@ const actions = new Map([
       checkType(args.max_heap_bytes, "integer", "max_heap_bytes");
       checkType(args.max_stack_bytes, "integer", "max_stack_bytes");
       checkType(args.max_execution_time_ms, "integer", "max_execution_time_ms");
-      checkBounds(args.max_heap_bytes, 1, null, "max_heap_bytes");
-      checkBounds(args.max_stack_bytes, 1, null, "max_stack_bytes");
-      checkBounds(args.max_execution_time_ms, 1, null, "max_execution_time_ms");
+      checkBounds(args.max_heap_bytes, 1, 2147483648, "max_heap_bytes");
+      checkBounds(args.max_stack_bytes, 1, 67108864, "max_stack_bytes");
+      checkBounds(args.max_execution_time_ms, 1, 600000, "max_execution_time_ms");
       checkType(args.log_exception_details, "boolean?", "log_exception_details");
       checkType(args.return_exception_details, "boolean?", "return_exception_details");
       checkType(args.max_cached_interpreters, "integer?", "max_cached_interpreters");
