@@ -261,8 +261,9 @@ def test_runtime_options_out_of_range_are_bounded_so_governance_keeps_working() 
     gov = Gov()
     tx = gov.store.begin()
     # as JavaScript would write them: numbers beyond 64 bits, and nonsense
-    tx.put(JS_RUNTIME_OPTIONS, SINGLETON_KEY, b'{"max_heap_bytes": 100000000000000000000, '
-                                              b'"max_stack_bytes": 9223372036854775807, "max_execution_time_ms": "forever"}')
+    tx.put(JS_RUNTIME_OPTIONS, SINGLETON_KEY,
+           b'{"max_heap_bytes": 100000000000000000000, "max_stack_bytes": 9223372036854775807, '
+           b'"max_execution_time_ms": "forever"}')
     limits = js_limits(tx)
     assert limits.max_heap_bytes == 100 * 1024 * 1024  # not an integer once parsed: the default
     assert limits.max_stack_bytes == 64 << 20  # capped
