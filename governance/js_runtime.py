@@ -82,18 +82,121 @@ def _prelude() -> str:
 _PRELUDE = _prelude()
 
 
+_IDENTIFIER = re.compile(r"^[A-Za-z_$][\w$]*$")
+_REGEX_AFTER = set("(,=:[!&|?{};+-*%<>~^") | {""}
+_REGEX_AFTER_WORDS = {"return", "typeof", "instanceof", "in", "of", "new", "delete", "void", "throw", "case", "do",
+                      "else", "yield", "await"}
+
+
+def code_only(source: str) -> str:
+    """The source with comments, string, template and regex literals blanked to spaces (newlines kept), so
+    that text inside them can never be mistaken for an `export` statement."""
+    out = list(source)
+    i, n = 0, len(source)
+    templates: list[int] = []  # brace depth at which each open template literal's `${` started
+    depth = 0
+    last = ""  # the last significant character or word outside literals, to tell a regex from a division
+
+    def blank(start: int, end: int) -> None:
+        for k in range(start, min(end, n)):
+            if out[k] != "\n":
+                out[k] = " "
+
+    def skip_template(j: int) -> int:
+        """From inside a template literal at j, to just past its end or its next `${`."""
+        while j < n:
+            c = source[j]
+            if c == "\\":
+                j += 2
+            elif c == "`":
+                return j + 1
+            elif c == "$" and source.startswith("${", j):
+                templates.append(depth)
+                return j + 2
+            else:
+                j += 1
+        return n
+
+    while i < n:
+        c = source[i]
+        if source.startswith("//", i):
+            end = source.find("\n", i)
+            end = n if end < 0 else end
+            blank(i, end)
+            i = end
+        elif source.startswith("/*", i):
+            end = source.find("*/", i + 2)
+            end = n if end < 0 else end + 2
+            blank(i, end)
+            i = end
+        elif c in "'\"":
+            j = i + 1
+            while j < n and source[j] != c and source[j] != "\n":
+                j += 2 if source[j] == "\\" else 1
+            blank(i, j + 1)
+            i = j + 1
+            last = "x"
+        elif c == "`":
+            end = skip_template(i + 1)
+            blank(i, end)
+            i = end
+            last = "x"
+        elif c == "}" and templates and templates[-1] == depth:
+            templates.pop()
+            end = skip_template(i + 1)
+            blank(i, end)
+            i = end
+            last = "x"
+        elif c == "/" and (last in _REGEX_AFTER or last in _REGEX_AFTER_WORDS):
+            j = i + 1
+            in_class = False
+            while j < n and source[j] != "\n":
+                if source[j] == "\\":
+                    j += 2
+                    continue
+                if source[j] == "[":
+                    in_class = True
+                elif source[j] == "]":
+                    in_class = False
+                elif source[j] == "/" and not in_class:
+                    break
+                j += 1
+            blank(i, j + 1)
+            i = j + 1
+            last = "x"
+        else:
+            if c == "{":
+                depth += 1
+            elif c == "}":
+                depth -= 1
+            if c.isalnum() or c in "_$":
+                j = i
+                while j < n and (source[j].isalnum() or source[j] in "_$"):
+                    j += 1
+                last = source[i:j]
+                i = j
+                continue
+            if not c.isspace():
+                last = c
+            i += 1
+    return "".join(out)
+
+
 def module_with_exports(source: str) -> str:
     """The module, plus a line publishing its exports on `globalThis.__exports` (QuickJS's
-    `Context.module` does not return them)."""
-    names: dict[str, str] = {name: name for name in _EXPORT.findall(source)}
-    for group in _EXPORT_LIST.findall(source):
+    `Context.module` does not return them). Exports are read from the code only (not comments or
+    literals); each published name must be an identifier, and is published only if it is a function."""
+    code = code_only(source)
+    names: dict[str, str] = {name: name for name in _EXPORT.findall(code)}
+    for group in _EXPORT_LIST.findall(code):
         for item in group.split(","):
             parts = item.strip().split()
-            if len(parts) == 1 and parts[0]:
+            if len(parts) == 1 and _IDENTIFIER.match(parts[0]):
                 names[parts[0]] = parts[0]
-            elif len(parts) == 3 and parts[1] == "as":
+            elif len(parts) == 3 and parts[1] == "as" and _IDENTIFIER.match(parts[0]) and _IDENTIFIER.match(parts[2]):
                 names[parts[2]] = parts[0]
-    table = ", ".join(f"{json.dumps(public)}: {local}" for public, local in names.items())
+    table = ", ".join(f'{json.dumps(public)}: (typeof {local} === "function" ? {local} : undefined)'
+                      for public, local in names.items())
     return f"{source}\nglobalThis.__exports = {{{table}}};\n"
 
 

@@ -226,3 +226,23 @@ def test_one_time_budget_covers_module_evaluation_the_call_and_every_rerun() -> 
     with pytest.raises(JSCallFailed, match="too long"):
         call_export(rerunning, "f", [], tx)
     assert time.monotonic() - start < 8
+
+
+def test_exports_are_read_from_code_only_not_comments_or_literals() -> None:
+    tx = Store().read_tx()
+    source = """
+    // export { alwaysTrue as vote }
+    /* export function vote() { return true; } */
+    const note = `export function vote() { return true; } ${"and"} more`;
+    const pattern = /export function vote/;
+    function alwaysTrue() { return true; }
+    export function vote() { return false; }
+    """
+    assert call_export(source, "vote", [], tx).value is False
+    injected = "function f() { return 1; }\nexport { f as g, (globalThis.pwned = true) as h };"
+    assert "pwned" not in module_with_exports(injected).splitlines()[-1]
+    with pytest.raises(JSCallFailed):
+        call_export(injected, "g", [], tx)  # the module itself is not valid JavaScript
+    template_module = "const t = `\\nexport function nope() {}\\n`;\nexport function f() { return t.length; }"
+    assert call_export(template_module, "f", [], tx).value == len("\nexport function nope() {}\n")
+    assert call_export("export const notAFunction = 3;\nexport function f() { return 1; }", "f", [], tx).value == 1
