@@ -88,6 +88,14 @@ def verify_signature(algorithm: dict[str, Any], key_pem: str, signature_hex: str
     return True
 
 
+def is_valid_rsa_public_key_pem(pem: str) -> bool:
+    """Whether `pem` is an RSA public key (what recovery members register to receive their shares)."""
+    try:
+        return isinstance(load_pem_public_key(pem.encode()), rsa.RSAPublicKey)
+    except (ValueError, UnsupportedAlgorithm):
+        return False
+
+
 def pem_to_id(pem: str) -> str:
     """Member/user id of a certificate: hex SHA-256 of its DER."""
     return _certs(pem)[0].fingerprint(hashes.SHA256()).hex()
@@ -98,5 +106,6 @@ DEFAULT_HOST_CALLS: dict[str, HostCall] = {
     "isValidX509CertBundle": is_valid_x509_cert_bundle,
     "isValidX509CertChain": is_valid_x509_cert_chain,
     "verifySignature": verify_signature,
+    "isValidRsaPublicKeyPem": is_valid_rsa_public_key_pem,
     "pemToId": pem_to_id,
 }

@@ -200,6 +200,21 @@ def js_limits(tx: Tx) -> JSLimits:
     ).at_least_defaults()
 
 
+def _js_string(value: Any) -> str:
+    """How JavaScript's String() shows a returned value (for CCF's resolve() error message)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "[object Object]"
+    if isinstance(value, list):
+        return ",".join(_js_string(v) for v in value)
+    return orjson.dumps(value).decode()
+
+
 def _failure(e: JSCallFailed) -> Failure:
     return Failure(e.reason, e.trace)
 
@@ -239,7 +254,7 @@ def _resolve(
                 raise ValueError(state)
         except (ValueError, TypeError):
             state = ProposalState.FAILED
-            failure = Failure(f'resolve() returned invalid status value: "{resolved.value}"')
+            failure = Failure(f'resolve() returned invalid status value: "{_js_string(resolved.value)}"')
     except JSCallFailed as e:
         state = ProposalState.FAILED
         failure = Failure(f"Failed to resolve(): {e.reason}", e.trace)
@@ -293,7 +308,7 @@ def create_proposal(tx: Tx, request: SignedRequest, root_at_read: bytes,
     if validation.value.get("valid") is not True:
         description = validation.value.get("description")
         raise ProposalFailedToValidate(
-            f"{pid}: {description}" if isinstance(description, str) else f"{pid}: invalid proposal")
+            f"Proposal failed to validate: {description if isinstance(description, str) else ''}".rstrip())
     record_request(tx, request)
     record_proposal_submission(tx, request.created_at, request.signature, pid)
     tx.put(PROPOSALS, pid, request.payload)
@@ -326,7 +341,8 @@ def submit_ballot(tx: Tx, request: SignedRequest, proposal_id: str, member_id: s
         if not isinstance(ballot_source, str):
             raise TypeError("ballot must be a string")
     except (orjson.JSONDecodeError, KeyError, TypeError) as e:
-        raise InvalidRequest(f'A ballot is {{"ballot": "<JavaScript module>"}}: {e}') from None
+        raise InvalidRequest('Signed request body is not a JSON object containing required string field "ballot"'
+                             ) from e
     existing = info.ballots.get(member_id)
     if existing is not None:
         if existing == ballot_source:
@@ -346,8 +362,8 @@ def withdraw_proposal(tx: Tx, request: SignedRequest, proposal_id: str) -> Outco
     if info is None:
         return None
     if info.proposer_id != request.member_id:
-        raise AuthorizationFailed(f"Proposal {proposal_id} can only be withdrawn by the proposing member, "
-                                  f"{info.proposer_id}.")
+        raise AuthorizationFailed(f"Proposal {proposal_id} can only be withdrawn by proposer {info.proposer_id}, "
+                                  f"not caller {request.member_id}.")
     if info.state is ProposalState.WITHDRAWN:
         return Outcome(proposal_id, info.to_api(proposal_id))
     if info.state is not ProposalState.OPEN:

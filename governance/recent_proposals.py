@@ -34,7 +34,7 @@ def window_size(tx: Tx) -> int:
 def record_proposal_submission(tx: Tx, created_at: int, cose_signature: bytes, new_proposal_id: str) -> None:
     """Refuse a replayed or too-old proposal, else remember it (dropping the oldest beyond the window)."""
     if created_at > MAX_CREATED_AT:
-        raise InvalidCreatedAt(f"created_at {created_at} is greater than {MAX_CREATED_AT}")
+        raise InvalidCreatedAt("Header parameter created_at value is too large")
     key = f"{created_at:010d}:{hashlib.sha256(cose_signature).hexdigest()}"
     existing = tx.get_str(COSE_RECENT_PROPOSALS, key)
     if existing is not None:

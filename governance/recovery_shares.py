@@ -13,7 +13,7 @@ import base64
 import os
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -41,7 +41,10 @@ def active_recovery_members(tx: Tx) -> dict[str, rsa.RSAPublicKey]:
             continue
         if info.get("recovery_role", "Participant") != "Participant":
             continue
-        public_key = serialization.load_pem_public_key(pem)
+        try:
+            public_key = serialization.load_pem_public_key(pem)
+        except (ValueError, UnsupportedAlgorithm):
+            raise RecoverySharesError(f"member {member_id}'s encryption key is not a PEM public key") from None
         if not isinstance(public_key, rsa.RSAPublicKey):
             raise RecoverySharesError(f"member {member_id}'s encryption key is not RSA")
         members[member_id] = public_key

@@ -196,6 +196,7 @@ globalThis.ccf = {
       return h === null ? new ArrayBuffer(32) : __hexToBuf(h);
     },
     isValidX509CertBundle: (pem) => __hostCall("isValidX509CertBundle", [String(pem)]) === true,
+    isValidRsaPublicKeyPem: (pem) => __hostCall("isValidRsaPublicKeyPem", [String(pem)]) === true,
     isValidX509CertChain: (chain, trusted) =>
       __hostCall("isValidX509CertChain", [String(chain), String(trusted)]) === true,
     verifySignature: (algorithm, key, signature, data) =>

@@ -244,6 +244,8 @@ def test_set_constitution_replaces_it_and_drops_open_proposals() -> None:
     ("set_jwt_public_signing_keys", {"issuer": "i", "jwks": {"keys": "none"}}, "jwks.keys must be an array"),
     ("remove_virtual_measurement", {"measurement": []}, "measurement must be of type string"),
     ("remove_virtual_host_data", {}, "host_data must be of type string"),
+    ("set_member", {"cert": SERVICE.pem, "encryption_pub_key": "not a key"},
+     "encryption_pub_key must be an RSA public key in PEM format"),
 ])
 def test_bad_arguments_are_refused_with_a_precise_message(name: str, args: dict[str, Any], message: str) -> None:
     gov = sandbox()
@@ -285,3 +287,30 @@ def test_the_default_constitution_is_what_it_says() -> None:
     source = default_constitution()
     assert "export function validate" in source and "export function resolve" in source
     assert "export function apply" in source and orjson.dumps(source)
+
+
+def test_re_proposing_a_member_without_a_key_makes_it_no_longer_a_recovery_member() -> None:
+    gov = sandbox()
+    newcomer = PartyIdentity.create("newcomer")
+    act(gov, "set_member", {"cert": newcomer.pem, "encryption_pub_key": RSA_PEM})
+    act(gov, "set_member", {"cert": newcomer.pem, "encryption_pub_key": None})
+    tx = state(gov)
+    assert tx.get(MEMBERS_ENCRYPTION_KEYS, newcomer.id) is None
+    assert "recovery_role" not in tx.get_json(MEMBERS_INFO, newcomer.id)
+
+
+def test_threshold_changes_are_checked_the_same_way_by_both_actions() -> None:
+    gov = sandbox(status="Open")
+    for name, args in (("set_recovery_threshold", {"recovery_threshold": 2}),
+                       ("set_service_configuration", {"recovery_threshold": 2})):
+        with pytest.raises(ConstitutionFailure, match="only 0 active recovery members"):
+            act(gov, name, args)
+
+
+def test_the_last_recovery_members_cannot_go_below_the_threshold_even_before_opening() -> None:
+    gov = sandbox(status="Opening")
+    tx = gov.store.begin()
+    tx.put(MEMBERS_ENCRYPTION_KEYS, gov.members[1].id, RSA_PEM.encode())
+    gov.store.commit(tx)
+    with pytest.raises(ConstitutionFailure, match="would be less than recovery threshold"):
+        act(gov, "remove_member", {"member_id": gov.members[1].id})

@@ -21,6 +21,7 @@ from governance.acks import ack, update_state_digest
 from governance.constitution import default_constitution
 from governance.errors import (
     AuthenticationFailed,
+    AuthorizationFailed,
     ConstitutionFailure,
     ProposalNotFound,
     ProposalNotOpen,
@@ -190,7 +191,7 @@ class Governance(RuleBasedStateMachine):
             with pytest.raises(AuthenticationFailed):
                 run()
         elif signer.member_id != proposer:
-            with pytest.raises(Exception, match="can only be withdrawn by the proposing member"):
+            with pytest.raises(AuthorizationFailed, match="can only be withdrawn by proposer"):
                 run()
         else:
             assert run().proposal["proposalState"] == "Withdrawn"

@@ -52,6 +52,22 @@ function checkX509CertBundle(value, field) {
   }
 }
 
+function checkRsaPublicKey(value, field) {
+  checkType(value, "string", field);
+  if (!ccf.crypto.isValidRsaPublicKeyPem(value)) throw new Error(`${field} must be an RSA public key in PEM format`);
+}
+
+function checkRecoveryThreshold(threshold) {
+  const service = getServiceInfo();
+  if (service !== undefined && service.status === "WaitingForRecoveryShares") {
+    throw new Error("Cannot set recovery threshold if service is WaitingForRecoveryShares");
+  }
+  if (service !== undefined && service.status === "Open" && threshold > getActiveRecoveryMembersCount()) {
+    throw new Error(`Cannot set recovery threshold to ${threshold}: only ` +
+      `${getActiveRecoveryMembersCount()} active recovery members`);
+  }
+}
+
 function checkUtcTime(value, field) {
   checkType(value, "string", field);
   if (!/^\d{12}Z$/.test(value)) throw new Error(`${field} must be an ASN.1 UTCTime (YYMMDDhhmmssZ)`);
@@ -176,11 +192,14 @@ const actions = new Map([
   ["set_member", new Action(
     function (args) {
       checkX509CertBundle(args.cert, "cert");
-      checkType(args.encryption_pub_key, "string?", "encryption_pub_key");
+      if (args.encryption_pub_key !== undefined && args.encryption_pub_key !== null) {
+        checkRsaPublicKey(args.encryption_pub_key, "encryption_pub_key");
+      }
       checkType(args.recovery_role, "string?", "recovery_role");
-      if (args.recovery_role !== undefined) {
+      if (args.recovery_role !== undefined && args.recovery_role !== null) {
         checkEnum(args.recovery_role, ["NonParticipant", "Participant", "Owner"], "recovery_role");
-        if (args.recovery_role !== "NonParticipant" && args.encryption_pub_key === undefined) {
+        if (args.recovery_role !== "NonParticipant" &&
+            (args.encryption_pub_key === undefined || args.encryption_pub_key === null)) {
           throw new Error("A recovery member needs an encryption_pub_key");
         }
       }
@@ -188,14 +207,17 @@ const actions = new Map([
     function (args) {
       const memberId = ccf.pemToId(args.cert);
       ccf.kv["public:ccf.gov.members.certs"].set(ccf.strToBuf(memberId), ccf.strToBuf(args.cert));
-      if (args.encryption_pub_key !== undefined && args.encryption_pub_key !== null) {
+      const hasKey = args.encryption_pub_key !== undefined && args.encryption_pub_key !== null;
+      if (hasKey) {
         ccf.kv["public:ccf.gov.members.encryption_public_keys"].set(ccf.strToBuf(memberId),
           ccf.strToBuf(args.encryption_pub_key));
+      } else {  // re-proposed without a key: it is no longer a recovery member
+        ccf.kv["public:ccf.gov.members.encryption_public_keys"].delete(ccf.strToBuf(memberId));
       }
       const info = { status: "Accepted" };
       if (args.member_data !== undefined) info.member_data = args.member_data;
-      if (args.recovery_role !== undefined) info.recovery_role = args.recovery_role;
-      else if (args.encryption_pub_key !== undefined) info.recovery_role = "Participant";
+      if (args.recovery_role !== undefined && args.recovery_role !== null) info.recovery_role = args.recovery_role;
+      else if (hasKey) info.recovery_role = "Participant";
       setJson("public:ccf.gov.members.info", memberId, info);
       setJson("public:ccf.gov.members.acks", memberId, { state_digest: currentSignatureRoot() });
     })],
@@ -208,9 +230,8 @@ const actions = new Map([
       const wasActiveRecovery = info.status === "Active" && isRecoveryMember(memberId) &&
         (info.recovery_role || "Participant") === "Participant";
       if (wasActiveRecovery) {
-        const service = getServiceInfo();
         const threshold = getServiceConfig().recovery_threshold || 1;
-        if (service !== undefined && service.status === "Open" && getActiveRecoveryMembersCount() - 1 < threshold) {
+        if (getActiveRecoveryMembersCount() - 1 < threshold) {
           throw new Error(`Number of active recovery members (${getActiveRecoveryMembersCount() - 1}) would be ` +
             `less than recovery threshold (${threshold})`);
         }
@@ -265,15 +286,8 @@ const actions = new Map([
       checkBounds(args.recovery_threshold, 1, 254, "recovery_threshold");
     },
     function (args) {
+      checkRecoveryThreshold(args.recovery_threshold);
       const service = getServiceInfo();
-      if (service !== undefined && service.status === "WaitingForRecoveryShares") {
-        throw new Error("Cannot set recovery threshold if service is WaitingForRecoveryShares");
-      }
-      if (service !== undefined && service.status === "Open" &&
-          args.recovery_threshold > getActiveRecoveryMembersCount()) {
-        throw new Error(`Cannot set recovery threshold to ${args.recovery_threshold}: only ` +
-          `${getActiveRecoveryMembersCount()} active recovery members`);
-      }
       if (getServiceConfig().recovery_threshold === args.recovery_threshold) return;
       updateServiceConfig({ recovery_threshold: args.recovery_threshold });
       if (service !== undefined && service.status === "Open") ccf.node.triggerRecoverySharesRefresh();
@@ -406,6 +420,7 @@ const actions = new Map([
       for (const key of Object.keys(args)) changes[key] = args[key];
       const thresholdChanged = args.recovery_threshold !== undefined &&
         args.recovery_threshold !== getServiceConfig().recovery_threshold;
+      if (args.recovery_threshold !== undefined) checkRecoveryThreshold(args.recovery_threshold);
       updateServiceConfig(changes);
       const service = getServiceInfo();
       if (thresholdChanged && service !== undefined && service.status === "Open") {
