@@ -206,6 +206,10 @@ def _map_snapshot(tx: Tx, name: str) -> dict[str, str]:
     return {k.hex(): v.hex() for k, v in tx.items(name)}
 
 
+def _map_versions(tx: Tx, name: str) -> dict[str, int]:
+    return {k.hex(): v for k, v in tx.committed_versions(name).items()}
+
+
 def call_export(
     source: str,
     function: str,
@@ -228,6 +232,7 @@ def call_export(
     limits = (limits or JSLimits()).at_least_defaults()
     module = module_with_exports(source)
     loaded: dict[str, dict[str, str]] = {}
+    versions: dict[str, dict[str, int]] = {}
     arguments = json.dumps(args)
     call = f"JSON.stringify(__call(__exports, {json.dumps(function)}, {arguments}))"
     # Math.random's seed: a function of the call, so every re-run (and every node) draws the same numbers.
@@ -239,7 +244,8 @@ def call_export(
         ctx.set_memory_limit(limits.max_heap_bytes)
         ctx.set_max_stack_size(limits.max_stack_bytes)
         ctx.eval(_PRELUDE)
-        ctx.eval(f"__kv.maps = {json.dumps(loaded)}; __kv.writable = {json.dumps(writable)}; "
+        ctx.eval(f"__kv.maps = {json.dumps(loaded)}; __kv.versions = {json.dumps(versions)}; "
+                 f"__kv.writable = {json.dumps(writable)}; "
                  f"__host = {json.dumps(host or {})}; __answers = {json.dumps(answers)}; __seed = {seed};")
         outcome: Any = None
         failure: JSCallFailed | None = None
@@ -264,6 +270,7 @@ def call_export(
         if missing or requests:  # run again with what it asked for: the path so far may have depended on it
             for name in missing:
                 loaded[name] = _map_snapshot(tx, name)
+                versions[name] = _map_versions(tx, name)
             for request in requests:
                 answers[request["key"]] = _answer(calls, request["name"], request["args"])
             continue

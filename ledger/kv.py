@@ -427,6 +427,21 @@ class Tx:
             if v is not None:
                 yield k, v
 
+    def committed_versions(self, map_name: str) -> dict[bytes, int]:
+        """For each live key of the map at the read version, the version that last wrote it (this
+        transaction's own writes are not versions yet)."""
+        self._map_reads.add(map_name)
+        self._store._check_readable(self.read_version)
+        ms = self._store._map(map_name)
+        if ms is None:
+            return {}
+        versions = {}
+        for k in ms.keys:
+            version, value = ms.value_at(k, self.read_version)
+            if value is not None:
+                versions[k] = version
+        return versions
+
     def keys(self, map_name: str) -> list[bytes]:
         return [k for k, _ in self.items(map_name)]
 

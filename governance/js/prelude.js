@@ -4,7 +4,7 @@
 // map loaded (execution is deterministic, so the second run takes the same path up to that point).
 "use strict";
 
-const __kv = { maps: {}, missing: [], writes: {}, writable: false, failedWrite: null };
+const __kv = { maps: {}, versions: {}, missing: [], writes: {}, writable: false, failedWrite: null };
 // Effects on the node (ccf.node.*) are recorded here and carried out by the node after the transaction
 // commits; __host holds the values the host provides (e.g. the latest ledger secret's seqno).
 const __effects = [];
@@ -157,7 +157,12 @@ class __KVMap {
   clear() { for (const k of this.__keys()) this.__write(k, null); }
   forEach(callback) { for (const k of this.__keys()) callback(__hexToBuf(this.__get(k)), __hexToBuf(k), this); }
   get size() { return this.__keys().length; }
-  getVersionOfPreviousWrite(key) { return undefined; }
+  getVersionOfPreviousWrite(key) {
+    this.__base();  // a read: access checks, and the map is loaded if it was not
+    const versions = __kv.versions[this.name] || {};
+    const v = versions[__bufToHex(key)];
+    return v === undefined ? undefined : v;
+  }
 }
 
 const __maps = {};

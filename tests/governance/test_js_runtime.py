@@ -246,3 +246,16 @@ def test_exports_are_read_from_code_only_not_comments_or_literals() -> None:
     template_module = "const t = `\\nexport function nope() {}\\n`;\nexport function f() { return t.length; }"
     assert call_export(template_module, "f", [], tx).value == len("\nexport function nope() {}\n")
     assert call_export("export const notAFunction = 3;\nexport function f() { return 1; }", "f", [], tx).value == 1
+
+
+def test_get_version_of_previous_write_names_the_committing_version() -> None:
+    store = store_with_members(m1="Active")  # version 1
+    tx = store.begin()
+    tx.put_json(MEMBERS, "m2", {"status": "Active"})
+    store.commit(tx)  # version 2
+    source = f"""export function f() {{
+      const m = ccf.kv["{MEMBERS}"];
+      return [m.getVersionOfPreviousWrite(ccf.strToBuf("m1")), m.getVersionOfPreviousWrite(ccf.strToBuf("m2")),
+              m.getVersionOfPreviousWrite(ccf.strToBuf("nobody")) === undefined];
+    }}"""
+    assert call_export(source, "f", [], store.read_tx()).value == [1, 2, True]
