@@ -1,0 +1,234 @@
+"""HTTP/1.1 server connections on asyncio, parsed with `httptools` (the node's frontends sit on this).
+
+Guarantees, per connection:
+- keep-alive, and pipelining with answers written in request order (requests are handled one at a time);
+- limits: headers beyond `max_header_bytes` get 431, a body beyond `max_body_bytes` gets 413, a request that
+  does not parse gets 400; each of these closes the connection after the answer;
+- an idle connection (no request in progress) is closed after `idle_timeout` seconds;
+- errors use CCF's body `{"error": {"code", "message"}}`;
+- with TLS, the client's certificate (if it sent one) is handed to the handler as DER bytes.
+
+Not here: routing, authentication and TLS configuration (the frontends and the node's TLS setup).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import httptools
+import orjson
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    target: str  # the request target as sent (path and query)
+    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+    body: bytes
+    peer_cert: bytes | None = None  # the client's TLS certificate (DER), if it presented one
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def json(cls, status: int, value: object, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+        return cls(status, orjson.dumps(value), (("content-type", "application/json"), *headers))
+
+    @classmethod
+    def error(cls, status: int, code: str, message: str) -> Response:
+        return cls.json(status, {"error": {"code": code, "message": message}})
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 1024 * 1024
+    idle_timeout: float = 60.0
+    max_pipelined: int = 64  # requests parsed ahead of their answers before reading pauses
+
+
+def _encode(response: Response, keep_alive: bool) -> bytes:
+    try:
+        reason = HTTPStatus(response.status).phrase
+    except ValueError:
+        reason = "Unknown"
+    lines = [f"HTTP/1.1 {response.status} {reason}"]
+    names = set()
+    for name, value in response.headers:
+        lines.append(f"{name}: {value}")
+        names.add(name.lower())
+    lines.append(f"content-length: {len(response.body)}")
+    if not keep_alive:
+        lines.append("connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body
+
+
+class _Reject(Exception):
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: parse, queue, answer in order."""
+
+    def __init__(self, handler: Handler, limits: HttpLimits) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.peer_cert: bytes | None = None
+        # requests with their keep-alive flag, in order; a Response is a final answer (then close)
+        self.queue: asyncio.Queue[tuple[Request, bool] | Response] = asyncio.Queue()
+        self.worker: asyncio.Task[None] | None = None
+        self.idle: asyncio.TimerHandle | None = None
+        self.closing = False
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.header_bytes = 0
+        self.body: list[bytes] = []
+        self.body_bytes = 0
+        self.last_field = b""
+
+    # --- asyncio.Protocol --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        ssl_object = transport.get_extra_info("ssl_object")
+        if isinstance(ssl_object, ssl.SSLObject):
+            self.peer_cert = ssl_object.getpeercert(binary_form=True)
+        self.worker = asyncio.get_running_loop().create_task(self._answer_in_order())
+        self._arm_idle_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        if self.idle is not None:
+            self.idle.cancel()
+        if self.worker is not None:
+            self.worker.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.idle is not None:
+            self.idle.cancel()
+            self.idle = None
+        try:
+            self.parser.feed_data(data)
+        except _Reject as e:
+            self._fail(e.response)
+        except httptools.HttpParserCallbackError as e:
+            # httptools wraps what a callback raised: a limit we enforce, or (never expected) a bug here
+            cause = e.__context__
+            self._fail(cause.response if isinstance(cause, _Reject) else
+                       Response.error(500, "InternalError", "Request parsing failed"))
+        except httptools.HttpParserUpgrade:
+            self._fail(Response.error(400, "InvalidInput", "Protocol upgrades are not supported"))
+        except httptools.HttpParserError as e:
+            self._fail(Response.error(400, "InvalidInput", f"Malformed HTTP request: {e}"))
+        if self.queue.qsize() >= self.limits.max_pipelined and self.transport is not None:
+            self.transport.pause_reading()
+
+    # --- httptools callbacks -----------------------------------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self._count_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value))
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+
+    def _count_header_bytes(self, n: int) -> None:
+        self.header_bytes += n
+        if self.header_bytes > self.limits.max_header_bytes:
+            raise _Reject(Response.error(431, "RequestHeaderTooLarge",
+                                         f"Request headers are larger than {self.limits.max_header_bytes} bytes"))
+
+    def on_headers_complete(self) -> None:
+        length = self.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
+            raise _Reject(Response.error(413, "RequestBodyTooLarge",
+                                         f"Request body is larger than {self.limits.max_body_bytes} bytes"))
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        if self.body_bytes > self.limits.max_body_bytes:
+            raise _Reject(Response.error(413, "RequestBodyTooLarge",
+                                         f"Request body is larger than {self.limits.max_body_bytes} bytes"))
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        method = self.parser.get_method().decode("ascii", "replace")
+        request = Request(method, self.url.decode("latin-1"), self.headers, b"".join(self.body), self.peer_cert)
+        self.queue.put_nowait((request, bool(self.parser.should_keep_alive())))
+        self._reset_message()
+
+    # --- answering ---------------------------------------------------------------------------------
+
+    async def _answer_in_order(self) -> None:
+        while True:
+            item = await self.queue.get()
+            if self.transport is None or self.transport.is_closing():
+                return
+            if isinstance(item, Response):
+                self.transport.write(_encode(item, keep_alive=False))
+                self.transport.close()
+                return
+            request, keep_alive = item
+            try:
+                response = await self.handler(request)
+            except Exception as e:  # the handler's bug must not kill the connection silently
+                response = Response.error(500, "InternalError", f"Unhandled error: {type(e).__name__}")
+            if self.transport.is_closing():
+                return
+            self.transport.write(_encode(response, keep_alive))
+            if not keep_alive:
+                self.transport.close()
+                return
+            if self.queue.qsize() < self.limits.max_pipelined:
+                self.transport.resume_reading()
+            if self.queue.empty():
+                self._arm_idle_timer()
+
+    def _fail(self, response: Response) -> None:
+        """Answer after the requests already queued (in order), then close."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.queue.put_nowait(response)
+
+    def _arm_idle_timer(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        self.idle = asyncio.get_running_loop().call_later(self.limits.idle_timeout, self._on_idle)
+
+    def _on_idle(self) -> None:
+        if self.transport is not None and self.queue.empty():
+            self.transport.close()
+
+
+async def serve(handler: Handler, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
+                limits: HttpLimits | None = None) -> asyncio.Server:
+    """Listen on host:port; `port` 0 picks a free port (see `server.sockets[0].getsockname()`)."""
+    chosen = limits or HttpLimits()
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: HttpConnection(handler, chosen), host, port, ssl=ssl_context)
+

@@ -1,0 +1,171 @@
+"""The HTTP/1.1 connection layer on real loopback sockets: keep-alive, pipelining order, limits, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, cert_pem, key_pem
+from network.http import HttpLimits, Request, Response, serve
+
+pytestmark = pytest.mark.unit
+
+
+async def echo(request: Request) -> Response:
+    if request.target.startswith("/slow"):
+        await asyncio.sleep(0.2)
+    if request.target == "/boom":
+        raise RuntimeError("handler bug")
+    return Response.json(200, {"method": request.method, "target": request.target, "body": request.body.decode(),
+                               "cert": request.peer_cert is not None})
+
+
+def run(scenario: Callable[[int], Awaitable[Any]], limits: HttpLimits | None = None,
+        ssl_context: ssl.SSLContext | None = None) -> Any:
+    async def main() -> Any:
+        server = await serve(echo, "127.0.0.1", 0, limits=limits, ssl_context=ssl_context)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await asyncio.wait_for(scenario(port), 10)
+        finally:
+            server.close()
+            await server.wait_closed()
+    return asyncio.run(main())
+
+
+async def read_responses(reader: asyncio.StreamReader, count: int) -> list[tuple[int, dict[str, str], bytes]]:
+    out = []
+    for _ in range(count):
+        status_line = await reader.readline()
+        status = int(status_line.split()[1])
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        out.append((status, headers, body))
+    return out
+
+
+def test_keep_alive_serves_several_requests_on_one_connection() -> None:
+    async def scenario(port: int) -> list[Any]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = await read_responses(reader, 1)
+        writer.write(b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        second = await read_responses(reader, 1)
+        writer.close()
+        return first + second
+
+    (s1, _, b1), (s2, _, b2) = run(scenario)
+    assert (s1, s2) == (200, 200)
+    assert b'"target":"/a"' in b1 and b'"body":"hello"' in b2
+
+
+def test_pipelined_requests_are_answered_in_order() -> None:
+    async def scenario(port: int) -> list[Any]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /slow1 HTTP/1.1\r\nHost: x\r\n\r\nGET /fast2 HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /fast3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        responses = await read_responses(reader, 3)
+        writer.close()
+        return responses
+
+    bodies = [body for _, _, body in run(scenario)]
+    assert [b'"/slow1"' in bodies[0], b'"/fast2"' in bodies[1], b'"/fast3"' in bodies[2]] == [True, True, True]
+
+
+@pytest.mark.parametrize(("raw", "status", "code"), [
+    (b"GET /x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n", 431, "RequestHeaderTooLarge"),
+    (b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n", 413, "RequestBodyTooLarge"),
+    (b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n" + b"b" * 4096 + b"\r\n0\r\n\r\n",
+     413, "RequestBodyTooLarge"),
+    (b"NOT HTTP AT ALL\r\n\r\n", 400, "InvalidInput"),
+])
+def test_limits_and_malformed_requests_get_ccf_errors_then_close(raw: bytes, status: int, code: str) -> None:
+    async def scenario(port: int) -> tuple[Any, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        response = await read_responses(reader, 1)
+        rest = await reader.read()  # the server closes the connection
+        writer.close()
+        return response[0], rest
+
+    (got, headers, body), rest = run(scenario, limits=HttpLimits(max_header_bytes=4096, max_body_bytes=1024))
+    assert got == status and headers.get("connection") == "close"
+    assert f'"code":"{code}"'.encode() in body
+    assert rest == b""
+
+
+def test_an_answer_before_a_bad_request_still_comes_first() -> None:
+    async def scenario(port: int) -> list[Any]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\r\n\r\n")
+        responses = await read_responses(reader, 2)
+        writer.close()
+        return responses
+
+    (s1, _, _), (s2, _, _) = run(scenario)
+    assert (s1, s2) == (200, 400)
+
+
+def test_handler_errors_are_500_with_ccf_body_and_the_connection_survives() -> None:
+    async def scenario(port: int) -> list[Any]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        responses = await read_responses(reader, 2)
+        writer.close()
+        return responses
+
+    (s1, _, b1), (s2, _, _) = run(scenario)
+    assert s1 == 500 and b'"code":"InternalError"' in b1 and s2 == 200
+
+
+def test_connection_close_and_idle_timeout_close_the_connection() -> None:
+    async def scenario(port: int) -> tuple[bytes, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await read_responses(reader, 1)
+        closed = await reader.read()
+        reader2, writer2 = await asyncio.open_connection("127.0.0.1", port)
+        idle = await asyncio.wait_for(reader2.read(), 5)  # nothing sent: closed by the idle timer
+        writer.close()
+        writer2.close()
+        return closed, idle
+
+    assert run(scenario, limits=HttpLimits(idle_timeout=0.3)) == (b"", b"")
+
+
+def test_tls_with_the_node_certificate_and_a_client_certificate(tmp_path: Path) -> None:
+    service = ServiceIdentity.create()
+    node = NodeIdentity.create().endorsed_by(service)
+    assert node.endorsed is not None
+    user = PartyIdentity.create("user")
+    for name, text in (("node.pem", cert_pem(node.endorsed)), ("node.key", key_pem(node.key)),
+                       ("service.pem", service.pem), ("user.pem", user.pem), ("user.key", key_pem(user.key))):
+        (tmp_path / name).write_text(text)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "node.pem", tmp_path / "node.key")
+    server_ctx.verify_mode = ssl.CERT_OPTIONAL
+    server_ctx.load_verify_locations(tmp_path / "user.pem")  # issue 4 replaces this with accept-any + 401 in HTTP
+
+    async def scenario(port: int) -> list[bytes]:
+        bodies = []
+        for with_cert in (False, True):
+            client_ctx = ssl.create_default_context(cafile=str(tmp_path / "service.pem"))
+            if with_cert:
+                client_ctx.load_cert_chain(tmp_path / "user.pem", tmp_path / "user.key")
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx,
+                                                           server_hostname="127.0.0.1")
+            writer.write(b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n")
+            bodies.append((await read_responses(reader, 1))[0][2])
+            writer.close()
+        return bodies
+
+    anonymous, with_cert = run(scenario, ssl_context=server_ctx)
+    assert b'"cert":false' in anonymous and b'"cert":true' in with_cert
