@@ -26,7 +26,7 @@ async def echo(request: Request) -> Response:
 
 
 def run(scenario: Callable[[int], Awaitable[Any]], limits: HttpLimits | None = None,
-        ssl_context: ssl.SSLContext | None = None) -> Any:
+        ssl_context: ssl.SSLContext | None = None, loop: str = "asyncio") -> Any:
     async def main() -> Any:
         server = await serve(echo, "127.0.0.1", 0, limits=limits, ssl_context=ssl_context)
         port = server.sockets[0].getsockname()[1]
@@ -35,6 +35,10 @@ def run(scenario: Callable[[int], Awaitable[Any]], limits: HttpLimits | None = N
         finally:
             server.close()
             await server.wait_closed()
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(main())
     return asyncio.run(main())
 
 
@@ -67,7 +71,8 @@ def test_keep_alive_serves_several_requests_on_one_connection() -> None:
     assert b'"target":"/a"' in b1 and b'"body":"hello"' in b2
 
 
-def test_pipelined_requests_are_answered_in_order() -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_pipelined_requests_are_answered_in_order(loop: str) -> None:
     async def scenario(port: int) -> list[Any]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /slow1 HTTP/1.1\r\nHost: x\r\n\r\nGET /fast2 HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -76,7 +81,7 @@ def test_pipelined_requests_are_answered_in_order() -> None:
         writer.close()
         return responses
 
-    bodies = [body for _, _, body in run(scenario)]
+    bodies = [body for _, _, body in run(scenario, loop=loop)]
     assert [b'"/slow1"' in bodies[0], b'"/fast2"' in bodies[1], b'"/fast3"' in bodies[2]] == [True, True, True]
 
 
@@ -169,3 +174,58 @@ def test_tls_with_the_node_certificate_and_a_client_certificate(tmp_path: Path) 
 
     anonymous, with_cert = run(scenario, ssl_context=server_ctx)
     assert b'"cert":false' in anonymous and b'"cert":true' in with_cert
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_any_client_certificate_is_accepted_at_the_tls_layer_and_reaches_the_handler(tmp_path: Path,
+                                                                                     loop: str) -> None:
+    """CCF's behaviour: a self-signed certificate nobody registered still completes the handshake, so the
+    frontend can answer 401 in HTTP; the handler sees exactly the certificate the client presented."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from network.tls import server_context
+
+    service = ServiceIdentity.create()
+    node = NodeIdentity.create().endorsed_by(service)
+    assert node.endorsed is not None
+    stranger = PartyIdentity.create("nobody registered me")
+    for name, text in (("node.pem", cert_pem(node.endorsed)), ("node.key", key_pem(node.key)),
+                       ("service.pem", service.pem), ("stranger.pem", stranger.pem),
+                       ("stranger.key", key_pem(stranger.key))):
+        (tmp_path / name).write_text(text)
+    seen: list[bytes | None] = []
+
+    async def whoami(request: Request) -> Response:
+        seen.append(request.peer_cert)
+        return Response(200, b"ok")
+
+    async def main() -> list[int]:
+        server = await serve(whoami, "127.0.0.1", 0,
+                             ssl_context=server_context(str(tmp_path / "node.pem"), str(tmp_path / "node.key")))
+        port = server.sockets[0].getsockname()[1]
+        statuses = []
+        try:
+            for with_cert in (True, False):
+                client_ctx = ssl.create_default_context(cafile=str(tmp_path / "service.pem"))
+                if with_cert:
+                    client_ctx.load_cert_chain(tmp_path / "stranger.pem", tmp_path / "stranger.key")
+                reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx,
+                                                               server_hostname="127.0.0.1")
+                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                statuses.append((await read_responses(reader, 1))[0][0])
+                writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+        return statuses
+
+    if loop == "uvloop":
+        import uvloop
+
+        assert uvloop.run(main()) == [200, 200]
+    else:
+        assert asyncio.run(main()) == [200, 200]
+    der = stranger.cert.public_bytes(serialization.Encoding.DER)
+    assert seen[0] == der and x509.load_der_x509_certificate(seen[0]) == stranger.cert
+    assert seen[1] is None
