@@ -53,7 +53,8 @@ class AuthenticationFailed(Exception):
 
 
 class AuthPolicy(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def authenticate(self, request: Request, tx: Tx) -> Caller: ...
 

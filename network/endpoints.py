@@ -1,0 +1,167 @@
+"""The endpoint framework application authors use: decorated Python handlers over one KV transaction.
+
+```
+app = Endpoints("/app")
+
+@app.endpoint("POST", "/log/private", mode=Mode.READWRITE, auth=(UserCert(),))
+def record(ctx: EndpointContext) -> object:
+    body = ctx.json()
+    ctx.tx.put_json("records", str(body["id"]), body["msg"])
+    return {"ok": True}
+```
+
+Guarantees: routes are method plus path template (`{name}` segments); an unknown path is 404
+`ResourceNotFound`, a known path with another method 405 `UnsupportedHttpVerb`; authentication runs the
+endpoint's policies (401 with CCF's details); a handler returns a `Response`, or any JSON value (200); a
+handler raising `EndpointError` gets that status and CCF error body; a bad JSON body is 400 `InvalidInput`;
+`dispatch` commits read-write transactions through the caller's `finish` and puts the transaction id in
+`x-ms-ccf-transaction-id`. `openapi()` describes the registrations.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import orjson
+
+from ledger.kv import Tx
+from network.auth import AuthenticationFailed, AuthPolicy, Caller, NoAuth, authenticate
+from network.http import Request, Response
+
+TXID_HEADER = "x-ms-ccf-transaction-id"
+
+
+class Mode(enum.Enum):
+    READONLY = "readonly"
+    READWRITE = "readwrite"
+    HISTORICAL = "historical"
+
+
+class EndpointError(Exception):
+    """Raised by handlers (or the framework) to answer with CCF's error body."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class EndpointContext:
+    request: Request
+    tx: Tx
+    caller: Caller
+    params: dict[str, str]
+    query: dict[str, list[str]]
+    claims_digest: bytes | None = None
+
+    def json(self) -> Any:
+        try:
+            return orjson.loads(self.request.body)
+        except orjson.JSONDecodeError as e:
+            raise EndpointError(400, "InvalidInput", f"Request body is not valid JSON: {e}") from None
+
+    def set_claims_digest(self, digest: bytes) -> None:
+        self.tx.set_claims_digest(digest)
+        self.claims_digest = digest
+
+
+HandlerFn = Callable[[EndpointContext], Any]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    template: str
+    handler: HandlerFn
+    mode: Mode
+    auth: tuple[AuthPolicy, ...]
+    pattern: re.Pattern[str] = field(compare=False)
+    summary: str = ""
+
+
+def _compile(template: str) -> re.Pattern[str]:
+    parts = []
+    for segment in template.strip("/").split("/"):
+        m = re.fullmatch(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", segment)
+        parts.append(f"(?P<{m.group(1)}>[^/]+)" if m else re.escape(segment))
+    return re.compile("^/" + "/".join(parts) + "$")
+
+
+class Endpoints:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix.rstrip("/")
+        self.registered: list[Endpoint] = []
+
+    def endpoint(self, method: str, template: str, *, mode: Mode = Mode.READONLY,
+                 auth: tuple[AuthPolicy, ...] = (NoAuth(),)) -> Callable[[HandlerFn], HandlerFn]:
+        if not auth:
+            raise ValueError("an endpoint needs at least one authentication policy (NoAuth() for anonymous)")
+
+        def register(fn: HandlerFn) -> HandlerFn:
+            full = self.prefix + "/" + template.strip("/")
+            if any(e.method == method.upper() and e.template == full for e in self.registered):
+                raise ValueError(f"{method} {full} is registered twice")
+            summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+            self.registered.append(Endpoint(method.upper(), full, fn, mode, auth, _compile(full), summary))
+            return fn
+
+        return register
+
+    def match(self, method: str, path: str) -> tuple[Endpoint, dict[str, str]]:
+        allowed = []
+        for endpoint in self.registered:
+            m = endpoint.pattern.match(path)
+            if m is None:
+                continue
+            if endpoint.method == method:
+                return endpoint, {k: unquote(v) for k, v in m.groupdict().items()}
+            allowed.append(endpoint.method)
+        if allowed:
+            raise EndpointError(405, "UnsupportedHttpVerb", f"Allowed methods for '{path}' are: {', '.join(allowed)}")
+        raise EndpointError(404, "ResourceNotFound", f"Unknown path: {path}.")
+
+    def dispatch(self, request: Request, begin: Callable[[Mode], Tx],
+                 finish: Callable[[Tx, Mode], str | None]) -> Response:
+        """Route, authenticate, run the handler on a transaction from `begin`, and let `finish` commit
+        it (returning the txid for the header). Errors become CCF error responses."""
+        url = urlsplit(request.target)
+        try:
+            endpoint, params = self.match(request.method, url.path)
+            tx = begin(endpoint.mode)
+            try:
+                caller = authenticate(endpoint.auth, request, tx)
+            except AuthenticationFailed as e:
+                body = {"error": {"code": e.code, "message": str(e), "details": e.details()}}
+                return Response(401, orjson.dumps(body), (("content-type", "application/json"),
+                                                          ("www-authenticate", 'Bearer realm="ccf"')))
+            ctx = EndpointContext(request, tx, caller, params, parse_qs(url.query))
+            result = endpoint.handler(ctx)
+            response = result if isinstance(result, Response) else Response.json(200, result)
+            txid = finish(tx, endpoint.mode) if response.status < 400 else None
+            if txid is not None:
+                response = Response(response.status, response.body, (*response.headers, (TXID_HEADER, txid)))
+            return response
+        except EndpointError as e:
+            return Response.error(e.status, e.code, e.message)
+
+    def openapi(self, title: str, version: str = "1.0.0") -> dict[str, Any]:
+        """An OpenAPI 3.0 document of the registered endpoints."""
+        paths: dict[str, dict[str, Any]] = {}
+        for e in self.registered:
+            params = re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", e.template)
+            paths.setdefault(e.template, {})[e.method.lower()] = {
+                "summary": e.summary,
+                "x-ccf-mode": e.mode.value,
+                "x-ccf-auth": [p.name for p in e.auth],
+                "parameters": [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                               for p in params],
+                "responses": {"200": {"description": "Default response"}},
+            }
+        return {"openapi": "3.0.0", "info": {"title": title, "version": version}, "paths": paths}
