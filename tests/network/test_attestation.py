@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import ledger
 from ledger.identity import NodeIdentity
 from ledger.kv import Store
 from ledger.tables import VIRTUAL_HOST_DATA, VIRTUAL_MEASUREMENTS, dump_json
@@ -21,7 +22,7 @@ def test_the_measurement_is_deterministic_and_changes_with_any_code_file(tmp_pat
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     assert code_measurement() == code_measurement()
     copy = tmp_path / "ledger"
-    shutil.copytree(Path(__import__("ledger").__file__).parent, copy,
+    shutil.copytree(Path(ledger.__file__).parent, copy,
                     ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in [m for m in sys.modules if m == "ledger" or m.startswith("ledger.")]:

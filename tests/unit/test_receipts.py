@@ -14,6 +14,7 @@ import ccf.cose
 import ccf.receipt
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -242,8 +243,7 @@ def test_single_bit_flips_in_json_receipt_binary_fields_are_rejected(signed_ledg
     elif field == "signature":
         raw = bytearray(base64.b64decode(mutated["signature"]))
     else:
-        raw = bytearray(load_cert(mutated["cert"]).public_bytes(encoding=__import__(
-            "cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.DER))
+        raw = bytearray(load_cert(mutated["cert"]).public_bytes(serialization.Encoding.DER))
     bit = data.draw(st.integers(0, len(raw) * 8 - 1))
     raw[bit // 8] ^= 1 << (bit % 8)
     if field in ("write_set_digest", "claims_digest"):
