@@ -220,12 +220,14 @@ def call_export(
     limits: JSLimits | None = None,
     host: dict[str, Any] | None = None,
     host_calls: Mapping[str, HostCall] | None = None,
+    crypto: bool = True,
 ) -> JSCallResult:
     """Run `function(*args)` exported by the module `source` against the state `tx` sees.
 
     `host` holds values the node provides to `ccf.network.*` (e.g. `latest_ledger_secret_seqno`);
     `host_calls` adds to (or overrides) the host calls of `governance.js_host` (e.g. the node's
-    `generateEndorsedCertificate`).
+    `generateEndorsedCertificate`). `crypto=False` withholds `ccf.crypto` (CCF offers it only to validate
+    and apply, not to ballots and resolve).
     """
     calls = {**DEFAULT_HOST_CALLS, **(host_calls or {})}
     answers: dict[str, dict[str, Any]] = {}
@@ -245,7 +247,7 @@ def call_export(
         ctx.set_max_stack_size(limits.max_stack_bytes)
         ctx.eval(_PRELUDE)
         ctx.eval(f"__kv.maps = {json.dumps(loaded)}; __kv.versions = {json.dumps(versions)}; "
-                 f"__kv.writable = {json.dumps(writable)}; "
+                 f"__kv.writable = {json.dumps(writable)}; __kv.crypto = {json.dumps(crypto)}; "
                  f"__host = {json.dumps(host or {})}; __answers = {json.dumps(answers)}; __seed = {seed};")
         outcome: Any = None
         failure: JSCallFailed | None = None

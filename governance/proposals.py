@@ -238,7 +238,8 @@ def _resolve(
     vote_failures: dict[str, Failure] = {}
     for member_id in sorted(info.ballots):
         try:
-            result = call_export(info.ballots[member_id], "vote", [body, info.proposer_id], tx, limits=limits)
+            result = call_export(info.ballots[member_id], "vote", [body, info.proposer_id], tx, limits=limits,
+                                 crypto=False)
             votes[member_id] = result.value is True
         except JSCallFailed as e:
             vote_failures[member_id] = _failure(e)
@@ -247,7 +248,7 @@ def _resolve(
     try:
         resolved = call_export(source, "resolve", [body, info.proposer_id,
                                                    [{"member_id": m, "vote": v} for m, v in votes.items()],
-                                                   proposal_id], tx, limits=limits)
+                                                   proposal_id], tx, limits=limits, crypto=False)
         try:
             state = ProposalState(resolved.value)
             if state not in (ProposalState.OPEN, ProposalState.ACCEPTED, ProposalState.REJECTED):

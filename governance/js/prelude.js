@@ -4,7 +4,7 @@
 // map loaded (execution is deterministic, so the second run takes the same path up to that point).
 "use strict";
 
-const __kv = { maps: {}, versions: {}, missing: [], writes: {}, writable: false, failedWrite: null };
+const __kv = { maps: {}, versions: {}, missing: [], writes: {}, writable: false, failedWrite: null, crypto: true };
 // Effects on the node (ccf.node.*) are recorded here and carried out by the node after the transaction
 // commits; __host holds the values the host provides (e.g. the latest ledger secret's seqno).
 const __effects = [];
@@ -14,7 +14,13 @@ let __host = {};
 let __answers = {};
 const __requests = [];
 
+const __CRYPTO_CALLS = ["digest", "isValidX509CertBundle", "isValidRsaPublicKeyPem", "isValidX509CertChain",
+  "verifySignature"];
+
 function __hostCall(name, args) {
+  if (!__kv.crypto && __CRYPTO_CALLS.includes(name)) {
+    throw new Error(`ccf.crypto.${name} is only available in validate and apply`);
+  }
   const key = JSON.stringify([name, args]);
   if (Object.prototype.hasOwnProperty.call(__answers, key)) {
     const answer = __answers[key];

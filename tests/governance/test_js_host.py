@@ -67,3 +67,10 @@ def test_network_calls_need_the_node_and_effects_need_apply() -> None:
         run("export function f() { ccf.node.triggerLedgerRekey(); }")
     assert run("export function f() { return ccf.network.getLatestLedgerSecretSeqno(); }",
                host={"latest_ledger_secret_seqno": 42}) == 42
+
+
+def test_crypto_is_withheld_where_ccf_withholds_it() -> None:
+    source = 'export function f() { return ccf.crypto.isValidX509CertBundle("x"); }'
+    assert run(source) is False
+    with pytest.raises(JSCallFailed, match="only available in validate and apply"):
+        run(source, crypto=False)
