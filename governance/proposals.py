@@ -134,10 +134,15 @@ def _info(tx: Tx, proposal_id: str) -> ProposalInfo | None:
     return None if raw is None else ProposalInfo.from_json(raw)
 
 
-def proposal_view(tx: Tx, proposal_id: str) -> dict[str, Any]:
+def _existing(tx: Tx, proposal_id: str) -> ProposalInfo:
     info = _info(tx, proposal_id)
     if info is None:
         raise ProposalNotFound(f"Could not find proposal {proposal_id}.")
+    return info
+
+
+def proposal_view(tx: Tx, proposal_id: str) -> dict[str, Any]:
+    info = _existing(tx, proposal_id)
     return info.to_api(proposal_id)
 
 
@@ -154,9 +159,7 @@ def actions(tx: Tx, proposal_id: str) -> bytes:
 
 
 def ballot(tx: Tx, proposal_id: str, member_id: str) -> str:
-    info = _info(tx, proposal_id)
-    if info is None:
-        raise ProposalNotFound(f"Could not find proposal {proposal_id}.")
+    info = _existing(tx, proposal_id)
     if member_id not in info.ballots:
         raise VoteNotFound(f"Member {member_id} has not voted for proposal {proposal_id}.")
     return info.ballots[member_id]
@@ -330,9 +333,7 @@ def submit_ballot(tx: Tx, request: SignedRequest, proposal_id: str, member_id: s
     _check_url(request, proposal_id)
     if request.member_id != member_id:
         raise InvalidResourceName("Authenticated member id does not match URL")
-    info = _info(tx, proposal_id)
-    if info is None:
-        raise ProposalNotFound(f"Could not find proposal {proposal_id}.")
+    info = _existing(tx, proposal_id)
     if info.state is not ProposalState.OPEN:
         raise ProposalNotOpen(f"Proposal {proposal_id} is currently in state {info.state.value} - only "
                               f"{ProposalState.OPEN.value} proposals can receive votes")

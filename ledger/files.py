@@ -144,6 +144,16 @@ def read_positions(data: bytes, name: str, start: int, end: int | None) -> tuple
     return positions, table
 
 
+def _reset_open_chunk(path: str, length: int | None) -> None:
+    """Make the file an open chunk on disk: zero header (no positions table), cut to `length`, fsynced."""
+    with open(path, "r+b") as f:
+        f.write(bytes(FILE_HEADER_SIZE))
+        if length is not None:
+            f.truncate(length)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _fsync_directory(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -241,10 +251,7 @@ class LedgerFiles:
                     positions, _ = read_positions(data, chunk.name, chunk.start, None)
                 except LedgerFileError:
                     data = bytes(FILE_HEADER_SIZE) + data[FILE_HEADER_SIZE:]  # the torn table is cut below
-                    with open(chunk.path, "r+b") as f:
-                        f.write(bytes(FILE_HEADER_SIZE))
-                        f.flush()
-                        os.fsync(f.fileno())
+                    _reset_open_chunk(chunk.path, None)
                 else:
                     chunk.end = chunk.start + len(positions) - 1
                     chunk.positions = positions
@@ -263,12 +270,7 @@ class LedgerFiles:
 
                 logger.warning(msg)
                 warnings.append(msg)
-                with open(chunk.path, "r+b") as f:
-                    if len(data) < FILE_HEADER_SIZE:
-                        f.write(bytes(FILE_HEADER_SIZE))
-                    f.truncate(good_end)
-                    f.flush()
-                    os.fsync(f.fileno())
+                _reset_open_chunk(chunk.path, good_end)
             if not positions:
                 os.remove(chunk.path)
                 continue
@@ -296,11 +298,7 @@ class LedgerFiles:
         good_end = positions[-1] + read_entry_size(data, positions[-1]) if positions else FILE_HEADER_SIZE
         dropped = len(data) - good_end + sum(os.path.getsize(c.path) for c in later)
         open_path = os.path.join(os.path.dirname(chunk.path), chunk_name(chunk.start, None, False))
-        with open(chunk.path, "r+b") as f:
-            f.write(bytes(FILE_HEADER_SIZE))
-            f.truncate(good_end)
-            f.flush()
-            os.fsync(f.fileno())
+        _reset_open_chunk(chunk.path, good_end)
         for c in later:
             os.remove(c.path)
         if positions:

@@ -126,9 +126,6 @@ class Store:
             raise ValueError(f"view cannot go back from {self._view} to {view}")
         self._view = view
 
-    def map_names(self) -> list[str]:
-        return sorted(self._maps)
-
     def write_set(self, seqno: int) -> WriteSet:
         """The write set committed at `seqno` (retained until compaction)."""
         try:

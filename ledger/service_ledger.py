@@ -241,14 +241,17 @@ class ServiceLedger:
         entry = serialise_entry(seqno, view, writes, claims, ce_digest, secret, flags)
         if self.files is not None:
             self.files.append(entry)
-        wsd = _sha256(entry).digest()
+        self._remember(seqno, view, _sha256(entry).digest(), ce_digest, claims, len(entry), flags)
+
+    def _remember(self, seqno: int, view: int, wsd: bytes, ce_digest: bytes, claims: bytes, size: int,
+                  flags: int) -> None:
+        """Extend the Merkle tree and the per-transaction records with the entry just held at `seqno`."""
         self.merkle.append(_sha256(wsd + ce_digest + claims).digest())
         starts = self._view_starts
         while len(starts) < view:
             starts.append(seqno)
         self._wsd.append(wsd)
         self._claims.append(claims)
-        size = len(entry)
         self._sizes.append(size)
         if flags & FLAG_FORCE_CHUNK_AFTER:
             self._chunk_ends.append(seqno)
@@ -425,12 +428,9 @@ class ServiceLedger:
         if not self._sig_seqnos:
             raise SnapshotError("no signature yet to snapshot at")
         seqno = self._sig_seqnos[-1]
-        i = seqno - self._first
-        leaf = hashlib.sha256(
-            self._wsd[i] + hashlib.sha256(self.commit_evidence(seqno).encode()).digest() + self._claims[i]
-        ).digest()
         data = snapshots.serialise_snapshot(
-            self.store.snapshot(seqno), seqno, self.txid(seqno).view, leaf, self._view_history(seqno),
+            self.store.snapshot(seqno), seqno, self.txid(seqno).view, self.merkle.leaf(seqno),
+            self._view_history(seqno),
             self.secrets.for_seqno(seqno),
         )
         evidence = {"hash": hashlib.sha256(data).hexdigest(), "version": seqno}
@@ -478,21 +478,10 @@ class ServiceLedger:
     def append_replayed(self, raw: bytes, decoded: DecodedEntry, signature: SignatureRecord | None) -> None:
         """Apply an entry read back from the files and already verified by `ledger.replay`."""
         seqno, view = decoded.seqno, decoded.view
-        claims = decoded.claims_digest or ZERO_CLAIMS
-        ce = decoded.commit_evidence_digest or b""
         self.store.set_view(view)
         self.store.apply_writes(seqno, view, decoded.writes)
-        self.merkle.append(_sha256(decoded.write_set_digest + ce + claims).digest())
-        while len(self._view_starts) < view:
-            self._view_starts.append(seqno)
-        self._wsd.append(decoded.write_set_digest)
-        self._claims.append(claims)
-        self._sizes.append(len(raw))
-        if decoded.flags & FLAG_FORCE_CHUNK_AFTER:
-            self._chunk_ends.append(seqno)
-            self._bytes_since_chunk = 0
-        else:
-            self._bytes_since_chunk += len(raw)
+        self._remember(seqno, view, decoded.write_set_digest, decoded.commit_evidence_digest or b"",
+                       decoded.claims_digest or ZERO_CLAIMS, len(raw), decoded.flags)
         if signature is not None:
             self._signatures[seqno] = signature
             self._sig_seqnos.append(seqno)

@@ -73,15 +73,19 @@ def _cert_id(request: Request, policy: str) -> str:
     return hashlib.sha256(request.peer_cert).hexdigest()
 
 
+def _registered(request: Request, tx: Tx, policy: str, table: str, kind: str) -> Caller:
+    caller_id = _cert_id(request, policy)
+    if tx.get(table, caller_id) is None:
+        raise PolicyFailed(policy, "InvalidAuthenticationInfo", f"Could not find matching {kind} certificate")
+    return Caller(policy, kind, caller_id)
+
+
 @dataclass(frozen=True)
 class UserCert:
     name: str = "user_cert"
 
     def authenticate(self, request: Request, tx: Tx) -> Caller:
-        caller_id = _cert_id(request, self.name)
-        if tx.get(USERS_CERTS, caller_id) is None:
-            raise PolicyFailed(self.name, "InvalidAuthenticationInfo", "Could not find matching user certificate")
-        return Caller(self.name, "user", caller_id)
+        return _registered(request, tx, self.name, USERS_CERTS, "user")
 
 
 @dataclass(frozen=True)
@@ -89,10 +93,7 @@ class MemberCert:
     name: str = "member_cert"
 
     def authenticate(self, request: Request, tx: Tx) -> Caller:
-        caller_id = _cert_id(request, self.name)
-        if tx.get(MEMBERS_CERTS, caller_id) is None:
-            raise PolicyFailed(self.name, "InvalidAuthenticationInfo", "Could not find matching member certificate")
-        return Caller(self.name, "member", caller_id)
+        return _registered(request, tx, self.name, MEMBERS_CERTS, "member")
 
 
 @dataclass(frozen=True)
