@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: test test-slow test-all lint bench venv clean
+.PHONY: test test-slow test-all lint bench venv clean sandbox
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check ledger governance network app tests scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+# One node at https://127.0.0.1:8000 (workspace/); CLEAN=1 starts a new service instead of resuming.
+sandbox: $(STAMP)
+	$(PY) scripts/sandbox.py $(if $(CLEAN),--clean,) $(SANDBOX_ARGS)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_ledger.py

@@ -45,11 +45,16 @@ class Mode(enum.Enum):
 class EndpointError(Exception):
     """Raised by handlers (or the framework) to answer with CCF's error body."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
+
+    def response(self) -> Response:
+        error = Response.error(self.status, self.code, self.message)
+        return Response(error.status, error.body, (*error.headers, *self.headers))
 
 
 @dataclass
@@ -59,7 +64,10 @@ class EndpointContext:
     caller: Caller
     params: dict[str, str]
     query: dict[str, list[str]]
+    mode: Mode = Mode.READONLY
+    node: Any = None  # what the node lends handlers (historical queries, receipts); None outside a node
     claims_digest: bytes | None = None
+    effects: list[Any] = field(default_factory=list)  # for the node to carry out once the tx commits
 
     def json(self) -> Any:
         try:
@@ -86,11 +94,22 @@ class Endpoint:
     summary: str = ""
 
 
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
 def _compile(template: str) -> re.Pattern[str]:
+    """`{name}` matches one path segment; inside a segment (`{proposalId}:withdraw`) it stops at ':'."""
     parts = []
     for segment in template.strip("/").split("/"):
-        m = re.fullmatch(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", segment)
-        parts.append(f"(?P<{m.group(1)}>[^/]+)" if m else re.escape(segment))
+        whole = _PARAM.fullmatch(segment)
+        if whole:
+            parts.append(f"(?P<{whole.group(1)}>[^/]+)")
+            continue
+        pieces, last = [], 0
+        for m in _PARAM.finditer(segment):
+            pieces += [re.escape(segment[last:m.start()]), f"(?P<{m.group(1)}>[^/:]+)"]
+            last = m.end()
+        parts.append("".join(pieces) + re.escape(segment[last:]))
     return re.compile("^/" + "/".join(parts) + "$")
 
 
@@ -98,6 +117,12 @@ class Endpoints:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix.rstrip("/")
         self.registered: list[Endpoint] = []
+
+    def copy(self) -> Endpoints:
+        """A frontend with the same registrations, to which a node may add its own (e.g. `/app/commit`)."""
+        clone = Endpoints(self.prefix)
+        clone.registered = list(self.registered)
+        return clone
 
     def endpoint(self, method: str, template: str, *, mode: Mode = Mode.READONLY,
                  auth: tuple[AuthPolicy, ...] = (NoAuth(),)) -> Callable[[HandlerFn], HandlerFn]:
@@ -128,9 +153,10 @@ class Endpoints:
         raise EndpointError(404, "ResourceNotFound", f"Unknown path: {path}.")
 
     def dispatch(self, request: Request, begin: Callable[[Mode], Tx],
-                 finish: Callable[[Tx, Mode], str | None]) -> Response:
+                 finish: Callable[[EndpointContext], str | None], node: Any = None) -> Response:
         """Route, authenticate, run the handler on a transaction from `begin`, and let `finish` commit
-        it (returning the txid for the header). Errors become CCF error responses."""
+        it (returning the txid for the header; it may raise EndpointError). Errors become CCF error
+        responses; a failed request's transaction is never committed."""
         url = urlsplit(request.target)
         try:
             endpoint, params = self.match(request.method, url.path)
@@ -141,15 +167,15 @@ class Endpoints:
                 body = {"error": {"code": e.code, "message": str(e), "details": e.details()}}
                 return Response(401, orjson.dumps(body), (("content-type", "application/json"),
                                                           ("www-authenticate", 'Bearer realm="ccf"')))
-            ctx = EndpointContext(request, tx, caller, params, parse_qs(url.query))
+            ctx = EndpointContext(request, tx, caller, params, parse_qs(url.query), endpoint.mode, node)
             result = endpoint.handler(ctx)
             response = result if isinstance(result, Response) else Response.json(200, result)
-            txid = finish(tx, endpoint.mode) if response.status < 400 else None
+            txid = finish(ctx) if response.status < 400 else None
             if txid is not None:
                 response = Response(response.status, response.body, (*response.headers, (TXID_HEADER, txid)))
             return response
         except EndpointError as e:
-            return Response.error(e.status, e.code, e.message)
+            return e.response()
 
     def openapi(self, title: str, version: str = "1.0.0") -> dict[str, Any]:
         """An OpenAPI 3.0 document of the registered endpoints."""

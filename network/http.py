@@ -81,12 +81,33 @@ class _Reject(Exception):
         self.response = response
 
 
+class SessionMetrics:
+    """Open connections now and at most, and requests refused by the parser or the limits (`/node/metrics`)."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.peak = 0
+        self.errors = {"parsing": 0, "request_payload_too_large": 0, "request_header_too_large": 0}
+
+    def opened(self) -> None:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+
+    def closed(self) -> None:
+        self.active -= 1
+
+    def refused(self, status: int) -> None:
+        key = {413: "request_payload_too_large", 431: "request_header_too_large"}.get(status, "parsing")
+        self.errors[key] += 1
+
+
 class HttpConnection(asyncio.Protocol):
     """One client connection: parse, queue, answer in order."""
 
-    def __init__(self, handler: Handler, limits: HttpLimits) -> None:
+    def __init__(self, handler: Handler, limits: HttpLimits, metrics: SessionMetrics | None = None) -> None:
         self.handler = handler
         self.limits = limits
+        self.metrics = metrics or SessionMetrics()
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer_cert: bytes | None = None
@@ -110,6 +131,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         self.transport = cast(asyncio.Transport, transport)
+        self.metrics.opened()
         ssl_object = transport.get_extra_info("ssl_object")
         if isinstance(ssl_object, ssl.SSLObject):
             self.peer_cert = ssl_object.getpeercert(binary_form=True)
@@ -117,6 +139,7 @@ class HttpConnection(asyncio.Protocol):
         self._arm_idle_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.metrics.closed()
         self.closing = True
         if self.idle is not None:
             self.idle.cancel()
@@ -211,6 +234,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _fail(self, response: Response) -> None:
         """Answer after the requests already queued (in order), then close."""
+        self.metrics.refused(response.status)
         self.closing = True
         if self.transport is not None:
             self.transport.pause_reading()
@@ -227,9 +251,10 @@ class HttpConnection(asyncio.Protocol):
 
 
 async def serve(handler: Handler, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
-                limits: HttpLimits | None = None) -> asyncio.Server:
+                limits: HttpLimits | None = None, metrics: SessionMetrics | None = None) -> asyncio.Server:
     """Listen on host:port; `port` 0 picks a free port (see `server.sockets[0].getsockname()`)."""
     chosen = limits or HttpLimits()
+    shared = metrics or SessionMetrics()
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: HttpConnection(handler, chosen), host, port, ssl=ssl_context)
+    return await loop.create_server(lambda: HttpConnection(handler, chosen, shared), host, port, ssl=ssl_context)
 

@@ -15,7 +15,7 @@ from ledger.kv import Tx
 from ledger.receipts import verify_json_receipt
 from ledger.service_ledger import ServiceLedger
 from ledger.tables import USERS_CERTS
-from network.endpoints import Mode
+from network.endpoints import EndpointContext, Mode
 from network.http import Request, Response
 from tests.ccf_tools import assert_read_ledger_accepts
 
@@ -33,8 +33,9 @@ class Service:
     def begin(self, mode: Mode) -> Tx:
         return self.ledger.read_tx() if mode is Mode.READONLY else self.ledger.begin()
 
-    def finish(self, tx: Tx, mode: Mode) -> str | None:
-        if mode is Mode.READONLY:
+    def finish(self, ctx: EndpointContext) -> str | None:
+        tx = ctx.tx
+        if ctx.mode is Mode.READONLY:
             return str(self.ledger.txid(tx.read_version))
         txid = self.ledger.commit(tx)
         return None if txid is None else str(txid)

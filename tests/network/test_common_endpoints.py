@@ -51,7 +51,7 @@ def test_commit_tx_and_api_endpoints(new_service: Callable[..., ServiceLedger]) 
         def begin(mode: Mode) -> Tx:
             return ledger.read_tx()
 
-        response = frontend.dispatch(Request("GET", target, {}, b""), begin, lambda tx, mode: None)
+        response = frontend.dispatch(Request("GET", target, {}, b""), begin, lambda ctx: None)
         return response.status, orjson.loads(response.body)
 
     assert call("/node/commit") == (200, {"transaction_id": "2.2"})

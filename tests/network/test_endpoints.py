@@ -56,8 +56,9 @@ class Node:
     def begin(self, mode: Mode) -> Tx:
         return self.store.read_tx() if mode is Mode.READONLY else self.store.begin()
 
-    def finish(self, tx: Tx, mode: Mode) -> str | None:
-        if mode is Mode.READONLY:
+    def finish(self, ctx: EndpointContext) -> str | None:
+        tx = ctx.tx
+        if ctx.mode is Mode.READONLY:
             return f"2.{tx.read_version}"
         result = self.store.commit(tx)
         return None if result is None else f"{result.view}.{result.seqno}"

@@ -1,0 +1,190 @@
+"""A node's configuration: one JSON file, read once at start, every field checked with a clear message.
+
+```json
+{
+  "data_dir": "workspace/sandbox_0",
+  "rpc_address": "127.0.0.1:8000",
+  "service_certificate_file": "workspace/sandbox_common/service_cert.pem",
+  "start": {
+    "members": [{"certificate_file": "member0_cert.pem", "encryption_public_key_file": "member0_enc_pubk.pem",
+                 "data_json_file": null}],
+    "constitution": "majority",            // or "sandbox", "veto"; or "constitution_files": [...]
+    "service_configuration": {"recovery_threshold": 1}
+  },
+  "app": "app.logging:app",
+  "signatures": {"every_tx": 5000, "every_ms": 20},
+  "snapshots": {"every_tx": 10000},
+  "ledger": {"chunk_size": 5000000, "fsync": "batch"},
+  "http": {"max_body_bytes": 1048576, "max_header_bytes": 16384, "idle_timeout": 60},
+  "log": {"format": "text", "level": "INFO"}
+}
+```
+
+Relative paths are relative to the configuration file's directory. The data directory holds everything the
+node keeps: `ledger/`, `snapshots/`, the sealed secrets, and `node.json` (written once the node listens:
+its address, id and pid).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ledger.files import FsyncPolicy
+from network.enclave import EnclaveSettings, SignaturePolicy
+from network.http import HttpLimits
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the field."""
+
+
+@dataclass(frozen=True)
+class MemberConfig:
+    certificate_file: str
+    encryption_public_key_file: str | None = None
+    data_json_file: str | None = None
+
+
+@dataclass(frozen=True)
+class StartConfig:
+    members: tuple[MemberConfig, ...]
+    constitution: str = "majority"
+    constitution_files: tuple[str, ...] = ()
+    service_configuration: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "text"
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: str
+    service_certificate_file: str
+    start: StartConfig | None
+    rpc_address: str = "127.0.0.1:8000"
+    app: str = "app.logging:app"
+    enclave: EnclaveSettings = field(default_factory=EnclaveSettings)
+    chunk_size: int = 5_000_000
+    fsync: FsyncPolicy = FsyncPolicy.BATCH
+    http: HttpLimits = field(default_factory=HttpLimits)
+    log: LogConfig = field(default_factory=LogConfig)
+    host_data: str = ""
+
+    @property
+    def ledger_dir(self) -> str:
+        return os.path.join(self.data_dir, "ledger")
+
+    @property
+    def snapshot_dir(self) -> str:
+        return os.path.join(self.data_dir, "snapshots")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.rpc_address.rpartition(":")
+        return host, int(port)
+
+
+def _get(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None, *,
+         where: str) -> Any:
+    value = obj.get(name, default)
+    if value is None and default is None:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise ConfigError(f"{where}{name} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def _section(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    value = obj.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be an object")
+    return value
+
+
+def parse_config(obj: Any, base_dir: str = ".") -> NodeConfig:
+    if not isinstance(obj, dict):
+        raise ConfigError("the configuration must be a JSON object")
+
+    def path(value: str | None) -> str | None:
+        return None if value is None else os.path.normpath(os.path.join(base_dir, value))
+
+    data_dir = _get(obj, "data_dir", str, where="")
+    cert_file = _get(obj, "service_certificate_file", str, where="")
+    if data_dir is None or cert_file is None:
+        raise ConfigError("data_dir and service_certificate_file are required")
+    rpc = _get(obj, "rpc_address", str, "127.0.0.1:8000", where="")
+    host, _, port = rpc.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"rpc_address must be host:port, got {rpc!r}")
+    start = None
+    if "start" in obj:
+        s = _section(obj, "start")
+        members_raw = s.get("members")
+        if not isinstance(members_raw, list) or not members_raw:
+            raise ConfigError("start.members must be a non-empty list")
+        members = []
+        for i, m in enumerate(members_raw):
+            if not isinstance(m, dict) or not isinstance(m.get("certificate_file"), str):
+                raise ConfigError(f"start.members[{i}].certificate_file is required")
+            members.append(MemberConfig(
+                str(path(m["certificate_file"])),
+                path(_get(m, "encryption_public_key_file", str, where=f"start.members[{i}].")),
+                path(_get(m, "data_json_file", str, where=f"start.members[{i}].")),
+            ))
+        files = _get(s, "constitution_files", list, [], where="start.")
+        if not all(isinstance(f, str) for f in files):
+            raise ConfigError("start.constitution_files must be a list of paths")
+        start = StartConfig(tuple(members), _get(s, "constitution", str, "majority", where="start."),
+                            tuple(str(path(f)) for f in files),
+                            _get(s, "service_configuration", dict, {}, where="start."))
+    sig = _section(obj, "signatures")
+    snaps = _section(obj, "snapshots")
+    ledger = _section(obj, "ledger")
+    http = _section(obj, "http")
+    log = _section(obj, "log")
+    every_tx = _get(sig, "every_tx", int, 5000, where="signatures.")
+    every_ms = _get(sig, "every_ms", int, 20, where="signatures.")
+    if every_tx < 1 or every_ms < 1:
+        raise ConfigError("signatures.every_tx and signatures.every_ms must be at least 1")
+    fsync_name = _get(ledger, "fsync", str, "batch", where="ledger.")
+    try:
+        fsync = FsyncPolicy(fsync_name)
+    except ValueError:
+        raise ConfigError(f"ledger.fsync must be one of {[p.value for p in FsyncPolicy]}") from None
+    log_format = _get(log, "format", str, "text", where="log.")
+    if log_format not in ("text", "json"):
+        raise ConfigError("log.format must be 'text' or 'json'")
+    return NodeConfig(
+        data_dir=str(path(data_dir)),
+        service_certificate_file=str(path(cert_file)),
+        start=start,
+        rpc_address=rpc,
+        app=_get(obj, "app", str, "app.logging:app", where=""),
+        enclave=EnclaveSettings(SignaturePolicy(every_tx, every_ms),
+                                _get(snaps, "every_tx", int, 10_000, where="snapshots.")),
+        chunk_size=_get(ledger, "chunk_size", int, 5_000_000, where="ledger."),
+        fsync=fsync,
+        http=HttpLimits(max_header_bytes=_get(http, "max_header_bytes", int, 16 * 1024, where="http."),
+                        max_body_bytes=_get(http, "max_body_bytes", int, 1024 * 1024, where="http."),
+                        idle_timeout=float(_get(http, "idle_timeout", (int, float), 60, where="http."))),
+        log=LogConfig(log_format, _get(log, "level", str, "INFO", where="log.")),
+        host_data=_get(obj, "host_data", str, "", where=""),
+    )
+
+
+def load_config(path: str) -> NodeConfig:
+    try:
+        with open(path, "rb") as f:
+            obj = orjson.loads(f.read())
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except orjson.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not JSON: {e}") from None
+    return parse_config(obj, os.path.dirname(os.path.abspath(path)))

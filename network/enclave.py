@@ -1,0 +1,291 @@
+"""The enclave part of a node (ARCHITECTURE.md §3): keys, ledger secrets, the KV, the frontends.
+
+`Enclave.handle(request)` routes a parsed request to `/app`, `/gov` or `/node`, runs the handler on one KV
+transaction and commits it through the `ServiceLedger`. It decides what the host never may: it holds the
+node and service keys and the ledger secrets, encrypts private maps before the host sees entry bytes, and
+emits signature transactions (every `every_tx` transactions, or at the host's tick once `every_ms` passed
+with unsigned transactions). With one node the node is the majority, so once a signature is durable
+(flushed by the host) commit advances to it; replication will put consensus at that point.
+
+Governance effects: opening the service and (re)dealing recovery shares are written inside the proposal's
+own transaction, so they commit or fail with it; a rekey, a chunk and a snapshot are carried out just
+after it commits. Whenever the ledger secrets change the host is asked to re-seal them.
+
+Guarantees: a failed request commits nothing; `/app` answers 404 `FrontendNotOpen` until the service is
+Open; every successful response carries `x-ms-ccf-transaction-id` (a read names the last transaction it
+observed). Not here: sockets, files, timers (the host's), consensus across nodes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from loguru import logger
+
+from governance.errors import GovernanceError
+from governance.js_runtime import Effect
+from governance.proposals import NodeServices, js_limits
+from governance.recovery_shares import deal_shares
+from ledger.bootstrap import NodeKeys
+from ledger.errors import LedgerError
+from ledger.genesis import VirtualQuote
+from ledger.identity import cert_pem, endorse, self_signed_cert
+from ledger.kv import Tx
+from ledger.secrets import opening_secret_record
+from ledger.service_ledger import ServiceLedger, TxID
+from ledger.tables import HISTORICAL_SECRETS, SERVICE_INFO, SINGLETON_KEY, dump_json
+from network.common_endpoints import add_common_endpoints
+from network.endpoints import EndpointContext, EndpointError, Endpoints, Mode
+from network.gov_frontend import build_gov_frontend
+from network.historical import HistoricalQueries, ReceiptSource, add_receipt_endpoint
+from network.http import Request, Response
+from network.node_frontend import build_node_frontend
+
+IN_TX_EFFECTS = ("transition_service_to_open", "trigger_recovery_shares_refresh")
+
+
+@dataclass(frozen=True)
+class SignaturePolicy:
+    """When the primary signs: after `every_tx` transactions, or `every_ms` after the first unsigned one."""
+
+    every_tx: int = 5000
+    every_ms: int = 20
+
+
+@dataclass(frozen=True)
+class EnclaveSettings:
+    signatures: SignaturePolicy = field(default_factory=SignaturePolicy)
+    snapshot_every_tx: int = 10_000  # 0: only when governance asks (trigger_snapshot)
+
+
+class HostServices(Protocol):
+    """What the enclave asks of its host: bytes and scheduling only."""
+
+    def read_entries(self, start: int, end: int) -> list[bytes]: ...
+
+    def schedule(self, fn: Callable[[], None]) -> None: ...
+
+    def secrets_changed(self) -> None: ...
+
+    def session_metrics(self) -> dict[str, Any]: ...
+
+
+def _parse_valid_from(text: str) -> dt.datetime:
+    for pattern in ("%Y%m%d%H%M%SZ", "%y%m%d%H%M%SZ", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return dt.datetime.strptime(text, pattern).replace(tzinfo=dt.UTC)
+        except ValueError:
+            continue
+    raise ValueError(f"valid_from {text!r} is not an ASN.1 or ISO UTC time")
+
+
+class Enclave:
+    def __init__(self, ledger: ServiceLedger, keys: NodeKeys, quote: VirtualQuote, app: Endpoints,
+                 host: HostServices, settings: EnclaveSettings | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ledger = ledger
+        self.keys = keys
+        self._quote = quote
+        self.host = host
+        self.settings = settings or EnclaveSettings()
+        self.clock = clock
+        self.startup_seqno = ledger.last_seqno
+        self.historical = HistoricalQueries(ledger, host.read_entries, host.schedule)
+        receipts = ReceiptSource(ledger, self.historical)
+        self.app = app.copy()
+        add_common_endpoints(self.app, ledger, "CCF Application API")
+        self.gov = build_gov_frontend(ledger)
+        self.node = build_node_frontend(ledger)
+        for frontend in (self.app, self.gov, self.node):
+            add_receipt_endpoint(frontend, receipts)
+        self._frontends = {"/app": self.app, "/gov": self.gov, "/node": self.node}
+        self._unsigned = ledger.last_seqno - ledger.last_signature_seqno
+        self._first_unsigned_at: float | None = self.clock() if self._unsigned else None
+        self._last_snapshot = ledger.last_signature_seqno
+        self._service_open = self._read_service_open()
+
+    # --- what the frontends see (GovNode, NodeStatus) ---------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self.ledger.node.node_id
+
+    @property
+    def node_state(self) -> str:
+        return "PartOfNetwork"
+
+    @property
+    def quote(self) -> VirtualQuote:
+        return self._quote
+
+    @property
+    def self_signed_certificate(self) -> str:
+        return cert_pem(self.ledger.node.self_signed)
+
+    def primary_id(self) -> str | None:
+        return self.node_id
+
+    def frontend_open(self, prefix: str) -> bool:
+        return self._service_open if prefix == "/app" else True
+
+    def session_metrics(self) -> dict[str, Any]:
+        return self.host.session_metrics()
+
+    def js_metrics(self) -> dict[str, Any]:
+        limits = js_limits(self.ledger.read_tx())
+        return {"max_heap_size": limits.max_heap_bytes, "max_stack_size": limits.max_stack_bytes,
+                "max_execution_time": limits.max_execution_time_ms, "max_cached_interpreters": 0,
+                "bytecode_size": 0, "bytecode_used": False}
+
+    def root_at(self, version: int) -> bytes:
+        return self.ledger.merkle.root(version + 1)
+
+    def node_services(self) -> NodeServices:
+        service = self.ledger.service
+
+        def endorsed_certificate(csr_pem: str, valid_from: str, days: int) -> str:
+            csr = x509.load_pem_x509_csr(csr_pem.encode())
+            key = csr.public_key()
+            if not isinstance(key, ec.EllipticCurvePublicKey):
+                raise ValueError("a node key must be an EC key")
+            return cert_pem(endorse(service.key, service.cert, key, "CCF Node", now=_parse_valid_from(valid_from),
+                                    days=int(days)))
+
+        def network_certificate(valid_from: str, days: int) -> str:
+            return cert_pem(self_signed_cert(service.key, "CCF Service", ca=True, now=_parse_valid_from(valid_from),
+                                             days=int(days)))
+
+        return NodeServices(values={"latest_ledger_secret_seqno": self.ledger.secrets.latest.start},
+                            calls={"generateEndorsedCertificate": endorsed_certificate,
+                                   "generateNetworkCertificate": network_certificate})
+
+    # --- requests -------------------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response:
+        path = request.target.split("?", 1)[0]
+        prefix = path[: path.find("/", 1)] if path.count("/") > 1 else path
+        frontend = self._frontends.get(prefix)
+        if frontend is None:
+            return Response.error(404, "ResourceNotFound", f"Unknown path: {path}.")
+        if frontend is self.app and not self._service_open:
+            return Response.error(404, "FrontendNotOpen", "Frontend is not open.")
+        return frontend.dispatch(request, self._begin, self._finish, node=self)
+
+    def _begin(self, mode: Mode) -> Tx:
+        return self.ledger.begin() if mode is Mode.READWRITE else self.ledger.read_tx()
+
+    def _finish(self, ctx: EndpointContext) -> str | None:
+        if ctx.mode is not Mode.READWRITE:
+            return str(self.ledger.txid(ctx.tx.read_version))
+        effects: list[Effect] = list(ctx.effects)
+        try:
+            for effect in effects:
+                if effect.name in IN_TX_EFFECTS:
+                    self._in_tx_effect(ctx.tx, effect)
+            txid = self.ledger.commit(ctx.tx)
+        except GovernanceError as e:
+            raise EndpointError(500, "InternalError", f"Failed to apply(): {e.message}") from None
+        except LedgerError as e:
+            raise EndpointError(500, "InternalError", f"Transaction could not be committed: {e}") from None
+        if txid is None:
+            return str(self.ledger.txid(ctx.tx.read_version))
+        self._count(1)
+        if effects:
+            self._service_open = self._read_service_open()
+            for effect in effects:
+                if effect.name not in IN_TX_EFFECTS:
+                    self._post_commit_effect(effect)
+        elif ctx.request.target.startswith("/gov/"):
+            self._service_open = self._read_service_open()
+        return str(txid)
+
+    def _read_service_open(self) -> bool:
+        info = self.ledger.read_tx().get_json(SERVICE_INFO, SINGLETON_KEY)
+        return isinstance(info, dict) and info.get("status") == "Open"
+
+    # --- governance effects -----------------------------------------------------------------------------
+
+    def _in_tx_effect(self, tx: Tx, effect: Effect) -> None:
+        if effect.name == "transition_service_to_open":
+            info = dict(tx.get_json(SERVICE_INFO, SINGLETON_KEY) or {})
+            info["status"] = "Open"
+            tx.put_json(SERVICE_INFO, SINGLETON_KEY, info)
+            if tx.get(HISTORICAL_SECRETS, SINGLETON_KEY) is None:
+                tx.put(HISTORICAL_SECRETS, SINGLETON_KEY, dump_json(opening_secret_record(self.ledger.secrets.latest)))
+            deal_shares(tx, self.ledger.secrets.latest.raw)
+            logger.info("service opened")
+        elif effect.name == "trigger_recovery_shares_refresh":
+            info = tx.get_json(SERVICE_INFO, SINGLETON_KEY)
+            if isinstance(info, dict) and info.get("status") == "Open":
+                deal_shares(tx, self.ledger.secrets.latest.raw)
+
+    def _post_commit_effect(self, effect: Effect) -> None:
+        if effect.name == "trigger_ledger_rekey":
+            self.rekey()
+        elif effect.name == "trigger_ledger_chunk":
+            self.ledger.request_chunk()
+        elif effect.name == "trigger_snapshot":
+            self.snapshot()
+        else:
+            logger.warning(f"governance asked for an unknown node effect {effect.name!r}; ignored")
+
+    def rekey(self) -> TxID:
+        """A new ledger secret for later writes; shares are dealt again for it once the service is Open."""
+        txid = self.ledger.rekey()
+        self._count(1)
+        self.host.secrets_changed()
+        if self._service_open:
+            tx = self.ledger.begin()
+            deal_shares(tx, self.ledger.secrets.latest.raw, previous_record_seqno=txid.seqno)
+            if self.ledger.commit(tx) is not None:
+                self._count(1)
+        logger.info(f"ledger rekeyed at {txid}")
+        return txid
+
+    def snapshot(self) -> None:
+        if self.ledger.snapshot_dir is None:
+            logger.warning("snapshot asked for, but this node has no snapshot directory")
+            return
+        self.sign()
+        seqno, evidence = self.ledger.snapshot()
+        self._last_snapshot = seqno
+        self._count(1)
+        logger.info(f"snapshot at seqno {seqno} (evidence {evidence})")
+
+    # --- signatures and commit ----------------------------------------------------------------------------
+
+    def _count(self, n: int) -> None:
+        if self._unsigned == 0:
+            self._first_unsigned_at = self.clock()
+        self._unsigned += n
+        if self._unsigned >= self.settings.signatures.every_tx:
+            self.sign()
+
+    def tick(self) -> None:
+        """Called by the host every few milliseconds: sign if unsigned transactions waited long enough."""
+        if self._unsigned and self._first_unsigned_at is not None and \
+                (self.clock() - self._first_unsigned_at) * 1000 >= self.settings.signatures.every_ms:
+            self.sign()
+
+    def sign(self) -> TxID | None:
+        """Emit a signature over everything so far, make it durable, and commit up to it."""
+        if self._unsigned == 0:
+            return None
+        txid = self.ledger.emit_signature()
+        self._unsigned = 0
+        self._first_unsigned_at = None
+        self.ledger.flush()
+        self.ledger.commit_to(txid.seqno)
+        interval = self.settings.snapshot_every_tx
+        if interval and self.ledger.snapshot_dir is not None and txid.seqno - self._last_snapshot >= interval:
+            self._last_snapshot = txid.seqno
+            seqno, _ = self.ledger.snapshot()
+            self._count(1)
+            logger.info(f"snapshot at seqno {seqno}")
+        return txid

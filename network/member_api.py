@@ -1,0 +1,63 @@
+"""A consortium member's calls to `/gov` (api-version 2024-07-01): each request signed with the member's key
+(`governance.member_client.MemberSigner`, the same bytes `ccf_cose_sign1` writes) and sent over HTTPS.
+
+Every method returns the parsed answer or raises `ServiceError` with CCF's code and message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from governance.member_client import APPROVE_BALLOT, REJECT_BALLOT, MemberSigner
+from network.client import ServiceClient
+
+API_VERSION = "2024-07-01"
+COSE = "application/cose"
+
+
+class MemberApi:
+    def __init__(self, client: ServiceClient, signer: MemberSigner) -> None:
+        self.client = client
+        self.signer = signer
+
+    @property
+    def member_id(self) -> str:
+        return self.signer.member_id
+
+    def _path(self, path: str) -> str:
+        return f"/gov{path}?api-version={API_VERSION}"
+
+    def _post(self, path: str, body: bytes) -> Any:
+        return self.client.json_ok("POST", self._path(path), body, content_type=COSE)
+
+    def activate(self) -> None:
+        """Fetch the state digest to acknowledge, and acknowledge it (the member becomes Active)."""
+        digest = self._post(f"/members/state-digests/{self.member_id}:update", self.signer.state_digest_update())
+        self._post(f"/members/state-digests/{self.member_id}:ack", self.signer.ack(digest))
+
+    def propose(self, actions: list[dict[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = self._post("/members/proposals:create", self.signer.proposal(actions))
+        return result
+
+    def vote(self, proposal_id: str, approve: bool = True, ballot: str | None = None) -> dict[str, Any]:
+        source = ballot if ballot is not None else (APPROVE_BALLOT if approve else REJECT_BALLOT)
+        result: dict[str, Any] = self._post(f"/members/proposals/{proposal_id}/ballots/{self.member_id}:submit",
+                                            self.signer.ballot(proposal_id, source))
+        return result
+
+    def withdraw(self, proposal_id: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self._post(f"/members/proposals/{proposal_id}:withdraw",
+                                                   self.signer.withdrawal(proposal_id))
+        return result
+
+    def proposal(self, proposal_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.client.json_ok("GET", self._path(f"/members/proposals/{proposal_id}"))
+        return result
+
+    def proposals(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.client.json_ok("GET", self._path("/members/proposals"))["value"]
+        return result
+
+    def service_info(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.client.json_ok("GET", self._path("/service/info"))
+        return result

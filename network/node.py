@@ -1,0 +1,302 @@
+"""The node process: the host part (sockets, files, timers, signals) around an `Enclave`.
+
+`python -m network.node --config node.json` starts a node in virtual mode:
+- on an empty data directory, as the first node of a new service: it makes the service and node identities,
+  writes genesis and its signature (members, constitution, configuration, its own virtual quote), seals its
+  secrets, and writes the service certificate to `service_certificate_file`;
+- on a data directory that holds a sealed node, it resumes that service: unseals, replays and verifies its
+  ledger files, drops any unsigned suffix, and continues in a new view with a signature.
+It then serves HTTPS on `rpc_address` (TLS with its service-endorsed certificate, any client certificate
+accepted at the TLS layer), signs on a timer, writes `<data_dir>/node.json` once it listens, and stops cleanly
+on SIGTERM or SIGINT: it stops listening, signs what is pending, flushes and closes its files.
+
+The host part owns the listening socket and the ledger and snapshot files; what it writes is entry bytes
+(private maps already encrypted by the enclave) and sealed secrets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric import rsa
+from loguru import logger
+
+from governance.constitution import default_constitution
+from ledger.bootstrap import NodeKeys, start_new_service
+from ledger.files import LedgerFiles
+from ledger.genesis import GenesisMember, NodeNetwork, ServiceConfig, VirtualQuote
+from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, key_pem
+from ledger.replay import recover
+from ledger.service_ledger import ServiceLedger
+from network import sealing
+from network.attestation import code_measurement, host_data, make_quote
+from network.config import ConfigError, NodeConfig, StartConfig, load_config
+from network.enclave import Enclave
+from network.endpoints import Endpoints
+from network.http import SessionMetrics, serve
+from network.tls import server_context
+
+READY_FILE = "node.json"
+
+
+class NodeStartError(Exception):
+    """The node cannot start as configured (the message says why)."""
+
+
+def configure_logging(fmt: str, level: str) -> None:
+    logger.remove()
+    if fmt == "json":
+        logger.add(sys.stderr, level=level, serialize=True)
+    else:
+        logger.add(sys.stderr, level=level,
+                   format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {name}: {message}")
+
+
+def load_app(spec: str) -> Endpoints:
+    module_name, _, attr = spec.partition(":")
+    try:
+        app = getattr(importlib.import_module(module_name), attr or "app")
+    except (ImportError, AttributeError) as e:
+        raise NodeStartError(f"cannot load application {spec!r}: {e}") from None
+    if not isinstance(app, Endpoints) or app.prefix != "/app":
+        raise NodeStartError(f"{spec!r} is not an Endpoints('/app') application")
+    return app
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise NodeStartError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _genesis_members(start: StartConfig) -> list[GenesisMember]:
+    members = []
+    for m in start.members:
+        data = orjson.loads(_read(m.data_json_file)) if m.data_json_file else None
+        enc = _read(m.encryption_public_key_file) if m.encryption_public_key_file else None
+        members.append(GenesisMember(_read(m.certificate_file), data, enc))
+    return members
+
+
+def _constitution(start: StartConfig) -> str:
+    if start.constitution_files:
+        return "\n".join(_read(f) for f in start.constitution_files)
+    try:
+        return default_constitution(start.constitution)
+    except ValueError as e:
+        raise NodeStartError(f"start.constitution: {e}") from None
+
+
+def _write_file(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class NodeHost:
+    """The host part: owns files, the listening socket, the timers; drives the enclave."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.metrics = SessionMetrics()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.enclave: Enclave | None = None
+        self.stopping = asyncio.Event()
+        self.address = config.rpc_address
+
+    # --- HostServices -----------------------------------------------------------------------------
+
+    def read_entries(self, start: int, end: int) -> list[bytes]:
+        assert self.enclave is not None and self.enclave.ledger.files is not None
+        return self.enclave.ledger.files.read_range(start, end)
+
+    def schedule(self, fn: Callable[[], None]) -> None:
+        assert self.loop is not None
+        self.loop.call_soon(fn)
+
+    def secrets_changed(self) -> None:
+        assert self.enclave is not None
+        self._seal(self.enclave.keys, self.enclave.ledger)
+
+    def session_metrics(self) -> dict[str, Any]:
+        limits = self.config.http
+        return {"active": self.metrics.active, "peak": self.metrics.peak,
+                "interfaces": {"primary_rpc_interface": {
+                    "active": self.metrics.active, "peak": self.metrics.peak,
+                    "soft_cap": 1000, "hard_cap": 1010, "errors": dict(self.metrics.errors),
+                    "max_body_bytes": limits.max_body_bytes, "max_header_bytes": limits.max_header_bytes}}}
+
+    # --- start -------------------------------------------------------------------------------------
+
+    def _seal(self, keys: NodeKeys, ledger: ServiceLedger) -> None:
+        sealing.seal(self.config.data_dir, sealing.SealedState(keys, ledger.service, ledger.secrets))
+
+    def _quote(self, identity: NodeIdentity) -> VirtualQuote:
+        return make_quote(identity.key.public_key(), code_measurement(), host_data(self.config.host_data.encode()))
+
+    def _start_new(self, address: str) -> tuple[ServiceLedger, NodeKeys]:
+        start = self.config.start
+        if start is None:
+            raise NodeStartError(f"{self.config.data_dir} holds no node and the configuration has no 'start' section")
+        members = _genesis_members(start)
+        constitution = _constitution(start)
+        service = ServiceIdentity.create()
+        identity = NodeIdentity.create().endorsed_by(service)
+        keys = NodeKeys(identity, rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        recovery_members = sum(1 for m in members if m.encryption_public_key_pem)
+        sc = start.service_configuration
+        try:
+            service_config = ServiceConfig(recovery_threshold=int(sc.get("recovery_threshold",
+                                                                          max(recovery_members, 1))),
+                                           **{k: v for k, v in sc.items() if k != "recovery_threshold"})
+        except TypeError as e:
+            raise NodeStartError(f"start.service_configuration: {e}") from None
+        host, port = address.rsplit(":", 1)
+        ledger = start_new_service(
+            self.config.ledger_dir, members, constitution, self._quote(identity), service=service, node=keys,
+            config=service_config, network=NodeNetwork(address, f"{host}:{int(port) + 1}" if port != "0" else address),
+            chunk_size=self.config.chunk_size, fsync=self.config.fsync, snapshot_dir=self.config.snapshot_dir)
+        self._seal(keys, ledger)
+        logger.info(f"started a new service; node {identity.node_id[:16]}..., genesis at 2.1")
+        return ledger, keys
+
+    def _resume(self) -> tuple[ServiceLedger, NodeKeys]:
+        try:
+            sealed = sealing.unseal(self.config.data_dir)
+        except sealing.SealingError as e:
+            raise NodeStartError(str(e)) from None
+        files, report = LedgerFiles.open(self.config.ledger_dir, fsync=self.config.fsync)
+        ledger = recover(files, secrets=sealed.secrets, node=sealed.node.identity, service=sealed.service,
+                         chunk_size=self.config.chunk_size, snapshot_dir=self.config.snapshot_dir)
+        last_signed = ledger.last_signature_seqno
+        if last_signed == 0:
+            raise NodeStartError(f"{self.config.ledger_dir} holds no signed transaction to resume from")
+        # One node is the whole majority: every durable signature is committed. What follows the last
+        # signature was never committed and is dropped; the node then signs in a new view (as a newly
+        # elected primary does, Raft §5.2), so those seqnos can be told apart from any reused ones.
+        ledger.commit_to(last_signed)
+        ledger.rollback(last_signed)
+        ledger.set_view(ledger.view + 1)
+        sig = ledger.emit_signature()
+        ledger.flush()
+        ledger.commit_to(sig.seqno)
+        logger.info(f"resumed the service at {sig}; replayed {report.last_seqno} entries")
+        return ledger, sealed.node
+
+    def _tls(self, identity: NodeIdentity) -> Any:
+        assert identity.endorsed is not None
+        # ssl loads keys from files only: a private temporary file, removed at once
+        fd, key_path = tempfile.mkstemp(dir=self.config.data_dir, prefix=".tls-")
+        cert_path = key_path + ".crt"
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(key_pem(identity.key))
+            with open(cert_path, "w") as f:
+                f.write(cert_pem(identity.endorsed))
+            return server_context(cert_path, key_path)
+        finally:
+            for p in (key_path, cert_path):
+                if os.path.exists(p):
+                    os.unlink(p)
+
+    async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        os.makedirs(self.config.data_dir, exist_ok=True)
+        os.makedirs(self.config.snapshot_dir, exist_ok=True)
+        host, port = self.config.host_port
+        if sealing.is_sealed(self.config.data_dir):
+            ledger, keys = self._resume()
+        else:
+            if port == 0:
+                raise NodeStartError("a new service needs a fixed rpc_address port (it is written in genesis)")
+            ledger, keys = self._start_new(self.config.rpc_address)
+        _write_file(self.config.service_certificate_file, ledger.service.pem)
+        app = load_app(self.config.app)
+        quote = self._quote(keys.identity)
+        self.enclave = enclave = Enclave(ledger, keys, quote, app, self, self.config.enclave)
+
+        async def handle(request: Any) -> Any:
+            return enclave.handle(request)
+
+        server = await serve(handle, host, port, ssl_context=self._tls(keys.identity), limits=self.config.http,
+                             metrics=self.metrics)
+        bound = server.sockets[0].getsockname()
+        self.address = f"{bound[0]}:{bound[1]}"
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.stopping.set)
+        _write_file(os.path.join(self.config.data_dir, READY_FILE), orjson.dumps(
+            {"rpc_address": self.address, "node_id": enclave.node_id, "pid": os.getpid(),
+             "service_certificate_file": self.config.service_certificate_file}).decode())
+        logger.info(f"node {enclave.node_id[:16]}... listening on https://{self.address}")
+        ticker = asyncio.create_task(self._tick())
+        try:
+            await self.stopping.wait()
+        finally:
+            logger.info("stopping")
+            ticker.cancel()
+            server.close()
+            await server.wait_closed()
+            enclave.sign()
+            ledger.flush()
+            if ledger.files is not None:
+                ledger.files.close()
+            ready = os.path.join(self.config.data_dir, READY_FILE)
+            if os.path.exists(ready):
+                os.unlink(ready)
+            logger.info("stopped")
+
+    async def _tick(self) -> None:
+        assert self.enclave is not None
+        interval = self.config.enclave.signatures.every_ms / 1000 / 2
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.enclave.tick()
+            except Exception:  # a failing signature must be seen, and must not stop the timer silently
+                logger.exception("signature failed")
+                raise
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m network.node", description="Run a node in virtual mode.")
+    parser.add_argument("--config", required=True, help="the node's JSON configuration")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    configure_logging(config.log.format, config.log.level)
+    _use_uvloop()
+    try:
+        asyncio.run(NodeHost(config).run())
+    except (NodeStartError, ConfigError) as e:
+        logger.error(str(e))
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

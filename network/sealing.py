@@ -1,0 +1,116 @@
+"""Virtual sealing: a node's secrets kept in its data directory so that it can restart on the same service.
+
+What is sealed: the node's key and certificates, its encryption key, the service key and certificate, and
+every ledger secret. They are encrypted (AES-256-GCM) under a node-local key file, `sealing.key`.
+
+This is exactly as insecure as the virtual quote: anyone who can read the data directory can unseal. A TEE
+would derive the sealing key from the enclave's measurement; virtual mode has no such key, and says so.
+Files are replaced atomically (write, fsync, rename), so a crash leaves the old or the new sealed state.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ledger.bootstrap import NodeKeys
+from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, key_pem, load_cert, load_key
+from ledger.secrets import LedgerSecret, LedgerSecrets
+
+KEY_FILE = "sealing.key"
+SEALED_FILE = "sealed_secrets.bin"
+_AAD = b"ccf-py virtual sealing v1"
+
+
+class SealingError(Exception):
+    """The sealed secrets are missing, damaged, or sealed under another key."""
+
+
+@dataclass(frozen=True)
+class SealedState:
+    node: NodeKeys
+    service: ServiceIdentity
+    secrets: LedgerSecrets
+
+
+def _write_atomically(path: str, data: bytes, mode: int = 0o600) -> None:
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _sealing_key(directory: str, create: bool) -> bytes:
+    path = os.path.join(directory, KEY_FILE)
+    if not os.path.exists(path):
+        if not create:
+            raise SealingError(f"{path} is missing: the node's secrets cannot be unsealed")
+        _write_atomically(path, os.urandom(32))
+    with open(path, "rb") as f:
+        key = f.read()
+    if len(key) != 32:
+        raise SealingError(f"{path} is not a 32-byte sealing key")
+    return key
+
+
+def is_sealed(directory: str) -> bool:
+    return os.path.exists(os.path.join(directory, SEALED_FILE))
+
+
+def seal(directory: str, state: SealedState) -> None:
+    node = state.node.identity
+    body = {
+        "node_key": key_pem(node.key),
+        "node_self_signed": cert_pem(node.self_signed),
+        "node_endorsed": cert_pem(node.endorsed) if node.endorsed is not None else None,
+        "encryption_key": state.node.encryption_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode(),
+        "service_key": key_pem(state.service.key),
+        "service_cert": cert_pem(state.service.cert),
+        "ledger_secrets": [[s.start, base64.b64encode(s.raw).decode()] for s in state.secrets.all()],
+    }
+    nonce = os.urandom(12)
+    sealed = nonce + AESGCM(_sealing_key(directory, create=True)).encrypt(nonce, orjson.dumps(body), _AAD)
+    _write_atomically(os.path.join(directory, SEALED_FILE), sealed)
+
+
+def unseal(directory: str) -> SealedState:
+    path = os.path.join(directory, SEALED_FILE)
+    try:
+        with open(path, "rb") as f:
+            sealed = f.read()
+    except FileNotFoundError:
+        raise SealingError(f"{path} is missing: this data directory holds no node") from None
+    try:
+        plain = AESGCM(_sealing_key(directory, create=False)).decrypt(sealed[:12], sealed[12:], _AAD)
+        body = orjson.loads(plain)
+        encryption_key = serialization.load_pem_private_key(body["encryption_key"].encode(), None)
+        if not isinstance(encryption_key, rsa.RSAPrivateKey):
+            raise SealingError("the sealed encryption key is not RSA")
+        endorsed = body["node_endorsed"]
+        node = NodeIdentity(load_key(body["node_key"]), load_cert(body["node_self_signed"]),
+                            load_cert(endorsed) if endorsed else None)
+        service = ServiceIdentity(load_key(body["service_key"]), load_cert(body["service_cert"]))
+        secrets = LedgerSecrets([LedgerSecret.create(int(start), base64.b64decode(raw))
+                                 for start, raw in body["ledger_secrets"]])
+    except InvalidTag:
+        raise SealingError(f"{path} does not decrypt under {KEY_FILE}: damaged, or sealed by another node") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise SealingError(f"{path} is not a sealed node state: {e}") from None
+    return SealedState(NodeKeys(node, encryption_key), service, secrets)

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Run a one-node service in virtual mode for trying things out (what `make sandbox` runs).
+
+- `workspace/sandbox_common/`: service_cert.pem, member0_{cert,privk,enc_pubk,enc_privk}.pem, user0_{cert,privk}.pem
+- `workspace/sandbox_0/`: the node's configuration, data (ledger, snapshots, sealed secrets) and logs (out, err)
+
+On a new workspace it starts a new service and, through real signed governance requests, activates member0,
+adds user0 and opens the service. On an existing workspace it resumes the same service (the node unseals its
+secrets). `--clean` starts afresh. It prints curl commands to try, then runs until Ctrl-C (or, with
+`--exit-when-open`, returns once the service is open and leaves the node running, printing its pid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from governance.member_client import MemberSigner, set_user, transition_service_to_open
+from ledger.identity import PartyIdentity, key_pem, load_cert
+from network.client import ServiceClient, ServiceError
+from network.member_api import MemberApi
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _write(path: str, data: str | bytes, private: bool = False) -> None:
+    raw = data.encode() if isinstance(data, str) else data
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(raw)
+
+
+def make_identities(common: str) -> None:
+    """member0 (with a recovery encryption key pair) and user0, unless they already exist."""
+    os.makedirs(common, exist_ok=True)
+    for name in ("member0", "user0"):
+        if os.path.exists(os.path.join(common, f"{name}_cert.pem")):
+            continue
+        party = PartyIdentity.create(name)
+        _write(os.path.join(common, f"{name}_privk.pem"), key_pem(party.key), private=True)
+        _write(os.path.join(common, f"{name}_cert.pem"), party.pem)
+    if not os.path.exists(os.path.join(common, "member0_enc_pubk.pem")):
+        enc = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        _write(os.path.join(common, "member0_enc_privk.pem"), enc.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), private=True)
+        _write(os.path.join(common, "member0_enc_pubk.pem"), enc.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def node_config(workspace: str, port: int, **extra: object) -> str:
+    node_dir = os.path.join(workspace, "sandbox_0")
+    os.makedirs(node_dir, exist_ok=True)
+    config = {
+        "data_dir": ".",
+        "rpc_address": f"127.0.0.1:{port}",
+        "service_certificate_file": "../sandbox_common/service_cert.pem",
+        "start": {
+            "members": [{"certificate_file": "../sandbox_common/member0_cert.pem",
+                         "encryption_public_key_file": "../sandbox_common/member0_enc_pubk.pem"}],
+            "constitution": "majority",
+            "service_configuration": {"recovery_threshold": 1},
+        },
+        "app": "app.logging:app",
+        "signatures": {"every_tx": 5000, "every_ms": 20},
+        "snapshots": {"every_tx": 10000},
+        **extra,
+    }
+    path = os.path.join(node_dir, "config.json")
+    _write(path, orjson.dumps(config, option=orjson.OPT_INDENT_2))
+    return path
+
+
+def start_node(config_path: str, timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
+    node_dir = os.path.dirname(config_path)
+    ready = os.path.join(node_dir, "node.json")
+    if os.path.exists(ready):
+        os.unlink(ready)
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with open(os.path.join(node_dir, "out"), "ab") as out, open(os.path.join(node_dir, "err"), "ab") as err:
+        process = subprocess.Popen([sys.executable, "-m", "network.node", "--config", config_path],
+                                   stdout=out, stderr=err, env=env, cwd=ROOT)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(ready):
+        if process.poll() is not None:
+            with open(os.path.join(node_dir, "err"), "rb") as f:
+                tail = f.read().decode(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError("the node exited (code {}): {}".format(process.returncode, " | ".join(tail)))
+        if time.monotonic() > deadline:
+            process.terminate()
+            raise RuntimeError(f"the node did not start within {timeout:.0f} s; see {node_dir}/err")
+        time.sleep(0.05)
+    with open(ready, "rb") as f:
+        return process, orjson.loads(f.read())
+
+
+def open_service(url: str, common: str) -> None:
+    """member0 acks, proposes user0 and the opening, and votes for it (majority of one)."""
+    path = lambda name: os.path.join(common, name)  # noqa: E731
+    client = ServiceClient(url, path("service_cert.pem"))
+    with open(path("member0_privk.pem"), "rb") as k, open(path("member0_cert.pem"), "rb") as c:
+        member = MemberApi(client, MemberSigner.from_pem(k.read(), c.read()))
+    if member.service_info()["status"] == "Open":
+        return
+    member.activate()
+    with open(path("user0_cert.pem"), "rb") as f:
+        user_cert = load_cert(f.read())
+    with open(path("service_cert.pem")) as f:
+        service_pem = f.read()
+    proposal = member.propose([set_user(user_cert), transition_service_to_open(service_pem)])
+    if proposal["proposalState"] == "Open":
+        proposal = member.vote(proposal["proposalId"])
+    if proposal["proposalState"] != "Accepted":
+        raise RuntimeError(f"the opening proposal ended {proposal['proposalState']}: {proposal}")
+    client.close()
+
+
+def instructions(url: str, common: str) -> str:
+    rel = os.path.relpath(common)
+    tls = f"--cacert {rel}/service_cert.pem"
+    user = f"{tls} --cert {rel}/user0_cert.pem --key {rel}/user0_privk.pem"
+    return f"""
+The service is open at {url}  (service certificate: {rel}/service_cert.pem)
+
+Write a private record as user0, and read it back:
+  curl {url}/app/log/private {user} -H 'content-type: application/json' --data-binary '{{"id": 42, "msg": "hello"}}' -i
+  curl '{url}/app/log/private?id=42' {user}
+Is the write committed? (use the x-ms-ccf-transaction-id of the write, e.g. 2.10)
+  curl '{url}/app/tx?transaction_id=2.10' {user}
+  curl {url}/app/commit {user}
+Its receipt (verify it offline against the service certificate):
+  curl '{url}/app/receipt?transaction_id=2.10' {user}
+A member proposal, signed by member0 (e.g. trigger a ledger rekey):
+  echo '{{"actions": [{{"name": "trigger_ledger_rekey", "args": {{}}}}]}}' > /tmp/p.json
+  ccf_cose_sign1 --ccf-gov-msg-type proposal --ccf-gov-msg-created_at "$(date -uIs)" \\
+    --signing-key {rel}/member0_privk.pem --signing-cert {rel}/member0_cert.pem --content /tmp/p.json \\
+  | curl '{url}/gov/members/proposals:create?api-version=2024-07-01' {tls} \\
+    -H 'content-type: application/cose' --data-binary @-
+  (or: python scripts/member.py --cert {rel}/member0_cert.pem --key {rel}/member0_privk.pem \\
+        --url {url} --service-cert {rel}/service_cert.pem propose --trigger trigger_ledger_rekey)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", default=os.path.join(ROOT, "workspace"))
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--clean", action="store_true", help="remove the workspace and start a new service")
+    parser.add_argument("--exit-when-open", action="store_true", help="leave the node running and return")
+    args = parser.parse_args(argv)
+    if args.clean and os.path.exists(args.workspace):
+        shutil.rmtree(args.workspace)
+    common = os.path.join(args.workspace, "sandbox_common")
+    make_identities(common)
+    config = node_config(args.workspace, args.port)
+    try:
+        process, ready = start_node(config)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    url = f"https://{ready['rpc_address']}"
+    try:
+        open_service(url, common)
+    except (ServiceError, RuntimeError, OSError) as e:
+        print(f"error: opening the service failed: {e}", file=sys.stderr)
+        process.terminate()
+        process.wait()
+        return 1
+    print(instructions(url, common), flush=True)
+    if args.exit_when_open:
+        print(f"node pid {process.pid}", flush=True)
+        return 0
+    print("Running until Ctrl-C.", flush=True)
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: process.terminate())
+        process.wait()
+    except KeyboardInterrupt:
+        process.send_signal(signal.SIGINT)
+        process.wait()
+    print(f"node stopped (exit {process.returncode}); its ledger is in {os.path.dirname(config)}/ledger")
+    return 0 if process.returncode in (0, -signal.SIGTERM, -signal.SIGINT) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
