@@ -30,24 +30,35 @@ class MemberApi:
     def _post(self, path: str, body: bytes) -> Any:
         return self.client.json_ok("POST", self._path(path), body, content_type=COSE)
 
-    def activate(self) -> None:
-        """Fetch the state digest to acknowledge, and acknowledge it (the member becomes Active)."""
-        digest = self._post(f"/members/state-digests/{self.member_id}:update", self.signer.state_digest_update())
-        self._post(f"/members/state-digests/{self.member_id}:ack", self.signer.ack(digest))
-
-    def propose(self, actions: list[dict[str, Any]]) -> dict[str, Any]:
-        result: dict[str, Any] = self._post("/members/proposals:create", self.signer.proposal(actions))
+    def state_digest(self, created_at: int | None = None) -> dict[str, Any]:
+        """Ask the node to record the current state digest for this member to acknowledge."""
+        result: dict[str, Any] = self._post(f"/members/state-digests/{self.member_id}:update",
+                                            self.signer.state_digest_update(created_at=created_at))
         return result
 
-    def vote(self, proposal_id: str, approve: bool = True, ballot: str | None = None) -> dict[str, Any]:
+    def ack(self, digest: dict[str, Any] | None = None, created_at: int | None = None) -> None:
+        """Acknowledge `digest` (by default a freshly recorded one): the member becomes Active."""
+        digest = digest if digest is not None else self.state_digest(created_at)
+        self._post(f"/members/state-digests/{self.member_id}:ack", self.signer.ack(digest, created_at=created_at))
+
+    def activate(self) -> None:
+        self.ack()
+
+    def propose(self, actions: list[dict[str, Any]], created_at: int | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self._post("/members/proposals:create",
+                                            self.signer.proposal(actions, created_at=created_at))
+        return result
+
+    def vote(self, proposal_id: str, approve: bool = True, ballot: str | None = None,
+             created_at: int | None = None) -> dict[str, Any]:
         source = ballot if ballot is not None else (APPROVE_BALLOT if approve else REJECT_BALLOT)
         result: dict[str, Any] = self._post(f"/members/proposals/{proposal_id}/ballots/{self.member_id}:submit",
-                                            self.signer.ballot(proposal_id, source))
+                                            self.signer.ballot(proposal_id, source, created_at=created_at))
         return result
 
-    def withdraw(self, proposal_id: str) -> dict[str, Any] | None:
+    def withdraw(self, proposal_id: str, created_at: int | None = None) -> dict[str, Any] | None:
         result: dict[str, Any] | None = self._post(f"/members/proposals/{proposal_id}:withdraw",
-                                                   self.signer.withdrawal(proposal_id))
+                                                   self.signer.withdrawal(proposal_id, created_at=created_at))
         return result
 
     def proposal(self, proposal_id: str) -> dict[str, Any]:

@@ -1,23 +1,25 @@
 #!/usr/bin/env python3
-"""Sign governance requests as a consortium member: `member.py --cert C --key K COMMAND ...`.
+"""Act as a consortium member: `member.py --cert C --key K [--url URL --service-cert PEM] COMMAND ...`.
 
-Commands write the signed COSE_Sign1 body to --out (or stdout), ready to POST with
-`Content-Type: application/cose`:
+With `--url`, each command is signed and sent to the node's `/gov` API (api-version 2024-07-01) and the
+result printed (a line a person can read, or the JSON answer with `--json`). Without it, the signed
+COSE_Sign1 body goes to --out (or stdout), ready to POST with `Content-Type: application/cose`.
   propose  (--actions FILE | --set-user CERT | --remove-user ID | --set-member CERT [--encryption-key PEM]
             | --transition-service-to-open SERVICE_CERT | --set-constitution JS_FILE [JS_FILE ...]
             | --trigger ACTION)
   vote PROPOSAL_ID (--approve | --reject | --ballot JS_FILE)
   withdraw PROPOSAL_ID
-  state-digest                 (ask the node for the digest to ack)
-  ack --state-digest JSON_FILE (the object the node returned)
-A one-line summary goes to stderr (or, with --json, a JSON object); errors print one line and exit 1.
-Sending them to a node comes with the node (the `/gov` frontend).
+  state-digest                 (the digest to ack)
+  ack [--state-digest JSON_FILE] (with --url and no file: fetch the digest and ack it, i.e. activate)
+  show PROPOSAL_ID, list       (--url only)
+Errors print one line (`error: ...`, with CCF's code when the node refused) and exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import sys
 from typing import Any
 
@@ -32,6 +34,8 @@ from governance.member_client import (
     transition_service_to_open,
 )
 from ledger.identity import load_cert
+from network.client import ServiceClient, ServiceError
+from network.member_api import MemberApi
 
 
 def _read(path: str) -> bytes:
@@ -70,15 +74,21 @@ def _proposal_actions(args: argparse.Namespace) -> list[dict[str, Any]]:
     raise ValueError("say what to propose (see --help)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--cert", required=True, help="member certificate (PEM)")
     parser.add_argument("--key", required=True, help="member private key (PEM)")
+    parser.add_argument("--url", help="send to this node (https://host:port) instead of printing the body")
+    parser.add_argument("--service-cert", help="the service certificate (PEM) to trust, with --url")
     parser.add_argument("--created-at", help="ISO 8601 time for ccf.gov.msg.created_at (default: now)")
     parser.add_argument("--out", help="write the signed body here instead of stdout")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
     sub = parser.add_subparsers(dest="command", required=True)
-    propose = sub.add_parser("propose")
+    # --json may also come after the command
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as JSON")
+    add = functools.partial(sub.add_parser, parents=[after])
+    propose = add("propose")
     group = propose.add_mutually_exclusive_group(required=True)
     group.add_argument("--actions")
     group.add_argument("--set-user")
@@ -89,41 +99,53 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--trigger", choices=["trigger_ledger_rekey", "trigger_ledger_chunk", "trigger_snapshot",
                                              "trigger_recovery_shares_refresh"])
     propose.add_argument("--encryption-key")
-    vote = sub.add_parser("vote")
+    vote = add("vote")
     vote.add_argument("proposal_id")
     choice = vote.add_mutually_exclusive_group(required=True)
     choice.add_argument("--approve", action="store_true")
     choice.add_argument("--reject", action="store_true")
     choice.add_argument("--ballot")
-    withdraw = sub.add_parser("withdraw")
+    withdraw = add("withdraw")
     withdraw.add_argument("proposal_id")
-    sub.add_parser("state-digest")
-    ack = sub.add_parser("ack")
-    ack.add_argument("--state-digest", required=True)
-    args = parser.parse_args(argv)
-    try:
-        signer = MemberSigner.from_pem(_read(args.key), _read(args.cert))
-        created_at = _created_at(args.created_at)
-        summary: dict[str, Any] = {"command": args.command, "member_id": signer.member_id}
-        if args.command == "propose":
-            actions = _proposal_actions(args)
-            body = signer.proposal(actions, created_at=created_at)
-            summary["actions"] = [a["name"] for a in actions]
-        elif args.command == "vote":
-            ballot = _read(args.ballot).decode() if args.ballot else (REJECT_BALLOT if args.reject else None)
-            body = signer.ballot(args.proposal_id, ballot, created_at=created_at) if ballot else \
-                signer.ballot(args.proposal_id, created_at=created_at)
-            summary["proposal_id"] = args.proposal_id
-        elif args.command == "withdraw":
-            body = signer.withdrawal(args.proposal_id, created_at=created_at)
-            summary["proposal_id"] = args.proposal_id
-        elif args.command == "state-digest":
-            body = signer.state_digest_update(created_at=created_at)
-        else:
-            body = signer.ack(orjson.loads(_read(args.state_digest)), created_at=created_at)
-    except (OSError, ValueError, orjson.JSONDecodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    add("state-digest")
+    ack = add("ack")
+    ack.add_argument("--state-digest")
+    show = add("show")
+    show.add_argument("proposal_id")
+    add("list")
+    return parser
+
+
+def _ballot(args: argparse.Namespace) -> str | None:
+    return _read(args.ballot).decode() if args.ballot else (REJECT_BALLOT if args.reject else None)
+
+
+def _signed_body(args: argparse.Namespace, signer: MemberSigner) -> tuple[bytes, dict[str, Any]]:
+    """The signed request for `args.command`, and a summary of it."""
+    created_at = _created_at(args.created_at)
+    summary: dict[str, Any] = {"command": args.command, "member_id": signer.member_id}
+    if args.command == "propose":
+        actions = _proposal_actions(args)
+        summary["actions"] = [a["name"] for a in actions]
+        return signer.proposal(actions, created_at=created_at), summary
+    if args.command == "vote":
+        summary["proposal_id"] = args.proposal_id
+        ballot = _ballot(args)
+        return (signer.ballot(args.proposal_id, ballot, created_at=created_at) if ballot else
+                signer.ballot(args.proposal_id, created_at=created_at)), summary
+    if args.command == "withdraw":
+        summary["proposal_id"] = args.proposal_id
+        return signer.withdrawal(args.proposal_id, created_at=created_at), summary
+    if args.command == "state-digest":
+        return signer.state_digest_update(created_at=created_at), summary
+    if args.command == "ack":
+        if not args.state_digest:
+            raise ValueError("ack without --url needs --state-digest FILE")
+        return signer.ack(orjson.loads(_read(args.state_digest)), created_at=created_at), summary
+    raise ValueError(f"{args.command} needs --url")
+
+
+def _print_signed(args: argparse.Namespace, body: bytes, summary: dict[str, Any], signer: MemberSigner) -> None:
     summary["bytes"] = len(body)
     if args.out:
         with open(args.out, "wb") as f:
@@ -137,6 +159,61 @@ def main(argv: list[str] | None = None) -> int:
         extra = f" {summary.get('actions') or summary.get('proposal_id') or ''}".rstrip()
         print(f"signed {args.command}{extra} as member {signer.member_id[:12]}... ({len(body)} bytes)",
               file=sys.stderr)
+
+
+def _describe(proposal: dict[str, Any]) -> str:
+    line = f"proposal {proposal['proposalId']} {proposal['proposalState']} ({proposal.get('ballotCount', 0)} ballots)"
+    if proposal.get("failure"):
+        line += f": {proposal['failure'].get('reason')}"
+    return line
+
+
+def _send(args: argparse.Namespace, signer: MemberSigner) -> tuple[Any, str]:
+    """Run the command against the node; returns the answer and a line describing it."""
+    if not args.service_cert:
+        raise ValueError("--url needs --service-cert")
+    api = MemberApi(ServiceClient(args.url, args.service_cert), signer)
+    created_at = _created_at(args.created_at)
+    if args.command == "propose":
+        result = api.propose(_proposal_actions(args), created_at=created_at)
+        return result, _describe(result)
+    if args.command == "vote":
+        ballot = _ballot(args)
+        result = api.vote(args.proposal_id, ballot=ballot, created_at=created_at)
+        return result, _describe(result)
+    if args.command == "withdraw":
+        withdrawn = api.withdraw(args.proposal_id, created_at=created_at)
+        return withdrawn, _describe(withdrawn) if withdrawn else f"proposal {args.proposal_id} is unknown"
+    if args.command == "state-digest":
+        digest = api.state_digest(created_at=created_at)
+        return digest, f"state digest {digest['stateDigest']}"
+    if args.command == "ack":
+        digest = orjson.loads(_read(args.state_digest)) if args.state_digest else None
+        api.ack(digest, created_at=created_at)
+        return {"memberId": signer.member_id, "status": "Active"}, f"member {signer.member_id} is Active"
+    if args.command == "show":
+        result = api.proposal(args.proposal_id)
+        return result, _describe(result)
+    proposals = api.proposals()
+    return {"value": proposals}, "\n".join(_describe(p) for p in proposals) or "no proposals"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        signer = MemberSigner.from_pem(_read(args.key), _read(args.cert))
+        if args.url:
+            result, line = _send(args, signer)
+            print(orjson.dumps(result).decode() if args.json else line)
+            return 0
+        body, summary = _signed_body(args, signer)
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, orjson.JSONDecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    _print_signed(args, body, summary, signer)
     return 0
 
 

@@ -1,0 +1,124 @@
+"""An in-process node for tests: a real `Enclave` over a real service ledger (files in a temporary directory),
+the default constitution, member0 with a recovery key, user0, and a host whose fetches run when told to."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from app.logging import app
+from governance.constitution import default_constitution
+from governance.member_client import MemberSigner
+from ledger.bootstrap import NodeKeys, start_new_service
+from ledger.genesis import GenesisMember, VirtualQuote
+from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, key_pem
+from network.enclave import Enclave, EnclaveSettings, SignaturePolicy
+from network.http import Request, Response
+
+API = "?api-version=2024-07-01"
+
+
+class FakeHost:
+    """The host services, in memory: scheduled fetches run at `run_scheduled()` (or at once)."""
+
+    def __init__(self, immediate: bool = True) -> None:
+        self.immediate = immediate
+        self.pending: list[Callable[[], None]] = []
+        self.read: Callable[[int, int], list[bytes]] = lambda s, e: []
+        self.sealed = 0
+
+    def read_entries(self, start: int, end: int) -> list[bytes]:
+        return self.read(start, end)
+
+    def schedule(self, fn: Callable[[], None]) -> None:
+        if self.immediate:
+            fn()
+        else:
+            self.pending.append(fn)
+
+    def run_scheduled(self) -> None:
+        while self.pending:
+            self.pending.pop(0)()
+
+    def secrets_changed(self) -> None:
+        self.sealed += 1
+
+    def session_metrics(self) -> dict[str, Any]:
+        return {"active": 1, "peak": 1}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Node:
+    """One enclave with member0 (recovery member) and user0 identities."""
+
+    def __init__(self, directory: str, *, every_tx: int = 5000, every_ms: int = 20, constitution: str = "majority",
+                 snapshot_every_tx: int = 0, immediate: bool = True) -> None:
+        self.member = PartyIdentity.create("member0")
+        self.user = PartyIdentity.create("user0")
+        self.encryption_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        enc_pub = self.encryption_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        service = ServiceIdentity.create()
+        identity = NodeIdentity.create().endorsed_by(service)
+        self.keys = NodeKeys(identity, rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        quote = VirtualQuote("aa" * 32, "bb" * 32, identity.node_id)
+        self.ledger = start_new_service(f"{directory}/ledger", [GenesisMember(self.member.pem, None, enc_pub)],
+                                        default_constitution(constitution), quote, service=service, node=self.keys,
+                                        snapshot_dir=f"{directory}/snapshots")
+        self.host = FakeHost(immediate)
+        self.host.read = self.ledger.files.read_range  # type: ignore[union-attr]
+        self.clock = Clock()
+        self.enclave = Enclave(self.ledger, self.keys, quote, app, self.host,
+                               EnclaveSettings(SignaturePolicy(every_tx, every_ms), snapshot_every_tx),
+                               clock=self.clock)
+        self.signer = MemberSigner.from_pem(key_pem(self.member.key), self.member.pem)
+        self.member_der = self.member.cert.public_bytes(serialization.Encoding.DER)
+        self.user_der = self.user.cert.public_bytes(serialization.Encoding.DER)
+
+    def call(self, method: str, target: str, body: bytes | Any = None, *, cert: bytes | None = None,
+             headers: dict[str, str] | None = None) -> Response:
+        raw = b"" if body is None else body if isinstance(body, bytes) else orjson.dumps(body)
+        return self.enclave.handle(Request(method, target, headers or {}, raw, cert))
+
+    def user_call(self, method: str, target: str, body: Any = None, **kw: Any) -> Response:
+        return self.call(method, target, body, cert=self.user_der, **kw)
+
+    def gov(self, path: str, body: bytes) -> Response:
+        return self.call("POST", f"/gov{path}{API}", body, headers={"content-type": "application/cose"})
+
+    def activate_member(self) -> None:
+        update = self.gov(f"/members/state-digests/{self.signer.member_id}:update", self.signer.state_digest_update())
+        assert update.status == 200, update.body
+        ack = self.gov(f"/members/state-digests/{self.signer.member_id}:ack", self.signer.ack(orjson.loads(update.body)))
+        assert ack.status == 204, ack.body
+
+    def pass_proposal(self, actions: list[dict[str, Any]]) -> dict[str, Any]:
+        """Propose and vote as member0 (the only member, so its vote is the majority)."""
+        created = self.gov("/members/proposals:create", self.signer.proposal(actions))
+        assert created.status == 200, created.body
+        proposal: dict[str, Any] = orjson.loads(created.body)
+        if proposal["proposalState"] == "Open":
+            voted = self.gov(f"/members/proposals/{proposal['proposalId']}/ballots/{self.signer.member_id}:submit",
+                             self.signer.ballot(proposal["proposalId"]))
+            assert voted.status == 200, voted.body
+            proposal = orjson.loads(voted.body)
+        return proposal
+
+    def open_service(self) -> None:
+        self.activate_member()
+        proposal = self.pass_proposal([
+            {"name": "set_user", "args": {"cert": self.user.pem}},
+            {"name": "transition_service_to_open", "args": {"next_service_identity": self.ledger.service.pem}},
+        ])
+        assert proposal["proposalState"] == "Accepted", proposal

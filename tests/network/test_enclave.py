@@ -1,0 +1,227 @@
+"""The enclave in process: frontends, governance over HTTP shapes, effects, signatures and commit."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import orjson
+import pytest
+
+from governance.recovery_shares import RECOVERY_SHARES, decrypt_share, unwrap_ledger_secret
+from ledger.receipts import verify_json_receipt
+from ledger.tables import HISTORICAL_SECRETS, SERVICE_INFO, SINGLETON_KEY
+from network.endpoints import TXID_HEADER
+from tests.network.node_harness import API, Node
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Node:
+    return Node(str(tmp_path))
+
+
+@pytest.fixture
+def open_node(tmp_path: Path) -> Node:
+    n = Node(str(tmp_path))
+    n.open_service()
+    return n
+
+
+def _error(response: object) -> tuple[int, str]:
+    status = response.status  # type: ignore[attr-defined]
+    return status, orjson.loads(response.body)["error"]["code"]  # type: ignore[attr-defined]
+
+
+def test_the_app_frontend_is_closed_until_the_service_opens(node: Node) -> None:
+    assert _error(node.user_call("GET", "/app/log/private?id=1")) == (404, "FrontendNotOpen")
+    assert node.call("GET", "/node/ready/app").status == 503
+    assert node.call("GET", "/node/ready/gov").status == 204
+    node.open_service()
+    assert node.call("GET", "/node/ready/app").status == 204
+    written = node.user_call("POST", "/app/log/private", {"id": 1, "msg": "hello"})
+    assert written.status == 200 and dict(written.headers)[TXID_HEADER].startswith("2.")
+    assert orjson.loads(node.user_call("GET", "/app/log/private?id=1").body) == {"msg": "hello"}
+    info = orjson.loads(node.call("GET", f"/gov/service/info{API}").body)
+    assert info["status"] == "Open" and info["certificate"] == node.ledger.service.pem
+
+
+def test_unknown_frontends_are_404(node: Node) -> None:
+    assert _error(node.call("GET", "/nothing/here")) == (404, "ResourceNotFound")
+    assert _error(node.call("GET", "/")) == (404, "ResourceNotFound")
+
+
+def test_gov_calls_need_a_known_api_version_but_common_endpoints_do_not(node: Node) -> None:
+    assert _error(node.call("GET", "/gov/members/proposals")) == (400, "MissingApiVersionParameter")
+    assert _error(node.call("GET", "/gov/members/proposals?api-version=2099-01-01")) == \
+        (400, "UnsupportedApiVersionValue")
+    assert node.call("GET", f"/gov/members/proposals{API}").status == 200
+    assert node.call("GET", "/gov/commit").status == 200
+
+
+def test_signed_gov_calls_need_cose_content_and_a_valid_signature(node: Node) -> None:
+    body = node.signer.proposal([{"name": "trigger_ledger_chunk", "args": {}}])
+    wrong_type = node.call("POST", f"/gov/members/proposals:create{API}", body,
+                           headers={"content-type": "application/json"})
+    assert _error(wrong_type) == (415, "UnsupportedContentType")
+    assert _error(node.gov("/members/proposals:create", b"\x01garbage")) == (401, "InvalidAuthenticationInfo")
+    # member0 is not Active before its ack: proposals need an active member
+    assert _error(node.gov("/members/proposals:create", body)) == (401, "InvalidAuthenticationInfo")
+
+
+def test_opening_deals_recovery_shares_that_member0_can_use(open_node: Node) -> None:
+    member_id = open_node.signer.member_id
+    answer = open_node.call("GET", f"/gov/recovery/encrypted-shares/{member_id}{API}")
+    assert answer.status == 200, answer.body
+    share = decrypt_share(orjson.loads(answer.body)["encryptedShare"], open_node.encryption_key)
+    record = open_node.ledger.read_tx().get_json(RECOVERY_SHARES, SINGLETON_KEY)
+    assert unwrap_ledger_secret(record, [share]) == open_node.ledger.secrets.latest.raw
+    # the opening also starts the chain of historical secrets (verify_ledger_secrets_chain reads it)
+    assert open_node.ledger.read_tx().get_json(HISTORICAL_SECRETS, SINGLETON_KEY) == {
+        "next_version": open_node.ledger.secrets.latest.start}
+
+
+def test_a_rekey_switches_secrets_reseals_and_deals_shares_for_the_new_secret(open_node: Node) -> None:
+    sealed_before = open_node.host.sealed
+    proposal = open_node.pass_proposal([{"name": "trigger_ledger_rekey", "args": {}}])
+    assert proposal["proposalState"] == "Accepted"
+    assert len(open_node.ledger.secrets) == 2 and open_node.host.sealed == sealed_before + 1
+    answer = open_node.call("GET", f"/gov/recovery/encrypted-shares/{open_node.signer.member_id}{API}")
+    share = decrypt_share(orjson.loads(answer.body)["encryptedShare"], open_node.encryption_key)
+    record = open_node.ledger.read_tx().get_json(RECOVERY_SHARES, SINGLETON_KEY)
+    assert unwrap_ledger_secret(record, [share]) == open_node.ledger.secrets.latest.raw
+    assert open_node.user_call("POST", "/app/log/private", {"id": 2, "msg": "after rekey"}).status == 200
+    assert orjson.loads(open_node.user_call("GET", "/app/log/private?id=2").body) == {"msg": "after rekey"}
+
+
+def test_an_opening_that_cannot_deal_shares_fails_and_commits_nothing(node: Node) -> None:
+    node.activate_member()
+    raised = node.pass_proposal([{"name": "set_recovery_threshold", "args": {"recovery_threshold": 1}}])
+    assert raised["proposalState"] == "Accepted"
+    # with member0's encryption key gone there is no recovery member to deal shares to
+    tx = node.ledger.begin()
+    tx.remove("public:ccf.gov.members.encryption_public_keys", node.signer.member_id)
+    node.ledger.commit(tx)
+    last = node.ledger.last_seqno
+    created = node.gov("/members/proposals:create", node.signer.proposal([
+        {"name": "transition_service_to_open", "args": {"next_service_identity": node.ledger.service.pem}}]))
+    assert created.status == 200  # Open: it waits for member0's ballot
+    pid = orjson.loads(created.body)["proposalId"]
+    last = node.ledger.last_seqno
+    voted = node.gov(f"/members/proposals/{pid}/ballots/{node.signer.member_id}:submit", node.signer.ballot(pid))
+    assert _error(voted) == (500, "InternalError")
+    assert b"recovery member" in voted.body
+    assert node.ledger.last_seqno == last  # the ballot, the acceptance and the opening: none committed
+    assert node.ledger.read_tx().get_json(SERVICE_INFO, SINGLETON_KEY)["status"] == "Opening"
+    assert orjson.loads(node.call("GET", f"/gov/members/proposals/{pid}{API}").body)["proposalState"] == "Open"
+
+
+def test_a_signature_follows_every_n_transactions_and_commits(tmp_path: Path) -> None:
+    node = Node(str(tmp_path), every_tx=3)
+    node.open_service()
+    node.enclave.sign()
+    committed = node.ledger.committed_seqno
+    for i in range(2):
+        node.user_call("POST", "/app/log/public", {"id": i, "msg": "m"})
+    assert node.ledger.committed_seqno == committed
+    node.user_call("POST", "/app/log/public", {"id": 2, "msg": "m"})
+    assert node.ledger.is_signature(node.ledger.last_seqno)
+    assert node.ledger.committed_seqno == node.ledger.last_seqno
+
+
+def test_the_tick_signs_once_unsigned_transactions_waited_every_ms(open_node: Node) -> None:
+    open_node.enclave.sign()
+    written = open_node.user_call("POST", "/app/log/private", {"id": 7, "msg": "x"})
+    txid = dict(written.headers)[TXID_HEADER]
+    status = lambda: orjson.loads(open_node.user_call("GET", f"/app/tx?transaction_id={txid}").body)["status"]  # noqa
+    assert status() == "Pending"
+    open_node.clock.now += 0.010
+    open_node.enclave.tick()
+    assert status() == "Pending"
+    open_node.clock.now += 0.015
+    open_node.enclave.tick()
+    assert status() == "Committed"
+
+
+def test_a_read_names_the_last_transaction_it_observed(open_node: Node) -> None:
+    written = open_node.user_call("POST", "/app/log/private", {"id": 3, "msg": "x"})
+    read = open_node.user_call("GET", "/app/log/private?id=3")
+    assert dict(read.headers)[TXID_HEADER] == dict(written.headers)[TXID_HEADER]
+
+
+def test_receipts_are_served_for_committed_transactions_only(open_node: Node) -> None:
+    written = open_node.user_call("POST", "/app/log/private", {"id": 4, "msg": "x"})
+    txid = dict(written.headers)[TXID_HEADER]
+    assert _error(open_node.user_call("GET", f"/app/receipt?transaction_id={txid}")) == \
+        (404, "TransactionPendingOrUnknown")
+    open_node.enclave.sign()
+    answer = open_node.user_call("GET", f"/app/receipt?transaction_id={txid}")
+    assert answer.status == 200
+    verified = verify_json_receipt(orjson.loads(answer.body), open_node.ledger.service.cert)
+    assert verified.seqno == int(txid.split(".")[1])
+    assert _error(open_node.user_call("GET", "/app/receipt?transaction_id=nonsense")) == \
+        (400, "InvalidQueryParameterValue")
+
+
+def test_governance_reads_show_proposals_ballots_members_and_users(open_node: Node) -> None:
+    n = open_node
+    body = n.signer.proposal([{"name": "trigger_ledger_chunk", "args": {}}])
+    created = orjson.loads(n.gov("/members/proposals:create", body).body)
+    pid = created["proposalId"]
+    assert created["proposalState"] == "Open" and created["proposerId"] == n.signer.member_id
+    assert orjson.loads(n.call("GET", f"/gov/members/proposals/{pid}/actions{API}").body) == \
+        {"actions": [{"name": "trigger_ledger_chunk", "args": {}}]}
+    assert any(p["proposalId"] == pid for p in orjson.loads(n.call("GET", f"/gov/members/proposals{API}").body)
+               ["value"])
+    assert _error(n.call("GET", f"/gov/members/proposals/{pid}/ballots/{n.signer.member_id}{API}")) == \
+        (404, "VoteNotFound")
+    n.gov(f"/members/proposals/{pid}/ballots/{n.signer.member_id}:submit", n.signer.ballot(pid))
+    ballot = n.call("GET", f"/gov/members/proposals/{pid}/ballots/{n.signer.member_id}{API}")
+    assert ballot.status == 200 and ("content-type", "text/javascript") in ballot.headers
+    assert b"return true" in ballot.body
+    assert _error(n.call("GET", f"/gov/members/proposals/{'ab' * 32}{API}")) == (404, "ProposalNotFound")
+    member = orjson.loads(n.call("GET", f"/gov/service/members/{n.signer.member_id}{API}").body)
+    assert member["status"] == "Active" and member["recoveryRole"] == "Participant"
+    users = orjson.loads(n.call("GET", f"/gov/service/users{API}").body)["value"]
+    assert [u["userId"] for u in users] == [n.user.id]
+    constitution = n.call("GET", f"/gov/service/constitution{API}")
+    assert b"export function resolve" in constitution.body
+    node_info = orjson.loads(n.call("GET", f"/gov/service/nodes/{n.enclave.node_id}{API}").body)
+    assert node_info["status"] == "Trusted" and node_info["quoteInfo"]["format"] == "Insecure_Virtual"
+
+
+def test_withdrawing_an_unknown_proposal_is_204_and_a_known_one_withdraws(open_node: Node) -> None:
+    n = open_node
+    unknown = "cd" * 32
+    assert n.gov(f"/members/proposals/{unknown}:withdraw", n.signer.withdrawal(unknown)).status == 204
+    pid = orjson.loads(n.gov("/members/proposals:create", n.signer.proposal(
+        [{"name": "trigger_ledger_chunk", "args": {}}])).body)["proposalId"]
+    withdrawn = n.gov(f"/members/proposals/{pid}:withdraw", n.signer.withdrawal(pid))
+    assert orjson.loads(withdrawn.body)["proposalState"] == "Withdrawn"
+
+
+def test_the_node_frontend_describes_the_node(open_node: Node) -> None:
+    n = open_node
+    network = orjson.loads(n.call("GET", "/node/network").body)
+    assert network["service_status"] == "Open" and network["primary_id"] == n.enclave.node_id
+    state = orjson.loads(n.call("GET", "/node/state").body)
+    assert state["state"] == "PartOfNetwork" and state["node_id"] == n.enclave.node_id
+    quote = orjson.loads(n.call("GET", "/node/quotes/self").body)
+    raw = orjson.loads(base64.b64decode(quote["raw"]))
+    assert quote["format"] == "Insecure_Virtual" and raw["report_data"] == n.enclave.node_id
+    assert [q["node_id"] for q in orjson.loads(n.call("GET", "/node/quotes").body)["quotes"]] == [n.enclave.node_id]
+    nodes = orjson.loads(n.call("GET", "/node/network/nodes").body)["nodes"]
+    assert len(nodes) == 1 and nodes[0]["primary"] is True
+    assert orjson.loads(n.call("GET", "/node/network/nodes?status=Pending").body)["nodes"] == []
+    assert _error(n.call("GET", f"/node/network/nodes/{'ef' * 32}")) == (404, "ResourceNotFound")
+    assert n.call("GET", "/node/primary").status == 200
+    assert n.call("GET", "/node/backup").status == 404
+    assert _error(n.call("GET", "/node/service/previous_identity")) == (404, "ResourceNotFound")
+    assert orjson.loads(n.call("GET", "/node/service/configuration").body)["recovery_threshold"] == 1
+    paths = orjson.loads(n.call("GET", "/node/api").body)["paths"]
+    assert "/node/network" in paths and "/node/receipt" in paths
+    app_paths = orjson.loads(n.user_call("GET", "/app/api").body)["paths"]
+    assert "/app/log/private" in app_paths and "/app/commit" in app_paths
+    cert = orjson.loads(n.call("GET", "/node/self_signed_certificate").body)["self_signed_certificate"]
+    assert cert.startswith("-----BEGIN CERTIFICATE-----")
