@@ -98,9 +98,10 @@ class Node:
         return self.call("POST", f"/gov{path}{API}", body, headers={"content-type": "application/cose"})
 
     def activate_member(self) -> None:
-        update = self.gov(f"/members/state-digests/{self.signer.member_id}:update", self.signer.state_digest_update())
+        digests = f"/members/state-digests/{self.signer.member_id}"
+        update = self.gov(f"{digests}:update", self.signer.state_digest_update())
         assert update.status == 200, update.body
-        ack = self.gov(f"/members/state-digests/{self.signer.member_id}:ack", self.signer.ack(orjson.loads(update.body)))
+        ack = self.gov(f"{digests}:ack", self.signer.ack(orjson.loads(update.body)))
         assert ack.status == 204, ack.body
 
     def pass_proposal(self, actions: list[dict[str, Any]]) -> dict[str, Any]:
