@@ -114,7 +114,7 @@ def decode(data: bytes) -> Envelope:
 
 
 def frame_length(header: bytes) -> int:
-    (length,) = _LENGTH.unpack(header)
+    length: int = _LENGTH.unpack(header)[0]
     if length > MAX_FRAME:
         raise WireError(f"frame of {length} bytes exceeds {MAX_FRAME}")
     return length
