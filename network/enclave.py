@@ -96,7 +96,7 @@ class Enclave:
         self.settings = settings or EnclaveSettings()
         self.clock = clock
         self.startup_seqno = ledger.last_seqno
-        self.historical = HistoricalQueries(ledger, host.read_entries, host.schedule)
+        self.historical = HistoricalQueries(ledger, host.read_entries, host.schedule, clock=clock)
         receipts = ReceiptSource(ledger, self.historical)
         self.app = app.copy()
         add_common_endpoints(self.app, ledger, "CCF Application API")

@@ -23,15 +23,18 @@ API = "?api-version=2024-07-01"
 
 
 class FakeHost:
-    """The host services, in memory: scheduled fetches run at `run_scheduled()` (or at once)."""
+    """HostServices in memory: `read_entries` reads through `read` (recording each range); a scheduled fetch
+    runs at once (`immediate`) or at `run_scheduled()`."""
 
     def __init__(self, immediate: bool = True) -> None:
         self.immediate = immediate
         self.pending: list[Callable[[], None]] = []
-        self.read: Callable[[int, int], list[bytes]] = lambda s, e: []
+        self.read: Callable[[int, int], list[bytes]] = lambda start, end: []
+        self.reads: list[tuple[int, int]] = []
         self.sealed = 0
 
     def read_entries(self, start: int, end: int) -> list[bytes]:
+        self.reads.append((start, end))
         return self.read(start, end)
 
     def schedule(self, fn: Callable[[], None]) -> None:
@@ -40,9 +43,12 @@ class FakeHost:
         else:
             self.pending.append(fn)
 
-    def run_scheduled(self) -> None:
+    def run_scheduled(self) -> int:
+        ran = 0
         while self.pending:
             self.pending.pop(0)()
+            ran += 1
+        return ran
 
     def secrets_changed(self) -> None:
         self.sealed += 1
