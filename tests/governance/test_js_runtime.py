@@ -216,8 +216,8 @@ def test_one_time_budget_covers_module_evaluation_the_call_and_every_rerun() -> 
     export function f() { until(3000); return "done"; }"""
     start = time.monotonic()
     with pytest.raises(JSCallFailed, match="too long"):
-        call_export(slow_module, "f", [], tx)
-    assert time.monotonic() - start < 8
+        call_export(slow_module, "f", [], tx)  # 3 s + 3 s only fails within one shared 5 s budget
+    assert time.monotonic() - start < 9.5
     rerunning = """export function f() {
       ccf.pemToId("-----BEGIN CERTIFICATE-----x-----END CERTIFICATE-----" + ccf.kv["public:ccf.gov.x"].size);
       while (true) {}
@@ -225,7 +225,9 @@ def test_one_time_budget_covers_module_evaluation_the_call_and_every_rerun() -> 
     start = time.monotonic()
     with pytest.raises(JSCallFailed, match="too long"):
         call_export(rerunning, "f", [], tx)
-    assert time.monotonic() - start < 8
+    # one 5 s budget for the call and its re-run, not one each (which would take 10 s or more); the margin
+    # is for a loaded machine
+    assert time.monotonic() - start < 9.5
 
 
 def test_exports_are_read_from_code_only_not_comments_or_literals() -> None:
