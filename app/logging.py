@@ -60,12 +60,16 @@ USER = (UserCert(),)
 MAX_SPARSE_SEQNOS = RANGE_PAGE + 1
 
 
+MAX_U64 = 2**64 - 1  # ids are CCF's size_t keys
+
+
 def _uint_param(ctx: EndpointContext, name: str) -> int | None:
     raw = ctx.query.get(name, [None])[0]
     if raw is None:
         return None
-    if not raw.isdigit():
-        raise EndpointError(400, "InvalidQueryParameterValue", f"Query parameter '{name}' must be an unsigned integer")
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_U64:
+        raise EndpointError(400, "InvalidQueryParameterValue",
+                            f"Query parameter '{name}' must be an unsigned 64-bit integer")
     return int(raw)
 
 
@@ -96,7 +100,8 @@ def _update_first_write(ctx: EndpointContext, table: str, key: bytes) -> None:
 def _record(ctx: EndpointContext, table: str) -> bool:
     """Record a message under an id (record_claim: bind SHA-256(msg) into the receipt)."""
     body: Any = ctx.json()
-    if not isinstance(body, dict) or not isinstance(body.get("id"), int) or body["id"] < 0:
+    record_id = body.get("id") if isinstance(body, dict) else None
+    if not isinstance(record_id, int) or isinstance(record_id, bool) or not 0 <= record_id <= MAX_U64:
         raise EndpointError(400, "InvalidInput", 'Body must be {"id": unsigned integer, "msg": string}')
     msg = body.get("msg")
     if not isinstance(msg, str) or not msg:
@@ -224,7 +229,7 @@ def _historical_sparse(ctx: EndpointContext, table: str) -> Any:
         raise EndpointError(400, "InvalidQueryParameterValue", "Missing query parameter 'seqnos'")
     seqnos = set()
     for term in raw.split(","):
-        if not term.isdigit():
+        if not (term.isascii() and term.isdigit()):
             raise EndpointError(400, "InvalidQueryParameterValue", f"Unable to parse '{term}' as a seqno")
         seqnos.add(int(term))
     if len(seqnos) > MAX_SPARSE_SEQNOS:

@@ -3,9 +3,9 @@
 Transaction status, as CCF reports it to clients polling after a write:
 - `Committed`: the seqno is at or below the commit point and was written in the view asked about;
 - `Pending`: held but not committed, in that view;
-- `Invalid`: the seqno was taken by another view (the write was lost in an election or a rollback), or a
-  committed seqno belongs to another view;
-- `Unknown`: not held (yet) in that view.
+- `Invalid`: the seqno is committed in another view, or it is not held in that view and a later view has
+  committed something (the write was lost in an election or a rollback and can never commit);
+- `Unknown`: not held (yet) in that view, and no later view has committed.
 """
 
 from __future__ import annotations
@@ -40,15 +40,18 @@ class LedgerView(Protocol):
 
 
 def tx_status(ledger: LedgerView, txid: TxID) -> TxStatus:
+    """CCF's evaluation (src/node/tx_status.h): compare the view this ledger holds the seqno in with the
+    asked view; a seqno not held is Invalid once a later view has been committed (it can never commit)."""
     held_view = ledger.view_of(txid.seqno)
-    if held_view is None:  # not (or no longer) held
-        if txid.view < ledger.view and txid.seqno <= ledger.last_seqno + 1:
-            return TxStatus.INVALID  # an older view's seqno that this ledger never kept
-        return TxStatus.UNKNOWN
-    if held_view != txid.view:
-        return TxStatus.INVALID if held_view > txid.view or txid.seqno <= ledger.committed_seqno \
-            else TxStatus.UNKNOWN
-    return TxStatus.COMMITTED if txid.seqno <= ledger.committed_seqno else TxStatus.PENDING
+    committed = txid.seqno <= ledger.committed_seqno
+    if held_view == txid.view:
+        return TxStatus.COMMITTED if committed else TxStatus.PENDING
+    if committed:
+        return TxStatus.INVALID  # committed in another view
+    committed_view = ledger.view_of(ledger.committed_seqno) or 0
+    if committed_view > txid.view:
+        return TxStatus.INVALID
+    return TxStatus.UNKNOWN
 
 
 def parse_txid(text: str | None) -> TxID:

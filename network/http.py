@@ -5,7 +5,8 @@ Guarantees, per connection:
 - limits: headers beyond `max_header_bytes` get 431, a body beyond `max_body_bytes` gets 413, a request that
   does not parse gets 400; each of these closes the connection after the answer;
 - an idle connection (no request in progress) is closed after `idle_timeout` seconds;
-- errors use CCF's body `{"error": {"code", "message"}}`;
+- errors use CCF's body `{"error": {"code", "message"}}`; a handler's exception is logged and answered 500;
+- answers to HEAD carry no body;
 - with TLS, the client's certificate (if it sent one) is handed to the handler as DER bytes.
 
 Not here: routing, authentication and TLS configuration (the frontends and the node's TLS setup).
@@ -22,6 +23,7 @@ from typing import cast
 
 import httptools
 import orjson
+from loguru import logger
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ class HttpLimits:
     max_pipelined: int = 64  # requests parsed ahead of their answers before reading pauses
 
 
-def _encode(response: Response, keep_alive: bool) -> bytes:
+def _encode(response: Response, keep_alive: bool, head: bool = False) -> bytes:
+    """The response's bytes; an answer to HEAD has no body (its content-length is the body's)."""
     try:
         reason = HTTPStatus(response.status).phrase
     except ValueError:
@@ -72,7 +75,7 @@ def _encode(response: Response, keep_alive: bool) -> bytes:
     lines.append(f"content-length: {len(response.body)}")
     if not keep_alive:
         lines.append("connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else response.body)
 
 
 class _Reject(Exception):
@@ -220,10 +223,11 @@ class HttpConnection(asyncio.Protocol):
             try:
                 response = await self.handler(request)
             except Exception as e:  # the handler's bug must not kill the connection silently
+                logger.exception(f"unhandled error answering {request.method} {request.target.split('?', 1)[0]}")
                 response = Response.error(500, "InternalError", f"Unhandled error: {type(e).__name__}")
             if self.transport.is_closing():
                 return
-            self.transport.write(_encode(response, keep_alive))
+            self.transport.write(_encode(response, keep_alive, head=request.method == "HEAD"))
             if not keep_alive:
                 self.transport.close()
                 return

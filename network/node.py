@@ -54,10 +54,12 @@ class NodeStartError(Exception):
 
 def configure_logging(fmt: str, level: str) -> None:
     logger.remove()
+    # diagnose=False: loguru would otherwise print the values of local variables in logged tracebacks,
+    # and those hold requests' bodies (private records) and key material
     if fmt == "json":
-        logger.add(sys.stderr, level=level, serialize=True)
+        logger.add(sys.stderr, level=level, serialize=True, diagnose=False)
     else:
-        logger.add(sys.stderr, level=level,
+        logger.add(sys.stderr, level=level, diagnose=False,
                    format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {name}: {message}")
 
 
@@ -231,8 +233,11 @@ class NodeHost:
         async def handle(request: Any) -> Any:
             return enclave.handle(request)
 
-        server = await serve(handle, host, port, ssl_context=self._tls(keys.identity), limits=self.config.http,
-                             metrics=self.metrics)
+        try:
+            server = await serve(handle, host, port, ssl_context=self._tls(keys.identity),
+                                 limits=self.config.http, metrics=self.metrics)
+        except OSError as e:
+            raise NodeStartError(f"cannot listen on {self.config.rpc_address}: {e.strerror or e}") from None
         bound = server.sockets[0].getsockname()
         self.address = f"{bound[0]}:{bound[1]}"
         for sig in (signal.SIGTERM, signal.SIGINT):

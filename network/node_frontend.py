@@ -2,8 +2,8 @@
 
 Answers come from the KV (service, nodes, configuration) and from the node itself (`ctx.node`, a
 `NodeStatus`: its id, state, quote, certificates, session metrics). Shapes and status codes follow CCF:
-unknown node 404 `ResourceNotFound`, `ready/app` and `ready/gov` 204 or 503 with no body, `primary`
-200 on the primary (this issue's single node always is), `service/previous_identity` 404 unless the service
+unknown node 404 `ResourceNotFound`, `ready/app` and `ready/gov` 204 or 503 with no body, `primary` (GET and
+HEAD) 200 on the primary (this issue's single node always is), `service/previous_identity` 404 unless the service
 is a recovery.
 
 Not here: joining (`/node/join`) and node removal come with replication.
@@ -137,6 +137,7 @@ def build_node_frontend(ledger: LedgerView) -> Endpoints:
                 out.append(_node_entry(ctx.tx, key.decode(), _status(ctx).primary_id()))
         return {"nodes": out}
 
+    @node.endpoint("HEAD", "/primary")
     @node.endpoint("GET", "/primary")
     def primary(ctx: EndpointContext) -> object:
         """200 on the primary, 404 elsewhere."""

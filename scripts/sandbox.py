@@ -96,6 +96,7 @@ def start_node(config_path: str, timeout: float = 60.0) -> tuple[subprocess.Pope
             raise RuntimeError("the node exited (code {}): {}".format(process.returncode, " | ".join(tail)))
         if time.monotonic() > deadline:
             process.terminate()
+            process.wait()
             raise RuntimeError(f"the node did not start within {timeout:.0f} s; see {node_dir}/err")
         time.sleep(0.05)
     with open(ready, "rb") as f:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
+from typing import Any
+
+import ccf.receipt
+from cryptography import x509
 
 BIN = os.path.dirname(sys.executable)
 
@@ -32,3 +37,22 @@ def assert_read_ledger_accepts(path: str, *extra: str, signatures: int | None = 
 
 def verify_secrets_chain(path: str) -> subprocess.CompletedProcess[str]:
     return run_tool("verify_ledger_secrets_chain.py", path)
+
+
+def ccf_check_json_receipt(receipt: dict[str, Any], service_cert: x509.Certificate) -> None:
+    """What a CCF user does with a JSON receipt, using only the ccf package."""
+    if "leaf_components" in receipt:
+        lc = receipt["leaf_components"]
+        leaf = hashlib.sha256(
+            bytes.fromhex(lc["write_set_digest"])
+            + hashlib.sha256(lc["commit_evidence"].encode()).digest()
+            + bytes.fromhex(lc["claims_digest"])
+        ).hexdigest()
+    else:
+        leaf = receipt["leaf"]
+    root = ccf.receipt.root(leaf, receipt["proof"])
+    node_cert = x509.load_pem_x509_certificate(receipt["cert"].encode())
+    ccf.receipt.verify(root, receipt["signature"], node_cert)
+    endorsements = [x509.load_pem_x509_certificate(p.encode()) for p in receipt.get("service_endorsements", [])]
+    ccf.receipt.check_endorsements(node_cert, service_cert, endorsements)
+    ccf.receipt.check_cert_chain(node_cert, service_cert, endorsements)

@@ -85,3 +85,20 @@ def test_record_claim_binds_the_message_into_the_receipt_and_the_ledger_stays_va
                                    expected_claims_digest=hashlib.sha256(b"claimed").digest())
     assert verified.seqno == seqno
     assert_read_ledger_accepts(ledger.files.directory)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("target", ["/app/log/private?id=18446744073709551616", "/app/log/private?id=%C2%B2",
+                                    "/app/log/public?id=-1"])
+def test_ids_beyond_64_bits_or_not_ascii_digits_are_400(service: Service, target: str) -> None:
+    response = service.call("GET", target)
+    assert response.status == 400, response.body
+    assert orjson.loads(response.body)["error"]["code"] == "InvalidQueryParameterValue"
+
+
+@pytest.mark.parametrize("record_id", [2**64, True, -3, "7"])
+def test_a_body_id_must_be_an_unsigned_64_bit_integer(service: Service, record_id: object) -> None:
+    raw = b'{"id": 18446744073709551616, "msg": "x"}' if record_id == 2**64 else \
+        orjson.dumps({"id": record_id, "msg": "x"})
+    response = app.dispatch(Request("POST", "/app/log/private", {}, raw, USER_DER), service.begin, service.finish)
+    assert response.status == 400, response.body
+    assert orjson.loads(response.body)["error"]["code"] == "InvalidInput"

@@ -38,8 +38,16 @@ def test_status_follows_commit_and_rollback(new_service: Callable[..., ServiceLe
     ledger.set_view(lost.view + 1)
     replacement = write(ledger)
     assert replacement.seqno == lost.seqno and replacement.view == lost.view + 1
-    assert tx_status(ledger, lost) is TxStatus.INVALID
+    # CCF (src/node/tx_status.h): seen in a later view, but no later view has committed yet
+    assert tx_status(ledger, lost) is TxStatus.UNKNOWN
     assert tx_status(ledger, replacement) is TxStatus.PENDING
+    never_held = TxID(lost.view, lost.seqno + 3)
+    assert tx_status(ledger, never_held) is TxStatus.UNKNOWN
+    sig = ledger.emit_signature()
+    ledger.commit_to(sig.seqno)
+    assert tx_status(ledger, lost) is TxStatus.INVALID  # its seqno committed in another view
+    assert tx_status(ledger, never_held) is TxStatus.INVALID  # a later view committed: it can never commit
+    assert tx_status(ledger, replacement) is TxStatus.COMMITTED
 
 
 def test_commit_tx_and_api_endpoints(new_service: Callable[..., ServiceLedger]) -> None:

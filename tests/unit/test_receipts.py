@@ -13,7 +13,6 @@ import cbor2
 import ccf.cose
 import ccf.receipt
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
@@ -29,29 +28,11 @@ from ledger.errors import (
 from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, endorse, load_cert
 from ledger.receipts import verify_cose_receipt, verify_json_receipt
 from ledger.service_ledger import ServiceLedger
+from tests.ccf_tools import ccf_check_json_receipt
 
 pytestmark = pytest.mark.unit
 
 CLAIMS = hashlib.sha256(b"application claims").digest()
-
-
-def ccf_check_json_receipt(receipt: dict[str, Any], service_cert: x509.Certificate) -> None:
-    """What a CCF user does with a JSON receipt, using only the ccf package."""
-    if "leaf_components" in receipt:
-        lc = receipt["leaf_components"]
-        leaf = hashlib.sha256(
-            bytes.fromhex(lc["write_set_digest"])
-            + hashlib.sha256(lc["commit_evidence"].encode()).digest()
-            + bytes.fromhex(lc["claims_digest"])
-        ).hexdigest()
-    else:
-        leaf = receipt["leaf"]
-    root = ccf.receipt.root(leaf, receipt["proof"])
-    node_cert = x509.load_pem_x509_certificate(receipt["cert"].encode())
-    ccf.receipt.verify(root, receipt["signature"], node_cert)
-    endorsements = [x509.load_pem_x509_certificate(p.encode()) for p in receipt.get("service_endorsements", [])]
-    ccf.receipt.check_endorsements(node_cert, service_cert, endorsements)
-    ccf.receipt.check_cert_chain(node_cert, service_cert, endorsements)
 
 
 @pytest.fixture(scope="module")
