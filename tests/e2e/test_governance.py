@@ -152,3 +152,42 @@ def test_a_ledger_rekey_keeps_writes_working_and_the_recovery_share_unwraps_the_
     record = _latest_recovery_record(sandbox.ledger_dir)
     assert record["encrypted_shares"][member.member_id] == share["encryptedShare"]
     assert unwrap_ledger_secret(record, [decrypted]) == new_secret
+
+
+def _member_cli(sandbox: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts",
+                          "member.py")
+    return subprocess.run(
+        [sys.executable, script, "--cert", sandbox.common_file("member0_cert.pem"),
+         "--key", sandbox.common_file("member0_privk.pem"), "--url", sandbox.url,
+         "--service-cert", sandbox.service_cert_path, *args],
+        capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_members_script_proposes_votes_shows_lists_and_withdraws_over_https(sandbox: Sandbox) -> None:
+    proposed = _member_cli(sandbox, "--json", "propose", "--trigger", "trigger_ledger_chunk")
+    assert proposed.returncode == 0, proposed.stderr
+    proposal = orjson.loads(proposed.stdout)
+    assert proposal["proposalState"] == "Open"
+    pid = proposal["proposalId"]
+    shown = _member_cli(sandbox, "show", pid)
+    assert shown.returncode == 0 and shown.stdout.strip() == f"proposal {pid} Open (0 ballots)"
+    listed = _member_cli(sandbox, "list", "--json")
+    assert pid in [p["proposalId"] for p in orjson.loads(listed.stdout)["value"]]
+    voted = _member_cli(sandbox, "vote", pid, "--approve")
+    assert voted.returncode == 0 and f"proposal {pid} Accepted" in voted.stdout
+    again = _member_cli(sandbox, "vote", pid, "--approve")  # no ballot on a proposal that left Open
+    assert again.returncode == 1 and "400 ProposalNotOpen" in again.stderr
+    # a second proposal, withdrawn by its proposer
+    second = orjson.loads(_member_cli(sandbox, "--json", "propose", "--trigger", "trigger_ledger_chunk").stdout)
+    withdrawn = _member_cli(sandbox, "withdraw", second["proposalId"])
+    assert withdrawn.returncode == 0 and "Withdrawn" in withdrawn.stdout
+    # refusals: one line, CCF's code, exit 1
+    unknown = _member_cli(sandbox, "vote", "ab" * 32, "--reject")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip().splitlines() == [unknown.stderr.strip()]
+    assert "404 ProposalNotFound" in unknown.stderr
+    closed = _member_cli(sandbox, "withdraw", pid)
+    assert closed.returncode == 1 and "ProposalNotOpen" in closed.stderr
+    bad = _member_cli(sandbox, "propose", "--actions", "/nonexistent.json")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: ")
