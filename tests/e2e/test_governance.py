@@ -178,7 +178,9 @@ def test_the_members_script_proposes_votes_shows_lists_and_withdraws_over_https(
     assert voted.returncode == 0 and f"proposal {pid} Accepted" in voted.stdout
     again = _member_cli(sandbox, "vote", pid, "--approve")  # no ballot on a proposal that left Open
     assert again.returncode == 1 and "400 ProposalNotOpen" in again.stderr
-    # a second proposal, withdrawn by its proposer
+    closed = _member_cli(sandbox, "withdraw", pid)
+    assert closed.returncode == 1 and "ProposalNotOpen" in closed.stderr
+    # a second proposal, withdrawn by its proposer (which also drops the completed first one, as CCF does)
     second = orjson.loads(_member_cli(sandbox, "--json", "propose", "--trigger", "trigger_ledger_chunk").stdout)
     withdrawn = _member_cli(sandbox, "withdraw", second["proposalId"])
     assert withdrawn.returncode == 0 and "Withdrawn" in withdrawn.stdout
@@ -187,7 +189,5 @@ def test_the_members_script_proposes_votes_shows_lists_and_withdraws_over_https(
     assert unknown.returncode == 1
     assert unknown.stderr.strip().splitlines() == [unknown.stderr.strip()]
     assert "404 ProposalNotFound" in unknown.stderr
-    closed = _member_cli(sandbox, "withdraw", pid)
-    assert closed.returncode == 1 and "ProposalNotOpen" in closed.stderr
     bad = _member_cli(sandbox, "propose", "--actions", "/nonexistent.json")
     assert bad.returncode == 1 and bad.stderr.startswith("error: ")
