@@ -21,20 +21,21 @@ from typing import Any
 import orjson
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from loguru import logger
 
 from ledger import cose
-from ledger.entry import MAX_VIEW, decode_entry
-from ledger.errors import CorruptedCommittedChunk, EntryFormatError, VerificationError
+from ledger.entry import MAX_VIEW, DecodedEntry, decode_entry
+from ledger.errors import CorruptedCommittedChunk, EntryFormatError, LedgerSecretError, VerificationError
 from ledger.files import LedgerFiles
 from ledger.identity import NodeIdentity, ServiceIdentity, load_cert
 from ledger.kv import WriteSet
-from ledger.secrets import LedgerSecrets
+from ledger.secrets import LedgerSecrets, secret_for_node
 from ledger.service_ledger import ServiceLedger, SignatureRecord
 from ledger.signatures import parse_primary_signature, verify_signature_transaction
 from ledger.tables import (
     COSE_SIGNATURES,
+    NODE_SECRETS,
     NODES_ENDORSED_CERTS,
     NODES_INFO,
     SERVICE_INFO,
@@ -79,6 +80,36 @@ def _replay_entry(ledger: ServiceLedger, raw: bytes, seqno: int, file: str) -> N
 
     Raises `EntryFormatError` or `VerificationError` (never a parsing exception) if it does not hold.
     """
+    decoded, signature = _verify_entry(ledger, raw, seqno, file)
+    ledger.append_replayed(raw, decoded, signature)
+
+
+def receive_entry(ledger: ServiceLedger, raw: bytes, seqno: int, *, node_id: str,
+                  encryption_key: rsa.RSAPrivateKey) -> bool:
+    """Hold an entry the primary replicated: verified as a stored entry is at replay (GCM tag, commit
+    evidence, signatures against the tree rebuilt so far), then appended to the files and applied. A rekey
+    that encrypts the next ledger secret to this node switches to it. Returns True if the secrets changed
+    (the node must re-seal them). Raises `EntryFormatError` / `VerificationError` and holds nothing if the
+    entry does not verify."""
+    decoded, signature = _verify_entry(ledger, raw, seqno, "<replicated>")
+    if ledger.files is not None:
+        ledger.files.append(raw)
+    ledger.append_replayed(raw, decoded, signature)
+    record = decoded.writes.get(NODE_SECRETS, {}).get(SINGLETON_KEY)
+    if record is None:
+        return False
+    try:
+        secret = secret_for_node(orjson.loads(record), node_id, encryption_key)
+    except (orjson.JSONDecodeError, LedgerSecretError, AttributeError) as e:
+        raise VerificationError(f"rekey record cannot be used: {e}", seqno=seqno) from None
+    if secret is None or secret.start <= ledger.secrets.latest.start:
+        return False
+    ledger.secrets.add(secret)
+    return True
+
+
+def _verify_entry(ledger: ServiceLedger, raw: bytes, seqno: int,
+                  file: str) -> tuple[DecodedEntry, SignatureRecord | None]:
     decoded = decode_entry(raw, ledger.secrets, file=file)
     if decoded.seqno != seqno:
         raise EntryFormatError(f"entry holds seqno {decoded.seqno}", file=file, seqno=seqno)
@@ -93,7 +124,7 @@ def _replay_entry(ledger: ServiceLedger, raw: bytes, seqno: int, file: str) -> N
             signature = _verify_signature_transaction(ledger, seqno, decoded.writes)
         except _PARSE_ERRORS as e:
             raise VerificationError(f"malformed signature transaction: {e!r}", file=file, seqno=seqno) from None
-    ledger.append_replayed(raw, decoded, signature)
+    return decoded, signature
 
 
 def _verify_signature_transaction(ledger: ServiceLedger, seqno: int, writes: WriteSet) -> SignatureRecord | None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ledger.errors import LedgerSecretError
@@ -163,3 +165,26 @@ def decrypt_previous_secret(record: dict[str, Any], new: LedgerSecret) -> Ledger
         return LedgerSecret.create(int(prev["version"]), raw)
     except (KeyError, TypeError, ValueError, InvalidTag) as e:
         raise LedgerSecretError(f"cannot decrypt previous ledger secret: {e!r}") from e
+
+
+_OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+
+
+def node_secrets_record(nodes: dict[str, rsa.RSAPublicKey], new: LedgerSecret) -> dict[str, Any]:
+    """What a rekey writes to `public:ccf.internal.encrypted_ledger_secrets`: the new secret encrypted to each
+    trusted node's encryption key (RSA-OAEP-SHA256), so backups can switch to it (§9)."""
+    return {node_id: [{"encrypted_secret": _b64(key.encrypt(new.raw, _OAEP)), "version": new.start}]
+            for node_id, key in sorted(nodes.items())}
+
+
+def secret_for_node(record: dict[str, Any], node_id: str, key: rsa.RSAPrivateKey) -> LedgerSecret | None:
+    """The secret a rekey record gives `node_id` (None if it names another set of nodes)."""
+    entries = record.get(node_id)
+    if not isinstance(entries, list) or not entries:
+        return None
+    entry = entries[-1]
+    try:
+        raw = key.decrypt(base64.b64decode(entry["encrypted_secret"]), _OAEP)
+        return LedgerSecret.create(int(entry["version"]), raw)
+    except (KeyError, TypeError, ValueError) as e:
+        raise LedgerSecretError(f"the ledger secret for node {node_id} cannot be decrypted: {e}") from None

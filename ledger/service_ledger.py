@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 
 import orjson
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ledger import snapshots
 from ledger.entry import (
@@ -45,10 +47,12 @@ from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, load_cert
 from ledger.kv import ZERO_CLAIMS, CommitResult, Store, Tx, WriteSet
 from ledger.merkle import MerkleHistory
 from ledger.receipts import cose_receipt, json_receipt, json_receipt_for_signature
-from ledger.secrets import LedgerSecret, LedgerSecrets, rekey_secret_record
+from ledger.secrets import LedgerSecret, LedgerSecrets, node_secrets_record, rekey_secret_record
 from ledger.signatures import PrimarySignature, signature_writes
 from ledger.tables import (
     HISTORICAL_SECRETS,
+    NODE_SECRETS,
+    NODES_INFO,
     SINGLETON_KEY,
     SNAPSHOT_EVIDENCE,
     TREE,
@@ -69,6 +73,19 @@ def _aki(cert: x509.Certificate) -> bytes | None:
         return None
 
 _sha256 = hashlib.sha256
+
+
+def _trusted_node_keys(state: Tx) -> dict[str, rsa.RSAPublicKey]:
+    keys: dict[str, rsa.RSAPublicKey] = {}
+    for node_id, raw in state.items(NODES_INFO):
+        info = orjson.loads(raw)
+        pem = info.get("encryption_pub_key")
+        if info.get("status") != "Trusted" or not isinstance(pem, str):
+            continue
+        key = serialization.load_pem_public_key(pem.encode())
+        if isinstance(key, rsa.RSAPublicKey):
+            keys[node_id.decode()] = key
+    return keys
 
 
 class TxID(NamedTuple):
@@ -284,13 +301,19 @@ class ServiceLedger:
         return txid
 
     def rekey(self, raw: bytes | None = None) -> TxID:
-        """Write the rekey transaction (previous secret wrapped by the new) and switch secrets after it."""
+        """Write the rekey transaction and switch secrets after it: the previous secret wrapped by the new
+        (for historical reads), and the new secret encrypted to every trusted node (for backups)."""
         seqno = self.store.version + 1
         new = LedgerSecret.create(seqno + 1, raw)
+        state = self.store.read_tx()
         # the previous write of this table, found in the store (so rollbacks and snapshots keep it right)
-        previous = self.store.read_tx().get_version(HISTORICAL_SECRETS, SINGLETON_KEY) or None
+        previous = state.get_version(HISTORICAL_SECRETS, SINGLETON_KEY) or None
         record = rekey_secret_record(self.secrets.latest, new, previous)
-        txid = self.commit_writes({HISTORICAL_SECRETS: {SINGLETON_KEY: dump_json(record)}})
+        writes: WriteSet = {HISTORICAL_SECRETS: {SINGLETON_KEY: dump_json(record)}}
+        nodes = _trusted_node_keys(state)
+        if nodes:
+            writes[NODE_SECRETS] = {SINGLETON_KEY: dump_json(node_secrets_record(nodes, new))}
+        txid = self.commit_writes(writes)
         self.secrets.add(new)
         return txid
 

@@ -17,6 +17,7 @@ COSE_SIGNATURES = "public:ccf.internal.cose_signatures"
 TREE = "public:ccf.internal.tree"
 SNAPSHOT_EVIDENCE = "public:ccf.internal.snapshot_evidence"
 HISTORICAL_SECRETS = "public:ccf.internal.historical_encrypted_ledger_secret"
+NODE_SECRETS = "public:ccf.internal.encrypted_ledger_secrets"
 
 SERVICE_INFO = "public:ccf.gov.service.info"
 SERVICE_CONFIG = "public:ccf.gov.service.config"

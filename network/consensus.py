@@ -329,6 +329,19 @@ class Raft:
         elif self.elapsed >= self.timeout:
             self._campaign()
 
+    def assume_leadership(self) -> None:
+        """The first node of a new service leads the view its genesis was written in, without an election:
+        it is the only voter. Refused in any other configuration."""
+        if self.voters != {self.id}:
+            raise ConsensusError("only the sole voter of a new service may lead without an election")
+        self.voted_for = self.id
+        self._pending.hard_state_changed = True
+        self._set_role(Role.LEADER)
+        self.leader = self.id
+        self.progress = {}
+        self.recent_active = set()
+        self.elapsed = 0
+
     def campaign(self, transfer: bool = True) -> None:
         """Stand for election now (leadership transfer, operators, tests): voters set aside their lease."""
         if self.role is not Role.LEADER:

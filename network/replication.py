@@ -1,0 +1,129 @@
+"""The consensus shell inside the enclave: one node's `Raft` core driven against its `ServiceLedger`.
+
+On the primary, `sync()` proposes to consensus every entry the ledger appended since (signatures flagged),
+so the enclave keeps committing transactions as before and consensus follows. On every node, `process()`
+carries out what the core hands over, in the order ARCHITECTURE.md §5 requires:
+1. persist the term and vote (`persist_state`);
+2. roll the ledger back if the core dropped entries (a new primary's unsigned suffix, or a backup's
+   conflicting uncommitted entries);
+3. append the entries received from the primary, each verified as replay verifies a stored entry (GCM tag,
+   commit evidence, node and service signatures against the tree rebuilt so far), switching ledger secrets
+   at a rekey that encrypts the next one to this node;
+4. flush (fsync) before anything is sent, so an acknowledgement means the entry is durable;
+5. send the messages, attaching the bytes of the entries an AppendEntries carries (read back from the
+   ledger files through the host);
+6. advance commit; and a node that became primary sets its view and signs at once (CCF).
+
+An entry from the primary that does not verify stops this node (`ReplicationError`): a correct primary never
+sends one, so the node must not go on with a state it cannot trust.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from ledger.errors import EntryFormatError, VerificationError
+from ledger.replay import receive_entry
+from ledger.service_ledger import ServiceLedger
+from network.consensus import AppendEntries, HardState, Message, Raft, Role
+from network.wire import Envelope
+
+MAX_STASHED = 100_000  # entries received but not yet appended (beyond: the oldest are forgotten)
+
+
+class ReplicationError(Exception):
+    """This node received an entry it cannot verify, or its ledger and consensus disagree."""
+
+
+class Replicator:
+    def __init__(self, ledger: ServiceLedger, raft: Raft, encryption_key: rsa.RSAPrivateKey,
+                 send: Callable[[Envelope], None], persist_state: Callable[[HardState], None],
+                 secrets_changed: Callable[[], None] = lambda: None) -> None:
+        self.ledger = ledger
+        self.raft = raft
+        self.encryption_key = encryption_key
+        self.send = send
+        self.persist_state = persist_state
+        self.secrets_changed = secrets_changed
+        self._stash: dict[tuple[int, int], bytes] = {}  # (index, term) -> entry bytes from the primary
+
+    @property
+    def node_id(self) -> str:
+        return self.raft.id
+
+    @property
+    def is_primary(self) -> bool:
+        return self.raft.role is Role.LEADER
+
+    def sync(self) -> None:
+        """On the primary: propose what the ledger appended since the last call, then process."""
+        if self.is_primary:
+            for seqno in range(self.raft.last_index + 1, self.ledger.last_seqno + 1):
+                self.raft.propose(signature=self.ledger.is_signature(seqno))
+        if self.raft.last_index != self.ledger.last_seqno and self.is_primary:
+            raise ReplicationError(f"ledger ends at {self.ledger.last_seqno}, consensus at {self.raft.last_index}")
+        self.process()
+
+    def receive(self, envelope: Envelope) -> None:
+        m = envelope.message
+        if isinstance(m, AppendEntries):
+            for meta, payload in zip(m.entries, envelope.payloads, strict=True):
+                if meta.index > self.ledger.committed_seqno:
+                    self._stash[(meta.index, meta.term)] = payload
+            while len(self._stash) > MAX_STASHED:
+                del self._stash[next(iter(self._stash))]
+        self.raft.step(m)
+        self.process()
+
+    def tick(self) -> None:
+        self.raft.tick()
+        self.process()
+
+    def process(self) -> None:
+        while self.raft.has_ready():
+            ready = self.raft.ready()
+            if ready.hard_state is not None:
+                self.persist_state(ready.hard_state)
+            if ready.rollback_to is not None and ready.rollback_to < self.ledger.last_seqno:
+                self.ledger.rollback(ready.rollback_to)
+            for meta in ready.entries:
+                if meta.index <= self.ledger.last_seqno:
+                    continue  # the primary's own entry, already in its ledger
+                self._append_received(meta.index, meta.term)
+            if ready.entries or ready.rollback_to is not None:
+                self.ledger.flush()
+            for message in ready.messages:
+                self.send(self._envelope(message))
+            if ready.commit is not None and ready.commit > self.ledger.committed_seqno:
+                self.ledger.commit_to(ready.commit)
+            if ready.became_leader:
+                self._sign_as_new_primary()
+
+    def _append_received(self, index: int, term: int) -> None:
+        raw = self._stash.pop((index, term), None)
+        if raw is None:
+            raise ReplicationError(f"consensus appended {index} (term {term}) but its bytes were not received")
+        try:
+            changed = receive_entry(self.ledger, raw, index, node_id=self.node_id, encryption_key=self.encryption_key)
+        except (EntryFormatError, VerificationError) as e:
+            raise ReplicationError(f"entry {index} from the primary does not verify: {e}") from e
+        if self.ledger.view_of(index) != term:
+            raise ReplicationError(f"entry {index} is in view {self.ledger.view_of(index)}, consensus says {term}")
+        if changed:
+            self.secrets_changed()
+
+    def _envelope(self, message: Message) -> Envelope:
+        if not isinstance(message, AppendEntries) or not message.entries:
+            return Envelope(message)
+        first, last = message.entries[0].index, message.entries[-1].index
+        if self.ledger.files is None:
+            raise ReplicationError("a replicating node needs its ledger files")
+        return Envelope(message, tuple(self.ledger.files.read_range(first, last)))
+
+    def _sign_as_new_primary(self) -> None:
+        # The core already rolled back the unsigned suffix (step 2 above); sign in the new view at once.
+        self.ledger.set_view(self.raft.term)
+        self.ledger.emit_signature()
+        self.sync()
