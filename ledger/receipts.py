@@ -9,6 +9,11 @@ Shapes (ccf-ledger-format.md §7):
 
 The verifiers are pure functions, independent of the `ccf` package. They return what they proved
 (`VerifiedReceipt`) or raise a `ReceiptError` subclass naming the check that failed.
+
+Speed: a JSON receipt costs one ECDSA verification (the node's signature over the root) plus hashing. The
+parsed node certificate and the successful check of its endorsement chain up to the trusted service
+certificate are cached per exact (certificate PEMs, service certificate object) (bounded caches); failures
+are never cached, so a receipt with another certificate or endorsement is checked in full.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import binascii
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import cbor2
@@ -37,6 +43,7 @@ from ledger.identity import key_id
 from ledger.merkle import PathStep, fold_path
 from ledger.signatures import VDS_CCF_LEDGER_SHA256, PrimarySignature
 
+_ECDSA_PREHASHED_SHA256 = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
 VDP_INCLUSION_PROOFS = -1
 PROOF_LEAF = 1
 PROOF_PATH = 2
@@ -163,31 +170,83 @@ def _check_endorsed(cert: x509.Certificate, issuer: x509.Certificate, what: str)
         raise ReceiptEndorsementError(f"{what} is not endorsed by the next certificate in the chain") from None
 
 
-def verify_json_receipt(
-    receipt: Any, service_cert: x509.Certificate, *, expected_claims_digest: bytes | None = None
-) -> VerifiedReceipt:
-    """Check a JSON receipt against the trusted service certificate; return what it proves."""
-    if not isinstance(receipt, dict):
-        raise ReceiptFormatError("a JSON receipt is an object")
-    node_cert = _cert(receipt.get("cert"), "cert")
+@lru_cache(maxsize=256)
+def _node_cert(pem: str) -> tuple[x509.Certificate, ec.EllipticCurvePublicKey, str]:
+    """A receipt's node certificate, its key and the node id the key gives (cached per PEM)."""
+    node_cert = _cert(pem, "cert")
     try:
         node_key = node_cert.public_key()
     except (ValueError, UnsupportedAlgorithm) as e:
         raise ReceiptFormatError(f"cert holds an unusable key: {e}") from None
     if not isinstance(node_key, ec.EllipticCurvePublicKey):
         raise ReceiptFormatError("cert must hold an EC key")
-    node_id = receipt.get("node_id")
-    if node_id != key_id(node_key):
+    return node_cert, node_key, key_id(node_key)
+
+
+# (node certificate PEM, endorsement PEMs) -> the service certificate object the chain was verified against
+_verified_chains: dict[tuple[str, tuple[str, ...]], x509.Certificate] = {}
+_MAX_VERIFIED_CHAINS = 256
+
+
+def _check_chain(node_pem: str, endorsements: tuple[str, ...], service_cert: x509.Certificate) -> None:
+    """The node certificate is endorsed, through `endorsements`, by the service certificate. Only a success is
+    remembered, keyed by the exact PEMs, for that very certificate object (an identity check: another object,
+    even an equal one, is verified in full; the cache holds a reference, so the identity cannot be reused)."""
+    key = (node_pem, endorsements)
+    if _verified_chains.get(key) is service_cert:
+        return
+    chain = [_node_cert(node_pem)[0]] + [_cert(p, "service endorsement") for p in endorsements] + [service_cert]
+    for i in range(len(chain) - 1):
+        _check_endorsed(chain[i], chain[i + 1], "node certificate" if i == 0 else f"endorsement {i}")
+    if len(_verified_chains) >= _MAX_VERIFIED_CHAINS:
+        _verified_chains.clear()
+    _verified_chains[key] = service_cert
+
+
+def _json_path(proof: list[Any]) -> list[PathStep]:
+    """[{"left"|"right": 64 hex digits}] -> [(sibling_is_left, 32 bytes)], strictly."""
+    path: list[PathStep] = []
+    append = path.append
+    fromhex = bytes.fromhex
+    for step in proof:
+        if type(step) is not dict or len(step) != 1:
+            raise ReceiptFormatError("each proof step is {'left': hex} or {'right': hex}")
+        ((side, value),) = step.items()
+        if side != "left" and side != "right":
+            raise ReceiptFormatError("each proof step is {'left': hex} or {'right': hex}")
+        if type(value) is str and len(value) == 64:
+            try:
+                raw = fromhex(value)
+            except ValueError:
+                raw = b""
+            if len(raw) == 32:
+                append((side == "left", raw))
+                continue
+        append((side == "left", _hex(value, f"proof step {side}")))  # raises the precise error
+    return path
+
+
+def verify_json_receipt(
+    receipt: Any, service_cert: x509.Certificate, *, expected_claims_digest: bytes | None = None
+) -> VerifiedReceipt:
+    """Check a JSON receipt against the trusted service certificate; return what it proves.
+
+    A receipt without `leaf_components.claims_digest` (CCF leaves it out where the application expects the
+    verifier to recompute it from the application's value) uses `expected_claims_digest` for the leaf, or
+    zeros without one; either way the signature over the recomputed root decides.
+    """
+    if not isinstance(receipt, dict):
+        raise ReceiptFormatError("a JSON receipt is an object")
+    node_pem = receipt.get("cert")
+    if not isinstance(node_pem, str):
+        raise ReceiptFormatError("cert must be a PEM string")
+    _, node_key, node_id = _node_cert(node_pem)
+    if receipt.get("node_id") != node_id:
         raise ReceiptFormatError("node_id does not match the certificate's key")
     proof = receipt.get("proof")
     if not isinstance(proof, list):
         raise ReceiptFormatError("proof must be a list")
-    path: list[PathStep] = []
-    for step in proof:
-        if not isinstance(step, dict) or len(step) != 1 or not ({"left", "right"} & step.keys()):
-            raise ReceiptFormatError("each proof step is {'left': hex} or {'right': hex}")
-        side, value = next(iter(step.items()))
-        path.append((side == "left", _hex(value, f"proof step {side}")))
+    path = _json_path(proof)
     view = seqno = None
     claims = wsd = None
     if "leaf_components" in receipt:
@@ -195,7 +254,8 @@ def verify_json_receipt(
         if not isinstance(lc, dict):
             raise ReceiptFormatError("leaf_components must be an object")
         wsd = _hex(lc.get("write_set_digest"), "write_set_digest")
-        claims = _hex(lc["claims_digest"], "claims_digest") if "claims_digest" in lc else bytes(32)
+        claims = _hex(lc["claims_digest"], "claims_digest") if "claims_digest" in lc \
+            else expected_claims_digest or bytes(32)
         ce = lc.get("commit_evidence")
         view, seqno = _parse_commit_evidence(ce)
         assert isinstance(ce, str)
@@ -217,34 +277,38 @@ def verify_json_receipt(
         raise ReceiptFormatError("signature is not base64") from None
     root = fold_path(leaf, path)
     try:
-        node_key.verify(sig, root, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        node_key.verify(sig, root, _ECDSA_PREHASHED_SHA256)
     except InvalidSignature:
         raise ReceiptSignatureError("signature over the recomputed root does not verify") from None
     except ValueError as e:
         raise ReceiptSignatureError(f"signature is malformed: {e}") from None
     endorsements = receipt.get("service_endorsements", [])
-    if not isinstance(endorsements, list):
-        raise ReceiptFormatError("service_endorsements must be a list")
-    chain = [node_cert] + [_cert(p, "service endorsement") for p in endorsements] + [service_cert]
-    for i in range(len(chain) - 1):
-        _check_endorsed(chain[i], chain[i + 1], "node certificate" if i == 0 else f"endorsement {i}")
+    if not isinstance(endorsements, list) or not all(isinstance(p, str) for p in endorsements):
+        raise ReceiptFormatError("service_endorsements must be a list of PEM strings")
+    _check_chain(node_pem, tuple(endorsements), service_cert)
     if expected_claims_digest is not None and claims != expected_claims_digest:
         raise ReceiptClaimsMismatch("claims digest differs from the expected one")
     return VerifiedReceipt(root, leaf, view, seqno, claims, wsd, is_signature)
+
+
+@lru_cache(maxsize=16)
+def _service_key(service_cert: x509.Certificate) -> tuple[ec.EllipticCurvePublicKey, bytes]:
+    service_key = service_cert.public_key()
+    if not isinstance(service_key, ec.EllipticCurvePublicKey):
+        raise ReceiptFormatError("the service certificate must hold an EC key")
+    return service_key, key_id(service_key).encode()
 
 
 def verify_cose_receipt(
     data: bytes, service_cert: x509.Certificate, *, expected_claims_digest: bytes | None = None
 ) -> VerifiedReceipt:
     """Check a COSE receipt (vds 2) against the trusted service certificate; return what it proves."""
-    service_key = service_cert.public_key()
-    if not isinstance(service_key, ec.EllipticCurvePublicKey):
-        raise ReceiptFormatError("the service certificate must hold an EC key")
+    service_key, service_kid = _service_key(service_cert)
     try:
         msg = cose.decode(data)
     except cose.CoseError as e:
         raise ReceiptFormatError(str(e)) from None
-    if msg.protected.get(cose.HDR_KID) != key_id(service_key).encode():
+    if msg.protected.get(cose.HDR_KID) != service_kid:
         raise ReceiptEndorsementError("kid does not name the trusted service key")
     if msg.protected.get(cose.HDR_VDS) != VDS_CCF_LEDGER_SHA256:
         raise ReceiptFormatError("vds (395) must be 2 (CCF_LEDGER_SHA256)")

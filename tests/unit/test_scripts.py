@@ -81,11 +81,16 @@ def test_verify_ledger_refuses_a_missing_directory_and_a_foreign_service_cert(
 
 def test_bench_script_prints_the_agreed_keys() -> None:
     proc = run_script("bench_ledger.py", "--transactions", "3000", "--signature-interval", "500", "--repeat", "1",
-                      "--verify-repeat", "1")
+                      "--verify-repeat", "1", "--receipt-seconds", "0.1", "--receipt-rounds", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     figures = json.loads(proc.stdout)
     assert figures["commit_path_tx_per_s"] > 0
     assert figures["verify_speedup_vs_read_ledger"] > 0
+    for key in ("audit_ledger_mb_per_s", "audit_speedup_vs_read_ledger", "receipts_verified_per_s",
+                "p384_verifies_per_s", "receipts_vs_p384"):
+        assert figures[key] > 0, key
+    ratio = figures["receipts_verified_per_s"] / figures["p384_verifies_per_s"]
+    assert abs(figures["receipts_vs_p384"] - ratio) < 0.01
     # genesis and the first signature, 3000 writes, a signature every 500, the final signature
     assert figures["verified_transactions"] == 2 + 3000 + 3000 // 500 + 1
     assert figures["verified_signatures"] == 1 + 3000 // 500 + 1
