@@ -68,3 +68,49 @@ def test_errors_carry_ccf_codes_and_unreachable_nodes_fail_over(sandbox: Sandbox
     nobody = _user(sandbox, [dead])
     with pytest.raises(Unreachable):
         nobody.get("/app/commit")
+
+
+def test_receipts_from_the_node_json_and_cose_verify_with_client_cli_and_ccf_and_fail_when_mutated(
+        sandbox: Sandbox, tmp_path: object) -> None:
+    import hashlib
+
+    import ccf.cose
+    import orjson
+
+    from network.service_client import ReceiptInvalid, verify_receipt
+
+    user = _user(sandbox)
+    txid = user.write("/app/log/public", {"id": 77, "msg": "cose me", "record_claim": True})
+    user.wait_for_commit(txid)
+    answer = user.request("GET", "/app/log/public/cose_receipt", headers={"x-ms-ccf-transaction-id": str(txid)})
+    for _ in range(100):
+        if answer.status == 200:
+            break
+        answer = user.request("GET", "/app/log/public/cose_receipt", headers={"x-ms-ccf-transaction-id": str(txid)})
+    assert answer.status == 200, answer.body
+    cose_receipt = answer.body
+    json_receipt = user.receipt(txid)
+    claims = hashlib.sha256(b"cose me").digest()
+    ccf.cose.verify_receipt(cose_receipt, user.service_cert.public_key(), claims)  # the ccf package's judge
+    script = os.path.join(ROOT, "scripts", "audit.py")
+    for name, receipt in (("r.json", orjson.dumps(json_receipt)), ("r.cose", cose_receipt)):
+        assert verify_receipt(json_receipt if name.endswith("json") else cose_receipt, sandbox.service_cert_path,
+                              claims_of=b"cose me").seqno == txid.seqno
+        path = os.path.join(str(tmp_path), name)
+        with open(path, "wb") as f:
+            f.write(receipt)
+        ok = subprocess.run([sys.executable, script, "receipt", path, "--service-cert", sandbox.service_cert_path,
+                             "--claims-of-msg", "cose me"], capture_output=True, text=True, timeout=60, check=False)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        for position in (len(receipt) // 3, len(receipt) - 5):  # mutations: the client and the CLI refuse them
+            bad = bytearray(receipt)
+            bad[position] ^= 0x01
+            with open(path, "wb") as f:
+                f.write(bytes(bad))
+            refused = subprocess.run([sys.executable, script, "receipt", path, "--service-cert",
+                                      sandbox.service_cert_path, "--claims-of-msg", "cose me"],
+                                     capture_output=True, text=True, timeout=60, check=False)
+            assert refused.returncode == 1, refused.stdout
+            if name.endswith("cose"):
+                with pytest.raises(ReceiptInvalid):
+                    verify_receipt(bytes(bad), sandbox.service_cert_path, claims_of=b"cose me")
