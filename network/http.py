@@ -51,6 +51,13 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+SyncHandler = Callable[[Request], Response]
+
+
+def _internal_error(request: Request, error: Exception) -> Response:
+    logger.opt(exception=error).error(
+        f"unhandled error answering {request.method} {request.target.split('?', 1)[0]}")
+    return Response.error(500, "InternalError", f"Unhandled error: {type(error).__name__}")
 
 
 @dataclass(frozen=True)
@@ -107,8 +114,15 @@ class SessionMetrics:
 class HttpConnection(asyncio.Protocol):
     """One client connection: parse, queue, answer in order."""
 
-    def __init__(self, handler: Handler, limits: HttpLimits, metrics: SessionMetrics | None = None) -> None:
+    def __init__(self, handler: Handler, limits: HttpLimits, metrics: SessionMetrics | None = None,
+                 sync_handler: SyncHandler | None = None) -> None:
         self.handler = handler
+        # A handler that answers at once is called while parsing; the answers to everything one read held
+        # go out in a single write (one TLS record, one send) instead of one task switch and write each.
+        self.sync_handler = sync_handler
+        self.out: list[bytes] = []
+        self.close_after_out = False
+        self.busy = False
         self.limits = limits
         self.metrics = metrics or SessionMetrics()
         self.parser = httptools.HttpRequestParser(self)
@@ -168,6 +182,8 @@ class HttpConnection(asyncio.Protocol):
             self._fail(Response.error(400, "InvalidInput", "Protocol upgrades are not supported"))
         except httptools.HttpParserError as e:
             self._fail(Response.error(400, "InvalidInput", f"Malformed HTTP request: {e}"))
+        finally:
+            self._flush_out()  # before any rejection queued above: answers stay in request order
         if self.queue.qsize() >= self.limits.max_pipelined and self.transport is not None:
             self.transport.pause_reading()
 
@@ -203,10 +219,32 @@ class HttpConnection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.close_after_out:
+            return  # a request after one that asked to close the connection: ignored
         method = self.parser.get_method().decode("ascii", "replace")
         request = Request(method, self.url.decode("latin-1"), self.headers, b"".join(self.body), self.peer_cert)
-        self.queue.put_nowait((request, bool(self.parser.should_keep_alive())))
+        keep_alive = bool(self.parser.should_keep_alive())
         self._reset_message()
+        if self.sync_handler is not None and self.queue.empty() and not self.busy:
+            try:
+                response = self.sync_handler(request)
+            except Exception as e:  # the handler's bug must not kill the connection silently
+                response = _internal_error(request, e)
+            self.out.append(_encode(response, keep_alive, head=method == "HEAD"))
+            self.close_after_out = not keep_alive
+            return
+        self.queue.put_nowait((request, keep_alive))
+
+    def _flush_out(self) -> None:
+        if not self.out or self.transport is None:
+            return
+        self.transport.write(b"".join(self.out))
+        self.out.clear()
+        if self.close_after_out:
+            self.closing = True
+            self.transport.close()
+        elif self.queue.empty():
+            self._arm_idle_timer()
 
     # --- answering ---------------------------------------------------------------------------------
 
@@ -220,11 +258,13 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.close()
                 return
             request, keep_alive = item
+            self.busy = True
             try:
                 response = await self.handler(request)
             except Exception as e:  # the handler's bug must not kill the connection silently
-                logger.exception(f"unhandled error answering {request.method} {request.target.split('?', 1)[0]}")
-                response = Response.error(500, "InternalError", f"Unhandled error: {type(e).__name__}")
+                response = _internal_error(request, e)
+            finally:
+                self.busy = False
             if self.transport.is_closing():
                 return
             self.transport.write(_encode(response, keep_alive, head=request.method == "HEAD"))
@@ -255,10 +295,12 @@ class HttpConnection(asyncio.Protocol):
 
 
 async def serve(handler: Handler, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
-                limits: HttpLimits | None = None, metrics: SessionMetrics | None = None) -> asyncio.Server:
+                limits: HttpLimits | None = None, metrics: SessionMetrics | None = None,
+                sync_handler: SyncHandler | None = None) -> asyncio.Server:
     """Listen on host:port; `port` 0 picks a free port (see `server.sockets[0].getsockname()`)."""
     chosen = limits or HttpLimits()
     shared = metrics or SessionMetrics()
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: HttpConnection(handler, chosen, shared), host, port, ssl=ssl_context)
+    return await loop.create_server(lambda: HttpConnection(handler, chosen, shared, sync_handler), host, port,
+                                    ssl=ssl_context)
 

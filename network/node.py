@@ -235,7 +235,7 @@ class NodeHost:
 
         try:
             server = await serve(handle, host, port, ssl_context=self._tls(keys.identity),
-                                 limits=self.config.http, metrics=self.metrics)
+                                 limits=self.config.http, metrics=self.metrics, sync_handler=enclave.handle)
         except OSError as e:
             raise NodeStartError(f"cannot listen on {self.config.rpc_address}: {e.strerror or e}") from None
         bound = server.sockets[0].getsockname()

@@ -25,10 +25,19 @@ async def echo(request: Request) -> Response:
                                "cert": request.peer_cert is not None})
 
 
+def echo_now(request: Request) -> Response:
+    """The same answers, given at once (the node's enclave answers this way)."""
+    if request.target == "/boom":
+        raise RuntimeError("handler bug")
+    return Response.json(200, {"method": request.method, "target": request.target, "body": request.body.decode(),
+                               "cert": request.peer_cert is not None})
+
+
 def run(scenario: Callable[[int], Awaitable[Any]], limits: HttpLimits | None = None,
-        ssl_context: ssl.SSLContext | None = None, loop: str = "asyncio") -> Any:
+        ssl_context: ssl.SSLContext | None = None, loop: str = "asyncio", sync: bool = False) -> Any:
     async def main() -> Any:
-        server = await serve(echo, "127.0.0.1", 0, limits=limits, ssl_context=ssl_context)
+        server = await serve(echo, "127.0.0.1", 0, limits=limits, ssl_context=ssl_context,
+                             sync_handler=echo_now if sync else None)
         port = server.sockets[0].getsockname()[1]
         try:
             return await asyncio.wait_for(scenario(port), 10)
@@ -56,7 +65,8 @@ async def read_responses(reader: asyncio.StreamReader, count: int) -> list[tuple
     return out
 
 
-def test_keep_alive_serves_several_requests_on_one_connection() -> None:
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+def test_keep_alive_serves_several_requests_on_one_connection(sync: bool) -> None:
     async def scenario(port: int) -> list[Any]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -66,13 +76,14 @@ def test_keep_alive_serves_several_requests_on_one_connection() -> None:
         writer.close()
         return first + second
 
-    (s1, _, b1), (s2, _, b2) = run(scenario)
+    (s1, _, b1), (s2, _, b2) = run(scenario, sync=sync)
     assert (s1, s2) == (200, 200)
     assert b'"target":"/a"' in b1 and b'"body":"hello"' in b2
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_pipelined_requests_are_answered_in_order(loop: str) -> None:
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+def test_pipelined_requests_are_answered_in_order(loop: str, sync: bool) -> None:
     async def scenario(port: int) -> list[Any]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /slow1 HTTP/1.1\r\nHost: x\r\n\r\nGET /fast2 HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -81,7 +92,7 @@ def test_pipelined_requests_are_answered_in_order(loop: str) -> None:
         writer.close()
         return responses
 
-    bodies = [body for _, _, body in run(scenario, loop=loop)]
+    bodies = [body for _, _, body in run(scenario, loop=loop, sync=sync)]
     assert [b'"/slow1"' in bodies[0], b'"/fast2"' in bodies[1], b'"/fast3"' in bodies[2]] == [True, True, True]
 
 
@@ -92,7 +103,9 @@ def test_pipelined_requests_are_answered_in_order(loop: str) -> None:
      413, "RequestBodyTooLarge"),
     (b"NOT HTTP AT ALL\r\n\r\n", 400, "InvalidInput"),
 ])
-def test_limits_and_malformed_requests_get_ccf_errors_then_close(raw: bytes, status: int, code: str) -> None:
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+def test_limits_and_malformed_requests_get_ccf_errors_then_close(raw: bytes, status: int, code: str,
+                                                                  sync: bool) -> None:
     async def scenario(port: int) -> tuple[Any, bytes]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(raw)
@@ -101,13 +114,15 @@ def test_limits_and_malformed_requests_get_ccf_errors_then_close(raw: bytes, sta
         writer.close()
         return response[0], rest
 
-    (got, headers, body), rest = run(scenario, limits=HttpLimits(max_header_bytes=4096, max_body_bytes=1024))
+    (got, headers, body), rest = run(scenario, limits=HttpLimits(max_header_bytes=4096, max_body_bytes=1024),
+                                     sync=sync)
     assert got == status and headers.get("connection") == "close"
     assert f'"code":"{code}"'.encode() in body
     assert rest == b""
 
 
-def test_an_answer_before_a_bad_request_still_comes_first() -> None:
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+def test_an_answer_before_a_bad_request_still_comes_first(sync: bool) -> None:
     async def scenario(port: int) -> list[Any]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\r\n\r\n")
@@ -115,11 +130,12 @@ def test_an_answer_before_a_bad_request_still_comes_first() -> None:
         writer.close()
         return responses
 
-    (s1, _, _), (s2, _, _) = run(scenario)
+    (s1, _, _), (s2, _, _) = run(scenario, sync=sync)
     assert (s1, s2) == (200, 400)
 
 
-def test_handler_errors_are_500_with_ccf_body_and_the_connection_survives() -> None:
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+def test_handler_errors_are_500_with_ccf_body_and_the_connection_survives(sync: bool) -> None:
     async def scenario(port: int) -> list[Any]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -127,11 +143,12 @@ def test_handler_errors_are_500_with_ccf_body_and_the_connection_survives() -> N
         writer.close()
         return responses
 
-    (s1, _, b1), (s2, _, _) = run(scenario)
+    (s1, _, b1), (s2, _, _) = run(scenario, sync=sync)
     assert s1 == 500 and b'"code":"InternalError"' in b1 and s2 == 200
 
 
-def test_connection_close_and_idle_timeout_close_the_connection() -> None:
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+def test_connection_close_and_idle_timeout_close_the_connection(sync: bool) -> None:
     async def scenario(port: int) -> tuple[bytes, bytes]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -143,7 +160,7 @@ def test_connection_close_and_idle_timeout_close_the_connection() -> None:
         writer2.close()
         return closed, idle
 
-    assert run(scenario, limits=HttpLimits(idle_timeout=0.3)) == (b"", b"")
+    assert run(scenario, limits=HttpLimits(idle_timeout=0.3), sync=sync) == (b"", b"")
 
 
 def test_tls_with_the_node_certificate_and_a_client_certificate(tmp_path: Path) -> None:
