@@ -87,7 +87,9 @@ class MerkleHistory:
     """An append-only Merkle tree over 32-byte leaves, with rollback and flushing."""
 
     def __init__(self, first_leaf: bytes | None = bytes(HASH_SIZE)) -> None:
-        self._levels: list[list[bytes]] = [[]]
+        # Each level's hashes back to back (32 bytes a node, rather than a 65-byte bytes object plus a list
+        # slot): the tree costs about 64 bytes per leaf.
+        self._levels: list[bytearray] = [bytearray()]
         self._offsets: list[int] = [0]
         self._size = 0
         self._flushed = 0
@@ -107,7 +109,9 @@ class MerkleHistory:
     def append(self, leaf: bytes) -> None:
         # O(1): internal nodes are hashed in batches when a root or path is next asked for (on the commit
         # path that is once per signature), which costs a third of hashing them one append at a time.
-        self._levels[0].append(leaf)
+        if len(leaf) != HASH_SIZE:
+            raise MerkleError(f"a leaf is {HASH_SIZE} bytes, not {len(leaf)}")
+        self._levels[0] += leaf
         self._size += 1
 
     def _build(self) -> None:
@@ -116,19 +120,20 @@ class MerkleHistory:
         k = 0
         while True:
             lower = levels[k]
-            top = offsets[k] + len(lower)  # number of nodes at level k (global index of the next one)
+            top = offsets[k] + (len(lower) >> 5)  # number of nodes at level k (global index of the next one)
             if top < 2:
                 return
             if k + 1 == len(levels):
-                levels.append([])
+                levels.append(bytearray())
                 offsets.append(self._flushed >> (k + 1))
             upper = levels[k + 1]
-            first = offsets[k + 1] + len(upper)
+            first = offsets[k + 1] + (len(upper) >> 5)
             stop = top >> 1
             if first < stop:
                 off = offsets[k]
-                upper.extend([sha256(lower[i] + lower[i + 1]).digest()
-                              for i in range(2 * first - off, 2 * stop - off, 2)])
+                with memoryview(lower) as pairs:  # two siblings are 64 contiguous bytes
+                    upper += b"".join([sha256(pairs[32 * i: 32 * i + 64]).digest()
+                                       for i in range(2 * first - off, 2 * stop - off, 2)])
             k += 1
 
     def leaf(self, index: int) -> bytes:
@@ -140,10 +145,11 @@ class MerkleHistory:
         off = self._offsets[level]
         if index < off:
             raise MerkleError(f"node {index} of level {level} was flushed (first retained leaf {self._flushed})")
-        try:
-            return self._levels[level][index - off]
-        except IndexError:
-            raise MerkleError(f"node {index} of level {level} does not exist (size {self._size})") from None
+        at = 32 * (index - off)
+        node = bytes(self._levels[level][at: at + 32]) if level < len(self._levels) else b""
+        if len(node) != HASH_SIZE:
+            raise MerkleError(f"node {index} of level {level} does not exist (size {self._size})")
+        return node
 
     def _range_root(self, start: int, end: int) -> bytes:
         """Root of leaves [start, end) where start is aligned to every peak of end - start."""
@@ -201,7 +207,7 @@ class MerkleHistory:
             raise MerkleError(f"cannot truncate to {n} leaves (retained {self._flushed}..{self._size})")
         for k, level in enumerate(self._levels):
             keep = max((n >> k) - self._offsets[k], 0)
-            del level[keep:]
+            del level[32 * keep:]
         self._size = n
 
     def flush_to(self, f: int) -> None:
@@ -216,7 +222,7 @@ class MerkleHistory:
             new_off = idx - 1 if idx & 1 else idx
             drop = new_off - self._offsets[k]
             if drop > 0:
-                del level[:drop]
+                del level[: 32 * drop]
                 self._offsets[k] = new_off
         self._flushed = f
 
@@ -242,8 +248,9 @@ class MerkleHistory:
         f = self._flushed if from_ is None else from_
         if not self._flushed <= f < n <= self._size:
             raise MerkleError(f"cannot serialise {n} leaves from {f} (size {self._size})")
-        leaves = self._levels[0][f - self._offsets[0] : n - self._offsets[0]]
-        return b"".join([_HEAD.pack(n - f, f), *leaves, *self._left_peaks(f)])
+        off = self._offsets[0]
+        leaves = bytes(self._levels[0][32 * (f - off): 32 * (n - off)])
+        return b"".join([_HEAD.pack(n - f, f), leaves, *self._left_peaks(f)])
 
     @classmethod
     def deserialise(cls, data: bytes) -> MerkleHistory:
@@ -256,15 +263,14 @@ class MerkleHistory:
         tree = cls(first_leaf=None)
         tree._flushed = tree._size = f
         nlevels = max(f.bit_length(), 1)
-        tree._levels = [[] for _ in range(nlevels)]
+        tree._levels = [bytearray() for _ in range(nlevels)]
         tree._offsets = [f >> k for k in range(nlevels)]
         pos = _HEAD.size + HASH_SIZE * count
         for k in range(f.bit_length()):
             if f >> k & 1:
-                tree._levels[k].append(data[pos : pos + HASH_SIZE])
+                tree._levels[k] += data[pos : pos + HASH_SIZE]
                 tree._offsets[k] = (f >> k) - 1
                 pos += HASH_SIZE
-        for i in range(count):
-            start = _HEAD.size + HASH_SIZE * i
-            tree.append(data[start : start + HASH_SIZE])
+        tree._levels[0] += data[_HEAD.size: _HEAD.size + HASH_SIZE * count]
+        tree._size += count
         return tree

@@ -196,14 +196,12 @@ def parse_snapshot_name(name: str) -> tuple[int, int, bool] | None:
     return (int(m.group(1)), int(m.group(2)), bool(m.group(3))) if m else None
 
 
-def write_snapshot_file(directory: str, seqno: int, evidence_seqno: int, data: bytes) -> str:
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, snapshot_file_name(seqno, evidence_seqno, False))
+def write_file(path: str, data: bytes) -> None:
+    """Write `data` to `path` durably."""
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    return path
 
 
 def commit_snapshot_file(directory: str, seqno: int, evidence_seqno: int, receipt_json: bytes) -> str:

@@ -19,6 +19,7 @@ observed). Not here: sockets, files, timers (the host's), consensus across nodes
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,6 +76,11 @@ class HostServices(Protocol):
 
     def session_metrics(self) -> dict[str, Any]: ...
 
+    def run_snapshot(self, serialise: Callable[[], bytes],
+                     done: Callable[[str | None, Callable[[str], None]], None]) -> None:
+        """Run `serialise` (now, on the state as it is) and later call `done(sha256 hex or None on failure,
+        place)`, where `place(path)` puts the snapshot bytes at `path`."""
+
 
 def _parse_valid_from(text: str) -> dt.datetime:
     for pattern in ("%Y%m%d%H%M%SZ", "%y%m%d%H%M%SZ", "%Y-%m-%dT%H:%M:%SZ"):
@@ -108,6 +114,7 @@ class Enclave:
         self._unsigned = ledger.last_seqno - ledger.last_signature_seqno
         self._first_unsigned_at: float | None = self.clock() if self._unsigned else None
         self._last_snapshot = ledger.last_signature_seqno
+        self._snapshot_running = False
         self._service_open = self._read_service_open()
 
     # --- what the frontends see (GovNode, NodeStatus) ---------------------------------------------------
@@ -253,8 +260,24 @@ class Enclave:
             logger.warning("snapshot asked for, but this node has no snapshot directory")
             return
         self.sign()
-        seqno, evidence = self.ledger.snapshot()
+        self._start_snapshot()
+
+    def _start_snapshot(self) -> None:
+        """Have the host serialise the state at the signature just made (a forked process, so the node keeps
+        serving); the evidence transaction is committed once the snapshot's digest is known."""
+        if self._snapshot_running:
+            return
+        seqno, serialise = self.ledger.snapshot_job()
         self._last_snapshot = seqno
+        self._snapshot_running = True
+        self.host.run_snapshot(serialise, functools.partial(self._snapshot_made, seqno))
+
+    def _snapshot_made(self, seqno: int, digest: str | None, place: Callable[[str], None]) -> None:
+        self._snapshot_running = False
+        if digest is None:
+            logger.warning(f"the snapshot at seqno {seqno} could not be made; the next one will be tried")
+            return
+        evidence = self.ledger.record_snapshot(seqno, digest, place)
         self._count(1)
         logger.info(f"snapshot at seqno {seqno} (evidence {evidence})")
 
@@ -284,8 +307,5 @@ class Enclave:
         self.ledger.commit_to(txid.seqno)
         interval = self.settings.snapshot_every_tx
         if interval and self.ledger.snapshot_dir is not None and txid.seqno - self._last_snapshot >= interval:
-            self._last_snapshot = txid.seqno
-            seqno, _ = self.ledger.snapshot()
-            self._count(1)
-            logger.info(f"snapshot at seqno {seqno}")
+            self._start_snapshot()
         return txid

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import importlib
 import os
 import signal
@@ -37,6 +38,7 @@ from ledger.genesis import GenesisMember, NodeNetwork, ServiceConfig, VirtualQuo
 from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, key_pem
 from ledger.replay import recover
 from ledger.service_ledger import ServiceLedger
+from ledger.snapshots import write_file
 from network import sealing
 from network.attestation import code_measurement, host_data, make_quote
 from network.config import ConfigError, NodeConfig, StartConfig, load_config
@@ -118,6 +120,7 @@ class NodeHost:
         self.enclave: Enclave | None = None
         self.stopping = asyncio.Event()
         self.address = config.rpc_address
+        self._snapshot_child: tuple[int, str] | None = None
 
     # --- HostServices -----------------------------------------------------------------------------
 
@@ -132,6 +135,38 @@ class NodeHost:
     def secrets_changed(self) -> None:
         assert self.enclave is not None
         self._seal(self.enclave.keys, self.enclave.ledger)
+
+    def run_snapshot(self, serialise: Callable[[], bytes],
+                     done: Callable[[str | None, Callable[[str], None]], None]) -> None:
+        """Serialise in a forked process (copy-on-write: the child sees the state as of now while this
+        process goes on serving), which writes a temporary file and sends back its SHA-256."""
+        assert self.loop is not None
+        loop = self.loop
+        partial = os.path.join(self.config.snapshot_dir, f".snapshot-{os.getpid()}.partial")
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: no event loop, no logging; only serialise, write, report, exit
+            code = 1
+            try:
+                os.close(read_end)
+                data = serialise()
+                write_file(partial, data)
+                os.write(write_end, hashlib.sha256(data).hexdigest().encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        self._snapshot_child = (pid, partial)
+
+        def finished() -> None:
+            loop.remove_reader(read_end)
+            digest = os.read(read_end, 64).decode() or None
+            os.close(read_end)
+            os.waitpid(pid, 0)
+            self._snapshot_child = None
+            done(digest, lambda path: os.replace(partial, path))
+
+        loop.add_reader(read_end, finished)
 
     def session_metrics(self) -> dict[str, Any]:
         limits = self.config.http
@@ -254,6 +289,12 @@ class NodeHost:
             ticker.cancel()
             server.close()
             await server.wait_closed()
+            if self._snapshot_child is not None:  # an unfinished snapshot is abandoned
+                pid, partial = self._snapshot_child
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                if os.path.exists(partial):
+                    os.unlink(partial)
             enclave.sign()
             ledger.flush()
             if ledger.files is not None:

@@ -233,3 +233,16 @@ def test_private_records_never_appear_in_plaintext_in_the_nodes_files(stopped: S
         assert msg.encode() in ledger, f"public message {msg} not found in the ledger files"
     latest_snapshot = files[snapshots[-1]]
     assert stopped.service.public[1].encode() in latest_snapshot
+
+
+def test_snapshots_made_while_serving_are_committed_with_their_evidence_and_ccf_reads_them(stopped: Stopped) -> None:
+    from tests.ccf_tools import read_ledger
+
+    committed = sorted((stopped.data_dir / "snapshots").glob("snapshot_*.committed"))
+    assert committed, "snapshots are serialised in a forked process and committed once their evidence is"
+    assert not list((stopped.data_dir / "snapshots").glob(".snapshot-*.partial")), "no half-written snapshot left"
+    for path in committed[-2:]:
+        seqno, evidence = (int(x) for x in path.name.split(".")[0].split("_")[1:])
+        assert evidence > seqno
+        proc = read_ledger(str(path), "--snapshot", "-q")
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

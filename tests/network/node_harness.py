@@ -3,6 +3,8 @@ the default constitution, member0 with a recovery key, user0, and a host whose f
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +18,7 @@ from governance.member_client import MemberSigner
 from ledger.bootstrap import NodeKeys, start_new_service
 from ledger.genesis import GenesisMember, VirtualQuote
 from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, key_pem
+from ledger.snapshots import write_file
 from network.enclave import Enclave, EnclaveSettings, SignaturePolicy
 from network.http import Request, Response
 
@@ -52,6 +55,11 @@ class FakeHost:
 
     def secrets_changed(self) -> None:
         self.sealed += 1
+
+    def run_snapshot(self, serialise: Callable[[], bytes],
+                     done: Callable[[str | None, Callable[[str], None]], None]) -> None:
+        data = serialise()
+        done(hashlib.sha256(data).hexdigest(), functools.partial(write_file, data=data))
 
     def session_metrics(self) -> dict[str, Any]:
         return {"active": 1, "peak": 1}
