@@ -444,7 +444,7 @@ class LedgerFiles:
         self._file = None
         self._dirty = False
         chunk.end = chunk.start + len(self._open_positions) - 1
-        chunk.positions = list(self._open_positions)
+        chunk.positions = None  # on disk in the table now: loaded again only if an old entry is read
         chunk.committed = chunk.end <= self._committed
         new_path = os.path.join(self.directory, chunk_name(chunk.start, chunk.end, chunk.committed))
         os.replace(chunk.path, new_path)

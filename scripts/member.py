@@ -34,8 +34,8 @@ from governance.member_client import (
     transition_service_to_open,
 )
 from ledger.identity import load_cert
-from network.client import ServiceClient, ServiceError
-from network.member_api import MemberApi
+from network.client import ServiceError
+from network.service_client import Client, ClientError
 
 
 def _read(path: str) -> bytes:
@@ -172,7 +172,7 @@ def _send(args: argparse.Namespace, signer: MemberSigner) -> tuple[Any, str]:
     """Run the command against the node; returns the answer and a line describing it."""
     if not args.service_cert:
         raise ValueError("--url needs --service-cert")
-    api = MemberApi(ServiceClient(args.url, args.service_cert), signer)
+    api = Client(args.url, args.service_cert, cert=args.cert, key=args.key).member()
     created_at = _created_at(args.created_at)
     if args.command == "propose":
         result = api.propose(_proposal_actions(args), created_at=created_at)
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             print(orjson.dumps(result).decode() if args.json else line)
             return 0
         body, summary = _signed_body(args, signer)
-    except ServiceError as e:
+    except (ServiceError, ClientError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except (OSError, ValueError, orjson.JSONDecodeError) as e:
