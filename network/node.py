@@ -148,6 +148,7 @@ class NodeHost:
         if pid == 0:  # the child: no event loop, no logging; only serialise, write, report, exit
             code = 1
             try:
+                _die_with_parent()
                 os.close(read_end)
                 data = serialise()
                 write_file(partial, data)
@@ -164,6 +165,8 @@ class NodeHost:
             os.close(read_end)
             os.waitpid(pid, 0)
             self._snapshot_child = None
+            if digest is None and os.path.exists(partial):
+                os.unlink(partial)
             done(digest, lambda path: os.replace(partial, path))
 
         loop.add_reader(read_end, finished)
@@ -253,6 +256,9 @@ class NodeHost:
         self.loop = asyncio.get_running_loop()
         os.makedirs(self.config.data_dir, exist_ok=True)
         os.makedirs(self.config.snapshot_dir, exist_ok=True)
+        for name in os.listdir(self.config.snapshot_dir):  # left by a node that was killed while snapshotting
+            if name.startswith(".snapshot-") and name.endswith(".partial"):
+                os.unlink(os.path.join(self.config.snapshot_dir, name))
         host, port = self.config.host_port
         if sealing.is_sealed(self.config.data_dir):
             ledger, keys = self._resume()
@@ -314,6 +320,16 @@ class NodeHost:
             except Exception:  # a failing signature must be seen, and must not stop the timer silently
                 logger.exception("signature failed")
                 raise
+
+
+def _die_with_parent() -> None:
+    """Linux: a snapshot child is killed with its node (PR_SET_PDEATHSIG), never left writing alone."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
 
 
 def _use_uvloop() -> None:

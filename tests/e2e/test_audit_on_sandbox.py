@@ -40,6 +40,7 @@ from network.member_api import MemberApi
 from scripts import audit as audit_cli
 from scripts.sandbox import make_identities, node_config, open_service, start_node
 from tests.ccf_tools import read_ledger
+from tests.ledger_helpers import flip_byte as flip
 
 pytestmark = pytest.mark.e2e
 
@@ -190,13 +191,6 @@ def committed_private_write(node: NodeRun, after_rekey: bool = False) -> int:
     assert len(candidates) > 10, (private, committed_end)
     return candidates[-3] if after_rekey else candidates[len(candidates) // 3]
 
-
-def flip(path: str, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x01]))
 
 
 def copy_of(node: NodeRun, tmp_path: Path, name: str) -> str:

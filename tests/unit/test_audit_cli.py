@@ -25,6 +25,8 @@ from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem
 from ledger.secrets import LedgerSecret, LedgerSecrets
 from ledger.service_ledger import ServiceLedger
 from scripts import audit
+from tests.ledger_helpers import flip_byte as flip
+from tests.ledger_helpers import sign_and_commit
 
 pytestmark = pytest.mark.unit
 
@@ -51,10 +53,7 @@ def build(new_service: Callable[..., ServiceLedger], n: int = 30) -> ServiceLedg
             ledger.emit_signature()
         if i == 15:
             ledger.rekey()
-    ledger.request_chunk()
-    sig = ledger.emit_signature()
-    ledger.flush()
-    ledger.commit_to(sig.seqno)
+    sign_and_commit(ledger)
     assert ledger.files is not None
     return ledger
 
@@ -100,13 +99,6 @@ def directory(ledger: ServiceLedger) -> str:
     assert ledger.files is not None
     return ledger.files.directory
 
-
-def flip(path: str, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x01]))
 
 
 def entry_offset(ledger: ServiceLedger, seqno: int) -> tuple[str, int]:
@@ -466,10 +458,7 @@ def test_compare_stops_at_the_shortest_committed_prefix(new_service: Callable[..
         tx = ledger.begin()
         tx.put("log", b"more%d" % i, b"z" * 200)
         ledger.commit(tx)
-    ledger.request_chunk()
-    sig = ledger.emit_signature()
-    ledger.flush()
-    ledger.commit_to(sig.seqno)
+    sign_and_commit(ledger)
     code, out, err = run("compare", directory(ledger), early, "--json")
     assert code == 0, err
     result = orjson.loads(out)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from ledger.service_ledger import ServiceLedger
+from tests.ledger_helpers import sign_and_commit
 
 pytestmark = pytest.mark.unit
 
@@ -28,10 +29,7 @@ def finished_ledger(new_service: Callable[..., ServiceLedger]) -> ServiceLedger:
         tx = ledger.begin()
         tx.put("public:log", b"%d" % i, b"x" * 200)
         ledger.commit(tx)
-    ledger.request_chunk()
-    sig = ledger.emit_signature()
-    ledger.flush()
-    ledger.commit_to(sig.seqno)
+    sign_and_commit(ledger)
     return ledger
 
 

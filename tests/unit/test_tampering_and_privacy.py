@@ -14,6 +14,7 @@ from ledger.files import LedgerFiles
 from ledger.replay import recover
 from ledger.service_ledger import ServiceLedger
 from tests.ccf_tools import assert_read_ledger_accepts, read_ledger
+from tests.ledger_helpers import flip_byte
 
 pytestmark = pytest.mark.unit
 
@@ -69,13 +70,6 @@ def test_private_values_never_appear_in_plaintext_in_ledger_or_snapshot_files(
     assert any(PUBLIC_MARKER in data for name, data in written if name.startswith("ledger_"))
     assert any(PUBLIC_MARKER in data for name, data in written if name.startswith("snapshot_"))
 
-
-def flip_byte(path: str, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x01]))
 
 
 @pytest.mark.parametrize("where", ["public value", "private ciphertext", "gcm tag", "claims digest"])
