@@ -152,9 +152,11 @@ class Raft:
     def __init__(self, node_id: str, voters: Iterable[str], randrange: Callable[[int, int], int], *,
                  config: ConsensusConfig | None = None, hard_state: HardState | None = None,
                  log: Iterable[EntryMeta] = (), commit: int = 0, first_index: int = 1,
-                 base_term: int = 0) -> None:
-        """`log` holds entries `first_index..`; the entry before `first_index` (from a snapshot, or none)
-        had term `base_term`. `commit` is the commit index the node had made durable."""
+                 base_term: int = 0, older: Callable[[int], EntryMeta] | None = None) -> None:
+        """`log` holds entries `first_index..`; the entry before `first_index` (from a snapshot, or
+        compacted) had term `base_term`. `commit` is the commit index the node had made durable. `older`
+        gives the metadata of entries below `first_index` that the node still holds (the shell reads them
+        from its ledger): with it, a primary can send them to a lagging follower after compaction."""
         self.id = node_id
         self.config = config or ConsensusConfig()
         self.randrange = randrange
@@ -164,6 +166,7 @@ class Raft:
         self.voted_for = state.voted_for
         self.first_index = first_index
         self.base_term = base_term
+        self.older = older
         self.log: list[EntryMeta] = list(log)
         for offset, e in enumerate(self.log):
             if e.index != first_index + offset:
@@ -186,14 +189,33 @@ class Raft:
         return self.first_index + len(self.log) - 1
 
     def term_at(self, index: int) -> int | None:
+        if index == 0:
+            return 0  # the empty log: what a probe to a node that holds nothing matches
         if index == self.first_index - 1:
             return self.base_term
         if self.first_index <= index <= self.last_index:
             return self.log[index - self.first_index].term
+        if 1 <= index < self.first_index and self.older is not None:
+            return self.older(index).term
         return None
 
     def entry(self, index: int) -> EntryMeta:
+        if index < self.first_index:
+            if self.older is None:
+                raise ConsensusError(f"entry {index} was compacted")
+            return self.older(index)
         return self.log[index - self.first_index]
+
+    def compact(self, index: int) -> None:
+        """Forget the metadata of entries up to `index` (committed): the memory kept is the uncommitted
+        suffix. Entries below are then read through `older`, if given."""
+        if index > self.commit:
+            raise ConsensusError(f"cannot compact to {index}: committed only to {self.commit}")
+        if index < self.first_index:
+            return
+        self.base_term = self.log[index - self.first_index].term
+        del self.log[: index - self.first_index + 1]
+        self.first_index = index + 1
 
     @property
     def last_committable(self) -> tuple[int, int]:
@@ -418,6 +440,8 @@ class Raft:
             self._send(AppendEntriesResponse(self.term, self.id, m.sender, False, max(hint, self.commit)))
             return
         for e in m.entries:
+            if e.index < self.first_index:
+                continue  # compacted here: committed, so the same entry (Raft's log matching)
             held = self.term_at(e.index)
             if held is None:
                 self._append([e])
@@ -484,7 +508,10 @@ class Raft:
         if prev_term is None:  # below our first index: the shell must send a snapshot
             return None
         end = min(self.last_index, next_index + self.config.max_batch - 1)
-        entries = tuple(self.log[next_index - self.first_index: end - self.first_index + 1])
+        if next_index < self.first_index:  # compacted: read back through the shell
+            entries = tuple(self.entry(i) for i in range(next_index, end + 1))
+        else:
+            entries = tuple(self.log[next_index - self.first_index: end - self.first_index + 1])
         return AppendEntries(self.term, self.id, peer, prev, prev_term, entries, self.commit)
 
     def _send_append(self, peer: str, *, heartbeat: bool) -> None:

@@ -13,6 +13,7 @@
     cut nA->nB                 # a one-way cut
     heal
     crash nX / restart nX
+    compact nX                 # the node's core forgets its log metadata up to its commit
     voters n0 n1               # install a voter set on every node (committed governance state)
     assert leader nX | assert no-leader
     assert role nX Primary|Backup|Candidate
@@ -120,6 +121,8 @@ def _execute(sim: Simulation, words: list[str]) -> None:
         sim.cut_link(*_link(args[0]))
     elif op == "heal":
         sim.heal()
+    elif op == "compact":
+        sim.nodes[args[0]].compact()
     elif op == "crash":
         sim.crash(args[0])
     elif op == "restart":

@@ -53,7 +53,15 @@ class SimNode:
 
     def _boot(self) -> Raft:
         return Raft(self.id, self.voters, self.rng.randrange, config=self.config, hard_state=self.disk.hard_state,
-                    log=list(self.disk.log), commit=self.disk.commit)
+                    log=list(self.disk.log), commit=self.disk.commit, older=self._older)
+
+    def _older(self, index: int) -> EntryMeta:
+        return self.disk.log[index - 1]
+
+    def compact(self) -> None:
+        """Forget the consensus core's metadata up to its commit (the disk, like the ledger, keeps it)."""
+        if self.up:
+            self.raft.compact(self.raft.commit)
 
     def crash(self) -> None:
         self.up = False
@@ -206,6 +214,10 @@ class Simulation:
         elif r < 0.86:
             action = "drop"
             self.drop()
+        elif r < 0.88:
+            node = self.rng.choice(self.ids)
+            action = f"compact {node}"
+            self.nodes[node].compact()
         elif r < 0.90:
             a, b = self.rng.sample(self.ids, 2)
             action = f"cut {a}->{b}"
@@ -241,7 +253,7 @@ class Simulation:
                 self._note_leader(n)
                 # leader completeness (Raft §5.4): a primary of term t holds every entry committed before t
                 must_hold = sum(1 for t in self.committed_in if t < raft.term)
-                held = [e.term for e in raft.log[:must_hold]]
+                held = [raft.term_at(i) for i in range(1, must_hold + 1)]  # through `older` where compacted
                 if held != self.committed[:must_hold]:
                     raise InvariantViolation(f"{where}: primary {i} (term {raft.term}) lacks committed entries")
             commit = n.disk.commit
