@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,11 +43,14 @@ from ledger.secrets import opening_secret_record
 from ledger.service_ledger import ServiceLedger, TxID
 from ledger.tables import HISTORICAL_SECRETS, SERVICE_INFO, SINGLETON_KEY, dump_json
 from network.common_endpoints import add_common_endpoints
+from network.consensus import HardState, Raft
 from network.endpoints import EndpointContext, EndpointError, Endpoints, Mode
 from network.gov_frontend import build_gov_frontend
 from network.historical import HistoricalQueries, ReceiptSource, add_receipt_endpoint
 from network.http import Request, Response
 from network.node_frontend import build_node_frontend
+from network.replication import Replicator, ledger_entry_meta
+from network.wire import Envelope
 
 IN_TX_EFFECTS = ("transition_service_to_open", "trigger_recovery_shares_refresh")
 
@@ -76,10 +80,29 @@ class HostServices(Protocol):
 
     def session_metrics(self) -> dict[str, Any]: ...
 
+    def send(self, envelope: Envelope) -> None:
+        """Queue a consensus message for another node."""
+
+    def persist_consensus(self, state: HardState) -> None:
+        """Make the term and vote durable before anything that depends on them is sent."""
+
     def run_snapshot(self, serialise: Callable[[], bytes],
                      done: Callable[[str | None, Callable[[str], None]], None]) -> None:
         """Run `serialise` (now, on the state as it is) and later call `done(sha256 hex or None on failure,
         place)`, where `place(path)` puts the snapshot bytes at `path`."""
+
+
+def sole_voter(ledger: ServiceLedger, term: int | None = None) -> Raft:
+    """The consensus core of a service's only node, leading in the ledger's view from its commit point."""
+    node_id = ledger.node.node_id
+    commit = ledger.committed_seqno
+    meta = ledger_entry_meta(ledger)
+    raft = Raft(node_id, [node_id], random.Random().randrange,
+                hard_state=HardState(term if term is not None else ledger.view, node_id),
+                log=[meta(s) for s in range(commit + 1, ledger.last_seqno + 1)], commit=commit,
+                first_index=commit + 1, base_term=(ledger.view_of(commit) or 0) if commit else 0, older=meta)
+    raft.assume_leadership()
+    return raft
 
 
 def _parse_valid_from(text: str) -> dt.datetime:
@@ -94,7 +117,7 @@ def _parse_valid_from(text: str) -> dt.datetime:
 class Enclave:
     def __init__(self, ledger: ServiceLedger, keys: NodeKeys, quote: VirtualQuote, app: Endpoints,
                  host: HostServices, settings: EnclaveSettings | None = None, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, raft: Raft | None = None) -> None:
         self.ledger = ledger
         self.keys = keys
         self._quote = quote
@@ -116,6 +139,10 @@ class Enclave:
         self._last_snapshot = ledger.last_signature_seqno
         self._snapshot_running = False
         self._service_open = self._read_service_open()
+        # Consensus decides commit: a new service's node is its sole voter and leads at once.
+        self.replicator = Replicator(ledger, raft or sole_voter(ledger), keys.encryption_key, host.send,
+                                     host.persist_consensus, host.secrets_changed)
+        self.replicator.process()
 
     # --- what the frontends see (GovNode, NodeStatus) ---------------------------------------------------
 
@@ -136,7 +163,7 @@ class Enclave:
         return cert_pem(self.ledger.node.self_signed)
 
     def primary_id(self) -> str | None:
-        return self.node_id
+        return self.replicator.raft.leader
 
     def frontend_open(self, prefix: str) -> bool:
         return self._service_open if prefix == "/app" else True
@@ -291,10 +318,12 @@ class Enclave:
             self.sign()
 
     def tick(self) -> None:
-        """Called by the host every few milliseconds: sign if unsigned transactions waited long enough."""
+        """Called by the host every few milliseconds: sign if unsigned transactions waited long enough, and
+        let consensus keep time (heartbeats, elections)."""
         if self._unsigned and self._first_unsigned_at is not None and \
                 (self.clock() - self._first_unsigned_at) * 1000 >= self.settings.signatures.every_ms:
             self.sign()
+        self.replicator.tick()
 
     def sign(self) -> TxID | None:
         """Emit a signature over everything so far, make it durable, and commit up to it."""
@@ -303,8 +332,7 @@ class Enclave:
         txid = self.ledger.emit_signature()
         self._unsigned = 0
         self._first_unsigned_at = None
-        self.ledger.flush()
-        self.ledger.commit_to(txid.seqno)
+        self.replicator.sync()  # consensus: flush, replicate, commit once a majority holds the signature
         interval = self.settings.snapshot_every_tx
         if interval and self.ledger.snapshot_dir is not None and txid.seqno - self._last_snapshot >= interval:
             self._start_snapshot()

@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import importlib
 import os
+import random
 import signal
 import sys
 import tempfile
@@ -42,12 +43,16 @@ from ledger.snapshots import write_file
 from network import sealing
 from network.attestation import code_measurement, host_data, make_quote
 from network.config import ConfigError, NodeConfig, StartConfig, load_config
+from network.consensus import HardState, Raft
 from network.enclave import Enclave
 from network.endpoints import Endpoints
 from network.http import SessionMetrics, serve
+from network.replication import ledger_entry_meta
 from network.tls import server_context
+from network.wire import Envelope
 
 READY_FILE = "node.json"
+CONSENSUS_FILE = "consensus.json"  # the term and vote (Raft's persistent state)
 
 
 class NodeStartError(Exception):
@@ -102,11 +107,14 @@ def _constitution(start: StartConfig) -> str:
         raise NodeStartError(f"start.constitution: {e}") from None
 
 
-def _write_file(path: str, text: str) -> None:
+def _write_file(path: str, text: str, *, durable: bool = False) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -171,6 +179,21 @@ class NodeHost:
 
         loop.add_reader(read_end, finished)
 
+    def send(self, envelope: Envelope) -> None:
+        logger.debug(f"no channel to {envelope.message.to[:12]} yet: dropped")  # replication comes next
+
+    def persist_consensus(self, state: HardState) -> None:
+        _write_file(os.path.join(self.config.data_dir, CONSENSUS_FILE),
+                    orjson.dumps({"term": state.term, "voted_for": state.voted_for}).decode(), durable=True)
+
+    def _read_consensus(self) -> HardState | None:
+        path = os.path.join(self.config.data_dir, CONSENSUS_FILE)
+        if not os.path.exists(path):
+            return None
+        with open(path, "rb") as f:
+            obj = orjson.loads(f.read())
+        return HardState(int(obj["term"]), obj.get("voted_for"))
+
     def session_metrics(self) -> dict[str, Any]:
         limits = self.config.http
         return {"active": self.metrics.active, "peak": self.metrics.peak,
@@ -213,7 +236,7 @@ class NodeHost:
         logger.info(f"started a new service; node {identity.node_id[:16]}..., genesis at 2.1")
         return ledger, keys
 
-    def _resume(self) -> tuple[ServiceLedger, NodeKeys]:
+    def _resume(self) -> tuple[ServiceLedger, NodeKeys, Raft]:
         try:
             sealed = sealing.unseal(self.config.data_dir)
         except sealing.SealingError as e:
@@ -225,16 +248,21 @@ class NodeHost:
         if last_signed == 0:
             raise NodeStartError(f"{self.config.ledger_dir} holds no signed transaction to resume from")
         # One node is the whole majority: every durable signature is committed. What follows the last
-        # signature was never committed and is dropped; the node then signs in a new view (as a newly
-        # elected primary does, Raft §5.2), so those seqnos can be told apart from any reused ones.
+        # signature was never committed and is dropped; the node then stands for election (Raft §5.2): it
+        # wins a new term alone, and as a new primary signs in that view at once, so the dropped seqnos can
+        # be told apart from the ones reused.
         ledger.commit_to(last_signed)
         ledger.rollback(last_signed)
-        ledger.set_view(ledger.view + 1)
-        sig = ledger.emit_signature()
-        ledger.flush()
-        ledger.commit_to(sig.seqno)
-        logger.info(f"resumed the service at {sig}; replayed {report.last_seqno} entries")
-        return ledger, sealed.node
+        persisted = self._read_consensus()
+        term = max(persisted.term if persisted else 0, ledger.view)
+        meta = ledger_entry_meta(ledger)
+        node_id = ledger.node.node_id
+        raft = Raft(node_id, [node_id], random.Random().randrange, hard_state=HardState(term, node_id),
+                    commit=last_signed, first_index=last_signed + 1, base_term=ledger.view, older=meta)
+        raft.campaign(transfer=False)
+        logger.info(f"resuming the service after {ledger.txid(last_signed)} in view {raft.term}; replayed "
+                    f"{report.last_seqno} entries")
+        return ledger, sealed.node, raft
 
     def _tls(self, identity: NodeIdentity) -> Any:
         assert identity.endorsed is not None
@@ -260,8 +288,9 @@ class NodeHost:
             if name.startswith(".snapshot-") and name.endswith(".partial"):
                 os.unlink(os.path.join(self.config.snapshot_dir, name))
         host, port = self.config.host_port
+        raft: Raft | None = None
         if sealing.is_sealed(self.config.data_dir):
-            ledger, keys = self._resume()
+            ledger, keys, raft = self._resume()
         else:
             if port == 0:
                 raise NodeStartError("a new service needs a fixed rpc_address port (it is written in genesis)")
@@ -269,7 +298,7 @@ class NodeHost:
         _write_file(self.config.service_certificate_file, ledger.service.pem)
         app = load_app(self.config.app)
         quote = self._quote(keys.identity)
-        self.enclave = enclave = Enclave(ledger, keys, quote, app, self, self.config.enclave)
+        self.enclave = enclave = Enclave(ledger, keys, quote, app, self, self.config.enclave, raft=raft)
 
         async def handle(request: Any) -> Any:
             return enclave.handle(request)

@@ -24,13 +24,25 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ledger.errors import EntryFormatError, VerificationError
+from ledger.errors import EntryFormatError, LedgerError, VerificationError
 from ledger.replay import receive_entry
 from ledger.service_ledger import ServiceLedger
-from network.consensus import AppendEntries, HardState, Message, Raft, Role
+from network.consensus import AppendEntries, EntryMeta, HardState, Message, Raft, Role
 from network.wire import Envelope
 
 MAX_STASHED = 100_000  # entries received but not yet appended (beyond: the oldest are forgotten)
+
+
+def ledger_entry_meta(ledger: ServiceLedger) -> Callable[[int], EntryMeta]:
+    """Consensus metadata of the ledger's entries, read from the ledger (so the core keeps none)."""
+
+    def meta(seqno: int) -> EntryMeta:
+        view = ledger.view_of(seqno)
+        if view is None:
+            raise LedgerError(f"the ledger holds no entry {seqno}")
+        return EntryMeta(seqno, view, ledger.is_signature(seqno))
+
+    return meta
 
 
 class ReplicationError(Exception):
@@ -98,6 +110,8 @@ class Replicator:
                 self.send(self._envelope(message))
             if ready.commit is not None and ready.commit > self.ledger.committed_seqno:
                 self.ledger.commit_to(ready.commit)
+            if ready.commit is not None:
+                self.raft.compact(ready.commit)  # the ledger keeps what consensus needs below commit
             if ready.became_leader:
                 self._sign_as_new_primary()
 

@@ -19,8 +19,10 @@ from ledger.bootstrap import NodeKeys, start_new_service
 from ledger.genesis import GenesisMember, VirtualQuote
 from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, key_pem
 from ledger.snapshots import write_file
+from network.consensus import HardState
 from network.enclave import Enclave, EnclaveSettings, SignaturePolicy
 from network.http import Request, Response
+from network.wire import Envelope
 
 API = "?api-version=2024-07-01"
 
@@ -35,6 +37,8 @@ class FakeHost:
         self.read: Callable[[int, int], list[bytes]] = lambda start, end: []
         self.reads: list[tuple[int, int]] = []
         self.sealed = 0
+        self.sent: list[Envelope] = []
+        self.hard_state: HardState | None = None
 
     def read_entries(self, start: int, end: int) -> list[bytes]:
         self.reads.append((start, end))
@@ -55,6 +59,12 @@ class FakeHost:
 
     def secrets_changed(self) -> None:
         self.sealed += 1
+
+    def send(self, envelope: Envelope) -> None:
+        self.sent.append(envelope)
+
+    def persist_consensus(self, state: HardState) -> None:
+        self.hard_state = state
 
     def run_snapshot(self, serialise: Callable[[], bytes],
                      done: Callable[[str | None, Callable[[str], None]], None]) -> None:

@@ -225,3 +225,16 @@ def test_the_node_frontend_describes_the_node(open_node: Node) -> None:
     assert "/app/log/private" in app_paths and "/app/commit" in app_paths
     cert = orjson.loads(n.call("GET", "/node/self_signed_certificate").body)["self_signed_certificate"]
     assert cert.startswith("-----BEGIN CERTIFICATE-----")
+
+
+def test_commit_is_decided_by_consensus_whose_core_keeps_only_the_uncommitted_suffix(open_node: Node) -> None:
+    raft = open_node.enclave.replicator.raft
+    assert raft.role.value == "Primary" and open_node.enclave.primary_id() == open_node.enclave.node_id
+    assert open_node.host.hard_state is not None and open_node.host.hard_state.term == open_node.ledger.view
+    open_node.user_call("POST", "/app/log/private", {"id": 9, "msg": "x"})
+    assert raft.last_index < open_node.ledger.last_seqno  # proposed to consensus at the next signature
+    sig = open_node.enclave.sign()
+    assert sig is not None
+    assert raft.commit == open_node.ledger.committed_seqno == sig.seqno == raft.last_index
+    assert raft.first_index == sig.seqno + 1 and not raft.log  # compacted: the ledger keeps the rest
+    assert raft.term_at(sig.seqno - 1) == open_node.ledger.view_of(sig.seqno - 1)  # read back from the ledger

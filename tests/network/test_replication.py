@@ -19,7 +19,7 @@ from ledger.secrets import LedgerSecrets
 from ledger.service_ledger import ServiceLedger
 from ledger.tables import NODES_ENDORSED_CERTS, NODES_INFO, dump_json
 from network.consensus import ConsensusConfig, EntryMeta, HardState, Raft, Role
-from network.replication import Replicator
+from network.replication import Replicator, ledger_entry_meta
 from network.wire import Envelope, decode, encode
 from tests.ccf_tools import assert_read_ledger_accepts
 
@@ -53,10 +53,11 @@ class Cluster:
                 # a joiner receives the service identity and the ledger secrets when it is trusted
                 self.ledgers[node_id] = ServiceLedger(node=k.identity, service=self.service,
                                                       secrets=LedgerSecrets(first.secrets.all()), files=files)
-                raft = Raft(node_id, [self.ids[0]], self.rng.randrange, config=CONFIG)
+                raft = Raft(node_id, [self.ids[0]], self.rng.randrange, config=CONFIG,
+                            older=ledger_entry_meta(self.ledgers[node_id]))
             else:
                 raft = Raft(node_id, [node_id], self.rng.randrange, config=CONFIG, hard_state=HardState(2, None),
-                            log=[EntryMeta(1, 2), EntryMeta(2, 2, True)], commit=2)
+                            log=[EntryMeta(1, 2), EntryMeta(2, 2, True)], commit=2, older=ledger_entry_meta(first))
                 raft.assume_leadership()
             self.replicators[node_id] = Replicator(
                 self.ledgers[node_id], raft, k.encryption_key, self._send, lambda hs: None,
