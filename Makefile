@@ -26,9 +26,9 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-# One node at https://127.0.0.1:8000 (workspace/); CLEAN=1 starts a new service instead of resuming.
+# One node at https://127.0.0.1:8000 (workspace/); NODES=3 for three (8000-8002); CLEAN=1 starts a new service.
 sandbox: $(STAMP)
-	$(PY) scripts/sandbox.py $(if $(CLEAN),--clean,) $(SANDBOX_ARGS)
+	$(PY) scripts/sandbox.py $(if $(CLEAN),--clean,) $(if $(NODES),--nodes $(NODES),) $(SANDBOX_ARGS)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_ledger.py

@@ -69,6 +69,10 @@ class NodeConfig:
     service_certificate_file: str
     start: StartConfig | None
     rpc_address: str = "127.0.0.1:8000"
+    node_to_node_address: str | None = None  # default: the RPC port + 1000
+    join_target: str | None = None  # "https://host:port" of a node of the service to join
+    election_timeout_ms: int = 1000  # a backup that hears no primary for 1-2x this stands for election
+    heartbeat_ms: int = 50
     app: str = "app.logging:app"
     enclave: EnclaveSettings = field(default_factory=EnclaveSettings)
     chunk_size: int = 5_000_000
@@ -90,6 +94,18 @@ class NodeConfig:
         host, _, port = self.rpc_address.rpartition(":")
         return host, int(port)
 
+    @property
+    def tick_ms(self) -> int:
+        """The host's timer: signatures and consensus both keep time by it."""
+        return max(1, min(self.enclave.signatures.every_ms // 2, self.heartbeat_ms, 10))
+
+    @property
+    def n2n_address(self) -> str:
+        if self.node_to_node_address is not None:
+            return self.node_to_node_address
+        host, port = self.host_port
+        return f"{host}:{port + 1000}"
+
 
 def _get(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None, *,
          where: str) -> Any:
@@ -108,6 +124,11 @@ def _section(obj: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
+def _is_address(text: str) -> bool:
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit() and int(port) <= 65535
+
+
 def parse_config(obj: Any, base_dir: str = ".") -> NodeConfig:
     if not isinstance(obj, dict):
         raise ConfigError("the configuration must be a JSON object")
@@ -120,9 +141,17 @@ def parse_config(obj: Any, base_dir: str = ".") -> NodeConfig:
     if data_dir is None or cert_file is None:
         raise ConfigError("data_dir and service_certificate_file are required")
     rpc = _get(obj, "rpc_address", str, "127.0.0.1:8000", where="")
-    host, _, port = rpc.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
+    if not _is_address(rpc):
         raise ConfigError(f"rpc_address must be host:port, got {rpc!r}")
+    n2n = _get(obj, "node_to_node_address", str, where="")
+    if n2n is not None and not _is_address(n2n):
+        raise ConfigError(f"node_to_node_address must be host:port, got {n2n!r}")
+    join = _section(obj, "join")
+    target = _get(join, "target", str, where="join.")
+    if "join" in obj and (target is None or not target.startswith("https://")):
+        raise ConfigError("join.target must be the https:// URL of a node of the service")
+    if "join" in obj and "start" in obj:
+        raise ConfigError("a node either starts a service ('start') or joins one ('join'), not both")
     start = None
     if "start" in obj:
         s = _section(obj, "start")
@@ -166,6 +195,10 @@ def parse_config(obj: Any, base_dir: str = ".") -> NodeConfig:
         service_certificate_file=str(path(cert_file)),
         start=start,
         rpc_address=rpc,
+        node_to_node_address=n2n,
+        join_target=target,
+        election_timeout_ms=_get(_section(obj, "consensus"), "election_timeout_ms", int, 1000, where="consensus."),
+        heartbeat_ms=_get(_section(obj, "consensus"), "heartbeat_ms", int, 50, where="consensus."),
         app=_get(obj, "app", str, "app.logging:app", where=""),
         enclave=EnclaveSettings(SignaturePolicy(every_tx, every_ms),
                                 _get(snaps, "every_tx", int, 10_000, where="snapshots.")),

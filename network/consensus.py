@@ -383,6 +383,9 @@ class Raft:
         """Install a new voter set (from committed governance state)."""
         self.voters = frozenset(voters)
         if self.role is Role.LEADER:
+            # new voters get a whole election timeout to be heard from before check quorum counts them
+            self.elapsed = 0
+            self.recent_active = set()
             for p in self.voters - {self.id} - set(self.progress):
                 self.progress[p] = _Progress(self.last_index + 1)
             for p in set(self.progress) - self.voters:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from loguru import logger
@@ -41,13 +42,14 @@ from ledger.identity import cert_pem, endorse, self_signed_cert
 from ledger.kv import Tx
 from ledger.secrets import opening_secret_record
 from ledger.service_ledger import ServiceLedger, TxID
-from ledger.tables import HISTORICAL_SECRETS, SERVICE_INFO, SINGLETON_KEY, dump_json
+from ledger.tables import HISTORICAL_SECRETS, NODES_INFO, SERVICE_INFO, SINGLETON_KEY, dump_json
 from network.common_endpoints import add_common_endpoints
-from network.consensus import HardState, Raft
+from network.consensus import ConsensusConfig, HardState, Raft
 from network.endpoints import EndpointContext, EndpointError, Endpoints, Mode
 from network.gov_frontend import build_gov_frontend
 from network.historical import HistoricalQueries, ReceiptSource, add_receipt_endpoint
 from network.http import Request, Response
+from network.join import JoinRefused, JoinRequest, network_info, node_key_of, record_join
 from network.node_frontend import build_node_frontend
 from network.replication import Replicator, ledger_entry_meta
 from network.wire import Envelope
@@ -86,18 +88,29 @@ class HostServices(Protocol):
     def persist_consensus(self, state: HardState) -> None:
         """Make the term and vote durable before anything that depends on them is sent."""
 
+    def set_peers(self, peers: dict[str, str]) -> None:
+        """The other trusted nodes and their node-to-node addresses."""
+
     def run_snapshot(self, serialise: Callable[[], bytes],
                      done: Callable[[str | None, Callable[[str], None]], None]) -> None:
         """Run `serialise` (now, on the state as it is) and later call `done(sha256 hex or None on failure,
         place)`, where `place(path)` puts the snapshot bytes at `path`."""
 
 
-def sole_voter(ledger: ServiceLedger, term: int | None = None) -> Raft:
+def trusted_nodes(ledger: ServiceLedger) -> set[str]:
+    """The trusted nodes of the latest state this node holds (consensus voters). Like CCF, and Raft §6, a
+    configuration counts from the state held, not only once committed: a node restarting with an old commit
+    point must still know it is one of several."""
+    state = ledger.read_tx()
+    return {key.decode() for key, raw in state.items(NODES_INFO) if orjson.loads(raw).get("status") == "Trusted"}
+
+
+def sole_voter(ledger: ServiceLedger, term: int | None = None, config: ConsensusConfig | None = None) -> Raft:
     """The consensus core of a service's only node, leading in the ledger's view from its commit point."""
     node_id = ledger.node.node_id
     commit = ledger.committed_seqno
     meta = ledger_entry_meta(ledger)
-    raft = Raft(node_id, [node_id], random.Random().randrange,
+    raft = Raft(node_id, [node_id], random.Random().randrange, config=config,
                 hard_state=HardState(term if term is not None else ledger.view, node_id),
                 log=[meta(s) for s in range(commit + 1, ledger.last_seqno + 1)], commit=commit,
                 first_index=commit + 1, base_term=(ledger.view_of(commit) or 0) if commit else 0, older=meta)
@@ -134,6 +147,8 @@ class Enclave:
         for frontend in (self.app, self.gov, self.node):
             add_receipt_endpoint(frontend, receipts)
         self._frontends = {"/app": self.app, "/gov": self.gov, "/node": self.node}
+        self._add_join_endpoint()
+        self._target = ""
         self._unsigned = ledger.last_seqno - ledger.last_signature_seqno
         self._first_unsigned_at: float | None = self.clock() if self._unsigned else None
         self._last_snapshot = ledger.last_signature_seqno
@@ -143,6 +158,10 @@ class Enclave:
         self.replicator = Replicator(ledger, raft or sole_voter(ledger), keys.encryption_key, host.send,
                                      host.persist_consensus, host.secrets_changed)
         self.replicator.process()
+        ledger.store.add_global_hook(NODES_INFO, lambda version, changes: self._membership_changed())
+        # on a backup the service opens through replicated state, not through a local request
+        ledger.store.add_global_hook(SERVICE_INFO, lambda version, changes: self._refresh_service_open())
+        self._membership_changed()
 
     # --- what the frontends see (GovNode, NodeStatus) ---------------------------------------------------
 
@@ -209,10 +228,76 @@ class Enclave:
             return Response.error(404, "ResourceNotFound", f"Unknown path: {path}.")
         if frontend is self.app and not self._service_open:
             return Response.error(404, "FrontendNotOpen", "Frontend is not open.")
+        self._target = request.target
         return frontend.dispatch(request, self._begin, self._finish, node=self)
 
+    @property
+    def is_primary(self) -> bool:
+        return self.replicator.is_primary
+
     def _begin(self, mode: Mode) -> Tx:
-        return self.ledger.begin() if mode is Mode.READWRITE else self.ledger.read_tx()
+        if mode is not Mode.READWRITE:
+            return self.ledger.read_tx()
+        if not self.is_primary:
+            # Writes happen on the primary; until backups forward them, they send the client there.
+            address = self._rpc_address(self.primary_id())
+            if address is None:
+                raise EndpointError(503, "PrimaryNotFound", "No primary is known to this node")
+            raise EndpointError(308, "NodeCannotHandleRequest", "Writes are served by the primary",
+                                (("location", f"https://{address}{self._target}"),))
+        return self.ledger.begin()
+
+    def _rpc_address(self, node_id: str | None) -> str | None:
+        info = self.ledger.read_tx().get_json(NODES_INFO, node_id) if node_id else None
+        if not isinstance(info, dict):
+            return None
+        interface = info.get("rpc_interfaces", {}).get("primary_rpc_interface", {})
+        address = interface.get("published_address")
+        return str(address) if address else None
+
+    # --- membership (from committed governance state) -------------------------------------------------
+
+    def _membership_changed(self) -> None:
+        """Voters are the trusted nodes of the state held (see `trusted_nodes`); the others are peers."""
+        voters: set[str] = set()
+        peers: dict[str, str] = {}
+        for key, raw in self.ledger.read_tx().items(NODES_INFO):
+            info = orjson.loads(raw)
+            if info.get("status") != "Trusted":
+                continue
+            node_id = key.decode()
+            voters.add(node_id)
+            address = info.get("node_to_node_interface", {}).get("published_address")
+            if node_id != self.node_id and address:
+                peers[node_id] = str(address)
+        if not voters:
+            return  # a joiner that has not caught up yet: it keeps the peers it was given
+        if voters != set(self.replicator.raft.voters):
+            self.replicator.raft.set_voters(voters)
+        self.host.set_peers(peers)
+
+    def receive(self, envelope: Envelope) -> None:
+        """A consensus message from another node."""
+        self.replicator.receive(envelope)
+
+    def _add_join_endpoint(self) -> None:
+        @self.node.endpoint("POST", "/join", mode=Mode.READWRITE)
+        def join(ctx: EndpointContext) -> object:
+            """A node asks to join the service (its self-signed certificate over TLS, its quote)."""
+            try:
+                request = JoinRequest.parse(ctx.json())
+                status, node_id = record_join(ctx.tx, request, node_key_of(ctx.request.peer_cert),
+                                              self.ledger.service, self.ledger.secrets.latest.start)
+            except JoinRefused as e:
+                raise EndpointError(401 if e.code == "InvalidAuthenticationInfo" else 400, e.code, e.message) \
+                    from None
+            answer: dict[str, Any] = {"node_status": status, "node_id": node_id}
+            if self.ledger.committed_seqno:
+                info = network_info(self.ledger.read_tx(self.ledger.committed_seqno), node_id, self.ledger.service,
+                                    self.ledger.secrets)
+                if info is not None:
+                    answer["network_info"] = info
+            return answer
 
     def _finish(self, ctx: EndpointContext) -> str | None:
         if ctx.mode is not Mode.READWRITE:
@@ -238,6 +323,9 @@ class Enclave:
         elif ctx.request.target.startswith("/gov/"):
             self._service_open = self._read_service_open()
         return str(txid)
+
+    def _refresh_service_open(self) -> None:
+        self._service_open = self._read_service_open()
 
     def _read_service_open(self) -> bool:
         info = self.ledger.read_tx().get_json(SERVICE_INFO, SINGLETON_KEY)
@@ -320,14 +408,14 @@ class Enclave:
     def tick(self) -> None:
         """Called by the host every few milliseconds: sign if unsigned transactions waited long enough, and
         let consensus keep time (heartbeats, elections)."""
-        if self._unsigned and self._first_unsigned_at is not None and \
+        if self.is_primary and self._unsigned and self._first_unsigned_at is not None and \
                 (self.clock() - self._first_unsigned_at) * 1000 >= self.settings.signatures.every_ms:
             self.sign()
         self.replicator.tick()
 
     def sign(self) -> TxID | None:
         """Emit a signature over everything so far, make it durable, and commit up to it."""
-        if self._unsigned == 0:
+        if self._unsigned == 0 or not self.is_primary:
             return None
         txid = self.ledger.emit_signature()
         self._unsigned = 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import importlib
 import os
@@ -29,6 +30,8 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from loguru import logger
 
@@ -36,17 +39,21 @@ from governance.constitution import default_constitution
 from ledger.bootstrap import NodeKeys, start_new_service
 from ledger.files import LedgerFiles
 from ledger.genesis import GenesisMember, NodeNetwork, ServiceConfig, VirtualQuote
-from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, key_pem
+from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, hash_for_key, key_pem, load_cert, load_key
 from ledger.replay import recover
+from ledger.secrets import LedgerSecret, LedgerSecrets
 from ledger.service_ledger import ServiceLedger
 from ledger.snapshots import write_file
 from network import sealing
 from network.attestation import code_measurement, host_data, make_quote
+from network.channels import Channels, tls_contexts
+from network.client import ServiceClient
 from network.config import ConfigError, NodeConfig, StartConfig, load_config
-from network.consensus import HardState, Raft
-from network.enclave import Enclave
+from network.consensus import ConsensusConfig, HardState, Raft
+from network.enclave import Enclave, sole_voter, trusted_nodes
 from network.endpoints import Endpoints
 from network.http import SessionMetrics, serve
+from network.join import JoinRequest
 from network.replication import ledger_entry_meta
 from network.tls import server_context
 from network.wire import Envelope
@@ -128,7 +135,12 @@ class NodeHost:
         self.enclave: Enclave | None = None
         self.stopping = asyncio.Event()
         self.address = config.rpc_address
+        tick = config.tick_ms
+        self.consensus_config = ConsensusConfig(election_ticks=max(2, config.election_timeout_ms // tick),
+                                                heartbeat_ticks=max(1, config.heartbeat_ms // tick))
         self._snapshot_child: tuple[int, str] | None = None
+        self.channels: Channels | None = None
+        self._peers: dict[str, str] = {}
 
     # --- HostServices -----------------------------------------------------------------------------
 
@@ -180,7 +192,17 @@ class NodeHost:
         loop.add_reader(read_end, finished)
 
     def send(self, envelope: Envelope) -> None:
-        logger.debug(f"no channel to {envelope.message.to[:12]} yet: dropped")  # replication comes next
+        if self.channels is not None:
+            self.channels.send(envelope)
+
+    def set_peers(self, peers: dict[str, str]) -> None:
+        self._peers = dict(peers)
+        if self.channels is None:
+            return  # applied once the channels exist
+        for node_id in set(self.channels.peers) - set(peers):
+            self.channels.remove_peer(node_id)
+        for node_id, address in peers.items():
+            self.channels.set_peer(node_id, address)
 
     def persist_consensus(self, state: HardState) -> None:
         _write_file(os.path.join(self.config.data_dir, CONSENSUS_FILE),
@@ -230,7 +252,7 @@ class NodeHost:
         host, port = address.rsplit(":", 1)
         ledger = start_new_service(
             self.config.ledger_dir, members, constitution, self._quote(identity), service=service, node=keys,
-            config=service_config, network=NodeNetwork(address, f"{host}:{int(port) + 1}" if port != "0" else address),
+            config=service_config, network=NodeNetwork(address, self.config.n2n_address),
             chunk_size=self.config.chunk_size, fsync=self.config.fsync, snapshot_dir=self.config.snapshot_dir)
         self._seal(keys, ledger)
         logger.info(f"started a new service; node {identity.node_id[:16]}..., genesis at 2.1")
@@ -251,18 +273,90 @@ class NodeHost:
         # signature was never committed and is dropped; the node then stands for election (Raft §5.2): it
         # wins a new term alone, and as a new primary signs in that view at once, so the dropped seqnos can
         # be told apart from the ones reused.
-        ledger.commit_to(last_signed)
-        ledger.rollback(last_signed)
         persisted = self._read_consensus()
-        term = max(persisted.term if persisted else 0, ledger.view)
         meta = ledger_entry_meta(ledger)
         node_id = ledger.node.node_id
-        raft = Raft(node_id, [node_id], random.Random().randrange, hard_state=HardState(term, node_id),
+        voters = trusted_nodes(ledger)
+        if voters != {node_id}:
+            # one of several nodes: consensus decides, from what this node holds (Raft §5.2-5.3)
+            commit = ledger.committed_seqno
+            state = HardState(max(persisted.term if persisted else 0, ledger.view),
+                              persisted.voted_for if persisted else None)
+            raft = Raft(node_id, voters, random.Random().randrange, config=self.consensus_config, hard_state=state,
+                        log=[meta(s) for s in range(commit + 1, ledger.last_seqno + 1)], commit=commit,
+                        first_index=commit + 1, base_term=ledger.view_of(commit) or 0, older=meta)
+            logger.info(f"rejoining the network after {ledger.txid(ledger.last_seqno)}")
+            return ledger, sealed.node, raft
+        ledger.commit_to(last_signed)
+        ledger.rollback(last_signed)
+        term = max(persisted.term if persisted else 0, ledger.view)
+        raft = Raft(node_id, [node_id], random.Random().randrange, config=self.consensus_config,
+                    hard_state=HardState(term, node_id),
                     commit=last_signed, first_index=last_signed + 1, base_term=ledger.view, older=meta)
         raft.campaign(transfer=False)
         logger.info(f"resuming the service after {ledger.txid(last_signed)} in view {raft.term}; replayed "
                     f"{report.last_seqno} entries")
         return ledger, sealed.node, raft
+
+    async def _join(self) -> tuple[ServiceLedger, NodeKeys, Raft]:
+        """Ask the service to let this node in, until it is trusted and has the network's secrets."""
+        assert self.config.join_target is not None
+        identity = NodeIdentity.create()
+        keys = NodeKeys(identity, rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        csr = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "CCF Node")]))
+               .sign(identity.key, hash_for_key(identity.key)))
+        request = JoinRequest(NodeNetwork(self.config.rpc_address, self.config.n2n_address).to_json(),
+                              dict(self._quote(identity).quote_info()), keys.encryption_public_pem,
+                              csr.public_bytes(serialization.Encoding.PEM).decode())
+        info = await self._ask_to_join(identity, request)
+        service = ServiceIdentity(load_key(info["service_key"]), load_cert(info["service_certificate"]))
+        node = NodeIdentity(identity.key, identity.self_signed, load_cert(info["endorsed_certificate"]))
+        secrets = LedgerSecrets([LedgerSecret.create(int(start), base64.b64decode(raw))
+                                 for start, raw in info["ledger_secrets"]])
+        files, report = LedgerFiles.open(self.config.ledger_dir, fsync=self.config.fsync)
+        if report.last_seqno:
+            raise NodeStartError(f"{self.config.ledger_dir} already holds a ledger: a joining node starts empty")
+        ledger = ServiceLedger(node=node, service=service, secrets=secrets, files=files,
+                               chunk_size=self.config.chunk_size, snapshot_dir=self.config.snapshot_dir)
+        keys = NodeKeys(node, keys.encryption_key)
+        self._seal(keys, ledger)
+        self._peers = {str(k): str(v) for k, v in info.get("nodes", {}).items()}
+        raft = Raft(node.node_id, [], random.Random().randrange, config=self.consensus_config,
+                    older=ledger_entry_meta(ledger))
+        logger.info(f"joined the service as {node.node_id[:16]}...; catching up from the primary")
+        return ledger, keys, raft
+
+    async def _ask_to_join(self, identity: NodeIdentity, request: JoinRequest) -> dict[str, Any]:
+        target = self.config.join_target
+        assert target is not None
+        with tempfile.TemporaryDirectory() as private:
+            cert_path, key_path = os.path.join(private, "cert.pem"), os.path.join(private, "key.pem")
+            with open(cert_path, "w") as f:
+                f.write(cert_pem(identity.self_signed))
+            with os.fdopen(os.open(key_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                f.write(key_pem(identity.key))
+            while True:
+                client = ServiceClient(target, self.config.service_certificate_file, cert=cert_path, key=key_path)
+                try:
+                    answer = client.call("POST", "/node/join", request.to_json())
+                except OSError as e:
+                    logger.info(f"cannot reach {target} yet ({e}); trying again")
+                    answer = None
+                finally:
+                    client.close()
+                if answer is not None and answer.status == 308 and "location" in answer.headers:
+                    target = answer.headers["location"].removesuffix("/node/join")
+                    continue
+                if answer is not None and answer.status == 200:
+                    body = answer.json()
+                    if "network_info" in body:
+                        return dict(body["network_info"])
+                    logger.info(f"joining as {body['node_status']}; waiting to be trusted")
+                elif answer is not None:
+                    raise NodeStartError(f"{target} refused the join: {answer.status} "
+                                         f"{answer.body.decode(errors='replace')[:300]}")
+                await asyncio.sleep(0.2)
 
     def _tls(self, identity: NodeIdentity) -> Any:
         assert identity.endorsed is not None
@@ -291,6 +385,8 @@ class NodeHost:
         raft: Raft | None = None
         if sealing.is_sealed(self.config.data_dir):
             ledger, keys, raft = self._resume()
+        elif self.config.join_target is not None:
+            ledger, keys, raft = await self._join()
         else:
             if port == 0:
                 raise NodeStartError("a new service needs a fixed rpc_address port (it is written in genesis)")
@@ -298,7 +394,18 @@ class NodeHost:
         _write_file(self.config.service_certificate_file, ledger.service.pem)
         app = load_app(self.config.app)
         quote = self._quote(keys.identity)
-        self.enclave = enclave = Enclave(ledger, keys, quote, app, self, self.config.enclave, raft=raft)
+        self.enclave = enclave = Enclave(ledger, keys, quote, app, self, self.config.enclave,
+                                         raft=raft or sole_voter(ledger, config=self.consensus_config))
+        assert keys.identity.endorsed is not None
+        server_ctx, client_ctx = tls_contexts(cert_pem(keys.identity.endorsed), key_pem(keys.identity.key),
+                                              ledger.service.pem)
+        self.channels = Channels(enclave.node_id, server_ctx, client_ctx, enclave.receive)
+        n2n_host, _, n2n_port = self.config.n2n_address.rpartition(":")
+        try:
+            await self.channels.listen(n2n_host, int(n2n_port))
+        except OSError as e:
+            raise NodeStartError(f"cannot listen on {self.config.n2n_address}: {e.strerror or e}") from None
+        self.set_peers(self._peers)
 
         async def handle(request: Any) -> Any:
             return enclave.handle(request)
@@ -324,6 +431,8 @@ class NodeHost:
             ticker.cancel()
             server.close()
             await server.wait_closed()
+            if self.channels is not None:
+                await self.channels.close()
             if self._snapshot_child is not None:  # an unfinished snapshot is abandoned
                 pid, partial = self._snapshot_child
                 os.kill(pid, signal.SIGKILL)
@@ -341,7 +450,7 @@ class NodeHost:
 
     async def _tick(self) -> None:
         assert self.enclave is not None
-        interval = self.config.enclave.signatures.every_ms / 1000 / 2
+        interval = self.config.tick_ms / 1000
         while True:
             await asyncio.sleep(interval)
             try:

@@ -56,19 +56,23 @@ def make_identities(common: str) -> None:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
-def node_config(workspace: str, port: int, **extra: object) -> str:
-    node_dir = os.path.join(workspace, "sandbox_0")
+def node_config(workspace: str, port: int, *, index: int = 0, join: str | None = None, **extra: object) -> str:
+    """`workspace/sandbox_<index>/config.json`: node 0 starts the service, the others join it at `join`."""
+    node_dir = os.path.join(workspace, f"sandbox_{index}")
     os.makedirs(node_dir, exist_ok=True)
-    config = {
-        "data_dir": ".",
-        "rpc_address": f"127.0.0.1:{port}",
-        "service_certificate_file": "../sandbox_common/service_cert.pem",
+    command: dict[str, object] = {"join": {"target": join}} if join else {
         "start": {
             "members": [{"certificate_file": "../sandbox_common/member0_cert.pem",
                          "encryption_public_key_file": "../sandbox_common/member0_enc_pubk.pem"}],
             "constitution": "majority",
             "service_configuration": {"recovery_threshold": 1},
-        },
+        }}
+    config = {
+        "data_dir": ".",
+        "rpc_address": f"127.0.0.1:{port}",
+        "node_to_node_address": f"127.0.0.1:{port + 1000}",
+        "service_certificate_file": "../sandbox_common/service_cert.pem",
+        **command,
         "app": "app.logging:app",
         "signatures": {"every_tx": 5000, "every_ms": 20},
         "snapshots": {"every_tx": 10000},
@@ -155,39 +159,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", default=os.path.join(ROOT, "workspace"))
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--clean", action="store_true", help="remove the workspace and start a new service")
-    parser.add_argument("--exit-when-open", action="store_true", help="leave the node running and return")
+    parser.add_argument("--exit-when-open", action="store_true", help="leave the nodes running and return")
+    parser.add_argument("--nodes", type=int, default=1, help="how many nodes (ports --port, --port + 1, ...)")
     args = parser.parse_args(argv)
+    if args.nodes < 1:
+        print("error: --nodes must be at least 1", file=sys.stderr)
+        return 1
     if args.clean and os.path.exists(args.workspace):
         shutil.rmtree(args.workspace)
     common = os.path.join(args.workspace, "sandbox_common")
     make_identities(common)
-    config = node_config(args.workspace, args.port)
+    first_url = f"https://127.0.0.1:{args.port}"
+    processes: list[subprocess.Popen[bytes]] = []
     try:
-        process, ready = start_node(config)
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    url = f"https://{ready['rpc_address']}"
-    try:
-        open_service(url, common)
+        for i in range(args.nodes):
+            # the others join while the service is still Opening: trusted at once, as CCF's sandbox does
+            config = node_config(args.workspace, args.port + i, index=i, join=first_url if i else None)
+            process, ready = start_node(config)
+            processes.append(process)
+        open_service(first_url, common)
     except (ServiceError, RuntimeError, OSError) as e:
-        print(f"error: opening the service failed: {e}", file=sys.stderr)
-        process.terminate()
-        process.wait()
+        print(f"error: {e}", file=sys.stderr)
+        for process in processes:
+            process.terminate()
+            process.wait()
         return 1
-    print(instructions(url, common), flush=True)
+    print(instructions(first_url, common), flush=True)
+    if args.nodes > 1:
+        client = ServiceClient(first_url, os.path.join(common, "service_cert.pem"))
+        network = client.json_ok("GET", "/node/network")
+        print(f"{args.nodes} nodes on ports {args.port}..{args.port + args.nodes - 1}; primary: "
+              f"{network['primary_id']}", flush=True)
+        client.close()
     if args.exit_when_open:
-        print(f"node pid {process.pid}", flush=True)
+        print("node pids " + " ".join(str(p.pid) for p in processes), flush=True)
         return 0
     print("Running until Ctrl-C.", flush=True)
     try:
-        signal.signal(signal.SIGTERM, lambda *_: process.terminate())
-        process.wait()
+        signal.signal(signal.SIGTERM, lambda *_: [p.terminate() for p in processes])
+        for process in processes:
+            process.wait()
     except KeyboardInterrupt:
-        process.send_signal(signal.SIGINT)
-        process.wait()
-    print(f"node stopped (exit {process.returncode}); its ledger is in {os.path.dirname(config)}/ledger")
-    return 0 if process.returncode in (0, -signal.SIGTERM, -signal.SIGINT) else 1
+        for process in processes:
+            process.send_signal(signal.SIGINT)
+            process.wait()
+    codes = [p.returncode for p in processes]
+    print(f"nodes stopped (exits {codes}); their ledgers are in {args.workspace}/sandbox_<i>/ledger")
+    return 0 if all(c in (0, -signal.SIGTERM, -signal.SIGINT) for c in codes) else 1
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ class FakeHost:
         self.sealed = 0
         self.sent: list[Envelope] = []
         self.hard_state: HardState | None = None
+        self.peers: dict[str, str] = {}
 
     def read_entries(self, start: int, end: int) -> list[bytes]:
         self.reads.append((start, end))
@@ -65,6 +66,9 @@ class FakeHost:
 
     def persist_consensus(self, state: HardState) -> None:
         self.hard_state = state
+
+    def set_peers(self, peers: dict[str, str]) -> None:
+        self.peers = peers
 
     def run_snapshot(self, serialise: Callable[[], bytes],
                      done: Callable[[str | None, Callable[[str], None]], None]) -> None:
