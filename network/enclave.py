@@ -48,13 +48,15 @@ from network.consensus import ConsensusConfig, HardState, Raft
 from network.endpoints import EndpointContext, EndpointError, Endpoints, Mode
 from network.gov_frontend import build_gov_frontend
 from network.historical import HistoricalQueries, ReceiptSource, add_receipt_endpoint
-from network.http import Request, Response
+from network.http import ANSWER_LATER, Request, Response
 from network.join import JoinRefused, JoinRequest, network_info, node_key_of, record_join
 from network.node_frontend import build_node_frontend
 from network.replication import Replicator, ledger_entry_meta
-from network.wire import Envelope
+from network.wire import Envelope, ForwardedRequest, ForwardedResponse
 
 IN_TX_EFFECTS = ("transition_service_to_open", "trigger_recovery_shares_refresh")
+FORWARDED = "forwarded"  # session flag: this session's requests go to the primary
+FORWARDED_IN = "forwarded_in"  # a request another node forwarded here
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,9 @@ class HostServices(Protocol):
 
     def set_peers(self, peers: dict[str, str]) -> None:
         """The other trusted nodes and their node-to-node addresses."""
+
+    def forwarded(self, response: ForwardedResponse) -> None:
+        """The primary's answer to a request this node forwarded."""
 
     def run_snapshot(self, serialise: Callable[[], bytes],
                      done: Callable[[str | None, Callable[[str], None]], None]) -> None:
@@ -229,6 +234,12 @@ class Enclave:
         if frontend is self.app and not self._service_open:
             return Response.error(404, "FrontendNotOpen", "Frontend is not open.")
         self._target = request.target
+        if request.session is not None and self._must_forward(frontend, request):
+            if request.session.get(FORWARDED_IN):
+                return Response.error(503, "RequestAlreadyForwarded",
+                                      "This node is not the primary any more; send the request again")
+            request.session[FORWARDED] = True
+            return ANSWER_LATER  # the host forwards it to the primary and relays the answer
         return frontend.dispatch(request, self._begin, self._finish, node=self)
 
     @property
@@ -277,8 +288,30 @@ class Enclave:
         self.host.set_peers(peers)
 
     def receive(self, envelope: Envelope) -> None:
-        """A consensus message from another node."""
-        self.replicator.receive(envelope)
+        """A message from another node: consensus, or a request a backup forwards, or its answer."""
+        m = envelope.message
+        if isinstance(m, ForwardedRequest):
+            request = Request(m.method, m.target, dict(m.headers), m.body, m.peer_cert, {FORWARDED_IN: True})
+            response = self.handle(request)
+            self.host.send(Envelope(ForwardedResponse(self.node_id, m.sender, m.id, response.status,
+                                                      response.headers, response.body)))
+        elif isinstance(m, ForwardedResponse):
+            self.host.forwarded(m)
+        else:
+            self.replicator.receive(envelope)
+
+    def _must_forward(self, frontend: Endpoints, request: Request) -> bool:
+        """On a backup: writes go to the primary, and so does everything after them in the same session
+        (CCF's session consistency: a client reads its own writes)."""
+        if self.is_primary:
+            return False
+        if request.session is not None and request.session.get(FORWARDED):
+            return True
+        try:
+            endpoint, _ = frontend.match(request.method, request.target.split("?", 1)[0])
+        except EndpointError:
+            return False  # answered here: 404 or 405
+        return endpoint.mode is Mode.READWRITE
 
     def _add_join_endpoint(self) -> None:
         @self.node.endpoint("POST", "/join", mode=Mode.READWRITE)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import cast
 
@@ -33,6 +33,7 @@ class Request:
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
     body: bytes
     peer_cert: bytes | None = None  # the client's TLS certificate (DER), if it presented one
+    session: dict[str, object] | None = field(default=None, compare=False)  # per connection, for the handler
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class Response:
 
 Handler = Callable[[Request], Awaitable[Response]]
 SyncHandler = Callable[[Request], Response]
+# A sync handler returns this to have the request answered by the async handler instead, in order.
+ANSWER_LATER = Response(0)
 
 
 def _internal_error(request: Request, error: Exception) -> Response:
@@ -123,6 +126,7 @@ class HttpConnection(asyncio.Protocol):
         self.out: list[bytes] = []
         self.close_after_out = False
         self.busy = False
+        self.session: dict[str, object] = {}
         self.limits = limits
         self.metrics = metrics or SessionMetrics()
         self.parser = httptools.HttpRequestParser(self)
@@ -222,7 +226,8 @@ class HttpConnection(asyncio.Protocol):
         if self.close_after_out:
             return  # a request after one that asked to close the connection: ignored
         method = self.parser.get_method().decode("ascii", "replace")
-        request = Request(method, self.url.decode("latin-1"), self.headers, b"".join(self.body), self.peer_cert)
+        request = Request(method, self.url.decode("latin-1"), self.headers, b"".join(self.body), self.peer_cert,
+                          self.session)
         keep_alive = bool(self.parser.should_keep_alive())
         self._reset_message()
         if self.sync_handler is not None and self.queue.empty() and not self.busy:
@@ -230,9 +235,10 @@ class HttpConnection(asyncio.Protocol):
                 response = self.sync_handler(request)
             except Exception as e:  # the handler's bug must not kill the connection silently
                 response = _internal_error(request, e)
-            self.out.append(_encode(response, keep_alive, head=method == "HEAD"))
-            self.close_after_out = not keep_alive
-            return
+            if response is not ANSWER_LATER:
+                self.out.append(_encode(response, keep_alive, head=method == "HEAD"))
+                self.close_after_out = not keep_alive
+                return
         self.queue.put_nowait((request, keep_alive))
 
     def _flush_out(self) -> None:

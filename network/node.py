@@ -52,14 +52,15 @@ from network.config import ConfigError, NodeConfig, StartConfig, load_config
 from network.consensus import ConsensusConfig, HardState, Raft
 from network.enclave import Enclave, sole_voter, trusted_nodes
 from network.endpoints import Endpoints
-from network.http import SessionMetrics, serve
+from network.http import ANSWER_LATER, Request, Response, SessionMetrics, serve
 from network.join import JoinRequest
 from network.replication import ledger_entry_meta
 from network.tls import server_context
-from network.wire import Envelope
+from network.wire import Envelope, ForwardedRequest, ForwardedResponse
 
 READY_FILE = "node.json"
 CONSENSUS_FILE = "consensus.json"  # the term and vote (Raft's persistent state)
+FORWARD_TIMEOUT = 10.0  # seconds a backup waits for the primary's answer to a forwarded request
 
 
 class NodeStartError(Exception):
@@ -141,6 +142,8 @@ class NodeHost:
         self._snapshot_child: tuple[int, str] | None = None
         self.channels: Channels | None = None
         self._peers: dict[str, str] = {}
+        self._forwarding: dict[int, asyncio.Future[Response]] = {}
+        self._forward_ids = 0
 
     # --- HostServices -----------------------------------------------------------------------------
 
@@ -194,6 +197,39 @@ class NodeHost:
     def send(self, envelope: Envelope) -> None:
         if self.channels is not None:
             self.channels.send(envelope)
+
+    def forwarded(self, response: ForwardedResponse) -> None:
+        future = self._forwarding.pop(response.id, None)
+        if future is not None and not future.done():
+            future.set_result(Response(response.status, response.body, response.headers))
+
+    async def _forward(self, request: Request) -> Response:
+        """Send a request to the primary with the caller's certificate and relay its answer."""
+        assert self.enclave is not None and self.loop is not None
+        primary = self.enclave.primary_id()
+        if primary is None or self.channels is None:
+            return Response.error(503, "PrimaryNotFound", "No primary is known to this node")
+        if primary == self.enclave.node_id:  # this node became primary meanwhile: answer here
+            if request.session is not None:
+                request.session.clear()
+            return self.enclave.handle(request)
+        self._forward_ids += 1
+        ident = self._forward_ids
+        future: asyncio.Future[Response] = self.loop.create_future()
+        self._forwarding[ident] = future
+        headers = tuple((k, v) for k, v in request.headers.items())
+        sent = self.channels.send(Envelope(ForwardedRequest(self.enclave.node_id, primary, ident, request.method,
+                                                            request.target, headers, request.body,
+                                                            request.peer_cert)))
+        try:
+            if not sent:
+                raise TimeoutError
+            return await asyncio.wait_for(future, FORWARD_TIMEOUT)
+        except TimeoutError:
+            return Response.error(503, "TransactionReplicationFailed",
+                                  "The primary did not answer the forwarded request in time")
+        finally:
+            self._forwarding.pop(ident, None)
 
     def set_peers(self, peers: dict[str, str]) -> None:
         self._peers = dict(peers)
@@ -407,8 +443,9 @@ class NodeHost:
             raise NodeStartError(f"cannot listen on {self.config.n2n_address}: {e.strerror or e}") from None
         self.set_peers(self._peers)
 
-        async def handle(request: Any) -> Any:
-            return enclave.handle(request)
+        async def handle(request: Request) -> Response:
+            response = enclave.handle(request)
+            return await self._forward(request) if response is ANSWER_LATER else response
 
         try:
             server = await serve(handle, host, port, ssl_context=self._tls(keys.identity),

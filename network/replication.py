@@ -28,7 +28,7 @@ from ledger.errors import EntryFormatError, LedgerError, VerificationError
 from ledger.replay import receive_entry
 from ledger.service_ledger import ServiceLedger
 from network.consensus import AppendEntries, EntryMeta, HardState, Message, Raft, Role
-from network.wire import Envelope
+from network.wire import Envelope, ForwardedRequest, ForwardedResponse
 
 MAX_STASHED = 100_000  # entries received but not yet appended (beyond: the oldest are forgotten)
 
@@ -80,6 +80,8 @@ class Replicator:
 
     def receive(self, envelope: Envelope) -> None:
         m = envelope.message
+        if isinstance(m, ForwardedRequest | ForwardedResponse):
+            raise ReplicationError("a forwarded request is not a consensus message")
         if isinstance(m, AppendEntries):
             for meta, payload in zip(m.entries, envelope.payloads, strict=True):
                 if meta.index > self.ledger.committed_seqno:

@@ -30,11 +30,37 @@ class WireError(Exception):
     """A frame or message that does not decode."""
 
 
+@dataclass(frozen=True, slots=True)
+class ForwardedRequest:
+    """A request a backup received and sends on to the primary, with its caller's TLS certificate."""
+
+    sender: str
+    to: str
+    id: int
+    method: str
+    target: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    peer_cert: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedResponse:
+    """The primary's answer to a forwarded request."""
+
+    sender: str
+    to: str
+    id: int
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
 @dataclass(frozen=True)
 class Envelope:
-    """A consensus message and, for AppendEntries, the bytes of its entries (one per entry, in order)."""
+    """A message between nodes and, for AppendEntries, the bytes of its entries (one per entry, in order)."""
 
-    message: Message
+    message: Message | ForwardedRequest | ForwardedResponse
     payloads: tuple[bytes, ...] = ()
 
 
@@ -74,6 +100,12 @@ def encode(envelope: Envelope) -> bytes:
     elif isinstance(m, RequestVote):
         body = {"t": "rv", "term": m.term, "from": m.sender, "to": m.to, "idx": m.last_committable_index,
                 "idx_term": m.last_committable_term, "transfer": m.transfer}
+    elif isinstance(m, ForwardedRequest):
+        body = {"t": "fwd", "term": 0, "from": m.sender, "to": m.to, "id": m.id, "method": m.method,
+                "target": m.target, "headers": [list(h) for h in m.headers], "body": m.body, "cert": m.peer_cert}
+    elif isinstance(m, ForwardedResponse):
+        body = {"t": "fwdr", "term": 0, "from": m.sender, "to": m.to, "id": m.id, "status": m.status,
+                "headers": [list(h) for h in m.headers], "body": m.body}
     else:
         body = {"t": "rvr", "term": m.term, "from": m.sender, "to": m.to, "granted": m.granted}
     data = cbor2.dumps(body)
@@ -110,6 +142,20 @@ def decode(data: bytes) -> Envelope:
                                     _bool(obj, "transfer")))
     if kind == "rvr":
         return Envelope(RequestVoteResponse(term, sender, to, _bool(obj, "granted")))
+    if kind in ("fwd", "fwdr"):
+        headers = obj.get("headers")
+        body = obj.get("body")
+        if not (isinstance(headers, list) and all(isinstance(h, list) and len(h) == 2 and all(
+                isinstance(x, str) for x in h) for h in headers) and isinstance(body, bytes)):
+            raise WireError("a forwarded message has headers [[name, value]...] and a bytes body")
+        pairs = tuple((str(h[0]), str(h[1])) for h in headers)
+        if kind == "fwdr":
+            return Envelope(ForwardedResponse(sender, to, _int(obj, "id"), _int(obj, "status"), pairs, body))
+        cert = obj.get("cert")
+        if cert is not None and not isinstance(cert, bytes):
+            raise WireError("field 'cert' must be bytes or null")
+        return Envelope(ForwardedRequest(sender, to, _int(obj, "id"), _str(obj, "method"), _str(obj, "target"),
+                                         pairs, body, cert))
     raise WireError(f"unknown message kind {kind!r}")
 
 

@@ -1,7 +1,7 @@
-"""Three real node processes replicating over mutual TLS (issue 5): the primary is killed with SIGKILL, a new
-primary is elected, every write reported Committed is still readable on every node, the killed node restarts
-and catches up, and afterwards every node's ledger passes `read_ledger.py` with byte-identical committed
-entries."""
+"""Three real node processes replicating over mutual TLS (issue 5): writes sent to a backup are forwarded,
+the primary is killed with SIGKILL, a new primary is elected, every write reported Committed is still
+readable on every node, the killed node restarts and catches up, and afterwards every node's ledger passes
+`read_ledger.py` with byte-identical committed entries."""
 
 from __future__ import annotations
 
@@ -119,9 +119,14 @@ def test_a_killed_primary_is_replaced_and_no_committed_write_is_lost(network: Ne
         while network.client(i).call("GET", "/app/log/private?id=4").status != 200:
             assert time.monotonic() < deadline, f"node {i} never caught up"
             time.sleep(0.05)
-    # a write sent to a backup is sent on to the primary
-    redirected = network.client(1).call("POST", "/app/log/private", {"id": 99, "msg": "x"})
-    assert redirected.status == 308 and redirected.headers["location"].startswith(network.url(0))
+    # a write sent to a backup is forwarded to the primary with the caller's identity, and the session then
+    # reads its own writes (its later requests go to the primary too)
+    session = network.client(1)
+    forwarded = session.call("POST", "/app/log/private", {"id": 99, "msg": "via a backup"})
+    assert forwarded.status == 200 and forwarded.txid is not None, forwarded.body
+    assert session.call("GET", "/app/log/private?id=99").json() == {"msg": "via a backup"}
+    stranger = network.client(2, user=False).call("POST", "/app/log/private", {"id": 98, "msg": "x"})
+    assert stranger.status == 401  # the primary authenticated the forwarded caller, and refused it
 
     process = network.processes[first]
     assert process is not None

@@ -22,7 +22,7 @@ from ledger.snapshots import write_file
 from network.consensus import HardState
 from network.enclave import Enclave, EnclaveSettings, SignaturePolicy
 from network.http import Request, Response
-from network.wire import Envelope
+from network.wire import Envelope, ForwardedResponse
 
 API = "?api-version=2024-07-01"
 
@@ -40,6 +40,7 @@ class FakeHost:
         self.sent: list[Envelope] = []
         self.hard_state: HardState | None = None
         self.peers: dict[str, str] = {}
+        self.answers: list[ForwardedResponse] = []
 
     def read_entries(self, start: int, end: int) -> list[bytes]:
         self.reads.append((start, end))
@@ -69,6 +70,9 @@ class FakeHost:
 
     def set_peers(self, peers: dict[str, str]) -> None:
         self.peers = peers
+
+    def forwarded(self, response: ForwardedResponse) -> None:
+        self.answers.append(response)
 
     def run_snapshot(self, serialise: Callable[[], bytes],
                      done: Callable[[str | None, Callable[[str], None]], None]) -> None:

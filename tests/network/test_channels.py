@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, key_pem
 from network.channels import Channels, tls_contexts
 from network.consensus import AppendEntries, AppendEntriesResponse, EntryMeta, RequestVote, RequestVoteResponse
-from network.wire import Envelope, WireError, decode, encode
+from network.wire import Envelope, ForwardedRequest, ForwardedResponse, WireError, decode, encode
 
 pytestmark = pytest.mark.unit
 
@@ -33,6 +33,10 @@ MESSAGES = [
     Envelope(AppendEntriesResponse(3, "b", "a", True, 12)),
     Envelope(RequestVote(4, "a", "b", 12, 3, True)),
     Envelope(RequestVoteResponse(4, "b", "a", False)),
+    Envelope(ForwardedRequest("b", "a", 7, "POST", "/app/log/private", (("content-type", "application/json"),),
+                              b'{"id": 1}', b"\x30\x82 certificate")),
+    Envelope(ForwardedRequest("b", "a", 8, "GET", "/app/commit", (), b"", None)),
+    Envelope(ForwardedResponse("a", "b", 7, 200, (("x-ms-ccf-transaction-id", "2.9"),), b"true")),
 ]
 
 
