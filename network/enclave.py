@@ -71,6 +71,8 @@ class SignaturePolicy:
 class EnclaveSettings:
     signatures: SignaturePolicy = field(default_factory=SignaturePolicy)
     snapshot_every_tx: int = 10_000  # 0: only when governance asks (trigger_snapshot)
+    # CCF's consensus.max_uncommitted_tx_count: past it, /app and /gov answer 503 TooManyPendingTransactions
+    max_uncommitted_tx: int = 10_000
 
 
 class HostServices(Protocol):
@@ -124,11 +126,15 @@ def sole_voter(ledger: ServiceLedger, term: int | None = None, config: Consensus
 
 
 def _parse_valid_from(text: str) -> dt.datetime:
-    for pattern in ("%Y%m%d%H%M%SZ", "%y%m%d%H%M%SZ", "%Y-%m-%dT%H:%M:%SZ"):
+    """ASN.1 UTCTime (YYMMDDhhmmssZ, what the constitution checks), GeneralizedTime, or ISO UTC. Chosen by
+    length: strptime would read a 12-digit UTCTime as a GeneralizedTime of the year 26xx."""
+    patterns = {13: "%y%m%d%H%M%SZ", 15: "%Y%m%d%H%M%SZ", 20: "%Y-%m-%dT%H:%M:%SZ"}
+    pattern = patterns.get(len(text))
+    if pattern is not None:
         try:
             return dt.datetime.strptime(text, pattern).replace(tzinfo=dt.UTC)
         except ValueError:
-            continue
+            pass
     raise ValueError(f"valid_from {text!r} is not an ASN.1 or ISO UTC time")
 
 
@@ -233,6 +239,12 @@ class Enclave:
             return Response.error(404, "ResourceNotFound", f"Unknown path: {path}.")
         if frontend is self.app and not self._service_open:
             return Response.error(404, "FrontendNotOpen", "Frontend is not open.")
+        if frontend is not self.node and \
+                self.ledger.last_seqno - self.ledger.committed_seqno >= self.settings.max_uncommitted_tx:
+            # backpressure while a majority does not keep up (the /node frontend is exempt, as in CCF)
+            return Response.error(503, "TooManyPendingTransactions",
+                                  f"{self.ledger.last_seqno - self.ledger.committed_seqno} transactions are "
+                                  "waiting to be committed; try again later")
         self._target = request.target
         if request.session is not None and self._must_forward(frontend, request):
             if request.session.get(FORWARDED_IN):

@@ -163,3 +163,55 @@ def test_a_killed_primary_is_replaced_and_no_committed_write_is_lost(network: Ne
         ledgers.append(files.read_range(1, last))
         files.close()
     assert ledgers[0] == ledgers[1] == ledgers[2], "committed entries differ between nodes"
+
+
+def test_a_node_joining_the_open_service_waits_for_the_members_then_serves_and_can_be_retired(
+        network: Network) -> None:
+    import datetime as dt
+    import threading
+
+    from governance.member_client import MemberSigner
+    from network.member_api import MemberApi
+
+    primary = network.primary()
+    network.write_committed(primary, 1, "before the fourth node")
+    port = free_port()
+    config = node_config(str(network.workspace), port, index=3, join=network.url(primary),
+                         node_to_node_address=f"127.0.0.1:{free_port()}",
+                         consensus={"election_timeout_ms": 500, "heartbeat_ms": 50})
+    started: list[subprocess.Popen[bytes]] = []
+    joining = threading.Thread(target=lambda: started.append(start_node(config, timeout=60)[0]))
+    joining.start()
+    observer = network.client(primary, user=False)
+    deadline = time.monotonic() + 20
+    while not (pending := observer.json_ok("GET", "/node/network/nodes?status=Pending")["nodes"]):
+        assert time.monotonic() < deadline, "the joining node never showed up as Pending"
+        time.sleep(0.1)
+    node_id = pending[0]["node_id"]
+    assert joining.is_alive()  # it waits: an open service trusts a node only through governance
+
+    with open(os.path.join(network.common, "member0_privk.pem"), "rb") as k, \
+            open(os.path.join(network.common, "member0_cert.pem"), "rb") as c:
+        member = MemberApi(ServiceClient(network.url(primary), os.path.join(network.common, "service_cert.pem")),
+                           MemberSigner.from_pem(k.read(), c.read()))
+    valid_from = dt.datetime.now(dt.UTC).strftime("%y%m%d%H%M%SZ")
+    proposal = member.propose([{"name": "transition_node_to_trusted",
+                                "args": {"node_id": node_id, "valid_from": valid_from}}])
+    assert member.vote(proposal["proposalId"])["proposalState"] == "Accepted"
+    joining.join(timeout=60)
+    assert started, "the trusted node did not start serving"
+    network.processes.append(started[0])
+    network.configs.append(config)
+    network.ports.append(port)
+    deadline = time.monotonic() + 20
+    while network.client(3).call("GET", "/app/log/private?id=1").status != 200:
+        assert time.monotonic() < deadline, "the fourth node did not catch up"
+        time.sleep(0.1)
+    assert network.client(3).call("GET", "/app/log/private?id=1").json() == {"msg": "before the fourth node"}
+    network.write_committed(primary, 2, "with four voters")
+
+    retire = member.propose([{"name": "remove_node", "args": {"node_id": node_id}}])
+    assert member.vote(retire["proposalId"])["proposalState"] == "Accepted"
+    statuses = {n["node_id"]: n["status"] for n in observer.json_ok("GET", "/node/network/nodes")["nodes"]}
+    assert statuses[node_id] == "Retired"
+    network.write_committed(primary, 3, "without the retired node")  # three voters commit without it

@@ -238,3 +238,28 @@ def test_commit_is_decided_by_consensus_whose_core_keeps_only_the_uncommitted_su
     assert raft.commit == open_node.ledger.committed_seqno == sig.seqno == raft.last_index
     assert raft.first_index == sig.seqno + 1 and not raft.log  # compacted: the ledger keeps the rest
     assert raft.term_at(sig.seqno - 1) == open_node.ledger.view_of(sig.seqno - 1)  # read back from the ledger
+
+
+def test_too_many_uncommitted_transactions_get_503_except_on_the_node_frontend(tmp_path: Path) -> None:
+    from network.enclave import EnclaveSettings, SignaturePolicy
+
+    node = Node(str(tmp_path))
+    node.open_service()
+    node.enclave.settings = EnclaveSettings(SignaturePolicy(10**6, 10**6), 0, max_uncommitted_tx=3)
+    node.enclave.sign()
+    for i in range(3):
+        assert node.user_call("POST", "/app/log/private", {"id": i, "msg": "x"}).status == 200
+    assert _error(node.user_call("POST", "/app/log/private", {"id": 9, "msg": "x"})) == \
+        (503, "TooManyPendingTransactions")
+    assert node.call("GET", "/node/commit").status == 200
+    node.enclave.sign()
+    assert node.user_call("POST", "/app/log/private", {"id": 9, "msg": "x"}).status == 200
+
+
+@pytest.mark.parametrize("text, year", [("261128210857Z", 2026), ("20261128210857Z", 2026),
+                                        ("2026-11-28T21:08:57Z", 2026)])
+def test_valid_from_times_are_read_by_their_length(text: str, year: int) -> None:
+    from network.enclave import _parse_valid_from
+
+    parsed = _parse_valid_from(text)
+    assert (parsed.year, parsed.month, parsed.day, parsed.hour, parsed.second) == (year, 11, 28, 21, 57)
