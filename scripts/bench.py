@@ -24,7 +24,7 @@ Figures, over the measured window (after `--warmup` seconds, for `--seconds`, or
 `--node-config JSON` merges settings into the node's configuration (e.g. to turn snapshots off).
 
 The node is stopped with SIGTERM at the end and must exit 0 (`node_exit_code`); the script exits 1 otherwise.
-Only `--nodes 1` is supported for now.
+`--nodes 3` starts a primary and two backups (they join before the service opens) and loads the primary.
 
 Usage: `.venv/bin/python scripts/bench.py --nodes 1 --seconds 20`, or `--writes 1000000` for memory after 1M writes.
 """
@@ -445,7 +445,7 @@ def run_event_loop(main: Callable[[], Any]) -> Any:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--nodes", type=int, default=1, help="nodes in the network (only 1 for now)")
+    parser.add_argument("--nodes", type=int, default=1, help="nodes in the network (the load goes to the primary)")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the measured window")
     parser.add_argument("--writes", type=int,
                         help="stop after this many writes, warm-up included (--seconds is then ignored)")
@@ -461,8 +461,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--node-profile", metavar="FILE", help="run the node under cProfile, writing FILE")
     parser.add_argument("--keep-workspace", action="store_true", help="keep the node's workspace (path on stderr)")
     args = parser.parse_args(argv)
-    if args.nodes != 1:
-        parser.exit(2, f"error: --nodes {args.nodes} is not supported yet; only --nodes 1 is\n")
+    if args.nodes < 1:
+        parser.exit(2, f"error: --nodes must be at least 1, not {args.nodes}\n")
     for name in ("seconds", "connections", "window", "msg_size", "poll_ms"):
         if getattr(args, name) <= 0:
             parser.exit(2, f"error: --{name.replace('_', '-')} must be positive\n")
@@ -485,10 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     workspace = tempfile.mkdtemp(prefix="bench_node_")
     common = os.path.join(workspace, "sandbox_common")
     process: subprocess.Popen[bytes] | None = None
+    backups: list[subprocess.Popen[bytes]] = []
     try:
         make_identities(common)
         port = free_port()
-        config = node_config(workspace, port, **args.node_config)
+        config = node_config(workspace, port, node_to_node_address=f"127.0.0.1:{free_port()}", **args.node_config)
         log(f"starting a one-node service in {workspace} on port {port}")
         if args.node_profile:
             process, ready = start_profiled_node(config, args.node_profile)
@@ -496,6 +497,10 @@ def main(argv: list[str] | None = None) -> int:
             process, ready = start_node(config)
         pid = int(ready["pid"])
         host, _, port_text = str(ready["rpc_address"]).rpartition(":")
+        for i in range(1, args.nodes):  # backups join before the opening: trusted at once
+            backup_config = node_config(workspace, free_port(), index=i, join=f"https://{ready['rpc_address']}",
+                                        node_to_node_address=f"127.0.0.1:{free_port()}", **args.node_config)
+            backups.append(start_node(backup_config)[0])
         open_service(f"https://{ready['rpc_address']}", common)
         log(f"service open; node pid {pid}")
         result = run_event_loop(lambda: run_load(args, host, int(port_text), client_context(common), pid))
@@ -507,6 +512,10 @@ def main(argv: list[str] | None = None) -> int:
             process.kill()
             code = process.wait()
         process = None
+        for backup in backups:
+            backup.send_signal(signal.SIGTERM)
+            code = code or backup.wait(timeout=300)
+        backups.clear()
         result = {"nodes": args.nodes, **result, "node_exit_code": code}
         if args.keep_workspace:
             result["workspace"] = workspace
@@ -519,9 +528,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"error: {e}")
         return 1
     finally:
-        if process is not None:
-            process.kill()
-            process.wait()
+        for left in ([process] if process is not None else []) + backups:
+            left.kill()
+            left.wait()
         if args.keep_workspace:
             log(f"workspace kept: {workspace}")
         else:
