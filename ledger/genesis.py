@@ -104,6 +104,7 @@ class NodeNetwork:
     rpc_address: str = "127.0.0.1:8000"
     node_to_node_address: str = "127.0.0.1:8001"
     published_rpc_address: str | None = None
+    published_node_to_node_address: str | None = None  # where others reach it, if not where it binds
 
     def to_json(self) -> dict[str, Any]:
         published = self.published_rpc_address or self.rpc_address
@@ -112,7 +113,8 @@ class NodeNetwork:
         node_host, node_port = _split(self.node_to_node_address)
         return {
             "node_to_node_interface": {"bind_address": self.node_to_node_address,
-                                       "published_address": self.node_to_node_address},
+                                       "published_address": self.published_node_to_node_address
+                                       or self.node_to_node_address},
             "rpc_interfaces": {"primary_rpc_interface": {"bind_address": self.rpc_address,
                                                          "published_address": published}},
             # the v1 mirror fields CCF still writes

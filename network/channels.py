@@ -69,12 +69,14 @@ class _Peer:
 
 class Channels:
     def __init__(self, node_id: str, server_context: ssl.SSLContext, client_context: ssl.SSLContext,
-                 on_message: Callable[[Envelope], None], *, queue_limit: int = 10_000) -> None:
+                 on_message: Callable[[Envelope], None], *, queue_limit: int = 10_000,
+                 source_host: str | None = None) -> None:
         self.node_id = node_id
         self.server_context = server_context
         self.client_context = client_context
         self.on_message = on_message
         self.queue_limit = queue_limit
+        self.source_host = source_host  # outgoing connections leave from this address (the node's own)
         self.peers: dict[str, _Peer] = {}
         self.dropped = 0
         self.rejected = 0
@@ -121,7 +123,9 @@ class Channels:
         while True:
             writer: asyncio.StreamWriter | None = None
             try:
-                _, writer = await asyncio.open_connection(host, int(port), ssl=self.client_context)
+                local = (self.source_host, 0) if self.source_host else None
+                _, writer = await asyncio.open_connection(host, int(port), ssl=self.client_context,
+                                                          local_addr=local)
                 if _peer_id(writer) != node_id:
                     raise ConnectionError(f"{peer.address} is not node {node_id[:12]}")
                 peer.connected = True

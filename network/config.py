@@ -70,6 +70,7 @@ class NodeConfig:
     start: StartConfig | None
     rpc_address: str = "127.0.0.1:8000"
     node_to_node_address: str | None = None  # default: the RPC port + 1000
+    node_to_node_published_address: str | None = None  # where others reach it (e.g. a proxy), if elsewhere
     join_target: str | None = None  # "https://host:port" of a node of the service to join
     election_timeout_ms: int = 1000  # a backup that hears no primary for 1-2x this stands for election
     heartbeat_ms: int = 50
@@ -196,6 +197,7 @@ def parse_config(obj: Any, base_dir: str = ".") -> NodeConfig:
         start=start,
         rpc_address=rpc,
         node_to_node_address=n2n,
+        node_to_node_published_address=_get(obj, "node_to_node_published_address", str, where=""),
         join_target=target,
         election_timeout_ms=_get(_section(obj, "consensus"), "election_timeout_ms", int, 1000, where="consensus."),
         heartbeat_ms=_get(_section(obj, "consensus"), "heartbeat_ms", int, 50, where="consensus."),

@@ -288,7 +288,8 @@ class NodeHost:
         host, port = address.rsplit(":", 1)
         ledger = start_new_service(
             self.config.ledger_dir, members, constitution, self._quote(identity), service=service, node=keys,
-            config=service_config, network=NodeNetwork(address, self.config.n2n_address),
+            config=service_config, network=NodeNetwork(address, self.config.n2n_address,
+                                published_node_to_node_address=self.config.node_to_node_published_address),
             chunk_size=self.config.chunk_size, fsync=self.config.fsync, snapshot_dir=self.config.snapshot_dir)
         self._seal(keys, ledger)
         logger.info(f"started a new service; node {identity.node_id[:16]}..., genesis at 2.1")
@@ -342,7 +343,9 @@ class NodeHost:
         csr = (x509.CertificateSigningRequestBuilder()
                .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "CCF Node")]))
                .sign(identity.key, hash_for_key(identity.key)))
-        request = JoinRequest(NodeNetwork(self.config.rpc_address, self.config.n2n_address).to_json(),
+        request = JoinRequest(NodeNetwork(self.config.rpc_address, self.config.n2n_address,
+                                          published_node_to_node_address=self.config.node_to_node_published_address
+                                          ).to_json(),
                               dict(self._quote(identity).quote_info()), keys.encryption_public_pem,
                               csr.public_bytes(serialization.Encoding.PEM).decode())
         info = await self._ask_to_join(identity, request)
@@ -435,8 +438,8 @@ class NodeHost:
         assert keys.identity.endorsed is not None
         server_ctx, client_ctx = tls_contexts(cert_pem(keys.identity.endorsed), key_pem(keys.identity.key),
                                               ledger.service.pem)
-        self.channels = Channels(enclave.node_id, server_ctx, client_ctx, enclave.receive)
         n2n_host, _, n2n_port = self.config.n2n_address.rpartition(":")
+        self.channels = Channels(enclave.node_id, server_ctx, client_ctx, enclave.receive, source_host=n2n_host)
         try:
             await self.channels.listen(n2n_host, int(n2n_port))
         except OSError as e:

@@ -25,14 +25,16 @@ pytestmark = pytest.mark.e2e
 
 
 class Network:
-    def __init__(self, workspace: Path, size: int = 3) -> None:
+    def __init__(self, workspace: Path, size: int = 3, n2n: list[tuple[str, str]] | None = None) -> None:
+        """`n2n`: per node, where it binds its node-to-node channel and where the others reach it."""
         self.workspace = workspace
         self.common = str(workspace / "sandbox_common")
         make_identities(self.common)
         self.ports = [free_port() for _ in range(size)]
         first = f"https://127.0.0.1:{self.ports[0]}"
+        links = n2n or [(f"127.0.0.1:{free_port()}",) * 2 for _ in range(size)]
         self.configs = [node_config(str(workspace), port, index=i, join=first if i else None,
-                                    node_to_node_address=f"127.0.0.1:{free_port()}",
+                                    node_to_node_address=links[i][0], node_to_node_published_address=links[i][1],
                                     consensus={"election_timeout_ms": 500, "heartbeat_ms": 50})
                         for i, port in enumerate(self.ports)]
         self.processes: list[subprocess.Popen[bytes] | None] = []
