@@ -42,7 +42,7 @@ from ledger.identity import cert_pem, endorse, self_signed_cert
 from ledger.kv import Tx
 from ledger.secrets import opening_secret_record
 from ledger.service_ledger import ServiceLedger, TxID
-from ledger.tables import HISTORICAL_SECRETS, NODES_INFO, SERVICE_INFO, SINGLETON_KEY, dump_json
+from ledger.tables import HISTORICAL_SECRETS, NODES_ENDORSED_CERTS, NODES_INFO, SERVICE_INFO, SINGLETON_KEY, dump_json
 from network.common_endpoints import add_common_endpoints
 from network.consensus import ConsensusConfig, HardState, Raft
 from network.endpoints import EndpointContext, EndpointError, Endpoints, Mode
@@ -159,6 +159,7 @@ class Enclave:
             add_receipt_endpoint(frontend, receipts)
         self._frontends = {"/app": self.app, "/gov": self.gov, "/node": self.node}
         self._add_join_endpoint()
+        self._add_node_removal_endpoint()
         self._target = ""
         self._unsigned = ledger.last_seqno - ledger.last_signature_seqno
         self._first_unsigned_at: float | None = self.clock() if self._unsigned else None
@@ -298,6 +299,23 @@ class Enclave:
         if voters != set(self.replicator.raft.voters):
             self.replicator.raft.set_voters(voters)
         self.host.set_peers(peers)
+        if self.is_primary and self.ledger.committed_seqno:
+            retired = [key.decode() for key, raw in self.ledger.read_tx(self.ledger.committed_seqno).items(NODES_INFO)
+                       if (info := orjson.loads(raw)).get("status") == "Retired" and not info.get("retired_committed")]
+            if retired:  # not from inside the commit that told us: on the host's next turn
+                self.host.schedule(lambda: self._mark_retired_committed(retired))
+
+    def _mark_retired_committed(self, node_ids: list[str]) -> None:
+        """CCF's retired_committed: a node's retirement is committed, so it can be removed from the network."""
+        if not self.is_primary:
+            return
+        tx = self.ledger.begin()
+        for node_id in node_ids:
+            info = tx.get_json(NODES_INFO, node_id)
+            if isinstance(info, dict) and info.get("status") == "Retired" and not info.get("retired_committed"):
+                tx.put_json(NODES_INFO, node_id, {**info, "retired_committed": True})
+        if self.ledger.commit(tx) is not None:
+            self._count(1)
 
     def receive(self, envelope: Envelope) -> None:
         """A message from another node: consensus, or a request a backup forwards, or its answer."""
@@ -324,6 +342,20 @@ class Enclave:
         except EndpointError:
             return False  # answered here: 404 or 405
         return endpoint.mode is Mode.READWRITE
+
+    def _add_node_removal_endpoint(self) -> None:
+        @self.node.endpoint("DELETE", "/network/nodes/{node_id}", mode=Mode.READWRITE)
+        def remove(ctx: EndpointContext) -> object:
+            """Remove a node whose retirement is committed."""
+            node_id = ctx.params["node_id"]
+            info = ctx.tx.get_json(NODES_INFO, node_id)
+            if not isinstance(info, dict):
+                raise EndpointError(404, "ResourceNotFound", f"Node {node_id} does not exist")
+            if info.get("status") != "Retired" or not info.get("retired_committed"):
+                raise EndpointError(400, "NodeNotRetiredCommitted", f"Node {node_id} is not retired and committed")
+            ctx.tx.remove(NODES_INFO, node_id)
+            ctx.tx.remove(NODES_ENDORSED_CERTS, node_id)
+            return True
 
     def _add_join_endpoint(self) -> None:
         @self.node.endpoint("POST", "/join", mode=Mode.READWRITE)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,10 +131,33 @@ def test_a_killed_primary_is_replaced_and_no_committed_write_is_lost(network: Ne
     stranger = network.client(2, user=False).call("POST", "/app/log/private", {"id": 98, "msg": "x"})
     assert stranger.status == 401  # the primary authenticated the forwarded caller, and refused it
 
+    # a write load on the primary when it dies
+    accepted: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        client = network.client(first)
+        record_id = 1000
+        while not stop.is_set():
+            try:
+                answer = client.call("POST", "/app/log/private", {"id": record_id, "msg": f"load-{record_id}"})
+            except OSError:
+                return  # the primary is gone
+            if answer.status == 200 and answer.txid:
+                accepted.append((record_id, answer.txid))
+            record_id += 1
+            time.sleep(0.01)  # a steady load, small enough to check every write afterwards
+
+    writer = threading.Thread(target=load)
+    writer.start()
+    time.sleep(1.0)
     process = network.processes[first]
     assert process is not None
     process.send_signal(signal.SIGKILL)
     process.wait()
+    stop.set()
+    writer.join(timeout=30)
+    assert len(accepted) > 20, "the load did not run"
     new = network.primary()
     assert new != first
     view_before = network.commit(new)[0]
@@ -144,6 +168,17 @@ def test_a_killed_primary_is_replaced_and_no_committed_write_is_lost(network: Ne
             answer = network.client(i).call("GET", f"/app/log/private?id={record_id}")
             assert answer.status == 200 and answer.json() == {"msg": f"before-{record_id}"}, (i, committed)
     assert network.commit(new)[0] >= view_before > 2
+    # every write the dead primary accepted is now either Committed (and then readable everywhere) or Invalid
+    outcomes = {"Committed": 0, "Invalid": 0}
+    for record_id, txid in accepted:
+        status = network.client(new).json_ok("GET", f"/app/tx?transaction_id={txid}")["status"]
+        assert status in outcomes, (txid, status)
+        outcomes[status] += 1
+        if status == "Committed":
+            for i in network.live():
+                assert network.client(i).json_ok("GET", f"/app/log/private?id={record_id}") == \
+                    {"msg": f"load-{record_id}"}
+    assert outcomes["Committed"] > 0
 
     # the killed node restarts on its data directory and catches up as a backup
     network.processes[first] = start_node(network.configs[first])[0]
@@ -167,7 +202,7 @@ def test_a_killed_primary_is_replaced_and_no_committed_write_is_lost(network: Ne
     assert ledgers[0] == ledgers[1] == ledgers[2], "committed entries differ between nodes"
 
 
-def test_a_node_joining_the_open_service_waits_for_the_members_then_serves_and_can_be_retired(
+def test_a_node_joining_the_open_service_waits_for_the_members_then_serves_is_retired_and_removed(
         network: Network) -> None:
     import datetime as dt
     import threading
@@ -217,3 +252,13 @@ def test_a_node_joining_the_open_service_waits_for_the_members_then_serves_and_c
     statuses = {n["node_id"]: n["status"] for n in observer.json_ok("GET", "/node/network/nodes")["nodes"]}
     assert statuses[node_id] == "Retired"
     network.write_committed(primary, 3, "without the retired node")  # three voters commit without it
+    # once its retirement is committed it is removable, and removed on request
+    refused = observer.call("DELETE", f"/node/network/nodes/{network.node_id(primary)}")
+    assert refused.status == 400 and b"NodeNotRetiredCommitted" in refused.body
+    deadline = time.monotonic() + 10
+    while node_id not in [n["node_id"] for n in observer.json_ok("GET", "/node/network/removable_nodes")["nodes"]]:
+        assert time.monotonic() < deadline, "the retirement was never marked committed"
+        time.sleep(0.1)
+    assert observer.json_ok("DELETE", f"/node/network/nodes/{node_id}") is True
+    assert node_id not in [n["node_id"] for n in observer.json_ok("GET", "/node/network/nodes")["nodes"]]
+    network.write_committed(primary, 4, "after the removal")
