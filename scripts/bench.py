@@ -460,6 +460,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help='JSON merged into the node configuration, e.g. \'{"snapshots": {"every_tx": 0}}\'')
     parser.add_argument("--node-profile", metavar="FILE", help="run the node under cProfile, writing FILE")
     parser.add_argument("--keep-workspace", action="store_true", help="keep the node's workspace (path on stderr)")
+    parser.add_argument("--vs-etcd", action="store_true",
+                        help="also load a 3-member etcd cluster the same way (installs Debian's etcd-server if "
+                             "missing)")
     args = parser.parse_args(argv)
     if args.nodes < 1:
         parser.exit(2, f"error: --nodes must be at least 1, not {args.nodes}\n")
@@ -478,6 +481,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.exit(2, "error: --node-config must be a JSON object\n")
     args.node_config = extra
     return args
+
+
+def compare_with_etcd(args: argparse.Namespace, workspace: str, ours: dict[str, Any]) -> dict[str, Any]:
+    """The same load on a three-member etcd cluster, in the same run (after our network has stopped)."""
+    import bench_etcd
+
+    log("starting a 3-member etcd cluster for the comparison")
+    processes, ports = bench_etcd.start_cluster(workspace)
+    try:
+        etcd = bench_etcd.run_load(ports, args.connections, args.window, args.msg_size, args.seconds, args.warmup)
+    finally:
+        bench_etcd.stop_cluster(processes)
+    ratio = ours["committed_tx_per_s"] / etcd["etcd_committed_tx_per_s"]
+    return {**etcd, "ratio_vs_etcd": round(ratio, 2),
+            "p99_vs_etcd": round(ours["p99_ms"] / etcd["etcd_p99_ms"], 2) if etcd["etcd_p99_ms"] else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -517,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
             code = code or backup.wait(timeout=300)
         backups.clear()
         result = {"nodes": args.nodes, **result, "node_exit_code": code}
+        if args.vs_etcd:
+            result.update(compare_with_etcd(args, workspace, result))
         if args.keep_workspace:
             result["workspace"] = workspace
         print(orjson.dumps(result).decode(), flush=True)
