@@ -336,6 +336,12 @@ class LedgerFiles:
     def first_seqno(self) -> int:
         return self._chunks[0].start if self._chunks else 0
 
+    def start_after(self, seqno: int) -> None:
+        """An empty ledger directory whose first entry will be seqno + 1 (a node that starts from a snapshot)."""
+        if self._chunks:
+            raise LedgerFileError(f"cannot start after {seqno}: the directory already holds a ledger")
+        self._last = self._committed = seqno
+
     def chunk_names(self) -> list[str]:
         return [c.name for c in self._chunks]
 

@@ -49,12 +49,14 @@ _PARSE_ERRORS = (KeyError, ValueError, TypeError, AttributeError, binascii.Error
 
 
 def recover(
-    files: LedgerFiles, *, secrets: LedgerSecrets, node: NodeIdentity, service: ServiceIdentity, **kwargs: Any
+    files: LedgerFiles, *, secrets: LedgerSecrets, node: NodeIdentity, service: ServiceIdentity,
+    base: ServiceLedger | None = None, **kwargs: Any
 ) -> ServiceLedger:
-    """A `ServiceLedger` holding everything in `files` that verifies, writing to `files` from then on."""
-    ledger = ServiceLedger(node=node, service=service, secrets=secrets, files=None, **kwargs)
+    """A `ServiceLedger` holding everything in `files` that verifies, writing to `files` from then on. With
+    `base` (a ledger loaded from the snapshot the files continue), replay starts after it."""
+    ledger = base or ServiceLedger(node=node, service=service, secrets=secrets, files=None, **kwargs)
     last = files.last_seqno
-    seqno = 1
+    seqno = ledger.last_seqno + 1
     while seqno <= last:
         for raw in files.read_range(seqno, min(last, seqno + _BATCH - 1)):
             file = os.path.basename(files.chunk_file_of(seqno))

@@ -38,7 +38,7 @@ from governance.recovery_shares import deal_shares
 from ledger.bootstrap import NodeKeys
 from ledger.errors import LedgerError
 from ledger.genesis import VirtualQuote
-from ledger.identity import cert_pem, endorse, self_signed_cert
+from ledger.identity import cert_pem, endorse, key_id, self_signed_cert
 from ledger.kv import Tx
 from ledger.secrets import opening_secret_record
 from ledger.service_ledger import ServiceLedger, TxID
@@ -97,6 +97,9 @@ class HostServices(Protocol):
 
     def forwarded(self, response: ForwardedResponse) -> None:
         """The primary's answer to a request this node forwarded."""
+
+    def latest_snapshot(self) -> tuple[str, bytes] | None:
+        """The newest committed snapshot file (name, bytes), if there is one."""
 
     def run_snapshot(self, serialise: Callable[[], bytes],
                      done: Callable[[str | None, Callable[[str], None]], None]) -> None:
@@ -160,6 +163,7 @@ class Enclave:
         self._frontends = {"/app": self.app, "/gov": self.gov, "/node": self.node}
         self._add_join_endpoint()
         self._add_node_removal_endpoint()
+        self._add_snapshot_endpoint()
         self._target = ""
         self._unsigned = ledger.last_seqno - ledger.last_signature_seqno
         self._first_unsigned_at: float | None = self.clock() if self._unsigned else None
@@ -342,6 +346,23 @@ class Enclave:
         except EndpointError:
             return False  # answered here: 404 or 405
         return endpoint.mode is Mode.READWRITE
+
+    def _add_snapshot_endpoint(self) -> None:
+        @self.node.endpoint("GET", "/snapshot")
+        def snapshot(ctx: EndpointContext) -> object:
+            """The latest committed snapshot, for a trusted node to start from (its node certificate over TLS)."""
+            try:
+                node_id = key_id(node_key_of(ctx.request.peer_cert))
+            except JoinRefused as e:
+                raise EndpointError(401, e.code, e.message) from None
+            info = ctx.tx.get_json(NODES_INFO, node_id)
+            if not isinstance(info, dict) or info.get("status") != "Trusted":
+                raise EndpointError(403, "AuthorizationFailed", "Only a trusted node may fetch a snapshot")
+            found = self.host.latest_snapshot()
+            if found is None:
+                raise EndpointError(404, "ResourceNotFound", "This node has no committed snapshot")
+            name, data = found
+            return Response(200, data, (("content-type", "application/octet-stream"), ("x-ccf-snapshot-name", name)))
 
     def _add_node_removal_endpoint(self) -> None:
         @self.node.endpoint("DELETE", "/network/nodes/{node_id}", mode=Mode.READWRITE)

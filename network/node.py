@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import importlib
 import os
@@ -26,7 +27,7 @@ import random
 import signal
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -43,7 +44,7 @@ from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, hash_for_ke
 from ledger.replay import recover
 from ledger.secrets import LedgerSecret, LedgerSecrets
 from ledger.service_ledger import ServiceLedger
-from ledger.snapshots import write_file
+from ledger.snapshots import latest_committed_snapshot, parse_snapshot_name, write_file
 from network import sealing
 from network.attestation import code_measurement, host_data, make_quote
 from network.channels import Channels, tls_contexts
@@ -198,6 +199,13 @@ class NodeHost:
         if self.channels is not None:
             self.channels.send(envelope)
 
+    def latest_snapshot(self) -> tuple[str, bytes] | None:
+        path = latest_committed_snapshot(self.config.snapshot_dir)
+        if path is None:
+            return None
+        with open(path, "rb") as f:
+            return os.path.basename(path), f.read()
+
     def forwarded(self, response: ForwardedResponse) -> None:
         future = self._forwarding.pop(response.id, None)
         if future is not None and not future.done():
@@ -301,8 +309,15 @@ class NodeHost:
         except sealing.SealingError as e:
             raise NodeStartError(str(e)) from None
         files, report = LedgerFiles.open(self.config.ledger_dir, fsync=self.config.fsync)
+        base = None
+        if files.first_seqno > 1:  # this node started from a snapshot: load it, then replay what follows
+            snapshot = self._snapshot_at(files.first_seqno - 1)
+            base = ServiceLedger.from_snapshot(snapshot, secrets=sealed.secrets, node=sealed.node.identity,
+                                               service=sealed.service, files=None,
+                                               chunk_size=self.config.chunk_size,
+                                               snapshot_dir=self.config.snapshot_dir)
         ledger = recover(files, secrets=sealed.secrets, node=sealed.node.identity, service=sealed.service,
-                         chunk_size=self.config.chunk_size, snapshot_dir=self.config.snapshot_dir)
+                         base=base, chunk_size=self.config.chunk_size, snapshot_dir=self.config.snapshot_dir)
         last_signed = ledger.last_signature_seqno
         if last_signed == 0:
             raise NodeStartError(f"{self.config.ledger_dir} holds no signed transaction to resume from")
@@ -356,25 +371,60 @@ class NodeHost:
         files, report = LedgerFiles.open(self.config.ledger_dir, fsync=self.config.fsync)
         if report.last_seqno:
             raise NodeStartError(f"{self.config.ledger_dir} already holds a ledger: a joining node starts empty")
-        ledger = ServiceLedger(node=node, service=service, secrets=secrets, files=files,
-                               chunk_size=self.config.chunk_size, snapshot_dir=self.config.snapshot_dir)
+        snapshot = self._fetch_snapshot(identity)
+        if snapshot is not None:  # start from the service's latest committed snapshot, then the ledger after it
+            name, data = snapshot
+            ledger = ServiceLedger.from_snapshot(data, secrets=secrets, node=node, service=service, files=None,
+                                                 chunk_size=self.config.chunk_size,
+                                                 snapshot_dir=self.config.snapshot_dir)
+            files.start_after(ledger.last_seqno)
+            ledger.files = files
+            write_file(os.path.join(self.config.snapshot_dir, name), data)  # to restart from, as well
+            logger.info(f"starting from the snapshot at seqno {ledger.last_seqno}")
+        else:
+            ledger = ServiceLedger(node=node, service=service, secrets=secrets, files=files,
+                                   chunk_size=self.config.chunk_size, snapshot_dir=self.config.snapshot_dir)
         keys = NodeKeys(node, keys.encryption_key)
         self._seal(keys, ledger)
         self._peers = {str(k): str(v) for k, v in info.get("nodes", {}).items()}
-        raft = Raft(node.node_id, [], random.Random().randrange, config=self.consensus_config,
+        start = ledger.last_seqno  # 0, or the snapshot's seqno (committed state)
+        raft = Raft(node.node_id, [], random.Random().randrange, config=self.consensus_config, commit=start,
+                    first_index=start + 1, base_term=(ledger.view_of(start) or 0) if start else 0,
                     older=ledger_entry_meta(ledger))
         logger.info(f"joined the service as {node.node_id[:16]}...; catching up from the primary")
         return ledger, keys, raft
 
-    async def _ask_to_join(self, identity: NodeIdentity, request: JoinRequest) -> dict[str, Any]:
+    def _fetch_snapshot(self, identity: NodeIdentity) -> tuple[str, bytes] | None:
+        """The service's latest committed snapshot (None if it has none yet)."""
         target = self.config.join_target
         assert target is not None
+        with self._identity_files(identity) as (cert_path, key_path):
+            client = ServiceClient(target, self.config.service_certificate_file, cert=cert_path, key=key_path)
+            try:
+                answer = client.call("GET", "/node/snapshot")
+            finally:
+                client.close()
+        if answer.status == 404:
+            return None
+        if answer.status != 200 or "x-ccf-snapshot-name" not in answer.headers:
+            raise NodeStartError(f"{target} did not give its snapshot: {answer.status} {answer.body[:200]!r}")
+        return os.path.basename(answer.headers["x-ccf-snapshot-name"]), answer.body
+
+    @contextlib.contextmanager
+    def _identity_files(self, identity: NodeIdentity) -> Iterator[tuple[str, str]]:
+        """The node's self-signed certificate and key in a private temporary directory (ssl reads files)."""
         with tempfile.TemporaryDirectory() as private:
             cert_path, key_path = os.path.join(private, "cert.pem"), os.path.join(private, "key.pem")
             with open(cert_path, "w") as f:
                 f.write(cert_pem(identity.self_signed))
             with os.fdopen(os.open(key_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
                 f.write(key_pem(identity.key))
+            yield cert_path, key_path
+
+    async def _ask_to_join(self, identity: NodeIdentity, request: JoinRequest) -> dict[str, Any]:
+        target = self.config.join_target
+        assert target is not None
+        with self._identity_files(identity) as (cert_path, key_path):
             while True:
                 client = ServiceClient(target, self.config.service_certificate_file, cert=cert_path, key=key_path)
                 try:
@@ -396,6 +446,15 @@ class NodeHost:
                     raise NodeStartError(f"{target} refused the join: {answer.status} "
                                          f"{answer.body.decode(errors='replace')[:300]}")
                 await asyncio.sleep(0.2)
+
+    def _snapshot_at(self, seqno: int) -> bytes:
+        for name in os.listdir(self.config.snapshot_dir):
+            parsed = parse_snapshot_name(name)
+            if parsed is not None and parsed[0] == seqno and parsed[2]:
+                with open(os.path.join(self.config.snapshot_dir, name), "rb") as f:
+                    return f.read()
+        raise NodeStartError(f"the ledger starts after seqno {seqno} but no committed snapshot at {seqno} is in "
+                             f"{self.config.snapshot_dir}")
 
     def _tls(self, identity: NodeIdentity) -> Any:
         assert identity.endorsed is not None

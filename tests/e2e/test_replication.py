@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ledger.files import LedgerFiles
+from ledger.files import LedgerFiles, parse_chunk_name
 from network.client import ServiceClient
 from scripts.sandbox import make_identities, node_config, open_service, start_node
 from tests.ccf_tools import assert_read_ledger_accepts
@@ -36,7 +36,8 @@ class Network:
         links = n2n or [(f"127.0.0.1:{free_port()}",) * 2 for _ in range(size)]
         self.configs = [node_config(str(workspace), port, index=i, join=first if i else None,
                                     node_to_node_address=links[i][0], node_to_node_published_address=links[i][1],
-                                    consensus={"election_timeout_ms": 500, "heartbeat_ms": 50})
+                                    consensus={"election_timeout_ms": 500, "heartbeat_ms": 50},
+                                    snapshots={"every_tx": 20})
                         for i, port in enumerate(self.ports)]
         self.processes: list[subprocess.Popen[bytes] | None] = []
         self.live_before_stop: list[int] = []
@@ -219,9 +220,11 @@ def test_a_node_joining_the_open_service_waits_for_the_members_then_serves_is_re
     primary = network.primary()
     network.write_committed(primary, 1, "before the fourth node")
     port = free_port()
+    for i in range(30):  # enough for a committed snapshot the newcomer can start from
+        network.write_committed(primary, 100 + i, f"filler-{i}")
     config = node_config(str(network.workspace), port, index=3, join=network.url(primary),
                          node_to_node_address=f"127.0.0.1:{free_port()}",
-                         consensus={"election_timeout_ms": 500, "heartbeat_ms": 50})
+                         consensus={"election_timeout_ms": 500, "heartbeat_ms": 50}, snapshots={"every_tx": 20})
     started: list[subprocess.Popen[bytes]] = []
     joining = threading.Thread(target=lambda: started.append(start_node(config, timeout=60)[0]))
     joining.start()
@@ -252,6 +255,22 @@ def test_a_node_joining_the_open_service_waits_for_the_members_then_serves_is_re
         time.sleep(0.1)
     assert network.client(3).call("GET", "/app/log/private?id=1").json() == {"msg": "before the fourth node"}
     network.write_committed(primary, 2, "with four voters")
+    # it started from the service's snapshot: its ledger files begin after it, and it restarts from it
+    newcomer_dir = os.path.dirname(config)
+    with open(os.path.join(newcomer_dir, "err")) as f:
+        assert "starting from the snapshot at seqno" in f.read()
+    starts = [parsed[0] for n in os.listdir(os.path.join(newcomer_dir, "ledger")) if (parsed := parse_chunk_name(n))]
+    assert min(starts) > 1, starts
+    restarted = network.processes[3]
+    assert restarted is not None
+    restarted.send_signal(signal.SIGTERM)
+    assert restarted.wait(timeout=30) == 0
+    network.processes[3] = start_node(config)[0]
+    network.write_committed(primary, 5, "after the newcomer's restart")
+    deadline = time.monotonic() + 20
+    while network.client(3).call("GET", "/app/log/private?id=5").status != 200:
+        assert time.monotonic() < deadline, "the newcomer did not catch up after its restart"
+        time.sleep(0.1)
 
     retire = member.propose([{"name": "remove_node", "args": {"node_id": node_id}}])
     assert member.vote(retire["proposalId"])["proposalState"] == "Accepted"

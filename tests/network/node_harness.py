@@ -74,6 +74,9 @@ class FakeHost:
     def forwarded(self, response: ForwardedResponse) -> None:
         self.answers.append(response)
 
+    def latest_snapshot(self) -> tuple[str, bytes] | None:
+        return None
+
     def run_snapshot(self, serialise: Callable[[], bytes],
                      done: Callable[[str | None, Callable[[str], None]], None]) -> None:
         data = serialise()
