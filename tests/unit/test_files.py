@@ -659,3 +659,18 @@ def test_service_ledger_recovers_from_files_with_a_torn_tail_and_keeps_committin
     assert names(directory)[-1].endswith(f"-{sig2}.committed")
     assert decode_entry(reopened.read(sig - 1), old.secrets).writes[PRIVATE] == {b"after-restart": b"private-yes"}
     assert_read_ledger_accepts(str(directory), signatures=len(old.signature_seqnos()) + 2)
+
+
+def test_a_ledger_can_start_after_a_snapshot_point_and_reopens_there(tmp_path: Path) -> None:
+    files, _ = LedgerFiles.open(str(tmp_path / "from_snapshot"))
+    files.start_after(41)
+    assert files.last_seqno == 41 and files.committed_seqno == 41
+    with pytest.raises(LedgerFileError, match="expects 42"):
+        files.append(entry(7))
+    files.append(entry(42))
+    files.flush()
+    files.close()
+    again, _ = LedgerFiles.open(str(tmp_path / "from_snapshot"))
+    assert (again.first_seqno, again.last_seqno) == (42, 42)
+    with pytest.raises(LedgerFileError, match="already holds"):
+        again.start_after(100)
