@@ -44,7 +44,7 @@ from typing import Protocol, runtime_checkable
 from loguru import logger
 
 from ledger.entry import decode_entry, merkle_leaf
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, ReceiptNotAvailable
 from ledger.kv import WriteSet
 from ledger.service_ledger import ServiceLedger, TxID
 from network.common_endpoints import TxStatus, parse_txid, tx_status
@@ -194,6 +194,8 @@ class HistoricalQueries:
         self.check_committed(txid)
         try:
             return self.ledger.receipt(txid.seqno)
+        except ReceiptNotAvailable as e:  # e.g. before the snapshot a node started from: another node has it
+            raise EndpointError(404, "ResourceNotFound", f"This node cannot issue a receipt for {txid}: {e}") from None
         except LedgerError as e:
             raise EndpointError(500, "InternalError", f"No receipt can be issued for {txid}: {e}") from None
 

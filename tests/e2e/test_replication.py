@@ -218,7 +218,7 @@ def test_a_node_joining_the_open_service_waits_for_the_members_then_serves_is_re
     from network.member_api import MemberApi
 
     primary = network.primary()
-    network.write_committed(primary, 1, "before the fourth node")
+    early = network.write_committed(primary, 1, "before the fourth node")
     port = free_port()
     for i in range(30):  # enough for a committed snapshot the newcomer can start from
         network.write_committed(primary, 100 + i, f"filler-{i}")
@@ -261,6 +261,10 @@ def test_a_node_joining_the_open_service_waits_for_the_members_then_serves_is_re
         assert "starting from the snapshot at seqno" in f.read()
     starts = [parsed[0] for n in os.listdir(os.path.join(newcomer_dir, "ledger")) if (parsed := parse_chunk_name(n))]
     assert min(starts) > 1, starts
+    # it holds no records from before its snapshot: it says so, and the others serve that receipt
+    before_snapshot = network.client(3).call("GET", f"/app/receipt?transaction_id={early}")
+    assert before_snapshot.status == 404 and b"ResourceNotFound" in before_snapshot.body
+    assert network.client(primary).call("GET", f"/app/receipt?transaction_id={early}").status == 200
     restarted = network.processes[3]
     assert restarted is not None
     restarted.send_signal(signal.SIGTERM)
