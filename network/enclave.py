@@ -107,12 +107,17 @@ class HostServices(Protocol):
         place)`, where `place(path)` puts the snapshot bytes at `path`."""
 
 
-def trusted_nodes(ledger: ServiceLedger) -> set[str]:
-    """The trusted nodes of the latest state this node holds (consensus voters). Like CCF, and Raft §6, a
-    configuration counts from the state held, not only once committed: a node restarting with an old commit
-    point must still know it is one of several."""
-    state = ledger.read_tx()
-    return {key.decode() for key, raw in state.items(NODES_INFO) if orjson.loads(raw).get("status") == "Trusted"}
+def trusted_nodes(ledger: ServiceLedger) -> dict[str, str | None]:
+    """The trusted nodes of the latest state this node holds (consensus voters), with the node-to-node address
+    each publishes. Like CCF, and Raft §6, a configuration counts from the state held, not only once
+    committed: a node restarting with an old commit point must still know it is one of several."""
+    trusted: dict[str, str | None] = {}
+    for key, raw in ledger.read_tx().items(NODES_INFO):
+        info = orjson.loads(raw)
+        if info.get("status") == "Trusted":
+            address = info.get("node_to_node_interface", {}).get("published_address")
+            trusted[key.decode()] = str(address) if address else None
+    return trusted
 
 
 def sole_voter(ledger: ServiceLedger, term: int | None = None, config: ConsensusConfig | None = None) -> Raft:
@@ -287,17 +292,9 @@ class Enclave:
 
     def _membership_changed(self) -> None:
         """Voters are the trusted nodes of the state held (see `trusted_nodes`); the others are peers."""
-        voters: set[str] = set()
-        peers: dict[str, str] = {}
-        for key, raw in self.ledger.read_tx().items(NODES_INFO):
-            info = orjson.loads(raw)
-            if info.get("status") != "Trusted":
-                continue
-            node_id = key.decode()
-            voters.add(node_id)
-            address = info.get("node_to_node_interface", {}).get("published_address")
-            if node_id != self.node_id and address:
-                peers[node_id] = str(address)
+        trusted = trusted_nodes(self.ledger)
+        voters = set(trusted)
+        peers = {node_id: address for node_id, address in trusted.items() if node_id != self.node_id and address}
         if not voters:
             return  # a joiner that has not caught up yet: it keeps the peers it was given
         if voters != set(self.replicator.raft.voters):

@@ -328,7 +328,7 @@ class NodeHost:
         persisted = self._read_consensus()
         meta = ledger_entry_meta(ledger)
         node_id = ledger.node.node_id
-        voters = trusted_nodes(ledger)
+        voters = set(trusted_nodes(ledger))
         if voters != {node_id}:
             # one of several nodes: consensus decides, from what this node holds (Raft §5.2-5.3)
             commit = ledger.committed_seqno
