@@ -31,18 +31,29 @@ class Network:
         self.workspace = workspace
         self.common = str(workspace / "sandbox_common")
         make_identities(self.common)
-        self.ports = [free_port() for _ in range(size)]
-        first = f"https://127.0.0.1:{self.ports[0]}"
-        links = n2n or [(f"127.0.0.1:{free_port()}",) * 2 for _ in range(size)]
-        self.configs = [node_config(str(workspace), port, index=i, join=first if i else None,
-                                    node_to_node_address=links[i][0], node_to_node_published_address=links[i][1],
-                                    consensus={"election_timeout_ms": 500, "heartbeat_ms": 50},
-                                    snapshots={"every_tx": 20})
-                        for i, port in enumerate(self.ports)]
+        self.ports: list[int] = []
+        self.configs: list[str] = []
         self.processes: list[subprocess.Popen[bytes] | None] = []
         self.live_before_stop: list[int] = []
-        for config in self.configs:
-            self.processes.append(start_node(config)[0])
+        for i in range(size):
+            for attempt in range(3):  # a free port can be taken by another process before the node binds it
+                port = free_port()
+                link = n2n[i] if n2n else (f"127.0.0.1:{free_port()}",) * 2
+                config = node_config(str(workspace), port, index=i,
+                                     join=f"https://127.0.0.1:{self.ports[0]}" if i else None,
+                                     node_to_node_address=link[0], node_to_node_published_address=link[1],
+                                     consensus={"election_timeout_ms": 500, "heartbeat_ms": 50},
+                                     snapshots={"every_tx": 20})
+                try:
+                    process = start_node(config)[0]
+                    break
+                except RuntimeError as e:
+                    if "cannot listen" not in str(e) or attempt == 2:
+                        raise
+            self.ports.append(port)
+            self.configs.append(config)
+            self.processes.append(process)
+        first = f"https://127.0.0.1:{self.ports[0]}"
         open_service(first, self.common)
 
     def url(self, i: int) -> str:
