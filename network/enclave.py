@@ -174,6 +174,7 @@ class Enclave:
         self._first_unsigned_at: float | None = self.clock() if self._unsigned else None
         self._last_snapshot = ledger.last_signature_seqno
         self._snapshot_running = False
+        self._stopping = False  # set by the host when it stops: no new snapshot is started
         self._service_open = self._read_service_open()
         # Consensus decides commit: a new service's node is its sole voter and leads at once.
         self.replicator = Replicator(ledger, raft or sole_voter(ledger), keys.encryption_key, host.send,
@@ -475,12 +476,16 @@ class Enclave:
     def _start_snapshot(self) -> None:
         """Have the host serialise the state at the signature just made (a forked process, so the node keeps
         serving); the evidence transaction is committed once the snapshot's digest is known."""
-        if self._snapshot_running:
+        if self._snapshot_running or self._stopping:
             return
         seqno, serialise = self.ledger.snapshot_job()
         self._last_snapshot = seqno
         self._snapshot_running = True
         self.host.run_snapshot(serialise, functools.partial(self._snapshot_made, seqno))
+
+    def stop_snapshots(self) -> None:
+        """The node is stopping: start no snapshot any more (one would outlive the process)."""
+        self._stopping = True
 
     def _snapshot_made(self, seqno: int, digest: str | None, place: Callable[[str], None]) -> None:
         self._snapshot_running = False

@@ -168,11 +168,14 @@ class NodeHost:
         loop = self.loop
         partial = os.path.join(self.config.snapshot_dir, f".snapshot-{os.getpid()}.partial")
         read_end, write_end = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: no event loop, no logging; only serialise, write, report, exit
             code = 1
             try:
                 _die_with_parent()
+                if os.getppid() != parent:  # the node died before the line above took effect
+                    os._exit(1)
                 os.close(read_end)
                 data = serialise()
                 write_file(partial, data)
@@ -532,6 +535,7 @@ class NodeHost:
             await server.wait_closed()
             if self.channels is not None:
                 await self.channels.close()
+            enclave.stop_snapshots()
             if self._snapshot_child is not None:  # an unfinished snapshot is abandoned
                 pid, partial = self._snapshot_child
                 os.kill(pid, signal.SIGKILL)

@@ -215,7 +215,8 @@ def test_a_killed_primary_is_replaced_and_no_committed_write_is_lost(network: Ne
         assert time.monotonic() < deadline, "the restarted node did not catch up"
         time.sleep(0.1)
     assert network.client(first).json_ok("GET", "/app/log/private?id=12") == {"msg": "after-2"}
-    assert network.primary() == new
+    # (leadership may move again on a loaded machine: what matters is that the network still commits)
+    network.write_committed(network.primary(), 20, "after the restart")
 
     network.stop_and_check_ledgers()
 
