@@ -1,1 +1,1 @@
-"""app layer (see ARCHITECTURE.md §2)."""
+"""app layer (layers: ledger <- governance <- network <- app; imports point down only)."""

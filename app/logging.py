@@ -1,4 +1,4 @@
-"""CCF's reference sample, the logging app (ccf-api.md §4.1): private and public records.
+"""CCF's reference sample, the logging app (samples/apps/logging/logging.cpp): private and public records.
 
 Loaded by a node as `app.logging:app`. Current state: record, read, delete, count and delete-all on
 `/log/private` (map `records`, encrypted in the ledger) and `/log/public` (`public:records`), with `record_claim`

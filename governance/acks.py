@@ -1,4 +1,4 @@
-"""Member activation (ccf-api.md §1.6): a member proves it has seen the current state, then becomes Active.
+"""Member activation (CCF's src/node/gov/handlers/acks.h): a member proves it saw the current state, then is Active.
 
 `update_state_digest` (a signed `state_digest` request, any member) stores the Merkle root of the state the
 member is shown in `public:ccf.gov.members.acks` and returns `{"memberId", "stateDigest"}`; `ack` (a signed

@@ -1,4 +1,4 @@
-"""What governance JavaScript asks of the host: `ccf.crypto.*` and `ccf.pemToId` (ccf-api.md §2.1).
+"""What governance JavaScript asks of the host: `ccf.crypto.*` and `ccf.pemToId`, as CCF provides them.
 
 Each host call takes and returns JSON-compatible values (bytes as hex). Calls are pure, so running a
 constitution twice gives the same answers. A bad argument is an error message for the JavaScript to throw.

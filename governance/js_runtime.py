@@ -38,7 +38,7 @@ _EXPORT_LIST = re.compile(r"^\s*export\s*\{([^}]*)\}\s*;?", re.M)
 
 @dataclass(frozen=True)
 class JSLimits:
-    """CCF's defaults for governance code (ccf-api.md §2.1: 100 MiB heap, 1 MiB stack, 5000 ms);
+    """CCF's defaults for governance code (100 MiB heap, 1 MiB stack, 5000 ms);
     `public:ccf.gov.js_runtime_options` may raise them, never lower them."""
 
     max_heap_bytes: int = 100 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""The proposal lifecycle of CCF's governance API 2024-07-01 (ccf-api.md §1.4-1.5), as functions over a
+"""The proposal lifecycle of CCF's governance API 2024-07-01, as functions over a
 KV transaction.
 
 - `create_proposal`: the constitution's `validate` (400 `ProposalFailedToValidate` unless valid), replay
@@ -233,7 +233,7 @@ class NodeServices:
 def _resolve(
     tx: Tx, proposal_id: str, info: ProposalInfo, node: NodeServices
 ) -> tuple[ProposalInfo, tuple[Effect, ...]]:
-    """Run the ballots and `resolve`, then `apply` if Accepted (ccf-api.md §1.5)."""
+    """Run the ballots and `resolve`, then `apply` if Accepted, as CCF does."""
     source = constitution(tx)
     limits = js_limits(tx)
     body = actions(tx, proposal_id).decode()

@@ -1,4 +1,4 @@
-"""Replay protection for proposals (ccf-api.md §1.3), and proposal ids (§1.5), as CCF computes them.
+"""Replay protection for proposals, and proposal ids, as CCF computes them (src/node/gov/handlers/proposals.h).
 
 A proposal's replay key is `<created_at, 10 digits>:<hex SHA-256 of the COSE signature>`, kept in
 `public:ccf.gov.cose_recent_proposals` (value: the proposal id). A key already there is a replay; a

@@ -1,4 +1,4 @@
-"""Dealing recovery shares (ccf-ledger-format.md §9, ccf-api.md §5.4); recovering with them is later work.
+"""Dealing recovery shares (as CCF's src/node/share_manager.h); recovering with them is later work.
 
 The latest ledger secret is wrapped (AES-256-GCM, zero IV, under a fresh wrapping key); the wrapping key is
 Shamir-split with threshold `recovery_threshold` among the active recovery members (those with an

@@ -1,6 +1,6 @@
 """Signed governance requests: COSE Sign1 envelopes from consortium members, checked as CCF checks them.
 
-Guarantees (ccf-api.md §1.2): a request is accepted only if it is a tagged COSE_Sign1 with an attached
+Guarantees: a request is accepted only if it is a tagged COSE_Sign1 with an attached
 payload; its algorithm is ES256, ES384 or ES512 and matches the signer's key; its `kid` (the ASCII hex of
 the signer's certificate fingerprint, i.e. the member id) names a member registered in
 `public:ccf.gov.members.certs`, who must be Active where the operation requires it; its

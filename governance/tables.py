@@ -1,4 +1,4 @@
-"""Governance's own maps (ccf-api.md §1.2-1.5); the service maps it shares are in `ledger.tables`."""
+"""Governance's own maps (proposals, their state, replay keys); the service maps it shares are in `ledger.tables`."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """CCF transaction entries: serialise a committed write set, parse and decrypt one back.
 
-Byte layout (ccf-ledger-format.md §2):
+Byte layout (CCF's src/kv/serialised_entry_format.h and the KV serialiser):
     entry   = header(8) || body
     header  = version:u8 (=1) || flags:u8 || size:u48 LE (= len(body))
     body    = gcm_tag(16) || gcm_iv(12) || public_size:u64 || public_domain || private_ciphertext
@@ -383,7 +383,7 @@ def decode_entry(
 
 
 def merkle_leaf(write_set_digest: bytes, commit_evidence_digest: bytes | None, claims: bytes | None) -> bytes:
-    """The transaction digest CCF puts in the Merkle tree for each entry type (§3)."""
+    """The transaction digest CCF puts in the Merkle tree for each entry type."""
     if commit_evidence_digest is None and claims is None:
         return write_set_digest
     return hashlib.sha256(write_set_digest + (commit_evidence_digest or b"") + (claims or b"")).digest()

@@ -1,6 +1,6 @@
 """Ledger chunk files: the host side of the ledger. Moves bytes only; never sees a key.
 
-File format (ccf-ledger-format.md §1): `u64 positions_offset` (0 while the chunk is open), the entries
+File format (CCF's src/host/ledger.h): `u64 positions_offset` (0 while the chunk is open), the entries
 back to back, then (complete chunks only) one u32 absolute offset per entry. Names:
 `ledger_<start>` (open), `ledger_<start>-<end>` (complete), `ledger_<start>-<end>.committed`.
 

@@ -1,10 +1,10 @@
-"""The genesis transaction of a new service (ccf-ledger-format.md §6, ccf-api.md §5.1).
+"""The genesis transaction of a new service (CCF's src/service/internal_tables_access.h).
 
 It writes service info (status Opening, the service certificate), the initial members (Accepted),
 the service configuration, the constitution, the first node as Trusted with its endorsed certificate,
 and the node's virtual measurement and host data as allowed to join. What `read_ledger.py` needs
 before the first signature (a Trusted node, its endorsed certificate, service info with `cert`) is all
-here; node info deliberately carries no `cert` (pitfall 5).
+here; node info deliberately carries no `cert` (`read_ledger.py` wants it only in the endorsed certificates).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Identities: EC keys and X.509 certificates of the service, nodes, members and users.
 
-Guarantees (ARCHITECTURE.md §6, ccf-ledger-format.md §5-7):
+Guarantees (as CCF 6.x and its `ccf` package's checks expect):
 - The service identity is a self-signed CA certificate (BasicConstraints CA, keyCertSign, SKI) on a
   P-384 key by default; node certificates it endorses have CA false, a SAN and the service's AKI, and
   pass `ccf.receipt.check_endorsements` and `check_cert_chain`.

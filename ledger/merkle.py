@@ -1,6 +1,6 @@
 """CCF's Merkle history: leaf i is transaction i, leaf 0 is 32 zero bytes.
 
-Tree shape (ccf-ledger-format.md §4, merklecpp): pair nodes level by level, promote an odd last node
+Tree shape (merklecpp, CCF's doc/architecture/merkle_tree.rst): pair nodes level by level, promote an odd last node
 unchanged. That is the same as folding, from the right, the perfect subtrees given by the binary
 decomposition of the leaf count: for 7 leaves, root = H(P4 || H(P2 || P1)). This module keeps only the
 perfect subtrees (level k holds the hash of each complete run of 2^k leaves), so:

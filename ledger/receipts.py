@@ -1,6 +1,6 @@
 """Receipts: issue JSON and COSE receipts, and verify them offline trusting only the service certificate.
 
-Shapes (ccf-ledger-format.md §7):
+Shapes (CCF's include/ccf/receipt.h, doc/audit/receipts.rst):
 - JSON (describe_receipt_v1): {cert, leaf_components {claims_digest, commit_evidence, write_set_digest},
   node_id, proof [{left|right: hex}], signature, service_endorsements?}; for a signature transaction
   {cert, leaf: root, node_id, proof: [], signature}.

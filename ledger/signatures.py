@@ -1,7 +1,7 @@
 """Signature transactions: the node's signature and the service's COSE signature over the Merkle root.
 
 A signature transaction at seqno s signs the root of leaves 0..s-1 (everything before it; its own leaf
-is appended afterwards, ccf-ledger-format.md §4-5). It writes, under the singleton key:
+is appended afterwards, as in CCF's src/node/history.h). It writes, under the singleton key:
 - `public:ccf.internal.signatures`: JSON PrimarySignature with `sig` = ECDSA (prehashed SHA-256) by the
   node key over the 32-byte root, DER, base64;
 - `public:ccf.internal.cose_signatures`: JSON string of base64 COSE_Sign1 by the service key, detached

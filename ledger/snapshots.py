@@ -1,4 +1,4 @@
-"""Snapshots in CCF's format (ccf-ledger-format.md §8): serialise the whole store at a seqno, load it back.
+"""Snapshots in CCF's format (src/node/snapshot_serdes.h): serialise the whole store at a seqno, load it back.
 
 A snapshot file is one entry with no file header: entry header, GCM tag, IV (snapshot bit set),
 public size, public domain = type 1 || seqno || max_conflict_version || lp(hash_at_snapshot)

@@ -1,4 +1,4 @@
-"""Names and encodings of the service maps the ledger core writes (ccf-ledger-format.md §5, §6, §8, §9).
+"""Names and encodings of the service maps the ledger core writes (CCF's doc/audit/builtin_maps.rst).
 
 ServiceMap values are compact JSON with sorted keys (nlohmann `dump()`); single-value tables use the
 key of 8 zero bytes; certificate maps hold raw PEM bytes; entity ids are their ASCII hex string.

@@ -1,1 +1,1 @@
-"""network layer (see ARCHITECTURE.md §2)."""
+"""network layer (layers: ledger <- governance <- network <- app; imports point down only)."""

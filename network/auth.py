@@ -1,4 +1,4 @@
-"""Authentication policies for endpoints (ccf-api.md §4.2), as pure checks over a request and the KV.
+"""Authentication policies for endpoints (CCF's `*_auth_policy`), as pure checks over a request and the KV.
 
 Each policy returns the caller's identity or raises `PolicyFailed` with CCF's code and message. An endpoint
 lists policies; any one may pass (the identity of the first that passes is the caller's). `AllOf` needs all

@@ -1,4 +1,4 @@
-"""The endpoints every frontend has (ccf-api.md §3, "common"): `/commit`, `/tx`, `/api`.
+"""The endpoints every frontend has (CCF's src/endpoints/common_endpoint_registry.cpp): `/commit`, `/tx`, `/api`.
 
 Transaction status, as CCF reports it to clients polling after a write:
 - `Committed`: the seqno is at or below the commit point and was written in the view asked about;

@@ -2,7 +2,7 @@
 
 `Raft` takes inputs - `tick()`, `step(message)`, `propose(entries)`, `set_voters(...)` - and accumulates
 outputs that `ready()` hands over once: the hard state (term, vote) and log changes to persist, the messages
-to send (after persisting, ARCHITECTURE.md §5), the new commit index, and role changes. It has no clock,
+to send (only after the rest is persisted), the new commit index, and role changes. It has no clock,
 randomness, sockets or files: time is `tick()`, randomness is the `randrange` callable given at
 construction (a seeded `random.Random(...).randrange` in the simulator).
 

@@ -1,4 +1,4 @@
-"""The `/gov` frontend: CCF's governance API (api-version 2024-07-01, ccf-api.md §1.4) over HTTP.
+"""The `/gov` frontend: CCF's governance API (api-version 2024-07-01) over HTTP.
 
 Each handler maps one HTTP call onto a governance function running on the request's transaction;
 governance decides, this module only translates. It owns the HTTP side of governance:

@@ -1,4 +1,4 @@
-"""Historical queries (ccf-api.md §4.4): past state read back from the ledger files, verified, then served.
+"""Historical queries, as CCF serves them: past state read back from the ledger files, verified, then served.
 
 A handler asks for the entry of a committed transaction (`entry(txid)`), for a range of committed seqnos
 (`entries(start, end)`) or for a set of them (`entries_at(seqnos)`). If the node does not hold them yet, the

@@ -1,4 +1,4 @@
-"""Joining a service (ccf-api.md §3 "Join", §5.2): the primary's side and what a trusted joiner receives.
+"""Joining a service (CCF's src/node/rpc/node_frontend.h): the primary's side and what a trusted joiner receives.
 
 `record_join` runs in the primary's transaction for `POST /node/join`. The caller is the joining node: the
 TLS client certificate it presents is its self-signed node certificate, and its node id is the digest of

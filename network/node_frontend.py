@@ -1,4 +1,4 @@
-"""The `/node` frontend (ccf-api.md §3): what operators and probes ask a node, without authentication.
+"""The `/node` frontend (CCF's src/node/rpc/node_frontend.h): what operators and probes ask a node, unauthenticated.
 
 Answers come from the KV (service, nodes, configuration) and from the node itself (`ctx.node`, a
 `NodeStatus`: its id, state, quote, certificates, session metrics). Shapes and status codes follow CCF:

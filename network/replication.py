@@ -2,7 +2,7 @@
 
 On the primary, `sync()` proposes to consensus every entry the ledger appended since (signatures flagged),
 so the enclave keeps committing transactions as before and consensus follows. On every node, `process()`
-carries out what the core hands over, in the order ARCHITECTURE.md §5 requires:
+carries out what the core hands over, persisting before it sends or acknowledges, then applying commit:
 1. persist the term and vote (`persist_state`);
 2. roll the ledger back if the core dropped entries (a new primary's unsigned suffix, or a backup's
    conflicting uncommitted entries);

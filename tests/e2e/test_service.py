@@ -476,7 +476,7 @@ def test_every_successful_response_carries_a_transaction_id(sandbox: Sandbox, us
     assert seen_writes == sorted(seen_writes) and len(set(seen_writes)) == len(seen_writes), seen_writes
 
 
-# --- the node API (ccf-api.md §3) --------------------------------------------------------------------
+# --- the node API (/node) ----------------------------------------------------------------------------
 
 
 def test_node_network_describes_the_open_service(sandbox: Sandbox, anonymous: ServiceClient) -> None:

@@ -1,4 +1,4 @@
-"""Member activation by state digest and ack (ccf-api.md §1.6)."""
+"""Member activation by state digest and ack."""
 
 from __future__ import annotations
 

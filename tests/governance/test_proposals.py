@@ -1,4 +1,4 @@
-"""The proposal lifecycle (ccf-api.md §1.4-1.5) under constitutions written in CCF's documented style."""
+"""The proposal lifecycle under constitutions written in CCF's documented style."""
 
 from __future__ import annotations
 

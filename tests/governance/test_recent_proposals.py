@@ -1,4 +1,4 @@
-"""Replay protection for proposals and proposal ids, as CCF computes them (ccf-api.md §1.3, §1.5)."""
+"""Replay protection for proposals and proposal ids, as CCF computes them."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 The network holds messages in flight; the simulation delivers them in any order, drops, duplicates,
 partitions links (one-way cuts included), crashes and restarts nodes (a restarted node keeps what it
 persisted: term, vote, log, commit), and drives ticks and proposals. Each node's shell follows the order
-ARCHITECTURE.md §5 asks: persist, then send, then apply; a new primary signs at once (CCF).
+Raft requires (Ongaro & Ousterhout, §5.3-5.4): persist, then send, then apply; a new primary signs at once (CCF).
 
 `check()` asserts the safety invariants after every step:
 - at most one primary per term;

@@ -1,6 +1,6 @@
 """ledger/entry.py: serialising CCF transaction entries and parsing/decrypting them back.
 
-Covers the byte layout of ccf-ledger-format.md §2 (header, GCM IV, public domain, encrypted private
+Covers CCF's entry byte layout (header, GCM IV, public domain, encrypted private
 domain), the round trip, tamper detection through the GCM tag, the robustness contract of the parser
 (only `EntryFormatError`, with offset and seqno) and that the `ccf` package reads our public domain.
 """

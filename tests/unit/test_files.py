@@ -1,6 +1,6 @@
 """ledger/files.py: the host side of the ledger (chunk files), directly and through a ServiceLedger.
 
-Covers ccf-ledger-format.md §1: appends and reads by seqno across chunks, when chunks are completed
+Covers CCF's chunk file format: appends and reads by seqno across chunks, when chunks are completed
 (positions table, header offset, rename) and committed, truncation (in the open chunk and into a
 completed chunk), recovery on open (torn tails cut, structural damage in committed chunks refused,
 gaps refused), fsync policies, and a restart of a whole ServiceLedger judged by read_ledger.py.
