@@ -8,6 +8,7 @@ apart; ECDSA signatures are randomised, so only the signature bytes differ.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,10 @@ class MemberSigner:
     def ack(self, state_digest: dict[str, Any], **kw: Any) -> bytes:
         return self.sign(MessageType.ACK, orjson.dumps(state_digest), **kw)
 
+    def recovery_share(self, share: bytes, **kw: Any) -> bytes:
+        """A decrypted recovery share, as `POST /gov/recovery/members/{id}:recover` takes it."""
+        return self.sign(MessageType.RECOVERY_SHARE, orjson.dumps({"share": base64.b64encode(share).decode()}), **kw)
+
 
 def action(name: str, **args: Any) -> dict[str, Any]:
     return {"name": name, "args": {k: v for k, v in args.items() if v is not None}}
@@ -87,5 +92,7 @@ def set_member(
     return action("set_member", cert=cert_pem(cert), encryption_pub_key=encryption_pub_key, member_data=member_data)
 
 
-def transition_service_to_open(service_cert_pem: str) -> dict[str, Any]:
-    return action("transition_service_to_open", next_service_identity=service_cert_pem)
+def transition_service_to_open(service_cert_pem: str, previous_service_cert_pem: str | None = None) -> dict[str, Any]:
+    """Open the service; a recovered service names the identity it recovers (`previous_service_cert_pem`)."""
+    return action("transition_service_to_open", next_service_identity=service_cert_pem,
+                  previous_service_identity=previous_service_cert_pem)

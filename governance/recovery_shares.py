@@ -1,10 +1,15 @@
-"""Dealing recovery shares (as CCF's src/node/share_manager.h); recovering with them is later work.
+"""Recovery shares (as CCF's src/node/share_manager.h): dealt while the service runs, taken back in during a
+disaster recovery.
 
 The latest ledger secret is wrapped (AES-256-GCM, zero IV, under a fresh wrapping key); the wrapping key is
 Shamir-split with threshold `recovery_threshold` among the active recovery members (those with an
 encryption key and a `Participant` role, the default); each share is encrypted to the member's RSA key
 (OAEP, SHA-256); all of it goes to `public:ccf.internal.recovery_shares`. Any `threshold` members can then
 rebuild the wrapping key and unwrap the secret.
+
+During a recovery each member submits its decrypted share (`submit_share`); at the threshold the node calls
+`recover_latest_secret`. A combination that does not unwrap the secret (a wrong share that passed the format
+checks) raises `RecoverySharesError`: the secret is authenticated (AES-GCM), so a wrong key is never used.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from governance.errors import GovernanceError, NotFound
-from governance.shamir import combine, split
+from governance.errors import AuthorizationFailed, GovernanceError, InvalidRequest, NotFound
+from governance.shamir import MAX_SHARES, SHARE_SIZE, SharingError, combine, split
 from ledger.kv import Tx
 from ledger.tables import MEMBERS_ENCRYPTION_KEYS, MEMBERS_INFO, SERVICE_CONFIG, SINGLETON_KEY
 
 RECOVERY_SHARES = "public:ccf.internal.recovery_shares"
+# Shares submitted during a recovery, until the threshold is reached. A private map: encrypted in the ledger
+# under the recovering service's own ledger secret (CCF encrypts them with it too), never readable from files.
+SUBMITTED_SHARES = "ccf.internal.submitted_shares"
 _ZERO_IV = bytes(12)
 _OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
@@ -97,9 +105,60 @@ def decrypt_share(encrypted_b64: str, member_key: rsa.RSAPrivateKey) -> bytes:
 def unwrap_ledger_secret(record: dict[str, Any], shares: list[bytes]) -> bytes:
     """Rebuild the wrapping key from decrypted shares and unwrap the ledger secret."""
     key = combine(shares, 32)
+    if len(key) != 32:
+        raise RecoverySharesError("the shares do not unwrap the ledger secret")
     wrapped = base64.b64decode(record["wrapped_latest_ledger_secret"])
     tag, ct = wrapped[:16], wrapped[28:]
     try:
         return AESGCM(key).decrypt(_ZERO_IV, ct + tag, None)
     except InvalidTag:
         raise RecoverySharesError("the shares do not unwrap the ledger secret") from None
+
+
+def parse_share(body: Any) -> bytes:
+    """The share of a `recovery_share` request's payload `{"share": base64}`; `InvalidRequest` otherwise."""
+    share_b64 = body.get("share") if isinstance(body, dict) else None
+    if not isinstance(share_b64, str):
+        raise InvalidRequest('A recovery share is submitted as {"share": "<base64>"}', code="InvalidInput")
+    try:
+        share = base64.b64decode(share_b64, validate=True)
+    except ValueError:
+        raise InvalidRequest("The recovery share is not valid base64", code="InvalidInput") from None
+    if len(share) != SHARE_SIZE or not 1 <= share[0] <= MAX_SHARES:
+        raise InvalidRequest(f"A recovery share is {SHARE_SIZE} bytes with an index from 1 to {MAX_SHARES}; "
+                             f"got {len(share)} bytes", code="InvalidInput")
+    return share
+
+
+def submit_share(tx: Tx, member_id: str, share: bytes) -> tuple[int, int]:
+    """Record `member_id`'s decrypted share; returns (shares submitted, threshold). Only a member the current
+    recovery shares were dealt to may submit, once."""
+    record = tx.get_json(RECOVERY_SHARES, SINGLETON_KEY)
+    dealt = record.get("encrypted_shares", {}) if isinstance(record, dict) else {}
+    if member_id not in dealt:
+        raise AuthorizationFailed(f"Member {member_id} holds no recovery share of this service")
+    if tx.get(SUBMITTED_SHARES, member_id) is not None:
+        raise InvalidRequest(f"Member {member_id} has already submitted its recovery share", code="InvalidInput")
+    tx.put(SUBMITTED_SHARES, member_id, share)
+    return tx.size(SUBMITTED_SHARES), recovery_threshold(tx)
+
+
+def submitted_shares(tx: Tx) -> list[bytes]:
+    return [share for _, share in tx.items(SUBMITTED_SHARES)]
+
+
+def clear_submitted_shares(tx: Tx) -> None:
+    for key in tx.keys(SUBMITTED_SHARES):
+        tx.remove(SUBMITTED_SHARES, key)
+
+
+def recover_latest_secret(tx: Tx) -> bytes:
+    """Combine the submitted shares and unwrap the previous service's latest ledger secret with them.
+    Raises `RecoverySharesError` if they do not (wrong shares that passed the format checks)."""
+    record = tx.get_json(RECOVERY_SHARES, SINGLETON_KEY)
+    if not isinstance(record, dict) or "wrapped_latest_ledger_secret" not in record:
+        raise RecoverySharesError("the ledger holds no wrapped ledger secret to recover")
+    try:
+        return unwrap_ledger_secret(record, submitted_shares(tx))
+    except SharingError as e:
+        raise RecoverySharesError(f"the submitted shares cannot be combined: {e.message}") from None

@@ -316,6 +316,26 @@ class Store:
                 state[map_name] = entries
         return state
 
+    def restore_earlier_state(self, state: dict[str, dict[bytes, tuple[int, bytes | None]]], below: int) -> None:
+        """Add maps' state written before `below` that this store could not read when it applied those versions
+        (the private maps of a recovered service's predecessor, decrypted once its secrets are back). Keys the
+        store already holds keep their later history; a removal (None) restores nothing."""
+        if below > self._compacted + 1:
+            raise VersionUnavailable(f"earlier state must end below the compaction point {self._compacted}")
+        for map_name, entries in state.items():
+            ms = self._maps.setdefault(map_name, _MapState())
+            versions: set[int] = set()
+            for k, (version, value) in entries.items():
+                if version >= below:
+                    raise ValueError(f"restored entry of {map_name!r} at {version}, not below {below}")
+                if value is None:
+                    continue
+                history = ms.keys.get(k)
+                ms.keys[k] = [(version, value), *(history or [])]
+                versions.add(version)
+            if versions:
+                ms.write_versions = sorted(versions) + ms.write_versions
+
     @classmethod
     def from_snapshot(cls, state: SnapshotState, seqno: int, view: int) -> Store:
         """A store whose state is `state` at version `seqno` (compacted there: no older reads)."""

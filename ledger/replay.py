@@ -30,7 +30,7 @@ from ledger.errors import CorruptedCommittedChunk, EntryFormatError, LedgerSecre
 from ledger.files import LedgerFiles
 from ledger.identity import NodeIdentity, ServiceIdentity, load_cert
 from ledger.kv import WriteSet
-from ledger.secrets import LedgerSecrets, secret_for_node
+from ledger.secrets import LedgerSecrets, secrets_for_node
 from ledger.service_ledger import ServiceLedger, SignatureRecord
 from ledger.signatures import parse_primary_signature, verify_signature_transaction
 from ledger.tables import (
@@ -101,24 +101,34 @@ def receive_entry(ledger: ServiceLedger, raw: bytes, seqno: int, *, node_id: str
     if record is None:
         return False
     try:
-        secret = secret_for_node(orjson.loads(record), node_id, encryption_key)
+        given = secrets_for_node(orjson.loads(record), node_id, encryption_key)
     except (orjson.JSONDecodeError, LedgerSecretError, AttributeError) as e:
         raise VerificationError(f"rekey record cannot be used: {e}", seqno=seqno) from None
-    if secret is None or secret.start <= ledger.secrets.latest.start:
-        return False
-    ledger.secrets.add(secret)
-    return True
+    held = ledger.secrets.all()
+    first = held[0].start if held else None
+    # earlier secrets: a recovered service handing its predecessor's secrets to its nodes
+    earlier = [s for s in given if first is not None and s.start < first]
+    later = [s for s in given if s.start > ledger.secrets.latest.start]
+    if earlier:
+        ledger.secrets.restore_earlier(earlier)
+    for secret in later:
+        ledger.secrets.add(secret)
+    return bool(earlier or later)
 
 
 def _verify_entry(ledger: ServiceLedger, raw: bytes, seqno: int,
                   file: str) -> tuple[DecodedEntry, SignatureRecord | None]:
-    decoded = decode_entry(raw, ledger.secrets, file=file)
+    # A recovering service holds no secret for its predecessor's ledger until the members' shares are in: that
+    # part is read public-only. Its private domain stays encrypted, unchecked here; the Merkle tree covers
+    # the whole entry, so the next signature still vouches for every byte of it.
+    private = ledger.secrets.covers(seqno)
+    decoded = decode_entry(raw, ledger.secrets if private else None, file=file)
     if decoded.seqno != seqno:
         raise EntryFormatError(f"entry holds seqno {decoded.seqno}", file=file, seqno=seqno)
     if decoded.view < ledger.view or decoded.view > MAX_VIEW:
         raise VerificationError(f"view {decoded.view} goes back from {ledger.view}", file=file, seqno=seqno)
     ce = decoded.commit_evidence_digest or b""
-    if ce != ledger.secrets.for_seqno(seqno).commit_evidence_digest(decoded.view, seqno):
+    if private and ce != ledger.secrets.for_seqno(seqno).commit_evidence_digest(decoded.view, seqno):
         raise VerificationError("commit evidence digest does not match the ledger secret", file=file, seqno=seqno)
     signature = None
     if SIGNATURES in decoded.writes:

@@ -1,6 +1,6 @@
 """Ledger secrets: the AES-256-GCM keys that encrypt private maps, and the commit evidence they derive.
 
-Guarantees (ccf-ledger-format.md §3, §9):
+Guarantees (as CCF's src/node/ledger_secrets.h):
 - A secret applies from its start seqno until the next secret's start; `for_seqno` finds it.
 - Rekeying at seqno R keeps the old secret for R itself; the new one applies from R + 1.
 - Commit evidence for (view, seqno) is `ce:<view>.<seqno>:<hex nonce>` with
@@ -106,6 +106,11 @@ class LedgerSecrets:
             raise LedgerSecretError("no ledger secret")
         return self._secrets[-1]
 
+    def covers(self, seqno: int) -> bool:
+        """Whether a secret held applies to `seqno` (a recovering service holds none for the old ledger
+        until the members' shares are in)."""
+        return bool(self._starts) and self._starts[0] <= seqno
+
     def for_seqno(self, seqno: int) -> LedgerSecret:
         i = bisect_right(self._starts, seqno)
         if i == 0:
@@ -119,6 +124,19 @@ class LedgerSecrets:
             )
         self._secrets.append(secret)
         self._starts.append(secret.start)
+
+    def restore_earlier(self, earlier: list[LedgerSecret]) -> None:
+        """Add the secrets of an earlier service (disaster recovery): each must start before every secret
+        held now, so the secrets held keep applying where they did."""
+        first = self._starts[0] if self._starts else None
+        for secret in earlier:
+            if first is not None and secret.start >= first:
+                raise LedgerSecretError(f"a restored secret must start before {first}, not at {secret.start}")
+        merged = {s.start: s for s in earlier}
+        if len(merged) != len(earlier):
+            raise LedgerSecretError("two restored secrets start at the same seqno")
+        self._secrets = sorted(merged.values(), key=lambda s: s.start) + self._secrets
+        self._starts = [s.start for s in self._secrets]
 
     def rekey(self, rekey_seqno: int, raw: bytes | None = None) -> LedgerSecret:
         """Add a secret applying from `rekey_seqno + 1`; the rekey transaction keeps the old one."""
@@ -155,6 +173,45 @@ def rekey_secret_record(
     return {"previous_ledger_secret": entry}
 
 
+def recovery_secret_record(
+    previous: LedgerSecret, new: LedgerSecret, previous_record_seqno: int | None
+) -> dict[str, Any]:
+    """The record a recovered service writes once it has its predecessor's secrets back: the predecessor's
+    latest secret encrypted under the recovered service's secret, and `next_version`, where that secret
+    starts, so the chain goes on from it (CCF writes both fields at the end of a recovery)."""
+    record = rekey_secret_record(previous, new, previous_record_seqno)
+    record["next_version"] = new.start
+    return record
+
+
+def latest_secret_start(record: dict[str, Any], record_seqno: int) -> int:
+    """Where the secret in force after the record written at `record_seqno` starts: `next_version` when the
+    record names it (opening, recovery), else just after the rekey that wrote it."""
+    next_version = record.get("next_version")
+    return int(next_version) if isinstance(next_version, int) else record_seqno + 1
+
+
+def unwrap_secret_chain(records: list[tuple[int, dict[str, Any]]], latest_raw: bytes) -> list[LedgerSecret]:
+    """Every ledger secret of a service, from its latest secret (unwrapped with the recovery shares) and the
+    records of `public:ccf.internal.historical_encrypted_ledger_secret` as (seqno written, record), oldest
+    first: each record holds the secret it replaced, encrypted under the one that followed. Raises
+    `LedgerSecretError` if a record does not decrypt (wrong latest secret, or a damaged record)."""
+    if not records:
+        raise LedgerSecretError("no ledger secret record to start the chain from")
+    last_seqno, last_record = records[-1]
+    latest = LedgerSecret.create(latest_secret_start(last_record, last_seqno), latest_raw)
+    by_start = {latest.start: latest}
+    for seqno, record in reversed(records):
+        if "previous_ledger_secret" not in record:
+            continue
+        encrypting = by_start.get(latest_secret_start(record, seqno))
+        if encrypting is None:
+            raise LedgerSecretError(f"the ledger secret record at seqno {seqno} names a secret not in the chain")
+        previous = decrypt_previous_secret(record, encrypting)
+        by_start.setdefault(previous.start, previous)
+    return [by_start[start] for start in sorted(by_start)]
+
+
 def decrypt_previous_secret(record: dict[str, Any], new: LedgerSecret) -> LedgerSecret:
     """Recover the previous secret from a rekey record, given the secret that followed it."""
     try:
@@ -172,19 +229,29 @@ _OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hash
 
 def node_secrets_record(nodes: dict[str, rsa.RSAPublicKey], new: LedgerSecret) -> dict[str, Any]:
     """What a rekey writes to `public:ccf.internal.encrypted_ledger_secrets`: the new secret encrypted to each
-    trusted node's encryption key (RSA-OAEP-SHA256), so backups can switch to it (§9)."""
+    trusted node's encryption key (RSA-OAEP-SHA256), so backups can switch to it."""
     return {node_id: [{"encrypted_secret": _b64(key.encrypt(new.raw, _OAEP)), "version": new.start}]
             for node_id, key in sorted(nodes.items())}
 
 
-def secret_for_node(record: dict[str, Any], node_id: str, key: rsa.RSAPrivateKey) -> LedgerSecret | None:
-    """The secret a rekey record gives `node_id` (None if it names another set of nodes)."""
+def node_secrets_entries(nodes: dict[str, rsa.RSAPublicKey], secrets: list[LedgerSecret]) -> dict[str, Any]:
+    """Several secrets encrypted to each node (a recovered service hands its predecessor's secrets to its nodes
+    this way), in the format of `node_secrets_record`."""
+    return {node_id: [{"encrypted_secret": _b64(key.encrypt(s.raw, _OAEP)), "version": s.start} for s in secrets]
+            for node_id, key in sorted(nodes.items())}
+
+
+def secrets_for_node(record: dict[str, Any], node_id: str, key: rsa.RSAPrivateKey) -> list[LedgerSecret]:
+    """Every secret a record of `public:ccf.internal.encrypted_ledger_secrets` gives `node_id` (none if it
+    names other nodes)."""
     entries = record.get(node_id)
-    if not isinstance(entries, list) or not entries:
-        return None
-    entry = entries[-1]
-    try:
-        raw = key.decrypt(base64.b64decode(entry["encrypted_secret"]), _OAEP)
-        return LedgerSecret.create(int(entry["version"]), raw)
-    except (KeyError, TypeError, ValueError) as e:
-        raise LedgerSecretError(f"the ledger secret for node {node_id} cannot be decrypted: {e}") from None
+    if not isinstance(entries, list):
+        return []
+    out = []
+    for entry in entries:
+        try:
+            raw = key.decrypt(base64.b64decode(entry["encrypted_secret"]), _OAEP)
+            out.append(LedgerSecret.create(int(entry["version"]), raw))
+        except (KeyError, TypeError, ValueError) as e:
+            raise LedgerSecretError(f"a ledger secret for node {node_id} cannot be decrypted: {e}") from None
+    return out

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import orjson
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ledger import snapshots
 from ledger.entry import (
@@ -45,7 +45,7 @@ from ledger.errors import (
     SnapshotError,
 )
 from ledger.files import LedgerFiles
-from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, load_cert
+from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, endorse, load_cert
 from ledger.kv import ZERO_CLAIMS, CommitResult, Store, Tx, WriteSet
 from ledger.merkle import MerkleHistory
 from ledger.receipts import cose_receipt, json_receipt, json_receipt_for_signature
@@ -55,6 +55,8 @@ from ledger.tables import (
     HISTORICAL_SECRETS,
     NODE_SECRETS,
     NODES_INFO,
+    PREVIOUS_SERVICE_IDENTITY,
+    SERVICE_INFO,
     SINGLETON_KEY,
     SNAPSHOT_EVIDENCE,
     TREE,
@@ -165,6 +167,13 @@ class ServiceLedger:
         # (after a disaster recovery), and the chains they give each node certificate, cached.
         self._identity_endorsements: dict[bytes, x509.Certificate] = {}
         self._chains: dict[str, list[str]] = {}
+        # Every service certificate this ledger has held, oldest first (disaster recoveries change it)
+        self.service_certs: list[str] = []
+        state = self.store.read_tx()
+        previous = state.get_json(PREVIOUS_SERVICE_IDENTITY, SINGLETON_KEY)
+        for pem in (previous, (state.get_json(SERVICE_INFO, SINGLETON_KEY) or {}).get("cert")):
+            self._note_service_cert(pem)
+        self.store.add_local_hook(SERVICE_INFO, self._service_info_written)
 
     # --- state -------------------------------------------------------------------------------------
 
@@ -369,6 +378,14 @@ class ServiceLedger:
         chunk_start = max(self._chunk_ends[-1] + 1 if self._chunk_ends else 0, self._first)
         self._bytes_since_chunk = sum(self._sizes[chunk_start - self._first :])
 
+    def restore_previous_service(self, secrets: list[LedgerSecret],
+                                 private_state: dict[str, dict[bytes, tuple[int, bytes | None]]]) -> None:
+        """A recovered service has its predecessor's ledger secrets and private state back (decrypted from the
+        files by `ledger.recovery.PrivateReplay`); both apply below the recovered service's first secret."""
+        first = self.secrets.all()[0].start if len(self.secrets) else self.last_seqno + 1
+        self.secrets.restore_earlier(secrets)
+        self.store.restore_earlier_state(private_state, first)
+
     # --- receipts ----------------------------------------------------------------------------------
 
     def add_service_endorsement(self, endorsement: x509.Certificate) -> None:
@@ -377,6 +394,31 @@ class ServiceLedger:
         `service_endorsements` leading to the current service certificate."""
         self._identity_endorsements[_ski(endorsement)] = endorsement
         self._chains.clear()
+
+    def _service_info_written(self, version: int, changes: dict[bytes, bytes | None]) -> None:
+        raw = changes.get(SINGLETON_KEY)
+        if raw is not None:
+            self._note_service_cert(orjson.loads(raw).get("cert"))
+
+    def _note_service_cert(self, pem: Any) -> None:
+        if isinstance(pem, str) and pem.strip() and pem.strip() not in self.service_certs:
+            self.service_certs.append(pem.strip())
+
+    def endorse_previous_identities(self) -> None:
+        """Endorse, with the current service key, every earlier service identity this ledger has held (CCF's
+        service endorsements after a recovery: the earlier public key and subject, issued by the current key,
+        CA), so receipts signed under them verify against the current service certificate alone."""
+        current = cert_pem(self.service.cert).strip()
+        for pem in self.service_certs:
+            if pem == current:
+                continue
+            old = load_cert(pem)
+            if _ski(old) in self._identity_endorsements:
+                continue
+            key = old.public_key()
+            if not isinstance(key, ec.EllipticCurvePublicKey):
+                continue
+            self.add_service_endorsement(endorse(self.service.key, self.service.cert, key, "CCF Service", ca=True))
 
     def _service_endorsements(self, node_cert_pem: str) -> list[str]:
         chain = self._chains.get(node_cert_pem)
@@ -412,6 +454,8 @@ class ServiceLedger:
             raise ReceiptNotAvailable(f"seqno {seqno} is not held by this ledger")
         if seqno > self._committed:
             raise ReceiptNotAvailable(f"seqno {seqno} is not committed (commit is at {self._committed})")
+        if not self.secrets.covers(seqno):
+            raise ReceiptNotAvailable(f"seqno {seqno} belongs to a previous service whose recovery is not finished")
 
     def receipt(self, seqno: int) -> dict[str, Any]:
         """CCF's JSON receipt (describe_receipt_v1) for a committed transaction."""

@@ -141,7 +141,8 @@ class LoadedSnapshot:
 
 
 def load_snapshot(data: bytes, secrets: LedgerSecrets | None) -> LoadedSnapshot:
-    """Parse a snapshot file's bytes; with `secrets`, verify the tag and include the private maps."""
+    """Parse a snapshot file's bytes; with `secrets` that cover its seqno, verify the tag and include the
+    private maps."""
     try:
         frame = frame_entry(data, 0)
         if not frame.is_snapshot:
@@ -166,7 +167,7 @@ def load_snapshot(data: bytes, secrets: LedgerSecrets | None) -> LoadedSnapshot:
         pos += vlen
         state: SnapshotState = {}
         _parse_snapshot_maps(buf, pos, end, state, public=True)
-        if secrets is not None:
+        if secrets is not None and secrets.covers(seqno):  # a recovering node reads the public part only
             plain = decrypt_private(frame, secrets.for_seqno(seqno))
             _parse_snapshot_maps(plain, 0, len(plain), state, public=False)
         receipt = None

@@ -21,6 +21,8 @@ NODE_SECRETS = "public:ccf.internal.encrypted_ledger_secrets"
 
 SERVICE_INFO = "public:ccf.gov.service.info"
 SERVICE_CONFIG = "public:ccf.gov.service.config"
+# After a disaster recovery: the previous service certificate (a JSON string of its PEM, as CCF writes it)
+PREVIOUS_SERVICE_IDENTITY = "public:ccf.gov.service.previous_service_identity"
 CONSTITUTION = "public:ccf.gov.constitution"
 NODES_INFO = "public:ccf.gov.nodes.info"
 NODES_ENDORSED_CERTS = "public:ccf.gov.nodes.endorsed_certificates"

@@ -11,6 +11,8 @@
     "constitution": "majority",            // or "sandbox", "veto"; or "constitution_files": [...]
     "service_configuration": {"recovery_threshold": 1}
   },
+  // or, to recover a lost service from its ledger: "recover": {"previous_service_identity_file": "old.pem",
+  //   "previous_ledger_dirs": ["old/ledger"], "previous_snapshot_dirs": ["old/snapshots"]}
   "app": "app.logging:app",
   "signatures": {"every_tx": 5000, "every_ms": 20},
   "snapshots": {"every_tx": 10000},
@@ -58,6 +60,15 @@ class StartConfig:
 
 
 @dataclass(frozen=True)
+class RecoverConfig:
+    """Start a new service from a lost one's ledger (disaster recovery)."""
+
+    previous_service_identity_file: str
+    previous_ledger_dirs: tuple[str, ...] = ()  # read only; the node's own ledger/ is used as well
+    previous_snapshot_dirs: tuple[str, ...] = ()  # read only; the node's own snapshots/ is used as well
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: str = "text"
     level: str = "INFO"
@@ -72,6 +83,7 @@ class NodeConfig:
     node_to_node_address: str | None = None  # default: the RPC port + 1000
     node_to_node_published_address: str | None = None  # where others reach it (e.g. a proxy), if elsewhere
     join_target: str | None = None  # "https://host:port" of a node of the service to join
+    recover: RecoverConfig | None = None
     election_timeout_ms: int = 1000  # a backup that hears no primary for 1-2x this stands for election
     heartbeat_ms: int = 50
     app: str = "app.logging:app"
@@ -153,6 +165,22 @@ def parse_config(obj: Any, base_dir: str = ".") -> NodeConfig:
         raise ConfigError("join.target must be the https:// URL of a node of the service")
     if "join" in obj and "start" in obj:
         raise ConfigError("a node either starts a service ('start') or joins one ('join'), not both")
+    if "recover" in obj and ("start" in obj or "join" in obj):
+        raise ConfigError("a node either starts a service ('start'), joins one ('join') or recovers one "
+                          "('recover'), only one of them")
+    recover = None
+    if "recover" in obj:
+        r = _section(obj, "recover")
+        previous = _get(r, "previous_service_identity_file", str, where="recover.")
+        if previous is None:
+            raise ConfigError("recover.previous_service_identity_file is required: the lost service's certificate")
+        dirs = {}
+        for name in ("previous_ledger_dirs", "previous_snapshot_dirs"):
+            value = _get(r, name, list, [], where="recover.")
+            if not all(isinstance(d, str) for d in value):
+                raise ConfigError(f"recover.{name} must be a list of paths")
+            dirs[name] = tuple(str(path(d)) for d in value)
+        recover = RecoverConfig(str(path(previous)), **dirs)
     start = None
     if "start" in obj:
         s = _section(obj, "start")
@@ -199,6 +227,7 @@ def parse_config(obj: Any, base_dir: str = ".") -> NodeConfig:
         node_to_node_address=n2n,
         node_to_node_published_address=_get(obj, "node_to_node_published_address", str, where=""),
         join_target=target,
+        recover=recover,
         election_timeout_ms=_get(_section(obj, "consensus"), "election_timeout_ms", int, 1000, where="consensus."),
         heartbeat_ms=_get(_section(obj, "consensus"), "heartbeat_ms", int, 50, where="consensus."),
         app=_get(obj, "app", str, "app.logging:app", where=""),

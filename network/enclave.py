@@ -34,7 +34,7 @@ from loguru import logger
 from governance.errors import GovernanceError
 from governance.js_runtime import Effect
 from governance.proposals import NodeServices, js_limits
-from governance.recovery_shares import deal_shares
+from governance.recovery_shares import RecoverySharesError, clear_submitted_shares, deal_shares
 from ledger.bootstrap import NodeKeys
 from ledger.errors import LedgerError
 from ledger.genesis import VirtualQuote
@@ -42,7 +42,15 @@ from ledger.identity import cert_pem, endorse, key_id, self_signed_cert
 from ledger.kv import Tx
 from ledger.secrets import opening_secret_record
 from ledger.service_ledger import ServiceLedger, TxID
-from ledger.tables import HISTORICAL_SECRETS, NODES_ENDORSED_CERTS, NODES_INFO, SERVICE_INFO, SINGLETON_KEY, dump_json
+from ledger.tables import (
+    HISTORICAL_SECRETS,
+    NODES_ENDORSED_CERTS,
+    NODES_INFO,
+    PREVIOUS_SERVICE_IDENTITY,
+    SERVICE_INFO,
+    SINGLETON_KEY,
+    dump_json,
+)
 from network.common_endpoints import add_common_endpoints
 from network.consensus import ConsensusConfig, HardState, Raft
 from network.endpoints import EndpointContext, EndpointError, Endpoints, Mode
@@ -51,6 +59,7 @@ from network.historical import HistoricalQueries, ReceiptSource, add_receipt_end
 from network.http import ANSWER_LATER, Request, Response
 from network.join import JoinRefused, JoinRequest, network_info, node_key_of, record_join
 from network.node_frontend import build_node_frontend
+from network.recovery import NodeRecovery, Phase, recovering_status
 from network.replication import Replicator, ledger_entry_meta
 from network.wire import Envelope, ForwardedRequest, ForwardedResponse
 
@@ -133,6 +142,16 @@ def sole_voter(ledger: ServiceLedger, term: int | None = None, config: Consensus
     return raft
 
 
+def _identity_arg(value: Any) -> str:
+    """A certificate passed by the constitution to a node effect (hex of the PEM's bytes), as text."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        return bytes.fromhex(value).decode().strip()
+    except (ValueError, UnicodeDecodeError):
+        return ""
+
+
 def _parse_valid_from(text: str) -> dt.datetime:
     """ASN.1 UTCTime (YYMMDDhhmmssZ, what the constitution checks), GeneralizedTime, or ISO UTC. Chosen by
     length: strptime would read a 12-digit UTCTime as a GeneralizedTime of the year 26xx."""
@@ -149,7 +168,8 @@ def _parse_valid_from(text: str) -> dt.datetime:
 class Enclave:
     def __init__(self, ledger: ServiceLedger, keys: NodeKeys, quote: VirtualQuote, app: Endpoints,
                  host: HostServices, settings: EnclaveSettings | None = None, *,
-                 clock: Callable[[], float] = time.monotonic, raft: Raft | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, raft: Raft | None = None,
+                 recovery_snapshot: bytes | None = None) -> None:
         self.ledger = ledger
         self.keys = keys
         self._quote = quote
@@ -170,15 +190,19 @@ class Enclave:
         self._add_node_removal_endpoint()
         self._add_snapshot_endpoint()
         self._target = ""
+        self._after_commit: list[Callable[[], None]] = []  # what a request's handler asks for once it commits
         self._unsigned = ledger.last_seqno - ledger.last_signature_seqno
         self._first_unsigned_at: float | None = self.clock() if self._unsigned else None
         self._last_snapshot = ledger.last_signature_seqno
         self._snapshot_running = False
         self._stopping = False  # set by the host when it stops: no new snapshot is started
         self._service_open = self._read_service_open()
+        self._recovery_snapshot = recovery_snapshot
+        self.recovery: NodeRecovery | None = None
+        self._refresh_service_open()
         # Consensus decides commit: a new service's node is its sole voter and leads at once.
         self.replicator = Replicator(ledger, raft or sole_voter(ledger), keys.encryption_key, host.send,
-                                     host.persist_consensus, host.secrets_changed)
+                                     host.persist_consensus, self._secrets_changed)
         self.replicator.process()
         ledger.store.add_global_hook(NODES_INFO, lambda version, changes: self._membership_changed())
         # on a backup the service opens through replicated state, not through a local request
@@ -193,7 +217,7 @@ class Enclave:
 
     @property
     def node_state(self) -> str:
-        return "PartOfNetwork"
+        return self.recovery.phase.value if self.recovery is not None else "PartOfNetwork"
 
     @property
     def quote(self) -> VirtualQuote:
@@ -207,7 +231,11 @@ class Enclave:
         return self.replicator.raft.leader
 
     def frontend_open(self, prefix: str) -> bool:
-        return self._service_open if prefix == "/app" else True
+        return self._app_open() if prefix == "/app" else True
+
+    def _app_open(self) -> bool:
+        """The service is Open and this node holds the whole state (after a recovery: its private replay done)."""
+        return self._service_open and (self.recovery is None or self.recovery.phase is Phase.DONE)
 
     def session_metrics(self) -> dict[str, Any]:
         return self.host.session_metrics()
@@ -240,6 +268,41 @@ class Enclave:
                             calls={"generateEndorsedCertificate": endorsed_certificate,
                                    "generateNetworkCertificate": network_certificate})
 
+    # --- disaster recovery ---------------------------------------------------------------------------------
+
+    def _ensure_recovery(self) -> None:
+        """Follow a recovery of the service this node belongs to (from the state held, or once it arrives)."""
+        if self.recovery is None and recovering_status(self.ledger) is not None:
+            self.recovery = NodeRecovery(self.ledger, self.host.schedule, self.host.secrets_changed,
+                                         self._recovery_snapshot)
+
+    def _secrets_changed(self) -> None:
+        self.host.secrets_changed()
+        self._ensure_recovery()
+        if self.recovery is not None:
+            self.recovery.secrets_arrived()
+
+    def reading_private_ledger(self) -> bool:
+        return self.recovery is not None and self.recovery.phase is Phase.PRIVATE
+
+    def recovery_shares_complete(self, tx: Tx) -> None:
+        self._ensure_recovery()
+        if self.recovery is None:
+            raise RecoverySharesError("this service is not recovering")
+        self.recovery.shares_complete(tx)
+        self._after_commit.append(self.recovery.after_commit)
+
+    def _open_recovered_service(self) -> None:
+        """The primary holds the whole state of its predecessor: open the recovered service."""
+        assert self.recovery is not None
+        tx = self.ledger.begin()
+        self.recovery.open_writes(tx)
+        self.ledger.request_chunk()  # the recovery's own chunk ends at the next signature, then is committed
+        if self.ledger.commit(tx) is not None:
+            self._count(1)
+            self._refresh_service_open()
+            logger.info("recovered service opened")
+
     # --- requests -------------------------------------------------------------------------------------
 
     def handle(self, request: Request) -> Response:
@@ -248,7 +311,7 @@ class Enclave:
         frontend = self._frontends.get(prefix)
         if frontend is None:
             return Response.error(404, "ResourceNotFound", f"Unknown path: {path}.")
-        if frontend is self.app and not self._service_open:
+        if frontend is self.app and not self._app_open():
             return Response.error(404, "FrontendNotOpen", "Frontend is not open.")
         if frontend is not self.node and \
                 self.ledger.last_seqno - self.ledger.committed_seqno >= self.settings.max_uncommitted_tx:
@@ -272,6 +335,7 @@ class Enclave:
     def _begin(self, mode: Mode) -> Tx:
         if mode is not Mode.READWRITE:
             return self.ledger.read_tx()
+        self._after_commit = []
         if not self.is_primary:
             # Writes happen on the primary; until backups forward them, they send the client there.
             address = self._rpc_address(self.primary_id())
@@ -399,15 +463,22 @@ class Enclave:
         if ctx.mode is not Mode.READWRITE:
             return str(self.ledger.txid(ctx.tx.read_version))
         effects: list[Effect] = list(ctx.effects)
+        after, self._after_commit = self._after_commit, []
         try:
             for effect in effects:
                 if effect.name in IN_TX_EFFECTS:
                     self._in_tx_effect(ctx.tx, effect)
             txid = self.ledger.commit(ctx.tx)
         except GovernanceError as e:
+            if self.recovery is not None:
+                self.recovery.discard_pending()
             raise EndpointError(500, "InternalError", f"Failed to apply(): {e.message}") from None
         except LedgerError as e:
+            if self.recovery is not None:
+                self.recovery.discard_pending()
             raise EndpointError(500, "InternalError", f"Transaction could not be committed: {e}") from None
+        for callback in after:
+            callback()
         if txid is None:
             return str(self.ledger.txid(ctx.tx.read_version))
         self._count(1)
@@ -422,6 +493,9 @@ class Enclave:
 
     def _refresh_service_open(self) -> None:
         self._service_open = self._read_service_open()
+        self._ensure_recovery()
+        if self._service_open and self.recovery is None and len(self.ledger.service_certs) > 1:
+            self.ledger.endorse_previous_identities()
 
     def _read_service_open(self) -> bool:
         info = self.ledger.read_tx().get_json(SERVICE_INFO, SINGLETON_KEY)
@@ -432,6 +506,19 @@ class Enclave:
     def _in_tx_effect(self, tx: Tx, effect: Effect) -> None:
         if effect.name == "transition_service_to_open":
             info = dict(tx.get_json(SERVICE_INFO, SINGLETON_KEY) or {})
+            if _identity_arg(effect.args.get("next_identity")) != str(info.get("cert", "")).strip():
+                raise GovernanceError("Service identity mismatch: next_service_identity is not this service's")
+            if info.get("status") in ("WaitingForRecoveryShares", "Open"):
+                return  # as CCF: nothing more to do
+            if info.get("status") == "Recovering":
+                previous = tx.get_json(PREVIOUS_SERVICE_IDENTITY, SINGLETON_KEY)
+                if _identity_arg(effect.args.get("previous_identity")) != str(previous or "").strip():
+                    raise GovernanceError("Previous service identity does not match")
+                info["status"] = "WaitingForRecoveryShares"
+                tx.put_json(SERVICE_INFO, SINGLETON_KEY, info)
+                clear_submitted_shares(tx)
+                logger.info("recovering service waits for recovery shares")
+                return
             info["status"] = "Open"
             tx.put_json(SERVICE_INFO, SINGLETON_KEY, info)
             if tx.get(HISTORICAL_SECRETS, SINGLETON_KEY) is None:
@@ -453,8 +540,12 @@ class Enclave:
         else:
             logger.warning(f"governance asked for an unknown node effect {effect.name!r}; ignored")
 
-    def rekey(self) -> TxID:
+    def rekey(self) -> TxID | None:
         """A new ledger secret for later writes; shares are dealt again for it once the service is Open."""
+        if self.recovery is not None:
+            logger.warning("a rekey is not carried out while the service recovers (the secret chain must end at "
+                           "the recovered service's first secret); propose it again once the service is Open")
+            return None
         txid = self.ledger.rekey()
         self._count(1)
         self.host.secrets_changed()
@@ -476,8 +567,8 @@ class Enclave:
     def _start_snapshot(self) -> None:
         """Have the host serialise the state at the signature just made (a forked process, so the node keeps
         serving); the evidence transaction is committed once the snapshot's digest is known."""
-        if self._snapshot_running or self._stopping:
-            return
+        if self._snapshot_running or self._stopping or self.recovery is not None:
+            return  # no snapshot of a recovering service: it would miss its predecessor's private state
         seqno, serialise = self.ledger.snapshot_job()
         self._last_snapshot = seqno
         self._snapshot_running = True
@@ -512,6 +603,13 @@ class Enclave:
                 (self.clock() - self._first_unsigned_at) * 1000 >= self.settings.signatures.every_ms:
             self.sign()
         self.replicator.tick()
+        recovery = self.recovery
+        if recovery is not None:
+            if self.is_primary and recovery.ready_to_open():
+                self._open_recovered_service()
+            elif recovery.phase is Phase.DONE and self._service_open:
+                self.ledger.endorse_previous_identities()
+                self.recovery = None  # the recovery is over for this node
 
     def sign(self) -> TxID | None:
         """Emit a signature over everything so far, make it durable, and commit up to it."""

@@ -68,6 +68,8 @@ class EndpointContext:
     node: Any = None  # what the node lends handlers (historical queries, receipts); None outside a node
     claims_digest: bytes | None = None
     effects: list[Any] = field(default_factory=list)  # for the node to carry out once the tx commits
+    # an error answer whose writes are still committed (CCF's set_apply_writes: e.g. clearing wrong recovery shares)
+    commit_on_error: bool = False
 
     def json(self) -> Any:
         try:
@@ -156,7 +158,7 @@ class Endpoints:
                  finish: Callable[[EndpointContext], str | None], node: Any = None) -> Response:
         """Route, authenticate, run the handler on a transaction from `begin`, and let `finish` commit
         it (returning the txid for the header; it may raise EndpointError). Errors become CCF error
-        responses; a failed request's transaction is never committed."""
+        responses; a failed request's transaction is never committed, unless its handler set `commit_on_error`."""
         url = urlsplit(request.target)
         try:
             endpoint, params = self.match(request.method, url.path)
@@ -170,7 +172,7 @@ class Endpoints:
             ctx = EndpointContext(request, tx, caller, params, parse_qs(url.query), endpoint.mode, node)
             result = endpoint.handler(ctx)
             response = result if isinstance(result, Response) else Response.json(200, result)
-            txid = finish(ctx) if response.status < 400 else None
+            txid = finish(ctx) if response.status < 400 or ctx.commit_on_error else None
             if txid is not None:
                 response = Response(response.status, response.body, (*response.headers, (TXID_HEADER, txid)))
             return response

@@ -10,8 +10,8 @@ governance decides, this module only translates. It owns the HTTP side of govern
   so nothing of it is recorded;
 - effects asked for by `apply` (open the service, rekey, ...) are handed to the node in `ctx.effects`.
 
-Not here: recovery of a service (`:recover` answers 403 `ServiceNotWaitingForRecoveryShares` because this
-node never waits for shares).
+Recovery shares are taken in while a recovering service waits for them; the node combines them at the
+threshold (`GovNode.recovery_shares_complete`).
 """
 
 from __future__ import annotations
@@ -63,6 +63,11 @@ class GovNode(Protocol):
     def root_at(self, version: int) -> bytes: ...
 
     def node_services(self) -> NodeServices: ...
+
+    def reading_private_ledger(self) -> bool: ...
+
+    def recovery_shares_complete(self, tx: Tx) -> None:
+        """The threshold is reached: unwrap the previous service's secrets (`RecoverySharesError` if wrong)."""
 
 
 def status_of(error: GovernanceError) -> int:
@@ -283,10 +288,36 @@ def build_gov_frontend(ledger: LedgerView) -> Endpoints:
     @gov.endpoint("POST", "/recovery/members/{memberId}:recover", mode=rw)
     @_governed
     def recover(ctx: EndpointContext) -> object:
-        """Submit a recovery share (only while a recovering service waits for shares)."""
-        _signed(ctx, MessageType.RECOVERY_SHARE, require_active=True)
-        raise AuthorizationFailed("Service is not waiting for recovery shares",
-                                  code="ServiceNotWaitingForRecoveryShares")
+        """Submit a decrypted recovery share (while a recovering service waits for shares)."""
+        request = _signed(ctx, MessageType.RECOVERY_SHARE, require_active=True)
+        node = node_of(ctx)
+        info = ctx.tx.get_json(SERVICE_INFO, SINGLETON_KEY)
+        if not isinstance(info, dict) or info.get("status") != "WaitingForRecoveryShares":
+            raise AuthorizationFailed("Service is not waiting for recovery shares.",
+                                      code="ServiceNotWaitingForRecoveryShares")
+        if node.reading_private_ledger():
+            raise AuthorizationFailed("Node is already recovering private ledger.", code="NodeAlreadyRecovering")
+        if request.member_id != ctx.params["memberId"]:
+            raise InvalidRequest(f"Member {request.member_id} cannot submit a share for member "
+                                 f"{ctx.params['memberId']}", code="InvalidAuthenticationInfo")
+        try:
+            body = orjson.loads(request.payload)
+        except orjson.JSONDecodeError:
+            body = None
+        share = recovery_shares.parse_share(body)
+        submitted, threshold = recovery_shares.submit_share(ctx.tx, request.member_id, share)
+        message = f"{submitted}/{threshold} recovery shares successfully submitted"
+        if submitted >= threshold:
+            try:
+                node.recovery_shares_complete(ctx.tx)
+            except recovery_shares.RecoverySharesError as e:
+                # the wrong shares are cleared (and that is committed) so members can start over
+                recovery_shares.clear_submitted_shares(ctx.tx)
+                ctx.commit_on_error = True
+                return Response.error(500, "InternalError", f"Failed to initiate private recovery: {e.message}")
+            message += "\nEnd of recovery procedure initiated"
+        return {"message": message, "submittedCount": submitted, "recoveryThreshold": threshold,
+                "fullKeySubmitted": False}
 
     # --- service state ------------------------------------------------------------------------------
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from governance.member_client import APPROVE_BALLOT, REJECT_BALLOT, MemberSigner
+from governance.recovery_shares import decrypt_share
 from network.client import ServiceClient
 
 API_VERSION = "2024-07-01"
@@ -71,4 +74,19 @@ class MemberApi:
 
     def service_info(self) -> dict[str, Any]:
         result: dict[str, Any] = self.client.json_ok("GET", self._path("/service/info"))
+        return result
+
+    def encrypted_recovery_share(self) -> str:
+        """This member's recovery share, encrypted to its encryption key (base64)."""
+        result: dict[str, Any] = self.client.json_ok(
+            "GET", self._path(f"/recovery/encrypted-shares/{self.member_id}"))
+        return str(result["encryptedShare"])
+
+    def submit_recovery_share(self, encryption_key: rsa.RSAPrivateKey) -> dict[str, Any]:
+        """Fetch this member's share, decrypt it with `encryption_key`, and submit it to the recovering service.
+        Returns the answer: `message` ("k/N recovery shares successfully submitted"), `submittedCount`,
+        `recoveryThreshold`."""
+        share = decrypt_share(self.encrypted_recovery_share(), encryption_key)
+        result: dict[str, Any] = self._post(f"/recovery/members/{self.member_id}:recover",
+                                            self.signer.recovery_share(share))
         return result

@@ -4,6 +4,9 @@
 - on an empty data directory, as the first node of a new service: it makes the service and node identities,
   writes genesis and its signature (members, constitution, configuration, its own virtual quote), seals its
   secrets, and writes the service certificate to `service_certificate_file`;
+- with a `recover` section and no sealed node, it starts a new service from a lost one's ledger (disaster
+  recovery: a new service identity, the previous ledger's public part replayed; members then open it and
+  submit their recovery shares);
 - on a data directory that holds a sealed node, it resumes that service: unseals, replays and verifies its
   ledger files, drops any unsigned suffix, and continues in a new view with a signature.
 It then serves HTTPS on `rpc_address` (TLS with its service-endorsed certificate, any client certificate
@@ -38,9 +41,18 @@ from loguru import logger
 
 from governance.constitution import default_constitution
 from ledger.bootstrap import NodeKeys, start_new_service
+from ledger.entry import FLAG_FORCE_CHUNK_BEFORE
+from ledger.errors import LedgerError
 from ledger.files import LedgerFiles
-from ledger.genesis import GenesisMember, NodeNetwork, ServiceConfig, VirtualQuote
+from ledger.genesis import GenesisMember, GenesisNode, NodeNetwork, ServiceConfig, VirtualQuote
 from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, hash_for_key, key_pem, load_cert, load_key
+from ledger.recovery import (
+    RecoveryError,
+    choose_snapshot,
+    gather_previous_ledger,
+    recovery_create_writes,
+    replay_public,
+)
 from ledger.replay import recover
 from ledger.secrets import LedgerSecret, LedgerSecrets
 from ledger.service_ledger import ServiceLedger
@@ -306,6 +318,59 @@ class NodeHost:
         logger.info(f"started a new service; node {identity.node_id[:16]}..., genesis at 2.1")
         return ledger, keys
 
+    def _start_recovery(self) -> tuple[ServiceLedger, NodeKeys, Raft, bytes | None]:
+        """Disaster recovery: a new service identity and node key, the previous ledger gathered into this node's
+        ledger directory and its public part replayed (verified) up to the previous service's last signature."""
+        recover = self.config.recover
+        assert recover is not None
+        previous_cert = load_cert(_read(recover.previous_service_identity_file))
+        try:
+            copied = gather_previous_ledger(list(recover.previous_ledger_dirs), self.config.ledger_dir)
+            files, report = LedgerFiles.open(self.config.ledger_dir, fsync=self.config.fsync)
+            for warning in report.warnings:
+                logger.warning(f"recovery: {warning}")
+            if files.last_seqno == 0:
+                raise RecoveryError(f"no ledger to recover: {self.config.ledger_dir} and "
+                                    f"{list(recover.previous_ledger_dirs)} hold no chunk")
+            found = choose_snapshot([self.config.snapshot_dir, *recover.previous_snapshot_dirs], files,
+                                    previous_cert)
+            service = ServiceIdentity.create()
+            identity = NodeIdentity.create().endorsed_by(service)
+            keys = NodeKeys(identity, rsa.generate_private_key(public_exponent=65537, key_size=2048))
+            logger.info(f"recovery: replaying the public ledger ({len(copied)} chunk(s) gathered"
+                        + (f", from snapshot {found[0]}" if found else "") + ")")
+            public = replay_public(files, node=identity, service=service, previous_service_cert=previous_cert,
+                                   snapshot=found[1] if found else None, chunk_size=self.config.chunk_size,
+                                   snapshot_dir=self.config.snapshot_dir)
+        except LedgerError as e:
+            raise NodeStartError(f"cannot recover: {e}") from None
+        ledger = public.ledger
+        ledger.secrets.add(LedgerSecret.create(ledger.last_seqno + 1))  # the recovered service's own secret
+        # The create transaction and its signature, in the view after next (as CCF), durable and committed
+        # (this node is the recovered service's only voter), before anything else is served.
+        ledger.set_view(ledger.view + 2)
+        seqno = ledger.last_seqno + 1
+        network = NodeNetwork(self.config.rpc_address, self.config.n2n_address,
+                              published_node_to_node_address=self.config.node_to_node_published_address)
+        node = GenesisNode(keys.identity, self._quote(identity), keys.encryption_public_pem, network)
+        try:
+            # the previous service's chunks end where it ended (CCF starts the recovered service in a new chunk)
+            ledger.commit_writes(recovery_create_writes(ledger.read_tx(), service, node, f"{ledger.view}.{seqno}"),
+                                 flags=FLAG_FORCE_CHUNK_BEFORE)
+        except RecoveryError as e:
+            raise NodeStartError(f"cannot recover: {e}") from None
+        ledger.emit_signature()
+        ledger.flush()
+        ledger.commit_to(ledger.last_seqno)
+        self._seal(keys, ledger)  # only now: a node killed before this recovers again from the same files
+        raft = Raft(identity.node_id, [identity.node_id], random.Random().randrange, config=self.consensus_config,
+                    hard_state=HardState(ledger.view, identity.node_id), commit=ledger.last_seqno,
+                    first_index=ledger.last_seqno + 1, base_term=ledger.view, older=ledger_entry_meta(ledger))
+        raft.campaign(transfer=False)
+        logger.info(f"recovery: public ledger verified up to {ledger.txid(seqno - 1)}; the recovered service "
+                    f"was created at {ledger.txid(seqno)}, Recovering: members open it, then submit their shares")
+        return ledger, keys, raft, found[1] if found else None
+
     def _resume(self) -> tuple[ServiceLedger, NodeKeys, Raft]:
         try:
             sealed = sealing.unseal(self.config.data_dir)
@@ -484,8 +549,13 @@ class NodeHost:
                 os.unlink(os.path.join(self.config.snapshot_dir, name))
         host, port = self.config.host_port
         raft: Raft | None = None
+        recovery_snapshot: bytes | None = None
         if sealing.is_sealed(self.config.data_dir):
             ledger, keys, raft = self._resume()
+        elif self.config.recover is not None:
+            if port == 0:
+                raise NodeStartError("a recovering service needs a fixed rpc_address port (it is in the ledger)")
+            ledger, keys, raft, recovery_snapshot = self._start_recovery()
         elif self.config.join_target is not None:
             ledger, keys, raft = await self._join()
         else:
@@ -496,7 +566,9 @@ class NodeHost:
         app = load_app(self.config.app)
         quote = self._quote(keys.identity)
         self.enclave = enclave = Enclave(ledger, keys, quote, app, self, self.config.enclave,
-                                         raft=raft or sole_voter(ledger, config=self.consensus_config))
+                                         raft=raft or sole_voter(ledger, config=self.consensus_config),
+                                         recovery_snapshot=recovery_snapshot)
+
         assert keys.identity.endorsed is not None
         server_ctx, client_ctx = tls_contexts(cert_pem(keys.identity.endorsed), key_pem(keys.identity.key),
                                               ledger.service.pem)

@@ -18,7 +18,7 @@ import orjson
 
 from ledger.genesis import VirtualQuote
 from ledger.kv import Tx
-from ledger.tables import NODES_INFO, SERVICE_CONFIG, SERVICE_INFO, SINGLETON_KEY
+from ledger.tables import NODES_INFO, PREVIOUS_SERVICE_IDENTITY, SERVICE_CONFIG, SERVICE_INFO, SINGLETON_KEY
 from network.common_endpoints import LedgerView, add_common_endpoints
 from network.endpoints import EndpointContext, EndpointError, Endpoints
 from network.http import Response
@@ -193,9 +193,8 @@ def build_node_frontend(ledger: LedgerView) -> Endpoints:
     @node.endpoint("GET", "/service/previous_identity")
     def previous_identity(ctx: EndpointContext) -> object:
         """The previous service identity, after a recovery."""
-        info = ctx.tx.get_json(SERVICE_INFO, SINGLETON_KEY)
-        previous = info.get("previous_service_identity") if isinstance(info, dict) else None
-        if previous is None:
+        previous = ctx.tx.get_json(PREVIOUS_SERVICE_IDENTITY, SINGLETON_KEY)
+        if not isinstance(previous, str):
             raise EndpointError(404, "ResourceNotFound", "This service is not a recovery of a previous service.")
         return {"previous_service_identity": previous}
 

@@ -1,0 +1,326 @@
+"""Disaster recovery, the ledger's part: a new service rebuilt from a lost service's ledger files.
+
+A recovering node holds none of its predecessor's ledger secrets. It:
+- gathers the previous service's chunk files (from read-only directories too) into its own ledger directory
+  (`gather_previous_ledger`), so that afterwards one directory holds the whole history;
+- picks the latest committed snapshot that the files continue and whose receipt verifies against the previous
+  service certificate (`choose_snapshot`);
+- replays the public part of the ledger (`replay_public`), verifying every signature against the Merkle tree
+  rebuilt from the entries and the previous service's identities, and stops at the last signature made under
+  the previous service identity (what follows it, a torn tail or an abandoned earlier recovery, is dropped and
+  reported; damage inside a committed chunk is refused with the file and seqno);
+- once the members' shares have unwrapped the latest secret and the chain gave the others, decrypts the private
+  part (`PrivateReplay`, in bounded steps so a node keeps serving meanwhile) and hands its state to the store.
+
+Guarantees: nothing here reads sealed state; nothing private is applied from an entry whose GCM tag and commit
+evidence do not verify under the recovered secrets. Not here: shares (governance), the node's lifecycle.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from cryptography import x509
+from loguru import logger
+
+from ledger.entry import decode_entry, decrypt_private, frame_entry, parse_maps
+from ledger.errors import (
+    CorruptedCommittedChunk,
+    EntryFormatError,
+    LedgerError,
+    LedgerSecretError,
+    ReceiptError,
+    SnapshotError,
+    VerificationError,
+)
+from ledger.files import LedgerFiles, parse_chunk_name
+from ledger.genesis import GenesisNode
+from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem
+from ledger.kv import Tx, WriteSet, is_public
+from ledger.receipts import verify_json_receipt
+from ledger.replay import recover
+from ledger.secrets import LedgerSecret, LedgerSecrets, unwrap_secret_chain
+from ledger.service_ledger import ServiceLedger
+from ledger.snapshots import load_snapshot, parse_snapshot_name
+from ledger.tables import (
+    HISTORICAL_SECRETS,
+    NODES_ENDORSED_CERTS,
+    NODES_INFO,
+    PREVIOUS_SERVICE_IDENTITY,
+    SERVICE_INFO,
+    SINGLETON_KEY,
+    VIRTUAL_HOST_DATA,
+    VIRTUAL_MEASUREMENTS,
+    dump_json,
+)
+
+RecoveredState = dict[str, dict[bytes, tuple[int, bytes | None]]]
+
+
+class RecoveryError(LedgerError):
+    """The previous service's ledger cannot be recovered (the message names the file, seqno or reason)."""
+
+
+def gather_previous_ledger(sources: list[str], target: str) -> list[str]:
+    """Copy the previous service's chunk files into `target` (created if missing). A chunk already in `target`,
+    or one starting where a chunk copied before starts, is skipped (earlier sources win). Returns the names
+    copied. Sources are only read."""
+    os.makedirs(target, exist_ok=True)
+    starts = {parsed[0] for name in os.listdir(target) if (parsed := parse_chunk_name(name)) is not None}
+    copied: list[str] = []
+    for source in sources:
+        if os.path.abspath(source) == os.path.abspath(target):
+            continue
+        try:
+            names = sorted(os.listdir(source))
+        except OSError as e:
+            raise RecoveryError(f"cannot read the previous ledger directory {source}: {e.strerror}") from None
+        for name in names:
+            parsed = parse_chunk_name(name)
+            if parsed is None or parsed[0] in starts:
+                continue
+            shutil.copyfile(os.path.join(source, name), os.path.join(target, name))
+            starts.add(parsed[0])
+            copied.append(name)
+    return copied
+
+
+def choose_snapshot(snapshot_dirs: list[str], files: LedgerFiles,
+                    previous_service_cert: x509.Certificate) -> tuple[str, bytes] | None:
+    """The latest committed snapshot the files continue (they hold the entry after it) whose receipt verifies
+    against the previous service certificate; snapshots that do not are skipped with a warning."""
+    candidates: list[tuple[int, str]] = []
+    for directory in snapshot_dirs:
+        if not os.path.isdir(directory):
+            continue
+        for name in os.listdir(directory):
+            parsed = parse_snapshot_name(name)
+            if parsed is not None and parsed[2] and files.first_seqno <= parsed[0] + 1 <= files.last_seqno:
+                candidates.append((parsed[0], os.path.join(directory, name)))
+    for _seqno, path in sorted(candidates, reverse=True):
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            loaded = load_snapshot(data, None)
+            if loaded.receipt is None:
+                raise SnapshotError("no receipt")
+            verify_json_receipt(loaded.receipt, previous_service_cert)
+        except (SnapshotError, ReceiptError, ValueError) as e:
+            logger.warning(f"{os.path.basename(path)}: not used for the recovery ({e})")
+            continue
+        return os.path.basename(path), data
+    return None
+
+
+@dataclass
+class PublicRecovery:
+    """What the public replay found: the ledger (public state, committed to its last signature) and a report."""
+
+    ledger: ServiceLedger
+    snapshot: str | None
+    dropped_after: int | None  # seqno after which entries were dropped, if any were
+    previous_service_info: dict[str, Any]
+    previous_service_info_seqno: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def _signed_by(ledger: ServiceLedger, seqno: int, service_pem: str) -> bool:
+    """Whether the signature at `seqno` was made under the service identity `service_pem`."""
+    info = ledger.read_tx(seqno).get_json(SERVICE_INFO, SINGLETON_KEY)
+    return isinstance(info, dict) and str(info.get("cert", "")).strip() == service_pem.strip()
+
+
+def replay_public(files: LedgerFiles, *, node: NodeIdentity, service: ServiceIdentity,
+                  previous_service_cert: x509.Certificate, snapshot: bytes | None = None,
+                  **kwargs: Any) -> PublicRecovery:
+    """Replay the public part of `files` (after `snapshot` if given) into a ledger that will write as `node` of
+    `service`, truncated to the last signature made under `previous_service_cert` and committed to it."""
+    secrets = LedgerSecrets([])
+    base = None
+    if snapshot is not None:
+        base = ServiceLedger.from_snapshot(snapshot, secrets=secrets, node=node, service=service, files=None,
+                                           **kwargs)
+    try:
+        ledger = recover(files, secrets=secrets, node=node, service=service, base=base, **kwargs)
+    except CorruptedCommittedChunk as e:
+        raise RecoveryError(f"the previous ledger does not verify: {e}") from None
+    previous_pem = cert_pem(previous_service_cert)
+    signed = [s for s in ledger.signature_seqnos() if _signed_by(ledger, s, previous_pem)]
+    if not signed:
+        raise RecoveryError("no signature made under the previous service identity was found in the ledger "
+                            "(wrong previous_service_identity_file, or an empty ledger)")
+    last = signed[-1]
+    dropped = None
+    warnings: list[str] = []
+    if ledger.last_seqno > last:
+        dropped = last
+        message = (f"dropped {ledger.last_seqno - last} entries after seqno {last}, the last signature of the "
+                   "previous service")
+        warnings.append(message)
+        logger.warning(message)
+    # Everything up to the last signature was signed, and so is taken as committed by the recovered service
+    # (CCF truncates a recovered ledger to its last signature the same way).
+    if ledger.committed_seqno > last:
+        raise RecoveryError(f"the committed ledger goes past the previous service's last signature at {last}")
+    _truncate_to(ledger, files, last)
+    ledger.commit_to(last)
+    state = ledger.read_tx()
+    info = state.get_json(SERVICE_INFO, SINGLETON_KEY)
+    return PublicRecovery(ledger, None, dropped, dict(info), state.get_version(SERVICE_INFO, SINGLETON_KEY),
+                          warnings)
+
+
+def recovery_create_writes(state: Tx, service: ServiceIdentity, node: GenesisNode, create_txid: str) -> WriteSet:
+    """The first transaction of a recovered service (CCF's `create` in recovery): service info with the new
+    certificate, status Recovering and one more recovery; the previous certificate recorded; the previous
+    service's nodes retired; this node Trusted with its certificate endorsed by the new service."""
+    if node.identity.endorsed is None:
+        raise RecoveryError("the recovering node needs its certificate endorsed by the new service")
+    previous = state.get_json(SERVICE_INFO, SINGLETON_KEY)
+    if not isinstance(previous, dict) or previous.get("status") not in ("Open", "Recovering",
+                                                                           "WaitingForRecoveryShares"):
+        raise RecoveryError("the previous service never opened: it has no recovery shares to recover with")
+    info: dict[str, Any] = {
+        "cert": cert_pem(service.cert),
+        "current_service_create_txid": create_txid,
+        "previous_service_identity_version": state.get_version(SERVICE_INFO, SINGLETON_KEY),
+        "recovery_count": int(previous.get("recovery_count") or 0) + 1,
+        "status": "Recovering",
+    }
+    if previous.get("service_data") is not None:
+        info["service_data"] = previous["service_data"]
+    nodes: dict[bytes, bytes | None] = {}
+    for key, raw in state.items(NODES_INFO):
+        old = orjson.loads(raw)
+        if old.get("status") != "Retired":
+            nodes[key] = dump_json({**old, "status": "Retired"})
+    node_id = node.identity.node_id.encode()
+    nodes[node_id] = dump_json(node.info("Trusted"))
+    writes: WriteSet = {
+        SERVICE_INFO: {SINGLETON_KEY: dump_json(info)},
+        PREVIOUS_SERVICE_IDENTITY: {SINGLETON_KEY: dump_json(str(previous["cert"]))},
+        NODES_INFO: nodes,
+        NODES_ENDORSED_CERTS: {node_id: cert_pem(node.identity.endorsed).encode()},
+    }
+    if state.get(VIRTUAL_MEASUREMENTS, node.quote.measurement) is None:
+        writes[VIRTUAL_MEASUREMENTS] = {node.quote.measurement.encode(): dump_json("AllowedToJoin")}
+    if state.get(VIRTUAL_HOST_DATA, node.quote.host_data) is None:
+        writes[VIRTUAL_HOST_DATA] = {node.quote.host_data.encode(): dump_json("")}
+    return writes
+
+
+def _truncate_to(ledger: ServiceLedger, files: LedgerFiles, seqno: int) -> None:
+    if ledger.last_seqno > seqno:
+        ledger.rollback(seqno)
+    if files.last_seqno > seqno:
+        files.truncate(seqno)
+
+
+def secret_records(ledger: ServiceLedger, files: LedgerFiles) -> list[tuple[int, dict[str, Any]]]:
+    """Every record of `public:ccf.internal.historical_encrypted_ledger_secret` up to the ledger's state, as
+    (seqno written, record), oldest first: the latest from the state, the earlier ones by following
+    `previous_secret_stored_version` back through the files (public parts only)."""
+    state = ledger.read_tx()
+    record = state.get_json(HISTORICAL_SECRETS, SINGLETON_KEY)
+    if not isinstance(record, dict):
+        return []
+    seqno = state.get_version(HISTORICAL_SECRETS, SINGLETON_KEY)
+    records = [(seqno, record)]
+    while True:
+        previous = record.get("previous_ledger_secret", {}).get("previous_secret_stored_version")
+        if not isinstance(previous, int):
+            break
+        if not files.first_seqno <= previous <= files.last_seqno:
+            logger.warning(f"the ledger secret record at seqno {previous} is not in the ledger files; secrets "
+                           "older than it cannot be recovered")
+            break
+        decoded = decode_entry(files.read(previous), None)
+        raw = decoded.writes.get(HISTORICAL_SECRETS, {}).get(SINGLETON_KEY)
+        if raw is None:
+            raise RecoveryError(f"seqno {previous} holds no ledger secret record, yet a later record names it")
+        seqno, record = previous, orjson.loads(raw)
+        records.append((seqno, record))
+    records.reverse()
+    return records
+
+
+class PrivateReplay:
+    """Decrypt the private part of the previous service's ledger, `step` by `step`, once its secrets are back.
+
+    Starts from the snapshot the public replay started from (its private domain), then every entry after it up
+    to `end`. Each entry's GCM tag and commit evidence are checked against the recovered secrets; a failure is
+    a `RecoveryError` (wrong secrets, or a damaged entry) and nothing is handed over. `state()` gives, per
+    private map, each key's last value and the seqno that wrote it."""
+
+    def __init__(self, files: LedgerFiles, secrets: LedgerSecrets, start: int, end: int,
+                 snapshot: bytes | None = None) -> None:
+        self._files = files
+        self._secrets = secrets
+        self._next = start
+        self._end = end
+        self._state: RecoveredState = {}
+        if snapshot is not None:
+            self._load_snapshot(snapshot)
+
+    @property
+    def done(self) -> bool:
+        return self._next > self._end
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        return self._next - 1, self._end
+
+    def _load_snapshot(self, data: bytes) -> None:
+        try:
+            loaded = load_snapshot(data, self._secrets)
+        except SnapshotError as e:
+            raise RecoveryError(f"the snapshot's private part cannot be read with the recovered secrets: {e}") \
+                from None
+        for name, entries in loaded.state.items():
+            if not is_public(name):
+                target = self._state.setdefault(name, {})
+                for key, (version, value) in entries.items():
+                    target[key] = (version, value)
+
+    def step(self, budget: int = 2000) -> None:
+        end = min(self._end, self._next + budget - 1)
+        if self._next > end:
+            return
+        for offset, raw in enumerate(self._files.read_range(self._next, end)):
+            seqno = self._next + offset
+            self._apply(seqno, raw)
+        self._next = end + 1
+
+    def _apply(self, seqno: int, raw: bytes) -> None:
+        file = os.path.basename(self._files.chunk_file_of(seqno))
+        try:
+            frame = frame_entry(raw, 0, file=file)
+            secret = self._secrets.for_seqno(seqno)
+            plain = decrypt_private(frame, secret, file=file)
+            decoded = decode_entry(raw, None, file=file)
+            if (decoded.commit_evidence_digest or b"") != secret.commit_evidence_digest(decoded.view, seqno):
+                raise VerificationError("commit evidence digest does not match the recovered secret", file=file,
+                                        seqno=seqno)
+        except (EntryFormatError, VerificationError, LedgerSecretError) as e:
+            raise RecoveryError(f"private replay failed at seqno {seqno} ({file}): {e}") from None
+        if not plain:
+            return
+        writes = parse_maps(plain, 0, len(plain), seqno=seqno, file=file, offset=0, public=False)
+        for name, changes in writes.items():
+            target = self._state.setdefault(name, {})
+            for key, value in changes.items():
+                target[key] = (seqno, value)
+
+    def state(self) -> RecoveredState:
+        if not self.done:
+            raise RecoveryError("the private replay is not finished")
+        return self._state
+
+
+def restore_secrets(ledger: ServiceLedger, files: LedgerFiles, latest_raw: bytes) -> list[LedgerSecret]:
+    """The previous service's secrets, from its latest (unwrapped by the shares) and the chain of records."""
+    return unwrap_secret_chain(secret_records(ledger, files), latest_raw)

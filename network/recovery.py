@@ -1,0 +1,176 @@
+"""A node's part in a disaster recovery, from the public ledger to the service Open again (as CCF does it).
+
+A node of a recovering service holds its own new ledger secret (from the service's first seqno) but none of its
+predecessor's; the predecessor's ledger is read public-only. Phases (`node_state` as CCF names them):
+- `PartOfPublicNetwork`: serving `/gov` and `/node`; members open the service with the previous identity, the
+  status becomes `WaitingForRecoveryShares`, and recovery members submit their shares.
+- At the threshold (on the primary, inside the request that reached it) the shares rebuild the wrapping key,
+  which unwraps the predecessor's latest secret; the chain of secret records gives the earlier ones. Wrong
+  shares fail there (AES-GCM authenticates the secret) and are cleared. The secrets go to every trusted node
+  in the same transaction, encrypted to its key, as CCF's LedgerSecretsBroadcast does.
+- `ReadingPrivateLedger`: each node decrypts its predecessor's private entries from its own files in bounded
+  steps on its event loop (so consensus keeps time), then hands the state to its store.
+- `PartOfNetwork`: once its own replay is done, the primary writes the opening: status Open, the secret chain
+  continued (`next_version` = the new secret's start), new shares for the new secret.
+
+A node restarted midway resumes from its sealed state: with only its own secret it is back in the public phase;
+with its predecessor's secrets too (sealed as soon as they arrived) its replay already decrypted everything.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from loguru import logger
+
+from governance.recovery_shares import (
+    RecoverySharesError,
+    clear_submitted_shares,
+    deal_shares,
+    recover_latest_secret,
+)
+from ledger.errors import LedgerSecretError
+from ledger.files import LedgerFiles
+from ledger.kv import Tx
+from ledger.recovery import PrivateReplay, RecoveryError, restore_secrets
+from ledger.secrets import LedgerSecret, node_secrets_entries, recovery_secret_record
+from ledger.service_ledger import ServiceLedger
+from ledger.snapshots import load_snapshot
+from ledger.tables import HISTORICAL_SECRETS, NODE_SECRETS, NODES_INFO, SERVICE_INFO, SINGLETON_KEY, dump_json
+
+REPLAY_STEP = 5000  # entries decrypted per turn of the event loop
+
+
+class Phase(enum.Enum):
+    PUBLIC = "PartOfPublicNetwork"
+    PRIVATE = "ReadingPrivateLedger"
+    DONE = "PartOfNetwork"
+
+
+def recovering_status(ledger: ServiceLedger) -> str | None:
+    info = ledger.read_tx().get_json(SERVICE_INFO, SINGLETON_KEY)
+    status = info.get("status") if isinstance(info, dict) else None
+    return str(status) if status in ("Recovering", "WaitingForRecoveryShares") else None
+
+
+def create_seqno(ledger: ServiceLedger) -> int:
+    """The first seqno of the current service (from `current_service_create_txid`)."""
+    info = ledger.read_tx().get_json(SERVICE_INFO, SINGLETON_KEY)
+    txid = str(info.get("current_service_create_txid", "")) if isinstance(info, dict) else ""
+    try:
+        return int(txid.split(".")[1])
+    except (IndexError, ValueError):
+        raise RecoveryError(f"service info holds no creation transaction id ({txid!r})") from None
+
+
+class NodeRecovery:
+    """Drives one node through a recovery; the enclave asks it what to do and when."""
+
+    def __init__(self, ledger: ServiceLedger, schedule: Callable[[Callable[[], None]], None],
+                 seal: Callable[[], None], snapshot: bytes | None = None) -> None:
+        self.ledger = ledger
+        self._schedule = schedule
+        self._seal = seal
+        self._snapshot = snapshot
+        self.first_new_seqno = create_seqno(ledger)  # the recovered service's own secret starts there
+        self.phase = Phase.DONE if ledger.secrets.covers(self._replay_start()) else Phase.PUBLIC
+        self._replay: PrivateReplay | None = None
+        self._pending: list[LedgerSecret] | None = None
+        if self.phase is Phase.DONE:
+            logger.info("recovery: this node holds the previous service's secrets; its private state is replayed")
+
+    @property
+    def files(self) -> LedgerFiles:
+        if self.ledger.files is None:
+            raise RecoveryError("a recovering node needs its ledger files")
+        return self.ledger.files
+
+    # --- shares (primary, inside the request that reached the threshold) --------------------------------
+
+    def shares_complete(self, tx: Tx) -> None:
+        """Unwrap the previous secrets with the submitted shares, clear them, and hand the secrets to every trusted
+        node. Raises `RecoverySharesError` if the shares are wrong; the caller then clears them."""
+        latest = recover_latest_secret(tx)
+        try:
+            secrets = restore_secrets(self.ledger, self.files, latest)
+        except (LedgerSecretError, RecoveryError) as e:
+            raise RecoverySharesError(f"the previous ledger secrets cannot be recovered: {e}") from None
+        if secrets[0].start > self._replay_start():
+            logger.warning(f"recovery: secrets before seqno {secrets[0].start} are not in the ledger files")
+        clear_submitted_shares(tx)
+        nodes: dict[str, rsa.RSAPublicKey] = {}
+        for key, _ in tx.items(NODES_INFO):
+            info = tx.get_json(NODES_INFO, key)
+            if isinstance(info, dict) and info.get("status") == "Trusted" and info.get("encryption_pub_key"):
+                public = serialization.load_pem_public_key(str(info["encryption_pub_key"]).encode())
+                if isinstance(public, rsa.RSAPublicKey):
+                    nodes[key.decode()] = public
+        tx.put(NODE_SECRETS, SINGLETON_KEY, dump_json(node_secrets_entries(nodes, secrets)))
+        self._pending = secrets
+
+    def after_commit(self) -> None:
+        """The transaction of `shares_complete` committed: take the secrets and start the private replay."""
+        if self._pending is None:
+            return
+        secrets, self._pending = self._pending, None
+        self.ledger.secrets.restore_earlier([s for s in secrets if s.start < self.first_new_seqno])
+        self.secrets_arrived()
+
+    def discard_pending(self) -> None:
+        self._pending = None
+
+    # --- private replay (every node) ------------------------------------------------------------------
+
+    def secrets_arrived(self) -> None:
+        """This node now holds its predecessor's secrets (seal them at once: a restart then needs no shares)."""
+        self._seal()
+        if self.phase is not Phase.PUBLIC or not self.ledger.secrets.covers(self._replay_start()):
+            return
+        self.phase = Phase.PRIVATE
+        self._replay = PrivateReplay(self.files, self.ledger.secrets, self._replay_start(),
+                                     self.first_new_seqno - 1, self._snapshot)
+        logger.info(f"recovery: reading the private ledger up to seqno {self.first_new_seqno - 1}")
+        self._schedule(self._step)
+
+    def _replay_start(self) -> int:
+        if self._snapshot is not None:
+            return load_snapshot(self._snapshot, None).seqno + 1
+        return self.files.first_seqno
+
+    def _step(self) -> None:
+        replay = self._replay
+        if replay is None:
+            return
+        try:
+            replay.step(REPLAY_STEP)
+        except RecoveryError as e:
+            logger.error(f"recovery: {e}; this node stays in the public phase")
+            self.phase, self._replay = Phase.PUBLIC, None
+            return
+        if not replay.done:
+            self._schedule(self._step)
+            return
+        self.ledger.store.restore_earlier_state(replay.state(), self.first_new_seqno)
+        self._replay = None
+        self.phase = Phase.DONE
+        logger.info("recovery: private ledger read; this node holds the whole state")
+
+    # --- opening (primary) -----------------------------------------------------------------------------
+
+    def ready_to_open(self) -> bool:
+        return self.phase is Phase.DONE and recovering_status(self.ledger) == "WaitingForRecoveryShares"
+
+    def open_writes(self, tx: Tx) -> None:
+        """The opening of the recovered service, in `tx`: status Open, the secret chain continued, new shares."""
+        info = dict(tx.get_json(SERVICE_INFO, SINGLETON_KEY))
+        info["status"] = "Open"
+        info["previous_service_identity_version"] = tx.get_version(SERVICE_INFO, SINGLETON_KEY)
+        tx.put_json(SERVICE_INFO, SINGLETON_KEY, info)
+        new = self.ledger.secrets.for_seqno(self.first_new_seqno)
+        previous = self.ledger.secrets.for_seqno(self.first_new_seqno - 1)
+        record_seqno = tx.get_version(HISTORICAL_SECRETS, SINGLETON_KEY) or None
+        tx.put(HISTORICAL_SECRETS, SINGLETON_KEY, dump_json(recovery_secret_record(previous, new, record_seqno)))
+        deal_shares(tx, self.ledger.secrets.latest.raw)
