@@ -66,6 +66,9 @@ class RecoverConfig:
     previous_service_identity_file: str
     previous_ledger_dirs: tuple[str, ...] = ()  # read only; the node's own ledger/ is used as well
     previous_snapshot_dirs: tuple[str, ...] = ()  # read only; the node's own snapshots/ is used as well
+    # start from the latest committed snapshot even when the whole ledger is there (faster; receipts and
+    # historical queries of transactions before the snapshot are then not served by this node)
+    start_from_snapshot: bool = False
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,8 @@ def parse_config(obj: Any, base_dir: str = ".") -> NodeConfig:
             if not all(isinstance(d, str) for d in value):
                 raise ConfigError(f"recover.{name} must be a list of paths")
             dirs[name] = tuple(str(path(d)) for d in value)
-        recover = RecoverConfig(str(path(previous)), **dirs)
+        recover = RecoverConfig(str(path(previous)), **dirs,
+                                start_from_snapshot=_get(r, "start_from_snapshot", bool, False, where="recover."))
     start = None
     if "start" in obj:
         s = _section(obj, "start")

@@ -332,8 +332,13 @@ class NodeHost:
             if files.last_seqno == 0:
                 raise RecoveryError(f"no ledger to recover: {self.config.ledger_dir} and "
                                     f"{list(recover.previous_ledger_dirs)} hold no chunk")
-            found = choose_snapshot([self.config.snapshot_dir, *recover.previous_snapshot_dirs], files,
-                                    previous_cert)
+            # With the whole ledger at hand it is replayed from the start, so the node holds every Merkle leaf and
+            # serves receipts and historical queries of every transaction; a snapshot is used when the ledger files
+            # start after one, or when the configuration asks for it (a faster start).
+            found = None
+            if files.first_seqno > 1 or recover.start_from_snapshot:
+                found = choose_snapshot([self.config.snapshot_dir, *recover.previous_snapshot_dirs], files,
+                                        previous_cert)
             service = ServiceIdentity.create()
             identity = NodeIdentity.create().endorsed_by(service)
             keys = NodeKeys(identity, rsa.generate_private_key(public_exponent=65537, key_size=2048))
