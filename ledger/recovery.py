@@ -128,28 +128,39 @@ class PublicRecovery:
     warnings: list[str] = field(default_factory=list)
 
 
-def _signed_by(ledger: ServiceLedger, seqno: int, service_pem: str) -> bool:
-    """Whether the signature at `seqno` was made under the service identity `service_pem`."""
-    info = ledger.read_tx(seqno).get_json(SERVICE_INFO, SINGLETON_KEY)
-    return isinstance(info, dict) and str(info.get("cert", "")).strip() == service_pem.strip()
-
-
 def replay_public(files: LedgerFiles, *, node: NodeIdentity, service: ServiceIdentity,
                   previous_service_cert: x509.Certificate, snapshot: bytes | None = None,
                   **kwargs: Any) -> PublicRecovery:
     """Replay the public part of `files` (after `snapshot` if given) into a ledger that will write as `node` of
     `service`, truncated to the last signature made under `previous_service_cert` and committed to it."""
     secrets = LedgerSecrets([])
-    base = None
     if snapshot is not None:
-        base = ServiceLedger.from_snapshot(snapshot, secrets=secrets, node=node, service=service, files=None,
-                                           **kwargs)
+        ledger = ServiceLedger.from_snapshot(snapshot, secrets=secrets, node=node, service=service, files=None,
+                                             **kwargs)
+    else:
+        ledger = ServiceLedger(node=node, service=service, secrets=secrets, files=None, **kwargs)
+    # the service certificate in force from each seqno on (the store keeps no history below its commit point)
+    certs: list[tuple[int, str]] = []
+    state = ledger.read_tx()
+    if isinstance(info := state.get_json(SERVICE_INFO, SINGLETON_KEY), dict):
+        certs.append((state.get_version(SERVICE_INFO, SINGLETON_KEY), str(info.get("cert", "")).strip()))
+
+    def service_info_written(version: int, changes: dict[bytes, bytes | None]) -> None:
+        raw = changes.get(SINGLETON_KEY)
+        if raw is not None:
+            certs.append((version, str(orjson.loads(raw).get("cert", "")).strip()))
+
+    ledger.store.add_local_hook(SERVICE_INFO, service_info_written)
     try:
-        ledger = recover(files, secrets=secrets, node=node, service=service, base=base, **kwargs)
+        ledger = recover(files, secrets=secrets, node=node, service=service, base=ledger, **kwargs)
     except CorruptedCommittedChunk as e:
         raise RecoveryError(f"the previous ledger does not verify: {e}") from None
-    previous_pem = cert_pem(previous_service_cert)
-    signed = [s for s in ledger.signature_seqnos() if _signed_by(ledger, s, previous_pem)]
+    previous_pem = cert_pem(previous_service_cert).strip()
+
+    def cert_at(seqno: int) -> str:
+        return next((pem for version, pem in reversed(certs) if version <= seqno), "")
+
+    signed = [s for s in ledger.signature_seqnos() if cert_at(s) == previous_pem]
     if not signed:
         raise RecoveryError("no signature made under the previous service identity was found in the ledger "
                             "(wrong previous_service_identity_file, or an empty ledger)")

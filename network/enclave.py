@@ -420,7 +420,8 @@ class Enclave:
             info = ctx.tx.get_json(NODES_INFO, node_id)
             if not isinstance(info, dict) or info.get("status") != "Trusted":
                 raise EndpointError(403, "AuthorizationFailed", "Only a trusted node may fetch a snapshot")
-            found = self.host.latest_snapshot()
+            # a recovering service's snapshots would be its predecessor's, read public-only here: none is handed out
+            found = self.host.latest_snapshot() if self.recovery is None else None
             if found is None:
                 raise EndpointError(404, "ResourceNotFound", "This node has no committed snapshot")
             name, data = found

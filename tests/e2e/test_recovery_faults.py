@@ -1,0 +1,221 @@
+"""Disaster recovery under bad input and faults (issue 10), on a one-node service recovered into one node:
+every refusal is a clear CCF error, nothing is lost, and the service stays recoverable."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from governance.member_client import MemberSigner, transition_service_to_open
+from governance.recovery_shares import decrypt_share
+from governance.shamir import SHARE_SIZE
+from ledger.identity import PartyIdentity
+from network.client import ServiceClient, ServiceError
+from network.member_api import MemberApi
+from scripts.sandbox import _write, start_node
+from tests.e2e.harness import Sandbox, free_port
+
+pytestmark = pytest.mark.e2e
+NEW_CERT = "new_service_cert.pem"
+
+
+class Recovery:
+    """A lost one-node service (member0, one record) and the node recovering it."""
+
+    def __init__(self, workspace: Path) -> None:
+        self.workspace = workspace
+        old = Sandbox(workspace, ledger={"chunk_size": 1500})  # small chunks: several committed ones
+        old.start()
+        old.open()
+        user = old.client("user0")
+        for i in range(8):
+            answer = user.call("POST", "/app/log/private", {"id": i, "msg": f"record {i}"})
+            assert answer.status == 200 and answer.txid is not None
+            old.wait_for_commit(answer.txid)
+        answer = user.call("POST", "/app/log/private", {"id": 7, "msg": "kept across the disaster"})
+        assert answer.status == 200 and answer.txid is not None
+        old.wait_for_commit(answer.txid)
+        old.stop()
+        self.common = workspace / "sandbox_common"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start(self, previous_cert: str = "service_cert.pem") -> None:
+        node_dir = self.workspace / "recovered"
+        node_dir.mkdir(exist_ok=True)
+        if not self.port:
+            self.port = free_port()
+        config = {"data_dir": ".", "rpc_address": f"127.0.0.1:{self.port}",
+                  "node_to_node_address": f"127.0.0.1:{self.port + 1000}",
+                  "service_certificate_file": f"../sandbox_common/{NEW_CERT}",
+                  "recover": {"previous_service_identity_file": f"../sandbox_common/{previous_cert}",
+                              "previous_ledger_dirs": ["../sandbox_0/ledger"]}}
+        path = str(node_dir / "config.json")
+        _write(path, orjson.dumps(config))
+        self.process = start_node(path)[0]
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=30)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def member(self, name: str = "member0") -> MemberApi:
+        client = ServiceClient(self.url, str(self.common / NEW_CERT), timeout=10)
+        return MemberApi(client, MemberSigner.from_pem((self.common / f"{name}_privk.pem").read_bytes(),
+                                                       (self.common / f"{name}_cert.pem").read_bytes()))
+
+    def open(self, previous_pem: str | None = None) -> dict[str, Any]:
+        member = self.member()
+        new_pem = (self.common / NEW_CERT).read_text()
+        previous = previous_pem if previous_pem is not None else (self.common / "service_cert.pem").read_text()
+        proposal = member.propose([transition_service_to_open(new_pem, previous)])
+        if proposal["proposalState"] == "Open":
+            proposal = member.vote(proposal["proposalId"])
+        return proposal
+
+    def share(self) -> bytes:
+        enc = serialization.load_pem_private_key((self.common / "member0_enc_privk.pem").read_bytes(), None)
+        assert isinstance(enc, rsa.RSAPrivateKey)
+        return decrypt_share(self.member().encrypted_recovery_share(), enc)
+
+    def submit(self, share: bytes, name: str = "member0", for_member: str | None = None) -> Any:
+        member = self.member(name)
+        target = for_member or member.member_id
+        body = member.signer.recovery_share(share)
+        return member.client.call("POST", f"/gov/recovery/members/{target}:recover?api-version=2024-07-01", body,
+                                  content_type="application/cose")
+
+    def status(self) -> str:
+        return str(self.member().service_info()["status"])
+
+    def wait_open(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        client = ServiceClient(self.url, str(self.common / NEW_CERT), timeout=10)
+        while time.monotonic() < deadline:
+            if client.call("GET", "/node/ready/app").status == 204:
+                return
+            time.sleep(0.1)
+        raise AssertionError("the recovered service did not open")
+
+    def read_record(self) -> str:
+        client = ServiceClient(self.url, str(self.common / NEW_CERT), cert=str(self.common / "user0_cert.pem"),
+                               key=str(self.common / "user0_privk.pem"), timeout=10)
+        return str(client.json_ok("GET", "/app/log/private?id=7")["msg"])
+
+
+def code(answer: Any) -> str:
+    return str(answer.json()["error"]["code"])
+
+
+@pytest.fixture
+def recovery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recovery]:
+    workspace = tmp_path_factory.mktemp("e2e-recovery-faults")
+    print(f"\nworkspace: {workspace} (kept for inspection)")
+    r = Recovery(workspace)
+    yield r
+    r.stop()
+
+
+def test_bad_shares_are_refused_wrong_ones_cleared_and_the_right_one_still_recovers(recovery: Recovery) -> None:
+    recovery.start()
+    share = recovery.share()
+    # before the members open it, the service takes no share
+    answer = recovery.submit(share)
+    assert answer.status == 403 and code(answer) == "ServiceNotWaitingForRecoveryShares"
+    # the wrong previous identity is refused (CCF's check), and the service stays Recovering
+    other = PartyIdentity.create("not the previous service").pem
+    with pytest.raises(ServiceError) as refused:
+        recovery.open(previous_pem=other)
+    assert refused.value.status == 500 or "previous" in str(refused.value).lower()
+    assert recovery.status() == "Recovering"
+    assert recovery.open()["proposalState"] == "Accepted"
+    assert recovery.status() == "WaitingForRecoveryShares"
+    # malformed and truncated shares: 400, nothing recorded
+    for bad in (share[:-1], b"", bytes([0]) + share[1:], share + b"x"):
+        answer = recovery.submit(bad)
+        assert answer.status == 400 and code(answer) == "InvalidInput", answer.body
+    # a share sent for another member
+    answer = recovery.submit(share, for_member="00" * 32)
+    assert answer.status in (400, 401), answer.body
+    # a wrong share that passes the format checks: combining fails, shares cleared, still waiting
+    wrong = share[:1] + bytes((b ^ 0x5A) for b in share[1:2]) + share[2:]
+    assert len(wrong) == SHARE_SIZE
+    answer = recovery.submit(wrong)
+    assert answer.status == 500 and code(answer) == "InternalError", answer.body
+    assert recovery.status() == "WaitingForRecoveryShares"
+    # the right share now succeeds; a duplicate after it is refused as the service is no longer waiting
+    answer = recovery.submit(share)
+    assert answer.status == 200, answer.body
+    assert answer.json()["message"].startswith("1/1 recovery shares successfully submitted")
+    recovery.wait_open()
+    assert recovery.read_record() == "kept across the disaster"
+    answer = recovery.submit(share)
+    assert answer.status == 403 and code(answer) == "ServiceNotWaitingForRecoveryShares"
+
+
+def test_a_recovery_node_killed_in_the_public_phase_and_started_again_recovers(recovery: Recovery) -> None:
+    recovery.start()
+    assert recovery.status() == "Recovering"
+    recovery.kill()
+    recovery.start()  # resumes its sealed recovering service
+    assert recovery.status() == "Recovering"
+    assert recovery.open()["proposalState"] == "Accepted"
+    share = recovery.share()
+    recovery.kill()
+    recovery.start()
+    assert recovery.status() == "WaitingForRecoveryShares"
+    answer = recovery.submit(share)
+    assert answer.status == 200, answer.body
+    recovery.wait_open()
+    assert recovery.read_record() == "kept across the disaster"
+    # and once open it restarts as any node does
+    recovery.kill()
+    recovery.start()
+    recovery.wait_open()
+    assert recovery.read_record() == "kept across the disaster"
+
+
+def test_a_ledger_that_does_not_verify_is_refused_naming_the_file(recovery: Recovery) -> None:
+    ledger_dir = recovery.workspace / "sandbox_0" / "ledger"
+    committed = sorted(p for p in ledger_dir.iterdir() if p.name.endswith(".committed"))
+    target = committed[-1]
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError) as failed:
+        recovery.start()
+    log = (recovery.workspace / "recovered" / "err").read_text()
+    assert "cannot recover" in log, log[-2000:]
+    assert target.name in log or "ledger_" in log, log[-2000:]
+    assert "exited" in str(failed.value)
+
+
+def test_a_missing_middle_chunk_is_refused(recovery: Recovery) -> None:
+    ledger_dir = recovery.workspace / "sandbox_0" / "ledger"
+    chunks = sorted((p for p in ledger_dir.iterdir() if p.name.startswith("ledger_")),
+                    key=lambda p: int(p.name.split("_")[1].split("-")[0].split(".")[0]))
+    assert len(chunks) >= 3, chunks
+    os.unlink(chunks[1])
+    with pytest.raises(RuntimeError):
+        recovery.start()
+    log = (recovery.workspace / "recovered" / "err").read_text()
+    assert "gap" in log or "expected" in log, log[-2000:]
