@@ -26,9 +26,10 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-# One node at https://127.0.0.1:8000 (workspace/); NODES=3 for three (8000-8002); CLEAN=1 starts a new service.
+# One node at https://127.0.0.1:8000 (workspace/); NODES=3 for three (8000-8002); CLEAN=1 starts a new service;
+# RECOVER=1 recovers the stopped service of workspace/ into new nodes (disaster recovery).
 sandbox: $(STAMP)
-	$(PY) scripts/sandbox.py $(if $(CLEAN),--clean,) $(if $(NODES),--nodes $(NODES),) $(SANDBOX_ARGS)
+	$(PY) scripts/sandbox.py $(if $(CLEAN),--clean,) $(if $(NODES),--nodes $(NODES),) $(if $(RECOVER),--recover,) $(SANDBOX_ARGS)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_ledger.py

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from governance.member_client import MemberSigner, set_user, transition_service_to_open
+from ledger.files import parse_chunk_name
 from ledger.identity import PartyIdentity, key_pem, load_cert
 from network.client import ServiceClient, ServiceError
 from network.member_api import MemberApi
@@ -56,11 +57,13 @@ def make_identities(common: str) -> None:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
-def node_config(workspace: str, port: int, *, index: int = 0, join: str | None = None, **extra: object) -> str:
-    """`workspace/sandbox_<index>/config.json`: node 0 starts the service, the others join it at `join`."""
+def node_config(workspace: str, port: int, *, index: int = 0, join: str | None = None,
+                recover: dict[str, object] | None = None, **extra: object) -> str:
+    """`workspace/sandbox_<index>/config.json`: node 0 starts the service (or recovers one, with `recover`), the
+    others join it at `join`."""
     node_dir = os.path.join(workspace, f"sandbox_{index}")
     os.makedirs(node_dir, exist_ok=True)
-    command: dict[str, object] = {"join": {"target": join}} if join else {
+    command: dict[str, object] = {"join": {"target": join}} if join else {"recover": recover} if recover else {
         "start": {
             "members": [{"certificate_file": "../sandbox_common/member0_cert.pem",
                          "encryption_public_key_file": "../sandbox_common/member0_enc_pubk.pem"}],
@@ -154,6 +157,91 @@ A member proposal, signed by member0 (e.g. trigger a ledger rekey):
 """
 
 
+def _last_seqno(ledger_dir: str) -> int:
+    ends = [parsed[1] or parsed[0] for name in os.listdir(ledger_dir) if (parsed := parse_chunk_name(name))] \
+        if os.path.isdir(ledger_dir) else []
+    return max(ends, default=0)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a killed node whose parent has not reaped it yet is a zombie: not running)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+
+
+def prepare_recovery(workspace: str, nodes: int, port: int) -> list[str]:
+    """Set the lost service aside and write the new nodes' configurations: node 0 recovers from the longest of the
+    lost ledgers (only each lost node's ledger/ and snapshots/ are used), the others join it. Returns the configs."""
+    common = os.path.join(workspace, "sandbox_common")
+    lost = sorted(d for d in os.listdir(workspace) if d.startswith("sandbox_") and d[8:].isdigit())
+    if not lost or not os.path.exists(os.path.join(common, "service_cert.pem")):
+        raise RuntimeError(f"{workspace} holds no service to recover (run make sandbox first)")
+    for d in lost:
+        ready = os.path.join(workspace, d, "node.json")
+        if os.path.exists(ready):
+            with open(ready, "rb") as f:
+                pid = int(orjson.loads(f.read()).get("pid", 0))
+            if not _alive(pid):
+                continue
+            raise RuntimeError(f"{d}'s node (pid {pid}) is still running: stop the lost service's nodes first")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for d in lost:
+        target = os.path.join(workspace, f"lost-{stamp}", d)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(os.path.join(workspace, d), target)
+        moved.append(target)
+    best = max(moved, key=lambda d: _last_seqno(os.path.join(d, "ledger")))
+    print(f"recovery: the lost service is kept in {os.path.dirname(best)}; recovering from {best}/ledger "
+          f"(up to seqno {_last_seqno(os.path.join(best, 'ledger'))})", flush=True)
+    shutil.copyfile(os.path.join(common, "service_cert.pem"), os.path.join(common, "previous_service_cert.pem"))
+    recover = {"previous_service_identity_file": "../sandbox_common/previous_service_cert.pem",
+               "previous_ledger_dirs": [os.path.join(best, "ledger")],
+               "previous_snapshot_dirs": [os.path.join(best, "snapshots")]}
+    first_url = f"https://127.0.0.1:{port}"
+    return [node_config(workspace, port + i, index=i, join=first_url if i else None, recover=recover)
+            for i in range(nodes)]
+
+
+def complete_recovery(url: str, common: str) -> None:
+    """member0's part, through the member tooling: open with the previous identity, then submit its share."""
+    path = lambda name: os.path.join(common, name)  # noqa: E731
+    client = ServiceClient(url, path("service_cert.pem"))
+    with open(path("member0_privk.pem"), "rb") as k, open(path("member0_cert.pem"), "rb") as c:
+        member = MemberApi(client, MemberSigner.from_pem(k.read(), c.read()))
+    with open(path("service_cert.pem")) as f:
+        new_pem = f.read()
+    with open(path("previous_service_cert.pem")) as f:
+        old_pem = f.read()
+    print(f"recovery: service status {member.service_info()['status']}; member0 proposes "
+          "transition_service_to_open with the previous identity", flush=True)
+    proposal = member.propose([transition_service_to_open(new_pem, old_pem)])
+    if proposal["proposalState"] == "Open":
+        proposal = member.vote(proposal["proposalId"])
+    print(f"recovery: proposal {proposal['proposalState']}; status {member.service_info()['status']}", flush=True)
+    with open(path("member0_enc_privk.pem"), "rb") as f:
+        enc = serialization.load_pem_private_key(f.read(), None)
+    if not isinstance(enc, rsa.RSAPrivateKey):
+        raise RuntimeError("member0_enc_privk.pem is not an RSA key")
+    answer = member.submit_recovery_share(enc)
+    print("recovery: member0's share: " + answer["message"].replace("\n", "; "), flush=True)
+    deadline = time.monotonic() + 600
+    while client.call("GET", "/node/ready/app").status != 204:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the recovered service did not open within 600 s")
+        time.sleep(0.1)
+    print(f"recovery: service {member.service_info()['status']} again "
+          f"(recovery count {member.service_info()['recoveryCount']})", flush=True)
+    client.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", default=os.path.join(ROOT, "workspace"))
@@ -161,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clean", action="store_true", help="remove the workspace and start a new service")
     parser.add_argument("--exit-when-open", action="store_true", help="leave the nodes running and return")
     parser.add_argument("--nodes", type=int, default=1, help="how many nodes (ports --port, --port + 1, ...)")
+    parser.add_argument("--recover", action="store_true",
+                        help="recover the stopped service of the workspace into new nodes (disaster recovery)")
     args = parser.parse_args(argv)
     if args.nodes < 1:
         print("error: --nodes must be at least 1", file=sys.stderr)
@@ -172,12 +262,19 @@ def main(argv: list[str] | None = None) -> int:
     first_url = f"https://127.0.0.1:{args.port}"
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        for i in range(args.nodes):
+        if args.recover:
+            configs = prepare_recovery(args.workspace, args.nodes, args.port)
+        else:
             # the others join while the service is still Opening: trusted at once, as CCF's sandbox does
-            config = node_config(args.workspace, args.port + i, index=i, join=first_url if i else None)
+            configs = [node_config(args.workspace, args.port + i, index=i, join=first_url if i else None)
+                       for i in range(args.nodes)]
+        for config in configs:
             process, ready = start_node(config)
             processes.append(process)
-        open_service(first_url, common)
+        if args.recover:
+            complete_recovery(first_url, common)
+        else:
+            open_service(first_url, common)
     except (ServiceError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         for process in processes:
