@@ -160,7 +160,7 @@ def test_a_service_that_lost_every_node_is_recovered_from_one_ledger_and_two_sha
                       if user.call("GET", "/app/log/public/cose_receipt",
                                    headers={"x-ms-ccf-transaction-id": kept_txid}).status == 200 else None,
                       "a COSE receipt")
-    old_cert = load_cert(open(os.path.join(common, "service_cert.pem"), "rb").read())
+    old_cert = load_cert(Path(common, "service_cert.pem").read_bytes())
 
     # the disaster: every node killed, two data directories gone, the third one's sealed state gone
     for process in net.processes:
@@ -187,8 +187,8 @@ def test_a_service_that_lost_every_node_is_recovered_from_one_ledger_and_two_sha
             urls.append(f"https://127.0.0.1:{join_port}")
         info = members.api("member0", new_url, NEW_CERT).service_info()
         assert info["status"] == "Recovering" and info["recoveryCount"] == 1
-        new_pem = open(os.path.join(common, NEW_CERT)).read()
-        old_pem = open(os.path.join(common, "service_cert.pem")).read()
+        new_pem = Path(common, NEW_CERT).read_text()
+        old_pem = Path(common, "service_cert.pem").read_text()
         assert new_pem != old_pem
         _wait(lambda: len(members.api("member0", new_url, NEW_CERT).client.json_ok(
             "GET", "/node/network/nodes")["nodes"]) >= 6, "three new nodes next to the three retired ones")

@@ -23,6 +23,7 @@ from ledger.identity import PartyIdentity
 from network.client import ServiceClient, ServiceError
 from network.member_api import MemberApi
 from scripts.sandbox import _write, start_node
+from tests.ccf_tools import assert_read_ledger_accepts, verify_secrets_chain
 from tests.e2e.harness import Sandbox, free_port
 
 pytestmark = pytest.mark.e2e
@@ -50,8 +51,9 @@ class Recovery:
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
 
-    def start(self, previous_cert: str = "service_cert.pem") -> None:
-        node_dir = self.workspace / "recovered"
+    def start(self, previous_cert: str = "service_cert.pem", node: str = "recovered",
+              previous_ledger: str = "sandbox_0") -> None:
+        node_dir = self.workspace / node
         node_dir.mkdir(exist_ok=True)
         if not self.port:
             self.port = free_port()
@@ -59,7 +61,7 @@ class Recovery:
                   "node_to_node_address": f"127.0.0.1:{self.port + 1000}",
                   "service_certificate_file": f"../sandbox_common/{NEW_CERT}",
                   "recover": {"previous_service_identity_file": f"../sandbox_common/{previous_cert}",
-                              "previous_ledger_dirs": ["../sandbox_0/ledger"]}}
+                              "previous_ledger_dirs": [f"../{previous_ledger}/ledger"]}}
         path = str(node_dir / "config.json")
         _write(path, orjson.dumps(config))
         self.process = start_node(path)[0]
@@ -83,10 +85,10 @@ class Recovery:
         return MemberApi(client, MemberSigner.from_pem((self.common / f"{name}_privk.pem").read_bytes(),
                                                        (self.common / f"{name}_cert.pem").read_bytes()))
 
-    def open(self, previous_pem: str | None = None) -> dict[str, Any]:
+    def open(self, previous_pem: str | None = None, previous_cert: str = "service_cert.pem") -> dict[str, Any]:
         member = self.member()
         new_pem = (self.common / NEW_CERT).read_text()
-        previous = previous_pem if previous_pem is not None else (self.common / "service_cert.pem").read_text()
+        previous = previous_pem if previous_pem is not None else (self.common / previous_cert).read_text()
         proposal = member.propose([transition_service_to_open(new_pem, previous)])
         if proposal["proposalState"] == "Open":
             proposal = member.vote(proposal["proposalId"])
@@ -219,3 +221,38 @@ def test_a_missing_middle_chunk_is_refused(recovery: Recovery) -> None:
         recovery.start()
     log = (recovery.workspace / "recovered" / "err").read_text()
     assert "gap" in log or "expected" in log, log[-2000:]
+
+
+def test_a_recovered_service_lost_again_is_recovered_again(recovery: Recovery) -> None:
+    recovery.start()
+    assert recovery.open()["proposalState"] == "Accepted"
+    assert recovery.submit(recovery.share()).status == 200
+    recovery.wait_open()
+    # the opening is durable once a later write commits (the second disaster strikes an Open service)
+    client = ServiceClient(recovery.url, str(recovery.common / NEW_CERT), cert=str(recovery.common / "user0_cert.pem"),
+                           key=str(recovery.common / "user0_privk.pem"), timeout=10)
+    answer = client.call("POST", "/app/log/private", {"id": 8, "msg": "written by the first recovered service"})
+    assert answer.status == 200 and answer.txid is not None
+    deadline = time.monotonic() + 30
+    while client.json_ok("GET", f"/app/tx?transaction_id={answer.txid}")["status"] != "Committed":
+        assert time.monotonic() < deadline, "the write did not commit"
+        time.sleep(0.05)
+    recovery.kill()
+    # the second disaster: the recovered node's data is lost but for its ledger
+    os.replace(recovery.common / NEW_CERT, recovery.common / "first_recovery_cert.pem")
+    recovery.start(previous_cert="first_recovery_cert.pem", node="recovered_again", previous_ledger="recovered")
+    info = recovery.member().service_info()
+    assert info["status"] == "Recovering" and info["recoveryCount"] == 2
+    assert recovery.open(previous_cert="first_recovery_cert.pem")["proposalState"] == "Accepted"
+    assert recovery.submit(recovery.share()).status == 200
+    recovery.wait_open()
+    assert recovery.read_record() == "kept across the disaster"
+    again = ServiceClient(recovery.url, str(recovery.common / NEW_CERT), cert=str(recovery.common / "user0_cert.pem"),
+                          key=str(recovery.common / "user0_privk.pem"), timeout=10)
+    assert again.json_ok("GET", "/app/log/private?id=8")["msg"] == "written by the first recovered service"
+    recovery.stop()
+    ledger_dir = str(recovery.workspace / "recovered_again" / "ledger")
+    assert_read_ledger_accepts(ledger_dir, "--uncommitted")
+    chain = verify_secrets_chain(ledger_dir)
+    assert chain.returncode == 0, chain.stdout + chain.stderr
+    assert chain.stdout.count("next_version") >= 3, chain.stdout  # the opening and two recoveries

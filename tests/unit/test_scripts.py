@@ -92,3 +92,218 @@ def test_bench_script_prints_the_agreed_keys() -> None:
     # genesis and the first signature, 3000 writes, a signature every 500, the final signature
     assert figures["verified_transactions"] == 2 + 3000 + 3000 // 500 + 1
     assert figures["verified_signatures"] == 1 + 3000 // 500 + 1
+
+
+# --- member.py: the recovery tooling (argument handling that needs no node) ---------------------------------
+
+
+def member_files(tmp_path: os.PathLike[str]) -> dict[str, str]:
+    """A member's certificate and signing key, its RSA encryption key, and two service certificates."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from ledger.identity import PartyIdentity, ServiceIdentity, key_pem
+
+    member = PartyIdentity.create("member0")
+    enc = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    contents = {
+        "cert": member.pem,
+        "key": key_pem(member.key),
+        "enc_key": enc.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()).decode(),
+        "service_cert": ServiceIdentity.create().pem,
+        "previous_service_cert": ServiceIdentity.create().pem,
+        "member_id": member.id,
+    }
+    paths = {}
+    for name, text in contents.items():
+        if name == "member_id":
+            continue
+        paths[name] = os.path.join(tmp_path, f"{name}.pem")
+        with open(paths[name], "w") as f:
+            f.write(text)
+    paths["member_id"] = contents["member_id"]
+    return paths
+
+
+def run_member(files: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return run_script("member.py", "--cert", files["cert"], "--key", files["key"], *args)
+
+
+def assert_one_error_line(proc: subprocess.CompletedProcess[str], *words: str) -> str:
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert proc.stdout == ""
+    return lines[0]
+
+
+# a URL nothing listens on: every refusal below must happen before the script tries to reach a node
+NO_NODE = "https://127.0.0.1:9"
+
+
+def test_member_recovery_share_needs_a_url(tmp_path: os.PathLike[str]) -> None:
+    files = member_files(tmp_path)
+    proc = run_member(files, "recovery-share", "--enc-key", files["enc_key"])
+    assert_one_error_line(proc, "recovery-share needs --url")
+    # and the --json flag does not change that
+    proc = run_member(files, "--json", "recovery-share", "--enc-key", files["enc_key"])
+    assert_one_error_line(proc, "recovery-share needs --url")
+
+
+def test_member_recovery_share_needs_an_enc_key(tmp_path: os.PathLike[str]) -> None:
+    files = member_files(tmp_path)
+    proc = run_member(files, "--url", NO_NODE, "--service-cert", files["service_cert"], "recovery-share")
+    assert proc.returncode != 0 and "--enc-key" in proc.stderr
+
+
+@pytest.mark.parametrize(("enc_key", "words"), [
+    ("missing", ["No such file or directory", "missing.pem"]),
+    ("key", ["key.pem", "EC private key", "not the member's RSA encryption key"]),
+    ("service_cert", ["service_cert.pem", "not a PEM private key"]),
+    ("garbage", ["garbage.pem", "not a PEM private key"]),
+    ("encrypted", ["encrypted.pem", "password-protected"]),
+])
+def test_member_recovery_share_refuses_a_bad_enc_key_in_one_line(tmp_path: os.PathLike[str], enc_key: str,
+                                                                 words: list[str]) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    files = member_files(tmp_path)
+    with open(os.path.join(tmp_path, "garbage.pem"), "wb") as f:
+        f.write(b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+    with open(os.path.join(tmp_path, "encrypted.pem"), "wb") as f:
+        f.write(rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret")))
+    path = files.get(enc_key, os.path.join(tmp_path, f"{enc_key}.pem"))
+    proc = run_member(files, "--url", NO_NODE, "--service-cert", files["service_cert"], "recovery-share",
+                      "--enc-key", path)
+    assert_one_error_line(proc, *words)
+
+
+def test_member_propose_open_with_the_previous_service_identity(tmp_path: os.PathLike[str]) -> None:
+    from ledger import cose
+    from ledger.identity import load_cert
+
+    files = member_files(tmp_path)
+    out = os.path.join(tmp_path, "open.cose")
+    proc = run_member(files, "--out", out, "propose", "--transition-service-to-open", files["service_cert"],
+                      "--previous-service-cert", files["previous_service_cert"])
+    assert proc.returncode == 0, proc.stderr
+    with open(out, "rb") as f:
+        envelope = cose.decode(f.read())
+    with open(files["cert"]) as f:
+        envelope.verify(load_cert(f.read()).public_key())  # type: ignore[arg-type]
+    assert envelope.protected[cose.HDR_KID] == files["member_id"].encode()
+    assert envelope.payload is not None
+    actions = json.loads(envelope.payload)["actions"]
+    with open(files["service_cert"]) as f, open(files["previous_service_cert"]) as g:
+        new_pem, old_pem = f.read(), g.read()
+    assert actions == [{"name": "transition_service_to_open",
+                        "args": {"next_service_identity": new_pem, "previous_service_identity": old_pem}}]
+
+    # without --previous-service-cert the action is as it was: the next identity only
+    proc = run_member(files, "--out", out, "propose", "--transition-service-to-open", files["service_cert"])
+    assert proc.returncode == 0, proc.stderr
+    with open(out, "rb") as f:
+        payload = cose.decode(f.read()).payload
+    assert payload is not None
+    assert json.loads(payload)["actions"] == [{"name": "transition_service_to_open",
+                                               "args": {"next_service_identity": new_pem}}]
+
+
+def test_member_propose_refuses_a_lone_or_bad_previous_service_cert(tmp_path: os.PathLike[str]) -> None:
+    files = member_files(tmp_path)
+    lone = run_member(files, "propose", "--trigger", "trigger_snapshot", "--previous-service-cert",
+                      files["previous_service_cert"])
+    assert_one_error_line(lone, "--previous-service-cert goes with --transition-service-to-open")
+    not_a_cert = run_member(files, "propose", "--transition-service-to-open", files["service_cert"],
+                            "--previous-service-cert", files["enc_key"])
+    assert_one_error_line(not_a_cert, "enc_key.pem is not a PEM certificate")
+    missing = run_member(files, "propose", "--transition-service-to-open", files["service_cert"],
+                         "--previous-service-cert", os.path.join(tmp_path, "old.pem"))
+    assert_one_error_line(missing, "old.pem")
+
+
+ANSWERS = {
+    "partial": {"message": "1/2 recovery shares successfully submitted", "submittedCount": 1,
+                "recoveryThreshold": 2},
+    "last": {"message": "2/2 recovery shares successfully submitted\nEnd of recovery procedure initiated",
+             "submittedCount": 2, "recoveryThreshold": 2, "fullKeySubmitted": False},
+}
+
+
+@pytest.mark.parametrize(("answer", "printed"), [
+    ("partial", "1/2 shares submitted\n"),
+    ("last", "2/2 shares submitted\nend of recovery procedure initiated\n"),
+])
+def test_member_recovery_share_prints_the_count_or_the_json_answer(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], answer: str,
+    printed: str,
+) -> None:
+    """The node's answer as the script prints it (the node itself is replaced: no request is sent)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from network.member_api import MemberApi
+    from scripts import member
+
+    files = member_files(tmp_path)
+    given: list[object] = []
+
+    def submit(api: MemberApi, key: rsa.RSAPrivateKey) -> dict[str, object]:
+        given.append(key)
+        assert api.member_id == files["member_id"]
+        return ANSWERS[answer]
+
+    monkeypatch.setattr(MemberApi, "submit_recovery_share", submit)
+    common = ["--cert", files["cert"], "--key", files["key"], "--url", NO_NODE, "--service-cert",
+              files["service_cert"]]
+    assert member.main([*common, "recovery-share", "--enc-key", files["enc_key"]]) == 0
+    assert capsys.readouterr().out == printed
+    assert member.main([*common, "recovery-share", "--enc-key", files["enc_key"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == ANSWERS[answer]
+    assert len(given) == 2 and all(isinstance(key, rsa.RSAPrivateKey) for key in given)
+
+
+def test_member_recovery_share_with_the_wrong_rsa_key_says_so_in_one_line(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    import base64
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    from network.member_api import MemberApi
+    from scripts import member
+
+    files = member_files(tmp_path)
+    # the share as the node deals it (RSA-OAEP-SHA256), but to another member's encryption key
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    oaep = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    share = base64.b64encode(other.encrypt(b"s" * 33, oaep)).decode()
+    monkeypatch.setattr(MemberApi, "encrypted_recovery_share", lambda api: share)
+
+    def no_post(api: MemberApi, path: str, body: bytes) -> None:
+        raise AssertionError(f"nothing is submitted when the share does not decrypt (POST {path})")
+
+    monkeypatch.setattr(MemberApi, "_post", no_post)
+    assert member.main(["--cert", files["cert"], "--key", files["key"], "--url", NO_NODE, "--service-cert",
+                        files["service_cert"], "recovery-share", "--enc-key", files["enc_key"]]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot decrypt member "), lines
+    assert "enc_key.pem" in lines[0], lines
+
+
+def test_the_service_client_gives_members_submit_recovery_share(tmp_path: os.PathLike[str]) -> None:
+    from network.member_api import MemberApi
+    from network.service_client import Client
+
+    files = member_files(tmp_path)
+    api = Client(NO_NODE, files["service_cert"], cert=files["cert"], key=files["key"]).member()
+    assert isinstance(api, MemberApi) and callable(api.submit_recovery_share)
+    assert api.member_id == files["member_id"]
