@@ -292,18 +292,24 @@ def verify_json_receipt(
 
 
 @lru_cache(maxsize=16)
-def _service_key(service_cert: x509.Certificate) -> tuple[ec.EllipticCurvePublicKey, bytes]:
-    service_key = service_cert.public_key()
+def _service_key_of_cert(service_cert: x509.Certificate) -> tuple[ec.EllipticCurvePublicKey, bytes]:
+    return _service_key(service_cert.public_key())
+
+
+def _service_key(service_key: Any) -> tuple[ec.EllipticCurvePublicKey, bytes]:
     if not isinstance(service_key, ec.EllipticCurvePublicKey):
         raise ReceiptFormatError("the service certificate must hold an EC key")
     return service_key, key_id(service_key).encode()
 
 
 def verify_cose_receipt(
-    data: bytes, service_cert: x509.Certificate, *, expected_claims_digest: bytes | None = None
+    data: bytes, service_cert: x509.Certificate | ec.EllipticCurvePublicKey, *,
+    expected_claims_digest: bytes | None = None
 ) -> VerifiedReceipt:
-    """Check a COSE receipt (vds 2) against the trusted service certificate; return what it proves."""
-    service_key, service_kid = _service_key(service_cert)
+    """Check a COSE receipt (vds 2) against the trusted service certificate (or a service key an endorsement
+    chain led to); return what it proves."""
+    service_key, service_kid = _service_key(service_cert) if isinstance(service_cert, ec.EllipticCurvePublicKey) \
+        else _service_key_of_cert(service_cert)
     try:
         msg = cose.decode(data)
     except cose.CoseError as e:

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ledger import snapshots
+from ledger.endorsements import endorsement_chain
 from ledger.entry import (
     FLAG_FORCE_CHUNK_AFTER,
     MAX_VIEW,
@@ -55,6 +56,7 @@ from ledger.tables import (
     HISTORICAL_SECRETS,
     NODE_SECRETS,
     NODES_INFO,
+    PREVIOUS_IDENTITY_ENDORSEMENT,
     PREVIOUS_SERVICE_IDENTITY,
     SERVICE_INFO,
     SINGLETON_KEY,
@@ -174,6 +176,11 @@ class ServiceLedger:
         for pem in (previous, (state.get_json(SERVICE_INFO, SINGLETON_KEY) or {}).get("cert")):
             self._note_service_cert(pem)
         self.store.add_local_hook(SERVICE_INFO, self._service_info_written)
+        # every record of the COSE endorsement table, in ledger order (for COSE receipts across recoveries)
+        self._endorsements: list[tuple[int, dict[str, Any]]] = []
+        if isinstance(latest := state.get_json(PREVIOUS_IDENTITY_ENDORSEMENT, SINGLETON_KEY), dict):
+            self._endorsements.append((state.get_version(PREVIOUS_IDENTITY_ENDORSEMENT, SINGLETON_KEY), latest))
+        self.store.add_local_hook(PREVIOUS_IDENTITY_ENDORSEMENT, self._endorsement_written)
 
     # --- state -------------------------------------------------------------------------------------
 
@@ -357,6 +364,7 @@ class ServiceLedger:
         if seqno >= self.store.version:
             return
         self.store.rollback(seqno)
+        self._endorsements = [(v, r) for v, r in self._endorsements if v <= seqno]
         self.merkle.truncate(seqno + 1)
         if self.files is not None:
             self.files.truncate(seqno)
@@ -399,6 +407,15 @@ class ServiceLedger:
         raw = changes.get(SINGLETON_KEY)
         if raw is not None:
             self._note_service_cert(orjson.loads(raw).get("cert"))
+
+    def _endorsement_written(self, version: int, changes: dict[bytes, bytes | None]) -> None:
+        raw = changes.get(SINGLETON_KEY)
+        if raw is not None:
+            self._endorsements.append((version, orjson.loads(raw)))
+
+    def cose_endorsements(self, seqno: int) -> list[bytes]:
+        """The COSE endorsements leading from the current service key to the one in force at `seqno`."""
+        return endorsement_chain([record for _, record in self._endorsements], seqno)
 
     def _note_service_cert(self, pem: Any) -> None:
         if isinstance(pem, str) and pem.strip() and pem.strip() not in self.service_certs:

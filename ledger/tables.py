@@ -23,6 +23,8 @@ SERVICE_INFO = "public:ccf.gov.service.info"
 SERVICE_CONFIG = "public:ccf.gov.service.config"
 # After a disaster recovery: the previous service certificate (a JSON string of its PEM, as CCF writes it)
 PREVIOUS_SERVICE_IDENTITY = "public:ccf.gov.service.previous_service_identity"
+# At each opening: the service key's COSE endorsement of itself, or of its predecessor's key after a recovery
+PREVIOUS_IDENTITY_ENDORSEMENT = "public:ccf.internal.previous_service_identity_endorsement"
 CONSTITUTION = "public:ccf.gov.constitution"
 NODES_INFO = "public:ccf.gov.nodes.info"
 NODES_ENDORSED_CERTS = "public:ccf.gov.nodes.endorsed_certificates"

@@ -36,6 +36,7 @@ from governance.js_runtime import Effect
 from governance.proposals import NodeServices, js_limits
 from governance.recovery_shares import RecoverySharesError, clear_submitted_shares, deal_shares
 from ledger.bootstrap import NodeKeys
+from ledger.endorsements import write_opening_endorsement
 from ledger.errors import LedgerError
 from ledger.genesis import VirtualQuote
 from ledger.identity import cert_pem, endorse, key_id, self_signed_cert
@@ -522,6 +523,8 @@ class Enclave:
                 return
             info["status"] = "Open"
             tx.put_json(SERVICE_INFO, SINGLETON_KEY, info)
+            write_opening_endorsement(tx, self.ledger.service, str(info.get("current_service_create_txid", "2.1")),
+                                      int(self.ledger.clock()))
             if tx.get(HISTORICAL_SECRETS, SINGLETON_KEY) is None:
                 tx.put(HISTORICAL_SECRETS, SINGLETON_KEY, dump_json(opening_secret_record(self.ledger.secrets.latest)))
             deal_shares(tx, self.ledger.secrets.latest.raw)

@@ -35,6 +35,7 @@ query scans its range, as the logging app's range endpoint does page by page).
 
 from __future__ import annotations
 
+import base64
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -377,9 +378,21 @@ class ReceiptSource:
     def receipt(self, txid: TxID) -> dict[str, object]:
         return self.historical.receipt(txid)
 
+    def cose_endorsements(self, txid: TxID) -> list[bytes]:
+        if txid.seqno > self.ledger.committed_seqno or self.ledger.view_of(txid.seqno) != txid.view:
+            raise EndpointError(404, "TransactionPendingOrUnknown", f"{txid} is not a committed transaction")
+        return self.ledger.cose_endorsements(txid.seqno)
+
 
 def add_receipt_endpoint(frontend: Endpoints, source: ReceiptSource) -> None:
     @frontend.endpoint("GET", "/receipt")
     def receipt(ctx: EndpointContext) -> object:
         """The JSON receipt of a committed transaction (?transaction_id=)."""
         return source.receipt(parse_txid(ctx.query.get("transaction_id", [None])[0]))
+
+    @frontend.endpoint("GET", "/receipt/cose_endorsements")
+    def cose_endorsements(ctx: EndpointContext) -> object:
+        """The COSE endorsements (base64 COSE_Sign1, newest first) from the current service key to the key that
+        signed the COSE receipt of a transaction of an earlier service (empty in the current one)."""
+        chain = source.cose_endorsements(parse_txid(ctx.query.get("transaction_id", [None])[0]))
+        return {"endorsements": [base64.b64encode(e).decode() for e in chain]}

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from typing import Any
 
+import orjson
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from loguru import logger
 
 from governance.recovery_shares import (
@@ -32,14 +34,25 @@ from governance.recovery_shares import (
     deal_shares,
     recover_latest_secret,
 )
+from ledger.endorsements import write_opening_endorsement
+from ledger.entry import decode_entry
 from ledger.errors import LedgerSecretError
 from ledger.files import LedgerFiles
+from ledger.identity import load_cert, spki_der
 from ledger.kv import Tx
 from ledger.recovery import PrivateReplay, RecoveryError, restore_secrets
 from ledger.secrets import LedgerSecret, node_secrets_entries, recovery_secret_record
 from ledger.service_ledger import ServiceLedger
 from ledger.snapshots import load_snapshot
-from ledger.tables import HISTORICAL_SECRETS, NODE_SECRETS, NODES_INFO, SERVICE_INFO, SINGLETON_KEY, dump_json
+from ledger.tables import (
+    HISTORICAL_SECRETS,
+    NODE_SECRETS,
+    NODES_INFO,
+    PREVIOUS_SERVICE_IDENTITY,
+    SERVICE_INFO,
+    SINGLETON_KEY,
+    dump_json,
+)
 
 REPLAY_STEP = 5000  # entries decrypted per turn of the event loop
 
@@ -166,6 +179,7 @@ class NodeRecovery:
     def open_writes(self, tx: Tx) -> None:
         """The opening of the recovered service, in `tx`: status Open, the secret chain continued, new shares."""
         info = dict(tx.get_json(SERVICE_INFO, SINGLETON_KEY))
+        previous_info_version = info.get("previous_service_identity_version")
         info["status"] = "Open"
         info["previous_service_identity_version"] = tx.get_version(SERVICE_INFO, SINGLETON_KEY)
         tx.put_json(SERVICE_INFO, SINGLETON_KEY, info)
@@ -174,3 +188,21 @@ class NodeRecovery:
         record_seqno = tx.get_version(HISTORICAL_SECRETS, SINGLETON_KEY) or None
         tx.put(HISTORICAL_SECRETS, SINGLETON_KEY, dump_json(recovery_secret_record(previous, new, record_seqno)))
         deal_shares(tx, self.ledger.secrets.latest.raw)
+        previous_pem = tx.get_json(PREVIOUS_SERVICE_IDENTITY, SINGLETON_KEY)
+        previous_key = load_cert(str(previous_pem)).public_key()
+        if not isinstance(previous_key, ec.EllipticCurvePublicKey):
+            raise RecoveryError("the previous service key is not an EC key")
+        write_opening_endorsement(tx, self.ledger.service, str(info.get("current_service_create_txid")),
+                                  int(self.ledger.clock()), previous_key_der=spki_der(previous_key),
+                                  previous_begin=self._previous_create_txid(previous_info_version),
+                                  previous_end=str(self.ledger.txid(self.first_new_seqno - 1)))
+
+    def _previous_create_txid(self, version: Any) -> str | None:
+        """The predecessor's first transaction, from its service info (read back from the files)."""
+        files = self.ledger.files
+        if not isinstance(version, int) or files is None or not files.first_seqno <= version <= files.last_seqno:
+            return None
+        raw = decode_entry(files.read(version), None).writes.get(SERVICE_INFO, {}).get(SINGLETON_KEY)
+        previous = orjson.loads(raw) if raw is not None else {}
+        txid = previous.get("current_service_create_txid") if isinstance(previous, dict) else None
+        return str(txid) if txid else None

@@ -31,9 +31,13 @@ import ssl
 import time
 from typing import Any
 
+import cbor2
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from governance.member_client import MemberSigner
+from ledger import cose
+from ledger.endorsements import EndorsementError, verify_endorsement_chain
 from ledger.errors import ReceiptError
 from ledger.identity import load_cert
 from ledger.receipts import VerifiedReceipt, verify_cose_receipt, verify_json_receipt
@@ -191,11 +195,14 @@ class Client:
 
 
 def verify_receipt(receipt: dict[str, Any] | bytes, service_cert: x509.Certificate | str, *,
-                   claims_digest: bytes | None = None, claims_of: bytes | None = None) -> VerifiedReceipt:
+                   claims_digest: bytes | None = None, claims_of: bytes | None = None,
+                   cose_endorsements: list[bytes] | None = None) -> VerifiedReceipt:
     """Verify a JSON (dict) or COSE (bytes) receipt trusting only `service_cert` (a certificate or a PEM path).
 
     `claims_digest` (or `claims_of`, the application value whose SHA-256 is the digest) must match what the
-    receipt commits to. Raises `ReceiptInvalid` saying why otherwise.
+    receipt commits to. A JSON receipt of an earlier service (before a disaster recovery) carries its own
+    `service_endorsements`; a COSE receipt of one needs `cose_endorsements`, what `GET /app/receipt/
+    cose_endorsements?transaction_id=` serves. Raises `ReceiptInvalid` saying why otherwise.
     """
     if isinstance(service_cert, str):
         with open(service_cert, "rb") as f:
@@ -203,15 +210,31 @@ def verify_receipt(receipt: dict[str, Any] | bytes, service_cert: x509.Certifica
     if claims_of is not None:
         claims_digest = hashlib.sha256(claims_of).digest()
     try:
-        if isinstance(receipt, bytes):
+        if isinstance(receipt, bytes) and cose_endorsements:
+            trusted = service_cert.public_key()
+            if not isinstance(trusted, ec.EllipticCurvePublicKey):
+                raise ReceiptInvalid("the service certificate must hold an EC key")
+            seqno = _cose_receipt_seqno(receipt)
+            key = verify_endorsement_chain(trusted, cose_endorsements, seqno)
+            proof = verify_cose_receipt(receipt, key, expected_claims_digest=claims_digest)
+        elif isinstance(receipt, bytes):
             proof = verify_cose_receipt(receipt, service_cert, expected_claims_digest=claims_digest)
         else:
             proof = verify_json_receipt(receipt, service_cert, expected_claims_digest=claims_digest)
-    except ReceiptError as e:
+    except (ReceiptError, EndorsementError) as e:
         raise ReceiptInvalid(f"{type(e).__name__}: {e}") from None
     if claims_digest is not None and proof.claims_digest not in (None, claims_digest):
         raise ReceiptInvalid("the receipt commits to other claims than the application value")
     return proof
+
+
+def _cose_receipt_seqno(receipt: bytes) -> int:
+    """The seqno a COSE receipt's commit evidence names (checked again by the full verification)."""
+    try:
+        proof = cbor2.loads(cose.decode(receipt).unprotected[cose.HDR_VDP][-1][0])
+        return int(str(proof[1][1]).split(":")[1].split(".")[1])
+    except (cose.CoseError, KeyError, IndexError, TypeError, ValueError, cbor2.CBORDecodeError) as e:
+        raise ReceiptInvalid(f"ReceiptFormatError: not a CCF COSE receipt ({e})") from None
 
 
 __all__ = ["Client", "ClientError", "CommitTimeout", "ReceiptInvalid", "ServiceError", "TransactionInvalid",

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import ccf.cose
 import orjson
 import pytest
@@ -26,7 +27,7 @@ from governance.member_client import MemberSigner, action, set_member, transitio
 from ledger.identity import PartyIdentity, key_pem, load_cert
 from network.client import ServiceClient
 from network.member_api import MemberApi
-from network.service_client import verify_receipt
+from network.service_client import ReceiptInvalid, verify_receipt
 from scripts.sandbox import _write, start_node
 from tests.ccf_tools import assert_read_ledger_accepts, ccf_check_json_receipt, verify_secrets_chain
 from tests.e2e.harness import free_port
@@ -92,6 +93,12 @@ def _wait(predicate: Any, what: str, timeout: float = 60.0) -> Any:
             return last
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}: {last!r}")
+
+
+def new_txid_probe(client: ServiceClient) -> str:
+    """A committed transaction of the current service (the last one this node committed)."""
+    txid: str = client.json_ok("GET", "/app/commit")["transaction_id"]
+    return txid
 
 
 def recovery_config(workspace: Path, index: int, *, previous: int | None, join: str | None) -> tuple[str, int]:
@@ -239,6 +246,26 @@ def test_a_service_that_lost_every_node_is_recovered_from_one_ledger_and_two_sha
         assert fresh.get("service_endorsements"), fresh
         ccf_check_json_receipt(fresh, new_cert)
         verify_receipt(fresh, new_cert)
+        # a COSE receipt of an old transaction, fetched now, verifies against the new key through the COSE
+        # endorsements the service serves: each checked with ccf.cose, the last one's payload the old key
+        fresh_cose = _wait(lambda: (a.body if (a := user_new.call(
+            "GET", "/app/log/public/cose_receipt", headers={"x-ms-ccf-transaction-id": kept_txid})).status == 200
+            else None), "a COSE receipt from the recovered service")
+        endorsements = [base64.b64decode(e) for e in user_new.json_ok(
+            "GET", f"/app/receipt/cose_endorsements?transaction_id={kept_txid}")["endorsements"]]
+        assert len(endorsements) == 1
+        key = new_cert.public_key()
+        for endorsement in endorsements:
+            ccf.cose.validate_cose_sign1(key, endorsement)
+            key = serialization.load_der_public_key(cbor2.loads(endorsement).value[2])
+        assert key.public_numbers() == old_cert.public_key().public_numbers()
+        ccf.cose.verify_receipt(fresh_cose, key, bytes(32))
+        verify_receipt(fresh_cose, new_cert, cose_endorsements=endorsements)
+        with pytest.raises(ReceiptInvalid):
+            verify_receipt(fresh_cose, new_cert)  # without the endorsements it names another key
+        new_tx_endorsements = user_new.json_ok(
+            "GET", f"/app/receipt/cose_endorsements?transaction_id={new_txid_probe(user_new)}")["endorsements"]
+        assert new_tx_endorsements == []
         # new writes commit
         answer = user_new.call("POST", "/app/log/private", {"id": 100, "msg": "after the recovery"})
         assert answer.status == 200, answer.body
