@@ -66,12 +66,24 @@ class RecoveryError(LedgerError):
 
 
 def gather_previous_ledger(sources: list[str], target: str) -> list[str]:
-    """Copy the previous service's chunk files into `target` (created if missing). A chunk already in `target`,
-    or one starting where a chunk copied before starts, is skipped (earlier sources win). Returns the names
-    copied. Sources are only read."""
+    """Copy the previous service's chunk files into `target` (created if missing) and return the names copied.
+    Sources (and chunks already in `target`) may come from different nodes: for each start seqno the best chunk
+    is taken (committed, then complete, then the longest), following the chain of chunks from the first; an
+    open chunk ends the chain. Sources are only read."""
     os.makedirs(target, exist_ok=True)
-    starts = {parsed[0] for name in os.listdir(target) if (parsed := parse_chunk_name(name)) is not None}
-    copied: list[str] = []
+    candidates: dict[int, tuple[tuple[int, int], str, str]] = {}  # start -> (rank, directory, name)
+
+    def consider(directory: str, name: str) -> None:
+        parsed = parse_chunk_name(name)
+        if parsed is None:
+            return
+        start, end, committed = parsed
+        rank = (2 if committed else 1 if end is not None else 0, end or start)
+        if start not in candidates or rank > candidates[start][0]:
+            candidates[start] = (rank, directory, name)
+
+    for name in os.listdir(target):
+        consider(target, name)
     for source in sources:
         if os.path.abspath(source) == os.path.abspath(target):
             continue
@@ -80,11 +92,31 @@ def gather_previous_ledger(sources: list[str], target: str) -> list[str]:
         except OSError as e:
             raise RecoveryError(f"cannot read the previous ledger directory {source}: {e.strerror}") from None
         for name in names:
-            parsed = parse_chunk_name(name)
-            if parsed is None or parsed[0] in starts:
-                continue
-            shutil.copyfile(os.path.join(source, name), os.path.join(target, name))
-            starts.add(parsed[0])
+            consider(source, name)
+    chosen: list[tuple[str, str]] = []
+    start = min(candidates, default=None)
+    while start is not None and start in candidates:
+        (_, end), directory, name = candidates[start]
+        chosen.append((directory, name))
+        parsed = parse_chunk_name(name)
+        if parsed is None or parsed[1] is None:
+            break  # an open chunk is the last
+        start = end + 1
+    after = sorted(s for s in candidates if start is not None and s > start)
+    if start is not None and start not in candidates and after:
+        # a missing chunk: what follows it cannot be verified, and dropping it would lose committed history
+        _, directory, name = candidates[after[0]]
+        raise RecoveryError(f"the previous ledger has a gap: no chunk starts at seqno {start} (the next is "
+                            f"{os.path.join(directory, name)})")
+    keep = {name for _, name in chosen}
+    for name in os.listdir(target):  # chunks of the target that the chain does not use are set aside
+        if parse_chunk_name(name) is not None and name not in keep:
+            os.makedirs(os.path.join(target, "unused"), exist_ok=True)
+            os.replace(os.path.join(target, name), os.path.join(target, "unused", name))
+    copied: list[str] = []
+    for directory, name in chosen:
+        if os.path.abspath(directory) != os.path.abspath(target):
+            shutil.copyfile(os.path.join(directory, name), os.path.join(target, name))
             copied.append(name)
     return copied
 
