@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import os
 import re
+import shutil
 import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -502,6 +503,30 @@ class LedgerFiles:
                 self._reopen(chunk, seqno)
         self._last = seqno
         self._fsync_dir()
+
+    def discard_after(self, seqno: int) -> list[str]:
+        """Disaster recovery only: forget every entry after `seqno`, committed or not (what an abandoned recovery
+        attempt wrote after the ledger it recovered). The chunks touched are first copied into `unused/` in the
+        directory, so nothing is destroyed. Returns the names set aside."""
+        if seqno >= self._last:
+            return []
+        self.flush()
+        unused = os.path.join(self.directory, "unused")
+        os.makedirs(unused, exist_ok=True)
+        set_aside = []
+        for chunk in self._chunks:
+            if chunk.end is None or chunk.end > seqno:
+                shutil.copyfile(chunk.path, os.path.join(unused, chunk.name))
+                set_aside.append(chunk.name)
+        self._committed = min(self._committed, seqno)
+        for chunk in self._chunks:
+            if chunk.end is not None and chunk.end > seqno and chunk.start <= seqno and chunk.committed:
+                committed_path = chunk.path
+                chunk.path = os.path.join(self.directory, chunk_name(chunk.start, chunk.end, False))
+                os.replace(committed_path, chunk.path)
+                chunk.committed = False
+        self.truncate(seqno)
+        return set_aside
 
     def _reopen(self, chunk: _Chunk, seqno: int) -> None:
         positions = self._positions(chunk)

@@ -105,6 +105,7 @@ class Store:
         self._rollbacks: list[int] = []  # the seqno each rollback went back to, in order
         self._local_hooks: dict[str, list[Hook]] = {}
         self._global_hooks: dict[str, list[Hook]] = {}
+        self._hold_removals_from: int | None = None  # see hold_removals_from
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -286,7 +287,8 @@ class Store:
                         i = bisect_right(history, seqno, key=_version_of)
                         if i > 1:
                             del history[: i - 1]
-                    if len(history) == 1 and history[0][1] is None and history[0][0] <= seqno:
+                    if len(history) == 1 and history[0][1] is None and history[0][0] <= seqno \
+                            and (self._hold_removals_from is None or history[0][0] < self._hold_removals_from):
                         del keys[k]  # a removal nothing can read past any more
         for map_name in touched:
             wv = self._maps[map_name].write_versions
@@ -316,6 +318,11 @@ class Store:
                 state[map_name] = entries
         return state
 
+    def hold_removals_from(self, version: int) -> None:
+        """Keep removals made at `version` or later through compaction, until `restore_earlier_state` (a
+        recovering service: its predecessor's state, restored later, must not come back over them)."""
+        self._hold_removals_from = version
+
     def restore_earlier_state(self, state: dict[str, dict[bytes, tuple[int, bytes | None]]], below: int) -> None:
         """Add maps' state written before `below` that this store could not read when it applied those versions
         (the private maps of a recovered service's predecessor, decrypted once its secrets are back). Keys the
@@ -335,6 +342,7 @@ class Store:
                 versions.add(version)
             if versions:
                 ms.write_versions = sorted(versions) + ms.write_versions
+        self._hold_removals_from = None
 
     @classmethod
     def from_snapshot(cls, state: SnapshotState, seqno: int, view: int) -> Store:

@@ -53,6 +53,7 @@ from ledger.tables import (
     PREVIOUS_SERVICE_IDENTITY,
     SERVICE_INFO,
     SINGLETON_KEY,
+    SNAPSHOT_EVIDENCE,
     VIRTUAL_HOST_DATA,
     VIRTUAL_MEASUREMENTS,
     dump_json,
@@ -78,7 +79,9 @@ def gather_previous_ledger(sources: list[str], target: str) -> list[str]:
         if parsed is None:
             return
         start, end, committed = parsed
-        rank = (2 if committed else 1 if end is not None else 0, end or start)
+        # an open chunk's length is not in its name: its size stands for it
+        length = end if end is not None else start + os.path.getsize(os.path.join(directory, name))
+        rank = (2 if committed else 1 if end is not None else 0, length)
         if start not in candidates or rank > candidates[start][0]:
             candidates[start] = (rank, directory, name)
 
@@ -183,10 +186,26 @@ def replay_public(files: LedgerFiles, *, node: NodeIdentity, service: ServiceIde
             certs.append((version, str(orjson.loads(raw).get("cert", "")).strip()))
 
     ledger.store.add_local_hook(SERVICE_INFO, service_info_written)
+    evidence: dict[int, str] = {}  # snapshot seqno -> the SHA-256 its evidence transaction committed
+
+    def evidence_written(version: int, changes: dict[bytes, bytes | None]) -> None:
+        raw = changes.get(SINGLETON_KEY)
+        if raw is not None:
+            record = orjson.loads(raw)
+            evidence[int(record.get("version", 0))] = str(record.get("hash", ""))
+
+    ledger.store.add_local_hook(SNAPSHOT_EVIDENCE, evidence_written)
     try:
         ledger = recover(files, secrets=secrets, node=node, service=service, base=ledger, **kwargs)
     except CorruptedCommittedChunk as e:
         raise RecoveryError(f"the previous ledger does not verify: {e}") from None
+    if snapshot is not None:
+        # The snapshot's receipt proves its evidence transaction; the evidence must hold this snapshot's digest,
+        # else its state (read without a secret to check its GCM tag) could be anything.
+        loaded = load_snapshot(snapshot, None)
+        if evidence.get(loaded.seqno) != loaded.digest.hex():
+            raise RecoveryError(f"the snapshot at seqno {loaded.seqno} does not match the digest its evidence "
+                                "transaction committed in the ledger (or the ledger holds no evidence for it)")
     previous_pem = cert_pem(previous_service_cert).strip()
 
     def cert_at(seqno: int) -> str:
@@ -208,7 +227,16 @@ def replay_public(files: LedgerFiles, *, node: NodeIdentity, service: ServiceIde
     # Everything up to the last signature was signed, and so is taken as committed by the recovered service
     # (CCF truncates a recovered ledger to its last signature the same way).
     if ledger.committed_seqno > last:
-        raise RecoveryError(f"the committed ledger goes past the previous service's last signature at {last}")
+        # Committed entries of another service follow: an abandoned recovery attempt (CCF keeps those in
+        # `.recovery` files until the service opens). They are set aside and the replay starts again without them.
+        set_aside = files.discard_after(last)
+        logger.warning(f"entries after seqno {last} belong to another service (an abandoned recovery?); chunks "
+                       f"{', '.join(set_aside)} copied to {files.directory}/unused before they were cut")
+        again = replay_public(files, node=node, service=service, previous_service_cert=previous_service_cert,
+                              snapshot=snapshot, **kwargs)
+        again.warnings.insert(0, f"entries after seqno {last} set aside (another service's)")
+        again.dropped_after = last
+        return again
     _truncate_to(ledger, files, last)
     ledger.commit_to(last)
     state = ledger.read_tx()
@@ -224,9 +252,14 @@ def recovery_create_writes(state: Tx, service: ServiceIdentity, node: GenesisNod
     if node.identity.endorsed is None:
         raise RecoveryError("the recovering node needs its certificate endorsed by the new service")
     previous = state.get_json(SERVICE_INFO, SINGLETON_KEY)
-    if not isinstance(previous, dict) or previous.get("status") not in ("Open", "Recovering",
-                                                                           "WaitingForRecoveryShares"):
-        raise RecoveryError("the previous service never opened: it has no recovery shares to recover with")
+    if not isinstance(previous, dict) or previous.get("status") != "Open":
+        status = previous.get("status") if isinstance(previous, dict) else None
+        before = state.get_json(PREVIOUS_SERVICE_IDENTITY, SINGLETON_KEY)
+        unfinished = status in ("Recovering", "WaitingForRecoveryShares") and isinstance(before, str)
+        hint = (" It was itself an unfinished recovery: recover the service before it, whose certificate the "
+                f"ledger records as its previous identity:\n{before}") if unfinished else ""
+        raise RecoveryError(f"the previous service never opened (status {status}): no recovery shares hold its "
+                            f"ledger secret.{hint}")
     info: dict[str, Any] = {
         "cert": cert_pem(service.cert),
         "current_service_create_txid": create_txid,

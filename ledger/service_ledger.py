@@ -34,6 +34,7 @@ from ledger import snapshots
 from ledger.endorsements import endorsement_chain
 from ledger.entry import (
     FLAG_FORCE_CHUNK_AFTER,
+    FLAG_FORCE_CHUNK_BEFORE,
     MAX_VIEW,
     DecodedEntry,
     serialise_entry,
@@ -291,6 +292,9 @@ class ServiceLedger:
         if claims != ZERO_CLAIMS:
             self._claims[seqno] = claims
         self._sizes.append(size)
+        if flags & FLAG_FORCE_CHUNK_BEFORE and seqno > self._first:  # the files ended a chunk just before it
+            self._chunk_ends.append(seqno - 1)
+            self._bytes_since_chunk = 0
         if flags & FLAG_FORCE_CHUNK_AFTER:
             self._chunk_ends.append(seqno)
             self._bytes_since_chunk = 0

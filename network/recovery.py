@@ -90,6 +90,8 @@ class NodeRecovery:
         self._snapshot = snapshot
         self.first_new_seqno = create_seqno(ledger)  # the recovered service's own secret starts there
         self.phase = Phase.DONE if ledger.secrets.covers(self._replay_start()) else Phase.PUBLIC
+        if self.phase is Phase.PUBLIC:
+            ledger.store.hold_removals_from(self.first_new_seqno)
         self._replay: PrivateReplay | None = None
         self._pending: list[LedgerSecret] | None = None
         if self.phase is Phase.DONE:

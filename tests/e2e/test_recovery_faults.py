@@ -22,6 +22,7 @@ from governance.shamir import SHARE_SIZE
 from ledger.identity import PartyIdentity
 from network.client import ServiceClient, ServiceError
 from network.member_api import MemberApi
+from scripts.bench_recovery import write_lost_service
 from scripts.sandbox import _write, start_node
 from tests.ccf_tools import assert_read_ledger_accepts, verify_secrets_chain
 from tests.e2e.harness import Sandbox, free_port
@@ -256,3 +257,37 @@ def test_a_recovered_service_lost_again_is_recovered_again(recovery: Recovery) -
     chain = verify_secrets_chain(ledger_dir)
     assert chain.returncode == 0, chain.stdout + chain.stderr
     assert chain.stdout.count("next_version") >= 3, chain.stdout  # the opening and two recoveries
+
+
+def test_shares_during_the_private_replay_are_refused_and_a_node_killed_in_it_recovers(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A ledger large enough for the private replay to take a while (written in process, as the benchmark does)."""
+    workspace = tmp_path_factory.mktemp("e2e-recovery-private")
+    print(f"\nworkspace: {workspace} (kept for inspection)")
+    write_lost_service(str(workspace), 60_000, snapshot=False)
+    os.replace(workspace / "lost_0", workspace / "sandbox_0")
+    recovery = Recovery.__new__(Recovery)
+    recovery.workspace, recovery.common, recovery.process, recovery.port = workspace, workspace / "sandbox_common", \
+        None, 0
+    try:
+        recovery.start()
+        assert recovery.open()["proposalState"] == "Accepted"
+        share = recovery.share()
+        assert recovery.submit(share).status == 200
+        answer = recovery.submit(share)  # the node is reading the private ledger now
+        assert answer.status == 403 and code(answer) == "NodeAlreadyRecovering", answer.body
+        state = ServiceClient(recovery.url, str(recovery.common / NEW_CERT)).json_ok("GET", "/node/state")["state"]
+        assert state == "ReadingPrivateLedger"
+        recovery.kill()  # halfway through the private replay
+        recovery.start()  # it sealed the previous secrets as they arrived: no share is needed again
+        recovery.wait_open(timeout=120)
+        client = ServiceClient(recovery.url, str(recovery.common / NEW_CERT),
+                               cert=str(recovery.common / "user0_cert.pem"),
+                               key=str(recovery.common / "user0_privk.pem"), timeout=10)
+        assert recovery.status() == "Open"
+        assert client.call("GET", "/node/state").json()["state"] == "PartOfNetwork"
+        for record_id in (0, 30_000, 59_999):
+            assert client.json_ok("GET", f"/app/log/private?id={record_id}")["msg"].startswith(
+                f"private record {record_id} ")
+    finally:
+        recovery.stop()

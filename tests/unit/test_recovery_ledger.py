@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -35,11 +36,11 @@ from governance.recovery_shares import (
     submit_share,
     unwrap_ledger_secret,
 )
-from governance.shamir import SHARE_SIZE
+from governance.shamir import SHARE_SIZE, combine
 from ledger.bootstrap import NodeKeys, start_new_service
 from ledger.entry import FLAG_FORCE_CHUNK_BEFORE, decode_entry
-from ledger.errors import LedgerSecretError, ReceiptEndorsementError, VersionUnavailable
-from ledger.files import LedgerFiles
+from ledger.errors import LedgerError, LedgerSecretError, ReceiptEndorsementError, VersionUnavailable
+from ledger.files import LedgerFiles, parse_chunk_name
 from ledger.genesis import GenesisMember, GenesisNode, NodeNetwork, VirtualQuote
 from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, cert_pem
 from ledger.kv import Store, is_public
@@ -48,6 +49,7 @@ from ledger.recovery import (
     PrivateReplay,
     PublicRecovery,
     RecoveryError,
+    choose_snapshot,
     gather_previous_ledger,
     recovery_create_writes,
     replay_public,
@@ -57,11 +59,13 @@ from ledger.recovery import (
 from ledger.secrets import (
     LedgerSecret,
     LedgerSecrets,
+    node_secrets_entries,
     opening_secret_record,
     recovery_secret_record,
+    secrets_for_node,
     unwrap_secret_chain,
 )
-from ledger.service_ledger import ServiceLedger
+from ledger.service_ledger import DEFAULT_CHUNK_SIZE, ServiceLedger
 from ledger.tables import (
     HISTORICAL_SECRETS,
     MEMBERS_ENCRYPTION_KEYS,
@@ -72,6 +76,8 @@ from ledger.tables import (
     SERVICE_CONFIG,
     SERVICE_INFO,
     SINGLETON_KEY,
+    VIRTUAL_HOST_DATA,
+    VIRTUAL_MEASUREMENTS,
     dump_json,
 )
 from tests.ledger_helpers import flip_byte
@@ -195,16 +201,17 @@ def test_secret_chain_refuses_a_record_with_a_flipped_byte(which: int, where: st
         _raws(chain.ledger.secrets.all())
 
 
-def test_secret_chain_refuses_no_records_and_a_record_naming_a_secret_outside_the_chain() -> None:
+def test_secret_chain_refuses_no_records_and_a_gap_it_cannot_cross() -> None:
     with pytest.raises(LedgerSecretError):
         unwrap_secret_chain([], os.urandom(32))
     chain = ChainLedger()
     chain.rekey()
     chain.rekey()
-    # the record of the second rekey is lost: the first names a secret the chain never reaches
+    chain.recover()
+    # the second rekey's record is lost: the recovery record gives its secret, but nothing then unwraps the
+    # secret the first rekey's record was encrypted under
     with pytest.raises(LedgerSecretError, match="not in the chain"):
-        unwrap_secret_chain(chain.records[:2] + [(chain.records[2][0] + 5, chain.records[2][1])],
-                            chain.ledger.secrets.latest.raw)
+        unwrap_secret_chain(chain.records[:2] + chain.records[3:], chain.ledger.secrets.latest.raw)
 
 
 def test_secret_chain_goes_back_through_two_recoveries_to_the_first_secret() -> None:
@@ -334,6 +341,18 @@ def test_a_corrupted_share_of_valid_format_is_refused_by_the_authenticated_unwra
     assert recover_latest_secret(tx) == secret
 
 
+def test_shares_of_an_earlier_dealing_combine_to_a_key_that_the_authenticated_unwrap_refuses() -> None:
+    store = _share_state()
+    earlier = _dealt(store, os.urandom(32))
+    secret = os.urandom(32)
+    _dealt(store, secret)  # dealt again (a rekey or a refresh): the earlier shares no longer apply
+    # they still combine to a 32-byte key: only AES-GCM tells it is the wrong one
+    assert len(combine([earlier["m0"], earlier["m1"]], 32)) == 32
+    tx = _submit(store, {"m0": earlier["m0"], "m1": earlier["m1"]})
+    with pytest.raises(RecoverySharesError, match="do not unwrap"):
+        recover_latest_secret(tx)
+
+
 def test_a_wrapped_secret_under_another_key_is_refused_even_with_the_right_shares() -> None:
     store = _share_state()
     shares = _dealt(store, os.urandom(32))
@@ -395,7 +414,8 @@ class OldService:
         return self.ledger.service.cert
 
 
-def build_old_service(base: Path, *, rekeys: int = 2, tail: int = 3, chunk_size: int = 3000) -> OldService:
+def build_old_service(base: Path, *, rekeys: int = 2, tail: int = 3, chunk_size: int = 3000,
+                      end_chunk: bool = True) -> OldService:
     ledger = start_new_service(str(base / "ledger"), [GenesisMember(_MEMBER.pem, member_data={"name": "m"})],
                                CONSTITUTION, node=NodeKeys(NodeIdentity.create(), _NODE_RSA),
                                chunk_size=chunk_size, snapshot_dir=str(base / "snapshots"))
@@ -436,7 +456,8 @@ def build_old_service(base: Path, *, rekeys: int = 2, tail: int = 3, chunk_size:
             tx = ledger.begin()
             deal_shares(tx, ledger.secrets.latest.raw, previous_record_seqno=rekey.seqno)
             ledger.commit(tx)
-    ledger.request_chunk()
+    if end_chunk:
+        ledger.request_chunk()
     last = ledger.emit_signature()
     ledger.flush()
     ledger.commit_to(last.seqno)
@@ -476,12 +497,13 @@ class Recovering:
         return self.public.ledger
 
 
-def start_recovery(directory: str, previous_cert: Any) -> Recovering:
+def start_recovery(directory: str, previous_cert: Any, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                   snapshot: bytes | None = None) -> Recovering:
     files, _ = LedgerFiles.open(directory)
     service = ServiceIdentity.create()
     identity = NodeIdentity.create().endorsed_by(service)
     public = replay_public(files, node=identity, service=service, previous_service_cert=previous_cert,
-                           chunk_size=3000)
+                           chunk_size=chunk_size, snapshot=snapshot)
     return Recovering(files, public, service, identity)
 
 
@@ -502,9 +524,18 @@ def create_recovered_service(rec: Recovering) -> int:
     return seqno
 
 
+def _chunk_start(name: str) -> int:
+    parsed = parse_chunk_name(name)
+    assert parsed is not None
+    return parsed[0]
+
+
 def chunk_bytes(directory: str) -> dict[str, bytes]:
+    """The files directly in `directory`, by name."""
     out = {}
     for name in sorted(os.listdir(directory)):
+        if not os.path.isfile(os.path.join(directory, name)):
+            continue
         with open(os.path.join(directory, name), "rb") as f:
             out[name] = f.read()
     return out
@@ -527,7 +558,9 @@ def replay_private(files: LedgerFiles, secrets: LedgerSecrets, end: int, budget:
 def test_public_replay_rebuilds_the_public_state_without_private_maps_cut_at_the_last_signature(
     old: OldService,
 ) -> None:
-    tail_chunk = os.path.basename(LedgerFiles.open(old.directory)[0].chunk_file_of(old.last_signature + 1))
+    files, _ = LedgerFiles.open(old.directory)
+    tail_chunk = os.path.basename(files.chunk_file_of(old.last_signature + 1))
+    files.close()
     rec = start_recovery(old.directory, old.cert)
     ledger = rec.ledger
     assert ledger.last_seqno == ledger.committed_seqno == old.last_signature
@@ -543,8 +576,9 @@ def test_public_replay_rebuilds_the_public_state_without_private_maps_cut_at_the
     tx = ledger.read_tx()
     assert tx.get(PRIVATE, b"k1") is None and tx.get(PUBLIC, b"tail0") is None
     assert tx.get(PUBLIC, b"p0") == old.public[PUBLIC][b"p0"][1]
-    # the same Merkle tree: the recovered ledger signs on where A stopped
-    assert ledger.merkle.root() == old.ledger.merkle.root() or ledger.merkle.size == old.last_signature + 1
+    # every signature of A up to its last was verified and kept, with the same Merkle tree under it
+    assert ledger.signature_seqnos() == old.ledger.signature_seqnos()
+    assert ledger.merkle.size == old.last_signature + 1
     assert rec.public.previous_service_info["cert"] == cert_pem(old.cert)
     assert rec.public.previous_service_info["status"] == "Open"
     # nothing of A is readable privately, and no receipt is given for it yet
@@ -572,31 +606,55 @@ def test_public_replay_refuses_a_flipped_byte_in_a_committed_chunk_naming_the_ch
     old: OldService, where: str
 ) -> None:
     files, _ = LedgerFiles.open(old.directory)
-    target = 12
+    # an application transaction inside a committed chunk other than the first two
+    target = next(seqno for seqno in range(10, old.last_signature) if b"public " in files.read(seqno))
     raw = files.read(target)
     chunk = files.chunk_file_of(target)
     files.close()
     assert chunk.endswith(".committed")
     with open(chunk, "rb") as f:
         offset = f.read().index(raw)
-    relative = raw.index(b"public 8") + 3 if where == "public value" else len(raw) - 20
+    relative = raw.index(b"public ") + 3 if where == "public value" else len(raw) - 20
     flip_byte(chunk, offset + relative)
     with pytest.raises(RecoveryError) as error:
         start_recovery(old.directory, old.cert)
+    # public-only, the damage shows at the signature ending the chunk (the Merkle root no longer matches)
     assert os.path.basename(chunk) in str(error.value)
     assert "seqno" in str(error.value)
 
 
 def test_public_replay_drops_an_abandoned_earlier_recovery(old: OldService) -> None:
+    """A recovering node killed after writing its create transaction and signature, before sealing, recovers
+    again from the same files and the same previous identity (network/node.py `_start_recovery`)."""
     first = start_recovery(old.directory, old.cert)
     create = create_recovered_service(first)
     abandoned = os.path.basename(first.files.chunk_file_of(create))
-    assert abandoned.startswith(f"ledger_{create}")  # B started a chunk of its own
+    assert abandoned == f"ledger_{create}"  # B started a chunk of its own, still open
     first.files.close()
     again = start_recovery(old.directory, old.cert)  # B's identity was lost: recovered from A again
     assert again.ledger.last_seqno == old.last_signature
     assert again.public.dropped_after == old.last_signature
     assert abandoned not in os.listdir(old.directory)
+
+
+def test_the_recovered_services_first_chunk_is_sized_from_its_own_entries(tmp_path: Path) -> None:
+    # A's chunks are large: everything after genesis is still in one open chunk of well over 10 kB
+    old = build_old_service(tmp_path / "old", tail=0, chunk_size=1_000_000, end_chunk=False)
+    assert sorted(os.listdir(old.directory)) == ["ledger_1-2.committed", "ledger_3"]
+    rec = start_recovery(old.directory, old.cert, chunk_size=10_000)
+    create = create_recovered_service(rec)
+    sizes = [len(rec.files.read(s)) for s in (create, create + 1)]
+    assert sum(sizes) < 10_000  # B's chunk holds less than chunk_size ...
+    assert os.path.basename(rec.files.chunk_file_of(create)) == f"ledger_{create}"  # ... so it stays open
+
+
+def test_a_recovery_killed_before_sealing_can_start_again_from_the_same_files(tmp_path: Path) -> None:
+    old = build_old_service(tmp_path / "old", tail=0, chunk_size=1_000_000, end_chunk=False)
+    first = start_recovery(old.directory, old.cert, chunk_size=10_000)
+    create_recovered_service(first)
+    first.files.close()
+    again = start_recovery(old.directory, old.cert, chunk_size=10_000)
+    assert again.ledger.last_seqno == old.last_signature
 
 
 # --- 5. private replay and the restored state ----------------------------------------------------------
@@ -609,11 +667,12 @@ def test_private_replay_gives_each_private_key_its_last_value(old: OldService) -
     replay = replay_private(rec.files, LedgerSecrets(secrets), old.last_signature)
     state = replay.state()
     assert {name: {k: v for k, (_, v) in entries.items()} for name, entries in state.items()} == old.private
+    at_signature = old.ledger.read_tx(old.last_signature)
     for name, entries in state.items():
         for key, (seqno, value) in entries.items():
             assert 1 <= seqno <= old.last_signature
-            if value is not None:  # the version is where it was written: A's store had it there
-                assert old.ledger.read_tx().get_version(name, key) == seqno or name == PRIVATE and key == b"k0"
+            if value is not None:  # each value comes with the seqno that wrote it, as A's store had it
+                assert at_signature.get_version(name, key) == seqno
 
 
 def test_private_replay_is_not_done_until_every_step_ran(old: OldService) -> None:
@@ -643,7 +702,7 @@ def test_private_replay_without_the_earliest_secrets_raises(old: OldService) -> 
         replay.step()
 
 
-def test_private_replay_refuses_an_uncommitted_entry_damaged_after_the_public_replay(old: OldService) -> None:
+def test_private_replay_refuses_an_entry_damaged_after_the_public_replay(old: OldService) -> None:
     """Only the GCM tag checks the private domain of an entry the public replay read: a byte flipped there since
     is found by the private replay, naming the seqno, and nothing is handed over."""
     rec = start_recovery(old.directory, old.cert)
@@ -663,10 +722,9 @@ def test_restored_earlier_state_makes_the_private_values_readable_under_later_wr
     rec = start_recovery(old.directory, old.cert)
     create = create_recovered_service(rec)
     ledger = rec.ledger
-    # B writes one of A's private keys, and removes another, before A's state is back
+    # B writes one of A's private keys before A's state is back
     tx = ledger.begin()
     tx.put(PRIVATE, b"k1", b"written by B")
-    tx.remove(OTHER_PRIVATE, b"o0")
     ledger.commit(tx)
     sig = ledger.emit_signature()
     ledger.commit_to(sig.seqno)
@@ -677,8 +735,6 @@ def test_restored_earlier_state_makes_the_private_values_readable_under_later_wr
         for key, value in values.items():
             if (name, key) == (PRIVATE, b"k1"):
                 assert tx.get(name, key) == b"written by B"
-            elif (name, key) == (OTHER_PRIVATE, b"o0"):
-                assert tx.get(name, key) is None
             else:
                 assert tx.get(name, key) == value, (name, key)
     live = {k for k, v in old.private[PRIVATE].items() if v is not None} | {b"k1"}
@@ -698,6 +754,41 @@ def test_restore_earlier_state_refuses_entries_at_or_above_the_bound_and_a_bound
     store.restore_earlier_state({PRIVATE: {b"k": (1, b"v"), b"gone": (1, None)}}, 2)
     assert store.read_tx().get(PRIVATE, b"k") == b"v"
     assert store.read_tx().keys(PRIVATE) == [b"k"]
+
+
+@pytest.mark.parametrize("put_first", [False, True])
+def test_restore_earlier_state_keeps_a_later_committed_removal(put_first: bool) -> None:
+    store = Store()
+    store.hold_removals_from(3)  # what a recovering node asks: its own writes start at 3
+    for version in (1, 2):  # the predecessor's entries, read public-only
+        tx = store.begin()
+        tx.put("public:x", b"k", b"%d" % version)
+        store.commit(tx)
+    if put_first:
+        tx = store.begin()
+        tx.put(PRIVATE, b"k", b"written by the recovered service")
+        store.commit(tx)
+    tx = store.begin()
+    tx.remove(PRIVATE, b"k")
+    store.commit(tx)
+    store.compact(store.version)
+    store.restore_earlier_state({PRIVATE: {b"k": (2, b"the predecessor's value")}}, 3)
+    assert store.read_tx().get(PRIVATE, b"k") is None
+
+
+def test_restore_earlier_state_keeps_a_later_uncompacted_removal() -> None:
+    store = Store()
+    for version in (1, 2):
+        tx = store.begin()
+        tx.put("public:x", b"k", b"%d" % version)
+        store.commit(tx)
+    store.compact(2)
+    tx = store.begin()
+    tx.remove(PRIVATE, b"k")
+    store.commit(tx)
+    store.restore_earlier_state({PRIVATE: {b"k": (2, b"the predecessor's value")}}, 3)
+    assert store.read_tx().get(PRIVATE, b"k") is None
+    assert store.read_tx(2).get(PRIVATE, b"k") == b"the predecessor's value"
 
 
 # --- the whole ledger-level recovery, shares included ---------------------------------------------------
@@ -740,13 +831,181 @@ def test_recovered_service_gets_its_predecessors_secrets_and_private_state_back_
     assert tx.get(SUBMITTED_SHARES, "m0") is None
 
 
-def test_secret_records_name_only_the_previous_services_chain(old: OldService) -> None:
+def test_secret_records_follow_the_chain_back_through_the_files_to_the_opening(old: OldService) -> None:
     rec = start_recovery(old.directory, old.cert)
     records = secret_records(rec.ledger, rec.files)
-    assert [r for _, r in records][0] == {"next_version": 1}
-    assert len(records) == 3
-    assert [latest for latest in (s.start for s in unwrap_secret_chain(records, old.ledger.secrets.latest.raw))] == \
-        [s.start for s in old.ledger.secrets.all()]
+    assert len(records) == 3 and records[0][1] == {"next_version": 1}
+    for (seqno, _), (_, later) in zip(records, records[1:], strict=False):
+        assert later["previous_ledger_secret"]["previous_secret_stored_version"] == seqno
+    assert [seqno for seqno, _ in records[1:]] == [s.start - 1 for s in old.ledger.secrets.all()[1:]]
+    assert _raws(unwrap_secret_chain(records, old.ledger.secrets.latest.raw)) == _raws(old.ledger.secrets.all())
+
+
+def test_a_recovery_from_an_unfinished_recovery_is_refused_or_completes(old: OldService) -> None:
+    unfinished = start_recovery(old.directory, old.cert)
+    create_b = create_recovered_service(unfinished)
+    unfinished.files.close()
+    rec = start_recovery(old.directory, unfinished.service.cert)  # B's identity as the previous one
+    assert rec.ledger.last_seqno == create_b + 1
+    try:
+        create = create_recovered_service(rec)
+    except RecoveryError:
+        return  # refused up front: fine
+    tx = rec.ledger.begin()
+    for member_id in ("m0", "m1"):
+        submit_share(tx, member_id, old.shares[member_id])
+    secrets = restore_secrets(rec.ledger, rec.files, recover_latest_secret(tx))
+    replay_private(rec.files, LedgerSecrets(secrets), create - 1)
+
+
+# --- snapshots ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Snapshotted:
+    old: OldService
+    name: str
+    seqno: int
+    end: int  # A's last signature
+    private: dict[str, dict[bytes, bytes | None]]
+
+
+def snapshot_old_service(base: Path) -> Snapshotted:
+    """A with a committed snapshot at its last signature and a few signed transactions after it."""
+    old = build_old_service(base, tail=0)
+    ledger = old.ledger
+    ledger.files = LedgerFiles.open(old.directory)[0]
+    seqno, evidence = ledger.snapshot()
+    tx = ledger.begin()
+    tx.put(PRIVATE, b"k1", b"after the snapshot")
+    tx.put(PUBLIC, b"after", b"the snapshot")
+    ledger.commit(tx)
+    ledger.request_chunk()
+    end = ledger.emit_signature()
+    ledger.flush()
+    ledger.commit_to(end.seqno)
+    ledger.files.close()
+    name = f"snapshot_{seqno}_{evidence}.committed"
+    assert ledger.snapshot_dir is not None and name in os.listdir(ledger.snapshot_dir)
+    private = copy.deepcopy(old.private)
+    private[PRIVATE][b"k1"] = b"after the snapshot"
+    return Snapshotted(old, name, seqno, end.seqno, private)
+
+
+def _live(state: dict[str, dict[bytes, tuple[int, bytes | None]]]) -> dict[str, dict[bytes, bytes]]:
+    return {name: {k: v for k, (_, v) in entries.items() if v is not None} for name, entries in state.items()}
+
+
+def test_choose_snapshot_takes_a_committed_snapshot_the_files_continue_whose_receipt_verifies(
+    tmp_path: Path,
+) -> None:
+    snap = snapshot_old_service(tmp_path / "old")
+    directory = snap.old.ledger.snapshot_dir
+    assert directory is not None
+    # an uncommitted snapshot, and one the files do not continue, are not candidates
+    with open(os.path.join(directory, snap.name), "rb") as f:
+        data = f.read()
+    (Path(directory) / f"snapshot_{snap.end}_{snap.end + 1}").write_bytes(data)
+    (Path(directory) / f"snapshot_{snap.end + 5}_{snap.end + 6}.committed").write_bytes(data)
+    files, _ = LedgerFiles.open(snap.old.directory)
+    chosen = choose_snapshot([str(tmp_path / "missing"), directory], files, snap.old.cert)
+    assert chosen == (snap.name, data)
+    assert choose_snapshot([directory], files, ServiceIdentity.create().cert) is None
+
+
+def test_a_recovery_from_a_snapshot_gives_the_same_state_as_from_the_whole_ledger(tmp_path: Path) -> None:
+    snap = snapshot_old_service(tmp_path / "old")
+    directory = snap.old.ledger.snapshot_dir
+    assert directory is not None
+    files, _ = LedgerFiles.open(snap.old.directory)
+    chosen = choose_snapshot([directory], files, snap.old.cert)
+    assert chosen is not None
+    files.close()
+    whole = start_recovery(snap.old.directory, snap.old.cert)
+    whole.files.close()
+    rec = start_recovery(snap.old.directory, snap.old.cert, snapshot=chosen[1])
+    assert rec.ledger.last_seqno == whole.ledger.last_seqno == snap.end
+    assert rec.ledger.store.snapshot() == whole.ledger.store.snapshot()
+    secrets = LedgerSecrets(restore_secrets(rec.ledger, rec.files, snap.old.ledger.secrets.latest.raw))
+    replay = PrivateReplay(rec.files, secrets, snap.seqno + 1, snap.end, snapshot=chosen[1])
+    while not replay.done:
+        replay.step(3)
+    assert _live(replay.state()) == _live({name: {k: (0, v) for k, v in values.items()}
+                                           for name, values in snap.private.items()})
+    # a snapshot read with secrets that do not cover it is refused
+    wrong = LedgerSecrets([LedgerSecret.create(s.start) for s in secrets.all()])
+    with pytest.raises(RecoveryError, match="snapshot"):
+        PrivateReplay(rec.files, wrong, snap.seqno + 1, snap.end, snapshot=chosen[1])
+
+
+def test_a_snapshot_altered_after_its_evidence_is_refused_before_its_state_is_used(tmp_path: Path) -> None:
+    snap = snapshot_old_service(tmp_path / "old")
+    directory = snap.old.ledger.snapshot_dir
+    assert directory is not None
+    path = Path(directory) / snap.name
+    data = path.read_bytes()
+    i = data.index(b"public 2")
+    path.write_bytes(data[:i] + b"forged 2" + data[i + 8:])
+    files, _ = LedgerFiles.open(snap.old.directory)
+    chosen = choose_snapshot([directory], files, snap.old.cert)
+    files.close()
+    if chosen is None:
+        return
+    with pytest.raises(LedgerError):
+        start_recovery(snap.old.directory, snap.old.cert, snapshot=chosen[1])
+
+
+# --- ledger secrets of an earlier service ----------------------------------------------------------------
+
+
+def test_ledger_secrets_cover_nothing_until_an_earlier_service_s_secrets_are_restored() -> None:
+    secrets = LedgerSecrets([])
+    assert not secrets.covers(1)
+    secrets.add(LedgerSecret.create(40))
+    assert not secrets.covers(39) and secrets.covers(40) and secrets.covers(1000)
+    earlier = [LedgerSecret.create(1), LedgerSecret.create(12)]
+    with pytest.raises(LedgerSecretError):
+        secrets.restore_earlier([LedgerSecret.create(40)])
+    with pytest.raises(LedgerSecretError):
+        secrets.restore_earlier([LedgerSecret.create(5), LedgerSecret.create(5)])
+    assert len(secrets) == 1
+    secrets.restore_earlier(earlier)
+    assert secrets.covers(1)
+    assert [s.start for s in secrets.all()] == [1, 12, 40]
+    assert secrets.for_seqno(11) is earlier[0] and secrets.for_seqno(39) is earlier[1]
+    assert secrets.latest.start == 40
+
+
+def test_previous_secrets_encrypted_to_each_node_are_given_to_that_node_only() -> None:
+    other = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    secrets = [LedgerSecret.create(1), LedgerSecret.create(17)]
+    record = node_secrets_entries({"n1": _NODE_RSA.public_key(), "n2": other.public_key()}, secrets)
+    assert sorted(record) == ["n1", "n2"]
+    assert _raws(secrets_for_node(record, "n1", _NODE_RSA)) == _raws(secrets)
+    assert secrets_for_node(record, "n3", _NODE_RSA) == []
+    with pytest.raises(LedgerSecretError):
+        secrets_for_node(record, "n2", _NODE_RSA)  # encrypted to another key
+
+
+def test_recovery_create_writes_refuses_a_service_that_never_opened_and_an_unendorsed_node() -> None:
+    ledger = start_new_service(None, [GenesisMember(_MEMBER.pem)], CONSTITUTION,
+                               node=NodeKeys(NodeIdentity.create(), _NODE_RSA))
+    service = ServiceIdentity.create()
+    identity = NodeIdentity.create().endorsed_by(service)
+    quote = VirtualQuote("11" * 32, "22" * 32, identity.node_id)
+    node = GenesisNode(identity, quote, _public_pem(_NODE_RSA).decode())
+    with pytest.raises(RecoveryError, match="never opened"):
+        recovery_create_writes(ledger.read_tx(), service, node, "4.5")
+    info = ledger.read_tx().get_json(SERVICE_INFO, SINGLETON_KEY)
+    ledger.commit_writes({SERVICE_INFO: {SINGLETON_KEY: dump_json({**info, "status": "Open"})}})
+    unendorsed = GenesisNode(NodeIdentity.create(), quote, _public_pem(_NODE_RSA).decode())
+    with pytest.raises(RecoveryError, match="endorsed"):
+        recovery_create_writes(ledger.read_tx(), service, unendorsed, "4.5")
+    writes = recovery_create_writes(ledger.read_tx(), service, node, "4.5")
+    # a measurement and host data the previous service did not know are allowed for the recovering node
+    assert VIRTUAL_MEASUREMENTS in writes and VIRTUAL_HOST_DATA in writes
+    created = orjson.loads(writes[SERVICE_INFO][SINGLETON_KEY] or b"")
+    assert created["current_service_create_txid"] == "4.5" and created["recovery_count"] == 1
 
 
 # --- 6. gathering the previous ledger ----------------------------------------------------------------------
@@ -754,7 +1013,7 @@ def test_secret_records_name_only_the_previous_services_chain(old: OldService) -
 
 def test_gather_copies_missing_chunks_from_two_sources_and_never_touches_them(tmp_path: Path) -> None:
     old = build_old_service(tmp_path / "old", tail=0)
-    names = sorted(os.listdir(old.directory), key=lambda n: int(n.split("_")[1].split("-")[0].split(".")[0]))
+    names = sorted(os.listdir(old.directory), key=_chunk_start)
     assert len(names) >= 4 and all(n.endswith(".committed") for n in names)
     data = chunk_bytes(old.directory)
     first, second, target = tmp_path / "first", tmp_path / "second", tmp_path / "target"
@@ -788,40 +1047,86 @@ def test_gather_creates_the_target_and_refuses_a_missing_source(tmp_path: Path) 
         gather_previous_ledger([str(tmp_path / "missing")], str(target))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gather_previous_ledger keys chunks by start seqno only and lets the first source win: a lagging node's "
-    "uncommitted open chunk `ledger_N` shadows another source's `ledger_N-M.committed`, later committed chunks "
-    "are still copied, and the gathered directory cannot be opened (open chunk followed by others), although "
-    "the sources hold the whole committed ledger"))
+def _lagging_copy(old: OldService, directory: Path, scratch: Path) -> tuple[list[str], int]:
+    """`directory` as a lagging node of A left it: the first two chunks, then the first two entries of the third
+    in an open chunk. Returns A's chunk names in order and the open chunk's start."""
+    data = chunk_bytes(old.directory)
+    names = sorted(data, key=_chunk_start)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names[:2]:
+        (directory / name).write_bytes(data[name])
+    start = _chunk_start(names[2])
+    full, _ = LedgerFiles.open(old.directory)
+    files, _ = LedgerFiles.open(str(scratch))
+    files.start_after(start - 1)
+    for seqno in (start, start + 1):
+        files.append(full.read(seqno))
+    files.close()
+    full.close()
+    (directory / f"ledger_{start}").write_bytes((scratch / f"ledger_{start}").read_bytes())
+    return names, start
+
+
+@pytest.mark.parametrize("lagging_first", [True, False])
 def test_gather_prefers_a_committed_chunk_to_an_uncommitted_one_starting_at_the_same_seqno(
-    tmp_path: Path,
+    tmp_path: Path, lagging_first: bool
 ) -> None:
     old = build_old_service(tmp_path / "old", tail=0)
-    data = chunk_bytes(old.directory)
-    names = sorted(data, key=lambda n: int(n.split("_")[1].split("-")[0]))
-    lagging, complete, target = tmp_path / "lagging", tmp_path / "complete", tmp_path / "target"
-    for d in (lagging, complete):
-        d.mkdir()
-    # the lagging node holds every chunk up to names[2], and names[2]'s first two entries in an open chunk
-    for name in names[:2]:
-        (lagging / name).write_bytes(data[name])
-    start = int(names[2].split("_")[1].split("-")[0])
-    files, _ = LedgerFiles.open(str(complete))
-    for name in names[:2]:
-        (complete / name).write_bytes(data[name])
-    files.close()
-    full, _ = LedgerFiles.open(old.directory)
-    partial = LedgerFiles.open(str(tmp_path / "partial"))[0]
-    partial.start_after(start - 1)
-    for seqno in (start, start + 1):
-        partial.append(full.read(seqno))
-    partial.flush()
-    partial.close()
-    (lagging / f"ledger_{start}").write_bytes((tmp_path / "partial" / f"ledger_{start}").read_bytes())
-    for name in names[2:]:
-        (complete / name).write_bytes(data[name])
-    gather_previous_ledger([str(lagging), str(complete)], str(target))
+    lagging = tmp_path / "lagging"
+    names, start = _lagging_copy(old, lagging, tmp_path / "scratch")
+    sources = [str(lagging), old.directory] if lagging_first else [old.directory, str(lagging)]
+    target = str(tmp_path / "target")
+    gather_previous_ledger(sources, target)
+    assert f"ledger_{start}" not in os.listdir(target)
+    rec = start_recovery(target, old.cert)
+    assert rec.ledger.last_seqno == old.last_signature
+
+
+def test_gather_does_not_lose_a_chunk_of_the_target_that_a_committed_source_chunk_supersedes(
+    tmp_path: Path,
+) -> None:
+    """The recovering node's own directory is a lagging node's: its open chunk gives way to the committed chunk
+    another node holds, and is kept aside rather than deleted."""
+    old = build_old_service(tmp_path / "old", tail=0)
+    target = tmp_path / "target"
+    _, start = _lagging_copy(old, target, tmp_path / "scratch")
+    own = (target / f"ledger_{start}").read_bytes()
+    gather_previous_ledger([old.directory], str(target))
+    kept = [os.path.join(root, name) for root, _, names in os.walk(target) for name in names
+            if name == f"ledger_{start}"]
+    assert len(kept) == 1 and Path(kept[0]).read_bytes() == own
     rec = start_recovery(str(target), old.cert)
+    assert rec.ledger.last_seqno == old.last_signature
+
+
+def test_gather_refuses_a_ledger_with_a_missing_middle_chunk_naming_the_next(tmp_path: Path) -> None:
+    old = build_old_service(tmp_path / "old", tail=0)
+    data = chunk_bytes(old.directory)
+    names = sorted(data, key=_chunk_start)
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in names[:2] + names[3:]:
+        (source / name).write_bytes(data[name])
+    with pytest.raises(RecoveryError, match="gap") as error:
+        gather_previous_ledger([str(source)], str(tmp_path / "target"))
+    assert names[3] in str(error.value)
+
+
+def test_gather_takes_the_longest_of_two_open_chunks_starting_at_the_same_seqno(tmp_path: Path) -> None:
+    # A never ended a chunk after genesis: everything signed is in one open chunk
+    old = build_old_service(tmp_path / "old", tail=0, chunk_size=1_000_000, end_chunk=False)
+    lagging = tmp_path / "lagging"
+    lagging.mkdir()
+    full, _ = LedgerFiles.open(old.directory)
+    short, _ = LedgerFiles.open(str(lagging))
+    for seqno in range(1, old.last_signature - 4):  # it misses A's last few entries, its last signature among them
+        short.append(full.read(seqno))
+    short.close()
+    full.close()
+    assert sorted(os.listdir(lagging)) == ["ledger_1-2", "ledger_3"]
+    target = str(tmp_path / "target")
+    gather_previous_ledger([str(lagging), old.directory], target)
+    rec = start_recovery(target, old.cert)
     assert rec.ledger.last_seqno == old.last_signature
 
 
@@ -832,12 +1137,9 @@ def test_receipts_of_the_previous_service_verify_against_the_new_certificate_onc
     old: OldService,
 ) -> None:
     old_receipts = {}
-    resumed, _ = LedgerFiles.open(old.directory)
-    old.ledger.files = resumed
-    for seqno in (3, 10, old.last_signature):
+    for seqno in (3, 10, old.last_signature):  # receipts A gave before it was lost
         old_receipts[seqno] = old.ledger.receipt(seqno)
         verify_json_receipt(old_receipts[seqno], old.cert)
-    resumed.close()
     rec = start_recovery(old.directory, old.cert)
     create = create_recovered_service(rec)
     ledger = rec.ledger
