@@ -291,3 +291,18 @@ def test_shares_during_the_private_replay_are_refused_and_a_node_killed_in_it_re
                 f"private record {record_id} ")
     finally:
         recovery.stop()
+
+
+def test_a_torn_last_chunk_is_cut_back_to_the_last_signature(recovery: Recovery) -> None:
+    ledger_dir = recovery.workspace / "sandbox_0" / "ledger"
+    ends = [int(p.name.split("-")[1].split(".")[0]) for p in ledger_dir.iterdir() if "-" in p.name]
+    # the node died while appending to a new chunk: its header, then half an entry
+    with open(ledger_dir / f"ledger_{max(ends) + 1}", "wb") as f:
+        f.write(bytes(8) + (4096).to_bytes(8, "little") + b"torn")
+    recovery.start()
+    log = (recovery.workspace / "recovered" / "err").read_text()
+    assert "torn" in log, log[-2000:]
+    assert recovery.open()["proposalState"] == "Accepted"
+    assert recovery.submit(recovery.share()).status == 200
+    recovery.wait_open()
+    assert recovery.read_record() == "kept across the disaster"
