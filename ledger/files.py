@@ -147,12 +147,22 @@ def read_positions(data: bytes, name: str, start: int, end: int | None) -> tuple
 
 def _reset_open_chunk(path: str, length: int | None) -> None:
     """Make the file an open chunk on disk: zero header (no positions table), cut to `length`, fsynced."""
+    _unshare(path)
     with open(path, "r+b") as f:
         f.write(bytes(FILE_HEADER_SIZE))
         if length is not None:
             f.truncate(length)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _unshare(path: str) -> None:
+    """A chunk hard-linked from another directory (a recovery's source) gets its own copy before any write in
+    place, so the other directory never changes."""
+    if os.stat(path).st_nlink > 1:
+        private = path + ".copy"
+        shutil.copyfile(path, private)
+        os.replace(private, path)
 
 
 def _fsync_directory(directory: str) -> None:
@@ -531,6 +541,7 @@ class LedgerFiles:
     def _reopen(self, chunk: _Chunk, seqno: int) -> None:
         positions = self._positions(chunk)
         keep = seqno - chunk.start + 1
+        _unshare(chunk.path)
         # Make the file an open chunk on disk (no header, no table, no dropped entries) before its name
         # says so: a crash in between must not bring the dropped entries back.
         f = open(chunk.path, "r+b")  # noqa: SIM115 - kept open across appends

@@ -45,7 +45,7 @@ from ledger.receipts import verify_json_receipt
 from ledger.replay import recover
 from ledger.secrets import LedgerSecret, LedgerSecrets, unwrap_secret_chain
 from ledger.service_ledger import ServiceLedger
-from ledger.snapshots import load_snapshot, parse_snapshot_name
+from ledger.snapshots import load_snapshot, parse_snapshot_name, summarise_snapshot
 from ledger.tables import (
     HISTORICAL_SECRETS,
     NODES_ENDORSED_CERTS,
@@ -119,9 +119,24 @@ def gather_previous_ledger(sources: list[str], target: str) -> list[str]:
     copied: list[str] = []
     for directory, name in chosen:
         if os.path.abspath(directory) != os.path.abspath(target):
-            shutil.copyfile(os.path.join(directory, name), os.path.join(target, name))
+            _place(os.path.join(directory, name), os.path.join(target, name))
             copied.append(name)
     return copied
+
+
+def _place(source: str, target: str) -> None:
+    """A complete chunk is only ever renamed or replaced whole, never written in place (`LedgerFiles` copies a
+    shared file before reopening it), so it is hard-linked when the file system allows; an open one is copied.
+    Both go through a temporary name: a crash never leaves a partial chunk under a chunk's name."""
+    temporary = target + ".partial"
+    parsed = parse_chunk_name(os.path.basename(target))
+    try:
+        if parsed is None or parsed[1] is None:
+            raise OSError("an open chunk is copied")
+        os.link(source, temporary)
+    except OSError:
+        shutil.copyfile(source, temporary)
+    os.replace(temporary, target)
 
 
 def choose_snapshot(snapshot_dirs: list[str], files: LedgerFiles,
@@ -140,10 +155,10 @@ def choose_snapshot(snapshot_dirs: list[str], files: LedgerFiles,
         with open(path, "rb") as f:
             data = f.read()
         try:
-            loaded = load_snapshot(data, None)
-            if loaded.receipt is None:
+            summary = summarise_snapshot(data)
+            if summary.receipt is None:
                 raise SnapshotError("no receipt")
-            verify_json_receipt(loaded.receipt, previous_service_cert)
+            verify_json_receipt(summary.receipt, previous_service_cert)
         except (SnapshotError, ReceiptError, ValueError) as e:
             logger.warning(f"{os.path.basename(path)}: not used for the recovery ({e})")
             continue
@@ -202,9 +217,9 @@ def replay_public(files: LedgerFiles, *, node: NodeIdentity, service: ServiceIde
     if snapshot is not None:
         # The snapshot's receipt proves its evidence transaction; the evidence must hold this snapshot's digest,
         # else its state (read without a secret to check its GCM tag) could be anything.
-        loaded = load_snapshot(snapshot, None)
-        if evidence.get(loaded.seqno) != loaded.digest.hex():
-            raise RecoveryError(f"the snapshot at seqno {loaded.seqno} does not match the digest its evidence "
+        summary = summarise_snapshot(snapshot)
+        if evidence.get(summary.seqno) != summary.digest.hex():
+            raise RecoveryError(f"the snapshot at seqno {summary.seqno} does not match the digest its evidence "
                                 "transaction committed in the ledger (or the ledger holds no evidence for it)")
     previous_pem = cert_pem(previous_service_cert).strip()
 

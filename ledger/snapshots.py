@@ -185,6 +185,33 @@ def load_snapshot(data: bytes, secrets: LedgerSecrets | None) -> LoadedSnapshot:
     return LoadedSnapshot(seqno, view, hash_at, history, state, digest, receipt)
 
 
+@dataclass(frozen=True)
+class SnapshotSummary:
+    """What can be read of a snapshot without parsing its maps: its seqno, digest and appended receipt."""
+
+    seqno: int
+    digest: bytes
+    receipt: dict[str, object] | None
+
+
+def summarise_snapshot(data: bytes) -> SnapshotSummary:
+    """The seqno, the SHA-256 of the snapshot entry (as its evidence records it) and the receipt, cheaply."""
+    try:
+        frame = frame_entry(data, 0)
+        if not frame.is_snapshot or data[frame.public_start] != TYPE_SNAPSHOT:
+            raise SnapshotError("not a snapshot entry")
+        (seqno,) = _U64.unpack_from(data, frame.public_start + 1)
+        rest = data[frame.end:]
+        receipt = orjson.loads(rest) if rest else None
+    except (struct.error, IndexError, orjson.JSONDecodeError) as e:
+        raise SnapshotError(f"malformed snapshot: {e}") from e
+    except EntryFormatError as e:
+        raise SnapshotError(f"cannot read the snapshot: {e}") from e
+    if receipt is not None and not isinstance(receipt, dict):
+        raise SnapshotError("the receipt appended to the snapshot is not a JSON object")
+    return SnapshotSummary(int(seqno), hashlib.sha256(data[: frame.end]).digest(), receipt)
+
+
 # --- snapshot files (host side) ----------------------------------------------------------------------
 
 

@@ -1165,3 +1165,19 @@ def test_receipts_of_the_previous_service_verify_against_the_new_certificate_onc
     verify_json_receipt(fresh, rec.service.cert)
     with pytest.raises(ReceiptEndorsementError):
         verify_json_receipt(ledger.receipt(10), ServiceIdentity.create().cert)
+
+
+def test_gathered_chunks_are_hard_linked_yet_cutting_them_never_changes_the_source(tmp_path: Path) -> None:
+    old = build_old_service(tmp_path / "old", tail=0)
+    before = chunk_bytes(old.directory)
+    target = tmp_path / "target"
+    gather_previous_ledger([old.directory], str(target))
+    linked = [n for n in os.listdir(target) if os.stat(target / n).st_nlink > 1]
+    assert linked, "complete chunks are hard-linked, not copied"
+    files, _ = LedgerFiles.open(str(target))
+    committed_chunks = sorted((n for n in os.listdir(target) if n.endswith(".committed")), key=_chunk_start)
+    inside = _chunk_start(committed_chunks[-2]) + 1  # a seqno inside a committed, linked chunk
+    files.discard_after(inside)
+    files.close()
+    assert chunk_bytes(old.directory) == before  # the source chunks, linked or not, are as they were
+    assert files.last_seqno == inside
