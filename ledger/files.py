@@ -605,6 +605,11 @@ class LedgerFiles:
             seqno = stop + 1
         return out
 
+    def chunk_end_of(self, seqno: int) -> int:
+        """The last seqno held by the chunk holding `seqno` (the ledger's last for the open chunk)."""
+        chunk = self._chunk_for(seqno)
+        return chunk.end if chunk.end is not None else self._last
+
     def chunk_file_of(self, seqno: int) -> str:
         return self._chunk_for(seqno).path
 

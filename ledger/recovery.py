@@ -18,8 +18,10 @@ evidence do not verify under the recovered secrets. Not here: shares (governance
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +29,7 @@ import orjson
 from cryptography import x509
 from loguru import logger
 
-from ledger.entry import decode_entry, decrypt_private, frame_entry, parse_maps
+from ledger.entry import decode_entry, decrypt_private, frame_entry, parse_maps, parse_public_header
 from ledger.errors import (
     CorruptedCommittedChunk,
     EntryFormatError,
@@ -40,12 +42,12 @@ from ledger.errors import (
 from ledger.files import LedgerFiles, parse_chunk_name
 from ledger.genesis import GenesisNode
 from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem
-from ledger.kv import Tx, WriteSet, is_public
+from ledger.kv import Tx, WriteSet
 from ledger.receipts import verify_json_receipt
 from ledger.replay import recover
 from ledger.secrets import LedgerSecret, LedgerSecrets, unwrap_secret_chain
 from ledger.service_ledger import ServiceLedger
-from ledger.snapshots import load_snapshot, parse_snapshot_name, summarise_snapshot
+from ledger.snapshots import iter_snapshot_maps, parse_snapshot_name, summarise_snapshot
 from ledger.tables import (
     HISTORICAL_SECRETS,
     NODES_ENDORSED_CERTS,
@@ -354,46 +356,58 @@ class PrivateReplay:
         self._next = start
         self._end = end
         self._state: RecoveredState = {}
+        self._snapshot_entries: Iterator[tuple[str, bytes, int, bytes]] | None = None
         if snapshot is not None:
             self._load_snapshot(snapshot)
 
     @property
     def done(self) -> bool:
-        return self._next > self._end
+        return self._snapshot_entries is None and self._next > self._end
 
     @property
     def progress(self) -> tuple[int, int]:
         return self._next - 1, self._end
 
     def _load_snapshot(self, data: bytes) -> None:
+        """Decrypt the snapshot's private part now (its GCM tag checked); its maps are read in the steps."""
         try:
-            loaded = load_snapshot(data, self._secrets)
-        except SnapshotError as e:
+            frame = frame_entry(data, 0)
+            seqno = summarise_snapshot(data).seqno
+            plain = decrypt_private(frame, self._secrets.for_seqno(seqno))
+        except (SnapshotError, EntryFormatError, LedgerSecretError) as e:
             raise RecoveryError(f"the snapshot's private part cannot be read with the recovered secrets: {e}") \
                 from None
-        for name, entries in loaded.state.items():
-            if not is_public(name):
-                target = self._state.setdefault(name, {})
-                for key, (version, value) in entries.items():
-                    target[key] = (version, value)
+        self._snapshot_entries = iter_snapshot_maps(plain, 0, len(plain), public=False)
 
     def step(self, budget: int = 2000) -> None:
+        if self._snapshot_entries is not None:
+            try:
+                for name, key, version, value in itertools.islice(self._snapshot_entries, budget):
+                    self._state.setdefault(name, {})[key] = (version, value)
+                    budget -= 1
+            except SnapshotError as e:
+                raise RecoveryError(f"the snapshot's private part does not parse: {e}") from None
+            if budget > 0:
+                self._snapshot_entries = None  # exhausted
+            if budget <= 0:
+                return
         end = min(self._end, self._next + budget - 1)
-        if self._next > end:
-            return
-        for offset, raw in enumerate(self._files.read_range(self._next, end)):
-            seqno = self._next + offset
-            self._apply(seqno, raw)
+        seqno = self._next
+        while seqno <= end:  # chunk by chunk: the file name is looked up once per chunk
+            file = os.path.basename(self._files.chunk_file_of(seqno))
+            last = min(end, self._files.chunk_end_of(seqno))
+            for raw in self._files.read_range(seqno, last):
+                self._apply(seqno, raw, file)
+                seqno += 1
         self._next = end + 1
 
-    def _apply(self, seqno: int, raw: bytes) -> None:
-        file = os.path.basename(self._files.chunk_file_of(seqno))
+    def _apply(self, seqno: int, raw: bytes, file: str) -> None:
         try:
             frame = frame_entry(raw, 0, file=file)
             secret = self._secrets.for_seqno(seqno)
-            plain = decrypt_private(frame, secret, file=file)
-            decoded = decode_entry(raw, None, file=file)
-            if (decoded.commit_evidence_digest or b"") != secret.commit_evidence_digest(decoded.view, seqno):
+            plain = decrypt_private(frame, secret, file=file)  # the GCM tag covers the public part too
+            header = parse_public_header(frame, file=file)
+            if (header.commit_evidence_digest or b"") != secret.commit_evidence_digest(frame.view, seqno):
                 raise VerificationError("commit evidence digest does not match the recovered secret", file=file,
                                         seqno=seqno)
         except (EntryFormatError, VerificationError, LedgerSecretError) as e:

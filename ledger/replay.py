@@ -58,8 +58,9 @@ def recover(
     last = files.last_seqno
     seqno = ledger.last_seqno + 1
     while seqno <= last:
-        for raw in files.read_range(seqno, min(last, seqno + _BATCH - 1)):
-            file = os.path.basename(files.chunk_file_of(seqno))
+        batch_end = min(last, seqno + _BATCH - 1, files.chunk_end_of(seqno))  # one chunk, one file name
+        file = os.path.basename(files.chunk_file_of(seqno))
+        for raw in files.read_range(seqno, batch_end):
             try:
                 _replay_entry(ledger, raw, seqno, file)
             except (EntryFormatError, VerificationError) as e:
