@@ -9,7 +9,15 @@
   `data-seqno`), so the page reads without JavaScript; the script only adds counts per kind, filters by kind,
   and jumps from a timeline mark to its row, then sets `data-ready="1"` on `<body>`;
 - the verdict is at the top: verified (with what was checked), or the failure with its file, offset and seqno,
-  which is also marked on the timeline and listed among the events at its seqno.
+  which is also marked on the timeline and listed among the events at its seqno;
+- a ledger that spans disaster recoveries shows each recovery as an event (`recovery`: txid, recovery_count,
+  the previous and new certificates' fingerprints) and, once verified, a table of its service identities with
+  how each came to be trusted (`#identities`).
+
+`report_json(timeline, outcome)` is the same report as one JSON object (what `audit.py report --json` prints):
+`{"ok", "path", "verdict", "first_seqno", "last_seqno", "chunks", "epochs", "recoveries", "counts",
+"events"}`, events in the page's order, each `{"seqno", "kind", "title", "detail", "file", "offset"}` (and
+`"data"` for recoveries).
 """
 
 from __future__ import annotations
@@ -17,13 +25,15 @@ from __future__ import annotations
 import datetime as dt
 import html
 from dataclasses import dataclass
+from typing import Any
 
-from ledger.audit import AlteredEntry, AuditReport
+from ledger.audit import TRUST_GIVEN, TRUST_NAMED, TRUST_NOT_SIGNED, AlteredEntry, AuditReport
 from ledger.audit_timeline import KINDS, Event, Timeline
 from ledger.errors import LocatedError
 
 _COLOURS = {
-    "chunk": "#8a94a6", "signature": "#2f7d32", "service": "#6a1b9a", "node": "#00838f", "member": "#1565c0",
+    "chunk": "#8a94a6", "signature": "#2f7d32", "service": "#6a1b9a", "recovery": "#c62828", "node": "#00838f",
+    "member": "#1565c0",
     "user": "#5d4037", "proposal": "#ef6c00", "rekey": "#ad1457", "constitution": "#455a64", "failure": "#d50000",
 }
 _LANES = {"signature": 0, "failure": 2}  # everything else (governance) in lane 1
@@ -42,12 +52,17 @@ h2{font-size:16px;margin:22px 0 8px}
 table.summary{border-collapse:collapse}
 table.summary td{padding:2px 14px 2px 0}
 table.summary td:first-child{color:#4a5568}
+table.identities{border-collapse:collapse;background:#fff;border:1px solid #d5dae1}
+table.identities th{text-align:left;background:#eef1f5;padding:4px 8px}
+table.identities td{padding:3px 8px;border-top:1px solid #eef1f5;font-size:13px}
+td.fp{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;word-break:break-all}
 .axis{position:relative;height:118px;background:#fff;border:1px solid #d5dae1;border-radius:6px;overflow:hidden}
 .chunk{position:absolute;top:88px;height:22px;border-right:2px solid #fff;box-sizing:border-box;
  background:#c9d1dc;font-size:11px;color:#263238;overflow:hidden;white-space:nowrap;padding-left:3px}
 .chunk.open{background:repeating-linear-gradient(45deg,#c9d1dc,#c9d1dc 6px,#e3e8ee 6px,#e3e8ee 12px)}
 .chunk.alt{background-color:#b4bfcd}
 .mark{position:absolute;width:3px;height:22px;margin-left:-1px;cursor:pointer;border-radius:1px}
+.epoch{position:absolute;top:0;bottom:0;border-left:2px dashed #c62828}
 .lane0{top:58px}.lane1{top:30px;width:9px;height:9px;margin-left:-4px;border-radius:50%}
 .lane2{top:4px;width:0;height:0;background:none!important;border-left:8px solid transparent;
  border-right:8px solid transparent;border-top:14px solid #d50000;margin-left:-8px}
@@ -105,6 +120,10 @@ class Outcome:
     report: AuditReport | None
     error: LocatedError | None = None
 
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.report is not None
+
     def failure_event(self) -> Event | None:
         e = self.error
         if e is None:
@@ -139,12 +158,21 @@ def _verdict(outcome: Outcome) -> str:
     assert r is not None
     checked = ["signatures by trusted nodes", "Merkle roots", "COSE signatures", "service status transitions",
                "chunk contiguity"]
-    if r.service_cert_checked:
+    if r.service_cert_checked and len(r.epochs) > 1:
+        checked.append(f"the {'last audited' if r.not_audited_from is not None else 'newest'} service identity is "
+                       f"the trusted certificate and each of the {len(r.recoveries)} recoveries names the one "
+                       "before it")
+    elif r.service_cert_checked:
         checked.append("the service identity is the trusted certificate")
     if r.ledger_secrets:
         checked.append(f"private domains (with {r.ledger_secrets} ledger secrets)")
+    prefix = ""
+    if r.not_audited_from is not None:
+        prefix = (f"<span class=\"where\">only the prefix up to seqno {r.not_audited_from - 1} (--prefix): from the "
+                  f"recovery at seqno {r.not_audited_from} on, the ledger is under a later service identity that the "
+                  "given certificate cannot vouch for, and was not audited</span>")
     return (f"<div id=\"verdict\" class=\"verdict ok\">Verified up to {_esc(r.last_verified_txid)}: "
-            f"{_esc(', '.join(checked))}</div>")
+            f"{_esc(', '.join(checked))}{prefix}</div>")
 
 
 def _summary(timeline: Timeline, outcome: Outcome) -> str:
@@ -153,21 +181,57 @@ def _summary(timeline: Timeline, outcome: Outcome) -> str:
         ("seqnos", f"{timeline.first_seqno}..{timeline.last_seqno}"),
         ("signatures", str(timeline.count("signature"))),
         ("governance events", str(sum(1 for e in timeline.events if e.kind not in ("chunk", "signature")))),
+        ("recoveries", str(len(timeline.recoveries))),
     ]
     if outcome.report is not None:
         rows.append(("last verified signature", outcome.report.last_verified_txid))
-        rows.append(("service certificate", "checked against the trusted one" if outcome.report.service_cert_checked
-                     else "not checked (no --service-cert given)"))
+        r = outcome.report
+        if not r.service_cert_checked:
+            checked = "not checked (no --service-cert given)"
+        elif len(r.epochs) > 1:
+            checked = (f"{'the last audited' if r.not_audited_from is not None else 'the newest'} of "
+                       f"{len(r.epochs)} identities checked against the trusted one, the others through the "
+                       "recoveries that name them")
+        else:
+            checked = "checked against the trusted one"
+        rows.append(("service certificate", checked))
+        if r.not_audited_from is not None:
+            rows.append(("not audited (--prefix)", f"seqnos from {r.not_audited_from} on"))
     if timeline.scan_error is not None:
         rows.append(("timeline stopped at", str(timeline.scan_error)))
     body = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in rows)
     return f"<table class=\"summary\" id=\"summary-table\">{body}</table>"
 
 
+_TRUST = {TRUST_GIVEN: "the trusted certificate (given)",
+          TRUST_NAMED: "named as previous identity by the recovery after it",
+          TRUST_NOT_SIGNED: "not covered by any signature yet"}
+
+
+def _identities(outcome: Outcome) -> str:
+    """The service identities (epochs) the auditor verified, with how each came to be trusted."""
+    r = outcome.report
+    if r is None or not r.epochs:
+        return ""
+    rows = "".join(
+        f'<tr class="identity" data-first-seqno="{e.first_seqno}"><td>{e.index}</td><td>{e.first_seqno}..'
+        f'{e.last_seqno}</td><td>{_esc(e.first_txid)}</td><td>{e.recovery_count}</td>'
+        f'<td class="fp">{_esc(e.previous_cert_fingerprint or "")}</td><td class="fp">{_esc(e.cert_fingerprint)}</td>'
+        f'<td>{e.signatures}</td><td>{_esc(_TRUST.get(e.trust, "not checked (no --service-cert given)"))}</td></tr>'
+        for e in r.epochs)
+    return ('<section id="identities"><h2>Service identities</h2><table class="identities" id="identity-table">'
+            "<thead><tr><th>#</th><th>seqnos</th><th>set at</th><th>recovery_count</th>"
+            "<th>previous certificate (sha256)</th><th>certificate (sha256)</th><th>signatures</th><th>trust</th>"
+            f"</tr></thead><tbody>{rows}</tbody></table></section>")
+
+
 def _axis(timeline: Timeline, events: list[tuple[int, Event]]) -> str:
     first, last = timeline.first_seqno, timeline.last_seqno
     parts = ['<span class="lanelabel" style="top:44px">signatures</span>',
              '<span class="lanelabel" style="top:16px">governance</span>']
+    for e in timeline.recoveries:  # where each recovered service's identity starts
+        parts.append(f'<div class="epoch" style="left:{_pct(e.seqno, first, last + 1)}%" '
+                     f'title="{_esc(e.title)}"></div>')
     for n, c in enumerate(timeline.chunks):
         left = _pct(c.start, first, last + 1)
         width = max(_pct(c.end + 1, first, last + 1) - left, 0.2)
@@ -205,15 +269,47 @@ def _rows(events: list[tuple[int, Event]]) -> str:
     return "".join(out)
 
 
-def render_report(timeline: Timeline, outcome: Outcome, *, title: str | None = None,
-                  generated_at: dt.datetime | None = None) -> str:
-    """The report page (a str of HTML)."""
+def _events(timeline: Timeline, outcome: Outcome) -> list[Event]:
     events = list(timeline.events)
     failure = outcome.failure_event()
     if failure is not None:
         events.append(failure)
     events.sort(key=lambda e: (e.seqno, e.kind == "failure"))  # stable: ledger order within a seqno
-    numbered = list(enumerate(events))
+    return events
+
+
+def report_json(timeline: Timeline, outcome: Outcome, *, title: str | None = None) -> dict[str, Any]:
+    """The report as one JSON-ready object: the verdict, the service identities, the recoveries, the events."""
+    events = _events(timeline, outcome)
+    verdict: dict[str, Any] = {"ok": outcome.ok}
+    if outcome.report is not None:
+        verdict.update(outcome.report.to_json())
+    if outcome.error is not None:
+        e = outcome.error
+        verdict["error"] = {"message": str(e), "reason": e.reason, "file": e.file, "offset": e.offset,
+                            "seqno": e.seqno, "altered": None}
+        if isinstance(e, AlteredEntry):
+            verdict["error"]["altered"] = {"file": e.altered_file, "offset": e.altered_offset,
+                                           "seqno": e.altered_seqno}
+    return {
+        "ok": outcome.ok,
+        "path": title or ", ".join(timeline.paths),
+        "verdict": verdict,
+        "first_seqno": timeline.first_seqno,
+        "last_seqno": timeline.last_seqno,
+        "timeline_error": str(timeline.scan_error) if timeline.scan_error is not None else None,
+        "chunks": [c.__dict__ for c in timeline.chunks],
+        "epochs": verdict.get("epochs", []),
+        "recoveries": [e.data for e in timeline.recoveries],
+        "counts": {k: sum(1 for e in events if e.kind == k) for k in KINDS},
+        "events": [e.to_json() for e in events],
+    }
+
+
+def render_report(timeline: Timeline, outcome: Outcome, *, title: str | None = None,
+                  generated_at: dt.datetime | None = None) -> str:
+    """The report page (a str of HTML)."""
+    numbered = list(enumerate(_events(timeline, outcome)))
     when = (generated_at or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M:%S UTC")
     name = title or ", ".join(timeline.paths)
     return f"""<!DOCTYPE html>
@@ -222,6 +318,7 @@ def render_report(timeline: Timeline, outcome: Outcome, *, title: str | None = N
 <body>
 <header><h1>Ledger audit report</h1><p class="path">{_esc(name)}</p>{_verdict(outcome)}</header>
 <section id="overview"><h2>Summary</h2>{_summary(timeline, outcome)}</section>
+{_identities(outcome)}
 <section id="timeline"><h2>Timeline</h2>{_axis(timeline, numbered)}</section>
 <section><h2>Events</h2>{_legend()}
 <table class="events" id="event-table"><thead><tr><th>seqno</th><th>kind</th><th>event</th>

@@ -21,7 +21,7 @@ import hashlib
 import multiprocessing as mp
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -89,11 +89,13 @@ def ledger_chunk_paths(paths: list[str], committed_only: bool = True) -> list[st
 
 @dataclass(frozen=True)
 class KeptEntry:
-    """An entry that wrote one of the maps the caller asked for: its index in the chunk, offset, public maps."""
+    """An entry that wrote one of the maps the caller asked for: its index in the chunk, offset, public maps,
+    and the view its header names (with its seqno, the transaction id)."""
 
     index: int
     offset: int
     tables: WriteSet
+    view: int = 0
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,7 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
         if q < pend:
             tables = parse_maps(buf, q, pend, seqno=seqno, file=file, offset=pos)
             if keep is None or not keep.isdisjoint(tables):
-                kept.append(KeptEntry(len(leaves) - 1, pos, tables))
+                kept.append(KeptEntry(len(leaves) - 1, pos, tables, view_word & MAX_VIEW))
         expected = seqno + 1
         pos = entry_end
     if positions is not None and found != positions:
@@ -274,7 +276,8 @@ def scan_path(path: str, secrets: RawSecrets | None = None, keep: frozenset[str]
 
 
 def scan_chunks(chunk_paths: list[str], secrets: RawSecrets | None = None, keep: frozenset[str] | None = None,
-                workers: int | None = None) -> Iterator[tuple[str, ChunkScan | tuple[str, int | None, int | None]]]:
+                workers: int | None = None
+                ) -> Generator[tuple[str, ChunkScan | tuple[str, int | None, int | None]], None, None]:
     """(path, scan_path result) for each chunk in order, scanned by a pool of `workers` forked processes
     (default: one per core; in this process when 1 or for a single chunk)."""
     if workers is None:

@@ -5,12 +5,16 @@ public service maps into events, in seqno order:
 - `chunk`: each chunk file (first and last seqno, size, committed or not);
 - `signature`: each signature transaction (txid, signing node);
 - `service`: service status changes and service identity changes (`public:ccf.gov.service.info`);
+- `recovery`: each disaster recovery, the transaction that set a new service identity (its txid, the
+  `recovery_count` it sets, the fingerprints of the previous certificate, of the one the transaction names as
+  `public:ccf.gov.service.previous_service_identity`, and of the new one, in `Event.data` too);
 - `node`, `member`, `user`: nodes' status changes, members added, removed or changing status (Accepted,
   Active), users added and removed (`nodes.info`, `members.certs` / `members.info`, `users.certs`);
 - `proposal`: proposals created and each change of their state (Open, Accepted, Rejected, Failed, Dropped,
   Withdrawn), with their actions' names and final ballots (`proposals_info`, `proposals`);
 - `rekey`: ledger rekeys (`public:ccf.internal.historical_encrypted_ledger_secret` records that wrap a previous
-  secret); `constitution`: the constitution being set.
+  secret, including the record by which a recovered service continues its predecessor's chain);
+  `constitution`: the constitution being set.
 Everything shown comes from the ledger and is not trusted: the timeline describes, the auditor verifies. A
 malformed value yields an event saying so rather than an exception; damage that stops the scan of a chunk is
 returned in `scan_error` (with the events found before it).
@@ -23,9 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from cryptography import x509
 
 from ledger.audit_scan import chunk_range, ledger_chunk_paths, scan_chunks
 from ledger.errors import LocatedError
+from ledger.identity import cert_id
 from ledger.kv import WriteSet
 from ledger.tables import (
     CONSTITUTION,
@@ -33,6 +39,7 @@ from ledger.tables import (
     MEMBERS_CERTS,
     MEMBERS_INFO,
     NODES_INFO,
+    PREVIOUS_SERVICE_IDENTITY,
     SERVICE_INFO,
     SIGNATURES,
     SINGLETON_KEY,
@@ -42,10 +49,10 @@ from ledger.tables import (
 # governance's maps (named here: the ledger core does not import governance)
 PROPOSALS = "public:ccf.gov.proposals"
 PROPOSALS_INFO = "public:ccf.gov.proposals_info"
-TIMELINE_TABLES = frozenset({SIGNATURES, SERVICE_INFO, NODES_INFO, MEMBERS_CERTS, MEMBERS_INFO, USERS_CERTS,
-                             PROPOSALS, PROPOSALS_INFO, HISTORICAL_SECRETS, CONSTITUTION})
-KINDS = ("chunk", "signature", "service", "node", "member", "user", "proposal", "rekey", "constitution",
-         "failure")
+TIMELINE_TABLES = frozenset({SIGNATURES, SERVICE_INFO, PREVIOUS_SERVICE_IDENTITY, NODES_INFO, MEMBERS_CERTS,
+                             MEMBERS_INFO, USERS_CERTS, PROPOSALS, PROPOSALS_INFO, HISTORICAL_SECRETS, CONSTITUTION})
+KINDS = ("chunk", "signature", "service", "recovery", "node", "member", "user", "proposal", "rekey",
+         "constitution", "failure")
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,14 @@ class Event:
     detail: str = ""
     file: str | None = None
     offset: int | None = None
+    data: dict[str, Any] | None = None  # machine-readable fields (recovery events)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"seqno": self.seqno, "kind": self.kind, "title": self.title, "detail": self.detail,
+                               "file": self.file, "offset": self.offset}
+        if self.data is not None:
+            out["data"] = self.data
+        return out
 
 
 @dataclass(frozen=True)
@@ -85,9 +100,23 @@ class Timeline:
     def count(self, kind: str) -> int:
         return sum(1 for e in self.events if e.kind == kind)
 
+    @property
+    def recoveries(self) -> list[Event]:
+        return [e for e in self.events if e.kind == "recovery"]
+
 
 def short(entity_id: str) -> str:
     return entity_id[:12] + "…" if len(entity_id) > 13 else entity_id
+
+
+def fingerprint_of_pem(pem: object) -> str | None:
+    """hex SHA-256 of a PEM certificate's DER, None if it is not one."""
+    if not isinstance(pem, str):
+        return None
+    try:
+        return cert_id(x509.load_pem_x509_certificate(pem.encode()))
+    except ValueError:
+        return None
 
 
 def _json(raw: bytes | None) -> Any:
@@ -108,10 +137,11 @@ class _Collector:
         self.proposals: dict[str, str] = {}
         self.actions: dict[str, list[str]] = {}
 
-    def add(self, seqno: int, kind: str, title: str, detail: str, file: str, offset: int) -> None:
-        self.events.append(Event(seqno, kind, title, detail, file, offset))
+    def add(self, seqno: int, kind: str, title: str, detail: str, file: str, offset: int,
+            data: dict[str, Any] | None = None) -> None:
+        self.events.append(Event(seqno, kind, title, detail, file, offset, data))
 
-    def entry(self, t: WriteSet, seqno: int, file: str, offset: int) -> None:
+    def entry(self, t: WriteSet, seqno: int, file: str, offset: int, view: int = 0) -> None:
         def ev(kind: str, title: str, detail: str = "") -> None:
             self.add(seqno, kind, title, detail, file, offset)
 
@@ -119,6 +149,8 @@ class _Collector:
             info = _json(t[SERVICE_INFO].get(SINGLETON_KEY))
             if isinstance(info, dict):
                 status, cert = info.get("status"), info.get("cert")
+                if cert != self.service[1] and self.service[1] is not None:
+                    self.recovery(t, info, seqno, view, file, offset)
                 if (status, cert) != self.service:
                     changed = "service identity set" if cert != self.service[1] else ""
                     ev("service", f"service status {status}", changed)
@@ -156,7 +188,12 @@ class _Collector:
         if HISTORICAL_SECRETS in t:
             record = _json(t[HISTORICAL_SECRETS].get(SINGLETON_KEY))
             if isinstance(record, dict) and "previous_ledger_secret" in record:
-                ev("rekey", "ledger rekey", f"a new ledger secret encrypts from seqno {seqno + 1}")
+                if "next_version" in record:
+                    ev("rekey", "ledger secret chain continued after the recovery",
+                       f"the previous service's latest secret, wrapped under the secret that encrypts from seqno "
+                       f"{record.get('next_version')}")
+                else:
+                    ev("rekey", "ledger rekey", f"a new ledger secret encrypts from seqno {seqno + 1}")
         if CONSTITUTION in t:
             ev("constitution", "constitution set" if t[CONSTITUTION].get(SINGLETON_KEY) is not None
                else "constitution removed")
@@ -168,6 +205,32 @@ class _Collector:
                    f"by node {short(node)}, root {str(sig.get('root', ''))[:16]}…")
             else:
                 ev("signature", "malformed signature")
+
+    def recovery(self, t: WriteSet, info: dict[str, Any], seqno: int, view: int, file: str, offset: int) -> None:
+        """The service identity changes at `seqno`: a recovery (the auditor judges whether it is a valid one)."""
+        named_raw = t.get(PREVIOUS_SERVICE_IDENTITY, {}).get(SINGLETON_KEY)
+        count = info.get("recovery_count")
+        data: dict[str, Any] = {
+            "seqno": seqno,
+            "txid": f"{view}.{seqno}",
+            "recovery_count": count,
+            "previous_cert_fingerprint": fingerprint_of_pem(self.service[1]),
+            "named_previous_fingerprint": fingerprint_of_pem(_json(named_raw)),
+            "cert_fingerprint": fingerprint_of_pem(info.get("cert")),
+            "previous_service_identity_version": info.get("previous_service_identity_version"),
+        }
+        previous, named, new = (data[k] or "?" for k in ("previous_cert_fingerprint", "named_previous_fingerprint",
+                                                           "cert_fingerprint"))
+        if named_raw is None:
+            names = "; the transaction names no previous service identity"
+        elif named == previous:
+            names = " (named as previous service identity)"
+        else:
+            names = f"; the transaction names another previous service identity: sha256 {named}"
+        self.add(seqno, "recovery", f"service recovered at {view}.{seqno}: recovery_count {count}",
+                 f"previous certificate sha256 {previous}{names}; new certificate sha256 {new}; "
+                 f"previous_service_identity_version {data['previous_service_identity_version']}",
+                 file, offset, data)
 
     def proposal(self, pid: str, raw: bytes | None, ev: Any) -> None:
         if raw is None:
@@ -216,6 +279,6 @@ def collect_timeline(paths: list[str], *, committed_only: bool = True, workers: 
                       f"seqnos {start}..{last}, {scan.size:,} bytes, {'committed' if end is not None else 'open'}",
                       name, 0)
         for kept in scan.kept:
-            collector.entry(kept.tables, scan.start + kept.index, name, kept.offset)
+            collector.entry(kept.tables, scan.start + kept.index, name, kept.offset, kept.view)
     timeline.events = collector.events
     return timeline

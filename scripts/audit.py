@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
 """The auditor's command line: verify ledgers and receipts offline, compare nodes' ledgers, draw a report.
 
-  audit.py ledger DIR... [--service-cert PEM] [--secrets FILE | --sealed-dir DIR] [--uncommitted] [--json]
+  audit.py ledger DIR... [--service-cert PEM [--prefix]] [--secrets FILE | --sealed-dir DIR] [--uncommitted]
+                         [--json]
   audit.py receipt FILE --service-cert PEM [--claims-digest HEX | --claims-of-msg TEXT] [--json]
   audit.py compare DIR DIR... [--json]
-  audit.py report DIR --out report.html [--service-cert PEM] [--secrets FILE | --sealed-dir DIR]
+  audit.py report DIR (--out report.html | --json) [--service-cert PEM [--prefix]] [--secrets FILE | --sealed-dir DIR]
   audit.py secrets DATA_DIR --out FILE      (a node's sealed ledger secrets, in the --secrets format)
+
+--service-cert is the NEWEST service certificate: a ledger that spans disaster recoveries is verified back
+through the previous identities its recoveries name. --prefix accepts an older one and audits only the part
+of the ledger up to that identity's end.
 
 Exit status: 0 only when everything given verifies (or, for `compare`, is identical); 1 otherwise, with one
 `error: ...` line per failure on stderr naming the file, offset and seqno where known; 2 for a malformed
@@ -120,7 +125,7 @@ def _audit_one(paths: list[str], args: argparse.Namespace, cert: x509.Certificat
     start = time.perf_counter()
     try:
         report = audit_ledger(paths, committed_only=not args.uncommitted, service_cert=cert, secrets=secrets,
-                              workers=args.workers, progress=bar)
+                              workers=args.workers, progress=bar, prefix=args.prefix)
         return report, None, time.perf_counter() - start
     except LocatedError as e:
         return None, e, time.perf_counter() - start
@@ -203,7 +208,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ledger.audit_report import Outcome, render_report
+    from ledger.audit_report import Outcome, render_report, report_json
     from ledger.audit_timeline import collect_timeline
 
     cert = _service_cert(args.service_cert)
@@ -213,17 +218,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     except LocatedError as e:
         raise Failure(f"{args.dir}: {e}") from None
     report, error, _ = _audit_one([args.dir], args, cert, secrets)
-    page = render_report(timeline, Outcome(report, error), title=args.dir)
-    try:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(page)
-    except OSError as e:
-        raise Failure(f"cannot write {args.out}: {e.strerror or e}") from None
+    outcome = Outcome(report, error)
+    if args.out is not None:
+        page = render_report(timeline, outcome, title=args.dir)
+        try:
+            with open(args.out, "w", encoding="utf-8") as f:
+                f.write(page)
+        except OSError as e:
+            raise Failure(f"cannot write {args.out}: {e.strerror or e}") from None
+    if args.json:
+        print(orjson.dumps(report_json(timeline, outcome, title=args.dir)).decode())
+    written = f"report written to {args.out}" if args.out is not None else "report printed"
     if error is not None:
-        raise Failure(f"{args.dir}: {error} (report written to {args.out})")
-    print(f"{args.dir}: verified; report written to {args.out} ({len(timeline.chunks)} chunks, "
-          f"{timeline.count('signature')} signatures, "
-          f"{sum(1 for e in timeline.events if e.kind not in ('chunk', 'signature'))} governance events)")
+        raise Failure(f"{args.dir}: {error} ({written})")
+    if not args.json:
+        recoveries = len(timeline.recoveries)
+        print(f"{args.dir}: verified; {written} ({len(timeline.chunks)} chunks, "
+              f"{timeline.count('signature')} signatures, "
+              f"{sum(1 for e in timeline.events if e.kind not in ('chunk', 'signature'))} governance events"
+              + (f", {recoveries} recover{'ies' if recoveries != 1 else 'y'}" if recoveries else "") + ")")
     return 0
 
 
@@ -253,7 +266,11 @@ def _parser() -> argparse.ArgumentParser:
                            help="take the ledger secrets from a node's data directory (virtual sealing)")
 
     def run_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--service-cert", metavar="PEM", help="the trusted service certificate")
+        p.add_argument("--service-cert", metavar="PEM",
+                       help="the trusted service certificate: the newest, when the ledger spans recoveries")
+        p.add_argument("--prefix", action="store_true",
+                       help="--service-cert may be an older service certificate: audit only the ledger up to the "
+                            "end of its identity (the next recovery)")
         secrets_options(p)
         p.add_argument("--uncommitted", action="store_true", help="also verify uncommitted chunks")
         p.add_argument("--progress", action="store_true", help="draw a progress bar on stderr (default: on a TTY)")
@@ -280,9 +297,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_compare)
 
-    p = sub.add_parser("report", help="write a self-contained HTML timeline of a ledger")
+    p = sub.add_parser("report", help="write a self-contained HTML timeline of a ledger (or print it as JSON)")
     p.add_argument("dir", metavar="DIR")
-    p.add_argument("--out", required=True, metavar="HTML")
+    p.add_argument("--out", metavar="HTML", help="write the page there")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")
     run_options(p)
     p.set_defaults(run=cmd_report)
 
@@ -294,7 +312,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "prefix", False) and args.service_cert is None:
+        parser.error("--prefix audits the part of the ledger that an older service certificate vouches for: "
+                     "give it with --service-cert")
+    if args.command == "report" and args.out is None and not args.json:
+        parser.error("report: give --out HTML (the page), --json (the report on stdout), or both")
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)

@@ -529,3 +529,21 @@ def test_report_error_paths(ledger: ServiceLedger, tmp_path: Path) -> None:
 def test_secrets_export_error_path(tmp_path: Path) -> None:
     code, _, err = run("secrets", str(tmp_path), "--out", str(tmp_path / "s.json"))
     assert code == 1 and "missing" in one_error_line(err)
+
+
+def test_report_json_lists_the_same_events_as_the_page(ledger: ServiceLedger, service_pem: str,
+                                                       tmp_path: Path) -> None:
+    out_html = tmp_path / "report.html"
+    code, out, err = run("report", directory(ledger), "--out", str(out_html), "--service-cert", service_pem, "--json")
+    assert code == 0, err
+    report = orjson.loads(out)
+    assert report["ok"] is True and report["verdict"]["last_verified_txid"] == str(ledger.txid(ledger.last_seqno))
+    page = out_html.read_text(encoding="utf-8")
+    assert len(report["events"]) == page.count('<tr class="ev ev-')
+    for kind, count in report["counts"].items():
+        assert page.count(f'<tr class="ev ev-{kind}"') == count, kind
+    assert report["counts"]["signature"] == len(ledger.signature_seqnos())
+    assert report["recoveries"] == [] and report["counts"]["recovery"] == 0
+    (epoch,) = report["epochs"]
+    assert epoch["first_seqno"] == 1 and epoch["trust"] == "given" and epoch["previous_cert_fingerprint"] is None
+    assert [e["seqno"] for e in report["events"]] == sorted(e["seqno"] for e in report["events"])
