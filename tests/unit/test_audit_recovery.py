@@ -391,7 +391,11 @@ def test_the_recovery_transaction_is_covered_by_the_new_services_signature(tmp_p
     flip_byte(chunk, data.index(pem_line.encode(), offset) + 10)
     code, _, err = run("ledger", built.directory, "--service-cert", cert)
     line = one_error_line(err)
-    assert code == 1 and f"the recovery at seqno {b.first_seqno} names as previous service identity" in line
+    # the flipped character may still be base64 (another certificate, not the previous identity) or not (a PEM
+    # that does not parse): either way the recovery transaction is refused, and named
+    assert code == 1, line
+    assert f"the recovery at seqno {b.first_seqno} names as previous service identity" in line \
+        or ("malformed service table" in line and f"seqno {b.first_seqno})" in line), line
 
     shutil.rmtree(built.directory)
     shutil.copytree(pristine, built.directory)
