@@ -214,8 +214,9 @@ class SnapshotSummary:
     receipt: dict[str, object] | None
 
 
-def summarise_snapshot(data: bytes) -> SnapshotSummary:
-    """The seqno, the SHA-256 of the snapshot entry (as its evidence records it) and the receipt, cheaply."""
+def summarise_snapshot(data: bytes, *, digest: bool = True) -> SnapshotSummary:
+    """The seqno, the SHA-256 of the snapshot entry (as its evidence records it; empty without `digest`) and the
+    receipt, without parsing the maps."""
     try:
         frame = frame_entry(data, 0)
         if not frame.is_snapshot or data[frame.public_start] != TYPE_SNAPSHOT:
@@ -229,7 +230,7 @@ def summarise_snapshot(data: bytes) -> SnapshotSummary:
         raise SnapshotError(f"cannot read the snapshot: {e}") from e
     if receipt is not None and not isinstance(receipt, dict):
         raise SnapshotError("the receipt appended to the snapshot is not a JSON object")
-    return SnapshotSummary(int(seqno), hashlib.sha256(data[: frame.end]).digest(), receipt)
+    return SnapshotSummary(int(seqno), hashlib.sha256(data[: frame.end]).digest() if digest else b"", receipt)
 
 
 # --- snapshot files (host side) ----------------------------------------------------------------------

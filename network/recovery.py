@@ -89,7 +89,7 @@ class NodeRecovery:
         self._schedule = schedule
         self._seal = seal
         self._snapshot = snapshot
-        self._snapshot_seqno = summarise_snapshot(snapshot).seqno if snapshot is not None else 0
+        self._snapshot_seqno = summarise_snapshot(snapshot, digest=False).seqno if snapshot is not None else 0
         self.first_new_seqno = create_seqno(ledger)  # the recovered service's own secret starts there
         self.phase = Phase.DONE if ledger.secrets.covers(self._replay_start()) else Phase.PUBLIC
         if self.phase is Phase.PUBLIC:
