@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import gc
 import hashlib
 import importlib
 import os
@@ -562,11 +563,13 @@ class NodeHost:
         raft: Raft | None = None
         recovery_snapshot: bytes | None = None
         if sealing.is_sealed(self.config.data_dir):
-            ledger, keys, raft = self._resume()
+            with _loading():
+                ledger, keys, raft = self._resume()
         elif self.config.recover is not None:
             if port == 0:
                 raise NodeStartError("a recovering service needs a fixed rpc_address port (it is in the ledger)")
-            ledger, keys, raft, recovery_snapshot = self._start_recovery()
+            with _loading():
+                ledger, keys, raft, recovery_snapshot = self._start_recovery()
         elif self.config.join_target is not None:
             ledger, keys, raft = await self._join()
         else:
@@ -644,6 +647,19 @@ class NodeHost:
             except Exception:  # a failing signature must be seen, and must not stop the timer silently
                 logger.exception("signature failed")
                 raise
+
+
+@contextlib.contextmanager
+def _loading() -> Iterator[None]:
+    """Replaying a ledger builds millions of long-lived objects and no cycles: the cyclic collector is paused
+    meanwhile (about 12% of a replay's time), and what was built is then moved out of its sight for good
+    (`gc.freeze`), so that later collections do not walk the whole state again and again."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.freeze()
 
 
 def _die_with_parent() -> None:

@@ -20,6 +20,7 @@ with its predecessor's secrets too (sealed as soon as they arrived) its replay a
 from __future__ import annotations
 
 import enum
+import gc
 import time
 from collections.abc import Callable
 from typing import Any
@@ -173,6 +174,7 @@ class NodeRecovery:
             self._schedule(self._step)
             return
         self.ledger.store.restore_earlier_state(replay.state(), self.first_new_seqno)
+        gc.freeze()  # the restored state lives as long as the node: later collections need not walk it
         self._replay = None
         self.phase = Phase.DONE
         logger.info(f"recovery: private ledger read in {time.perf_counter() - self._private_began:.2f} s; this "
