@@ -358,7 +358,7 @@ class PrivateReplay:
         self._state: RecoveredState = {}
         self._snapshot_entries: Iterator[tuple[str, bytes, int, bytes]] | None = None
         if snapshot is not None:
-            self._load_snapshot(snapshot)
+            self._snapshot_entries = self._snapshot_entries_of(snapshot)
 
     @property
     def done(self) -> bool:
@@ -368,15 +368,12 @@ class PrivateReplay:
     def progress(self) -> tuple[int, int]:
         return self._next - 1, self._end
 
-    def _load_snapshot(self, data: bytes) -> None:
-        """Decrypt the snapshot's private part now (its GCM tag checked); its maps are read in the steps."""
-        try:
-            frame = frame_entry(data, 0)  # the snapshot's seqno is its IV's
-            plain = decrypt_private(frame, self._secrets.for_seqno(frame.seqno))
-        except (SnapshotError, EntryFormatError, LedgerSecretError) as e:
-            raise RecoveryError(f"the snapshot's private part cannot be read with the recovered secrets: {e}") \
-                from None
-        self._snapshot_entries = iter_snapshot_maps(plain, 0, len(plain), public=False)
+    def _snapshot_entries_of(self, data: bytes) -> Iterator[tuple[str, bytes, int, bytes]]:
+        """The snapshot's private entries; its private part is decrypted (GCM tag checked) at the first step, not
+        when the replay is set up (inside the request that brought the secrets)."""
+        frame = frame_entry(data, 0)  # the snapshot's seqno is its IV's
+        plain = decrypt_private(frame, self._secrets.for_seqno(frame.seqno))
+        yield from iter_snapshot_maps(plain, 0, len(plain), public=False)
 
     def step(self, budget: int = 2000) -> None:
         if self._snapshot_entries is not None:
@@ -384,8 +381,9 @@ class PrivateReplay:
                 for name, key, version, value in itertools.islice(self._snapshot_entries, budget):
                     self._state.setdefault(name, {})[key] = (version, value)
                     budget -= 1
-            except SnapshotError as e:
-                raise RecoveryError(f"the snapshot's private part does not parse: {e}") from None
+            except (SnapshotError, EntryFormatError, LedgerSecretError) as e:
+                raise RecoveryError(f"the snapshot's private part cannot be read with the recovered secrets: {e}") \
+                    from None
             if budget > 0:
                 self._snapshot_entries = None  # exhausted
             if budget <= 0:
