@@ -150,6 +150,7 @@ class NodeRecovery:
             return
         self.phase = Phase.PRIVATE
         self._private_began = time.perf_counter()
+        gc.disable()  # the replay builds long-lived state and no cycles (re-enabled, and the state frozen, after)
         self._replay = PrivateReplay(self.files, self.ledger.secrets, self._replay_start(),
                                      self.first_new_seqno - 1, self._snapshot)
         logger.info(f"recovery: reading the private ledger up to seqno {self.first_new_seqno - 1}")
@@ -169,11 +170,13 @@ class NodeRecovery:
         except RecoveryError as e:
             logger.error(f"recovery: {e}; this node stays in the public phase")
             self.phase, self._replay = Phase.PUBLIC, None
+            gc.enable()
             return
         if not replay.done:
             self._schedule(self._step)
             return
         self.ledger.store.restore_earlier_state(replay.state(), self.first_new_seqno)
+        gc.enable()
         gc.freeze()  # the restored state lives as long as the node: later collections need not walk it
         self._replay = None
         self.phase = Phase.DONE
