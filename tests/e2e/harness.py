@@ -296,3 +296,15 @@ def assert_serving(sandbox: Sandbox) -> None:
         raw.send(request("POST", "/app/log/public", orjson.dumps({"id": 999_999, "msg": "still serving"})))
         answer = raw.response()
         assert answer.status == 200 and answer.body == b"true", answer
+
+
+def write_committed(client: ServiceClient, record_id: int, msg: str, table: str = "private",
+                    timeout: float = 30.0) -> str:
+    """Write a record with the logging app and wait until `/app/tx` says Committed; its transaction id."""
+    answer = client.call("POST", f"/app/log/{table}", {"id": record_id, "msg": msg})
+    assert answer.status == 200 and answer.txid is not None, answer.body
+    deadline = time.monotonic() + timeout
+    while (status := client.json_ok("GET", f"/app/tx?transaction_id={answer.txid}")["status"]) != "Committed":
+        assert status != "Invalid" and time.monotonic() < deadline, f"{answer.txid} is {status}"
+        time.sleep(0.05)
+    return answer.txid

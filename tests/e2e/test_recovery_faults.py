@@ -25,7 +25,7 @@ from network.member_api import MemberApi
 from scripts.bench_recovery import write_lost_service
 from scripts.sandbox import _write, start_node
 from tests.ccf_tools import assert_read_ledger_accepts, verify_secrets_chain
-from tests.e2e.harness import Sandbox, free_port
+from tests.e2e.harness import Sandbox, free_port, write_committed
 
 pytestmark = pytest.mark.e2e
 NEW_CERT = "new_service_cert.pem"
@@ -41,12 +41,8 @@ class Recovery:
         old.open()
         user = old.client("user0")
         for i in range(8):
-            answer = user.call("POST", "/app/log/private", {"id": i, "msg": f"record {i}"})
-            assert answer.status == 200 and answer.txid is not None
-            old.wait_for_commit(answer.txid)
-        answer = user.call("POST", "/app/log/private", {"id": 7, "msg": "kept across the disaster"})
-        assert answer.status == 200 and answer.txid is not None
-        old.wait_for_commit(answer.txid)
+            write_committed(user, i, f"record {i}")
+        write_committed(user, 7, "kept across the disaster")
         old.stop()
         self.common = workspace / "sandbox_common"
         self.process: subprocess.Popen[bytes] | None = None
@@ -232,12 +228,7 @@ def test_a_recovered_service_lost_again_is_recovered_again(recovery: Recovery) -
     # the opening is durable once a later write commits (the second disaster strikes an Open service)
     client = ServiceClient(recovery.url, str(recovery.common / NEW_CERT), cert=str(recovery.common / "user0_cert.pem"),
                            key=str(recovery.common / "user0_privk.pem"), timeout=10)
-    answer = client.call("POST", "/app/log/private", {"id": 8, "msg": "written by the first recovered service"})
-    assert answer.status == 200 and answer.txid is not None
-    deadline = time.monotonic() + 30
-    while client.json_ok("GET", f"/app/tx?transaction_id={answer.txid}")["status"] != "Committed":
-        assert time.monotonic() < deadline, "the write did not commit"
-        time.sleep(0.05)
+    write_committed(client, 8, "written by the first recovered service")
     recovery.kill()
     # the second disaster: the recovered node's data is lost but for its ledger
     os.replace(recovery.common / NEW_CERT, recovery.common / "first_recovery_cert.pem")

@@ -9,13 +9,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from network.client import ServiceClient
-from tests.e2e.harness import free_port
+from tests.e2e.harness import free_port, write_committed
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,12 +48,7 @@ def test_the_sandbox_recovers_its_lost_service_with_member0s_share(tmp_path_fact
     common = workspace / "sandbox_common"
     user = dict(cert=str(common / "user0_cert.pem"), key=str(common / "user0_privk.pem"), timeout=10)
     client = ServiceClient(f"https://127.0.0.1:{port}", str(common / "service_cert.pem"), **user)
-    answer = client.call("POST", "/app/log/private", {"id": 5, "msg": "written before the disaster"})
-    assert answer.status == 200 and answer.txid is not None
-    deadline = time.monotonic() + 30
-    while client.json_ok("GET", f"/app/tx?transaction_id={answer.txid}")["status"] != "Committed":
-        assert time.monotonic() < deadline, "the write did not commit"
-        time.sleep(0.05)
+    write_committed(client, 5, "written before the disaster")
     old_cert = (common / "service_cert.pem").read_text()
     # the disaster: the node is killed and its sealed state lost; only ledger/ and snapshots/ remain
     _kill(pids)
