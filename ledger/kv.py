@@ -344,6 +344,19 @@ class Store:
                 ms.write_versions = sorted(versions) + ms.write_versions
         self._hold_removals_from = None
 
+    def load_state(self, state: SnapshotState, seqno: int, view: int) -> None:
+        """Become the state `state` at version `seqno` (compacted there), keeping this store's hooks: what a
+        replay that decoded the ledger elsewhere hands over (it fires the hooks itself, with
+        `fire_local_hooks`, for the writes they need)."""
+        fresh = Store.from_snapshot(state, seqno, view)
+        self._maps, self._log, self._version = fresh._maps, {}, seqno
+        self._view, self._compacted = view, seqno
+
+    def fire_local_hooks(self, version: int, writes: WriteSet) -> None:
+        for map_name, changes in writes.items():
+            for hook in self._local_hooks.get(map_name, ()):
+                hook(version, changes)
+
     @classmethod
     def from_snapshot(cls, state: SnapshotState, seqno: int, view: int) -> Store:
         """A store whose state is `state` at version `seqno` (compacted there: no older reads)."""

@@ -114,6 +114,13 @@ class MerkleHistory:
         self._levels[0] += leaf
         self._size += 1
 
+    def extend(self, leaves: bytes) -> None:
+        """Append many leaves at once (32 bytes each, back to back)."""
+        if len(leaves) % HASH_SIZE:
+            raise MerkleError(f"leaves come {HASH_SIZE} bytes each, not {len(leaves)} bytes in all")
+        self._levels[0] += leaves
+        self._size += len(leaves) // HASH_SIZE
+
     def _build(self) -> None:
         """Hash every internal node whose two children exist and that is not hashed yet."""
         levels, offsets = self._levels, self._offsets

@@ -43,8 +43,9 @@ from ledger.files import LedgerFiles, parse_chunk_name
 from ledger.genesis import GenesisNode
 from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem
 from ledger.kv import Tx, WriteSet
+from ledger.parallel_replay import replay_public_in_parallel
 from ledger.receipts import verify_json_receipt
-from ledger.replay import recover
+from ledger.replay import finish_replay, recover
 from ledger.secrets import LedgerSecret, LedgerSecrets, unwrap_secret_chain
 from ledger.service_ledger import ServiceLedger
 from ledger.snapshots import iter_snapshot_maps, parse_snapshot_name, summarise_snapshot
@@ -213,7 +214,10 @@ def replay_public(files: LedgerFiles, *, node: NodeIdentity, service: ServiceIde
 
     ledger.store.add_local_hook(SNAPSHOT_EVIDENCE, evidence_written)
     try:
-        ledger = recover(files, secrets=secrets, node=node, service=service, base=ledger, **kwargs)
+        if snapshot is None and replay_public_in_parallel(files, ledger):
+            finish_replay(ledger, files)
+        else:
+            ledger = recover(files, secrets=secrets, node=node, service=service, base=ledger, **kwargs)
     except CorruptedCommittedChunk as e:
         raise RecoveryError(f"the previous ledger does not verify: {e}") from None
     if snapshot is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import binascii
 import dataclasses
 import os
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -72,10 +73,16 @@ def recover(
                 last = seqno - 1
                 break
             seqno += 1
+    finish_replay(ledger, files)
+    return ledger
+
+
+def finish_replay(ledger: ServiceLedger, files: LedgerFiles) -> None:
+    """The ledger writes to `files` from now on; commit is what the file names say, up to the last verified
+    signature they cover."""
     ledger.files = files
     verified = [s for s in ledger.signature_seqnos() if s <= files.committed_seqno]
     ledger.commit_to(verified[-1] if verified else 0)
-    return ledger
 
 
 def _replay_entry(ledger: ServiceLedger, raw: bytes, seqno: int, file: str) -> None:
@@ -140,27 +147,36 @@ def _verify_entry(ledger: ServiceLedger, raw: bytes, seqno: int,
     return decoded, signature
 
 
+StateLookup = Callable[[str, bytes], "bytes | None"]  # (map, key) -> the value in the state rebuilt so far
+
+
 def _verify_signature_transaction(ledger: ServiceLedger, seqno: int, writes: WriteSet) -> SignatureRecord | None:
-    """As the auditor checks it, with the signer's trust and certificate and the service certificate
-    taken from the state rebuilt so far."""
+    state = ledger.read_tx()
+    return verify_signature_writes(lambda table, key: state.get(table, key), ledger.merkle.root(), seqno, writes)
+
+
+def verify_signature_writes(lookup: StateLookup, root: bytes, seqno: int, writes: WriteSet) -> SignatureRecord | None:
+    """As the auditor checks a signature transaction, with the signer's trust and certificate and the service
+    certificate taken from the state rebuilt so far (`lookup`), against the root of the entries before it."""
     raw_sig = writes[SIGNATURES].get(SINGLETON_KEY)
     if raw_sig is None:
         return None
     primary = parse_primary_signature(raw_sig, seqno)
-    state = ledger.read_tx()
-    info = state.get_json(NODES_INFO, primary.node)
+    raw_info = lookup(NODES_INFO, primary.node.encode())
+    info = orjson.loads(raw_info) if raw_info is not None else None
     if not isinstance(info, dict) or info.get("status") not in ("Trusted", "Retired"):
         raise VerificationError(f"signing node {primary.node} is not trusted", seqno=seqno)
-    cert_pem = state.get(NODES_ENDORSED_CERTS, primary.node)
+    cert_pem = lookup(NODES_ENDORSED_CERTS, primary.node.encode())
     if cert_pem is None:
         raise VerificationError(f"signing node {primary.node} has no endorsed certificate", seqno=seqno)
     node_key = load_cert(cert_pem).public_key()
-    service_info = state.get_json(SERVICE_INFO, SINGLETON_KEY)
+    raw_service = lookup(SERVICE_INFO, SINGLETON_KEY)
+    service_info = orjson.loads(raw_service) if raw_service is not None else None
     service_key = load_cert(service_info["cert"]).public_key() if service_info else None
     if not isinstance(node_key, ec.EllipticCurvePublicKey) or not isinstance(
             service_key, ec.EllipticCurvePublicKey | None):
         raise VerificationError("node and service keys must be EC", seqno=seqno)
     cose_bytes = verify_signature_transaction(
         primary, writes.get(COSE_SIGNATURES, {}).get(SINGLETON_KEY), seqno=seqno,
-        expected_root=ledger.merkle.root(), node_key=node_key, service_key=service_key)
+        expected_root=root, node_key=node_key, service_key=service_key)
     return SignatureRecord(dataclasses.replace(primary, cert=cert_pem.decode()), cose_bytes)

@@ -589,6 +589,36 @@ class ServiceLedger:
 
     # --- replay (driven by ledger.replay) -------------------------------------------------------------
 
+    def adopt_replayed(self, chunks: list[Any], signatures: dict[int, SignatureRecord],
+                       state: dict[str, dict[bytes, tuple[int, bytes | None]]], view: int) -> None:
+        """Take in bulk what `ledger.parallel_replay` decoded and verified (it extended the Merkle tree itself): the
+        per-transaction records of every chunk, the signatures, and the state the entries leave."""
+        if self.store.version != 0 or not chunks:
+            raise LedgerError("a bulk replay starts from an empty ledger")
+        for facts in chunks:
+            self._wsd += facts.wsd
+            self._sizes.extend(facts.sizes)
+            self._claims.update(facts.claims)
+            for seqno, v in facts.views:
+                while len(self._view_starts) < v:
+                    self._view_starts.append(seqno)
+            for seqno, flags in facts.flags:  # as _remember does, entry by entry
+                if flags & FLAG_FORCE_CHUNK_BEFORE and seqno > self._first:
+                    self._chunk_ends.append(seqno - 1)
+                if flags & FLAG_FORCE_CHUNK_AFTER:
+                    self._chunk_ends.append(seqno)
+        last = chunks[-1].start + chunks[-1].count - 1
+        self._signatures.update(signatures)
+        self._sig_seqnos = sorted(signatures)
+        chunk_start = max(self._chunk_ends[-1] + 1 if self._chunk_ends else 0, self._first)
+        self._bytes_since_chunk = sum(self._sizes[chunk_start - self._first:])
+        live = {name: {key: (version, value) for key, (version, value) in entries.items() if value is not None}
+                for name, entries in state.items()}
+        self.store.load_state({name: entries for name, entries in live.items() if entries}, last, view)
+        for facts in chunks:  # what the hooks of this ledger (and of its caller) follow, in order
+            for seqno, writes in facts.ordered:
+                self.store.fire_local_hooks(seqno, writes)
+
     def append_replayed(self, raw: bytes, decoded: DecodedEntry, signature: SignatureRecord | None) -> None:
         """Apply an entry read back from the files and already verified by `ledger.replay`."""
         seqno, view = decoded.seqno, decoded.view

@@ -1,0 +1,176 @@
+"""The public replay of a large ledger on every core: chunks decoded in worker processes, merged in order here.
+
+`replay_public_in_parallel(files, ledger)` gives the same ledger as `ledger.replay.recover` does for a ledger read
+without any ledger secret (a recovering service's predecessor), when every entry of `files` verifies:
+- workers decode each chunk (`decode_entry`, the same code as the sequential replay) and return, per chunk, the
+  entries' Merkle leaves, write-set digests, sizes, claims, views and chunk flags, the public state the chunk
+  leaves (each key's last value and the seqno that wrote it), and, in order, the writes to the maps a signature
+  check reads (nodes, their certificates, service info, signatures, snapshot evidence, endorsements);
+- this process checks seqnos and views, verifies every signature (`verify_signature_writes`, as the sequential
+  replay does) against the root of the leaves before it and the state those ordered writes build, and only then
+  takes the chunk.
+
+Guarantees: it returns None, having changed nothing, at the first entry that does not decode or verify, or for a
+ledger too small to be worth processes; the caller then replays sequentially, which names the file, offset and
+seqno. Not here: private domains (no secret is held), snapshots (the caller replays what follows one itself).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from array import array
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+from ledger.entry import MAX_VIEW, decode_entry, read_entry_size
+from ledger.errors import EntryFormatError, VerificationError
+from ledger.files import LedgerFiles
+from ledger.kv import ZERO_CLAIMS, WriteSet, is_public
+from ledger.replay import _PARSE_ERRORS, verify_signature_writes
+from ledger.service_ledger import ServiceLedger, SignatureRecord
+from ledger.tables import (
+    COSE_SIGNATURES,
+    NODES_ENDORSED_CERTS,
+    NODES_INFO,
+    PREVIOUS_IDENTITY_ENDORSEMENT,
+    SERVICE_INFO,
+    SIGNATURES,
+    SNAPSHOT_EVIDENCE,
+)
+
+# The maps whose writes are needed one transaction at a time: to check signatures, and for what the ledger and a
+# recovery track (service identities, snapshot evidence, identity endorsements).
+ORDERED_MAPS = frozenset({NODES_INFO, NODES_ENDORSED_CERTS, SERVICE_INFO, SIGNATURES, COSE_SIGNATURES,
+                          SNAPSHOT_EVIDENCE, PREVIOUS_IDENTITY_ENDORSEMENT})
+MIN_ENTRIES = 20_000  # below this, processes cost more than they save
+_sha256 = __import__("hashlib").sha256
+
+State = dict[str, dict[bytes, tuple[int, bytes | None]]]
+
+
+@dataclass
+class ChunkFacts:
+    start: int
+    count: int = 0
+    leaves: bytearray = field(default_factory=bytearray)
+    wsd: bytearray = field(default_factory=bytearray)
+    sizes: array[int] = field(default_factory=lambda: array("Q"))
+    claims: dict[int, bytes] = field(default_factory=dict)
+    views: list[tuple[int, int]] = field(default_factory=list)  # (seqno, view) where the view changes
+    flags: list[tuple[int, int]] = field(default_factory=list)  # (seqno, flags) of flagged entries
+    state: State = field(default_factory=dict)
+    ordered: list[tuple[int, WriteSet]] = field(default_factory=list)
+    error: str | None = None  # why the chunk could not be decoded whole (the caller falls back)
+
+
+def _decode_chunk(path: str, start: int, positions: list[int]) -> ChunkFacts:
+    """Decode every entry of one chunk file (in a worker process). Pure but for reading the file."""
+    facts = ChunkFacts(start)
+    with open(path, "rb") as f:
+        data = f.read()
+    file = os.path.basename(path)
+    bounds = [*positions[1:], None]
+    view = -1
+    try:
+        for i, (pos, end) in enumerate(zip(positions, bounds, strict=True)):
+            seqno = start + i
+            raw = data[pos:end] if end is not None else data[pos:]  # (a complete chunk's table follows its last)
+            decoded = decode_entry(raw, None, file=file)
+            if decoded.seqno != seqno:
+                raise EntryFormatError(f"entry holds seqno {decoded.seqno}", file=file, seqno=seqno)
+            ce = decoded.commit_evidence_digest or b""
+            claims = decoded.claims_digest or ZERO_CLAIMS
+            facts.leaves += _sha256(decoded.write_set_digest + ce + claims).digest()
+            facts.wsd += decoded.write_set_digest
+            facts.sizes.append(read_entry_size(raw, 0))
+            if claims != ZERO_CLAIMS:
+                facts.claims[seqno] = claims
+            if decoded.view != view:
+                facts.views.append((seqno, decoded.view))
+                view = decoded.view
+            if decoded.flags:
+                facts.flags.append((seqno, decoded.flags))
+            ordered: WriteSet = {}
+            for name, changes in decoded.writes.items():
+                if not is_public(name):
+                    continue
+                target = facts.state.setdefault(name, {})
+                for key, value in changes.items():
+                    target[key] = (seqno, value)
+                if name in ORDERED_MAPS:
+                    ordered[name] = changes
+            if ordered:
+                facts.ordered.append((seqno, ordered))
+            facts.count += 1
+    except (EntryFormatError, VerificationError) as e:
+        facts.error = str(e)
+    return facts
+
+
+def _chunks(files: LedgerFiles, first: int, workers: int) -> Iterator[ChunkFacts]:
+    spans = [(path, start, positions) for path, start, positions in files.chunk_spans()
+             if start + len(positions) - 1 >= first and positions]
+    if any(start < first for _, start, _ in spans):  # the ledger already holds entries of a chunk (a snapshot)
+        raise ValueError("a chunk straddles the ledger's start")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
+        yield from pool.map(_decode_chunk, *zip(*spans, strict=True)) if spans else iter(())
+
+
+def replay_public_in_parallel(files: LedgerFiles, ledger: ServiceLedger, *, workers: int | None = None,
+                              min_entries: int = MIN_ENTRIES) -> bool:
+    """Replay every entry of `files` after `ledger`'s last into it, public parts only. False (and `ledger`
+    unchanged) if anything does not decode or verify, or the ledger is small: replay sequentially then."""
+    workers = workers or os.cpu_count() or 1
+    first = ledger.last_seqno + 1
+    if workers < 2 or files.last_seqno - first + 1 < max(min_entries, 1) or len(ledger.secrets) \
+            or ledger.last_seqno != 0:
+        return False
+    governance: dict[str, dict[bytes, bytes | None]] = {}
+    signatures: dict[int, SignatureRecord] = {}
+    state: State = {}
+    taken: list[ChunkFacts] = []
+    expected, view, leaves = first, ledger.view, 0
+    merkle = ledger.merkle
+    merkle_size = merkle.size
+
+    def lookup(table: str, key: bytes) -> bytes | None:
+        return governance.get(table, {}).get(key)
+
+    try:
+        for facts in _chunks(files, first, workers):
+            if facts.error is not None or facts.start != expected or facts.count == 0:
+                raise VerificationError(facts.error or f"chunk at {facts.start}, expected {expected}")
+            for seqno, chunk_view in facts.views:
+                if chunk_view < view or chunk_view > MAX_VIEW:
+                    raise VerificationError(f"view {chunk_view} goes back from {view}", seqno=seqno)
+                view = chunk_view
+            done = 0  # leaves of this chunk appended to the tree
+            for seqno, writes in facts.ordered:
+                if SIGNATURES in writes:
+                    upto = seqno - facts.start
+                    merkle.extend(bytes(facts.leaves[32 * done: 32 * upto]))
+                    done = upto
+                    try:
+                        record = verify_signature_writes(lookup, merkle.root(), seqno, writes)
+                    except _PARSE_ERRORS as e:
+                        raise VerificationError(f"malformed signature transaction: {e!r}", seqno=seqno) from None
+                    if record is not None:
+                        signatures[seqno] = record
+                for name, changes in writes.items():
+                    governance.setdefault(name, {}).update(changes)
+            merkle.extend(bytes(facts.leaves[32 * done:]))
+            leaves += facts.count
+            expected += facts.count
+            for name, entries in facts.state.items():
+                state.setdefault(name, {}).update(entries)
+            taken.append(facts)
+    except (VerificationError, EntryFormatError, ValueError) as e:
+        merkle.truncate(merkle_size)
+        from loguru import logger
+
+        logger.info(f"parallel replay stopped ({e}); replaying sequentially")
+        return False
+    ledger.adopt_replayed(taken, signatures, state, view)
+    return True

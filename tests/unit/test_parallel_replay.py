@@ -1,0 +1,97 @@
+"""The public replay on every core gives exactly the ledger the sequential replay gives, and gives up (changing
+nothing) wherever the ledger does not verify, so that the sequential replay names the damage."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ledger.files import LedgerFiles
+from ledger.identity import NodeIdentity, ServiceIdentity
+from ledger.parallel_replay import replay_public_in_parallel
+from ledger.replay import finish_replay, recover
+from ledger.secrets import LedgerSecret, LedgerSecrets
+from ledger.service_ledger import ServiceLedger
+from tests.ledger_helpers import flip_byte
+from tests.unit.test_recovery_ledger import build_old_service, chunk_bytes
+
+pytestmark = pytest.mark.unit
+
+
+def _fresh() -> tuple[NodeIdentity, ServiceIdentity]:
+    service = ServiceIdentity.create()
+    return NodeIdentity.create().endorsed_by(service), service
+
+
+def _sequential(directory: str) -> ServiceLedger:
+    files, _ = LedgerFiles.open(directory)
+    node, service = _fresh()
+    return recover(files, secrets=LedgerSecrets([]), node=node, service=service)
+
+
+def _parallel(directory: str, workers: int = 2) -> tuple[bool, ServiceLedger]:
+    files, _ = LedgerFiles.open(directory)
+    node, service = _fresh()
+    ledger = ServiceLedger(node=node, service=service, secrets=LedgerSecrets([]), files=None)
+    done = replay_public_in_parallel(files, ledger, workers=workers, min_entries=0)
+    if done:
+        finish_replay(ledger, files)
+    return done, ledger
+
+
+def _facts(ledger: ServiceLedger) -> dict[str, object]:
+    last = ledger.last_seqno
+    return {
+        "last": last, "committed": ledger.committed_seqno, "root": ledger.merkle.root(),
+        "leaves": [ledger.merkle.leaf(i) for i in range(1, last + 1)],
+        "paths": [ledger.merkle.path(i) for i in range(1, last + 1, 7)],
+        "views": [ledger.view_of(s) for s in range(1, last + 1)], "view": ledger.view,
+        "state": ledger.store.snapshot(), "signatures": ledger.signature_seqnos(),
+        "records": [ledger._signatures[s] for s in ledger.signature_seqnos()],
+        "wsd": bytes(ledger._wsd), "sizes": list(ledger._sizes), "claims": dict(ledger._claims),
+        "chunk_ends": list(ledger._chunk_ends), "bytes_since_chunk": ledger._bytes_since_chunk,
+        "service_certs": list(ledger.service_certs),
+    }
+
+
+@pytest.mark.parametrize("end_chunk", [True, False])
+def test_the_parallel_replay_gives_the_sequential_replays_ledger(tmp_path: Path, end_chunk: bool) -> None:
+    old = build_old_service(tmp_path / "old", tail=0, chunk_size=1500, end_chunk=end_chunk)
+    copy = str(tmp_path / "copy")
+    shutil.copytree(old.directory, copy)
+    assert len(chunk_bytes(old.directory)) >= 5
+    sequential = _sequential(old.directory)
+    done, parallel = _parallel(copy)
+    assert done
+    assert _facts(parallel) == _facts(sequential)
+    # and it goes on as a recovering node's ledger does: its own secret, a new entry and a signature
+    parallel.secrets.add(LedgerSecret.create(parallel.last_seqno + 1))
+    tx = parallel.begin()
+    tx.put("public:after", b"k", b"v")
+    parallel.commit(tx)
+    parallel.commit_to(parallel.emit_signature().seqno)
+    assert parallel.read_tx().get("public:after", b"k") == b"v"
+
+
+def test_it_gives_up_without_changing_the_ledger_where_a_byte_was_flipped(tmp_path: Path) -> None:
+    old = build_old_service(tmp_path / "old", tail=0, chunk_size=1500)
+    names = sorted(chunk_bytes(old.directory), key=lambda n: int(n.split("_")[1].split("-")[0].split(".")[0]))
+    target = Path(old.directory) / names[len(names) // 2]
+    flip_byte(str(target), len(target.read_bytes()) // 3)
+    done, ledger = _parallel(old.directory)
+    assert not done
+    assert ledger.last_seqno == 0 and ledger.merkle.size == 1 and ledger.signature_seqnos() == []
+
+
+def test_an_unsigned_tail_is_replayed_as_the_sequential_replay_does(tmp_path: Path) -> None:
+    """Entries after the last signature are replayed (the caller cuts back to the signature it trusts), exactly as
+    the sequential replay leaves them."""
+    old = build_old_service(tmp_path / "old", tail=3, chunk_size=1500)
+    copy = str(tmp_path / "copy")
+    shutil.copytree(old.directory, copy)
+    sequential = _sequential(old.directory)
+    done, parallel = _parallel(copy)
+    assert done
+    assert _facts(parallel) == _facts(sequential)
