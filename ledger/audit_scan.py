@@ -23,7 +23,7 @@ import os
 import struct
 from collections.abc import Generator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ledger.entry import (
     ENTRY_FORMAT_V1,
@@ -45,6 +45,7 @@ _HEAD = struct.Struct("<Q")
 _FRAME = struct.Struct("<Q16xQIQBQ")
 _FRAME4 = struct.Struct("<Q16xQIQBQ32s32s")
 _sha256 = hashlib.sha256
+_ZERO_CLAIMS = bytes(32)
 
 # A run of Merkle leaves summarised as aligned perfect subtrees: [(height k, subtree hash)], in order.
 Blocks = list[tuple[int, bytes]]
@@ -116,6 +117,19 @@ class ChunkScan:
     segments: list[Blocks]
     leaves: list[bytes] | None = None
     offsets: list[int] | None = None
+    records: EntryRecords | None = None
+
+
+@dataclass
+class EntryRecords:
+    """What a replay keeps of each entry besides its leaf (only when asked for): write-set digests back to back,
+    sizes, the claims digests that are not zeros, the seqnos where the view changes, and the flagged entries."""
+
+    wsd: bytearray = field(default_factory=bytearray)
+    sizes: list[int] = field(default_factory=list)
+    claims: dict[int, bytes] = field(default_factory=dict)
+    views: list[tuple[int, int]] = field(default_factory=list)
+    flags: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _perfect_root(leaves: list[bytes]) -> bytes:
@@ -160,7 +174,7 @@ def _check_private(buf: bytes, pos: int, seqno: int, view_word: int, entry_type:
 
 
 def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: LedgerSecrets | None = None, *,
-               keep: frozenset[str] | None = None, keep_leaves: bool = False) -> ChunkScan:
+               keep: frozenset[str] | None = None, keep_leaves: bool = False, records: bool = False) -> ChunkScan:
     """Check the framing of every entry of a chunk file's bytes and compute its leaves. Pure.
 
     `keep`: the public maps the caller needs (None: every entry's public maps). Raises `EntryFormatError`
@@ -192,6 +206,8 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
     found: list[int] = []
     add_found = found.append
     frame4_size = _FRAME4.size
+    kept_records = EntryRecords() if records else None
+    last_view = -1
     while pos < stop:
         add_found(pos)
         if pos + frame4_size <= stop:
@@ -211,6 +227,16 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
             raise EntryFormatError(f"entry holds seqno {seqno} (public domain: {pub_seqno})", file=file, offset=pos,
                                    seqno=expected)
         wsd = sha(view[pos:entry_end]).digest()
+        if kept_records is not None:
+            kept_records.wsd += wsd
+            kept_records.sizes.append(entry_end - pos)
+            if claims and claims != _ZERO_CLAIMS:
+                kept_records.claims[seqno] = claims
+            if view_word & MAX_VIEW != last_view:
+                last_view = view_word & MAX_VIEW
+                kept_records.views.append((seqno, last_view))
+            if (word >> 8) & 0xFF:
+                kept_records.flags.append((seqno, (word >> 8) & 0xFF))
         if entry_type == type4 and ce:
             # the public header holds claims then commit evidence; the leaf takes them the other way round
             add_leaf(sha(wsd + ce + claims).digest())
@@ -243,7 +269,7 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
     bounds = [0, *(k.index for k in kept), len(leaves)]
     segments = [summarise_leaves(leaves[a:b], start + a) for a, b in zip(bounds, bounds[1:], strict=False)]
     return ChunkScan(file, start, len(leaves), len(buf), kept, segments,
-                     leaves if keep_leaves else None, found if keep_leaves else None)
+                     leaves if keep_leaves else None, found if keep_leaves else None, kept_records)
 
 
 _secrets_cache: dict[RawSecrets, LedgerSecrets] = {}

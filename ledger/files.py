@@ -353,11 +353,12 @@ class LedgerFiles:
             raise LedgerFileError(f"cannot start after {seqno}: the directory already holds a ledger")
         self._last = self._committed = seqno
 
-    def chunk_spans(self) -> list[tuple[str, int, list[int]]]:
-        """Every chunk as (path, first seqno, offsets of its entries), for readers in other processes."""
+    def chunk_spans(self) -> list[tuple[str, int, list[int], bool]]:
+        """Every chunk as (path, first seqno, offsets of its entries, whether complete), for readers in other
+        processes."""
         self.flush()
-        return [(c.path, c.start, list(self._positions(c) if c.end is not None else self._open_positions))
-                for c in self._chunks]
+        return [(c.path, c.start, list(self._positions(c) if c.end is not None else self._open_positions),
+                 c.end is not None) for c in self._chunks]
 
     def chunk_names(self) -> list[str]:
         return [c.name for c in self._chunks]

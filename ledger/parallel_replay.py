@@ -2,7 +2,7 @@
 
 `replay_public_in_parallel(files, ledger)` gives the same ledger as `ledger.replay.recover` does for a ledger read
 without any ledger secret (a recovering service's predecessor), when every entry of `files` verifies:
-- workers decode each chunk (`decode_entry`, the same code as the sequential replay) and return, per chunk, the
+- workers decode each chunk (the auditor's scanner: the same framing, seqno and map checks) and return, per chunk, the
   entries' Merkle leaves, write-set digests, sizes, claims, views and chunk flags, the public state the chunk
   leaves (each key's last value and the seqno that wrote it), and, in order, the writes to the maps a signature
   check reads (nodes, their certificates, service info, signatures, snapshot evidence, endorsements);
@@ -24,10 +24,11 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-from ledger.entry import MAX_VIEW, decode_entry, read_entry_size
-from ledger.errors import EntryFormatError, VerificationError
+from ledger.audit_scan import ChunkScan, scan_chunk
+from ledger.entry import MAX_VIEW
+from ledger.errors import EntryFormatError, LedgerFileError, VerificationError
 from ledger.files import LedgerFiles
-from ledger.kv import ZERO_CLAIMS, WriteSet, is_public
+from ledger.kv import WriteSet
 from ledger.replay import _PARSE_ERRORS, verify_signature_writes
 from ledger.service_ledger import ServiceLedger, SignatureRecord
 from ledger.tables import (
@@ -45,7 +46,6 @@ from ledger.tables import (
 ORDERED_MAPS = frozenset({NODES_INFO, NODES_ENDORSED_CERTS, SERVICE_INFO, SIGNATURES, COSE_SIGNATURES,
                           SNAPSHOT_EVIDENCE, PREVIOUS_IDENTITY_ENDORSEMENT})
 MIN_ENTRIES = 20_000  # below this, processes cost more than they save
-_sha256 = __import__("hashlib").sha256
 
 State = dict[str, dict[bytes, tuple[int, bytes | None]]]
 
@@ -65,53 +65,46 @@ class ChunkFacts:
     error: str | None = None  # why the chunk could not be decoded whole (the caller falls back)
 
 
-def _decode_chunk(path: str, start: int, positions: list[int]) -> ChunkFacts:
-    """Decode every entry of one chunk file (in a worker process). Pure but for reading the file."""
+def _decode_chunk(path: str, start: int, end: int | None) -> ChunkFacts:
+    """Decode every entry of one chunk file (in a worker process), with the auditor's scanner: framing, seqnos,
+    leaves and public maps checked as it checks them. Pure but for reading the file."""
     facts = ChunkFacts(start)
-    with open(path, "rb") as f:
-        data = f.read()
     file = os.path.basename(path)
-    bounds = [*positions[1:], None]
-    view = -1
     try:
-        for i, (pos, end) in enumerate(zip(positions, bounds, strict=True)):
-            seqno = start + i
-            raw = data[pos:end] if end is not None else data[pos:]  # (a complete chunk's table follows its last)
-            decoded = decode_entry(raw, None, file=file)
-            if decoded.seqno != seqno:
-                raise EntryFormatError(f"entry holds seqno {decoded.seqno}", file=file, seqno=seqno)
-            ce = decoded.commit_evidence_digest or b""
-            claims = decoded.claims_digest or ZERO_CLAIMS
-            facts.leaves += _sha256(decoded.write_set_digest + ce + claims).digest()
-            facts.wsd += decoded.write_set_digest
-            facts.sizes.append(read_entry_size(raw, 0))
-            if claims != ZERO_CLAIMS:
-                facts.claims[seqno] = claims
-            if decoded.view != view:
-                facts.views.append((seqno, decoded.view))
-                view = decoded.view
-            if decoded.flags:
-                facts.flags.append((seqno, decoded.flags))
-            ordered: WriteSet = {}
-            for name, changes in decoded.writes.items():
-                if not is_public(name):
-                    continue
-                target = facts.state.setdefault(name, {})
-                for key, value in changes.items():
-                    target[key] = (seqno, value)
-                if name in ORDERED_MAPS:
-                    ordered[name] = changes
-            if ordered:
-                facts.ordered.append((seqno, ordered))
-            facts.count += 1
-    except (EntryFormatError, VerificationError) as e:
+        with open(path, "rb") as f:
+            scan = scan_chunk(f.read(), file, start, end, keep=None, keep_leaves=True, records=True)
+    except (EntryFormatError, LedgerFileError) as e:
         facts.error = str(e)
+        return facts
+    records = scan.records
+    assert records is not None
+    facts.count = scan.count
+    facts.leaves = bytearray(b"".join(_leaves_of(scan)))
+    facts.wsd, facts.sizes = records.wsd, array("Q", records.sizes)
+    facts.claims, facts.views, facts.flags = records.claims, records.views, records.flags
+    for entry in scan.kept:
+        seqno = start + entry.index
+        ordered: WriteSet = {}
+        for name, changes in entry.tables.items():
+            target = facts.state.setdefault(name, {})
+            for key, value in changes.items():
+                target[key] = (seqno, value)
+            if name in ORDERED_MAPS:
+                ordered[name] = changes
+        if ordered:
+            facts.ordered.append((seqno, ordered))
     return facts
 
 
+def _leaves_of(scan: ChunkScan) -> list[bytes]:
+    leaves = scan.leaves
+    assert leaves is not None
+    return leaves
+
+
 def _chunks(files: LedgerFiles, first: int, workers: int) -> Iterator[ChunkFacts]:
-    spans = [(path, start, positions) for path, start, positions in files.chunk_spans()
-             if start + len(positions) - 1 >= first and positions]
+    spans = [(path, start, start + len(positions) - 1 if complete else None)
+             for path, start, positions, complete in files.chunk_spans() if positions]
     if any(start < first for _, start, _ in spans):  # the ledger already holds entries of a chunk (a snapshot)
         raise ValueError("a chunk straddles the ledger's start")
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
