@@ -156,28 +156,32 @@ def summarise_leaves(leaves: list[bytes], position: int) -> Blocks:
 
 
 def _check_private(buf: bytes, pos: int, seqno: int, view_word: int, entry_type: int, ce: bytes,
-                   secrets: LedgerSecrets, file: str) -> None:
-    """GCM tag, private maps and commit evidence of the entry at `pos`, under the secret in force."""
+                   secrets: LedgerSecrets, file: str) -> WriteSet | None:
+    """GCM tag, private maps and commit evidence of the entry at `pos`, under the secret in force; the private
+    maps it holds (None if none)."""
     try:
         secret: LedgerSecret = secrets.for_seqno(seqno)
     except LedgerSecretError as e:
         raise EntryFormatError(str(e), file=file, offset=pos, seqno=seqno) from None
     plain = decrypt_private(frame_entry(buf, pos, file=file), secret, file=file)
-    if plain:
-        parse_maps(plain, 0, len(plain), seqno=seqno, file=file, offset=pos, public=False)
+    tables = parse_maps(plain, 0, len(plain), seqno=seqno, file=file, offset=pos, public=False) if plain else None
     if entry_type == TYPE_WITH_COMMIT_EVIDENCE:
         ce = bytes(buf[pos + 53 : pos + 85])
     if entry_type in (TYPE_WITH_COMMIT_EVIDENCE, TYPE_WITH_COMMIT_EVIDENCE_AND_CLAIMS) \
             and ce != secret.commit_evidence_digest(view_word & MAX_VIEW, seqno):
         raise EntryFormatError("commit evidence digest is not the one the ledger secret derives",
                                file=file, offset=pos, seqno=seqno)
+    return tables
 
 
 def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: LedgerSecrets | None = None, *,
-               keep: frozenset[str] | None = None, keep_leaves: bool = False, records: bool = False) -> ChunkScan:
+               keep: frozenset[str] | None = None, keep_leaves: bool = False, records: bool = False,
+               private_state: dict[str, dict[bytes, tuple[int, bytes | None]]] | None = None) -> ChunkScan:
     """Check the framing of every entry of a chunk file's bytes and compute its leaves. Pure.
 
-    `keep`: the public maps the caller needs (None: every entry's public maps). Raises `EntryFormatError`
+    `keep`: the public maps the caller needs (None: every entry's public maps). `records`: also each entry's
+    `EntryRecords`. `private_state` (with `secrets`): filled with each private key's last value and the seqno
+    that wrote it (a recovering node's private replay). Raises `EntryFormatError`
     or `LedgerFileError` naming the file, offset and seqno of the damage.
     """
     if len(buf) < FILE_HEADER_SIZE:
@@ -254,7 +258,12 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
         if q > pend:
             raise EntryFormatError("public domain too short", file=file, offset=pos, seqno=seqno)
         if secrets is not None:
-            _check_private(buf, pos, seqno, view_word, entry_type, ce, secrets, file)
+            private_tables = _check_private(buf, pos, seqno, view_word, entry_type, ce, secrets, file)
+            if private_tables and private_state is not None:
+                for name, changes in private_tables.items():
+                    target = private_state.setdefault(name, {})
+                    for key, value in changes.items():
+                        target[key] = (seqno, value)
         if q < pend:
             tables = parse_maps(buf, q, pend, seqno=seqno, file=file, offset=pos)
             if keep is None or not keep.isdisjoint(tables):

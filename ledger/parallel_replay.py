@@ -12,24 +12,30 @@ without any ledger secret (a recovering service's predecessor), when every entry
 
 Guarantees: it returns None, having changed nothing, at the first entry that does not decode or verify, or for a
 ledger too small to be worth processes; the caller then replays sequentially, which names the file, offset and
-seqno. Not here: private domains (no secret is held), snapshots (the caller replays what follows one itself).
+seqno. Not here: snapshots (the caller replays what follows one itself).
+
+`private_replay_jobs` and `merge_private` do the same for the private replay once the secrets are back: one job a
+chunk, each entry's GCM tag and commit evidence checked by the auditor's scanner, the private state merged in
+ledger order. Where to run the jobs is the caller's business (the node's host runs them in worker processes).
 """
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-from ledger.audit_scan import ChunkScan, scan_chunk
+from ledger.audit_scan import ChunkScan, RawSecrets, scan_chunk, secrets_from_raw
 from ledger.entry import MAX_VIEW
 from ledger.errors import EntryFormatError, LedgerFileError, VerificationError
 from ledger.files import LedgerFiles
 from ledger.kv import WriteSet
 from ledger.replay import _PARSE_ERRORS, verify_signature_writes
+from ledger.secrets import LedgerSecrets
 from ledger.service_ledger import ServiceLedger, SignatureRecord
 from ledger.tables import (
     COSE_SIGNATURES,
@@ -167,3 +173,45 @@ def replay_public_in_parallel(files: LedgerFiles, ledger: ServiceLedger, *, work
         return False
     ledger.adopt_replayed(taken, signatures, state, view)
     return True
+
+
+# --- the private replay (a recovered service's predecessor, once its secrets are back) ----------------------
+
+
+def _decrypt_chunk(path: str, start: int, end: int, raw_secrets: RawSecrets) -> State:
+    """Every entry of one complete chunk decrypted and checked (GCM tag, commit evidence) with the auditor's
+    scanner; the private state it leaves. Raises `EntryFormatError` / `LedgerFileError` naming the damage."""
+    state: State = {}
+    with open(path, "rb") as f:
+        scan_chunk(f.read(), os.path.basename(path), start, end, secrets_from_raw(raw_secrets), keep=frozenset(),
+                   private_state=state)
+    return state
+
+
+def private_replay_jobs(files: LedgerFiles, secrets: LedgerSecrets, start: int, end: int,
+                        min_entries: int = MIN_ENTRIES) -> list[Callable[[], State]] | None:
+    """Jobs (one a chunk, to run in worker processes) decrypting entries `start`..`end`, or None if the range
+    is small or does not consist of whole complete chunks (the caller then replays in steps)."""
+    if end - start + 1 < max(min_entries, 1):
+        return None
+    raw: RawSecrets = tuple((s.start, s.raw) for s in secrets.all())
+    jobs: list[Callable[[], State]] = []
+    expected = start
+    for path, first, positions, complete in files.chunk_spans():
+        last = first + len(positions) - 1
+        if last < start or first > end:
+            continue
+        if not complete or first != expected or last > end:
+            return None
+        jobs.append(functools.partial(_decrypt_chunk, path, first, last, raw))
+        expected = last + 1
+    return jobs if expected == end + 1 else None
+
+
+def merge_private(results: list[State]) -> State:
+    """The chunks' private states, in ledger order: later writes win."""
+    merged: State = {}
+    for state in results:
+        for name, entries in state.items():
+            merged.setdefault(name, {}).update(entries)
+    return merged

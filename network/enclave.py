@@ -116,6 +116,11 @@ class HostServices(Protocol):
         """Run `serialise` (now, on the state as it is) and later call `done(sha256 hex or None on failure,
         place)`, where `place(path)` puts the snapshot bytes at `path`."""
 
+    def run_in_workers(self, jobs: list[Callable[[], Any]],
+                       done: Callable[[list[Any] | BaseException], None]) -> None:
+        """Run `jobs` (pure computations on what this process holds now) in other processes, then call `done` on
+        the node's loop with their results in order, or the first error."""
+
 
 def trusted_nodes(ledger: ServiceLedger) -> dict[str, str | None]:
     """The trusted nodes of the latest state this node holds (consensus voters), with the node-to-node address
@@ -275,7 +280,7 @@ class Enclave:
         """Follow a recovery of the service this node belongs to (from the state held, or once it arrives)."""
         if self.recovery is None and recovering_status(self.ledger) is not None:
             self.recovery = NodeRecovery(self.ledger, self.host.schedule, self.host.secrets_changed,
-                                         self._recovery_snapshot)
+                                         self._recovery_snapshot, self.host.run_in_workers)
 
     def _secrets_changed(self) -> None:
         self.host.secrets_changed()

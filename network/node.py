@@ -26,6 +26,7 @@ import contextlib
 import gc
 import hashlib
 import importlib
+import multiprocessing
 import os
 import random
 import signal
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import orjson
@@ -158,6 +160,7 @@ class NodeHost:
         self.channels: Channels | None = None
         self._peers: dict[str, str] = {}
         self._forwarding: dict[int, asyncio.Future[Response]] = {}
+        self._worker_task: asyncio.Task[None] | None = None
         self._forward_ids = 0
 
     # --- HostServices -----------------------------------------------------------------------------
@@ -211,6 +214,29 @@ class NodeHost:
             done(digest, lambda path: os.replace(partial, path))
 
         loop.add_reader(read_end, finished)
+
+    def run_in_workers(self, jobs: list[Callable[[], Any]],
+                       done: Callable[[list[Any] | BaseException], None]) -> None:
+        """Forked worker processes (one a core) run the enclave's jobs; `done` gets their results on this loop."""
+        assert self.loop is not None
+        loop = self.loop
+        _WORKER_JOBS[:] = jobs  # the forked workers inherit the jobs: only their indices cross the pipe
+        pool = ProcessPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1)),
+                                   mp_context=multiprocessing.get_context("fork"))
+        futures = [asyncio.wrap_future(pool.submit(_run_worker_job, i), loop=loop) for i in range(len(jobs))]
+
+        async def collect() -> None:
+            results: list[Any] | BaseException
+            try:
+                results = list(await asyncio.gather(*futures))
+            except Exception as e:  # the first failure, passed on as it is
+                results = e
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
+                _WORKER_JOBS.clear()
+            done(results)
+
+        self._worker_task = loop.create_task(collect())
 
     def send(self, envelope: Envelope) -> None:
         if self.channels is not None:
@@ -660,6 +686,15 @@ def _loading() -> Iterator[None]:
     finally:
         gc.enable()
         gc.freeze()
+
+
+_WORKER_JOBS: list[Callable[[], Any]] = []
+
+
+def _run_worker_job(index: int) -> Any:
+    """In a worker forked by `run_in_workers`: run the job it inherited."""
+    _die_with_parent()
+    return _WORKER_JOBS[index]()
 
 
 def _die_with_parent() -> None:

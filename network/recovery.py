@@ -42,7 +42,8 @@ from ledger.errors import LedgerSecretError
 from ledger.files import LedgerFiles
 from ledger.identity import load_cert, spki_der
 from ledger.kv import Tx
-from ledger.recovery import PrivateReplay, RecoveryError, restore_secrets
+from ledger.parallel_replay import merge_private, private_replay_jobs
+from ledger.recovery import PrivateReplay, RecoveredState, RecoveryError, restore_secrets
 from ledger.secrets import LedgerSecret, node_secrets_entries, recovery_secret_record
 from ledger.service_ledger import ServiceLedger
 from ledger.snapshots import summarise_snapshot
@@ -57,6 +58,8 @@ from ledger.tables import (
 )
 
 REPLAY_STEP = 5000  # entries decrypted per turn of the event loop
+# Run jobs in other processes, then call back (on the node's loop) with their results in order, or an error
+RunInWorkers = Callable[[list[Callable[[], Any]], Callable[[list[Any] | BaseException], None]], None]
 
 
 class Phase(enum.Enum):
@@ -85,9 +88,11 @@ class NodeRecovery:
     """Drives one node through a recovery; the enclave asks it what to do and when."""
 
     def __init__(self, ledger: ServiceLedger, schedule: Callable[[Callable[[], None]], None],
-                 seal: Callable[[], None], snapshot: bytes | None = None) -> None:
+                 seal: Callable[[], None], snapshot: bytes | None = None,
+                 run_in_workers: RunInWorkers | None = None) -> None:
         self.ledger = ledger
         self._schedule = schedule
+        self._run_in_workers = run_in_workers
         self._seal = seal
         self._snapshot = snapshot
         self._snapshot_seqno = summarise_snapshot(snapshot, digest=False).seqno if snapshot is not None else 0
@@ -151,6 +156,27 @@ class NodeRecovery:
         self.phase = Phase.PRIVATE
         self._private_began = time.perf_counter()
         gc.disable()  # the replay builds long-lived state and no cycles (re-enabled, and the state frozen, after)
+        jobs = None
+        if self._snapshot is None and self._run_in_workers is not None:
+            jobs = private_replay_jobs(self.files, self.ledger.secrets, self._replay_start(), self.first_new_seqno - 1)
+        if jobs:
+            logger.info(f"recovery: reading the private ledger up to seqno {self.first_new_seqno - 1}, "
+                        f"{len(jobs)} chunks in worker processes")
+            assert self._run_in_workers is not None
+            self._run_in_workers(jobs, self._decrypted)
+            return
+        self._replay_in_steps()
+
+    def _decrypted(self, results: list[Any] | BaseException) -> None:
+        """The workers' answer: the private state, or an error (then the replay in steps names the damage)."""
+        if isinstance(results, BaseException):
+            logger.warning(f"recovery: the private replay in worker processes failed ({results}); replaying in "
+                           "steps")
+            self._replay_in_steps()
+            return
+        self._finish_private(merge_private(results))
+
+    def _replay_in_steps(self) -> None:
         self._replay = PrivateReplay(self.files, self.ledger.secrets, self._replay_start(),
                                      self.first_new_seqno - 1, self._snapshot)
         logger.info(f"recovery: reading the private ledger up to seqno {self.first_new_seqno - 1}")
@@ -175,10 +201,13 @@ class NodeRecovery:
         if not replay.done:
             self._schedule(self._step)
             return
-        self.ledger.store.restore_earlier_state(replay.state(), self.first_new_seqno)
+        self._replay = None
+        self._finish_private(replay.state())
+
+    def _finish_private(self, state: RecoveredState) -> None:
+        self.ledger.store.restore_earlier_state(state, self.first_new_seqno)
         gc.enable()
         gc.freeze()  # the restored state lives as long as the node: later collections need not walk it
-        self._replay = None
         self.phase = Phase.DONE
         logger.info(f"recovery: private ledger read in {time.perf_counter() - self._private_began:.2f} s; this "
                     "node holds the whole state")

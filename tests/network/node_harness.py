@@ -82,6 +82,14 @@ class FakeHost:
         data = serialise()
         done(hashlib.sha256(data).hexdigest(), functools.partial(write_file, data=data))
 
+    def run_in_workers(self, jobs: list[Callable[[], Any]],
+                       done: Callable[[list[Any] | BaseException], None]) -> None:
+        try:
+            results: list[Any] | BaseException = [job() for job in jobs]
+        except Exception as e:
+            results = e
+        done(results)
+
     def session_metrics(self) -> dict[str, Any]:
         return {"active": 1, "peak": 1}
 
