@@ -176,12 +176,14 @@ def _check_private(buf: bytes, pos: int, seqno: int, view_word: int, entry_type:
 
 def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: LedgerSecrets | None = None, *,
                keep: frozenset[str] | None = None, keep_leaves: bool = False, records: bool = False,
-               private_state: dict[str, dict[bytes, tuple[int, bytes | None]]] | None = None) -> ChunkScan:
+               private_state: dict[str, dict[bytes, tuple[int, bytes | None]]] | None = None,
+               check_public_maps: bool = True) -> ChunkScan:
     """Check the framing of every entry of a chunk file's bytes and compute its leaves. Pure.
 
     `keep`: the public maps the caller needs (None: every entry's public maps). `records`: also each entry's
     `EntryRecords`. `private_state` (with `secrets`): filled with each private key's last value and the seqno
-    that wrote it (a recovering node's private replay). Raises `EntryFormatError`
+    that wrote it (a recovering node's private replay). `check_public_maps=False` skips parsing the public maps
+    (a private replay after a public one that checked them). Raises `EntryFormatError`
     or `LedgerFileError` naming the file, offset and seqno of the damage.
     """
     if len(buf) < FILE_HEADER_SIZE:
@@ -264,7 +266,7 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
                     target = private_state.setdefault(name, {})
                     for key, value in changes.items():
                         target[key] = (seqno, value)
-        if q < pend:
+        if q < pend and check_public_maps:
             tables = parse_maps(buf, q, pend, seqno=seqno, file=file, offset=pos)
             if keep is None or not keep.isdisjoint(tables):
                 kept.append(KeptEntry(len(leaves) - 1, pos, tables, view_word & MAX_VIEW))

@@ -184,7 +184,7 @@ def _decrypt_chunk(path: str, start: int, end: int, raw_secrets: RawSecrets) -> 
     state: State = {}
     with open(path, "rb") as f:
         scan_chunk(f.read(), os.path.basename(path), start, end, secrets_from_raw(raw_secrets), keep=frozenset(),
-                   private_state=state)
+                   private_state=state, check_public_maps=False)  # the public replay checked those
     return state
 
 

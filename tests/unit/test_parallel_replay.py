@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from ledger.errors import EntryFormatError
 from ledger.files import LedgerFiles
 from ledger.identity import NodeIdentity, ServiceIdentity
-from ledger.parallel_replay import replay_public_in_parallel
+from ledger.parallel_replay import merge_private, private_replay_jobs, replay_public_in_parallel
+from ledger.recovery import PrivateReplay
 from ledger.replay import finish_replay, recover
 from ledger.secrets import LedgerSecret, LedgerSecrets
 from ledger.service_ledger import ServiceLedger
@@ -95,3 +97,27 @@ def test_an_unsigned_tail_is_replayed_as_the_sequential_replay_does(tmp_path: Pa
     done, parallel = _parallel(copy)
     assert done
     assert _facts(parallel) == _facts(sequential)
+
+
+def test_the_private_replay_in_jobs_gives_the_stepwise_replays_state(tmp_path: Path) -> None:
+    old = build_old_service(tmp_path / "old", tail=0, chunk_size=1500)
+    files, _ = LedgerFiles.open(old.directory)
+    secrets = LedgerSecrets(old.ledger.secrets.all())
+    jobs = private_replay_jobs(files, secrets, 1, old.last_signature, min_entries=0)
+    assert jobs is not None and len(jobs) >= 5
+    merged = merge_private([job() for job in jobs])
+    stepwise = PrivateReplay(files, secrets, 1, old.last_signature)
+    while not stepwise.done:
+        stepwise.step(5)
+    assert merged == stepwise.state()
+    for name, values in old.private.items():  # each private key's last value, removals included
+        assert {key: value for key, (_, value) in merged[name].items()} == values
+    # a wrong secret: the job names the damage (the node then replays in steps, which names it too)
+    wrong = LedgerSecrets([LedgerSecret.create(s.start) for s in secrets.all()])
+    wrong_jobs = private_replay_jobs(files, wrong, 1, old.last_signature, min_entries=0)
+    assert wrong_jobs is not None
+    with pytest.raises(EntryFormatError):
+        wrong_jobs[0]()
+    # a range that does not end with a chunk is left to the replay in steps
+    inside = next(start for _, start, positions, _ in files.chunk_spans() if len(positions) >= 2)
+    assert private_replay_jobs(files, secrets, 1, inside, min_entries=0) is None
