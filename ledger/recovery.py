@@ -5,7 +5,8 @@ A recovering node holds none of its predecessor's ledger secrets. It:
   (`gather_previous_ledger`), so that afterwards one directory holds the whole history;
 - picks the latest committed snapshot that the files continue and whose receipt verifies against the previous
   service certificate (`choose_snapshot`);
-- replays the public part of the ledger (`replay_public`), verifying every signature against the Merkle tree
+- replays the public part of the ledger (`replay_public`; on every core for a large ledger, see
+  `ledger.parallel_replay`), verifying every signature against the Merkle tree
   rebuilt from the entries and the previous service's identities, and stops at the last signature made under
   the previous service identity (what follows it, a torn tail or an abandoned earlier recovery, is dropped and
   reported; damage inside a committed chunk is refused with the file and seqno);

@@ -8,8 +8,9 @@ predecessor's; the predecessor's ledger is read public-only. Phases (`node_state
   which unwraps the predecessor's latest secret; the chain of secret records gives the earlier ones. Wrong
   shares fail there (AES-GCM authenticates the secret) and are cleared. The secrets go to every trusted node
   in the same transaction, encrypted to its key, as CCF's LedgerSecretsBroadcast does.
-- `ReadingPrivateLedger`: each node decrypts its predecessor's private entries from its own files in bounded
-  steps on its event loop (so consensus keeps time), then hands the state to its store.
+- `ReadingPrivateLedger`: each node decrypts its predecessor's private entries from its own files (a large
+  ledger in worker processes its host forks, one chunk a job; otherwise, and whenever the workers fail, in
+  bounded steps on its event loop so that consensus keeps time), then hands the state to its store.
 - `PartOfNetwork`: once its own replay is done, the primary writes the opening: status Open, the secret chain
   continued (`next_version` = the new secret's start), new shares for the new secret.
 
