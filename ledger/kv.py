@@ -363,11 +363,11 @@ class Store:
         store = cls()
         for map_name, entries in state.items():
             ms = store._maps[map_name] = _MapState()
-            for k, (ver, val) in entries.items():
-                if ver > seqno:
-                    raise ValueError(f"entry of {map_name!r} has version {ver} above the snapshot {seqno}")
-                ms.keys[k] = [(ver, val)]
-            ms.write_versions = [max(ver for ver, _ in entries.values())] if entries else []
+            newest = max((ver for ver, _ in entries.values()), default=None)
+            if newest is not None and newest > seqno:
+                raise ValueError(f"an entry of {map_name!r} has version {newest}, above the snapshot {seqno}")
+            ms.keys = {k: [entry] for k, entry in entries.items()}  # (a million keys: one comprehension)
+            ms.write_versions = [newest] if newest is not None else []
         store._version = store._compacted = seqno
         store._view = view
         return store
