@@ -155,7 +155,7 @@ def summarise_leaves(leaves: list[bytes], position: int) -> Blocks:
     return blocks
 
 
-def _check_private(buf: bytes, pos: int, seqno: int, view_word: int, entry_type: int, ce: bytes,
+def check_private_entry(buf: bytes, pos: int, seqno: int, view_word: int, entry_type: int, ce: bytes,
                    secrets: LedgerSecrets, file: str) -> WriteSet | None:
     """GCM tag, private maps and commit evidence of the entry at `pos`, under the secret in force; the private
     maps it holds (None if none)."""
@@ -260,7 +260,7 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
         if q > pend:
             raise EntryFormatError("public domain too short", file=file, offset=pos, seqno=seqno)
         if secrets is not None:
-            private_tables = _check_private(buf, pos, seqno, view_word, entry_type, ce, secrets, file)
+            private_tables = check_private_entry(buf, pos, seqno, view_word, entry_type, ce, secrets, file)
             if private_tables and private_state is not None:
                 for name, changes in private_tables.items():
                     target = private_state.setdefault(name, {})

@@ -29,12 +29,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-from ledger.audit_scan import ChunkScan, RawSecrets, scan_chunk, secrets_from_raw
+from loguru import logger
+
+from ledger.audit_scan import RawSecrets, scan_chunk, secrets_from_raw
 from ledger.entry import MAX_VIEW
 from ledger.errors import EntryFormatError, LedgerFileError, VerificationError
 from ledger.files import LedgerFiles
 from ledger.kv import WriteSet
-from ledger.replay import _PARSE_ERRORS, verify_signature_writes
+from ledger.replay import verify_signature_writes
 from ledger.secrets import LedgerSecrets
 from ledger.service_ledger import ServiceLedger, SignatureRecord
 from ledger.tables import (
@@ -85,7 +87,8 @@ def _decode_chunk(path: str, start: int, end: int | None) -> ChunkFacts:
     records = scan.records
     assert records is not None
     facts.count = scan.count
-    facts.leaves = bytearray(b"".join(_leaves_of(scan)))
+    assert scan.leaves is not None
+    facts.leaves = bytearray(b"".join(scan.leaves))
     facts.wsd, facts.sizes = records.wsd, array("Q", records.sizes)
     facts.claims, facts.views, facts.flags = records.claims, records.views, records.flags
     for entry in scan.kept:
@@ -102,35 +105,25 @@ def _decode_chunk(path: str, start: int, end: int | None) -> ChunkFacts:
     return facts
 
 
-def _leaves_of(scan: ChunkScan) -> list[bytes]:
-    leaves = scan.leaves
-    assert leaves is not None
-    return leaves
-
-
-def _chunks(files: LedgerFiles, first: int, workers: int) -> Iterator[ChunkFacts]:
+def _chunks(files: LedgerFiles, workers: int) -> Iterator[ChunkFacts]:
     spans = [(path, start, start + len(positions) - 1 if complete else None)
              for path, start, positions, complete in files.chunk_spans() if positions]
-    if any(start < first for _, start, _ in spans):  # the ledger already holds entries of a chunk (a snapshot)
-        raise ValueError("a chunk straddles the ledger's start")
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
         yield from pool.map(_decode_chunk, *zip(*spans, strict=True)) if spans else iter(())
 
 
 def replay_public_in_parallel(files: LedgerFiles, ledger: ServiceLedger, *, workers: int | None = None,
                               min_entries: int = MIN_ENTRIES) -> bool:
-    """Replay every entry of `files` after `ledger`'s last into it, public parts only. False (and `ledger`
-    unchanged) if anything does not decode or verify, or the ledger is small: replay sequentially then."""
+    """Replay every entry of `files` into `ledger` (empty, holding no secret), public parts only. False (and
+    `ledger` unchanged) if anything does not decode or verify, or the ledger is small: replay sequentially then."""
     workers = workers or os.cpu_count() or 1
-    first = ledger.last_seqno + 1
-    if workers < 2 or files.last_seqno - first + 1 < max(min_entries, 1) or len(ledger.secrets) \
-            or ledger.last_seqno != 0:
+    if workers < 2 or files.last_seqno < max(min_entries, 1) or len(ledger.secrets) or ledger.last_seqno != 0:
         return False
     governance: dict[str, dict[bytes, bytes | None]] = {}
     signatures: dict[int, SignatureRecord] = {}
     state: State = {}
     taken: list[ChunkFacts] = []
-    expected, view, leaves = first, ledger.view, 0
+    expected, view = 1, ledger.view  # files starting after a snapshot fail the first check: not for this path
     merkle = ledger.merkle
     merkle_size = merkle.size
 
@@ -138,7 +131,7 @@ def replay_public_in_parallel(files: LedgerFiles, ledger: ServiceLedger, *, work
         return governance.get(table, {}).get(key)
 
     try:
-        for facts in _chunks(files, first, workers):
+        for facts in _chunks(files, workers):
             if facts.error is not None or facts.start != expected or facts.count == 0:
                 raise VerificationError(facts.error or f"chunk at {facts.start}, expected {expected}")
             for seqno, chunk_view in facts.views:
@@ -151,24 +144,18 @@ def replay_public_in_parallel(files: LedgerFiles, ledger: ServiceLedger, *, work
                     upto = seqno - facts.start
                     merkle.extend(bytes(facts.leaves[32 * done: 32 * upto]))
                     done = upto
-                    try:
-                        record = verify_signature_writes(lookup, merkle.root(), seqno, writes)
-                    except _PARSE_ERRORS as e:
-                        raise VerificationError(f"malformed signature transaction: {e!r}", seqno=seqno) from None
+                    record = verify_signature_writes(lookup, merkle.root(), seqno, writes)
                     if record is not None:
                         signatures[seqno] = record
                 for name, changes in writes.items():
                     governance.setdefault(name, {}).update(changes)
             merkle.extend(bytes(facts.leaves[32 * done:]))
-            leaves += facts.count
             expected += facts.count
             for name, entries in facts.state.items():
                 state.setdefault(name, {}).update(entries)
             taken.append(facts)
-    except (VerificationError, EntryFormatError, ValueError) as e:
+    except (VerificationError, EntryFormatError) as e:
         merkle.truncate(merkle_size)
-        from loguru import logger
-
         logger.info(f"parallel replay stopped ({e}); replaying sequentially")
         return False
     ledger.adopt_replayed(taken, signatures, state, view)

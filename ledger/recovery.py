@@ -30,7 +30,8 @@ import orjson
 from cryptography import x509
 from loguru import logger
 
-from ledger.entry import decode_entry, decrypt_private, frame_entry, parse_maps, parse_public_header
+from ledger.audit_scan import check_private_entry
+from ledger.entry import decode_entry, decrypt_private, frame_entry, parse_public_header
 from ledger.errors import (
     CorruptedCommittedChunk,
     EntryFormatError,
@@ -38,7 +39,6 @@ from ledger.errors import (
     LedgerSecretError,
     ReceiptError,
     SnapshotError,
-    VerificationError,
 )
 from ledger.files import LedgerFiles, parse_chunk_name
 from ledger.genesis import GenesisNode
@@ -103,16 +103,15 @@ def gather_previous_ledger(sources: list[str], target: str) -> list[str]:
     chosen: list[tuple[str, str]] = []
     start = min(candidates, default=None)
     while start is not None and start in candidates:
-        (_, end), directory, name = candidates[start]
+        (kind, end), directory, name = candidates[start]
         chosen.append((directory, name))
-        parsed = parse_chunk_name(name)
-        if parsed is None or parsed[1] is None:
+        if kind == 0:
             break  # an open chunk is the last
         start = end + 1
-    after = sorted(s for s in candidates if start is not None and s > start)
-    if start is not None and start not in candidates and after:
+    later = [s for s in candidates if start is not None and s > start]
+    if start not in candidates and later:
         # a missing chunk: what follows it cannot be verified, and dropping it would lose committed history
-        _, directory, name = candidates[after[0]]
+        _, directory, name = candidates[min(later)]
         raise RecoveryError(f"the previous ledger has a gap: no chunk starts at seqno {start} (the next is "
                             f"{os.path.join(directory, name)})")
     keep = {name for _, name in chosen}
@@ -134,11 +133,14 @@ def _place(source: str, target: str) -> None:
     Both go through a temporary name: a crash never leaves a partial chunk under a chunk's name."""
     temporary = target + ".partial"
     parsed = parse_chunk_name(os.path.basename(target))
-    try:
-        if parsed is None or parsed[1] is None:
-            raise OSError("an open chunk is copied")
-        os.link(source, temporary)
-    except OSError:
+    linked = False
+    if parsed is not None and parsed[1] is not None:
+        try:
+            os.link(source, temporary)
+            linked = True
+        except OSError:  # another file system, or links not allowed: a copy
+            pass
+    if not linked:
         shutil.copyfile(source, temporary)
     os.replace(temporary, target)
 
@@ -175,10 +177,9 @@ class PublicRecovery:
     """What the public replay found: the ledger (public state, committed to its last signature) and a report."""
 
     ledger: ServiceLedger
-    snapshot: str | None
     dropped_after: int | None  # seqno after which entries were dropped, if any were
-    previous_service_info: dict[str, Any]
-    previous_service_info_seqno: int
+    previous_service_info: dict[str, Any]  # as the previous service left it
+    previous_service_info_seqno: int  # the seqno that wrote it
     warnings: list[str] = field(default_factory=list)
 
 
@@ -263,8 +264,7 @@ def replay_public(files: LedgerFiles, *, node: NodeIdentity, service: ServiceIde
     ledger.commit_to(last)
     state = ledger.read_tx()
     info = state.get_json(SERVICE_INFO, SINGLETON_KEY)
-    return PublicRecovery(ledger, None, dropped, dict(info), state.get_version(SERVICE_INFO, SINGLETON_KEY),
-                          warnings)
+    return PublicRecovery(ledger, dropped, dict(info), state.get_version(SERVICE_INFO, SINGLETON_KEY), warnings)
 
 
 def recovery_create_writes(state: Tx, service: ServiceIdentity, node: GenesisNode, create_txid: str) -> WriteSet:
@@ -371,6 +371,7 @@ class PrivateReplay:
 
     @property
     def progress(self) -> tuple[int, int]:
+        """(last seqno decrypted, last seqno to decrypt)."""
         return self._next - 1, self._end
 
     def _snapshot_entries_of(self, data: bytes) -> Iterator[tuple[str, bytes, int, bytes]]:
@@ -404,20 +405,14 @@ class PrivateReplay:
         self._next = end + 1
 
     def _apply(self, seqno: int, raw: bytes, file: str) -> None:
-        try:
+        try:  # as the auditor checks a private domain: GCM tag (it covers the public part too), commit evidence
             frame = frame_entry(raw, 0, file=file)
-            secret = self._secrets.for_seqno(seqno)
-            plain = decrypt_private(frame, secret, file=file)  # the GCM tag covers the public part too
             header = parse_public_header(frame, file=file)
-            if (header.commit_evidence_digest or b"") != secret.commit_evidence_digest(frame.view, seqno):
-                raise VerificationError("commit evidence digest does not match the recovered secret", file=file,
-                                        seqno=seqno)
-        except (EntryFormatError, VerificationError, LedgerSecretError) as e:
+            writes = check_private_entry(raw, 0, seqno, frame.view, header.entry_type,
+                                         header.commit_evidence_digest or b"", self._secrets, file)
+        except EntryFormatError as e:
             raise RecoveryError(f"private replay failed at seqno {seqno} ({file}): {e}") from None
-        if not plain:
-            return
-        writes = parse_maps(plain, 0, len(plain), seqno=seqno, file=file, offset=0, public=False)
-        for name, changes in writes.items():
+        for name, changes in (writes or {}).items():
             target = self._state.setdefault(name, {})
             for key, value in changes.items():
                 target[key] = (seqno, value)

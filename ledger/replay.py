@@ -140,24 +140,26 @@ def _verify_entry(ledger: ServiceLedger, raw: bytes, seqno: int,
         raise VerificationError("commit evidence digest does not match the ledger secret", file=file, seqno=seqno)
     signature = None
     if SIGNATURES in decoded.writes:
-        try:
-            signature = _verify_signature_transaction(ledger, seqno, decoded.writes)
-        except _PARSE_ERRORS as e:
-            raise VerificationError(f"malformed signature transaction: {e!r}", file=file, seqno=seqno) from None
+        state = ledger.read_tx()
+        signature = verify_signature_writes(state.get, ledger.merkle.root(), seqno, decoded.writes, file=file)
     return decoded, signature
 
 
-StateLookup = Callable[[str, bytes], "bytes | None"]  # (map, key) -> the value in the state rebuilt so far
+StateLookup = Callable[[str, bytes], bytes | None]  # (map, key) -> the value in the state rebuilt so far
 
 
-def _verify_signature_transaction(ledger: ServiceLedger, seqno: int, writes: WriteSet) -> SignatureRecord | None:
-    state = ledger.read_tx()
-    return verify_signature_writes(lambda table, key: state.get(table, key), ledger.merkle.root(), seqno, writes)
-
-
-def verify_signature_writes(lookup: StateLookup, root: bytes, seqno: int, writes: WriteSet) -> SignatureRecord | None:
+def verify_signature_writes(lookup: StateLookup, root: bytes, seqno: int, writes: WriteSet, *,
+                            file: str | None = None) -> SignatureRecord | None:
     """As the auditor checks a signature transaction, with the signer's trust and certificate and the service
-    certificate taken from the state rebuilt so far (`lookup`), against the root of the entries before it."""
+    certificate taken from the state rebuilt so far (`lookup`), against the root of the entries before it.
+    Raises `VerificationError` (never a parsing exception) if it does not hold."""
+    try:
+        return _verify_signature_writes(lookup, root, seqno, writes)
+    except _PARSE_ERRORS as e:
+        raise VerificationError(f"malformed signature transaction: {e!r}", file=file, seqno=seqno) from None
+
+
+def _verify_signature_writes(lookup: StateLookup, root: bytes, seqno: int, writes: WriteSet) -> SignatureRecord | None:
     raw_sig = writes[SIGNATURES].get(SINGLETON_KEY)
     if raw_sig is None:
         return None

@@ -292,14 +292,23 @@ class ServiceLedger:
         if claims != ZERO_CLAIMS:
             self._claims[seqno] = claims
         self._sizes.append(size)
-        if flags & FLAG_FORCE_CHUNK_BEFORE and seqno > self._first:  # the files ended a chunk just before it
-            self._chunk_ends.append(seqno - 1)
-            self._bytes_since_chunk = 0
-        if flags & FLAG_FORCE_CHUNK_AFTER:
-            self._chunk_ends.append(seqno)
-            self._bytes_since_chunk = 0
+        if flags:
+            self._note_chunk_ends(seqno, flags)
+            self._count_bytes_since_chunk()
         else:
             self._bytes_since_chunk += size
+
+    def _note_chunk_ends(self, seqno: int, flags: int) -> None:
+        """The chunk ends an entry's flags make: just before it, after it, or both."""
+        if flags & FLAG_FORCE_CHUNK_BEFORE and seqno > self._first:  # the files ended a chunk just before it
+            self._chunk_ends.append(seqno - 1)
+        if flags & FLAG_FORCE_CHUNK_AFTER:
+            self._chunk_ends.append(seqno)
+
+    def _count_bytes_since_chunk(self) -> None:
+        """The bytes of the entries since the last chunk end (what decides when the next chunk ends)."""
+        chunk_start = max(self._chunk_ends[-1] + 1 if self._chunk_ends else 0, self._first)
+        self._bytes_since_chunk = sum(self._sizes[chunk_start - self._first :])
 
     def request_chunk(self) -> None:
         """End the current chunk at the next signature (governance's trigger_ledger_chunk)."""
@@ -387,8 +396,7 @@ class ServiceLedger:
             if end in self._requested_chunk_ends:  # the request is still to be honoured
                 self._requested_chunk_ends.discard(end)
                 self._chunk_requested = True
-        chunk_start = max(self._chunk_ends[-1] + 1 if self._chunk_ends else 0, self._first)
-        self._bytes_since_chunk = sum(self._sizes[chunk_start - self._first :])
+        self._count_bytes_since_chunk()
 
     def restore_previous_service(self, secrets: list[LedgerSecret],
                                  private_state: dict[str, dict[bytes, tuple[int, bytes | None]]]) -> None:
@@ -602,16 +610,12 @@ class ServiceLedger:
             for seqno, v in facts.views:
                 while len(self._view_starts) < v:
                     self._view_starts.append(seqno)
-            for seqno, flags in facts.flags:  # as _remember does, entry by entry
-                if flags & FLAG_FORCE_CHUNK_BEFORE and seqno > self._first:
-                    self._chunk_ends.append(seqno - 1)
-                if flags & FLAG_FORCE_CHUNK_AFTER:
-                    self._chunk_ends.append(seqno)
+            for seqno, flags in facts.flags:
+                self._note_chunk_ends(seqno, flags)
         last = chunks[-1].start + chunks[-1].count - 1
         self._signatures.update(signatures)
         self._sig_seqnos = sorted(signatures)
-        chunk_start = max(self._chunk_ends[-1] + 1 if self._chunk_ends else 0, self._first)
-        self._bytes_since_chunk = sum(self._sizes[chunk_start - self._first:])
+        self._count_bytes_since_chunk()
         live = {name: {key: (version, value) for key, (version, value) in entries.items() if value is not None}
                 for name, entries in state.items()}
         self.store.load_state({name: entries for name, entries in live.items() if entries}, last, view)

@@ -295,8 +295,8 @@ class Enclave:
         self._ensure_recovery()
         if self.recovery is None:
             raise RecoverySharesError("this service is not recovering")
-        self.recovery.shares_complete(tx)
-        self._after_commit.append(self.recovery.after_commit)
+        secrets = self.recovery.shares_complete(tx)
+        self._after_commit.append(functools.partial(self.recovery.take_secrets, secrets))
 
     def _open_recovered_service(self) -> None:
         """The primary holds the whole state of its predecessor: open the recovered service."""
@@ -477,12 +477,8 @@ class Enclave:
                     self._in_tx_effect(ctx.tx, effect)
             txid = self.ledger.commit(ctx.tx)
         except GovernanceError as e:
-            if self.recovery is not None:
-                self.recovery.discard_pending()
             raise EndpointError(500, "InternalError", f"Failed to apply(): {e.message}") from None
         except LedgerError as e:
-            if self.recovery is not None:
-                self.recovery.discard_pending()
             raise EndpointError(500, "InternalError", f"Transaction could not be committed: {e}") from None
         for callback in after:
             callback()

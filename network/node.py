@@ -401,13 +401,20 @@ class NodeHost:
         ledger.flush()
         ledger.commit_to(ledger.last_seqno)
         self._seal(keys, ledger)  # only now: a node killed before this recovers again from the same files
-        raft = Raft(identity.node_id, [identity.node_id], random.Random().randrange, config=self.consensus_config,
-                    hard_state=HardState(ledger.view, identity.node_id), commit=ledger.last_seqno,
-                    first_index=ledger.last_seqno + 1, base_term=ledger.view, older=ledger_entry_meta(ledger))
-        raft.campaign(transfer=False)
+        raft = self._sole_candidate(ledger, ledger.view)
         logger.info(f"recovery: public ledger verified up to {ledger.txid(seqno - 1)}; the recovered service "
                     f"was created at {ledger.txid(seqno)}, Recovering: members open it, then submit their shares")
         return ledger, keys, raft, found[1] if found else None
+
+    def _sole_candidate(self, ledger: ServiceLedger, term: int) -> Raft:
+        """The consensus core of a service's only node, everything it holds committed, standing for election
+        from `term` (Raft §5.2): it wins the next term alone and, as a new primary, signs in it at once."""
+        node_id = ledger.node.node_id
+        raft = Raft(node_id, [node_id], random.Random().randrange, config=self.consensus_config,
+                    hard_state=HardState(term, node_id), commit=ledger.last_seqno,
+                    first_index=ledger.last_seqno + 1, base_term=ledger.view, older=ledger_entry_meta(ledger))
+        raft.campaign(transfer=False)
+        return raft
 
     def _resume(self) -> tuple[ServiceLedger, NodeKeys, Raft]:
         try:
@@ -448,10 +455,7 @@ class NodeHost:
         ledger.commit_to(last_signed)
         ledger.rollback(last_signed)
         term = max(persisted.term if persisted else 0, ledger.view)
-        raft = Raft(node_id, [node_id], random.Random().randrange, config=self.consensus_config,
-                    hard_state=HardState(term, node_id),
-                    commit=last_signed, first_index=last_signed + 1, base_term=ledger.view, older=meta)
-        raft.campaign(transfer=False)
+        raft = self._sole_candidate(ledger, term)
         logger.info(f"resuming the service after {ledger.txid(last_signed)} in view {raft.term}; replayed "
                     f"{report.last_seqno} entries")
         return ledger, sealed.node, raft

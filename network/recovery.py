@@ -102,7 +102,6 @@ class NodeRecovery:
         if self.phase is Phase.PUBLIC:
             ledger.store.hold_removals_from(self.first_new_seqno)
         self._replay: PrivateReplay | None = None
-        self._pending: list[LedgerSecret] | None = None
         self._private_began = 0.0
         if self.phase is Phase.DONE:
             logger.info("recovery: this node holds the previous service's secrets; its private state is replayed")
@@ -115,9 +114,10 @@ class NodeRecovery:
 
     # --- shares (primary, inside the request that reached the threshold) --------------------------------
 
-    def shares_complete(self, tx: Tx) -> None:
+    def shares_complete(self, tx: Tx) -> list[LedgerSecret]:
         """Unwrap the previous secrets with the submitted shares, clear them, and hand the secrets to every trusted
-        node. Raises `RecoverySharesError` if the shares are wrong; the caller then clears them."""
+        node, in `tx`; returns the secrets, for `take_secrets` once `tx` commits. Raises `RecoverySharesError` if
+        the shares are wrong; the caller then clears them."""
         latest = recover_latest_secret(tx)
         try:
             secrets = restore_secrets(self.ledger, self.files, latest)
@@ -134,18 +134,12 @@ class NodeRecovery:
                 if isinstance(public, rsa.RSAPublicKey):
                     nodes[key.decode()] = public
         tx.put(NODE_SECRETS, SINGLETON_KEY, dump_json(node_secrets_entries(nodes, secrets)))
-        self._pending = secrets
+        return secrets
 
-    def after_commit(self) -> None:
+    def take_secrets(self, secrets: list[LedgerSecret]) -> None:
         """The transaction of `shares_complete` committed: take the secrets and start the private replay."""
-        if self._pending is None:
-            return
-        secrets, self._pending = self._pending, None
         self.ledger.secrets.restore_earlier([s for s in secrets if s.start < self.first_new_seqno])
         self.secrets_arrived()
-
-    def discard_pending(self) -> None:
-        self._pending = None
 
     # --- private replay (every node) ------------------------------------------------------------------
 

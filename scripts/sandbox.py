@@ -110,12 +110,19 @@ def start_node(config_path: str, timeout: float = 60.0) -> tuple[subprocess.Pope
         return process, orjson.loads(f.read())
 
 
+def _member0(url: str, common: str) -> MemberApi:
+    """member0's signed governance calls to the sandbox at `url`."""
+    client = ServiceClient(url, os.path.join(common, "service_cert.pem"))
+    with open(os.path.join(common, "member0_privk.pem"), "rb") as k, \
+            open(os.path.join(common, "member0_cert.pem"), "rb") as c:
+        return MemberApi(client, MemberSigner.from_pem(k.read(), c.read()))
+
+
 def open_service(url: str, common: str) -> None:
     """member0 acks, proposes user0 and the opening, and votes for it (majority of one)."""
     path = lambda name: os.path.join(common, name)  # noqa: E731
-    client = ServiceClient(url, path("service_cert.pem"))
-    with open(path("member0_privk.pem"), "rb") as k, open(path("member0_cert.pem"), "rb") as c:
-        member = MemberApi(client, MemberSigner.from_pem(k.read(), c.read()))
+    member = _member0(url, common)
+    client = member.client
     if member.service_info()["status"] == "Open":
         return
     member.activate()
@@ -213,9 +220,8 @@ def prepare_recovery(workspace: str, nodes: int, port: int) -> list[str]:
 def complete_recovery(url: str, common: str) -> None:
     """member0's part, through the member tooling: open with the previous identity, then submit its share."""
     path = lambda name: os.path.join(common, name)  # noqa: E731
-    client = ServiceClient(url, path("service_cert.pem"))
-    with open(path("member0_privk.pem"), "rb") as k, open(path("member0_cert.pem"), "rb") as c:
-        member = MemberApi(client, MemberSigner.from_pem(k.read(), c.read()))
+    member = _member0(url, common)
+    client = member.client
     with open(path("service_cert.pem")) as f:
         new_pem = f.read()
     with open(path("previous_service_cert.pem")) as f:

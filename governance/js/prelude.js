@@ -1,4 +1,4 @@
-// The `ccf` globals a constitution or ballot sees (ccf-api.md §2.1), over a snapshot of the KV the host
+// The `ccf` globals a constitution or ballot sees, as CCF provides them to governance code, over a snapshot of the KV the host
 // passes in. Keys and values are ArrayBuffers, as in CCF. Maps are loaded on demand: reading a map the host
 // did not pass records it in __kv.missing and reads it as empty; the host then runs the call again with that
 // map loaded (execution is deterministic, so the second run takes the same path up to that point).

@@ -1,4 +1,4 @@
-// The default constitution's actions (ccf-api.md §2.2), written from CCF's documented behaviour.
+// The default constitution's actions, behaving as CCF's samples/constitutions/default/actions.js documents them.
 // Each action checks its arguments with a precise message (validate) and changes the KV or asks the node
 // for an effect (apply). Extra files may add actions with actions.set(name, new Action(...)).
 
