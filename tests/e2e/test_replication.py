@@ -266,7 +266,13 @@ def test_a_node_joining_the_open_service_waits_for_the_members_then_serves_is_re
         assert time.monotonic() < deadline, "the fourth node did not catch up"
         time.sleep(0.1)
     assert network.client(3).call("GET", "/app/log/private?id=1").json() == {"msg": "before the fourth node"}
-    network.write_committed(primary, 2, "with four voters")
+    voted = int(network.write_committed(primary, 2, "with four voters").split(".")[1])
+    # the commit needs three of the four voters: wait until the newcomer holds that write too (it persists
+    # entries before acknowledging them, so its ledger files then exist)
+    deadline = time.monotonic() + 20
+    while network.commit(3)[1] < voted:
+        assert time.monotonic() < deadline, "the fourth node did not catch up with the write"
+        time.sleep(0.05)
     # it started from the service's snapshot: its ledger files begin after it, and it restarts from it
     newcomer_dir = os.path.dirname(config)
     with open(os.path.join(newcomer_dir, "err")) as f:
