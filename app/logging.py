@@ -7,7 +7,7 @@ the message's UTF-8 bytes. As in CCF's sample, every write also keeps `first_wri
 `public:first_write_version` (id -> seqno of the id's first write, recorded by its next write), from which the
 range endpoints start by default.
 
-Historical endpoints (mode HISTORICAL, on the node's `network.historical` machinery reached through `ctx.node`),
+Historical endpoints (mode HISTORICAL, on the node's `network.enclave.historical` machinery reached through `ctx.node`),
 with CCF's behaviour (samples/apps/logging/logging.cpp):
 - `GET /log/{private,public}/historical?id=N`, header `x-ms-ccf-transaction-id: <view>.<seqno>` (400
   `MissingRequiredHeader` / `InvalidHeaderValue`): `{"msg"}` as written by that transaction; 204 if that
@@ -40,16 +40,16 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from network.auth import UserCert
-from network.endpoints import EndpointContext, EndpointError, Endpoints, Mode
-from network.historical import (
+from network.enclave.auth import UserCert
+from network.enclave.endpoints import EndpointContext, EndpointError, Endpoints, Mode
+from network.enclave.historical import (
     RANGE_PAGE,
     HistoricalEntry,
     HistoricalQueries,
     historical_queries,
     requested_txid,
 )
-from network.http import Response
+from network.enclave.http import Response
 
 app = Endpoints("/app")
 

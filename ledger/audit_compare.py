@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger.audit_scan import chunk_range, ledger_chunk_paths
-from ledger.entry import read_entry_size
 from ledger.errors import EntryFormatError, VerificationError
 from ledger.files import FILE_HEADER_SIZE
+from ledger.framing import read_entry_size
 
 
 @dataclass(frozen=True)

@@ -26,17 +26,15 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from ledger.entry import (
-    ENTRY_FORMAT_V1,
-    MAX_VIEW,
     TYPE_WITH_CLAIMS,
     TYPE_WITH_COMMIT_EVIDENCE,
     TYPE_WITH_COMMIT_EVIDENCE_AND_CLAIMS,
     decrypt_private,
-    frame_entry,
     parse_maps,
 )
 from ledger.errors import EntryFormatError, LedgerFileError, LedgerSecretError, VerificationError
 from ledger.files import FILE_HEADER_SIZE, parse_chunk_name
+from ledger.framing import ENTRY_FORMAT_V1, MAX_VIEW, frame_entry
 from ledger.kv import WriteSet
 from ledger.secrets import LedgerSecret, LedgerSecrets
 

@@ -131,3 +131,7 @@ class ReceiptNotAvailable(LedgerError):
 
 class SnapshotError(LedgerError):
     """A snapshot cannot be written or loaded."""
+
+
+class RecoveryError(LedgerError):
+    """The previous service's ledger cannot be recovered (the message names the file, seqno or reason)."""

@@ -27,13 +27,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from ledger.entry import (
-    ENTRY_HEADER_SIZE,
-    FLAG_FORCE_CHUNK_AFTER,
-    FLAG_FORCE_CHUNK_BEFORE,
-    read_entry_size,
-)
 from ledger.errors import CorruptedCommittedChunk, EntryFormatError, LedgerFileError
+from ledger.framing import ENTRY_HEADER_SIZE, FLAG_FORCE_CHUNK_AFTER, FLAG_FORCE_CHUNK_BEFORE, read_entry_size
 
 FILE_HEADER_SIZE = 8
 COMMITTED_SUFFIX = ".committed"

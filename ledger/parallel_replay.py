@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from loguru import logger
 
 from ledger.audit_scan import RawSecrets, scan_chunk, secrets_from_raw
-from ledger.entry import MAX_VIEW
 from ledger.errors import EntryFormatError, LedgerFileError, VerificationError
 from ledger.files import LedgerFiles
+from ledger.framing import MAX_VIEW
 from ledger.kv import WriteSet
 from ledger.replay import verify_signature_writes
 from ledger.secrets import LedgerSecrets

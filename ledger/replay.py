@@ -26,9 +26,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from loguru import logger
 
 from ledger import cose
-from ledger.entry import MAX_VIEW, DecodedEntry, decode_entry
+from ledger.entry import DecodedEntry, decode_entry
 from ledger.errors import CorruptedCommittedChunk, EntryFormatError, LedgerSecretError, VerificationError
 from ledger.files import LedgerFiles
+from ledger.framing import MAX_VIEW
 from ledger.identity import NodeIdentity, ServiceIdentity, load_cert
 from ledger.kv import WriteSet
 from ledger.secrets import LedgerSecrets, secrets_for_node

@@ -30,15 +30,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ledger import snapshots
+from ledger import snapshot_files, snapshots
 from ledger.endorsements import endorsement_chain
-from ledger.entry import (
-    FLAG_FORCE_CHUNK_AFTER,
-    FLAG_FORCE_CHUNK_BEFORE,
-    MAX_VIEW,
-    DecodedEntry,
-    serialise_entry,
-)
+from ledger.entry import DecodedEntry, serialise_entry
 from ledger.errors import (
     LedgerError,
     LedgerFileError,
@@ -47,6 +41,7 @@ from ledger.errors import (
     SnapshotError,
 )
 from ledger.files import LedgerFiles
+from ledger.framing import FLAG_FORCE_CHUNK_AFTER, FLAG_FORCE_CHUNK_BEFORE, MAX_VIEW
 from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, endorse, load_cert
 from ledger.kv import ZERO_CLAIMS, CommitResult, Store, Tx, WriteSet
 from ledger.merkle import MerkleHistory
@@ -532,7 +527,7 @@ class ServiceLedger:
         seqno, serialise = self.snapshot_job()
         data = serialise()
         evidence = self.record_snapshot(seqno, hashlib.sha256(data).hexdigest(),
-                                        lambda path: snapshots.write_file(path, data))
+                                        lambda path: snapshot_files.write_file(path, data))
         return seqno, evidence
 
     def snapshot_job(self) -> tuple[int, Callable[[], bytes]]:
@@ -557,7 +552,7 @@ class ServiceLedger:
         evidence = {"hash": digest_hex, "version": seqno}
         ev = self.commit_writes({SNAPSHOT_EVIDENCE: {SINGLETON_KEY: dump_json(evidence)}})
         os.makedirs(self.snapshot_dir, exist_ok=True)
-        place(os.path.join(self.snapshot_dir, snapshots.snapshot_file_name(seqno, ev.seqno, False)))
+        place(os.path.join(self.snapshot_dir, snapshot_files.snapshot_file_name(seqno, ev.seqno, False)))
         self._pending_snapshots.append((seqno, ev.seqno))
         self._finish_snapshots()
         return ev.seqno
@@ -573,7 +568,7 @@ class ServiceLedger:
                 still.append((seqno, ev))
                 continue
             assert self.snapshot_dir is not None
-            snapshots.commit_snapshot_file(self.snapshot_dir, seqno, ev, orjson.dumps(receipt))
+            snapshot_files.commit_snapshot_file(self.snapshot_dir, seqno, ev, orjson.dumps(receipt))
         self._pending_snapshots = still
 
     @classmethod

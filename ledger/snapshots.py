@@ -14,31 +14,20 @@ Loading verifies the GCM tag (which authenticates the public domain too); `Snaps
 from __future__ import annotations
 
 import hashlib
-import os
-import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import orjson
 
-from ledger.entry import (
-    BODY_PREFIX,
-    GCM_TAG_SIZE,
-    TYPE_SNAPSHOT,
-    decrypt_private,
-    entry_header,
-    frame_entry,
-    gcm_iv,
-    split_domains,
-)
+from ledger.entry import TYPE_SNAPSHOT, decrypt_private, entry_header, gcm_iv, split_domains
 from ledger.errors import EntryFormatError, LedgerSecretError, SnapshotError
+from ledger.framing import BODY_PREFIX, GCM_TAG_SIZE, frame_entry
 from ledger.kv import SnapshotState, is_public
 from ledger.secrets import LedgerSecret, LedgerSecrets
 
 _U64 = struct.Struct("<Q")
 _KV_HEAD = struct.Struct("<Qq")
-_NAME = re.compile(r"^snapshot_(\d+)_(\d+)(\.committed)?$")
 
 
 def _pad(n: int) -> bytes:
@@ -236,41 +225,3 @@ def summarise_snapshot(data: bytes, *, digest: bool = True) -> SnapshotSummary:
 # --- snapshot files (host side) ----------------------------------------------------------------------
 
 
-def snapshot_file_name(seqno: int, evidence_seqno: int, committed: bool) -> str:
-    return f"snapshot_{seqno}_{evidence_seqno}" + (".committed" if committed else "")
-
-
-def parse_snapshot_name(name: str) -> tuple[int, int, bool] | None:
-    m = _NAME.match(name)
-    return (int(m.group(1)), int(m.group(2)), bool(m.group(3))) if m else None
-
-
-def write_file(path: str, data: bytes) -> None:
-    """Write `data` to `path` durably."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def commit_snapshot_file(directory: str, seqno: int, evidence_seqno: int, receipt_json: bytes) -> str:
-    """Append the evidence receipt and rename the snapshot `.committed`."""
-    path = os.path.join(directory, snapshot_file_name(seqno, evidence_seqno, False))
-    with open(path, "ab") as f:
-        f.write(receipt_json)
-        f.flush()
-        os.fsync(f.fileno())
-    final = os.path.join(directory, snapshot_file_name(seqno, evidence_seqno, True))
-    os.replace(path, final)
-    return final
-
-
-def latest_committed_snapshot(directory: str) -> str | None:
-    best: tuple[int, str] | None = None
-    if not os.path.isdir(directory):
-        return None
-    for name in os.listdir(directory):
-        parsed = parse_snapshot_name(name)
-        if parsed and parsed[2] and (best is None or parsed[0] > best[0]):
-            best = (parsed[0], os.path.join(directory, name))
-    return best[1] if best else None

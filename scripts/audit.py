@@ -99,7 +99,7 @@ def _secrets(args: argparse.Namespace) -> LedgerSecrets | None:
 
 
 def _unseal(directory: str) -> LedgerSecrets:
-    from network.sealing import SealingError, unseal  # the node's virtual sealing; ledger/ must not import it
+    from network.enclave.sealing import SealingError, unseal  # the node's virtual sealing; ledger/ must not import it
 
     try:
         return unseal(directory).secrets

@@ -54,7 +54,7 @@ from typing import Any, cast
 import orjson
 from sandbox import ROOT, make_identities, node_config, open_service, start_node
 
-from network.client import ServiceError
+from network.client.connection import ServiceError
 
 try:
     import uvloop
@@ -87,7 +87,7 @@ def start_profiled_node(config_path: str, profile: str, timeout: float = 120.0) 
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with open(os.path.join(node_dir, "out"), "ab") as out, open(os.path.join(node_dir, "err"), "ab") as err:
         process = subprocess.Popen([sys.executable, "-m", "cProfile", "-o", os.path.abspath(profile),
-                                    "-m", "network.node", "--config", config_path],
+                                    "-m", "network.host.node", "--config", config_path],
                                    stdout=out, stderr=err, env=env, cwd=ROOT)
     deadline = time.monotonic() + timeout
     while not os.path.exists(ready):

@@ -55,8 +55,8 @@ from ledger.tables import (  # noqa: E402
     USERS_INFO,
     dump_json,
 )
-from network.client import ServiceClient  # noqa: E402
-from network.member_api import MemberApi  # noqa: E402
+from network.client.connection import ServiceClient  # noqa: E402
+from network.client.member_api import MemberApi  # noqa: E402
 from scripts.sandbox import make_identities, start_node  # noqa: E402
 
 

@@ -41,9 +41,9 @@ from governance.member_client import (
     transition_service_to_open,
 )
 from ledger.identity import load_cert
-from network.client import ServiceError
-from network.member_api import MemberApi
-from network.service_client import Client, ClientError
+from network.client.connection import ServiceError
+from network.client.member_api import MemberApi
+from network.client.service import Client, ClientError
 
 
 def _read(path: str) -> bytes:

@@ -17,9 +17,9 @@ from ledger.genesis import GenesisMember, VirtualQuote
 from ledger.identity import NodeIdentity, PartyIdentity
 from ledger.service_ledger import ServiceLedger, TxID
 from ledger.tables import SERVICE_INFO, SINGLETON_KEY, USERS_CERTS
-from network.enclave import Enclave, EnclaveSettings, SignaturePolicy
-from network.historical import TXID_REQUEST_HEADER
-from network.http import Request, Response
+from network.enclave.enclave import Enclave, EnclaveSettings, SignaturePolicy
+from network.enclave.historical import TXID_REQUEST_HEADER
+from network.enclave.http import Request, Response
 from tests.network.node_harness import FakeHost
 
 CONSTITUTION = "export function validate(input) { return { valid: true }; }"

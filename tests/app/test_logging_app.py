@@ -15,8 +15,8 @@ from ledger.kv import Tx
 from ledger.receipts import verify_json_receipt
 from ledger.service_ledger import ServiceLedger
 from ledger.tables import USERS_CERTS
-from network.endpoints import EndpointContext, Mode
-from network.http import Request, Response
+from network.enclave.endpoints import EndpointContext, Mode
+from network.enclave.http import Request, Response
 from tests.ccf_tools import assert_read_ledger_accepts
 
 pytestmark = pytest.mark.unit

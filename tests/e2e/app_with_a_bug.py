@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from app.logging import PRIVATE
 from app.logging import app as logging_app
-from network.auth import UserCert
-from network.endpoints import EndpointContext, Mode
+from network.enclave.auth import UserCert
+from network.enclave.endpoints import EndpointContext, Mode
 
 app = logging_app.copy()
 

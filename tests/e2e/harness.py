@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 
 from governance.member_client import MemberSigner
-from network.client import Answer, ServiceClient
-from network.member_api import MemberApi
+from network.client.connection import Answer, ServiceClient
+from network.client.member_api import MemberApi
 from scripts.sandbox import make_identities, node_config, open_service, start_node
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

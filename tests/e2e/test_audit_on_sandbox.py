@@ -35,8 +35,8 @@ from cryptography import x509
 from governance.member_client import MemberSigner
 from ledger.audit_scan import ledger_chunk_paths, scan_path
 from ledger.identity import ServiceIdentity
-from network.client import ServiceClient
-from network.member_api import MemberApi
+from network.client.connection import ServiceClient
+from network.client.member_api import MemberApi
 from scripts import audit as audit_cli
 from scripts.sandbox import make_identities, node_config, open_service, start_node
 from tests.ccf_tools import read_ledger

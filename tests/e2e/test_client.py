@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from network.service_client import Client, CommitTimeout, ServiceError, TransactionInvalid, Unreachable
+from network.client.service import Client, CommitTimeout, ServiceError, TransactionInvalid, Unreachable
 from tests.e2e.harness import Sandbox, free_port
 
 pytestmark = pytest.mark.e2e
@@ -77,7 +77,7 @@ def test_receipts_from_the_node_json_and_cose_verify_with_client_cli_and_ccf_and
     import ccf.cose
     import orjson
 
-    from network.service_client import ReceiptInvalid, verify_receipt
+    from network.client.service import ReceiptInvalid, verify_receipt
 
     user = _user(sandbox)
     txid = user.write("/app/log/public", {"id": 77, "msg": "cose me", "record_claim": True})

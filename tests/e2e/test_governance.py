@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from governance.member_client import action
 from governance.recovery_shares import RECOVERY_SHARES, decrypt_share, unwrap_ledger_secret
 from ledger.identity import PartyIdentity, key_pem
-from network import sealing
+from network.enclave import sealing
 from tests.e2e.harness import API_VERSION, Sandbox, error_code
 
 pytestmark = pytest.mark.e2e

@@ -19,7 +19,7 @@ from cryptography import x509
 
 from governance.member_client import set_user
 from ledger.identity import PartyIdentity, key_pem
-from network.client import Answer, ServiceClient
+from network.client.connection import Answer, ServiceClient
 from tests.ccf_tools import assert_read_ledger_accepts, ccf_check_json_receipt
 from tests.e2e.conftest import SandboxFactory
 from tests.e2e.harness import API_VERSION, ROOT, TXID, Sandbox, error_code

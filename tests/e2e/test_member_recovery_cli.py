@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from network.client import ServiceClient
+from network.client.connection import ServiceClient
 from scripts.sandbox import _write, start_node
 from tests.e2e.conftest import SandboxFactory
 from tests.e2e.harness import API_VERSION, TXID, Sandbox, free_port

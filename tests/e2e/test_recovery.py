@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from governance.member_client import MemberSigner, action, set_member, transition_service_to_open
 from ledger.identity import PartyIdentity, key_pem, load_cert
-from network.client import ServiceClient
-from network.member_api import MemberApi
-from network.service_client import ReceiptInvalid, verify_receipt
+from network.client.connection import ServiceClient
+from network.client.member_api import MemberApi
+from network.client.service import ReceiptInvalid, verify_receipt
 from scripts.sandbox import _write, start_node
 from tests.ccf_tools import assert_read_ledger_accepts, ccf_check_json_receipt, verify_secrets_chain
 from tests.e2e.harness import free_port

@@ -20,8 +20,8 @@ from governance.member_client import MemberSigner, transition_service_to_open
 from governance.recovery_shares import decrypt_share
 from governance.shamir import SHARE_SIZE
 from ledger.identity import PartyIdentity
-from network.client import ServiceClient, ServiceError
-from network.member_api import MemberApi
+from network.client.connection import ServiceClient, ServiceError
+from network.client.member_api import MemberApi
 from scripts.bench_recovery import write_lost_service
 from scripts.sandbox import _write, start_node
 from tests.ccf_tools import assert_read_ledger_accepts, verify_secrets_chain

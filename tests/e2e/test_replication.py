@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from ledger.files import LedgerFiles, parse_chunk_name
-from network.client import ServiceClient
+from network.client.connection import ServiceClient
 from scripts.sandbox import make_identities, node_config, open_service, start_node
 from tests.ccf_tools import assert_read_ledger_accepts
 from tests.e2e.harness import free_port
@@ -227,7 +227,7 @@ def test_a_node_joining_the_open_service_waits_for_the_members_then_serves_is_re
     import threading
 
     from governance.member_client import MemberSigner
-    from network.member_api import MemberApi
+    from network.client.member_api import MemberApi
 
     primary = network.primary()
     early = network.write_committed(primary, 1, "before the fourth node")

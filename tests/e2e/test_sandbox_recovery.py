@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from network.client import ServiceClient
+from network.client.connection import ServiceClient
 from tests.e2e.harness import free_port, write_committed
 
 pytestmark = pytest.mark.e2e

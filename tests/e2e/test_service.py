@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from ledger.identity import key_id
-from network.attestation import code_measurement
-from network.client import ServiceClient
+from network.client.connection import ServiceClient
+from network.enclave.attestation import code_measurement
 from tests.ccf_tools import ccf_check_json_receipt
 from tests.e2e.conftest import SandboxFactory
 from tests.e2e.harness import API_VERSION, TXID, Sandbox, assert_serving, error_code, request

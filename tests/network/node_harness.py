@@ -18,11 +18,11 @@ from governance.member_client import MemberSigner
 from ledger.bootstrap import NodeKeys, start_new_service
 from ledger.genesis import GenesisMember, VirtualQuote
 from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, key_pem
-from ledger.snapshots import write_file
-from network.consensus import HardState
-from network.enclave import Enclave, EnclaveSettings, SignaturePolicy
-from network.http import Request, Response
-from network.wire import Envelope, ForwardedResponse
+from ledger.snapshot_files import write_file
+from network.consensus.raft import HardState
+from network.enclave.enclave import Enclave, EnclaveSettings, SignaturePolicy
+from network.enclave.http import Request, Response
+from network.enclave.wire import Envelope, ForwardedResponse
 
 API = "?api-version=2024-07-01"
 

@@ -13,7 +13,7 @@ import ledger
 from ledger.identity import NodeIdentity
 from ledger.kv import Store
 from ledger.tables import VIRTUAL_HOST_DATA, VIRTUAL_MEASUREMENTS, dump_json
-from network.attestation import AttestationError, code_measurement, host_data, make_quote, verify_quote
+from network.enclave.attestation import AttestationError, code_measurement, host_data, make_quote, verify_quote
 
 pytestmark = pytest.mark.unit
 

@@ -14,7 +14,7 @@ from ledger import cose
 from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, cert_pem
 from ledger.kv import Store
 from ledger.tables import MEMBERS_CERTS, NODES_ENDORSED_CERTS, USERS_CERTS
-from network.auth import (
+from network.enclave.auth import (
     JWT_KEYS,
     AllOf,
     AnyCert,
@@ -26,7 +26,7 @@ from network.auth import (
     UserCoseSign1,
     authenticate,
 )
-from network.http import Request
+from network.enclave.http import Request
 
 pytestmark = pytest.mark.unit
 

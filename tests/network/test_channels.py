@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, key_pem
-from network.channels import Channels, tls_contexts
-from network.consensus import AppendEntries, AppendEntriesResponse, EntryMeta, RequestVote, RequestVoteResponse
-from network.wire import Envelope, ForwardedRequest, ForwardedResponse, WireError, decode, encode
+from network.consensus.raft import AppendEntries, AppendEntriesResponse, EntryMeta, RequestVote, RequestVoteResponse
+from network.enclave.channels import Channels, tls_contexts
+from network.enclave.wire import Envelope, ForwardedRequest, ForwardedResponse, WireError, decode, encode
 
 pytestmark = pytest.mark.unit
 

@@ -9,9 +9,9 @@ import pytest
 
 from ledger.kv import Tx
 from ledger.service_ledger import ServiceLedger, TxID
-from network.common_endpoints import TxStatus, add_common_endpoints, tx_status
-from network.endpoints import Endpoints, Mode
-from network.http import Request
+from network.enclave.common_endpoints import TxStatus, add_common_endpoints, tx_status
+from network.enclave.endpoints import Endpoints, Mode
+from network.enclave.http import Request
 
 pytestmark = pytest.mark.unit
 

@@ -14,8 +14,8 @@ from ledger.bootstrap import NodeKeys
 from ledger.files import FsyncPolicy
 from ledger.identity import NodeIdentity, ServiceIdentity
 from ledger.secrets import LedgerSecrets
-from network.config import ConfigError, load_config, parse_config
-from network.sealing import SEALED_FILE, SealedState, SealingError, is_sealed, seal, unseal
+from network.enclave.sealing import SEALED_FILE, SealedState, SealingError, is_sealed, seal, unseal
+from network.host.config import ConfigError, load_config, parse_config
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,7 @@ import pytest
 from governance.recovery_shares import RECOVERY_SHARES, decrypt_share, unwrap_ledger_secret
 from ledger.receipts import verify_json_receipt
 from ledger.tables import HISTORICAL_SECRETS, SERVICE_INFO, SINGLETON_KEY
-from network.endpoints import TXID_HEADER
+from network.enclave.endpoints import TXID_HEADER
 from tests.network.node_harness import API, Node
 
 pytestmark = pytest.mark.unit
@@ -241,7 +241,7 @@ def test_commit_is_decided_by_consensus_whose_core_keeps_only_the_uncommitted_su
 
 
 def test_too_many_uncommitted_transactions_get_503_except_on_the_node_frontend(tmp_path: Path) -> None:
-    from network.enclave import EnclaveSettings, SignaturePolicy
+    from network.enclave.enclave import EnclaveSettings, SignaturePolicy
 
     node = Node(str(tmp_path))
     node.open_service()
@@ -259,7 +259,7 @@ def test_too_many_uncommitted_transactions_get_503_except_on_the_node_frontend(t
 @pytest.mark.parametrize("text, year", [("261128210857Z", 2026), ("20261128210857Z", 2026),
                                         ("2026-11-28T21:08:57Z", 2026)])
 def test_valid_from_times_are_read_by_their_length(text: str, year: int) -> None:
-    from network.enclave import _parse_valid_from
+    from network.enclave.enclave import _parse_valid_from
 
     parsed = _parse_valid_from(text)
     assert (parsed.year, parsed.month, parsed.day, parsed.hour, parsed.second) == (year, 11, 28, 21, 57)

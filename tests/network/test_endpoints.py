@@ -9,9 +9,9 @@ from cryptography.hazmat.primitives import serialization
 from ledger.identity import PartyIdentity
 from ledger.kv import Store, Tx
 from ledger.tables import USERS_CERTS
-from network.auth import UserCert
-from network.endpoints import TXID_HEADER, EndpointContext, EndpointError, Endpoints, Mode
-from network.http import Request, Response
+from network.enclave.auth import UserCert
+from network.enclave.endpoints import TXID_HEADER, EndpointContext, EndpointError, Endpoints, Mode
+from network.enclave.http import Request, Response
 
 pytestmark = pytest.mark.unit
 

@@ -1,5 +1,5 @@
-"""Historical queries (network/historical.py): fetching, verification against the Merkle tree, holding and caching,
-and what a damaged or altered ledger file gives (500, never the altered value)."""
+"""Historical queries (network/enclave/historical.py): fetching, verification against the Merkle tree, holding
+and caching, and what a damaged or altered ledger file gives (500, never the altered value)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from ledger.entry import decode_entry
 from ledger.service_ledger import TxID
-from network.endpoints import EndpointError
-from network.historical import HistoricalEntry, HistoricalPending, HistoricalQueries, runs_of
+from network.enclave.endpoints import EndpointError
+from network.enclave.historical import HistoricalEntry, HistoricalPending, HistoricalQueries, runs_of
 from tests.app.harness import AppNode, body, error_code
 
 

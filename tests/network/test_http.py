@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, cert_pem, key_pem
-from network.http import HttpLimits, Request, Response, serve
+from network.enclave.http import HttpLimits, Request, Response, serve
 
 pytestmark = pytest.mark.unit
 
@@ -201,7 +201,7 @@ def test_any_client_certificate_is_accepted_at_the_tls_layer_and_reaches_the_han
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    from network.tls import server_context
+    from network.enclave.tls import server_context
 
     service = ServiceIdentity.create()
     node = NodeIdentity.create().endorsed_by(service)

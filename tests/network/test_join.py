@@ -20,7 +20,7 @@ from ledger.tables import (
     VIRTUAL_HOST_DATA,
     VIRTUAL_MEASUREMENTS,
 )
-from network.join import JoinRefused, JoinRequest, network_info, node_key_of, record_join
+from network.enclave.join import JoinRefused, JoinRequest, network_info, node_key_of, record_join
 
 pytestmark = pytest.mark.unit
 

@@ -18,9 +18,9 @@ from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, cert_p
 from ledger.secrets import LedgerSecrets
 from ledger.service_ledger import ServiceLedger
 from ledger.tables import NODES_ENDORSED_CERTS, NODES_INFO, dump_json
-from network.consensus import ConsensusConfig, EntryMeta, HardState, Raft, Role
-from network.replication import Replicator, ledger_entry_meta
-from network.wire import Envelope, decode, encode
+from network.consensus.raft import ConsensusConfig, EntryMeta, HardState, Raft, Role
+from network.enclave.replication import Replicator, ledger_entry_meta
+from network.enclave.wire import Envelope, decode, encode
 from tests.ccf_tools import assert_read_ledger_accepts
 
 pytestmark = pytest.mark.unit
@@ -217,7 +217,7 @@ def test_a_rekey_reaches_the_backups_and_they_read_what_follows(cluster: Cluster
 
 
 def test_a_tampered_entry_from_the_primary_stops_the_backup(cluster: Cluster) -> None:
-    from network.replication import ReplicationError
+    from network.enclave.replication import ReplicationError
 
     cluster.trust_backups()
     cluster.write(2)

@@ -27,7 +27,7 @@ The safety invariants (`Simulation.check`) run after every line. `#` starts a co
 
 from __future__ import annotations
 
-from network.consensus import Role
+from network.consensus.raft import Role
 from tests.scenarios.simulator import Simulation
 
 

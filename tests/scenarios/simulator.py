@@ -1,4 +1,4 @@
-"""A deterministic simulation of N consensus cores (`network.consensus.Raft`) over a simulated network.
+"""A deterministic simulation of N consensus cores (`network.consensus.raft.Raft`) over a simulated network.
 
 The network holds messages in flight; the simulation delivers them in any order, drops, duplicates,
 partitions links (one-way cuts included), crashes and restarts nodes (a restarted node keeps what it
@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from network.consensus import (
+from network.consensus.raft import (
     AppendEntries,
     ConsensusConfig,
     EntryMeta,

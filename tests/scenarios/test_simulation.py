@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from network.consensus import Role
+from network.consensus.raft import Role
 from tests.scenarios.simulator import Simulation
 
 pytestmark = pytest.mark.scenario

@@ -216,7 +216,8 @@ def test_receipts_never_rest_on_an_uncommitted_signature(new_service: Callable[.
 
 
 def test_a_snapshot_of_a_resumed_ledger_keeps_the_view_history(new_service: Callable[..., ServiceLedger]) -> None:
-    from ledger.snapshots import latest_committed_snapshot, load_snapshot
+    from ledger.snapshot_files import latest_committed_snapshot
+    from ledger.snapshots import load_snapshot
 
     ledger = new_service()
     commit_public(ledger, b"a")

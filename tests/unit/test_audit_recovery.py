@@ -1,9 +1,9 @@
 """The auditor on a ledger that spans disaster recoveries (`scripts/audit.py ledger` and `report`).
 
 A service A is built on disk (opened, private and public writes, a rekey, signatures), then recovered in
-process as `network/node.py` `_start_recovery` does it (the files replayed public-only, a new identity, the
+process as `network/host/node.py` `_start_recovery` does it (the files replayed public-only, a new identity, the
 create transaction in a new chunk in the view after next, its signature), and the recovered service goes on as
-`network/recovery.py` drives it (WaitingForRecoveryShares, then Open with the secret chain continued); B is then
+`network/enclave/recovery.py` drives it (WaitingForRecoveryShares, then Open with the secret chain continued); B is then
 recovered the same way into C. The auditor is given only the newest certificate and must follow the previous
 identities back, refuse an unrelated or an older certificate (unless --prefix), refuse a recovery that names
 the wrong previous identity, and show each recovery as an event in the report.
@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from ledger.audit import TRUST_GIVEN, TRUST_NAMED, TRUST_NOT_SIGNED, audit_ledger
 from ledger.audit_secrets import dump_secrets
 from ledger.bootstrap import NodeKeys, start_new_service
-from ledger.entry import FLAG_FORCE_CHUNK_BEFORE
 from ledger.errors import VerificationError
 from ledger.files import LedgerFiles
+from ledger.framing import FLAG_FORCE_CHUNK_BEFORE
 from ledger.genesis import GenesisMember, GenesisNode, NodeNetwork, VirtualQuote
 from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, cert_id, cert_pem
 from ledger.kv import WriteSet

@@ -10,7 +10,7 @@ import pytest
 
 from ledger.identity import ServiceIdentity, endorse
 from ledger.service_ledger import ServiceLedger
-from network.service_client import ReceiptInvalid, verify_receipt
+from network.client.service import ReceiptInvalid, verify_receipt
 
 pytestmark = pytest.mark.unit
 

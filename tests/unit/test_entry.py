@@ -16,18 +16,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.entry import (
+from ledger.entry import TYPE_WITH_COMMIT_EVIDENCE_AND_CLAIMS, decode_entry, merkle_leaf, serialise_entry
+from ledger.errors import DecryptionError, EntryFormatError
+from ledger.framing import (
     ENTRY_FORMAT_V1,
     FLAG_FORCE_CHUNK_AFTER,
     FLAG_FORCE_CHUNK_BEFORE,
-    TYPE_WITH_COMMIT_EVIDENCE_AND_CLAIMS,
-    decode_entry,
     frame_entry,
-    merkle_leaf,
     read_entry_size,
-    serialise_entry,
 )
-from ledger.errors import DecryptionError, EntryFormatError
 from ledger.kv import WriteSet
 from ledger.secrets import LedgerSecret, LedgerSecrets
 

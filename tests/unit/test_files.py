@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from ledger.entry import FLAG_FORCE_CHUNK_AFTER, FLAG_FORCE_CHUNK_BEFORE, decode_entry, serialise_entry
+from ledger.entry import decode_entry, serialise_entry
 from ledger.errors import CorruptedCommittedChunk, DecryptionError, LedgerFileError
 from ledger.files import FsyncPolicy, LedgerFiles
+from ledger.framing import FLAG_FORCE_CHUNK_AFTER, FLAG_FORCE_CHUNK_BEFORE
 from ledger.replay import recover
 from ledger.secrets import LedgerSecret, LedgerSecrets
 from ledger.service_ledger import ServiceLedger

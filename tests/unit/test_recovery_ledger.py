@@ -3,7 +3,7 @@
 A service A is built on disk as a node would have left it (opened, recovery shares dealt, private and public
 writes, signatures, rekeys, an unsigned tail); a recovering node of a new service B then gathers and replays its
 public part, creates B, takes the members' shares back, unwraps A's secret chain, decrypts A's private ledger and
-hands that state to its store, as `network/node.py` `_start_recovery` and `network/recovery.py` drive it.
+hands that state to its store, as `network/host/node.py` `_start_recovery` and `network/enclave/recovery.py` drive it.
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ from governance.recovery_shares import (
 )
 from governance.shamir import SHARE_SIZE, combine
 from ledger.bootstrap import NodeKeys, start_new_service
-from ledger.entry import FLAG_FORCE_CHUNK_BEFORE, decode_entry
-from ledger.errors import LedgerError, LedgerSecretError, ReceiptEndorsementError, VersionUnavailable
+from ledger.entry import decode_entry
+from ledger.errors import LedgerError, LedgerSecretError, ReceiptEndorsementError, RecoveryError, VersionUnavailable
 from ledger.files import LedgerFiles, parse_chunk_name
+from ledger.framing import FLAG_FORCE_CHUNK_BEFORE
+from ledger.gather import gather_previous_ledger
 from ledger.genesis import GenesisMember, GenesisNode, NodeNetwork, VirtualQuote
 from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, cert_pem
 from ledger.kv import Store, is_public
@@ -48,9 +50,7 @@ from ledger.receipts import verify_json_receipt
 from ledger.recovery import (
     PrivateReplay,
     PublicRecovery,
-    RecoveryError,
     choose_snapshot,
-    gather_previous_ledger,
     recovery_create_writes,
     replay_public,
     restore_secrets,
@@ -148,7 +148,7 @@ class ChainLedger:
     def recover(self) -> None:
         """What a recovered service leaves in the chain: its own secret from its first seqno (its create
         transaction), and once the predecessor's secrets are back, a record wrapping the predecessor's latest
-        under it with `next_version` (network/recovery.py `open_writes`)."""
+        under it with `next_version` (network/enclave/recovery.py `open_writes`)."""
         first = self.ledger.last_seqno + 1
         self.ledger.secrets.add(LedgerSecret.create(first))
         _private_write(self.ledger, first)  # the create transaction, under the new secret
@@ -625,7 +625,7 @@ def test_public_replay_refuses_a_flipped_byte_in_a_committed_chunk_naming_the_ch
 
 def test_public_replay_drops_an_abandoned_earlier_recovery(old: OldService) -> None:
     """A recovering node killed after writing its create transaction and signature, before sealing, recovers
-    again from the same files and the same previous identity (network/node.py `_start_recovery`)."""
+    again from the same files and the same previous identity (network/host/node.py `_start_recovery`)."""
     first = start_recovery(old.directory, old.cert)
     create = create_recovered_service(first)
     abandoned = os.path.basename(first.files.chunk_file_of(create))

@@ -247,7 +247,7 @@ def test_member_recovery_share_prints_the_count_or_the_json_answer(
     """The node's answer as the script prints it (the node itself is replaced: no request is sent)."""
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from network.member_api import MemberApi
+    from network.client.member_api import MemberApi
     from scripts import member
 
     files = member_files(tmp_path)
@@ -276,7 +276,7 @@ def test_member_recovery_share_with_the_wrong_rsa_key_says_so_in_one_line(
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-    from network.member_api import MemberApi
+    from network.client.member_api import MemberApi
     from scripts import member
 
     files = member_files(tmp_path)
@@ -300,8 +300,8 @@ def test_member_recovery_share_with_the_wrong_rsa_key_says_so_in_one_line(
 
 
 def test_the_service_client_gives_members_submit_recovery_share(tmp_path: os.PathLike[str]) -> None:
-    from network.member_api import MemberApi
-    from network.service_client import Client
+    from network.client.member_api import MemberApi
+    from network.client.service import Client
 
     files = member_files(tmp_path)
     api = Client(NO_NODE, files["service_cert"], cert=files["cert"], key=files["key"]).member()

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.audit import audit_ledger
-from ledger.entry import FLAG_FORCE_CHUNK_AFTER
 from ledger.errors import LedgerError, RollbackBelowCommit, TransactionConflict
+from ledger.framing import FLAG_FORCE_CHUNK_AFTER
 from ledger.genesis import GENESIS_SEQNO, GENESIS_VIEW
 from ledger.identity import PartyIdentity, cert_pem
 from ledger.kv import Store

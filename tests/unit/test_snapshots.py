@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from ledger.errors import SnapshotError
 from ledger.secrets import LedgerSecrets
 from ledger.service_ledger import ServiceLedger
-from ledger.snapshots import latest_committed_snapshot, load_snapshot
+from ledger.snapshot_files import latest_committed_snapshot
+from ledger.snapshots import load_snapshot
 from ledger.tables import SINGLETON_KEY, SNAPSHOT_EVIDENCE
 from tests.ccf_tools import assert_read_ledger_accepts, read_ledger
 

@@ -1,7 +1,7 @@
 """A high-level Python client for a service, for its three kinds of users.
 
 ```python
-from network.service_client import Client
+from network.client.service import Client
 
 user = Client("https://127.0.0.1:8000", "service_cert.pem", cert="user0_cert.pem", key="user0_privk.pem")
 txid = user.write("/app/log/private", {"id": 42, "msg": "hello"})    # the x-ms-ccf-transaction-id
@@ -42,8 +42,8 @@ from ledger.errors import ReceiptError
 from ledger.identity import load_cert
 from ledger.receipts import VerifiedReceipt, verify_cose_receipt, verify_json_receipt
 from ledger.service_ledger import TxID
-from network.client import Answer, ServiceClient, ServiceError, error_of
-from network.member_api import MemberApi
+from network.client.connection import Answer, ServiceClient, ServiceError, error_of
+from network.client.member_api import MemberApi
 
 SAFE_METHODS = ("GET", "HEAD")
 

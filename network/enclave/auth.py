@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from ledger import cose
 from ledger.kv import Tx
 from ledger.tables import MEMBERS_CERTS, NODES_ENDORSED_CERTS, USERS_CERTS
-from network.http import Request
+from network.enclave.http import Request
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ import orjson
 from ledger.genesis import VirtualQuote
 from ledger.kv import Tx
 from ledger.tables import NODES_INFO, PREVIOUS_SERVICE_IDENTITY, SERVICE_CONFIG, SERVICE_INFO, SINGLETON_KEY
-from network.common_endpoints import LedgerView, add_common_endpoints
-from network.endpoints import EndpointContext, EndpointError, Endpoints
-from network.http import Response
+from network.enclave.common_endpoints import LedgerView, add_common_endpoints
+from network.enclave.endpoints import EndpointContext, EndpointError, Endpoints
+from network.enclave.http import Response
 
 CCF_VERSION = "ccf-py-6.0.0"
 

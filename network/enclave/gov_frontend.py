@@ -48,10 +48,10 @@ from ledger.tables import (
     VIRTUAL_HOST_DATA,
     VIRTUAL_MEASUREMENTS,
 )
-from network.auth import JWT_KEYS
-from network.common_endpoints import LedgerView, add_common_endpoints, parse_txid, tx_status
-from network.endpoints import EndpointContext, EndpointError, Endpoints, Mode
-from network.http import Response
+from network.enclave.auth import JWT_KEYS
+from network.enclave.common_endpoints import LedgerView, add_common_endpoints, parse_txid, tx_status
+from network.enclave.endpoints import EndpointContext, EndpointError, Endpoints, Mode
+from network.enclave.http import Response
 
 API_VERSIONS = ("2023-06-01-preview", "2024-07-01")
 COSE_CONTENT_TYPE = "application/cose"

@@ -36,8 +36,8 @@ from typing import Any
 import orjson
 
 from ledger.files import FsyncPolicy
-from network.enclave import EnclaveSettings, SignaturePolicy
-from network.http import HttpLimits
+from network.enclave.enclave import EnclaveSettings, SignaturePolicy
+from network.enclave.http import HttpLimits
 
 
 class ConfigError(Exception):

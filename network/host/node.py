@@ -1,6 +1,6 @@
 """The node process: the host part (sockets, files, timers, signals) around an `Enclave`.
 
-`python -m network.node --config node.json` starts a node in virtual mode:
+`python -m network.host.node --config node.json` starts a node in virtual mode:
 - on an empty data directory, as the first node of a new service: it makes the service and node identities,
   writes genesis and its signature (members, constitution, configuration, its own virtual quote), seals its
   secrets, and writes the service certificate to `service_certificate_file`;
@@ -45,35 +45,30 @@ from loguru import logger
 
 from governance.constitution import default_constitution
 from ledger.bootstrap import NodeKeys, start_new_service
-from ledger.entry import FLAG_FORCE_CHUNK_BEFORE
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, RecoveryError
 from ledger.files import LedgerFiles
+from ledger.framing import FLAG_FORCE_CHUNK_BEFORE
+from ledger.gather import gather_previous_ledger
 from ledger.genesis import GenesisMember, GenesisNode, NodeNetwork, ServiceConfig, VirtualQuote
 from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, hash_for_key, key_pem, load_cert, load_key
-from ledger.recovery import (
-    RecoveryError,
-    choose_snapshot,
-    gather_previous_ledger,
-    recovery_create_writes,
-    replay_public,
-)
+from ledger.recovery import choose_snapshot, recovery_create_writes, replay_public
 from ledger.replay import recover
 from ledger.secrets import LedgerSecret, LedgerSecrets
 from ledger.service_ledger import ServiceLedger
-from ledger.snapshots import latest_committed_snapshot, parse_snapshot_name, write_file
-from network import sealing
-from network.attestation import code_measurement, host_data, make_quote
-from network.channels import Channels, tls_contexts
-from network.client import ServiceClient
-from network.config import ConfigError, NodeConfig, StartConfig, load_config
-from network.consensus import ConsensusConfig, HardState, Raft
-from network.enclave import Enclave, sole_voter, trusted_nodes
-from network.endpoints import Endpoints
-from network.http import ANSWER_LATER, Request, Response, SessionMetrics, serve
-from network.join import JoinRequest
-from network.replication import ledger_entry_meta
-from network.tls import server_context
-from network.wire import Envelope, ForwardedRequest, ForwardedResponse
+from ledger.snapshot_files import latest_committed_snapshot, parse_snapshot_name, write_file
+from network.client.connection import ServiceClient
+from network.consensus.raft import ConsensusConfig, HardState, Raft
+from network.enclave import sealing
+from network.enclave.attestation import code_measurement, host_data, make_quote
+from network.enclave.channels import Channels, tls_contexts
+from network.enclave.enclave import Enclave, sole_voter, trusted_nodes
+from network.enclave.endpoints import Endpoints
+from network.enclave.http import ANSWER_LATER, Request, Response, SessionMetrics, serve
+from network.enclave.join import JoinRequest
+from network.enclave.replication import ledger_entry_meta
+from network.enclave.tls import server_context
+from network.enclave.wire import Envelope, ForwardedRequest, ForwardedResponse
+from network.host.config import ConfigError, NodeConfig, StartConfig, load_config
 
 READY_FILE = "node.json"
 CONSENSUS_FILE = "consensus.json"  # the term and vote (Raft's persistent state)
@@ -720,7 +715,7 @@ def _use_uvloop() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m network.node", description="Run a node in virtual mode.")
+    parser = argparse.ArgumentParser(prog="python -m network.host.node", description="Run a node in virtual mode.")
     parser.add_argument("--config", required=True, help="the node's JSON configuration")
     args = parser.parse_args(argv)
     try:

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from ledger.errors import EntryFormatError, LedgerError, VerificationError
 from ledger.replay import receive_entry
 from ledger.service_ledger import ServiceLedger
-from network.consensus import AppendEntries, EntryMeta, HardState, Message, Raft, Role
-from network.wire import Envelope, ForwardedRequest, ForwardedResponse
+from network.consensus.raft import AppendEntries, EntryMeta, HardState, Message, Raft, Role
+from network.enclave.wire import Envelope, ForwardedRequest, ForwardedResponse
 
 MAX_STASHED = 100_000  # entries received but not yet appended (beyond: the oldest are forgotten)
 

@@ -52,17 +52,17 @@ from ledger.tables import (
     SINGLETON_KEY,
     dump_json,
 )
-from network.common_endpoints import add_common_endpoints
-from network.consensus import ConsensusConfig, HardState, Raft
-from network.endpoints import EndpointContext, EndpointError, Endpoints, Mode
-from network.gov_frontend import build_gov_frontend
-from network.historical import HistoricalQueries, ReceiptSource, add_receipt_endpoint
-from network.http import ANSWER_LATER, Request, Response
-from network.join import JoinRefused, JoinRequest, network_info, node_key_of, record_join
-from network.node_frontend import build_node_frontend
-from network.recovery import NodeRecovery, Phase, recovering_status
-from network.replication import Replicator, ledger_entry_meta
-from network.wire import Envelope, ForwardedRequest, ForwardedResponse
+from network.consensus.raft import ConsensusConfig, HardState, Raft
+from network.enclave.common_endpoints import add_common_endpoints
+from network.enclave.endpoints import EndpointContext, EndpointError, Endpoints, Mode
+from network.enclave.gov_frontend import build_gov_frontend
+from network.enclave.historical import HistoricalQueries, ReceiptSource, add_receipt_endpoint
+from network.enclave.http import ANSWER_LATER, Request, Response
+from network.enclave.join import JoinRefused, JoinRequest, network_info, node_key_of, record_join
+from network.enclave.node_frontend import build_node_frontend
+from network.enclave.recovery import NodeRecovery, Phase, recovering_status
+from network.enclave.replication import Replicator, ledger_entry_meta
+from network.enclave.wire import Envelope, ForwardedRequest, ForwardedResponse
 
 IN_TX_EFFECTS = ("transition_service_to_open", "trigger_recovery_shares_refresh")
 FORWARDED = "forwarded"  # session flag: this session's requests go to the primary

@@ -39,12 +39,12 @@ from governance.recovery_shares import (
 )
 from ledger.endorsements import write_opening_endorsement
 from ledger.entry import decode_entry
-from ledger.errors import LedgerSecretError
+from ledger.errors import LedgerSecretError, RecoveryError
 from ledger.files import LedgerFiles
 from ledger.identity import load_cert, spki_der
 from ledger.kv import Tx
 from ledger.parallel_replay import merge_private, private_replay_jobs
-from ledger.recovery import PrivateReplay, RecoveredState, RecoveryError, restore_secrets
+from ledger.recovery import PrivateReplay, RecoveredState, restore_secrets
 from ledger.secrets import LedgerSecret, node_secrets_entries, recovery_secret_record
 from ledger.service_ledger import ServiceLedger
 from ledger.snapshots import summarise_snapshot

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from governance.member_client import APPROVE_BALLOT, REJECT_BALLOT, MemberSigner
 from governance.recovery_shares import decrypt_share
-from network.client import ServiceClient
+from network.client.connection import ServiceClient
 
 API_VERSION = "2024-07-01"
 COSE = "application/cose"

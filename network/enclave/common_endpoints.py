@@ -14,7 +14,7 @@ import enum
 from typing import Protocol
 
 from ledger.service_ledger import TxID
-from network.endpoints import EndpointContext, EndpointError, Endpoints
+from network.enclave.endpoints import EndpointContext, EndpointError, Endpoints
 
 
 class TxStatus(enum.Enum):

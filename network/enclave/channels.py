@@ -1,4 +1,4 @@
-"""Node-to-node channels: TCP with mutual TLS, length-prefixed CBOR frames (`network.wire`).
+"""Node-to-node channels: TCP with mutual TLS, length-prefixed CBOR frames (`network.enclave.wire`).
 
 Both ends present their service-endorsed node certificate and accept only certificates issued by the
 service identity; on top of that, a frame is accepted only if its sender is the node the certificate
@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from loguru import logger
 
 from ledger.identity import key_id
-from network.wire import Envelope, WireError, decode, encode, frame_length
+from network.enclave.wire import Envelope, WireError, decode, encode, frame_length
 
 BACKOFF_START = 0.05
 BACKOFF_MAX = 2.0

@@ -30,8 +30,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import orjson
 
 from ledger.kv import Tx
-from network.auth import AuthenticationFailed, AuthPolicy, Caller, NoAuth, authenticate
-from network.http import Request, Response
+from network.enclave.auth import AuthenticationFailed, AuthPolicy, Caller, NoAuth, authenticate
+from network.enclave.http import Request, Response
 
 TXID_HEADER = "x-ms-ccf-transaction-id"
 

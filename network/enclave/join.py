@@ -27,7 +27,7 @@ from ledger.identity import ServiceIdentity, cert_pem, endorse, key_id, key_pem
 from ledger.kv import Tx
 from ledger.secrets import LedgerSecrets
 from ledger.tables import NODES_ENDORSED_CERTS, NODES_INFO, SERVICE_INFO, SINGLETON_KEY
-from network.attestation import AttestationError, verify_quote
+from network.enclave.attestation import AttestationError, verify_quote
 
 OPENING_STATES = ("Opening", "Recovering")
 

@@ -48,9 +48,9 @@ from ledger.entry import decode_entry, merkle_leaf
 from ledger.errors import LedgerError, ReceiptNotAvailable
 from ledger.kv import WriteSet
 from ledger.service_ledger import ServiceLedger, TxID
-from network.common_endpoints import TxStatus, parse_txid, tx_status
-from network.endpoints import EndpointContext, EndpointError, Endpoints
-from network.http import Response
+from network.enclave.common_endpoints import TxStatus, parse_txid, tx_status
+from network.enclave.endpoints import EndpointContext, EndpointError, Endpoints
+from network.enclave.http import Response
 
 RETRY_AFTER_SECONDS = 3  # CCF's historical adapter and the logging sample both answer Retry-After: 3
 RANGE_PAGE = 10_000  # CCF's max_seqno_per_page: a page is from..from+RANGE_PAGE (inclusive)

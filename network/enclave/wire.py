@@ -13,7 +13,7 @@ from typing import Any
 
 import cbor2
 
-from network.consensus import (
+from network.consensus.raft import (
     AppendEntries,
     AppendEntriesResponse,
     EntryMeta,
