@@ -57,6 +57,7 @@ def start_new_service(
     clock: Callable[[], float] | None = None,
     snapshot_dir: str | None = None,
     service_data: Any = None,
+    files: LedgerFiles | None = None,
 ) -> ServiceLedger:
     service = service or ServiceIdentity.create()
     if node is None:
@@ -64,11 +65,10 @@ def start_new_service(
     identity = node.identity if node.identity.endorsed else node.identity.endorsed_by(service)
     if quote is None:
         quote = VirtualQuote(measurement="00" * 32, host_data="00" * 32, report_data=identity.node_id)
-    files = None
-    if ledger_dir is not None:
-        files, report = LedgerFiles.open(ledger_dir, fsync=fsync)
-        if report.last_seqno:
-            raise ValueError(f"{ledger_dir} already holds a ledger (up to seqno {report.last_seqno})")
+    if files is None and ledger_dir is not None:
+        files, _ = LedgerFiles.open(ledger_dir, fsync=fsync)
+    if files is not None and files.last_seqno:
+        raise ValueError(f"{files.directory} already holds a ledger (up to seqno {files.last_seqno})")
     recovery_members = sum(1 for m in members if m.encryption_public_key_pem)
     config = config or ServiceConfig(recovery_threshold=max(recovery_members, 1))
     kwargs: dict[str, Any] = {"chunk_size": chunk_size, "snapshot_dir": snapshot_dir}

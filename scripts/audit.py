@@ -99,10 +99,13 @@ def _secrets(args: argparse.Namespace) -> LedgerSecrets | None:
 
 
 def _unseal(directory: str) -> LedgerSecrets:
-    from network.enclave.sealing import SealingError, unseal  # the node's virtual sealing; ledger/ must not import it
+    from network.enclave.sealing import (  # the node's virtual sealing; ledger/ must not import it
+        SealingError,
+        unseal_data_dir,
+    )
 
     try:
-        return unseal(directory).secrets
+        return unseal_data_dir(directory).secrets
     except SealingError as e:
         raise Failure(str(e)) from None
 

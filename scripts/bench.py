@@ -87,7 +87,7 @@ def start_profiled_node(config_path: str, profile: str, timeout: float = 120.0) 
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with open(os.path.join(node_dir, "out"), "ab") as out, open(os.path.join(node_dir, "err"), "ab") as err:
         process = subprocess.Popen([sys.executable, "-m", "cProfile", "-o", os.path.abspath(profile),
-                                    "-m", "network.host.node", "--config", config_path],
+                                    "-m", "network.node", "--config", config_path],
                                    stdout=out, stderr=err, env=env, cwd=ROOT)
     deadline = time.monotonic() + timeout
     while not os.path.exists(ready):

@@ -93,7 +93,7 @@ def start_node(config_path: str, timeout: float = 60.0) -> tuple[subprocess.Pope
         os.unlink(ready)
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with open(os.path.join(node_dir, "out"), "ab") as out, open(os.path.join(node_dir, "err"), "ab") as err:
-        process = subprocess.Popen([sys.executable, "-m", "network.host.node", "--config", config_path],
+        process = subprocess.Popen([sys.executable, "-m", "network.node", "--config", config_path],
                                    stdout=out, stderr=err, env=env, cwd=ROOT)
     deadline = time.monotonic() + timeout
     while not os.path.exists(ready):

@@ -23,7 +23,6 @@ import functools
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -52,6 +51,7 @@ from ledger.tables import (
     SINGLETON_KEY,
     dump_json,
 )
+from network.boundary import EnclaveSettings
 from network.consensus.raft import ConsensusConfig, HardState, Raft
 from network.enclave.common_endpoints import add_common_endpoints
 from network.enclave.endpoints import EndpointContext, EndpointError, Endpoints, Mode
@@ -67,22 +67,6 @@ from network.enclave.wire import Envelope, ForwardedRequest, ForwardedResponse
 IN_TX_EFFECTS = ("transition_service_to_open", "trigger_recovery_shares_refresh")
 FORWARDED = "forwarded"  # session flag: this session's requests go to the primary
 FORWARDED_IN = "forwarded_in"  # a request another node forwarded here
-
-
-@dataclass(frozen=True)
-class SignaturePolicy:
-    """When the primary signs: after `every_tx` transactions, or `every_ms` after the first unsigned one."""
-
-    every_tx: int = 5000
-    every_ms: int = 20
-
-
-@dataclass(frozen=True)
-class EnclaveSettings:
-    signatures: SignaturePolicy = field(default_factory=SignaturePolicy)
-    snapshot_every_tx: int = 10_000  # 0: only when governance asks (trigger_snapshot)
-    # CCF's consensus.max_uncommitted_tx_count: past it, /app and /gov answer 503 TooManyPendingTransactions
-    max_uncommitted_tx: int = 10_000
 
 
 class HostServices(Protocol):

@@ -25,6 +25,8 @@ import httptools
 import orjson
 from loguru import logger
 
+from network.boundary import HttpLimits
+
 
 @dataclass(frozen=True)
 class Request:
@@ -61,14 +63,6 @@ def _internal_error(request: Request, error: Exception) -> Response:
     logger.opt(exception=error).error(
         f"unhandled error answering {request.method} {request.target.split('?', 1)[0]}")
     return Response.error(500, "InternalError", f"Unhandled error: {type(error).__name__}")
-
-
-@dataclass(frozen=True)
-class HttpLimits:
-    max_header_bytes: int = 16 * 1024
-    max_body_bytes: int = 1024 * 1024
-    idle_timeout: float = 60.0
-    max_pipelined: int = 64  # requests parsed ahead of their answers before reading pauses
 
 
 def _encode(response: Response, keep_alive: bool, head: bool = False) -> bytes:

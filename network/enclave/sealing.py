@@ -1,11 +1,12 @@
 """Virtual sealing: a node's secrets kept in its data directory so that it can restart on the same service.
 
 What is sealed: the node's key and certificates, its encryption key, the service key and certificate, and
-every ledger secret. They are encrypted (AES-256-GCM) under a node-local key file, `sealing.key`.
+every ledger secret. `seal` encrypts them (AES-256-GCM) into a blob that the host stores
+(`HostCalls.store_sealed`) and hands back at the next start; the host never holds them in the clear.
 
-This is exactly as insecure as the virtual quote: anyone who can read the data directory can unseal. A TEE
-would derive the sealing key from the enclave's measurement; virtual mode has no such key, and says so.
-Files are replaced atomically (write, fsync, rename), so a crash leaves the old or the new sealed state.
+The sealing key is the virtual platform's: a TEE derives it from the CPU and the enclave's measurement;
+virtual mode keeps it in `sealing.key` in the node's data directory, which only this module reads. This is
+exactly as insecure as the virtual quote: anyone who can read the data directory can unseal, and it says so.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ledger.bootstrap import NodeKeys
 from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, key_pem, load_cert, load_key
 from ledger.secrets import LedgerSecret, LedgerSecrets
+from network.boundary import SEALED_FILE
 
 KEY_FILE = "sealing.key"
-SEALED_FILE = "sealed_secrets.bin"
 _AAD = b"ccf-py virtual sealing v1"
 
 
@@ -69,11 +70,8 @@ def _sealing_key(directory: str, create: bool) -> bytes:
     return key
 
 
-def is_sealed(directory: str) -> bool:
-    return os.path.exists(os.path.join(directory, SEALED_FILE))
-
-
-def seal(directory: str, state: SealedState) -> None:
+def seal(state: SealedState, key_dir: str) -> bytes:
+    """The sealed blob of `state` (the platform's sealing key is made in `key_dir` the first time)."""
     node = state.node.identity
     body = {
         "node_key": key_pem(node.key),
@@ -86,19 +84,13 @@ def seal(directory: str, state: SealedState) -> None:
         "ledger_secrets": [[s.start, base64.b64encode(s.raw).decode()] for s in state.secrets.all()],
     }
     nonce = os.urandom(12)
-    sealed = nonce + AESGCM(_sealing_key(directory, create=True)).encrypt(nonce, orjson.dumps(body), _AAD)
-    _write_atomically(os.path.join(directory, SEALED_FILE), sealed)
+    return nonce + AESGCM(_sealing_key(key_dir, create=True)).encrypt(nonce, orjson.dumps(body), _AAD)
 
 
-def unseal(directory: str) -> SealedState:
-    path = os.path.join(directory, SEALED_FILE)
+def unseal(sealed: bytes, key_dir: str) -> SealedState:
+    """The state sealed in `sealed`; `SealingError` if it was sealed under another key or is damaged."""
     try:
-        with open(path, "rb") as f:
-            sealed = f.read()
-    except FileNotFoundError:
-        raise SealingError(f"{path} is missing: this data directory holds no node") from None
-    try:
-        plain = AESGCM(_sealing_key(directory, create=False)).decrypt(sealed[:12], sealed[12:], _AAD)
+        plain = AESGCM(_sealing_key(key_dir, create=False)).decrypt(sealed[:12], sealed[12:], _AAD)
         body = orjson.loads(plain)
         encryption_key = serialization.load_pem_private_key(body["encryption_key"].encode(), None)
         if not isinstance(encryption_key, rsa.RSAPrivateKey):
@@ -110,7 +102,19 @@ def unseal(directory: str) -> SealedState:
         secrets = LedgerSecrets([LedgerSecret.create(int(start), base64.b64decode(raw))
                                  for start, raw in body["ledger_secrets"]])
     except InvalidTag:
-        raise SealingError(f"{path} does not decrypt under {KEY_FILE}: damaged, or sealed by another node") from None
+        raise SealingError(f"the sealed secrets do not decrypt under {os.path.join(key_dir, KEY_FILE)}: damaged, "
+                           "or sealed by another node") from None
     except (KeyError, TypeError, ValueError) as e:
-        raise SealingError(f"{path} is not a sealed node state: {e}") from None
+        raise SealingError(f"the sealed secrets are not a sealed node state: {e}") from None
     return SealedState(NodeKeys(node, encryption_key), service, secrets)
+
+
+def unseal_data_dir(directory: str) -> SealedState:
+    """Unseal what a node keeps in its data directory (virtual mode: its sealing key is there too)."""
+    try:
+        with open(os.path.join(directory, SEALED_FILE), "rb") as f:
+            sealed = f.read()
+    except FileNotFoundError:
+        raise SealingError(f"{os.path.join(directory, SEALED_FILE)} is missing: this data directory holds no "
+                           "node") from None
+    return unseal(sealed, directory)

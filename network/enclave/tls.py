@@ -7,13 +7,21 @@ verify callback on the context's `SSL_CTX` through ctypes. That relies on CPytho
 `SSLContext` (the `SSL_CTX*` right after the object header), so the pointer is checked first: the verify
 mode OpenSSL reports through it must be the one Python set. If the check fails, `TLSSetupError` is raised
 rather than guessing.
+
+Keys reach OpenSSL without touching a file system where the platform allows: `load_identity` hands the PEM
+over through an anonymous memory file (`memfd_create`), read through `/proc/self/fd`; elsewhere through a
+private temporary file removed at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
 import ssl
 import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 _SSL_VERIFY_PEER = 0x01
@@ -61,9 +69,57 @@ def accept_any_client_certificate(context: ssl.SSLContext) -> ssl.SSLContext:
     return context
 
 
-def server_context(cert_path: str, key_path: str) -> ssl.SSLContext:
+@contextlib.contextmanager
+def _pem_path(text: str) -> Iterator[str]:
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fd = os.memfd_create("pem", 0)
+        try:
+            os.write(fd, text.encode())
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory() as private:
+        path = os.path.join(private, "pem")
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(text)
+        yield path
+
+
+def load_identity(context: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
+    """Present `cert_pem` with its key on `context`."""
+    with _pem_path(cert_pem) as cert_path, _pem_path(key_pem) as key_path:
+        context.load_cert_chain(cert_path, key_path)
+
+
+def server_context(cert_pem: str, key_pem: str) -> ssl.SSLContext:
     """A TLS 1.2+ server context with the node's certificate that takes any client certificate."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_path, key_path)
+    load_identity(context, cert_pem, key_pem)
     return accept_any_client_certificate(context)
+
+
+def node_to_node_contexts(cert_pem: str, key_pem: str, service_pem: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) contexts for node-to-node channels: this node's certificate, trusting only the service
+    (peers are then checked by node id, not by host name)."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    for context in (server, client):
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        load_identity(context, cert_pem, key_pem)
+        context.load_verify_locations(cadata=service_pem)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return server, client
+
+
+def client_context(service_pem: str, cert_pem: str | None = None, key_pem: str | None = None) -> ssl.SSLContext:
+    """A client context that trusts only the service certificate (and presents a certificate if given)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False  # a node is known by the service that endorsed it, not by host name
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_verify_locations(cadata=service_pem)
+    if cert_pem is not None and key_pem is not None:
+        load_identity(context, cert_pem, key_pem)
+    return context

@@ -36,8 +36,7 @@ from typing import Any
 import orjson
 
 from ledger.files import FsyncPolicy
-from network.enclave.enclave import EnclaveSettings, SignaturePolicy
-from network.enclave.http import HttpLimits
+from network.boundary import EnclaveSettings, HttpLimits, SignaturePolicy
 
 
 class ConfigError(Exception):

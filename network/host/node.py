@@ -1,78 +1,55 @@
-"""The node process: the host part (sockets, files, timers, signals) around an `Enclave`.
+"""The host (untrusted) part of a node: sockets, files, timers, signals and processes, around an enclave.
 
-`python -m network.host.node --config node.json` starts a node in virtual mode:
-- on an empty data directory, as the first node of a new service: it makes the service and node identities,
-  writes genesis and its signature (members, constitution, configuration, its own virtual quote), seals its
-  secrets, and writes the service certificate to `service_certificate_file`;
-- with a `recover` section and no sealed node, it starts a new service from a lost one's ledger (disaster
-  recovery: a new service identity, the previous ledger's public part replayed; members then open it and
-  submit their recovery shares);
-- on a data directory that holds a sealed node, it resumes that service: unseals, replays and verifies its
-  ledger files, drops any unsigned suffix, and continues in a new view with a signature.
-It then serves HTTPS on `rpc_address` (TLS with its service-endorsed certificate, any client certificate
-accepted at the TLS layer), signs on a timer, writes `<data_dir>/node.json` once it listens, and stops cleanly
-on SIGTERM or SIGINT: it stops listening, signs what is pending, flushes and closes its files.
-
-The host part owns the listening socket and the ledger and snapshot files; what it writes is entry bytes
-(private maps already encrypted by the enclave) and sealed secrets.
+`NodeHost` implements `boundary.HostCalls` and drives an enclave through `boundary.EnclaveCalls` only; it
+never holds a key or plaintext private data:
+- it reads the configuration and the files it names (member certificates, constitution, previous service
+  certificate) and hands their contents to the enclave with `start`; for a disaster recovery it first
+  gathers the lost ledger's chunks into the node's ledger directory;
+- it owns the ledger files (entries arrive with their private part encrypted) and the snapshot files, stores
+  the sealed secrets blob (`sealed_secrets.bin`) and the consensus term and vote (`consensus.json`);
+- once the enclave has started, it writes the service certificate, listens on the RPC and node-to-node
+  addresses and relays each connection's bytes, which are TLS records: TLS terminates in the enclave;
+- it ticks the enclave's timer, forks the processes that serialise snapshots, writes `<data_dir>/node.json`
+  once it listens, and stops cleanly on SIGTERM or SIGINT (stops listening, lets the enclave sign what is
+  pending, flushes and closes its files).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import base64
-import contextlib
-import gc
 import hashlib
-import importlib
 import multiprocessing
 import os
-import random
 import signal
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from loguru import logger
 
 from governance.constitution import default_constitution
-from ledger.bootstrap import NodeKeys, start_new_service
-from ledger.errors import LedgerError, RecoveryError
+from ledger.errors import LedgerError
 from ledger.files import LedgerFiles
-from ledger.framing import FLAG_FORCE_CHUNK_BEFORE
 from ledger.gather import gather_previous_ledger
-from ledger.genesis import GenesisMember, GenesisNode, NodeNetwork, ServiceConfig, VirtualQuote
-from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, hash_for_key, key_pem, load_cert, load_key
-from ledger.recovery import choose_snapshot, recovery_create_writes, replay_public
-from ledger.replay import recover
-from ledger.secrets import LedgerSecret, LedgerSecrets
-from ledger.service_ledger import ServiceLedger
 from ledger.snapshot_files import latest_committed_snapshot, parse_snapshot_name, write_file
-from network.client.connection import ServiceClient
-from network.consensus.raft import ConsensusConfig, HardState, Raft
-from network.enclave import sealing
-from network.enclave.attestation import code_measurement, host_data, make_quote
-from network.enclave.channels import Channels, tls_contexts
-from network.enclave.enclave import Enclave, sole_voter, trusted_nodes
-from network.enclave.endpoints import Endpoints
-from network.enclave.http import ANSWER_LATER, Request, Response, SessionMetrics, serve
-from network.enclave.join import JoinRequest
-from network.enclave.replication import ledger_entry_meta
-from network.enclave.tls import server_context
-from network.enclave.wire import Envelope, ForwardedRequest, ForwardedResponse
-from network.host.config import ConfigError, NodeConfig, StartConfig, load_config
+from network.boundary import (
+    NODE_TO_NODE,
+    OUTGOING,
+    RPC_INTERFACE,
+    SEALED_FILE,
+    EnclaveCalls,
+    EnclaveStart,
+    GenesisMember,
+    JoinService,
+    NewService,
+    RecoverService,
+)
+from network.host.config import NodeConfig, StartConfig
 
 READY_FILE = "node.json"
 CONSENSUS_FILE = "consensus.json"  # the term and vote (Raft's persistent state)
-FORWARD_TIMEOUT = 10.0  # seconds a backup waits for the primary's answer to a forwarded request
 
 
 class NodeStartError(Exception):
@@ -90,17 +67,6 @@ def configure_logging(fmt: str, level: str) -> None:
                    format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {name}: {message}")
 
 
-def load_app(spec: str) -> Endpoints:
-    module_name, _, attr = spec.partition(":")
-    try:
-        app = getattr(importlib.import_module(module_name), attr or "app")
-    except (ImportError, AttributeError) as e:
-        raise NodeStartError(f"cannot load application {spec!r}: {e}") from None
-    if not isinstance(app, Endpoints) or app.prefix != "/app":
-        raise NodeStartError(f"{spec!r} is not an Endpoints('/app') application")
-    return app
-
-
 def _read(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
@@ -109,68 +75,184 @@ def _read(path: str) -> str:
         raise NodeStartError(f"cannot read {path}: {e.strerror}") from None
 
 
-def _genesis_members(start: StartConfig) -> list[GenesisMember]:
-    members = []
-    for m in start.members:
-        data = orjson.loads(_read(m.data_json_file)) if m.data_json_file else None
-        enc = _read(m.encryption_public_key_file) if m.encryption_public_key_file else None
-        members.append(GenesisMember(_read(m.certificate_file), data, enc))
-    return members
+def _read_bytes(path: str) -> bytes | None:
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as f:
+        return f.read()
 
 
-def _constitution(start: StartConfig) -> str:
-    if start.constitution_files:
-        return "\n".join(_read(f) for f in start.constitution_files)
-    try:
-        return default_constitution(start.constitution)
-    except ValueError as e:
-        raise NodeStartError(f"start.constitution: {e}") from None
-
-
-def _write_file(path: str, text: str, *, durable: bool = False) -> None:
+def _write_file(path: str, data: bytes, *, durable: bool = False, mode: int = 0o644) -> None:
+    """Replace `path` atomically (write, optionally fsync, rename)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
         if durable:
             f.flush()
             os.fsync(f.fileno())
     os.replace(tmp, path)
+    if durable:
+        dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _new_service(start: StartConfig) -> NewService:
+    members = []
+    for m in start.members:
+        data = orjson.loads(_read(m.data_json_file)) if m.data_json_file else None
+        enc = _read(m.encryption_public_key_file) if m.encryption_public_key_file else None
+        members.append(GenesisMember(_read(m.certificate_file), enc, data))
+    if start.constitution_files:
+        constitution = "\n".join(_read(f) for f in start.constitution_files)
+    else:
+        try:
+            constitution = default_constitution(start.constitution)
+        except ValueError as e:
+            raise NodeStartError(f"start.constitution: {e}") from None
+    return NewService(tuple(members), constitution, dict(start.service_configuration))
+
+
+class _Relay(asyncio.Protocol):
+    """One TCP connection: its bytes go to the enclave as they are, and the enclave's bytes go out."""
+
+    def __init__(self, host: NodeHost, conn: int, interface: str) -> None:
+        self.host = host
+        self.conn = conn
+        self.interface = interface
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.host.connections[self.conn] = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.host.enclave.connection_opened(self.conn, self.interface,
+                                            f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "")
+
+    def data_received(self, data: bytes) -> None:
+        self.host.enclave.received(self.conn, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.host.connections.pop(self.conn, None) is not None:
+            self.host.enclave.connection_closed(self.conn)
 
 
 class NodeHost:
-    """The host part: owns files, the listening socket, the timers; drives the enclave."""
+    """Owns files, listening sockets, connections and timers; drives the enclave through the boundary."""
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.metrics = SessionMetrics()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.enclave: Enclave | None = None
+        self._enclave: EnclaveCalls | None = None
         self.stopping = asyncio.Event()
         self.address = config.rpc_address
-        tick = config.tick_ms
-        self.consensus_config = ConsensusConfig(election_ticks=max(2, config.election_timeout_ms // tick),
-                                                heartbeat_ticks=max(1, config.heartbeat_ms // tick))
+        self.files: LedgerFiles | None = None
+        self.connections: dict[int, asyncio.Transport] = {}
+        self._accepted = 0
+        self._connecting: dict[int, asyncio.Task[None]] = {}
+        self._started: asyncio.Future[tuple[str, str]] | None = None
         self._snapshot_child: tuple[int, str] | None = None
-        self.channels: Channels | None = None
-        self._peers: dict[str, str] = {}
-        self._forwarding: dict[int, asyncio.Future[Response]] = {}
         self._worker_task: asyncio.Task[None] | None = None
-        self._forward_ids = 0
 
-    # --- HostServices -----------------------------------------------------------------------------
+    def attach(self, enclave: EnclaveCalls) -> None:
+        self._enclave = enclave
 
-    def read_entries(self, start: int, end: int) -> list[bytes]:
-        assert self.enclave is not None and self.enclave.ledger.files is not None
-        return self.enclave.ledger.files.read_range(start, end)
+    @property
+    def enclave(self) -> EnclaveCalls:
+        assert self._enclave is not None, "NodeHost.attach(enclave) first"
+        return self._enclave
 
-    def schedule(self, fn: Callable[[], None]) -> None:
+    # --- HostCalls: start ---------------------------------------------------------------------------
+
+    def started(self, node_id: str, service_certificate_pem: str) -> None:
+        if self._started is not None and not self._started.done():
+            self._started.set_result((node_id, service_certificate_pem))
+
+    def start_failed(self, message: str) -> None:
+        if self._started is not None and not self._started.done():
+            self._started.set_exception(NodeStartError(message))
+
+    # --- HostCalls: connections -----------------------------------------------------------------------
+
+    def send(self, conn: int, data: bytes) -> None:
+        transport = self.connections.get(conn)
+        if transport is not None:
+            transport.write(data)
+
+    def close(self, conn: int) -> None:
+        transport = self.connections.get(conn)
+        if transport is not None:
+            transport.close()  # what was written goes out first; connection_lost then tells the enclave
+            return
+        pending = self._connecting.pop(conn, None)
+        if pending is not None:
+            pending.cancel()
+
+    def connect(self, conn: int, address: str, local_host: str | None) -> None:
         assert self.loop is not None
-        self.loop.call_soon(fn)
+        host, _, port = address.rpartition(":")
+        loop = self.loop
 
-    def secrets_changed(self) -> None:
-        assert self.enclave is not None
-        self._seal(self.enclave.keys, self.enclave.ledger)
+        async def open_connection() -> None:
+            try:
+                await loop.create_connection(lambda: _Relay(self, conn, OUTGOING), host, int(port),
+                                             local_addr=(local_host, 0) if local_host else None)
+            except (OSError, ValueError):
+                self.enclave.connection_closed(conn)
+            finally:
+                self._connecting.pop(conn, None)
+
+        self._connecting[conn] = loop.create_task(open_connection())
+
+    def pause_reading(self, conn: int) -> None:
+        transport = self.connections.get(conn)
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def resume_reading(self, conn: int) -> None:
+        transport = self.connections.get(conn)
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    # --- HostCalls: durable state -----------------------------------------------------------------------
+
+    def store_sealed(self, blob: bytes) -> None:
+        _write_file(os.path.join(self.config.data_dir, SEALED_FILE), blob, durable=True, mode=0o600)
+
+    def persist_consensus(self, term: int, voted_for: str | None) -> None:
+        _write_file(os.path.join(self.config.data_dir, CONSENSUS_FILE),
+                    orjson.dumps({"term": term, "voted_for": voted_for}), durable=True)
+
+    def _read_consensus(self) -> tuple[int, str | None] | None:
+        data = _read_bytes(os.path.join(self.config.data_dir, CONSENSUS_FILE))
+        if data is None:
+            return None
+        obj = orjson.loads(data)
+        return int(obj["term"]), obj.get("voted_for")
+
+    # --- HostCalls: snapshots and worker processes -------------------------------------------------------
+
+    def latest_snapshot(self) -> tuple[str, bytes] | None:
+        path = latest_committed_snapshot(self.config.snapshot_dir)
+        if path is None:
+            return None
+        with open(path, "rb") as f:
+            return os.path.basename(path), f.read()
+
+    def snapshot_at(self, seqno: int) -> bytes | None:
+        for name in os.listdir(self.config.snapshot_dir):
+            parsed = parse_snapshot_name(name)
+            if parsed is not None and parsed[0] == seqno and parsed[2]:
+                with open(os.path.join(self.config.snapshot_dir, name), "rb") as f:
+                    return f.read()
+        return None
+
+    def store_snapshot(self, name: str, data: bytes) -> None:
+        if parse_snapshot_name(name) is None:
+            raise ValueError(f"{name!r} is not a snapshot file name")
+        write_file(os.path.join(self.config.snapshot_dir, name), data)
 
     def run_snapshot(self, serialise: Callable[[], bytes],
                      done: Callable[[str | None, Callable[[str], None]], None]) -> None:
@@ -233,458 +315,119 @@ class NodeHost:
 
         self._worker_task = loop.create_task(collect())
 
-    def send(self, envelope: Envelope) -> None:
-        if self.channels is not None:
-            self.channels.send(envelope)
+    # --- start ---------------------------------------------------------------------------------------------
 
-    def latest_snapshot(self) -> tuple[str, bytes] | None:
-        path = latest_committed_snapshot(self.config.snapshot_dir)
-        if path is None:
-            return None
-        with open(path, "rb") as f:
-            return os.path.basename(path), f.read()
+    def _enclave_start(self) -> EnclaveStart:
+        config = self.config
+        _, port = config.host_port
+        sealed = _read_bytes(os.path.join(config.data_dir, SEALED_FILE))
+        new = join = recover = None
+        if sealed is None and config.recover is not None:
+            if port == 0:
+                raise NodeStartError("a recovering service needs a fixed rpc_address port (it is in the ledger)")
+            recover = RecoverService(_read(config.recover.previous_service_identity_file),
+                                     (config.snapshot_dir, *config.recover.previous_snapshot_dirs),
+                                     config.recover.start_from_snapshot)
+        elif sealed is None and config.join_target is not None:
+            join = JoinService(config.join_target.removeprefix("https://").rstrip("/"),
+                               _read(config.service_certificate_file))
+        elif sealed is None:
+            if config.start is None:
+                raise NodeStartError(f"{config.data_dir} holds no node and the configuration has no 'start' "
+                                     "section")
+            if port == 0:
+                raise NodeStartError("a new service needs a fixed rpc_address port (it is written in genesis)")
+            new = _new_service(config.start)
+        return EnclaveStart(
+            data_dir=config.data_dir, rpc_address=config.rpc_address, node_to_node_address=config.n2n_address,
+            published_node_to_node_address=config.node_to_node_published_address,
+            snapshot_dir=config.snapshot_dir, host_data=config.host_data, app=config.app,
+            settings=config.enclave, http=config.http,
+            election_ticks=max(2, config.election_timeout_ms // config.tick_ms),
+            heartbeat_ticks=max(1, config.heartbeat_ms // config.tick_ms), chunk_size=config.chunk_size,
+            sealed=sealed, consensus=self._read_consensus(), new=new, join=join, recover=recover)
 
-    def forwarded(self, response: ForwardedResponse) -> None:
-        future = self._forwarding.pop(response.id, None)
-        if future is not None and not future.done():
-            future.set_result(Response(response.status, response.body, response.headers))
-
-    async def _forward(self, request: Request) -> Response:
-        """Send a request to the primary with the caller's certificate and relay its answer."""
-        assert self.enclave is not None and self.loop is not None
-        primary = self.enclave.primary_id()
-        if primary is None or self.channels is None:
-            return Response.error(503, "PrimaryNotFound", "No primary is known to this node")
-        if primary == self.enclave.node_id:  # this node became primary meanwhile: answer here
-            if request.session is not None:
-                request.session.clear()
-            return self.enclave.handle(request)
-        self._forward_ids += 1
-        ident = self._forward_ids
-        future: asyncio.Future[Response] = self.loop.create_future()
-        self._forwarding[ident] = future
-        headers = tuple((k, v) for k, v in request.headers.items())
-        sent = self.channels.send(Envelope(ForwardedRequest(self.enclave.node_id, primary, ident, request.method,
-                                                            request.target, headers, request.body,
-                                                            request.peer_cert)))
+    def _open_ledger(self, start: EnclaveStart) -> LedgerFiles:
+        config = self.config
         try:
-            if not sent:
-                raise TimeoutError
-            return await asyncio.wait_for(future, FORWARD_TIMEOUT)
-        except TimeoutError:
-            return Response.error(503, "TransactionReplicationFailed",
-                                  "The primary did not answer the forwarded request in time")
-        finally:
-            self._forwarding.pop(ident, None)
-
-    def set_peers(self, peers: dict[str, str]) -> None:
-        self._peers = dict(peers)
-        if self.channels is None:
-            return  # applied once the channels exist
-        for node_id in set(self.channels.peers) - set(peers):
-            self.channels.remove_peer(node_id)
-        for node_id, address in peers.items():
-            self.channels.set_peer(node_id, address)
-
-    def persist_consensus(self, state: HardState) -> None:
-        _write_file(os.path.join(self.config.data_dir, CONSENSUS_FILE),
-                    orjson.dumps({"term": state.term, "voted_for": state.voted_for}).decode(), durable=True)
-
-    def _read_consensus(self) -> HardState | None:
-        path = os.path.join(self.config.data_dir, CONSENSUS_FILE)
-        if not os.path.exists(path):
-            return None
-        with open(path, "rb") as f:
-            obj = orjson.loads(f.read())
-        return HardState(int(obj["term"]), obj.get("voted_for"))
-
-    def session_metrics(self) -> dict[str, Any]:
-        limits = self.config.http
-        return {"active": self.metrics.active, "peak": self.metrics.peak,
-                "interfaces": {"primary_rpc_interface": {
-                    "active": self.metrics.active, "peak": self.metrics.peak,
-                    "soft_cap": 1000, "hard_cap": 1010, "errors": dict(self.metrics.errors),
-                    "max_body_bytes": limits.max_body_bytes, "max_header_bytes": limits.max_header_bytes}}}
-
-    # --- start -------------------------------------------------------------------------------------
-
-    def _seal(self, keys: NodeKeys, ledger: ServiceLedger) -> None:
-        sealing.seal(self.config.data_dir, sealing.SealedState(keys, ledger.service, ledger.secrets))
-
-    def _quote(self, identity: NodeIdentity) -> VirtualQuote:
-        return make_quote(identity.key.public_key(), code_measurement(), host_data(self.config.host_data.encode()))
-
-    def _start_new(self, address: str) -> tuple[ServiceLedger, NodeKeys]:
-        start = self.config.start
-        if start is None:
-            raise NodeStartError(f"{self.config.data_dir} holds no node and the configuration has no 'start' section")
-        members = _genesis_members(start)
-        constitution = _constitution(start)
-        service = ServiceIdentity.create()
-        identity = NodeIdentity.create().endorsed_by(service)
-        keys = NodeKeys(identity, rsa.generate_private_key(public_exponent=65537, key_size=2048))
-        recovery_members = sum(1 for m in members if m.encryption_public_key_pem)
-        sc = start.service_configuration
-        try:
-            service_config = ServiceConfig(recovery_threshold=int(sc.get("recovery_threshold",
-                                                                          max(recovery_members, 1))),
-                                           **{k: v for k, v in sc.items() if k != "recovery_threshold"})
-        except TypeError as e:
-            raise NodeStartError(f"start.service_configuration: {e}") from None
-        host, port = address.rsplit(":", 1)
-        ledger = start_new_service(
-            self.config.ledger_dir, members, constitution, self._quote(identity), service=service, node=keys,
-            config=service_config, network=NodeNetwork(address, self.config.n2n_address,
-                                published_node_to_node_address=self.config.node_to_node_published_address),
-            chunk_size=self.config.chunk_size, fsync=self.config.fsync, snapshot_dir=self.config.snapshot_dir)
-        self._seal(keys, ledger)
-        logger.info(f"started a new service; node {identity.node_id[:16]}..., genesis at 2.1")
-        return ledger, keys
-
-    def _start_recovery(self) -> tuple[ServiceLedger, NodeKeys, Raft, bytes | None]:
-        """Disaster recovery: a new service identity and node key, the previous ledger gathered into this node's
-        ledger directory and its public part replayed (verified) up to the previous service's last signature."""
-        recover = self.config.recover
-        assert recover is not None
-        previous_cert = load_cert(_read(recover.previous_service_identity_file))
-        try:
-            began = time.perf_counter()
-            copied = gather_previous_ledger(list(recover.previous_ledger_dirs), self.config.ledger_dir)
-            files, report = LedgerFiles.open(self.config.ledger_dir, fsync=self.config.fsync)
-            gathered = time.perf_counter()
-            for warning in report.warnings:
-                logger.warning(f"recovery: {warning}")
-            if files.last_seqno == 0:
-                raise RecoveryError(f"no ledger to recover: {self.config.ledger_dir} and "
-                                    f"{list(recover.previous_ledger_dirs)} hold no chunk")
-            # With the whole ledger at hand it is replayed from the start, so the node holds every Merkle leaf and
-            # serves receipts and historical queries of every transaction; a snapshot is used when the ledger files
-            # start after one, or when the configuration asks for it (a faster start).
-            found = None
-            if files.first_seqno > 1 or recover.start_from_snapshot:
-                found = choose_snapshot([self.config.snapshot_dir, *recover.previous_snapshot_dirs], files,
-                                        previous_cert)
-            service = ServiceIdentity.create()
-            identity = NodeIdentity.create().endorsed_by(service)
-            keys = NodeKeys(identity, rsa.generate_private_key(public_exponent=65537, key_size=2048))
-            logger.info(f"recovery: replaying the public ledger ({len(copied)} chunk(s) gathered"
-                        + (f", from snapshot {found[0]}" if found else "") + ")")
-            public = replay_public(files, node=identity, service=service, previous_service_cert=previous_cert,
-                                   snapshot=found[1] if found else None, chunk_size=self.config.chunk_size,
-                                   snapshot_dir=self.config.snapshot_dir)
+            if start.recover is not None:
+                assert config.recover is not None
+                copied = gather_previous_ledger(list(config.recover.previous_ledger_dirs), config.ledger_dir)
+                logger.info(f"recovery: {len(copied)} chunk(s) of the previous ledger gathered")
+            files, report = LedgerFiles.open(config.ledger_dir, fsync=config.fsync)
         except LedgerError as e:
-            raise NodeStartError(f"cannot recover: {e}") from None
-        ledger = public.ledger
-        replayed = time.perf_counter()
-        logger.info(f"recovery: {len(copied)} chunk(s) gathered and opened in {gathered - began:.2f} s; public "
-                    f"replay to seqno {ledger.last_seqno} in {replayed - gathered:.2f} s")
-        ledger.secrets.add(LedgerSecret.create(ledger.last_seqno + 1))  # the recovered service's own secret
-        # The create transaction and its signature, in the view after next (as CCF), durable and committed
-        # (this node is the recovered service's only voter), before anything else is served.
-        ledger.set_view(ledger.view + 2)
-        seqno = ledger.last_seqno + 1
-        network = NodeNetwork(self.config.rpc_address, self.config.n2n_address,
-                              published_node_to_node_address=self.config.node_to_node_published_address)
-        node = GenesisNode(keys.identity, self._quote(identity), keys.encryption_public_pem, network)
+            raise NodeStartError(f"cannot {'recover' if start.recover else 'open the ledger'}: {e}") from None
+        for warning in report.warnings:
+            logger.warning(f"ledger: {warning}")
+        return files
+
+    async def _listen(self, address: str, interface: str) -> asyncio.Server:
+        assert self.loop is not None
+        host, _, port = address.rpartition(":")
+
+        def accept() -> _Relay:
+            self._accepted += 1
+            return _Relay(self, self._accepted, interface)
+
         try:
-            # the previous service's chunks end where it ended (CCF starts the recovered service in a new chunk)
-            ledger.commit_writes(recovery_create_writes(ledger.read_tx(), service, node, f"{ledger.view}.{seqno}"),
-                                 flags=FLAG_FORCE_CHUNK_BEFORE)
-        except RecoveryError as e:
-            raise NodeStartError(f"cannot recover: {e}") from None
-        ledger.emit_signature()
-        ledger.flush()
-        ledger.commit_to(ledger.last_seqno)
-        self._seal(keys, ledger)  # only now: a node killed before this recovers again from the same files
-        raft = self._sole_candidate(ledger, ledger.view)
-        logger.info(f"recovery: public ledger verified up to {ledger.txid(seqno - 1)}; the recovered service "
-                    f"was created at {ledger.txid(seqno)}, Recovering: members open it, then submit their shares")
-        return ledger, keys, raft, found[1] if found else None
-
-    def _sole_candidate(self, ledger: ServiceLedger, term: int) -> Raft:
-        """The consensus core of a service's only node, everything it holds committed, standing for election
-        from `term` (Raft §5.2): it wins the next term alone and, as a new primary, signs in it at once."""
-        node_id = ledger.node.node_id
-        raft = Raft(node_id, [node_id], random.Random().randrange, config=self.consensus_config,
-                    hard_state=HardState(term, node_id), commit=ledger.last_seqno,
-                    first_index=ledger.last_seqno + 1, base_term=ledger.view, older=ledger_entry_meta(ledger))
-        raft.campaign(transfer=False)
-        return raft
-
-    def _resume(self) -> tuple[ServiceLedger, NodeKeys, Raft]:
-        try:
-            sealed = sealing.unseal(self.config.data_dir)
-        except sealing.SealingError as e:
-            raise NodeStartError(str(e)) from None
-        files, report = LedgerFiles.open(self.config.ledger_dir, fsync=self.config.fsync)
-        base = None
-        if files.first_seqno > 1:  # this node started from a snapshot: load it, then replay what follows
-            snapshot = self._snapshot_at(files.first_seqno - 1)
-            base = ServiceLedger.from_snapshot(snapshot, secrets=sealed.secrets, node=sealed.node.identity,
-                                               service=sealed.service, files=None,
-                                               chunk_size=self.config.chunk_size,
-                                               snapshot_dir=self.config.snapshot_dir)
-        ledger = recover(files, secrets=sealed.secrets, node=sealed.node.identity, service=sealed.service,
-                         base=base, chunk_size=self.config.chunk_size, snapshot_dir=self.config.snapshot_dir)
-        last_signed = ledger.last_signature_seqno
-        if last_signed == 0:
-            raise NodeStartError(f"{self.config.ledger_dir} holds no signed transaction to resume from")
-        # One node is the whole majority: every durable signature is committed. What follows the last
-        # signature was never committed and is dropped; the node then stands for election (Raft §5.2): it
-        # wins a new term alone, and as a new primary signs in that view at once, so the dropped seqnos can
-        # be told apart from the ones reused.
-        persisted = self._read_consensus()
-        meta = ledger_entry_meta(ledger)
-        node_id = ledger.node.node_id
-        voters = set(trusted_nodes(ledger))
-        if voters != {node_id}:
-            # one of several nodes: consensus decides, from what this node holds (Raft §5.2-5.3)
-            commit = ledger.committed_seqno
-            state = HardState(max(persisted.term if persisted else 0, ledger.view),
-                              persisted.voted_for if persisted else None)
-            raft = Raft(node_id, voters, random.Random().randrange, config=self.consensus_config, hard_state=state,
-                        log=[meta(s) for s in range(commit + 1, ledger.last_seqno + 1)], commit=commit,
-                        first_index=commit + 1, base_term=ledger.view_of(commit) or 0, older=meta)
-            logger.info(f"rejoining the network after {ledger.txid(ledger.last_seqno)}")
-            return ledger, sealed.node, raft
-        ledger.commit_to(last_signed)
-        ledger.rollback(last_signed)
-        term = max(persisted.term if persisted else 0, ledger.view)
-        raft = self._sole_candidate(ledger, term)
-        logger.info(f"resuming the service after {ledger.txid(last_signed)} in view {raft.term}; replayed "
-                    f"{report.last_seqno} entries")
-        return ledger, sealed.node, raft
-
-    async def _join(self) -> tuple[ServiceLedger, NodeKeys, Raft]:
-        """Ask the service to let this node in, until it is trusted and has the network's secrets."""
-        assert self.config.join_target is not None
-        identity = NodeIdentity.create()
-        keys = NodeKeys(identity, rsa.generate_private_key(public_exponent=65537, key_size=2048))
-        csr = (x509.CertificateSigningRequestBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "CCF Node")]))
-               .sign(identity.key, hash_for_key(identity.key)))
-        request = JoinRequest(NodeNetwork(self.config.rpc_address, self.config.n2n_address,
-                                          published_node_to_node_address=self.config.node_to_node_published_address
-                                          ).to_json(),
-                              dict(self._quote(identity).quote_info()), keys.encryption_public_pem,
-                              csr.public_bytes(serialization.Encoding.PEM).decode())
-        info = await self._ask_to_join(identity, request)
-        service = ServiceIdentity(load_key(info["service_key"]), load_cert(info["service_certificate"]))
-        node = NodeIdentity(identity.key, identity.self_signed, load_cert(info["endorsed_certificate"]))
-        secrets = LedgerSecrets([LedgerSecret.create(int(start), base64.b64decode(raw))
-                                 for start, raw in info["ledger_secrets"]])
-        files, report = LedgerFiles.open(self.config.ledger_dir, fsync=self.config.fsync)
-        if report.last_seqno:
-            raise NodeStartError(f"{self.config.ledger_dir} already holds a ledger: a joining node starts empty")
-        snapshot = self._fetch_snapshot(identity)
-        if snapshot is not None:  # start from the service's latest committed snapshot, then the ledger after it
-            name, data = snapshot
-            ledger = ServiceLedger.from_snapshot(data, secrets=secrets, node=node, service=service, files=None,
-                                                 chunk_size=self.config.chunk_size,
-                                                 snapshot_dir=self.config.snapshot_dir)
-            files.start_after(ledger.last_seqno)
-            ledger.files = files
-            write_file(os.path.join(self.config.snapshot_dir, name), data)  # to restart from, as well
-            logger.info(f"starting from the snapshot at seqno {ledger.last_seqno}")
-        else:
-            ledger = ServiceLedger(node=node, service=service, secrets=secrets, files=files,
-                                   chunk_size=self.config.chunk_size, snapshot_dir=self.config.snapshot_dir)
-        keys = NodeKeys(node, keys.encryption_key)
-        self._seal(keys, ledger)
-        self._peers = {str(k): str(v) for k, v in info.get("nodes", {}).items()}
-        start = ledger.last_seqno  # 0, or the snapshot's seqno (committed state)
-        raft = Raft(node.node_id, [], random.Random().randrange, config=self.consensus_config, commit=start,
-                    first_index=start + 1, base_term=(ledger.view_of(start) or 0) if start else 0,
-                    older=ledger_entry_meta(ledger))
-        logger.info(f"joined the service as {node.node_id[:16]}...; catching up from the primary")
-        return ledger, keys, raft
-
-    def _fetch_snapshot(self, identity: NodeIdentity) -> tuple[str, bytes] | None:
-        """The service's latest committed snapshot (None if it has none yet)."""
-        target = self.config.join_target
-        assert target is not None
-        with self._identity_files(identity) as (cert_path, key_path):
-            client = ServiceClient(target, self.config.service_certificate_file, cert=cert_path, key=key_path)
-            try:
-                answer = client.call("GET", "/node/snapshot")
-            finally:
-                client.close()
-        if answer.status == 404:
-            return None
-        if answer.status != 200 or "x-ccf-snapshot-name" not in answer.headers:
-            raise NodeStartError(f"{target} did not give its snapshot: {answer.status} {answer.body[:200]!r}")
-        return os.path.basename(answer.headers["x-ccf-snapshot-name"]), answer.body
-
-    @contextlib.contextmanager
-    def _identity_files(self, identity: NodeIdentity) -> Iterator[tuple[str, str]]:
-        """The node's self-signed certificate and key in a private temporary directory (ssl reads files)."""
-        with tempfile.TemporaryDirectory() as private:
-            cert_path, key_path = os.path.join(private, "cert.pem"), os.path.join(private, "key.pem")
-            with open(cert_path, "w") as f:
-                f.write(cert_pem(identity.self_signed))
-            with os.fdopen(os.open(key_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-                f.write(key_pem(identity.key))
-            yield cert_path, key_path
-
-    async def _ask_to_join(self, identity: NodeIdentity, request: JoinRequest) -> dict[str, Any]:
-        target = self.config.join_target
-        assert target is not None
-        with self._identity_files(identity) as (cert_path, key_path):
-            while True:
-                client = ServiceClient(target, self.config.service_certificate_file, cert=cert_path, key=key_path)
-                try:
-                    answer = client.call("POST", "/node/join", request.to_json())
-                except OSError as e:
-                    logger.info(f"cannot reach {target} yet ({e}); trying again")
-                    answer = None
-                finally:
-                    client.close()
-                if answer is not None and answer.status == 308 and "location" in answer.headers:
-                    target = answer.headers["location"].removesuffix("/node/join")
-                    continue
-                if answer is not None and answer.status == 200:
-                    body = answer.json()
-                    if "network_info" in body:
-                        return dict(body["network_info"])
-                    logger.info(f"joining as {body['node_status']}; waiting to be trusted")
-                elif answer is not None:
-                    raise NodeStartError(f"{target} refused the join: {answer.status} "
-                                         f"{answer.body.decode(errors='replace')[:300]}")
-                await asyncio.sleep(0.2)
-
-    def _snapshot_at(self, seqno: int) -> bytes:
-        for name in os.listdir(self.config.snapshot_dir):
-            parsed = parse_snapshot_name(name)
-            if parsed is not None and parsed[0] == seqno and parsed[2]:
-                with open(os.path.join(self.config.snapshot_dir, name), "rb") as f:
-                    return f.read()
-        raise NodeStartError(f"the ledger starts after seqno {seqno} but no committed snapshot at {seqno} is in "
-                             f"{self.config.snapshot_dir}")
-
-    def _tls(self, identity: NodeIdentity) -> Any:
-        assert identity.endorsed is not None
-        # ssl loads keys from files only: a private temporary file, removed at once
-        fd, key_path = tempfile.mkstemp(dir=self.config.data_dir, prefix=".tls-")
-        cert_path = key_path + ".crt"
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(key_pem(identity.key))
-            with open(cert_path, "w") as f:
-                f.write(cert_pem(identity.endorsed))
-            return server_context(cert_path, key_path)
-        finally:
-            for p in (key_path, cert_path):
-                if os.path.exists(p):
-                    os.unlink(p)
+            return await self.loop.create_server(accept, host, int(port))
+        except OSError as e:
+            raise NodeStartError(f"cannot listen on {address}: {e.strerror or e}") from None
 
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
-        os.makedirs(self.config.data_dir, exist_ok=True)
-        os.makedirs(self.config.snapshot_dir, exist_ok=True)
-        for name in os.listdir(self.config.snapshot_dir):  # left by a node that was killed while snapshotting
+        config = self.config
+        os.makedirs(config.data_dir, exist_ok=True)
+        os.makedirs(config.snapshot_dir, exist_ok=True)
+        for name in os.listdir(config.snapshot_dir):  # left by a node that was killed while snapshotting
             if name.startswith(".snapshot-") and name.endswith(".partial"):
-                os.unlink(os.path.join(self.config.snapshot_dir, name))
-        host, port = self.config.host_port
-        raft: Raft | None = None
-        recovery_snapshot: bytes | None = None
-        if sealing.is_sealed(self.config.data_dir):
-            with _loading():
-                ledger, keys, raft = self._resume()
-        elif self.config.recover is not None:
-            if port == 0:
-                raise NodeStartError("a recovering service needs a fixed rpc_address port (it is in the ledger)")
-            with _loading():
-                ledger, keys, raft, recovery_snapshot = self._start_recovery()
-        elif self.config.join_target is not None:
-            ledger, keys, raft = await self._join()
-        else:
-            if port == 0:
-                raise NodeStartError("a new service needs a fixed rpc_address port (it is written in genesis)")
-            ledger, keys = self._start_new(self.config.rpc_address)
-        _write_file(self.config.service_certificate_file, ledger.service.pem)
-        app = load_app(self.config.app)
-        quote = self._quote(keys.identity)
-        self.enclave = enclave = Enclave(ledger, keys, quote, app, self, self.config.enclave,
-                                         raft=raft or sole_voter(ledger, config=self.consensus_config),
-                                         recovery_snapshot=recovery_snapshot)
-
-        assert keys.identity.endorsed is not None
-        server_ctx, client_ctx = tls_contexts(cert_pem(keys.identity.endorsed), key_pem(keys.identity.key),
-                                              ledger.service.pem)
-        n2n_host, _, n2n_port = self.config.n2n_address.rpartition(":")
-        self.channels = Channels(enclave.node_id, server_ctx, client_ctx, enclave.receive, source_host=n2n_host)
-        try:
-            await self.channels.listen(n2n_host, int(n2n_port))
-        except OSError as e:
-            raise NodeStartError(f"cannot listen on {self.config.n2n_address}: {e.strerror or e}") from None
-        self.set_peers(self._peers)
-
-        async def handle(request: Request) -> Response:
-            response = enclave.handle(request)
-            return await self._forward(request) if response is ANSWER_LATER else response
-
-        try:
-            server = await serve(handle, host, port, ssl_context=self._tls(keys.identity),
-                                 limits=self.config.http, metrics=self.metrics, sync_handler=enclave.handle)
-        except OSError as e:
-            raise NodeStartError(f"cannot listen on {self.config.rpc_address}: {e.strerror or e}") from None
-        bound = server.sockets[0].getsockname()
+                os.unlink(os.path.join(config.snapshot_dir, name))
+        start = self._enclave_start()
+        self.files = self._open_ledger(start)
+        self._started = self.loop.create_future()
+        self.enclave.start(start, self.files)
+        node_id, service_pem = await self._started
+        _write_file(config.service_certificate_file, service_pem.encode())
+        n2n = await self._listen(config.n2n_address, NODE_TO_NODE)
+        rpc = await self._listen(config.rpc_address, RPC_INTERFACE)
+        bound = rpc.sockets[0].getsockname()
         self.address = f"{bound[0]}:{bound[1]}"
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
-        _write_file(os.path.join(self.config.data_dir, READY_FILE), orjson.dumps(
-            {"rpc_address": self.address, "node_id": enclave.node_id, "pid": os.getpid(),
-             "service_certificate_file": self.config.service_certificate_file}).decode())
-        logger.info(f"node {enclave.node_id[:16]}... listening on https://{self.address}")
+        _write_file(os.path.join(config.data_dir, READY_FILE), orjson.dumps(
+            {"rpc_address": self.address, "node_id": node_id, "pid": os.getpid(),
+             "service_certificate_file": config.service_certificate_file}))
+        logger.info(f"node {node_id[:16]}... listening on https://{self.address}")
         ticker = asyncio.create_task(self._tick())
         try:
             await self.stopping.wait()
         finally:
             logger.info("stopping")
             ticker.cancel()
-            server.close()
-            await server.wait_closed()
-            if self.channels is not None:
-                await self.channels.close()
-            enclave.stop_snapshots()
+            for server in (rpc, n2n):
+                server.close()
             if self._snapshot_child is not None:  # an unfinished snapshot is abandoned
                 pid, partial = self._snapshot_child
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 if os.path.exists(partial):
                     os.unlink(partial)
-            enclave.sign()
-            ledger.flush()
-            if ledger.files is not None:
-                ledger.files.close()
-            ready = os.path.join(self.config.data_dir, READY_FILE)
+            self.enclave.stop()
+            for transport in list(self.connections.values()):
+                transport.abort()
+            for task in list(self._connecting.values()):
+                task.cancel()
+            self.files.close()
+            ready = os.path.join(config.data_dir, READY_FILE)
             if os.path.exists(ready):
                 os.unlink(ready)
             logger.info("stopped")
 
     async def _tick(self) -> None:
-        assert self.enclave is not None
         interval = self.config.tick_ms / 1000
         while True:
             await asyncio.sleep(interval)
-            try:
-                self.enclave.tick()
-            except Exception:  # a failing signature must be seen, and must not stop the timer silently
-                logger.exception("signature failed")
-                raise
-
-
-@contextlib.contextmanager
-def _loading() -> Iterator[None]:
-    """Replaying a ledger builds millions of long-lived objects and no cycles: the cyclic collector is paused
-    meanwhile (about 12% of a replay's time), and what was built is then moved out of its sight for good
-    (`gc.freeze`), so that later collections do not walk the whole state again and again."""
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.freeze()
+            self.enclave.tick()
 
 
 _WORKER_JOBS: list[Callable[[], Any]] = []
@@ -697,42 +440,10 @@ def _run_worker_job(index: int) -> Any:
 
 
 def _die_with_parent() -> None:
-    """Linux: a snapshot child is killed with its node (PR_SET_PDEATHSIG), never left writing alone."""
+    """Linux: a forked child is killed with its node (PR_SET_PDEATHSIG), never left writing alone."""
     try:
         import ctypes
 
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
-
-
-def _use_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m network.host.node", description="Run a node in virtual mode.")
-    parser.add_argument("--config", required=True, help="the node's JSON configuration")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    configure_logging(config.log.format, config.log.level)
-    _use_uvloop()
-    try:
-        asyncio.run(NodeHost(config).run())
-    except (NodeStartError, ConfigError) as e:
-        logger.error(str(e))
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

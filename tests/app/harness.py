@@ -17,7 +17,8 @@ from ledger.genesis import GenesisMember, VirtualQuote
 from ledger.identity import NodeIdentity, PartyIdentity
 from ledger.service_ledger import ServiceLedger, TxID
 from ledger.tables import SERVICE_INFO, SINGLETON_KEY, USERS_CERTS
-from network.enclave.enclave import Enclave, EnclaveSettings, SignaturePolicy
+from network.boundary import EnclaveSettings, SignaturePolicy
+from network.enclave.enclave import Enclave
 from network.enclave.historical import TXID_REQUEST_HEADER
 from network.enclave.http import Request, Response
 from tests.network.node_harness import FakeHost

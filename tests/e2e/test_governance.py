@@ -96,7 +96,7 @@ def test_a_proposal_and_ballot_signed_by_ccf_cose_sign1_add_a_user(sandbox: Sand
 
 
 def _sealed_secrets(sandbox: Sandbox) -> list[tuple[int, bytes]]:
-    state = sealing.unseal(str(sandbox.node_dir))
+    state = sealing.unseal_data_dir(str(sandbox.node_dir))
     return [(s.start, s.raw) for s in state.secrets.all()]
 
 

@@ -19,8 +19,9 @@ from ledger.bootstrap import NodeKeys, start_new_service
 from ledger.genesis import GenesisMember, VirtualQuote
 from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, key_pem
 from ledger.snapshot_files import write_file
+from network.boundary import EnclaveSettings, SignaturePolicy
 from network.consensus.raft import HardState
-from network.enclave.enclave import Enclave, EnclaveSettings, SignaturePolicy
+from network.enclave.enclave import Enclave
 from network.enclave.http import Request, Response
 from network.enclave.wire import Envelope, ForwardedResponse
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 
 import cbor2
 import pytest
@@ -10,21 +10,54 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, key_pem
+from network.boundary import OUTGOING_CONNECTIONS
 from network.consensus.raft import AppendEntries, AppendEntriesResponse, EntryMeta, RequestVote, RequestVoteResponse
-from network.enclave.channels import Channels, tls_contexts
+from network.enclave.channels import BACKOFF_START, Channels
+from network.enclave.tls import node_to_node_contexts
 from network.enclave.wire import Envelope, ForwardedRequest, ForwardedResponse, WireError, decode, encode
+from tests.network.memory_hosts import MemoryHost, MemoryNet
 
 pytestmark = pytest.mark.unit
 
 SERVICE = ServiceIdentity.create()
 
 
-def _node(service: ServiceIdentity = SERVICE) -> tuple[NodeIdentity, Channels, list[Envelope]]:
+class _ChannelHandler:
+    """What the enclave runtime does with connection events, for a node that has only channels."""
+
+    def __init__(self, channels: Channels) -> None:
+        self.channels = channels
+
+    def connection_opened(self, conn: int, interface: str, peer: str) -> None:
+        self.channels.opened(conn)
+
+    def received(self, conn: int, data: bytes) -> None:
+        self.channels.received(conn, data)
+
+    def connection_closed(self, conn: int) -> None:
+        self.channels.closed(conn)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _node(net: MemoryNet, address: str, service: ServiceIdentity = SERVICE,
+          clock: _Clock | None = None) -> tuple[NodeIdentity, Channels, list[Envelope]]:
     identity = NodeIdentity.create().endorsed_by(service)
     assert identity.endorsed is not None
-    server, client = tls_contexts(cert_pem(identity.endorsed), key_pem(identity.key), service.pem)
+    server, client = node_to_node_contexts(cert_pem(identity.endorsed), key_pem(identity.key), service.pem)
     received: list[Envelope] = []
-    return identity, Channels(identity.node_id, server, client, received.append), received
+    host = MemoryHost(net, address)
+    ids = itertools.count(OUTGOING_CONNECTIONS)
+    channels = Channels(identity.node_id, server, client, received.append, host,  # type: ignore[arg-type]
+                        lambda: next(ids), clock or _Clock())
+    host.handler = _ChannelHandler(channels)
+    return identity, channels, received
 
 
 MESSAGES = [
@@ -66,74 +99,74 @@ def test_malformed_messages_are_refused(body: object) -> None:
         decode(cbor2.dumps(body))
 
 
-async def _wait_for(predicate: object, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():  # type: ignore[operator]
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.01)
-
-
-def test_two_nodes_exchange_messages_over_mutual_tls() -> None:
-    async def run() -> None:
-        a_id, a, a_got = _node()
-        b_id, b, b_got = _node()
-        a_addr = await a.listen("127.0.0.1", 0)
-        b_addr = await b.listen("127.0.0.1", 0)
-        a.set_peer(b_id.node_id, b_addr)
-        b.set_peer(a_id.node_id, a_addr)
-        vote = Envelope(RequestVote(1, a_id.node_id, b_id.node_id, 0, 0))
-        answer = Envelope(RequestVoteResponse(1, b_id.node_id, a_id.node_id, True))
-        assert a.send(vote)
-        await _wait_for(lambda: b_got == [vote])
-        assert b.send(answer)
-        await _wait_for(lambda: a_got == [answer])
-        await a.close()
-        await b.close()
-
-    asyncio.run(run())
+def test_two_nodes_exchange_messages_over_mutual_tls_and_the_host_sees_only_records() -> None:
+    net = MemoryNet()
+    a_id, a, a_got = _node(net, "a:1")
+    b_id, b, b_got = _node(net, "b:1")
+    a.set_peer(b_id.node_id, "b:1")
+    b.set_peer(a_id.node_id, "a:1")
+    vote = Envelope(RequestVote(1, a_id.node_id, b_id.node_id, 0, 0))
+    answer = Envelope(RequestVoteResponse(1, b_id.node_id, a_id.node_id, True))
+    assert a.send(vote)
+    net.pump()
+    assert b_got == [vote]
+    assert b.send(answer)
+    net.pump()
+    assert a_got == [answer]
+    relayed = b"".join(net.listeners["a:1"].sent + net.listeners["b:1"].sent)
+    assert encode(vote)[4:] not in relayed and a_id.node_id.encode() not in relayed  # TLS records only
 
 
 def test_a_node_cannot_speak_for_another_or_join_from_another_service() -> None:
-    async def run() -> None:
-        a_id, a, a_got = _node()
-        b_id, b, b_got = _node()
-        other_service = ServiceIdentity.create()
-        c_id, c, _ = _node(other_service)
-        b_addr = await b.listen("127.0.0.1", 0)
-        # a claims to be c: the frame is dropped (a's certificate says a)
-        a.set_peer(b_id.node_id, b_addr)
-        a.send(Envelope(RequestVote(1, c_id.node_id, b_id.node_id, 0, 0)))
-        genuine = Envelope(RequestVote(1, a_id.node_id, b_id.node_id, 0, 0))
-        a.send(genuine)
-        await _wait_for(lambda: b_got == [genuine])
-        assert b.rejected == 1
-        # c's certificate is not endorsed by this service: its connection never delivers anything
-        c.set_peer(b_id.node_id, b_addr)
-        c.send(Envelope(RequestVote(1, c_id.node_id, b_id.node_id, 0, 0)))
-        await asyncio.sleep(0.3)
-        assert b_got == [genuine] and not c.peers[b_id.node_id].connected
-        for ch in (a, b, c):
-            await ch.close()
+    net = MemoryNet()
+    a_id, a, a_got = _node(net, "a:1")
+    b_id, b, b_got = _node(net, "b:1")
+    c_id, c, _ = _node(net, "c:1", ServiceIdentity.create())
+    # a claims to be c: the frame is dropped (a's certificate says a)
+    a.set_peer(b_id.node_id, "b:1")
+    a.send(Envelope(RequestVote(1, c_id.node_id, b_id.node_id, 0, 0)))
+    genuine = Envelope(RequestVote(1, a_id.node_id, b_id.node_id, 0, 0))
+    a.send(genuine)
+    net.pump()
+    assert b_got == [genuine]
+    assert b.rejected == 1
+    # c's certificate is not endorsed by this service: its connection never delivers anything
+    c.set_peer(b_id.node_id, "b:1")
+    c.send(Envelope(RequestVote(1, c_id.node_id, b_id.node_id, 0, 0)))
+    net.pump()
+    assert b_got == [genuine] and not c.peers[b_id.node_id].connected
+    # and a node that answers at an address as another node is refused by the one that called it
+    a.set_peer(c_id.node_id, "b:1")
+    net.pump()
+    assert not a.peers[c_id.node_id].connected
 
-    asyncio.run(run())
 
-
-def test_a_peer_that_comes_back_is_reconnected_and_a_full_queue_drops() -> None:
-    async def run() -> None:
-        a_id, a, _ = _node()
-        b_id, b, b_got = _node()
-        a.queue_limit = 3
-        port_holder = await b.listen("127.0.0.1", 0)
-        await b.close()  # b is down: a queues, then drops past its limit
-        a.set_peer(b_id.node_id, port_holder)
-        sent = [a.send(Envelope(RequestVoteResponse(1, a_id.node_id, b_id.node_id, True))) for _ in range(5)]
-        assert sent == [True, True, True, False, False] and a.dropped == 2
-        b2 = Channels(b_id.node_id, b.server_context, b.client_context, b_got.append)
-        host, _, port = port_holder.rpartition(":")
-        await b2.listen(host, int(port))
-        await _wait_for(lambda: len(b_got) == 3)
-        await a.close()
-        await b2.close()
-
-    asyncio.run(run())
+def test_a_peer_that_comes_back_is_reconnected_with_backoff_and_a_full_queue_drops() -> None:
+    net = MemoryNet()
+    clock = _Clock()
+    a_id, a, _ = _node(net, "a:1", clock=clock)
+    a.queue_limit = 3
+    b_id = NodeIdentity.create().endorsed_by(SERVICE)  # not listening yet: a queues, then drops past its limit
+    a.set_peer(b_id.node_id, "b:1")
+    a.peers[b_id.node_id].queue_limit = 3
+    sent = [a.send(Envelope(RequestVoteResponse(1, a_id.node_id, b_id.node_id, True))) for _ in range(5)]
+    assert sent == [True, True, True, False, False] and a.dropped == 2
+    net.pump()
+    assert a.peers[b_id.node_id].link is None  # the connection failed; a retries after its backoff
+    assert a.peers[b_id.node_id].backoff == 2 * BACKOFF_START
+    server, client = node_to_node_contexts(cert_pem(b_id.endorsed), key_pem(b_id.key), SERVICE.pem)  # type: ignore[arg-type]
+    b_got: list[Envelope] = []
+    b_host = MemoryHost(net, "b:1")
+    ids = itertools.count(OUTGOING_CONNECTIONS)
+    b = Channels(b_id.node_id, server, client, b_got.append, b_host, lambda: next(ids), _Clock())  # type: ignore[arg-type]
+    b_host.handler = _ChannelHandler(b)
+    a.tick()
+    net.pump()
+    assert b_got == []  # too early: the backoff has not passed
+    clock.now += BACKOFF_START
+    a.tick()
+    net.pump()
+    assert len(b_got) == 3 and a.peers[b_id.node_id].connected
+    b_host.go_down("b:1")
+    net.pump()
+    assert not a.peers[b_id.node_id].connected

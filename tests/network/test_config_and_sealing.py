@@ -14,7 +14,8 @@ from ledger.bootstrap import NodeKeys
 from ledger.files import FsyncPolicy
 from ledger.identity import NodeIdentity, ServiceIdentity
 from ledger.secrets import LedgerSecrets
-from network.enclave.sealing import SEALED_FILE, SealedState, SealingError, is_sealed, seal, unseal
+from network.boundary import SEALED_FILE
+from network.enclave.sealing import SealedState, SealingError, seal, unseal, unseal_data_dir
 from network.host.config import ConfigError, load_config, parse_config
 
 pytestmark = pytest.mark.unit
@@ -84,30 +85,28 @@ def _state() -> SealedState:
 
 def test_sealed_secrets_unseal_to_the_same_identities_and_secrets(tmp_path: Path) -> None:
     state = _state()
-    assert not is_sealed(str(tmp_path))
-    seal(str(tmp_path), state)
-    assert is_sealed(str(tmp_path))
-    back = unseal(str(tmp_path))
+    sealed = seal(state, str(tmp_path))
+    back = unseal(sealed, str(tmp_path))
     assert back.node.identity.node_id == state.node.identity.node_id
     assert back.node.identity.endorsed == state.node.identity.endorsed
     assert back.service.kid == state.service.kid and back.service.cert == state.service.cert
     assert [(s.start, s.raw) for s in back.secrets.all()] == [(s.start, s.raw) for s in state.secrets.all()]
     assert back.node.encryption_key.private_numbers() == state.node.encryption_key.private_numbers()
-    # nothing secret is written in the clear
-    sealed = (tmp_path / SEALED_FILE).read_bytes()
+    # nothing secret is in the clear in the blob the host stores
     assert all(s.raw not in sealed for s in state.secrets.all())
     assert b"PRIVATE KEY" not in sealed
 
 
 def test_damaged_or_foreign_sealed_state_is_refused(tmp_path: Path) -> None:
-    seal(str(tmp_path), _state())
+    (tmp_path / SEALED_FILE).write_bytes(seal(_state(), str(tmp_path)))
+    assert unseal_data_dir(str(tmp_path)).secrets.latest.start == 11  # rekeyed at 10: in force from 11
     data = bytearray((tmp_path / SEALED_FILE).read_bytes())
     data[40] ^= 1
     (tmp_path / SEALED_FILE).write_bytes(bytes(data))
-    with pytest.raises(SealingError, match="does not decrypt"):
-        unseal(str(tmp_path))
+    with pytest.raises(SealingError, match="do not decrypt"):
+        unseal_data_dir(str(tmp_path))
     os.unlink(tmp_path / "sealing.key")
     with pytest.raises(SealingError, match="missing"):
-        unseal(str(tmp_path))
+        unseal(bytes(data), str(tmp_path))
     with pytest.raises(SealingError, match="holds no node"):
-        unseal(str(tmp_path / "elsewhere"))
+        unseal_data_dir(str(tmp_path / "elsewhere"))

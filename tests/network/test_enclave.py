@@ -241,7 +241,7 @@ def test_commit_is_decided_by_consensus_whose_core_keeps_only_the_uncommitted_su
 
 
 def test_too_many_uncommitted_transactions_get_503_except_on_the_node_frontend(tmp_path: Path) -> None:
-    from network.enclave.enclave import EnclaveSettings, SignaturePolicy
+    from network.boundary import EnclaveSettings, SignaturePolicy
 
     node = Node(str(tmp_path))
     node.open_service()

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, cert_pem, key_pem
-from network.enclave.http import HttpLimits, Request, Response, serve
+from network.boundary import HttpLimits
+from network.enclave.http import Request, Response, serve
 
 pytestmark = pytest.mark.unit
 
@@ -219,7 +220,7 @@ def test_any_client_certificate_is_accepted_at_the_tls_layer_and_reaches_the_han
 
     async def main() -> list[int]:
         server = await serve(whoami, "127.0.0.1", 0,
-                             ssl_context=server_context(str(tmp_path / "node.pem"), str(tmp_path / "node.key")))
+                             ssl_context=server_context(cert_pem(node.endorsed), key_pem(node.key)))
         port = server.sockets[0].getsockname()[1]
         statuses = []
         try:

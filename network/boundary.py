@@ -1,0 +1,202 @@
+"""The one interface between a node's host (untrusted) and its enclave (trusted); see docs/architecture.md.
+
+Like an Open Enclave `.edl` file, or the typed messages of CCF's host/enclave ringbuffer, this module lists
+every call that crosses the boundary, and nothing else crosses:
+
+- `EnclaveCalls`: what the host asks of the enclave ("ecalls"): start, a timer tick, the bytes of a
+  connection (client or node-to-node, still TLS-encrypted), a connection opened or closed, stop.
+- `HostCalls`: what the enclave asks of the host ("ocalls"): send or close a connection's (encrypted) bytes,
+  open an outgoing connection, pause reading one, store the sealed secrets (an encrypted blob), persist the
+  consensus term and vote, say that it started, and keep snapshot files.
+- the ledger chunk files (`ledger.files.LedgerFiles`, handed over at start): entries are appended and read
+  back as bytes whose private part the enclave encrypted.
+
+Arguments are plain values (bytes, str, int, bool, None, tuples and frozen dataclasses of them), so each call
+is a message that can cross a pipe. What the host gets is by construction ciphertext or public: TLS
+terminates inside the enclave, so a client's request and its answer reach the host only as TLS records; the
+node's keys and the ledger secrets never leave the enclave except sealed. `tests/network/test_boundary.py`
+checks this at run time.
+
+Two exceptions stay in-process until the enclave runs as its own process: a snapshot is serialised, and a
+recovery's private replay runs, in processes the host forks for the enclave (`run_snapshot`,
+`run_in_workers`), which receive the enclave's code to run rather than a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ledger.files import LedgerFiles
+
+RPC_INTERFACE = "primary_rpc_interface"  # clients (CCF's name for the node's RPC interface)
+NODE_TO_NODE = "node_to_node"  # other nodes of the service
+OUTGOING = "outgoing"  # a connection the enclave asked the host to open
+
+
+@dataclass(frozen=True)
+class SignaturePolicy:
+    """When the primary signs: after `every_tx` transactions, or `every_ms` after the first unsigned one."""
+
+    every_tx: int = 5000
+    every_ms: int = 20
+
+
+@dataclass(frozen=True)
+class EnclaveSettings:
+    signatures: SignaturePolicy = field(default_factory=SignaturePolicy)
+    snapshot_every_tx: int = 10_000  # 0: only when governance asks (trigger_snapshot)
+    # CCF's consensus.max_uncommitted_tx_count: past it, /app and /gov answer 503 TooManyPendingTransactions
+    max_uncommitted_tx: int = 10_000
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 1024 * 1024
+    idle_timeout: float = 60.0
+    max_pipelined: int = 64  # requests parsed ahead of their answers before reading pauses
+
+
+@dataclass(frozen=True)
+class GenesisMember:
+    certificate_pem: str
+    encryption_public_key_pem: str | None = None
+    member_data: Any = None
+
+
+@dataclass(frozen=True)
+class NewService:
+    """Start a new service: its first members, constitution and configuration (read by the host from files)."""
+
+    members: tuple[GenesisMember, ...]
+    constitution: str
+    service_configuration: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JoinService:
+    """Join a running service through the node at `target` ("host:port"), whose certificate is checked
+    against `service_certificate_pem`."""
+
+    target: str
+    service_certificate_pem: str
+
+
+@dataclass(frozen=True)
+class RecoverService:
+    """Start a new service from a lost one's ledger (gathered by the host into this node's ledger files)."""
+
+    previous_service_certificate_pem: str
+    snapshot_dirs: tuple[str, ...]
+    start_from_snapshot: bool = False
+
+
+@dataclass(frozen=True)
+class EnclaveStart:
+    """Everything the enclave is given at start. `sealed` is what a previous run stored with `store_sealed`
+    (then the node resumes its service); otherwise exactly one of `new`, `join`, `recover` says what to do."""
+
+    data_dir: str  # where the virtual platform keeps its sealing key (a TEE derives it from the CPU)
+    rpc_address: str
+    node_to_node_address: str
+    published_node_to_node_address: str | None
+    snapshot_dir: str
+    host_data: str
+    app: str  # "module:attribute" of the application's endpoints
+    settings: EnclaveSettings
+    http: HttpLimits
+    election_ticks: int
+    heartbeat_ticks: int
+    chunk_size: int
+    sealed: bytes | None = None
+    consensus: tuple[int, str | None] | None = None  # the persisted (term, voted_for)
+    new: NewService | None = None
+    join: JoinService | None = None
+    recover: RecoverService | None = None
+
+
+class EnclaveCalls(Protocol):
+    """Host -> enclave."""
+
+    def start(self, start: EnclaveStart, ledger: LedgerFiles) -> None:
+        """Start (possibly over several turns of the loop: a join waits for the service); the enclave answers
+        with `HostCalls.started` or `HostCalls.start_failed`."""
+
+    def tick(self) -> None:
+        """The host's timer (every `tick_ms`): signatures, consensus heartbeats and elections keep time by it."""
+
+    def connection_opened(self, conn: int, interface: str, peer: str) -> None:
+        """A connection was accepted on `interface`, or an outgoing one the enclave asked for is open."""
+
+    def received(self, conn: int, data: bytes) -> None:
+        """Bytes read from a connection (TLS records)."""
+
+    def connection_closed(self, conn: int) -> None:
+        """The connection is gone (closed by the peer, failed, or never opened)."""
+
+    def stop(self) -> None:
+        """The node stops: sign what is pending and flush; no new snapshot is started."""
+
+
+class HostCalls(Protocol):
+    """Enclave -> host."""
+
+    def started(self, node_id: str, service_certificate_pem: str) -> None:
+        """The enclave holds its service: the host writes the service certificate and starts listening."""
+
+    def start_failed(self, message: str) -> None: ...
+
+    def send(self, conn: int, data: bytes) -> None:
+        """Write TLS records to a connection."""
+
+    def close(self, conn: int) -> None: ...
+
+    def connect(self, conn: int, address: str, local_host: str | None) -> None:
+        """Open an outgoing connection to host:port (from `local_host` if given), known as `conn` (an id the
+        enclave picks, from `OUTGOING_CONNECTIONS` up); answered by `connection_opened` or
+        `connection_closed`."""
+
+    def pause_reading(self, conn: int) -> None: ...
+
+    def resume_reading(self, conn: int) -> None: ...
+
+    def store_sealed(self, blob: bytes) -> None:
+        """Keep the sealed secrets durably (given back in `EnclaveStart.sealed`)."""
+
+    def persist_consensus(self, term: int, voted_for: str | None) -> None:
+        """Make the term and vote durable before anything that depends on them is sent (Raft §5.1)."""
+
+    def latest_snapshot(self) -> tuple[str, bytes] | None:
+        """The newest committed snapshot file (name, bytes)."""
+
+    def snapshot_at(self, seqno: int) -> bytes | None:
+        """The committed snapshot at `seqno`, if the host has it."""
+
+    def store_snapshot(self, name: str, data: bytes) -> None:
+        """Keep a committed snapshot received from the service (a joining node restarts from it)."""
+
+    def run_snapshot(self, serialise: Callable[[], bytes],
+                     done: Callable[[str | None, Callable[[str], None]], None]) -> None:
+        """In-process only: run `serialise` in a forked process on the state as it is now, and later call
+        `done(sha256 hex or None on failure, place)`, where `place(path)` puts the snapshot bytes at `path`."""
+
+    def run_in_workers(self, jobs: list[Callable[[], Any]],
+                       done: Callable[[list[Any] | BaseException], None]) -> None:
+        """In-process only: run `jobs` in forked worker processes, then call `done` with their results in order,
+        or the first error."""
+
+
+# The file in a node's data directory where the host keeps the sealed blob (an offline auditor holding the
+# virtual platform's sealing key can read the ledger secrets from it: `sealing.unseal_data_dir`).
+SEALED_FILE = "sealed_secrets.bin"
+
+# Connection ids: the host numbers the connections it accepts from 1; the enclave numbers the ones it opens
+# from here, so that both can name a connection without asking the other.
+OUTGOING_CONNECTIONS = 1 << 48
+
+ENCLAVE_CALLS = ("start", "tick", "connection_opened", "received", "connection_closed", "stop")
+HOST_CALLS = ("started", "start_failed", "send", "close", "connect", "pause_reading", "resume_reading",
+              "store_sealed", "persist_consensus", "latest_snapshot", "snapshot_at", "store_snapshot",
+              "run_snapshot", "run_in_workers")
