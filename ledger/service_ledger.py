@@ -23,7 +23,7 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 from cryptography import x509
@@ -60,6 +60,7 @@ from ledger.tables import (
     TREE,
     dump_json,
 )
+from ledger.txid import TxID
 
 DEFAULT_CHUNK_SIZE = 5 * 1000 * 1000
 
@@ -88,23 +89,6 @@ def _trusted_node_keys(state: Tx) -> dict[str, rsa.RSAPublicKey]:
         if isinstance(key, rsa.RSAPublicKey):
             keys[node_id.decode()] = key
     return keys
-
-
-class TxID(NamedTuple):
-    """A transaction id, `<view>.<seqno>` (a NamedTuple: one is made per committed transaction)."""
-
-    view: int
-    seqno: int
-
-    def __str__(self) -> str:
-        return f"{self.view}.{self.seqno}"
-
-    @classmethod
-    def parse(cls, text: str) -> TxID:
-        view, _, seqno = text.partition(".")
-        if not (view.isdigit() and seqno.isdigit()):
-            raise ValueError(f"{text!r} is not a transaction id <view>.<seqno>")
-        return cls(int(view), int(seqno))
 
 
 @dataclass(frozen=True, slots=True)

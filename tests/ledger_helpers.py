@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ledger.service_ledger import ServiceLedger, TxID
+from ledger.service_ledger import ServiceLedger
+from ledger.txid import TxID
 
 
 def flip_byte(path: str, offset: int) -> None:

@@ -41,7 +41,7 @@ from ledger.endorsements import EndorsementError, verify_endorsement_chain
 from ledger.errors import ReceiptError
 from ledger.identity import load_cert
 from ledger.receipts import VerifiedReceipt, verify_cose_receipt, verify_json_receipt
-from ledger.service_ledger import TxID
+from ledger.txid import TxID
 from network.client.connection import Answer, ServiceClient, ServiceError, error_of
 from network.client.member_api import MemberApi
 

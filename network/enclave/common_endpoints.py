@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from typing import Protocol
 
-from ledger.service_ledger import TxID
+from ledger.txid import TxID
 from network.enclave.endpoints import EndpointContext, EndpointError, Endpoints
 
 

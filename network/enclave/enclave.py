@@ -41,7 +41,7 @@ from ledger.genesis import VirtualQuote
 from ledger.identity import cert_pem, endorse, key_id, self_signed_cert
 from ledger.kv import Tx
 from ledger.secrets import opening_secret_record
-from ledger.service_ledger import ServiceLedger, TxID
+from ledger.service_ledger import ServiceLedger
 from ledger.tables import (
     HISTORICAL_SECRETS,
     NODES_ENDORSED_CERTS,
@@ -51,6 +51,7 @@ from ledger.tables import (
     SINGLETON_KEY,
     dump_json,
 )
+from ledger.txid import TxID
 from network.boundary import EnclaveSettings
 from network.consensus.raft import ConsensusConfig, HardState, Raft
 from network.enclave.common_endpoints import add_common_endpoints

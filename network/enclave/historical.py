@@ -47,7 +47,8 @@ from loguru import logger
 from ledger.entry import decode_entry, merkle_leaf
 from ledger.errors import LedgerError, ReceiptNotAvailable
 from ledger.kv import WriteSet
-from ledger.service_ledger import ServiceLedger, TxID
+from ledger.service_ledger import ServiceLedger
+from ledger.txid import TxID
 from network.enclave.common_endpoints import TxStatus, parse_txid, tx_status
 from network.enclave.endpoints import EndpointContext, EndpointError, Endpoints
 from network.enclave.http import Response

@@ -15,8 +15,9 @@ from app.logging import app
 from ledger.bootstrap import NodeKeys, start_new_service
 from ledger.genesis import GenesisMember, VirtualQuote
 from ledger.identity import NodeIdentity, PartyIdentity
-from ledger.service_ledger import ServiceLedger, TxID
+from ledger.service_ledger import ServiceLedger
 from ledger.tables import SERVICE_INFO, SINGLETON_KEY, USERS_CERTS
+from ledger.txid import TxID
 from network.boundary import EnclaveSettings, SignaturePolicy
 from network.enclave.enclave import Enclave
 from network.enclave.historical import TXID_REQUEST_HEADER

@@ -11,7 +11,7 @@ import pytest
 
 import app.logging as logging_app
 from ledger.receipts import verify_cose_receipt, verify_json_receipt
-from ledger.service_ledger import TxID
+from ledger.txid import TxID
 from tests.app.harness import AppNode, body, error_code
 from tests.ccf_tools import ccf_check_json_receipt
 

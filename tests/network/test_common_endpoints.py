@@ -8,7 +8,8 @@ import orjson
 import pytest
 
 from ledger.kv import Tx
-from ledger.service_ledger import ServiceLedger, TxID
+from ledger.service_ledger import ServiceLedger
+from ledger.txid import TxID
 from network.enclave.common_endpoints import TxStatus, add_common_endpoints, tx_status
 from network.enclave.endpoints import Endpoints, Mode
 from network.enclave.http import Request

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.entry import decode_entry
-from ledger.service_ledger import TxID
+from ledger.txid import TxID
 from network.enclave.endpoints import EndpointError
 from network.enclave.historical import HistoricalEntry, HistoricalPending, HistoricalQueries, runs_of
 from tests.app.harness import AppNode, body, error_code

@@ -17,7 +17,7 @@ from ledger.identity import PartyIdentity, cert_pem
 from ledger.kv import Store
 from ledger.merkle import MerkleHistory
 from ledger.receipts import verify_json_receipt
-from ledger.service_ledger import ServiceLedger, TxID
+from ledger.service_ledger import ServiceLedger
 from ledger.tables import (
     CONSTITUTION,
     MEMBERS_INFO,
@@ -26,6 +26,7 @@ from ledger.tables import (
     SERVICE_INFO,
     SINGLETON_KEY,
 )
+from ledger.txid import TxID
 from tests.ccf_tools import assert_read_ledger_accepts
 
 pytestmark = pytest.mark.unit
