@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: test test-slow test-all lint bench venv clean sandbox
+.PHONY: test test-enclave-process test-slow test-all lint bench venv clean sandbox
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Everything but the slow runs, then the end-to-end suite again with every node's enclave in its own process.
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	PYCCF_ENCLAVE_PROCESS=1 $(PY) -m pytest -m "e2e and not slow" $(PYTEST_ARGS)
+
+test-enclave-process: $(STAMP)
+	PYCCF_ENCLAVE_PROCESS=1 $(PY) -m pytest -m "e2e and not slow" $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow --hypothesis-profile=thorough $(PYTEST_ARGS)

@@ -17,16 +17,22 @@ terminates inside the enclave, so a client's request and its answer reach the ho
 node's keys and the ledger secrets never leave the enclave except sealed. `tests/network/test_boundary.py`
 checks this at run time.
 
-Two exceptions stay in-process until the enclave runs as its own process: a snapshot is serialised, and a
-recovery's private replay runs, in processes the host forks for the enclave (`run_snapshot`,
-`run_in_workers`), which receive the enclave's code to run rather than a message.
+The enclave can run in its own process (`pyccf-node --enclave-process`): each call is then a frame on a
+socket pair (`encode_call` / `decode_call`: CBOR, only the calls and types declared here are accepted, so a
+host cannot make the enclave run anything else). Two calls carry code rather than data and so exist only
+in-process: `run_snapshot` and `run_in_workers` (the enclave's own processes, forked from wherever the
+enclave runs); in the separate process the enclave forks itself for them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import cbor2
 
 from ledger.files import LedgerFiles
 
@@ -137,7 +143,8 @@ class EnclaveCalls(Protocol):
         """The connection is gone (closed by the peer, failed, or never opened)."""
 
     def stop(self) -> None:
-        """The node stops: sign what is pending and flush; no new snapshot is started."""
+        """The node stops: sign what is pending and flush; no new snapshot is started. Answered by
+        `HostCalls.stopped`."""
 
 
 class HostCalls(Protocol):
@@ -147,6 +154,9 @@ class HostCalls(Protocol):
         """The enclave holds its service: the host writes the service certificate and starts listening."""
 
     def start_failed(self, message: str) -> None: ...
+
+    def stopped(self) -> None:
+        """The enclave has signed what was pending and flushed (the answer to `EnclaveCalls.stop`)."""
 
     def send(self, conn: int, data: bytes) -> None:
         """Write TLS records to a connection."""
@@ -197,6 +207,86 @@ SEALED_FILE = "sealed_secrets.bin"
 OUTGOING_CONNECTIONS = 1 << 48
 
 ENCLAVE_CALLS = ("start", "tick", "connection_opened", "received", "connection_closed", "stop")
-HOST_CALLS = ("started", "start_failed", "send", "close", "connect", "pause_reading", "resume_reading",
+HOST_CALLS = ("started", "start_failed", "stopped", "send", "close", "connect", "pause_reading", "resume_reading",
               "store_sealed", "persist_consensus", "latest_snapshot", "snapshot_at", "store_snapshot",
               "run_snapshot", "run_in_workers")
+# The ledger files' methods the enclave calls when it runs in its own process (`ledger.files.LedgerFiles`).
+FILE_CALLS = ("files.append", "files.flush", "files.commit", "files.truncate", "files.read", "files.read_range",
+              "files.chunk_end_of", "files.chunk_file_of", "files.chunk_spans", "files.discard_after",
+              "files.start_after", "files.state")
+# Calls whose caller waits for the answer (every other call is one-way).
+# (`files.append` and `files.commit` are one-way: a failed write makes the next answered call fail.)
+ANSWERED = frozenset(("latest_snapshot", "snapshot_at", "files.flush", "files.read", "files.read_range",
+                      "files.chunk_end_of", "files.chunk_file_of", "files.chunk_spans", "files.discard_after",
+                      "files.start_after", "files.state", "files.truncate"))
+
+
+# --- the boundary as frames, for an enclave in its own process ---------------------------------------------
+
+class BoundaryError(Exception):
+    """A frame that is not a declared call with declared argument types."""
+
+
+_FRAME = struct.Struct(">I")
+MAX_FRAME = 256 * 1024 * 1024
+_TYPES = {cls.__name__: cls for cls in (SignaturePolicy, EnclaveSettings, HttpLimits, GenesisMember, NewService,
+                                        JoinService, RecoverService, EnclaveStart)}
+CALL, ASK, ANSWER = 0, 1, 2  # frame kinds: one-way call, call waiting for its answer, the answer
+
+
+def _to_wire(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"$t": type(value).__name__,
+                **{f.name: _to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+    if isinstance(value, tuple | list):
+        return [_to_wire(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_wire(v) for k, v in value.items()}
+    return value
+
+
+def _from_wire(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "$t" in value:
+            cls = _TYPES.get(value["$t"])
+            if cls is None:
+                raise BoundaryError(f"undeclared type {value['$t']!r}")
+            fields = {k: _from_wire(v) for k, v in value.items() if k != "$t"}
+            fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+            try:
+                return cls(**fields)
+            except TypeError as e:
+                raise BoundaryError(f"bad {cls.__name__}: {e}") from None
+        return {k: _from_wire(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_wire(v) for v in value]
+    return value
+
+
+def encode_call(kind: int, ident: int, name: str, args: tuple[Any, ...]) -> bytes:
+    body = cbor2.dumps([kind, ident, name, _to_wire(args)])
+    return _FRAME.pack(len(body)) + body
+
+
+def decode_frames(buffer: bytearray, allowed: frozenset[str]) -> list[tuple[int, int, str, list[Any]]]:
+    """Take every complete frame off the front of `buffer`: (kind, id, call name, arguments). Answers carry
+    the name "" and one argument."""
+    frames = []
+    pos = 0
+    while len(buffer) - pos >= 4:
+        (length,) = _FRAME.unpack_from(buffer, pos)
+        if length > MAX_FRAME:
+            raise BoundaryError(f"a frame of {length} bytes")
+        if len(buffer) - pos - 4 < length:
+            break
+        try:
+            kind, ident, name, args = cbor2.loads(bytes(buffer[pos + 4:pos + 4 + length]))
+        except Exception as e:  # cbor2 raises several types on garbage; all mean the same here
+            raise BoundaryError(f"not a call: {e}") from None
+        pos += 4 + length
+        if kind not in (CALL, ASK, ANSWER) or not isinstance(args, list) or not isinstance(name, str) or \
+                not isinstance(ident, int) or (kind != ANSWER and name not in allowed):
+            raise BoundaryError(f"undeclared call {name!r}")
+        frames.append((kind, ident, name, _from_wire(args)))
+    del buffer[:pos]
+    return frames

@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from loguru import logger
 
 from network.enclave.runtime import EnclaveRuntime
 from network.host.config import ConfigError, load_config
-from network.host.node import NodeHost, NodeStartError, configure_logging
+from network.host.enclave_process import EnclaveProcess
+from network.host.node import NodeHost, NodeStartError
+from network.logs import configure_logging
+
+ENCLAVE_PROCESS_VARIABLE = "PYCCF_ENCLAVE_PROCESS"
 
 
 def _use_uvloop() -> None:
@@ -37,6 +42,10 @@ def _use_uvloop() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pyccf-node", description="Run a node in virtual mode.")
     parser.add_argument("--config", required=True, help="the node's JSON configuration")
+    parser.add_argument("--enclave-process", action="store_true",
+                        default=os.environ.get(ENCLAVE_PROCESS_VARIABLE, "") not in ("", "0"),
+                        help="run the enclave in its own process behind the boundary (default: in this process; "
+                             f"{ENCLAVE_PROCESS_VARIABLE}=1 sets it for every node started from this environment)")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -46,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config.log.format, config.log.level)
     _use_uvloop()
     host = NodeHost(config)
-    host.attach(EnclaveRuntime(host))
+    if args.enclave_process:
+        host.attach(EnclaveProcess(host, config.log.format, config.log.level))
+    else:
+        host.attach(EnclaveRuntime(host))
     try:
         asyncio.run(host.run())
     except (NodeStartError, ConfigError) as e:

@@ -122,11 +122,11 @@ class EnclaveRuntime:
         if self.channels is not None:
             self.channels.close()
         enclave = self.enclave
-        if enclave is None:
-            return
-        enclave.stop_snapshots()
-        enclave.sign()
-        enclave.ledger.flush()
+        if enclave is not None:
+            enclave.stop_snapshots()
+            enclave.sign()
+            enclave.ledger.flush()
+        self.host.stopped()
 
     # --- start -------------------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ never holds a key or plaintext private data:
   the sealed secrets blob (`sealed_secrets.bin`) and the consensus term and vote (`consensus.json`);
 - once the enclave has started, it writes the service certificate, listens on the RPC and node-to-node
   addresses and relays each connection's bytes, which are TLS records: TLS terminates in the enclave;
-- it ticks the enclave's timer, forks the processes that serialise snapshots, writes `<data_dir>/node.json`
+- it ticks the enclave's timer, forks the processes that serialise snapshots (in-process), writes `<data_dir>/node.json`
   once it listens, and stops cleanly on SIGTERM or SIGINT (stops listening, lets the enclave sign what is
   pending, flushes and closes its files).
 """
@@ -17,13 +17,9 @@ never holds a key or plaintext private data:
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import multiprocessing
 import os
 import signal
-import sys
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any, cast
 
 import orjson
@@ -46,25 +42,16 @@ from network.boundary import (
     NewService,
     RecoverService,
 )
+from network.forking import Forks
 from network.host.config import NodeConfig, StartConfig
 
 READY_FILE = "node.json"
 CONSENSUS_FILE = "consensus.json"  # the term and vote (Raft's persistent state)
+STOP_TIMEOUT = 30.0  # seconds the host waits for the enclave to sign and flush when the node stops
 
 
 class NodeStartError(Exception):
     """The node cannot start as configured (the message says why)."""
-
-
-def configure_logging(fmt: str, level: str) -> None:
-    logger.remove()
-    # diagnose=False: loguru would otherwise print the values of local variables in logged tracebacks,
-    # and those hold requests' bodies (private records) and key material
-    if fmt == "json":
-        logger.add(sys.stderr, level=level, serialize=True, diagnose=False)
-    else:
-        logger.add(sys.stderr, level=level, diagnose=False,
-                   format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {name}: {message}")
 
 
 def _read(path: str) -> str:
@@ -153,8 +140,8 @@ class NodeHost:
         self._accepted = 0
         self._connecting: dict[int, asyncio.Task[None]] = {}
         self._started: asyncio.Future[tuple[str, str]] | None = None
-        self._snapshot_child: tuple[int, str] | None = None
-        self._worker_task: asyncio.Task[None] | None = None
+        self.forks: Forks | None = None
+        self._stopped: asyncio.Future[None] | None = None
 
     def attach(self, enclave: EnclaveCalls) -> None:
         self._enclave = enclave
@@ -173,6 +160,10 @@ class NodeHost:
     def start_failed(self, message: str) -> None:
         if self._started is not None and not self._started.done():
             self._started.set_exception(NodeStartError(message))
+
+    def stopped(self) -> None:
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
 
     # --- HostCalls: connections -----------------------------------------------------------------------
 
@@ -256,64 +247,13 @@ class NodeHost:
 
     def run_snapshot(self, serialise: Callable[[], bytes],
                      done: Callable[[str | None, Callable[[str], None]], None]) -> None:
-        """Serialise in a forked process (copy-on-write: the child sees the state as of now while this
-        process goes on serving), which writes a temporary file and sends back its SHA-256."""
-        assert self.loop is not None
-        loop = self.loop
-        partial = os.path.join(self.config.snapshot_dir, f".snapshot-{os.getpid()}.partial")
-        read_end, write_end = os.pipe()
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # the child: no event loop, no logging; only serialise, write, report, exit
-            code = 1
-            try:
-                _die_with_parent()
-                if os.getppid() != parent:  # the node died before the line above took effect
-                    os._exit(1)
-                os.close(read_end)
-                data = serialise()
-                write_file(partial, data)
-                os.write(write_end, hashlib.sha256(data).hexdigest().encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write_end)
-        self._snapshot_child = (pid, partial)
-
-        def finished() -> None:
-            loop.remove_reader(read_end)
-            digest = os.read(read_end, 64).decode() or None
-            os.close(read_end)
-            os.waitpid(pid, 0)
-            self._snapshot_child = None
-            if digest is None and os.path.exists(partial):
-                os.unlink(partial)
-            done(digest, lambda path: os.replace(partial, path))
-
-        loop.add_reader(read_end, finished)
+        assert self.forks is not None
+        self.forks.run_snapshot(serialise, done)
 
     def run_in_workers(self, jobs: list[Callable[[], Any]],
                        done: Callable[[list[Any] | BaseException], None]) -> None:
-        """Forked worker processes (one a core) run the enclave's jobs; `done` gets their results on this loop."""
-        assert self.loop is not None
-        loop = self.loop
-        _WORKER_JOBS[:] = jobs  # the forked workers inherit the jobs: only their indices cross the pipe
-        pool = ProcessPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1)),
-                                   mp_context=multiprocessing.get_context("fork"))
-        futures = [asyncio.wrap_future(pool.submit(_run_worker_job, i), loop=loop) for i in range(len(jobs))]
-
-        async def collect() -> None:
-            results: list[Any] | BaseException
-            try:
-                results = list(await asyncio.gather(*futures))
-            except Exception as e:  # the first failure, passed on as it is
-                results = e
-            finally:
-                pool.shutdown(wait=False, cancel_futures=True)
-                _WORKER_JOBS.clear()
-            done(results)
-
-        self._worker_task = loop.create_task(collect())
+        assert self.forks is not None
+        self.forks.run_in_workers(jobs, done)
 
     # --- start ---------------------------------------------------------------------------------------------
 
@@ -377,6 +317,7 @@ class NodeHost:
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
         config = self.config
+        self.forks = Forks(self.loop, config.snapshot_dir)
         os.makedirs(config.data_dir, exist_ok=True)
         os.makedirs(config.snapshot_dir, exist_ok=True)
         for name in os.listdir(config.snapshot_dir):  # left by a node that was killed while snapshotting
@@ -406,13 +347,16 @@ class NodeHost:
             ticker.cancel()
             for server in (rpc, n2n):
                 server.close()
-            if self._snapshot_child is not None:  # an unfinished snapshot is abandoned
-                pid, partial = self._snapshot_child
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                if os.path.exists(partial):
-                    os.unlink(partial)
+            self.forks.abandon()  # an unfinished snapshot is abandoned
+            self._stopped = self.loop.create_future()
             self.enclave.stop()
+            try:
+                await asyncio.wait_for(self._stopped, STOP_TIMEOUT)
+            except TimeoutError:
+                logger.error(f"the enclave did not stop within {STOP_TIMEOUT:.0f} s")
+            close = getattr(self.enclave, "aclose", None)  # an enclave in its own process: end it
+            if close is not None:
+                await close()
             for transport in list(self.connections.values()):
                 transport.abort()
             for task in list(self._connecting.values()):
@@ -428,22 +372,3 @@ class NodeHost:
         while True:
             await asyncio.sleep(interval)
             self.enclave.tick()
-
-
-_WORKER_JOBS: list[Callable[[], Any]] = []
-
-
-def _run_worker_job(index: int) -> Any:
-    """In a worker forked by `run_in_workers`: run the job it inherited."""
-    _die_with_parent()
-    return _WORKER_JOBS[index]()
-
-
-def _die_with_parent() -> None:
-    """Linux: a forked child is killed with its node (PR_SET_PDEATHSIG), never left writing alone."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass

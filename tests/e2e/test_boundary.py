@@ -1,12 +1,14 @@
 """The trust boundary at run time: everything the host receives from the enclave is ciphertext or public.
 
-Two nodes run in this process (the second joins the first), each a `NodeHost` whose enclave sees it only
-through a recorder of `boundary.HostCalls`. Clients write private records with values unique to the run,
-through both nodes (the backup forwards its writes to the primary over the node-to-node channel), and the
-nodes take snapshots. Then every byte that crossed to a host is scanned: what the enclaves asked the hosts to
-send (TLS records of client sessions, node-to-node channels and the join), every ledger entry appended to
-the hosts' files, the snapshots, the sealed secrets and the consensus state. None may contain a private
-value, a node or service private key, the nodes' encryption keys or a ledger secret, as raw bytes or base64.
+Two nodes run with their hosts in this process (the second joins the first), in both modes: with the enclave in
+the same process, seen by it only through a recorder of `boundary.HostCalls`, and with the enclave in its own
+process, where the recorder is on the frames the host reads from it. Clients write private records with values
+unique to the run, through both nodes (the backup forwards its writes to the primary over the node-to-node
+channel), and the nodes take snapshots. Then every byte that crossed to a host is scanned: what the enclaves
+asked the hosts to send (TLS records of client sessions, node-to-node channels and the join), every ledger entry
+appended to the hosts' files, the snapshots, the sealed secrets and the consensus state. None may contain a
+private value, a node or service private key, the nodes' encryption keys or a ledger secret, as raw bytes or
+base64.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from ledger.files import LedgerFiles
 from network.client.connection import ServiceClient
 from network.enclave.runtime import EnclaveRuntime
+from network.enclave.sealing import unseal_data_dir
+from network.host import enclave_process
 from network.host.config import load_config
 from network.host.node import NodeHost
 from scripts.sandbox import make_identities, node_config, open_service
@@ -63,20 +67,20 @@ def _forms(secret: bytes) -> list[bytes]:
     return [f for f in forms if len(f) >= 16]
 
 
-def _key_material(runtime: EnclaveRuntime) -> dict[str, list[bytes]]:
-    enclave = runtime.enclave
-    assert enclave is not None
+def _key_material(data_dir: Path) -> dict[str, list[bytes]]:
+    """What the node's enclave holds, read back from its sealed state with the virtual platform's key."""
+    state = unseal_data_dir(str(data_dir))
     found: dict[str, list[bytes]] = {}
     keys: dict[str, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey] = {
-        "node key": enclave.keys.identity.key, "encryption key": enclave.keys.encryption_key,
-        "service key": enclave.ledger.service.key}
+        "node key": state.node.identity.key, "encryption key": state.node.encryption_key,
+        "service key": state.service.key}
     for name, key in keys.items():
         der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
         numbers = key.private_numbers()
         scalar = numbers.private_value if isinstance(numbers, ec.EllipticCurvePrivateNumbers) else numbers.d
         found[name] = _forms(der) + _forms(scalar.to_bytes((scalar.bit_length() + 7) // 8, "big"))
-    for secret in enclave.ledger.secrets.all():
+    for secret in state.secrets.all():
         found[f"ledger secret {secret.start}"] = _forms(secret.raw)
     return found
 
@@ -100,8 +104,9 @@ def test_the_scan_finds_what_it_looks_for() -> None:
     assert _leaks([("other", os.urandom(4096))], {"v": _forms(value), "k": _forms(der)}) == []
 
 
-def test_the_host_receives_no_plaintext_private_value_and_no_key(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mode", ["in-process", "enclave-process"])
+def test_the_host_receives_no_plaintext_private_value_and_no_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 mode: str) -> None:
     common = str(tmp_path / "sandbox_common")
     make_identities(common)
     crossed: list[tuple[str, bytes]] = []
@@ -112,6 +117,13 @@ def test_the_host_receives_no_plaintext_private_value_and_no_key(tmp_path: Path,
         return original_append(files, entry)
 
     monkeypatch.setattr(LedgerFiles, "append", recording_append)
+    original_frames = enclave_process._Link.data_received
+
+    def recording_frames(link: enclave_process._Link, data: bytes) -> None:
+        crossed.append(("frames from the enclave process", data))
+        original_frames(link, data)
+
+    monkeypatch.setattr(enclave_process._Link, "data_received", recording_frames)
     ports = [free_port(), free_port()]
     configs = [node_config(str(tmp_path), ports[0], index=0, snapshots={"every_tx": 10},
                            node_to_node_address=f"127.0.0.1:{free_port()}"),
@@ -119,7 +131,6 @@ def test_the_host_receives_no_plaintext_private_value_and_no_key(tmp_path: Path,
                            snapshots={"every_tx": 10}, node_to_node_address=f"127.0.0.1:{free_port()}")]
     values = [f"confidential-{secrets.token_hex(12)}" for _ in range(30)]
     hosts: list[NodeHost] = []
-    runtimes: list[EnclaveRuntime] = []
 
     def clients() -> None:
         url = f"https://127.0.0.1:{ports[0]}"
@@ -137,10 +148,11 @@ def test_the_host_receives_no_plaintext_private_value_and_no_key(tmp_path: Path,
         tasks = []
         for config_path in configs:
             host = NodeHost(load_config(config_path))
-            runtime = EnclaveRuntime(RecordingHost(host, crossed))  # type: ignore[arg-type]
-            host.attach(runtime)
+            if mode == "in-process":
+                host.attach(EnclaveRuntime(RecordingHost(host, crossed)))  # type: ignore[arg-type]
+            else:
+                host.attach(enclave_process.EnclaveProcess(host))
             hosts.append(host)
-            runtimes.append(runtime)
             tasks.append(asyncio.create_task(host.run()))
             while not os.path.exists(os.path.join(os.path.dirname(config_path), "node.json")):
                 assert not tasks[-1].done(), tasks[-1].exception()
@@ -155,7 +167,9 @@ def test_the_host_receives_no_plaintext_private_value_and_no_key(tmp_path: Path,
     asyncio.run(run())
 
     kinds = {name for name, _ in crossed}
-    assert {"send", "ledger entry", "store_sealed", "persist_consensus"} <= kinds, kinds
+    expected = {"send", "store_sealed", "persist_consensus"} if mode == "in-process" else \
+        {"frames from the enclave process"}
+    assert expected | {"ledger entry"} <= kinds, kinds
     assert sum(1 for name, _ in crossed if name == "ledger entry") > len(values)
     at_rest: list[tuple[str, bytes]] = []
     for node in (0, 1):
@@ -165,7 +179,6 @@ def test_the_host_receives_no_plaintext_private_value_and_no_key(tmp_path: Path,
             at_rest.append((str(path.relative_to(tmp_path)), path.read_bytes()))
     assert any("snapshots/snapshot_" in where for where, _ in at_rest), "no snapshot was taken"
     needles = {f"private value {i}": _forms(v.encode()) for i, v in enumerate(values)}
-    for runtime in runtimes:
-        needles.update({f"node {runtime.enclave.node_id[:8]} {k}": v  # type: ignore[union-attr]
-                        for k, v in _key_material(runtime).items()})
+    for node in (0, 1):
+        needles.update({f"node {node} {k}": v for k, v in _key_material(Path(configs[node]).parent).items()})
     assert _leaks(crossed + at_rest, needles) == []

@@ -1,0 +1,118 @@
+"""Processes forked for the enclave's own work: serialising a snapshot, and a recovery's parallel replay.
+
+Forking copies the enclave's state as it is (copy-on-write), so a snapshot is taken of the state at one
+signature while the node goes on serving, and replay workers inherit the ledger secrets and the jobs without
+them crossing a pipe. The forks are made from the process the enclave runs in: the node's one process, or the
+enclave's own process. Each child is killed with its parent (Linux `PR_SET_PDEATHSIG`).
+
+This module holds no key itself and imports nothing of the host or the enclave; the work it runs is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from ledger.snapshot_files import write_file
+
+
+class Forks:
+    def __init__(self, loop: asyncio.AbstractEventLoop, snapshot_dir: str) -> None:
+        self.loop = loop
+        self.snapshot_dir = snapshot_dir
+        self._snapshot_child: tuple[int, str] | None = None
+        self._worker_task: asyncio.Task[None] | None = None
+
+    def run_snapshot(self, serialise: Callable[[], bytes],
+                     done: Callable[[str | None, Callable[[str], None]], None]) -> None:
+        """Serialise in a forked process, which writes a temporary file in the snapshot directory and sends
+        back its SHA-256; then `done(digest or None, place)` runs on the loop."""
+        loop = self.loop
+        partial = os.path.join(self.snapshot_dir, f".snapshot-{os.getpid()}.partial")
+        read_end, write_end = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: no event loop, no logging; only serialise, write, report, exit
+            code = 1
+            try:
+                die_with_parent()
+                if os.getppid() != parent:  # the parent died before the line above took effect
+                    os._exit(1)
+                os.close(read_end)
+                data = serialise()
+                write_file(partial, data)
+                os.write(write_end, hashlib.sha256(data).hexdigest().encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        self._snapshot_child = (pid, partial)
+
+        def finished() -> None:
+            loop.remove_reader(read_end)
+            digest = os.read(read_end, 64).decode() or None
+            os.close(read_end)
+            os.waitpid(pid, 0)
+            self._snapshot_child = None
+            if digest is None and os.path.exists(partial):
+                os.unlink(partial)
+            done(digest, lambda path: os.replace(partial, path))
+
+        loop.add_reader(read_end, finished)
+
+    def run_in_workers(self, jobs: list[Callable[[], Any]],
+                       done: Callable[[list[Any] | BaseException], None]) -> None:
+        """Forked worker processes (one a core) run `jobs`; `done` gets their results on the loop."""
+        loop = self.loop
+        _WORKER_JOBS[:] = jobs  # the forked workers inherit the jobs: only their indices cross the pipe
+        pool = ProcessPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1)),
+                                   mp_context=multiprocessing.get_context("fork"))
+        futures = [asyncio.wrap_future(pool.submit(_run_worker_job, i), loop=loop) for i in range(len(jobs))]
+
+        async def collect() -> None:
+            results: list[Any] | BaseException
+            try:
+                results = list(await asyncio.gather(*futures))
+            except Exception as e:  # the first failure, passed on as it is
+                results = e
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
+                _WORKER_JOBS.clear()
+            done(results)
+
+        self._worker_task = loop.create_task(collect())
+
+    def abandon(self) -> None:
+        """The node stops: an unfinished snapshot is killed and its partial file removed."""
+        if self._snapshot_child is not None:
+            pid, partial = self._snapshot_child
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            if os.path.exists(partial):
+                os.unlink(partial)
+            self._snapshot_child = None
+
+
+_WORKER_JOBS: list[Callable[[], Any]] = []
+
+
+def _run_worker_job(index: int) -> Any:
+    """In a worker forked by `run_in_workers`: run the job it inherited."""
+    die_with_parent()
+    return _WORKER_JOBS[index]()
+
+
+def die_with_parent() -> None:
+    """Linux: a forked child is killed with its parent (PR_SET_PDEATHSIG), never left writing alone."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass

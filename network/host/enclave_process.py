@@ -1,0 +1,166 @@
+"""The host's side of an enclave that runs in its own process (`pyccf-node --enclave-process`).
+
+`EnclaveProcess` implements `boundary.EnclaveCalls` by writing each call as a frame to the enclave's process
+(`python -m network.enclave.process`, started here with one end of a socket pair), and serves the enclave's
+calls (`boundary.HostCalls` and the ledger files' methods) as frames arrive, answering those that wait for
+an answer. The host only ever writes without blocking (its transport buffers), so the enclave, which may
+block for an answer, can always be read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from ledger.errors import LedgerError
+from ledger.files import LedgerFiles
+from network.boundary import (
+    ANSWER,
+    ASK,
+    CALL,
+    FILE_CALLS,
+    HOST_CALLS,
+    BoundaryError,
+    EnclaveStart,
+    decode_frames,
+    encode_call,
+)
+
+if TYPE_CHECKING:
+    from network.host.node import NodeHost
+
+_FROM_ENCLAVE = frozenset(HOST_CALLS) | frozenset(FILE_CALLS)
+_NOT_OVER_THE_WIRE = frozenset(("run_snapshot", "run_in_workers"))  # the enclave's process forks for itself
+
+
+class _Link(asyncio.Protocol):
+    def __init__(self, owner: EnclaveProcess) -> None:
+        self.owner = owner
+        self.buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        try:
+            frames = decode_frames(self.buffer, _FROM_ENCLAVE)
+        except BoundaryError as e:
+            logger.error(f"the enclave process sent an undeclared frame ({e}); stopping")
+            self.owner.failed()
+            return
+        for kind, ident, name, args in frames:
+            self.owner.serve(kind, ident, name, args)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.failed()
+
+
+class EnclaveProcess:
+    def __init__(self, host: NodeHost, log_format: str = "text", log_level: str = "INFO") -> None:
+        self.host = host
+        self.files: LedgerFiles | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self.transport: asyncio.Transport | None = None
+        self._early: list[bytes] = []
+        self._log = (log_format, log_level)
+        self._done = False
+
+    def _launch(self) -> None:
+        loop = asyncio.get_running_loop()
+        mine, theirs = socket.socketpair()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "network.enclave.process", "--fd", str(theirs.fileno()),
+             "--log-format", self._log[0], "--log-level", self._log[1]], pass_fds=(theirs.fileno(),))
+        theirs.close()
+
+        async def connect() -> None:
+            transport, _ = await loop.connect_accepted_socket(lambda: _Link(self), mine)
+            self.transport = transport
+            for frame in self._early:
+                self.transport.write(frame)
+            self._early.clear()
+
+        loop.create_task(connect())
+
+    def _send(self, name: str, *args: Any) -> None:
+        frame = encode_call(CALL, 0, name, args)
+        if self.transport is None:
+            self._early.append(frame)
+        else:
+            self.transport.write(frame)
+
+    # --- EnclaveCalls --------------------------------------------------------------------------------------
+
+    def start(self, start: EnclaveStart, ledger: LedgerFiles) -> None:
+        self.files = ledger
+        self._launch()
+        self._send("start", start)
+
+    def tick(self) -> None:
+        self._send("tick")
+
+    def connection_opened(self, conn: int, interface: str, peer: str) -> None:
+        self._send("connection_opened", conn, interface, peer)
+
+    def received(self, conn: int, data: bytes) -> None:
+        self._send("received", conn, data)
+
+    def connection_closed(self, conn: int) -> None:
+        self._send("connection_closed", conn)
+
+    def stop(self) -> None:
+        self._send("stop")
+
+    # --- the enclave's calls -------------------------------------------------------------------------------
+
+    def serve(self, kind: int, ident: int, name: str, args: list[Any]) -> None:
+        if name in _NOT_OVER_THE_WIRE:
+            return
+        try:
+            if name.startswith("files."):
+                value = self._files_call(name.removeprefix("files."), args)
+            else:
+                value = getattr(self.host, name)(*args)
+            answer: list[Any] = ["ok", value]
+        except (LedgerError, OSError, ValueError) as e:
+            if kind != ASK:
+                logger.error(f"{name} failed in the host: {e}")
+            answer = ["error", str(e)]
+        if kind == ASK and self.transport is not None:
+            self.transport.write(encode_call(ANSWER, ident, "", tuple(answer)))
+
+    def _files_call(self, method: str, args: list[Any]) -> Any:
+        files = self.files
+        assert files is not None
+        if method == "state":
+            return [files.first_seqno, files.last_seqno, files.committed_seqno, files.directory]
+        value = getattr(files, method)(*args)
+        return [list(span) for span in value] if method == "chunk_spans" else value
+
+    def failed(self) -> None:
+        """The enclave's process is gone, or broke the protocol: the node stops."""
+        if self._done:
+            return
+        self._done = True
+        self.host.start_failed("the enclave process ended")
+        self.host.stopped()
+        self.host.stopping.set()
+
+    async def aclose(self) -> None:
+        """After `stopped`: close the socket pair, which ends the enclave's process; wait for it to exit."""
+        self._done = True
+        if self.transport is not None:
+            self.transport.close()
+        process = self.process
+        if process is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, process.wait, 10)
+        except subprocess.TimeoutExpired:
+            logger.warning("the enclave process did not exit; killing it")
+            process.kill()
+            process.wait()
+
