@@ -125,6 +125,9 @@ class ServiceLedger:
         self.chunk_size = chunk_size
         self.clock = clock
         self.snapshot_dir = snapshot_dir
+        # (snapshot seqno, evidence seqno, evidence receipt JSON): append the receipt to the snapshot file and
+        # mark it committed; a node's enclave hands this to its host, which owns the files
+        self.commit_snapshot: Callable[[int, int, bytes], None] = self._commit_snapshot_file
         first = self.store.version + 1
         if self.merkle.size != first:
             raise LedgerError(f"Merkle history has {self.merkle.size} leaves, store is at {self.store.version}")
@@ -551,9 +554,12 @@ class ServiceLedger:
             except ReceiptNotAvailable:
                 still.append((seqno, ev))
                 continue
-            assert self.snapshot_dir is not None
-            snapshot_files.commit_snapshot_file(self.snapshot_dir, seqno, ev, orjson.dumps(receipt))
+            self.commit_snapshot(seqno, ev, orjson.dumps(receipt))
         self._pending_snapshots = still
+
+    def _commit_snapshot_file(self, seqno: int, evidence_seqno: int, receipt_json: bytes) -> None:
+        assert self.snapshot_dir is not None
+        snapshot_files.commit_snapshot_file(self.snapshot_dir, seqno, evidence_seqno, receipt_json)
 
     @classmethod
     def from_snapshot(

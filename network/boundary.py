@@ -187,6 +187,10 @@ class HostCalls(Protocol):
     def store_snapshot(self, name: str, data: bytes) -> None:
         """Keep a committed snapshot received from the service (a joining node restarts from it)."""
 
+    def commit_snapshot(self, seqno: int, evidence_seqno: int, receipt_json: bytes) -> None:
+        """The evidence of the snapshot at `seqno` is committed: append its receipt to the snapshot file and mark
+        the file committed."""
+
     def run_snapshot(self, serialise: Callable[[], bytes],
                      done: Callable[[str | None, Callable[[str], None]], None]) -> None:
         """In-process only: run `serialise` in a forked process on the state as it is now, and later call
@@ -209,7 +213,7 @@ OUTGOING_CONNECTIONS = 1 << 48
 ENCLAVE_CALLS = ("start", "tick", "connection_opened", "received", "connection_closed", "stop")
 HOST_CALLS = ("started", "start_failed", "stopped", "send", "close", "connect", "pause_reading", "resume_reading",
               "store_sealed", "persist_consensus", "latest_snapshot", "snapshot_at", "store_snapshot",
-              "run_snapshot", "run_in_workers")
+              "commit_snapshot", "run_snapshot", "run_in_workers")
 # The ledger files' methods the enclave calls when it runs in its own process (`ledger.files.LedgerFiles`).
 FILE_CALLS = ("files.append", "files.flush", "files.commit", "files.truncate", "files.read", "files.read_range",
               "files.chunk_end_of", "files.chunk_file_of", "files.chunk_spans", "files.discard_after",

@@ -16,7 +16,9 @@ Figures, over the measured window (after `--warmup` seconds, for `--seconds`, or
   includes up to one poll interval of observation delay); `answer_p50_ms`/`answer_p99_ms`: request sent to
   answer received;
 - `node_peak_rss_mb` (VmHWM) and `node_rss_mb` (VmRSS) of the node process once the load has drained;
-- `node_cpu_percent` and `loadgen_cpu_percent` (100 = one core) over the window; `errors`: non-2xx answers
+- `node_cpu_percent` and `loadgen_cpu_percent` (100 = one core) over the window (with the node's enclave in its
+  own process, `PYCCF_ENCLAVE_PROCESS=1`, also `enclave_process_cpu_percent` and `enclave_process_peak_rss_mb`,
+  the node's figures being its host's); `errors`: non-2xx answers
   and requests lost with a connection, over the whole run; `node_rss_mb_by_writes`: [writes so far, VmRSS]
   samples taken every 2 s (at most about 20 kept).
 
@@ -116,6 +118,21 @@ def proc_cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def enclave_process_of(pid: int) -> int | None:
+    """The node's enclave process, when it runs its enclave as a separate process (`--enclave-process`)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
+            if ppid == pid and b"network.enclave.process" in command:
+                return int(entry)
+    return None
 
 
 # --- the load generator ---------------------------------------------------------------------------------
@@ -353,7 +370,9 @@ async def run_load(args: argparse.Namespace, host: str, port: int, context: ssl.
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(load.drained.wait(), args.warmup)  # only returns early with --writes
     t0 = perf_counter() if not load.drained.is_set() else start
+    enclave = enclave_process_of(pid)
     cpu0, me0 = proc_cpu_seconds(pid), time.process_time()
+    enclave_cpu0 = proc_cpu_seconds(enclave) if enclave else 0.0
     if args.writes is None:
         await asyncio.sleep(args.seconds)
         t1 = perf_counter()
@@ -362,6 +381,7 @@ async def run_load(args: argparse.Namespace, host: str, port: int, context: ssl.
         await load.drained.wait()
         t1 = perf_counter()
     cpu1, me1 = proc_cpu_seconds(pid), time.process_time()
+    enclave_cpu1 = proc_cpu_seconds(enclave) if enclave else 0.0
     load.check_drained()
     try:
         await asyncio.wait_for(load.drained.wait(), 60)
@@ -376,6 +396,7 @@ async def run_load(args: argparse.Namespace, host: str, port: int, context: ssl.
         if c.transport is not None:
             c.transport.close()
     status = proc_status_mb(pid)
+    enclave_status = proc_status_mb(enclave) if enclave else None
 
     # figures
     window = t1 - t0
@@ -414,6 +435,8 @@ async def run_load(args: argparse.Namespace, host: str, port: int, context: ssl.
         "node_rss_mb": round(status["VmRSS"], 1),
         "node_cpu_percent": round(100 * (cpu1 - cpu0) / window),
         "loadgen_cpu_percent": round(100 * (me1 - me0) / window),
+        **({"enclave_process_cpu_percent": round(100 * (enclave_cpu1 - enclave_cpu0) / window),
+            "enclave_process_peak_rss_mb": round(enclave_status["VmHWM"], 1)} if enclave_status else {}),
         "errors": load.errors,
         "uncommitted_in_window": uncommitted,
         "writes_in_window": answered_in,

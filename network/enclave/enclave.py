@@ -1,4 +1,4 @@
-"""The enclave (trusted) part of a node, see docs/network.md: keys, ledger secrets, the KV, the frontends.
+"""The enclave (trusted) core of a node, see docs/architecture.md: keys, ledger secrets, the KV, the frontends.
 
 `Enclave.handle(request)` routes a parsed request to `/app`, `/gov` or `/node`, runs the handler on one KV
 transaction and commits it through the `ServiceLedger`. It decides what the host never may: it holds the

@@ -54,6 +54,8 @@ class HostLink:
         self.forks: Forks | None = None
         self.closed: asyncio.Future[None] | None = None
         self._asks = 0
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
 
     # --- frames ------------------------------------------------------------------------------------------
 
@@ -75,12 +77,24 @@ class HostLink:
                 select.select([self.sock], [], [])
 
     def _call(self, name: str, *args: Any) -> None:
-        self._write(encode_call(CALL, 0, name, args))
+        """One-way: kept with the others of this turn of the loop and written in one go at its end."""
+        self._out.append(encode_call(CALL, 0, name, args))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            self._write(data)
 
     def ask(self, name: str, *args: Any) -> Any:
         self._asks += 1
         ident = self._asks
-        self._write(encode_call(ASK, ident, name, args))
+        self._out.append(encode_call(ASK, ident, name, args))  # after the one-way calls before it, in order
+        self._flush()
         while True:
             data = self._recv()
             if not data:
@@ -171,6 +185,9 @@ class HostLink:
 
     def store_snapshot(self, name: str, data: bytes) -> None:
         self._call("store_snapshot", name, data)
+
+    def commit_snapshot(self, seqno: int, evidence_seqno: int, receipt_json: bytes) -> None:
+        self._call("commit_snapshot", seqno, evidence_seqno, receipt_json)
 
     def run_snapshot(self, serialise: Callable[[], bytes],
                      done: Callable[[str | None, Callable[[str], None]], None]) -> None:

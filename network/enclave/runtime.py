@@ -1,4 +1,4 @@
-"""The enclave as the host sees it: `EnclaveRuntime` implements `boundary.EnclaveCalls`.
+"""The enclave as the host sees it: `EnclaveRuntime` implements `boundary.EnclaveCalls` (docs/architecture.md).
 
 It starts the node (`startup`), then owns everything that needs the node's keys or plaintext: the `Enclave`
 core (KV, frontends, consensus, signatures), the client sessions (TLS and HTTP, `rpc_sessions`), the
@@ -161,6 +161,7 @@ class EnclaveRuntime:
     def _serve(self, start: EnclaveStart, held: startup.Held) -> None:
         app = load_app(start.app)
         ledger, keys = held.ledger, held.keys
+        ledger.commit_snapshot = self.host.commit_snapshot  # the snapshot files are the host's
         self._peers = dict(held.peers)
         quote = startup.quote_for(keys.identity, start)
         self.enclave = enclave = Enclave(

@@ -64,7 +64,8 @@ class EnclaveProcess:
         self.files: LedgerFiles | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.transport: asyncio.Transport | None = None
-        self._early: list[bytes] = []
+        self._out: list[bytes] = []  # calls not written yet
+        self._flush_scheduled = False
         self._log = (log_format, log_level)
         self._done = False
 
@@ -79,18 +80,22 @@ class EnclaveProcess:
         async def connect() -> None:
             transport, _ = await loop.connect_accepted_socket(lambda: _Link(self), mine)
             self.transport = transport
-            for frame in self._early:
-                self.transport.write(frame)
-            self._early.clear()
+            self._flush()
 
         loop.create_task(connect())
 
     def _send(self, name: str, *args: Any) -> None:
-        frame = encode_call(CALL, 0, name, args)
-        if self.transport is None:
-            self._early.append(frame)
-        else:
-            self.transport.write(frame)
+        """Kept with the other calls of this turn of the loop and written in one go at its end."""
+        self._out.append(encode_call(CALL, 0, name, args))
+        if self.transport is not None and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.transport is not None and self._out:
+            self.transport.write(b"".join(self._out))
+            self._out.clear()
 
     # --- EnclaveCalls --------------------------------------------------------------------------------------
 
@@ -130,6 +135,7 @@ class EnclaveProcess:
                 logger.error(f"{name} failed in the host: {e}")
             answer = ["error", str(e)]
         if kind == ASK and self.transport is not None:
+            self._flush()  # calls made before the answer go before it
             self.transport.write(encode_call(ANSWER, ident, "", tuple(answer)))
 
     def _files_call(self, method: str, args: list[Any]) -> Any:

@@ -1,4 +1,5 @@
-"""The host (untrusted) part of a node: sockets, files, timers, signals and processes, around an enclave.
+"""The host (untrusted) part of a node: sockets, files, timers, signals and processes, around an enclave
+(docs/architecture.md).
 
 `NodeHost` implements `boundary.HostCalls` and drives an enclave through `boundary.EnclaveCalls` only; it
 never holds a key or plaintext private data:
@@ -29,7 +30,7 @@ from governance.constitution import default_constitution
 from ledger.errors import LedgerError
 from ledger.files import LedgerFiles
 from ledger.gather import gather_previous_ledger
-from ledger.snapshot_files import latest_committed_snapshot, parse_snapshot_name, write_file
+from ledger.snapshot_files import commit_snapshot_file, latest_committed_snapshot, parse_snapshot_name, write_file
 from network.boundary import (
     NODE_TO_NODE,
     OUTGOING,
@@ -244,6 +245,9 @@ class NodeHost:
         if parse_snapshot_name(name) is None:
             raise ValueError(f"{name!r} is not a snapshot file name")
         write_file(os.path.join(self.config.snapshot_dir, name), data)
+
+    def commit_snapshot(self, seqno: int, evidence_seqno: int, receipt_json: bytes) -> None:
+        commit_snapshot_file(self.config.snapshot_dir, seqno, evidence_seqno, receipt_json)
 
     def run_snapshot(self, serialise: Callable[[], bytes],
                      done: Callable[[str | None, Callable[[str], None]], None]) -> None:

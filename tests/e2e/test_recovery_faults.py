@@ -286,10 +286,16 @@ def test_shares_during_the_private_replay_are_refused_and_a_node_killed_in_it_re
 
 def test_a_torn_last_chunk_is_cut_back_to_the_last_signature(recovery: Recovery) -> None:
     ledger_dir = recovery.workspace / "sandbox_0" / "ledger"
-    ends = [int(p.name.split("-")[1].split(".")[0]) for p in ledger_dir.iterdir() if "-" in p.name]
-    # the node died while appending to a new chunk: its header, then half an entry
-    with open(ledger_dir / f"ledger_{max(ends) + 1}", "wb") as f:
-        f.write(bytes(8) + (4096).to_bytes(8, "little") + b"torn")
+    chunks = {int(p.name.removeprefix("ledger_").split("-")[0].split(".")[0]): p for p in ledger_dir.iterdir()
+              if p.name.startswith("ledger_")}
+    last = chunks[max(chunks)]
+    torn_entry = (1 | 4096 << 16).to_bytes(8, "little") + b"torn"  # a version-1 header of 4096 bytes, then 4
+    if "-" in last.name:  # the node died while appending to a new chunk: its header, then half an entry
+        end = int(last.name.split("-")[1].split(".")[0])
+        (ledger_dir / f"ledger_{end + 1}").write_bytes(bytes(8) + torn_entry)
+    else:  # the last chunk is still open (whether it is depends on how the writes fell into signatures)
+        with open(last, "ab") as f:
+            f.write(torn_entry)
     recovery.start()
     log = (recovery.workspace / "recovered" / "err").read_text()
     assert "torn" in log, log[-2000:]
