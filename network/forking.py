@@ -99,6 +99,23 @@ class Forks:
             self._snapshot_child = None
 
 
+class RunsForks:
+    """`HostCalls.run_snapshot` and `run_in_workers` for whoever holds the `Forks` of the enclave's process (the
+    host in-process, the enclave's own process otherwise)."""
+
+    forks: Forks | None = None
+
+    def run_snapshot(self, serialise: Callable[[], bytes],
+                     done: Callable[[str | None, Callable[[str], None]], None]) -> None:
+        assert self.forks is not None
+        self.forks.run_snapshot(serialise, done)
+
+    def run_in_workers(self, jobs: list[Callable[[], Any]],
+                       done: Callable[[list[Any] | BaseException], None]) -> None:
+        assert self.forks is not None
+        self.forks.run_in_workers(jobs, done)
+
+
 _WORKER_JOBS: list[Callable[[], Any]] = []
 
 

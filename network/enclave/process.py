@@ -20,7 +20,6 @@ import select
 import socket
 import sys
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
@@ -37,13 +36,13 @@ from network.boundary import (
     encode_call,
 )
 from network.enclave.runtime import EnclaveRuntime
-from network.forking import Forks
+from network.forking import Forks, RunsForks
 from network.logs import configure_logging
 
 _FROM_HOST = frozenset(ENCLAVE_CALLS)
 
 
-class HostLink:
+class HostLink(RunsForks):
     """`boundary.HostCalls` over the socket, and the loop that feeds host calls to the runtime."""
 
     def __init__(self, sock: socket.socket) -> None:
@@ -188,16 +187,6 @@ class HostLink:
 
     def commit_snapshot(self, seqno: int, evidence_seqno: int, receipt_json: bytes) -> None:
         self._call("commit_snapshot", seqno, evidence_seqno, receipt_json)
-
-    def run_snapshot(self, serialise: Callable[[], bytes],
-                     done: Callable[[str | None, Callable[[str], None]], None]) -> None:
-        assert self.forks is not None
-        self.forks.run_snapshot(serialise, done)
-
-    def run_in_workers(self, jobs: list[Callable[[], Any]],
-                       done: Callable[[list[Any] | BaseException], None]) -> None:
-        assert self.forks is not None
-        self.forks.run_in_workers(jobs, done)
 
 
 class RemoteLedgerFiles(LedgerFiles):

@@ -20,8 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 import orjson
 from loguru import logger
@@ -43,7 +42,7 @@ from network.boundary import (
     NewService,
     RecoverService,
 )
-from network.forking import Forks
+from network.forking import Forks, RunsForks
 from network.host.config import NodeConfig, StartConfig
 
 READY_FILE = "node.json"
@@ -127,7 +126,7 @@ class _Relay(asyncio.Protocol):
             self.host.enclave.connection_closed(self.conn)
 
 
-class NodeHost:
+class NodeHost(RunsForks):
     """Owns files, listening sockets, connections and timers; drives the enclave through the boundary."""
 
     def __init__(self, config: NodeConfig) -> None:
@@ -248,16 +247,6 @@ class NodeHost:
 
     def commit_snapshot(self, seqno: int, evidence_seqno: int, receipt_json: bytes) -> None:
         commit_snapshot_file(self.config.snapshot_dir, seqno, evidence_seqno, receipt_json)
-
-    def run_snapshot(self, serialise: Callable[[], bytes],
-                     done: Callable[[str | None, Callable[[str], None]], None]) -> None:
-        assert self.forks is not None
-        self.forks.run_snapshot(serialise, done)
-
-    def run_in_workers(self, jobs: list[Callable[[], Any]],
-                       done: Callable[[list[Any] | BaseException], None]) -> None:
-        assert self.forks is not None
-        self.forks.run_in_workers(jobs, done)
 
     # --- start ---------------------------------------------------------------------------------------------
 
