@@ -59,10 +59,18 @@ class EnclaveSettings:
 
 @dataclass(frozen=True)
 class HttpLimits:
+    """The limits of the RPC interface (the configuration's `http` section; CCF's names where CCF has them)."""
+
     max_header_bytes: int = 16 * 1024
     max_body_bytes: int = 1024 * 1024
-    idle_timeout: float = 60.0
+    idle_timeout: float = 60.0  # seconds a connection may sit with no request in progress
     max_pipelined: int = 64  # requests parsed ahead of their answers before reading pauses
+    # CCF's max_open_sessions_soft / _hard: past the soft cap a new session is answered 503 SessionCapExhausted
+    # and closed; past the hard cap it is closed before its TLS handshake completes
+    max_open_sessions_soft: int = 1000
+    max_open_sessions_hard: int = 1010
+    tls_handshake_timeout: float = 10.0  # seconds from the connection to the end of the TLS handshake
+    request_timeout: float = 30.0  # seconds from a request's first byte to its last (headers and body)
 
 
 @dataclass(frozen=True)

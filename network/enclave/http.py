@@ -4,7 +4,9 @@ Guarantees, per connection:
 - keep-alive, and pipelining with answers written in request order (requests are handled one at a time);
 - limits: headers beyond `max_header_bytes` get 431, a body beyond `max_body_bytes` gets 413, a request that
   does not parse gets 400; each of these closes the connection after the answer;
-- an idle connection (no request in progress) is closed after `idle_timeout` seconds;
+- an idle connection (no request in progress) is closed after `idle_timeout` seconds; a request whose
+  headers and body do not all arrive within `request_timeout` seconds of its first byte gets 408 and the
+  connection is closed;
 - errors use CCF's body `{"error": {"code", "message"}}`; a handler's exception is logged and answered 500;
 - answers to HEAD carry no body;
 - with TLS, the client's certificate (if it sent one) is handed to the handler as DER bytes.
@@ -65,7 +67,7 @@ def _internal_error(request: Request, error: Exception) -> Response:
     return Response.error(500, "InternalError", f"Unhandled error: {type(error).__name__}")
 
 
-def _encode(response: Response, keep_alive: bool, head: bool = False) -> bytes:
+def encode_response(response: Response, keep_alive: bool, head: bool = False) -> bytes:
     """The response's bytes; an answer to HEAD has no body (its content-length is the body's)."""
     try:
         reason = HTTPStatus(response.status).phrase
@@ -94,7 +96,9 @@ class SessionMetrics:
     def __init__(self) -> None:
         self.active = 0
         self.peak = 0
-        self.errors = {"parsing": 0, "request_payload_too_large": 0, "request_header_too_large": 0}
+        self.errors = {"parsing": 0, "request_payload_too_large": 0, "request_header_too_large": 0}  # CCF's
+        # sessions refused at the caps, or closed because their TLS handshake or a request did not end in time
+        self.refused_sessions = {"soft_cap": 0, "hard_cap": 0, "tls_handshake_timeout": 0, "request_timeout": 0}
 
     def opened(self) -> None:
         self.active += 1
@@ -104,6 +108,9 @@ class SessionMetrics:
         self.active -= 1
 
     def refused(self, status: int) -> None:
+        if status == 408:
+            self.refused_sessions["request_timeout"] += 1
+            return
         key = {413: "request_payload_too_large", 431: "request_header_too_large"}.get(status, "parsing")
         self.errors[key] += 1
 
@@ -130,6 +137,7 @@ class HttpConnection(asyncio.Protocol):
         self.queue: asyncio.Queue[tuple[Request, bool] | Response] = asyncio.Queue()
         self.worker: asyncio.Task[None] | None = None
         self.idle: asyncio.TimerHandle | None = None
+        self.request_timer: asyncio.TimerHandle | None = None  # the request being received must end in time
         self.closing = False
         self._reset_message()
 
@@ -158,6 +166,8 @@ class HttpConnection(asyncio.Protocol):
         self.closing = True
         if self.idle is not None:
             self.idle.cancel()
+        if self.request_timer is not None:
+            self.request_timer.cancel()
         if self.worker is not None:
             self.worker.cancel()
 
@@ -186,6 +196,10 @@ class HttpConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     # --- httptools callbacks -----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.request_timer = asyncio.get_running_loop().call_later(self.limits.request_timeout,
+                                                                   self._on_request_timeout)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -217,6 +231,9 @@ class HttpConnection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.request_timer is not None:
+            self.request_timer.cancel()
+            self.request_timer = None
         if self.close_after_out:
             return  # a request after one that asked to close the connection: ignored
         method = self.parser.get_method().decode("ascii", "replace")
@@ -230,7 +247,7 @@ class HttpConnection(asyncio.Protocol):
             except Exception as e:  # the handler's bug must not kill the connection silently
                 response = _internal_error(request, e)
             if response is not ANSWER_LATER:
-                self.out.append(_encode(response, keep_alive, head=method == "HEAD"))
+                self.out.append(encode_response(response, keep_alive, head=method == "HEAD"))
                 self.close_after_out = not keep_alive
                 return
         self.queue.put_nowait((request, keep_alive))
@@ -254,7 +271,7 @@ class HttpConnection(asyncio.Protocol):
             if self.transport is None or self.transport.is_closing():
                 return
             if isinstance(item, Response):
-                self.transport.write(_encode(item, keep_alive=False))
+                self.transport.write(encode_response(item, keep_alive=False))
                 self.transport.close()
                 return
             request, keep_alive = item
@@ -267,7 +284,7 @@ class HttpConnection(asyncio.Protocol):
                 self.busy = False
             if self.transport.is_closing():
                 return
-            self.transport.write(_encode(response, keep_alive, head=request.method == "HEAD"))
+            self.transport.write(encode_response(response, keep_alive, head=request.method == "HEAD"))
             if not keep_alive:
                 self.transport.close()
                 return
@@ -283,6 +300,13 @@ class HttpConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.pause_reading()
         self.queue.put_nowait(response)
+
+    def _on_request_timeout(self) -> None:
+        """A request started and did not end in time (slow headers or body): 408, then close."""
+        self.request_timer = None
+        if not self.closing:
+            self._fail(Response.error(408, "RequestTimeout",
+                                      f"The request was not received within {self.limits.request_timeout:g} s"))
 
     def _arm_idle_timer(self) -> None:
         if self.idle is not None:

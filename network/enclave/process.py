@@ -40,6 +40,8 @@ from network.forking import Forks, RunsForks
 from network.logs import configure_logging
 
 _FROM_HOST = frozenset(ENCLAVE_CALLS)
+# Bytes taken from the host per turn of the loop: what one turn can make of them (answers, entries) stays small
+READ_SIZE = 64 * 1024
 
 
 class HostLink(RunsForks):
@@ -115,7 +117,7 @@ class HostLink(RunsForks):
 
     def readable(self) -> None:
         try:
-            data = self.sock.recv(1 << 20)
+            data = self.sock.recv(READ_SIZE)
         except BlockingIOError:
             return
         if not data:

@@ -182,7 +182,8 @@ class EnclaveRuntime:
             return await self._forward(request) if response is ANSWER_LATER else response
 
         self.sessions = RpcSessions(rpc_context, self.host,
-                                    lambda: HttpConnection(handle, start.http, self.metrics, enclave.handle))
+                                    lambda: HttpConnection(handle, start.http, self.metrics, enclave.handle),
+                                    start.http, self.metrics)
 
     # --- what the Enclave core asks of its host (enclave.HostServices) -------------------------------------
 
@@ -200,10 +201,12 @@ class EnclaveRuntime:
     def session_metrics(self) -> dict[str, Any]:
         assert self._start is not None
         limits = self._start.http
+        opened = len(self.sessions.sessions) if self.sessions is not None else 0
         return {"active": self.metrics.active, "peak": self.metrics.peak,
                 "interfaces": {RPC_INTERFACE: {
-                    "active": self.metrics.active, "peak": self.metrics.peak,
-                    "soft_cap": 1000, "hard_cap": 1010, "errors": dict(self.metrics.errors),
+                    "active": self.metrics.active, "peak": self.metrics.peak, "open_connections": opened,
+                    "soft_cap": limits.max_open_sessions_soft, "hard_cap": limits.max_open_sessions_hard,
+                    "errors": dict(self.metrics.errors), "refused": dict(self.metrics.refused_sessions),
                     "max_body_bytes": limits.max_body_bytes, "max_header_bytes": limits.max_header_bytes}}}
 
     def send(self, envelope: Envelope) -> None:

@@ -17,7 +17,9 @@
   "signatures": {"every_tx": 5000, "every_ms": 20},
   "snapshots": {"every_tx": 10000},
   "ledger": {"chunk_size": 5000000, "fsync": "batch"},
-  "http": {"max_body_bytes": 1048576, "max_header_bytes": 16384, "idle_timeout": 60},
+  "http": {"max_body_bytes": 1048576, "max_header_bytes": 16384, "idle_timeout": 60,
+           "max_open_sessions_soft": 1000, "max_open_sessions_hard": 1010,
+           "tls_handshake_timeout": 10, "request_timeout": 30},
   "log": {"format": "text", "level": "INFO"}
 }
 ```
@@ -240,12 +242,27 @@ def parse_config(obj: Any, base_dir: str = ".") -> NodeConfig:
                                      where="consensus.")),
         chunk_size=_get(ledger, "chunk_size", int, 5_000_000, where="ledger."),
         fsync=fsync,
-        http=HttpLimits(max_header_bytes=_get(http, "max_header_bytes", int, 16 * 1024, where="http."),
-                        max_body_bytes=_get(http, "max_body_bytes", int, 1024 * 1024, where="http."),
-                        idle_timeout=float(_get(http, "idle_timeout", (int, float), 60, where="http."))),
+        http=_http_limits(http),
         log=LogConfig(log_format, _get(log, "level", str, "INFO", where="log.")),
         host_data=_get(obj, "host_data", str, "", where=""),
     )
+
+
+def _http_limits(http: dict[str, Any]) -> HttpLimits:
+    default = HttpLimits()
+    ints = {name: _get(http, name, int, getattr(default, name), where="http.")
+            for name in ("max_header_bytes", "max_body_bytes", "max_open_sessions_soft", "max_open_sessions_hard")}
+    seconds = {name: float(_get(http, name, (int, float), getattr(default, name), where="http."))
+               for name in ("idle_timeout", "tls_handshake_timeout", "request_timeout")}
+    if any(v < 1 for v in ints.values()) or any(v <= 0 for v in seconds.values()):
+        raise ConfigError("http limits must be positive")
+    if ints["max_open_sessions_hard"] < ints["max_open_sessions_soft"]:
+        raise ConfigError("http.max_open_sessions_hard must be at least http.max_open_sessions_soft")
+    return HttpLimits(max_header_bytes=ints["max_header_bytes"], max_body_bytes=ints["max_body_bytes"],
+                      idle_timeout=seconds["idle_timeout"], max_open_sessions_soft=ints["max_open_sessions_soft"],
+                      max_open_sessions_hard=ints["max_open_sessions_hard"],
+                      tls_handshake_timeout=seconds["tls_handshake_timeout"],
+                      request_timeout=seconds["request_timeout"])
 
 
 def load_config(path: str) -> NodeConfig:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from network.host.node import NodeHost
 
 _FROM_ENCLAVE = frozenset(HOST_CALLS) | frozenset(FILE_CALLS)
+ENCLAVE_BUFFER_HIGH = 1024 * 1024  # bytes waiting for the enclave's process before the host stops reading
 _NOT_OVER_THE_WIRE = frozenset(("run_snapshot", "run_in_workers"))  # the enclave's process forks for itself
 
 
@@ -56,6 +57,13 @@ class _Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.failed()
+
+    # Backpressure: while the enclave has not taken what was sent to it, the host reads no connection.
+    def pause_writing(self) -> None:
+        self.owner.host.set_enclave_busy(True)
+
+    def resume_writing(self) -> None:
+        self.owner.host.set_enclave_busy(False)
 
 
 class EnclaveProcess:
@@ -79,6 +87,7 @@ class EnclaveProcess:
 
         async def connect() -> None:
             transport, _ = await loop.connect_accepted_socket(lambda: _Link(self), mine)
+            transport.set_write_buffer_limits(high=ENCLAVE_BUFFER_HIGH)
             self.transport = transport
             self._flush()
 

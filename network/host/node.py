@@ -47,6 +47,7 @@ from network.host.config import NodeConfig, StartConfig
 
 READY_FILE = "node.json"
 CONSENSUS_FILE = "consensus.json"  # the term and vote (Raft's persistent state)
+WRITE_BUFFER_HIGH = 256 * 1024  # bytes of unsent answers on a connection before the host stops reading it
 STOP_TIMEOUT = 30.0  # seconds the host waits for the enclave to sign and flush when the node stops
 
 
@@ -111,15 +112,40 @@ class _Relay(asyncio.Protocol):
         self.host = host
         self.conn = conn
         self.interface = interface
+        self.transport: asyncio.Transport | None = None
+        # Reading stops while the enclave asks (too many requests parsed ahead of their answers) or while the
+        # answers waiting to be sent pass the transport's high-water mark (a client that does not read): the
+        # node then holds a bounded amount for each connection, whatever the client does.
+        self.paused_by_enclave = False
+        self.paused_by_writes = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.host.connections[self.conn] = cast(asyncio.Transport, transport)
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        self.host.connections[self.conn] = self.transport
         peer = transport.get_extra_info("peername")
         self.host.enclave.connection_opened(self.conn, self.interface,
                                             f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "")
 
     def data_received(self, data: bytes) -> None:
         self.host.enclave.received(self.conn, data)
+
+    def pause_writing(self) -> None:
+        self.paused_by_writes = True
+        self._apply()
+
+    def resume_writing(self) -> None:
+        self.paused_by_writes = False
+        self._apply()
+
+    def _apply(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.paused_by_enclave or self.paused_by_writes or self.host.enclave_busy:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.host.connections.pop(self.conn, None) is not None:
@@ -141,7 +167,16 @@ class NodeHost(RunsForks):
         self._connecting: dict[int, asyncio.Task[None]] = {}
         self._started: asyncio.Future[tuple[str, str]] | None = None
         self.forks: Forks | None = None
+        self.enclave_busy = False
         self._stopped: asyncio.Future[None] | None = None
+
+    def set_enclave_busy(self, busy: bool) -> None:
+        """An enclave in its own process has not taken what was sent to it yet: read no connection meanwhile."""
+        self.enclave_busy = busy
+        for transport in list(self.connections.values()):
+            relay = transport.get_protocol()
+            if isinstance(relay, _Relay):
+                relay._apply()
 
     def attach(self, enclave: EnclaveCalls) -> None:
         self._enclave = enclave
@@ -198,14 +233,17 @@ class NodeHost(RunsForks):
         self._connecting[conn] = loop.create_task(open_connection())
 
     def pause_reading(self, conn: int) -> None:
-        transport = self.connections.get(conn)
-        if transport is not None and not transport.is_closing():
-            transport.pause_reading()
+        self._set_paused(conn, True)
 
     def resume_reading(self, conn: int) -> None:
+        self._set_paused(conn, False)
+
+    def _set_paused(self, conn: int, paused: bool) -> None:
         transport = self.connections.get(conn)
-        if transport is not None and not transport.is_closing():
-            transport.resume_reading()
+        relay = transport.get_protocol() if transport is not None else None
+        if isinstance(relay, _Relay):
+            relay.paused_by_enclave = paused
+            relay._apply()
 
     # --- HostCalls: durable state -----------------------------------------------------------------------
 
