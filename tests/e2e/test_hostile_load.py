@@ -9,6 +9,7 @@ not the allocator's first growth under load. Time and traffic are bounded; every
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import socket
@@ -219,3 +220,67 @@ def test_a_pipelining_client_that_does_not_read_is_held_back_and_the_node_stays_
         assert grown < RSS_GROWTH_MB, f"the node grew by {grown:.0f} MB under {sent} bytes of pipelined requests " \
             f"(from {by_process} to {node_rss_by_process(node.process.pid)})"
     served_promptly(node, 5 + read_per_second)
+
+
+def test_forwarded_writes_to_a_backup_whose_primary_is_paused_are_answered_and_the_backup_stays_bounded(
+        tmp_path: Path) -> None:
+    """The primary is stopped (SIGSTOP) for three election timeouts while eight clients keep writing through a
+    backup, which forwards to it: every write is answered (200, or 503 once the forward times out or no
+    primary is known), the others elect a new primary, and the backup serves normally afterwards."""
+    from tests.e2e.test_replication import Network
+
+    network = Network(tmp_path, size=3)
+    paused: int | None = None
+    try:
+        primary = network.primary()
+        backup = next(i for i in range(3) if i != primary)
+        backup_process = network.processes[backup]
+        primary_process = network.processes[primary]
+        assert backup_process is not None and primary_process is not None
+        rss_before = node_rss_mb(backup_process.pid)
+        answers: list[tuple[int, str]] = []
+        slowest: list[float] = []
+        stop_at = time.monotonic() + 8.0
+
+        def writer(first_id: int) -> None:
+            client = network.client(backup)
+            client.timeout = 20
+            record_id = first_id
+            while time.monotonic() < stop_at:
+                began = time.monotonic()
+                answer = client.call("POST", "/app/log/private", {"id": record_id, "msg": "through the backup"})
+                code = answer.json()["error"]["code"] if answer.status != 200 else ""
+                answers.append((answer.status, code))
+                slowest.append(time.monotonic() - began)
+                record_id += 1
+
+        import threading
+
+        threads = [threading.Thread(target=writer, args=(1000 * (k + 1),)) for k in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        os.kill(primary_process.pid, 19)  # SIGSTOP
+        paused = primary_process.pid
+        time.sleep(1.5)  # three election timeouts of 500 ms
+        os.kill(paused, 18)  # SIGCONT
+        paused = None
+        for t in threads:
+            t.join(timeout=60)
+            assert not t.is_alive(), "a write through the backup was never answered"
+        print(f"answers: {sorted(collections.Counter(answers).items())}, slowest {max(slowest):.2f} s")
+        assert max(slowest) > 1.0, "no write waited for the paused primary: the pause was not felt"
+        statuses = {status for status, _ in answers}
+        assert statuses <= {200, 503}, answers
+        assert {code for status, code in answers if status == 503} <= {
+            "TransactionReplicationFailed", "PrimaryNotFound", "RequestAlreadyForwarded"}, answers
+        assert sum(1 for status, _ in answers if status == 200) > 0
+        network.primary()  # the nodes agree on a primary again
+        began = time.monotonic()
+        network.write_committed(backup, 1, "after the pause")
+        assert time.monotonic() - began < 5 * PROMPT
+        assert node_rss_mb(backup_process.pid) - rss_before < RSS_GROWTH_MB
+    finally:
+        if paused is not None:
+            os.kill(paused, 18)
+        network.stop()
