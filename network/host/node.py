@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 from typing import cast
 
@@ -47,6 +48,7 @@ from network.host.config import NodeConfig, StartConfig
 
 READY_FILE = "node.json"
 CONSENSUS_FILE = "consensus.json"  # the term and vote (Raft's persistent state)
+FD_RESERVE = 64  # file descriptors kept for files, the enclave's process and forks, and the listeners
 WRITE_BUFFER_HIGH = 256 * 1024  # bytes of unsent answers on a connection before the host stops reading it
 STOP_TIMEOUT = 30.0  # seconds the host waits for the enclave to sign and flush when the node stops
 
@@ -152,6 +154,20 @@ class _Relay(asyncio.Protocol):
             self.host.enclave.connection_closed(self.conn)
 
 
+class _CloseAtOnce(asyncio.Protocol):
+    """A connection accepted while the file descriptors are nearly all taken: closed before anything is read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+def connection_limit() -> int:
+    """How many connections the host keeps open: the process's descriptor limit, less a reserve for the ledger
+    and snapshot files, the enclave's socket pair and forks, and the listeners."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(16, soft - FD_RESERVE) if soft != resource.RLIM_INFINITY else 1 << 20
+
+
 class NodeHost(RunsForks):
     """Owns files, listening sockets, connections and timers; drives the enclave through the boundary."""
 
@@ -168,6 +184,8 @@ class NodeHost(RunsForks):
         self._started: asyncio.Future[tuple[str, str]] | None = None
         self.forks: Forks | None = None
         self.enclave_busy = False
+        self.connection_limit = connection_limit()
+        self._descriptors_warned = False
         self._stopped: asyncio.Future[None] | None = None
 
     def set_enclave_busy(self, busy: bool) -> None:
@@ -336,7 +354,16 @@ class NodeHost(RunsForks):
         assert self.loop is not None
         host, _, port = address.rpartition(":")
 
-        def accept() -> _Relay:
+        def accept() -> asyncio.Protocol:
+            if len(self.connections) >= self.connection_limit:
+                if not self._descriptors_warned:
+                    logger.warning(f"{len(self.connections)} connections open: the process's file descriptors "
+                                   f"(limit {self.connection_limit + FD_RESERVE}) are nearly all taken; new "
+                                   "connections are closed at once until some close")
+                    self._descriptors_warned = True
+                return _CloseAtOnce()
+            if self._descriptors_warned and len(self.connections) < self.connection_limit * 0.9:
+                self._descriptors_warned = False  # the next saturation is logged again, once
             self._accepted += 1
             return _Relay(self, self._accepted, interface)
 

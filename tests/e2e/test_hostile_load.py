@@ -12,6 +12,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import resource
+import selectors
 import socket
 import ssl
 import time
@@ -82,6 +84,26 @@ def closed_by_node(sock: socket.socket, within: float) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+def count_closed_by_node(socks: list[socket.socket], within: float) -> int:
+    """How many of `socks` the node closes within `within` seconds (all waited for together)."""
+    closed = 0
+    with selectors.DefaultSelector() as selector:
+        for s in socks:
+            selector.register(s, selectors.EVENT_READ)
+        deadline = time.monotonic() + within
+        while (left := deadline - time.monotonic()) > 0 and selector.get_map():
+            for key, _ in selector.select(left):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                try:
+                    data = sock.recv(1)
+                except ConnectionResetError:
+                    data = b""
+                selector.unregister(sock)
+                closed += data == b""
+    return closed
 
 
 @pytest.fixture
@@ -284,3 +306,41 @@ def test_forwarded_writes_to_a_backup_whose_primary_is_paused_are_answered_and_t
         if paused is not None:
             os.kill(paused, 18)
         network.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_file_descriptors_the_node_closes_new_connections_logs_once_and_never_spins(tmp_path: Path) -> None:
+    """The node starts with 256 file descriptors; 400 connections that never start TLS arrive. Past its limit it
+    closes each new one at once (logging once), keeps serving nothing less, and uses no CPU meanwhile."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    sandbox = Sandbox(tmp_path, http={"tls_handshake_timeout": 60})
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        sandbox.start()  # the node inherits the limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        sandbox.open()
+        assert sandbox.process is not None
+        pid = sandbox.process.pid
+        rss_before = node_rss_mb(pid)
+        flood = silent_sockets(sandbox.port, 400)
+        closed = count_closed_by_node(flood, 1.0)
+        assert closed >= 400 - (256 - 64), closed  # the limit less the reserve stays open, the rest is closed
+        cpu_before = _cpu_seconds(pid)
+        time.sleep(2.0)
+        assert _cpu_seconds(pid) - cpu_before < 0.5, "the node spins while its descriptors are taken"
+        for s in flood:
+            s.close()
+        time.sleep(0.5)
+        served_promptly(sandbox, 7)
+        log = (sandbox.node_dir / "err").read_text()
+        assert log.count("file descriptors") == 1, log[-2000:]
+        assert node_rss_mb(pid) - rss_before < RSS_GROWTH_MB
+    finally:
+        assert sandbox.stop() == 0
