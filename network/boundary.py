@@ -55,6 +55,8 @@ class EnclaveSettings:
     snapshot_every_tx: int = 10_000  # 0: only when governance asks (trigger_snapshot)
     # CCF's consensus.max_uncommitted_tx_count: past it, /app and /gov answer 503 TooManyPendingTransactions
     max_uncommitted_tx: int = 10_000
+    # messages waiting for a node-to-node channel (per peer) before new ones are dropped (consensus tolerates loss)
+    node_to_node_queue_limit: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class HttpLimits:
     max_body_bytes: int = 1024 * 1024
     idle_timeout: float = 60.0  # seconds a connection may sit with no request in progress
     max_pipelined: int = 64  # requests parsed ahead of their answers before reading pauses
+    max_unsent_bytes: int = 256 * 1024  # a connection's answers waiting to be sent before the host stops reading it
     # CCF's max_open_sessions_soft / _hard: past the soft cap a new session is answered 503 SessionCapExhausted
     # and closed; past the hard cap it is closed before its TLS handshake completes
     max_open_sessions_soft: int = 1000

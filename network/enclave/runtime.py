@@ -173,7 +173,8 @@ class EnclaveRuntime:
         n2n_server, n2n_client = node_to_node_contexts(certificate, key, ledger.service.pem)
         source_host = start.node_to_node_address.rpartition(":")[0]
         self.channels = Channels(enclave.node_id, n2n_server, n2n_client, enclave.receive, self.host,
-                                 self._new_conn, self.clock, source_host=source_host)
+                                 self._new_conn, self.clock, source_host=source_host,
+                                 queue_limit=start.settings.node_to_node_queue_limit)
         self.set_peers(self._peers)
         rpc_context = server_context(certificate, key)
 

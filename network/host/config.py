@@ -19,7 +19,7 @@
   "ledger": {"chunk_size": 5000000, "fsync": "batch"},
   "http": {"max_body_bytes": 1048576, "max_header_bytes": 16384, "idle_timeout": 60,
            "max_open_sessions_soft": 1000, "max_open_sessions_hard": 1010,
-           "tls_handshake_timeout": 10, "request_timeout": 30},
+           "tls_handshake_timeout": 10, "request_timeout": 30, "max_pipelined": 64, "max_unsent_bytes": 262144},
   "log": {"format": "text", "level": "INFO"}
 }
 ```
@@ -239,6 +239,8 @@ def parse_config(obj: Any, base_dir: str = ".") -> NodeConfig:
         enclave=EnclaveSettings(SignaturePolicy(every_tx, every_ms),
                                 _get(snaps, "every_tx", int, 10_000, where="snapshots."),
                                 _get(_section(obj, "consensus"), "max_uncommitted_tx", int, 10_000,
+                                     where="consensus."),
+                                _get(_section(obj, "consensus"), "node_to_node_queue_limit", int, 10_000,
                                      where="consensus.")),
         chunk_size=_get(ledger, "chunk_size", int, 5_000_000, where="ledger."),
         fsync=fsync,
@@ -251,7 +253,8 @@ def parse_config(obj: Any, base_dir: str = ".") -> NodeConfig:
 def _http_limits(http: dict[str, Any]) -> HttpLimits:
     default = HttpLimits()
     ints = {name: _get(http, name, int, getattr(default, name), where="http.")
-            for name in ("max_header_bytes", "max_body_bytes", "max_open_sessions_soft", "max_open_sessions_hard")}
+            for name in ("max_header_bytes", "max_body_bytes", "max_open_sessions_soft", "max_open_sessions_hard",
+                         "max_pipelined", "max_unsent_bytes")}
     seconds = {name: float(_get(http, name, (int, float), getattr(default, name), where="http."))
                for name in ("idle_timeout", "tls_handshake_timeout", "request_timeout")}
     if any(v < 1 for v in ints.values()) or any(v <= 0 for v in seconds.values()):
@@ -262,7 +265,8 @@ def _http_limits(http: dict[str, Any]) -> HttpLimits:
                       idle_timeout=seconds["idle_timeout"], max_open_sessions_soft=ints["max_open_sessions_soft"],
                       max_open_sessions_hard=ints["max_open_sessions_hard"],
                       tls_handshake_timeout=seconds["tls_handshake_timeout"],
-                      request_timeout=seconds["request_timeout"])
+                      request_timeout=seconds["request_timeout"], max_pipelined=ints["max_pipelined"],
+                      max_unsent_bytes=ints["max_unsent_bytes"])
 
 
 def load_config(path: str) -> NodeConfig:

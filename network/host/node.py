@@ -49,7 +49,6 @@ from network.host.config import NodeConfig, StartConfig
 READY_FILE = "node.json"
 CONSENSUS_FILE = "consensus.json"  # the term and vote (Raft's persistent state)
 FD_RESERVE = 64  # file descriptors kept for files, the enclave's process and forks, and the listeners
-WRITE_BUFFER_HIGH = 256 * 1024  # bytes of unsent answers on a connection before the host stops reading it
 STOP_TIMEOUT = 30.0  # seconds the host waits for the enclave to sign and flush when the node stops
 
 
@@ -123,7 +122,7 @@ class _Relay(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        self.transport.set_write_buffer_limits(high=self.host.config.http.max_unsent_bytes)
         self.host.connections[self.conn] = self.transport
         peer = transport.get_extra_info("peername")
         self.host.enclave.connection_opened(self.conn, self.interface,

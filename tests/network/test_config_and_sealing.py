@@ -60,10 +60,28 @@ def test_a_full_configuration_is_read_with_paths_relative_to_its_file(tmp_path: 
     ({"start": {"members": []}}, "start.members"),
     ({"start": {"members": [{"cert": "x"}]}}, "certificate_file"),
     ({"http": []}, "http"),
+    ({"http": {"max_open_sessions_soft": "many"}}, "http.max_open_sessions_soft"),
+    ({"http": {"max_open_sessions_soft": 20, "max_open_sessions_hard": 10}}, "max_open_sessions_hard"),
+    ({"http": {"request_timeout": 0}}, "http limits"),
+    ({"consensus": {"node_to_node_queue_limit": "x"}}, "consensus.node_to_node_queue_limit"),
 ])
 def test_a_bad_field_is_named_in_the_error(change: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         parse_config({**MINIMAL, **change})
+
+
+def test_every_limit_of_the_rpc_interface_has_a_name_and_ccfs_defaults() -> None:
+    default = parse_config(MINIMAL)
+    assert (default.http.max_open_sessions_soft, default.http.max_open_sessions_hard) == (1000, 1010)
+    assert (default.http.tls_handshake_timeout, default.http.request_timeout, default.http.idle_timeout) == \
+        (10.0, 30.0, 60.0)
+    assert (default.http.max_pipelined, default.http.max_unsent_bytes) == (64, 256 * 1024)
+    assert default.enclave.node_to_node_queue_limit == 10_000
+    names = {"max_open_sessions_soft": 5, "max_open_sessions_hard": 6, "tls_handshake_timeout": 1.5,
+             "request_timeout": 2, "idle_timeout": 3, "max_pipelined": 7, "max_unsent_bytes": 8192}
+    config = parse_config({**MINIMAL, "http": names, "consensus": {"node_to_node_queue_limit": 9}})
+    assert {name: getattr(config.http, name) for name in names} == names
+    assert config.enclave.node_to_node_queue_limit == 9
 
 
 def test_an_unreadable_or_non_json_file_is_a_config_error(tmp_path: Path) -> None:
