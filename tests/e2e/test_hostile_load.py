@@ -106,16 +106,22 @@ def count_closed_by_node(socks: list[socket.socket], within: float) -> int:
     return closed
 
 
-@pytest.fixture
-def capped(tmp_path: Path) -> Iterator[Sandbox]:
-    sandbox = Sandbox(tmp_path, http={"max_open_sessions_soft": 10, "max_open_sessions_hard": 15,
-                                      "tls_handshake_timeout": 30})
+@contextlib.contextmanager
+def open_node(tmp_path: Path, **http: object) -> Iterator[Sandbox]:
+    """A one-node service, open, with these `http` limits; it must stop cleanly at the end."""
+    sandbox = Sandbox(tmp_path, http=http)
     sandbox.start()
     sandbox.open()
     try:
         yield sandbox
     finally:
         assert sandbox.stop() == 0
+
+
+@pytest.fixture
+def capped(tmp_path: Path) -> Iterator[Sandbox]:
+    with open_node(tmp_path, max_open_sessions_soft=10, max_open_sessions_hard=15, tls_handshake_timeout=30) as n:
+        yield n
 
 
 def test_past_the_soft_cap_a_session_gets_503_and_past_the_hard_cap_it_is_closed_at_once(capped: Sandbox) -> None:
@@ -146,13 +152,8 @@ def test_past_the_soft_cap_a_session_gets_503_and_past_the_hard_cap_it_is_closed
 
 @pytest.fixture
 def impatient(tmp_path: Path) -> Iterator[Sandbox]:
-    sandbox = Sandbox(tmp_path, http={"tls_handshake_timeout": 1, "request_timeout": 1})
-    sandbox.start()
-    sandbox.open()
-    try:
-        yield sandbox
-    finally:
-        assert sandbox.stop() == 0
+    with open_node(tmp_path, tls_handshake_timeout=1, request_timeout=1) as n:
+        yield n
 
 
 def test_slowloris_at_the_handshake_in_the_headers_and_in_the_body_is_cut_off(impatient: Sandbox) -> None:
@@ -189,13 +190,8 @@ def test_slowloris_at_the_handshake_in_the_headers_and_in_the_body_is_cut_off(im
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Sandbox]:
-    sandbox = Sandbox(tmp_path)
-    sandbox.start()
-    sandbox.open()
-    try:
-        yield sandbox
-    finally:
-        assert sandbox.stop() == 0
+    with open_node(tmp_path) as n:
+        yield n
 
 
 def _flood(raw: RawConnection, seconds: float, read_per_second: int) -> tuple[int, bool]:
