@@ -137,7 +137,10 @@ class HttpConnection(asyncio.Protocol):
         self.queue: asyncio.Queue[tuple[Request, bool] | Response] = asyncio.Queue()
         self.worker: asyncio.Task[None] | None = None
         self.idle: asyncio.TimerHandle | None = None
-        self.request_timer: asyncio.TimerHandle | None = None  # the request being received must end in time
+        # A request must end `request_timeout` after the read that began it; the timer is armed only for one
+        # still incomplete once that read is parsed (most requests begin and end in one read: no timer at all).
+        self.in_request = False
+        self.request_timer: asyncio.TimerHandle | None = None
         self.closing = False
         self._reset_message()
 
@@ -192,14 +195,16 @@ class HttpConnection(asyncio.Protocol):
             self._fail(Response.error(400, "InvalidInput", f"Malformed HTTP request: {e}"))
         finally:
             self._flush_out()  # before any rejection queued above: answers stay in request order
+        if self.in_request and self.request_timer is None and not self.closing:
+            self.request_timer = asyncio.get_running_loop().call_later(self.limits.request_timeout,
+                                                                       self._on_request_timeout)
         if self.queue.qsize() >= self.limits.max_pipelined and self.transport is not None:
             self.transport.pause_reading()
 
     # --- httptools callbacks -----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.request_timer = asyncio.get_running_loop().call_later(self.limits.request_timeout,
-                                                                   self._on_request_timeout)
+        self.in_request = True
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -231,6 +236,7 @@ class HttpConnection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        self.in_request = False
         if self.request_timer is not None:
             self.request_timer.cancel()
             self.request_timer = None

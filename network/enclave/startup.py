@@ -20,6 +20,7 @@ import base64
 import contextlib
 import gc
 import random
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -281,7 +282,7 @@ async def join(start: EnclaveStart, files: LedgerFiles, host: HostCalls, outboun
     return Held(ledger, keys, raft, peers={str(k): str(v) for k, v in info.get("nodes", {}).items()})
 
 
-async def _ask_to_join(target: str, context: Any, request: JoinRequest,
+async def _ask_to_join(target: str, context: ssl.SSLContext, request: JoinRequest,
                        outbound: OutboundCalls) -> tuple[str, dict[str, Any]]:
     """Post the join request until the answer carries the network's secrets; follows redirects to the primary.
     Returns the node that answered and the network information."""

@@ -34,9 +34,9 @@ from network.boundary import (
 if TYPE_CHECKING:
     from network.host.node import NodeHost
 
-_FROM_ENCLAVE = frozenset(HOST_CALLS) | frozenset(FILE_CALLS)
+# run_snapshot and run_in_workers carry code: the enclave's process forks for them itself, they never cross
+_FROM_ENCLAVE = (frozenset(HOST_CALLS) - {"run_snapshot", "run_in_workers"}) | frozenset(FILE_CALLS)
 ENCLAVE_BUFFER_HIGH = 1024 * 1024  # bytes waiting for the enclave's process before the host stops reading
-_NOT_OVER_THE_WIRE = frozenset(("run_snapshot", "run_in_workers"))  # the enclave's process forks for itself
 
 
 class _Link(asyncio.Protocol):
@@ -131,8 +131,6 @@ class EnclaveProcess:
     # --- the enclave's calls -------------------------------------------------------------------------------
 
     def serve(self, kind: int, ident: int, name: str, args: list[Any]) -> None:
-        if name in _NOT_OVER_THE_WIRE:
-            return
         try:
             if name.startswith("files."):
                 value = self._files_call(name.removeprefix("files."), args)

@@ -123,7 +123,7 @@ class _Relay(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=self.host.config.http.max_unsent_bytes)
-        self.host.connections[self.conn] = self.transport
+        self.host.connections[self.conn] = self
         peer = transport.get_extra_info("peername")
         self.host.enclave.connection_opened(self.conn, self.interface,
                                             f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "")
@@ -133,13 +133,13 @@ class _Relay(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused_by_writes = True
-        self._apply()
+        self.apply_pause()
 
     def resume_writing(self) -> None:
         self.paused_by_writes = False
-        self._apply()
+        self.apply_pause()
 
-    def _apply(self) -> None:
+    def apply_pause(self) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -177,7 +177,7 @@ class NodeHost(RunsForks):
         self.stopping = asyncio.Event()
         self.address = config.rpc_address
         self.files: LedgerFiles | None = None
-        self.connections: dict[int, asyncio.Transport] = {}
+        self.connections: dict[int, _Relay] = {}  # open, by id
         self._accepted = 0
         self._connecting: dict[int, asyncio.Task[None]] = {}
         self._started: asyncio.Future[tuple[str, str]] | None = None
@@ -190,10 +190,8 @@ class NodeHost(RunsForks):
     def set_enclave_busy(self, busy: bool) -> None:
         """An enclave in its own process has not taken what was sent to it yet: read no connection meanwhile."""
         self.enclave_busy = busy
-        for transport in list(self.connections.values()):
-            relay = transport.get_protocol()
-            if isinstance(relay, _Relay):
-                relay._apply()
+        for relay in list(self.connections.values()):
+            relay.apply_pause()
 
     def attach(self, enclave: EnclaveCalls) -> None:
         self._enclave = enclave
@@ -220,14 +218,14 @@ class NodeHost(RunsForks):
     # --- HostCalls: connections -----------------------------------------------------------------------
 
     def send(self, conn: int, data: bytes) -> None:
-        transport = self.connections.get(conn)
-        if transport is not None:
-            transport.write(data)
+        relay = self.connections.get(conn)
+        if relay is not None and relay.transport is not None:
+            relay.transport.write(data)
 
     def close(self, conn: int) -> None:
-        transport = self.connections.get(conn)
-        if transport is not None:
-            transport.close()  # what was written goes out first; connection_lost then tells the enclave
+        relay = self.connections.get(conn)
+        if relay is not None and relay.transport is not None:
+            relay.transport.close()  # what was written goes out first; connection_lost then tells the enclave
             return
         pending = self._connecting.pop(conn, None)
         if pending is not None:
@@ -256,11 +254,10 @@ class NodeHost(RunsForks):
         self._set_paused(conn, False)
 
     def _set_paused(self, conn: int, paused: bool) -> None:
-        transport = self.connections.get(conn)
-        relay = transport.get_protocol() if transport is not None else None
-        if isinstance(relay, _Relay):
+        relay = self.connections.get(conn)
+        if relay is not None:
             relay.paused_by_enclave = paused
-            relay._apply()
+            relay.apply_pause()
 
     # --- HostCalls: durable state -----------------------------------------------------------------------
 
@@ -414,8 +411,9 @@ class NodeHost(RunsForks):
             close = getattr(self.enclave, "aclose", None)  # an enclave in its own process: end it
             if close is not None:
                 await close()
-            for transport in list(self.connections.values()):
-                transport.abort()
+            for relay in list(self.connections.values()):
+                if relay.transport is not None:
+                    relay.transport.abort()
             for task in list(self._connecting.values()):
                 task.cancel()
             self.files.close()
