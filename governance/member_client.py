@@ -79,7 +79,10 @@ class MemberSigner:
 
 
 def action(name: str, **args: Any) -> dict[str, Any]:
-    return {"name": name, "args": {k: v for k, v in args.items() if v is not None}}
+    """A proposal's action; one without arguments has no "args" at all, as CCF's constitution wants (its
+    `checkNone` refuses even an empty object)."""
+    given = {k: v for k, v in args.items() if v is not None}
+    return {"name": name, "args": given} if given else {"name": name}
 
 
 def set_user(cert: x509.Certificate, user_data: Any = None) -> dict[str, Any]:
@@ -90,6 +93,13 @@ def set_member(
     cert: x509.Certificate, encryption_pub_key: str | None = None, member_data: Any = None
 ) -> dict[str, Any]:
     return action("set_member", cert=cert_pem(cert), encryption_pub_key=encryption_pub_key, member_data=member_data)
+
+
+def transition_node_to_trusted(node_id: str, valid_from: str | None = None) -> dict[str, Any]:
+    """Trust a node that joined an open service (it waits as Pending until then); `valid_from` is the ASN.1 UTC
+    time its endorsed certificate is valid from (default: now)."""
+    when = valid_from or dt.datetime.now(dt.UTC).strftime("%y%m%d%H%M%SZ")
+    return action("transition_node_to_trusted", node_id=node_id, valid_from=when)
 
 
 def transition_service_to_open(service_cert_pem: str, previous_service_cert_pem: str | None = None) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 `compare_ledgers(dirs)` reads the committed chunk files of each directory (contiguous, as the auditor requires)
 and compares them entry by entry over the seqnos all of them hold in committed chunks: from the largest first
 committed seqno to the smallest last committed seqno. Chunk boundaries may differ between nodes; entries may
-not. Guarantees:
+not. `committed_only=False` (the CLI's `--uncommitted`, for a running network whose newest chunk is still
+open) also reads the uncommitted chunks, up to each one's last complete entry; such entries may still be rolled
+back by an election, so a difference there is not by itself a fault. Guarantees:
 - `ComparisonResult.identical` is True only if every entry in that range is byte-for-byte the same in every
   directory (header, GCM tag and IV, public domain, private ciphertext);
 - otherwise `difference` names the first seqno that differs and, for each directory, the chunk file and the
@@ -106,13 +108,34 @@ def _entries(chunk_paths: list[str], first: int, last: int) -> Iterator[tuple[in
             seqno += 1
 
 
-def compare_ledgers(directories: list[str]) -> ComparisonResult:
-    """Compare the committed prefixes of `directories` (two or more) entry by entry."""
+def _complete_entries(path: str) -> int:
+    """How many whole entries an open (uncommitted) chunk file holds: a torn last entry is not counted."""
+    with open(path, "rb") as f:
+        data = f.read()
+    pos, count = FILE_HEADER_SIZE, 0
+    while pos < len(data):
+        try:
+            size = read_entry_size(data, pos, file=os.path.basename(path), limit=len(data))
+        except EntryFormatError:
+            break
+        pos += size
+        count += 1
+    return count
+
+
+def _last_seqno(chunk_path: str) -> int:
+    start, end = chunk_range(chunk_path)
+    return end if end is not None else start + _complete_entries(chunk_path) - 1
+
+
+def compare_ledgers(directories: list[str], committed_only: bool = True) -> ComparisonResult:
+    """Compare the committed prefixes of `directories` (two or more) entry by entry (with `committed_only=False`,
+    also what their uncommitted chunks hold)."""
     if len(directories) < 2:
         raise VerificationError("give at least two ledger directories to compare")
-    chunks = [ledger_chunk_paths([d], committed_only=True) for d in directories]
+    chunks = [ledger_chunk_paths([d], committed_only=committed_only) for d in directories]
     firsts = [chunk_range(c[0])[0] for c in chunks]
-    ends = [chunk_range(c[-1])[1] or 0 for c in chunks]
+    ends = [_last_seqno(c[-1]) for c in chunks]
     first, last = max(firsts), min(ends)
     if first > last:
         raise VerificationError(f"the ledgers hold no committed seqno in common (first seqnos {firsts}, "

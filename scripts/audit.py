@@ -4,7 +4,7 @@
   audit.py ledger DIR... [--service-cert PEM [--prefix]] [--secrets FILE | --sealed-dir DIR] [--uncommitted]
                          [--json]
   audit.py receipt FILE --service-cert PEM [--claims-digest HEX | --claims-of-msg TEXT] [--json]
-  audit.py compare DIR DIR... [--json]
+  audit.py compare DIR DIR... [--uncommitted] [--json]
   audit.py report DIR (--out report.html | --json) [--service-cert PEM [--prefix]] [--secrets FILE | --sealed-dir DIR]
   audit.py secrets DATA_DIR --out FILE      (a node's sealed ledger secrets, in the --secrets format)
 
@@ -196,7 +196,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ledger.audit_compare import compare_ledgers
 
     try:
-        result = compare_ledgers(args.dirs)
+        result = compare_ledgers(args.dirs, committed_only=not args.uncommitted)
     except LocatedError as e:
         raise Failure(str(e)) from None
     if args.json:
@@ -204,8 +204,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if result.difference is not None:
         raise Failure(result.difference.describe())
     if not args.json:
-        print(f"identical: the {len(args.dirs)} ledgers hold byte-identical committed entries for seqnos "
-              f"{result.first_seqno}..{result.last_seqno} (last committed seqnos: "
+        kind = "entries" if args.uncommitted else "committed entries"
+        print(f"identical: the {len(args.dirs)} ledgers hold byte-identical {kind} for seqnos "
+              f"{result.first_seqno}..{result.last_seqno} (last {'' if args.uncommitted else 'committed '}seqnos: "
               f"{', '.join(map(str, result.committed_ends))})")
     return 0
 
@@ -297,6 +298,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="check that nodes' committed ledgers are byte-identical")
     p.add_argument("dirs", nargs="+", metavar="DIR")
+    p.add_argument("--uncommitted", action="store_true",
+                   help="also compare the uncommitted chunks (a running network's newest entries)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_compare)
 

@@ -136,3 +136,8 @@ def run_load(ports: list[int], connections: int, window: int, msg_size: int, sec
     return {"etcd_committed_tx_per_s": round(len(measured) / (t1 - t0)),
             "etcd_p50_ms": round(measured[len(measured) // 2] * 1000, 2),
             "etcd_p99_ms": round(measured[min(len(measured) - 1, int(len(measured) * 0.99))] * 1000, 2)}
+
+
+if __name__ == "__main__":
+    raise SystemExit("bench_etcd.py is a module of bench.py, not a command: run "
+                     "`.venv/bin/python scripts/bench.py --nodes 3 --vs-etcd` (see its --help)")

@@ -5,6 +5,7 @@ With `--url`, each command is signed and sent to the node's `/gov` API (api-vers
 result printed (a line a person can read, or the JSON answer with `--json`). Without it, the signed
 COSE_Sign1 body goes to --out (or stdout), ready to POST with `Content-Type: application/cose`.
   propose  (--actions FILE | --set-user CERT | --remove-user ID | --set-member CERT [--encryption-key PEM]
+            | --trust-node NODE_ID
             | --transition-service-to-open SERVICE_CERT [--previous-service-cert OLD_SERVICE_CERT]
             | --set-constitution JS_FILE [JS_FILE ...] | --trigger ACTION)
             (a recovered service is opened with both: its new certificate and the one it recovers)
@@ -15,6 +16,8 @@ COSE_Sign1 body goes to --out (or stdout), ready to POST with `Content-Type: app
   show PROPOSAL_ID, list       (--url only)
   recovery-share --enc-key PEM (--url only: fetch this member's encrypted recovery share, decrypt it with the
                                member's RSA encryption private key and submit it; prints `k/N shares submitted`)
+A proposal id may be shortened to a unique prefix. `-q` prints only the proposal id (propose) or state, for
+scripts: `P=$(pyccf-member ... propose --trigger trigger_ledger_rekey -q)`.
 Errors print one line (`error: ...`, with CCF's code when the node refused) and exit 1.
 """
 
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import functools
 import re
 import sys
 from typing import Any
@@ -38,6 +40,7 @@ from governance.member_client import (
     action,
     set_member,
     set_user,
+    transition_node_to_trusted,
     transition_service_to_open,
 )
 from ledger.identity import load_cert
@@ -103,6 +106,8 @@ def _proposal_actions(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.set_member:
         key = _read(args.encryption_key).decode() if args.encryption_key else None
         return [set_member(load_cert(_read(args.set_member)), key)]
+    if args.trust_node:
+        return [transition_node_to_trusted(args.trust_node)]
     if args.transition_service_to_open:
         previous = _service_cert_pem(args.previous_service_cert) if args.previous_service_cert else None
         return [transition_service_to_open(_service_cert_pem(args.transition_service_to_open), previous)]
@@ -114,47 +119,62 @@ def _proposal_actions(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--cert", required=True, help="member certificate (PEM)")
-    parser.add_argument("--key", required=True, help="member private key (PEM)")
-    parser.add_argument("--url", help="send to this node (https://host:port) instead of printing the body")
-    parser.add_argument("--service-cert", help="the service certificate (PEM) to trust, with --url")
-    parser.add_argument("--created-at", help="ISO 8601 time for ccf.gov.msg.created_at (default: now)")
-    parser.add_argument("--out", help="write the signed body here instead of stdout")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    sub = parser.add_subparsers(dest="command", required=True)
-    # --json may also come after the command
+    parser = argparse.ArgumentParser(
+        prog="pyccf-member", description="Act as a consortium member: sign governance requests and, with --url, "
+        "send them to the service's /gov API.", epilog="Run `pyccf-member COMMAND --help` for a command's options.")
+    parser.add_argument("--cert", required=True, metavar="PEM", help="the member's certificate")
+    parser.add_argument("--key", required=True, metavar="PEM", help="the member's private key")
+    parser.add_argument("--url", help="send to this node (https://host:port) instead of printing the signed body")
+    parser.add_argument("--service-cert", metavar="PEM",
+                        help="with --url: the service certificate the node's TLS certificate must verify against")
+    parser.add_argument("--created-at", metavar="TIME",
+                        help="ISO 8601 time signed as ccf.gov.msg.created_at (default: now)")
+    parser.add_argument("--out", metavar="FILE", help="without --url: write the signed body here, not to stdout")
+    parser.add_argument("--json", action="store_true", help="print the node's answer as JSON")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # --json and --quiet may also come after the command
     after = argparse.ArgumentParser(add_help=False)
-    after.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as JSON")
-    add = functools.partial(sub.add_parser, parents=[after])
-    propose = add("propose")
+    after.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the answer as JSON")
+    after.add_argument("-q", "--quiet", action="store_true", default=False,
+                       help="print only the proposal id (propose) or the proposal's state (vote, withdraw, show)")
+
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[after], help=text, description=text)
+
+    propose = add("propose", "propose one action (or the actions of a file); prints the proposal's id and state")
     group = propose.add_mutually_exclusive_group(required=True)
-    group.add_argument("--actions")
-    group.add_argument("--set-user")
-    group.add_argument("--remove-user")
-    group.add_argument("--set-member")
-    group.add_argument("--transition-service-to-open")
-    group.add_argument("--set-constitution", nargs="+")
+    group.add_argument("--actions", metavar="FILE", help='a JSON file {"actions": [{"name": ..., "args": ...}]}')
+    group.add_argument("--set-user", metavar="CERT", help="add the user with this certificate (PEM)")
+    group.add_argument("--remove-user", metavar="USER_ID", help="remove a user (its id: SHA-256 of its cert's DER)")
+    group.add_argument("--set-member", metavar="CERT", help="add the member with this certificate (PEM)")
+    group.add_argument("--trust-node", metavar="NODE_ID",
+                       help="transition_node_to_trusted: trust a node that joined the open service (Pending)")
+    group.add_argument("--transition-service-to-open", metavar="SERVICE_CERT",
+                       help="open the service whose certificate this is (after a recovery: the new certificate)")
+    group.add_argument("--set-constitution", nargs="+", metavar="JS_FILE",
+                       help="replace the constitution with these files, concatenated")
     group.add_argument("--trigger", choices=["trigger_ledger_rekey", "trigger_ledger_chunk", "trigger_snapshot",
-                                             "trigger_recovery_shares_refresh"])
-    propose.add_argument("--encryption-key")
+                                             "trigger_recovery_shares_refresh"], help="an action without arguments")
+    propose.add_argument("--encryption-key", metavar="PEM",
+                         help="with --set-member: the member's RSA encryption public key (a recovery member)")
     propose.add_argument("--previous-service-cert", metavar="OLD_SERVICE_CERT",
                          help="with --transition-service-to-open: the certificate of the service being recovered")
-    vote = add("vote")
-    vote.add_argument("proposal_id")
+    vote = add("vote", "vote on a proposal; prints its state after the ballot")
+    vote.add_argument("proposal_id", help="the proposal's id, or a unique prefix of it")
     choice = vote.add_mutually_exclusive_group(required=True)
-    choice.add_argument("--approve", action="store_true")
-    choice.add_argument("--reject", action="store_true")
-    choice.add_argument("--ballot")
-    withdraw = add("withdraw")
-    withdraw.add_argument("proposal_id")
-    add("state-digest")
-    ack = add("ack")
-    ack.add_argument("--state-digest")
-    show = add("show")
-    show.add_argument("proposal_id")
-    add("list")
-    share = add("recovery-share", help="submit this member's recovery share to a recovering service (--url only)")
+    choice.add_argument("--approve", action="store_true", help="a ballot that always approves")
+    choice.add_argument("--reject", action="store_true", help="a ballot that always rejects")
+    choice.add_argument("--ballot", metavar="JS_FILE", help="a ballot of your own (export function vote(...))")
+    withdraw = add("withdraw", "withdraw a proposal of this member's")
+    withdraw.add_argument("proposal_id", help="the proposal's id, or a unique prefix of it")
+    add("state-digest", "print the member's state digest, the one `ack` acknowledges")
+    ack = add("ack", "acknowledge the state digest: a new member becomes Active")
+    ack.add_argument("--state-digest", metavar="JSON_FILE",
+                     help="the digest to acknowledge (needed without --url; with --url, fetched when left out)")
+    show = add("show", "show a proposal (with --url); a completed proposal is removed once a later one completes")
+    show.add_argument("proposal_id", help="the proposal's id, or a unique prefix of it")
+    add("list", "list the proposals the service holds (with --url)")
+    share = add("recovery-share", "submit this member's recovery share to a recovering service (with --url)")
     share.add_argument("--enc-key", required=True, metavar="PEM",
                        help="the member's RSA encryption private key (its public half was given to the service)")
     return parser
@@ -172,6 +192,9 @@ def _signed_body(args: argparse.Namespace, signer: MemberSigner) -> tuple[bytes,
         actions = _proposal_actions(args)
         summary["actions"] = [a["name"] for a in actions]
         return signer.proposal(actions, created_at=created_at), summary
+    if args.command in ("vote", "withdraw") and not re.fullmatch(r"[0-9a-f]{64}", args.proposal_id):
+        raise ValueError(f"{args.proposal_id} is not a full proposal id (64 hex digits): a prefix is resolved "
+                         "only with --url")
     if args.command == "vote":
         summary["proposal_id"] = args.proposal_id
         ballot = _ballot(args)
@@ -244,14 +267,25 @@ def _send(args: argparse.Namespace, signer: MemberSigner) -> tuple[Any, str]:
     created_at = _created_at(args.created_at)
     if args.command == "propose":
         result = api.propose(_proposal_actions(args), created_at=created_at)
-        return result, _describe(result)
-    if args.command == "vote":
-        ballot = _ballot(args)
-        result = api.vote(args.proposal_id, ballot=ballot, created_at=created_at)
-        return result, _describe(result)
-    if args.command == "withdraw":
-        withdrawn = api.withdraw(args.proposal_id, created_at=created_at)
-        return withdrawn, _describe(withdrawn) if withdrawn else f"proposal {args.proposal_id} is unknown"
+        return result, result["proposalId"] if args.quiet else _describe(result)
+    if args.command in ("vote", "withdraw", "show"):
+        proposal_id = api.full_proposal_id(args.proposal_id)
+        try:
+            if args.command == "vote":
+                result = api.vote(proposal_id, ballot=_ballot(args), created_at=created_at)
+            elif args.command == "withdraw":
+                withdrawn = api.withdraw(proposal_id, created_at=created_at)
+                if not withdrawn:
+                    return withdrawn, f"proposal {proposal_id} is unknown"
+                result = withdrawn
+            else:
+                result = api.proposal(proposal_id)
+        except ServiceError as e:
+            if e.code == "ProposalNotFound":  # CCF keeps only the latest completed proposal
+                raise ServiceError(e.status, e.code, e.message + " (a completed proposal is removed once a later "
+                                   "proposal completes)") from None
+            raise
+        return result, result["proposalState"] if args.quiet else _describe(result)
     if args.command == "state-digest":
         digest = api.state_digest(created_at=created_at)
         return digest, f"state digest {digest['stateDigest']}"
@@ -259,9 +293,6 @@ def _send(args: argparse.Namespace, signer: MemberSigner) -> tuple[Any, str]:
         given: dict[str, Any] | None = orjson.loads(_read(args.state_digest)) if args.state_digest else None
         api.ack(given, created_at=created_at)
         return {"memberId": signer.member_id, "status": "Active"}, f"member {signer.member_id} is Active"
-    if args.command == "show":
-        result = api.proposal(args.proposal_id)
-        return result, _describe(result)
     if args.command == "recovery-share":
         assert enc_key is not None
         submitted = _submit_recovery_share(api, enc_key, args.enc_key)

@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
-"""Run a one-node service in virtual mode for trying things out (what `make sandbox` runs).
+"""Run a service in virtual mode on this machine, for trying things out (what `make sandbox` runs).
 
-- `workspace/sandbox_common/`: service_cert.pem, member0_{cert,privk,enc_pubk,enc_privk}.pem, user0_{cert,privk}.pem
-- `workspace/sandbox_0/`: the node's configuration, data (ledger, snapshots, sealed secrets) and logs (out, err)
+- `WORKSPACE/sandbox_common/`: service_cert.pem, member0_{cert,privk,enc_pubk,enc_privk}.pem, user0_{cert,privk}.pem
+- `WORKSPACE/sandbox_<i>/`: node i's configuration, data (ledger, snapshots, sealed secrets) and logs (out, err)
 
-On a new workspace it starts a new service and, through real signed governance requests, activates member0,
-adds user0 and opens the service. On an existing workspace it resumes the same service (the node unseals its
-secrets). `--clean` starts afresh. It prints curl commands to try, then runs until Ctrl-C (or, with
-`--exit-when-open`, returns once the service is open and leaves the node running, printing its pid).
+On a new workspace it starts a new service of `--nodes` nodes (the others join the first while the service is
+still Opening, so they are trusted at once) and, through real signed governance requests, activates member0,
+adds user0 and opens the service. On a workspace that holds a service it resumes every node the workspace has
+(each unseals its secrets), and grows the service to `--nodes` if more are asked for: a node joining an open
+service waits as Pending until member0 proposes and votes `transition_node_to_trusted` for it. `--clean`
+starts afresh; `--recover` brings a lost service back from its ledgers (disaster recovery). It prints where
+the service is and commands to run as printed, then runs until Ctrl-C (or, with `--exit-when-open`, returns
+once the service is open, leaving the nodes running and printing their pids).
 """
 
 from __future__ import annotations
@@ -19,16 +23,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from governance.member_client import MemberSigner, set_user, transition_service_to_open
+from governance.member_client import MemberSigner, set_user, transition_node_to_trusted, transition_service_to_open
 from ledger.files import parse_chunk_name
 from ledger.identity import PartyIdentity, key_pem, load_cert
+from network.boundary import SEALED_FILE
 from network.client.connection import ServiceClient, ServiceError
 from network.client.member_api import MemberApi
+from network.host.node import READY_FILE
+from scripts.sandbox_guide import ServiceView, guide
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,28 +94,43 @@ def node_config(workspace: str, port: int, *, index: int = 0, join: str | None =
     return path
 
 
-def start_node(config_path: str, timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
+def launch_node(config_path: str) -> subprocess.Popen[bytes]:
+    """Start the node of `config_path` (its output appended to `out` and `err` next to it); not waited for."""
     node_dir = os.path.dirname(config_path)
-    ready = os.path.join(node_dir, "node.json")
+    ready = os.path.join(node_dir, READY_FILE)
     if os.path.exists(ready):
         os.unlink(ready)
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with open(os.path.join(node_dir, "out"), "ab") as out, open(os.path.join(node_dir, "err"), "ab") as err:
-        process = subprocess.Popen([sys.executable, "-m", "network.node", "--config", config_path],
-                                   stdout=out, stderr=err, env=env, cwd=ROOT)
+        return subprocess.Popen([sys.executable, "-m", "network.node", "--config", config_path],
+                                stdout=out, stderr=err, env=env, cwd=ROOT)
+
+
+def _log_tail(node_dir: str, lines: int = 5) -> str:
+    with open(os.path.join(node_dir, "err"), "rb") as f:
+        return " | ".join(f.read().decode(errors="replace").strip().splitlines()[-lines:])
+
+
+def wait_ready(process: subprocess.Popen[bytes], config_path: str, timeout: float = 60.0) -> dict[str, object]:
+    """Wait until the node serves (it writes `node.json`); its contents. RuntimeError if it exits or times out."""
+    node_dir = os.path.dirname(config_path)
+    ready = os.path.join(node_dir, READY_FILE)
     deadline = time.monotonic() + timeout
     while not os.path.exists(ready):
         if process.poll() is not None:
-            with open(os.path.join(node_dir, "err"), "rb") as f:
-                tail = f.read().decode(errors="replace").strip().splitlines()[-5:]
-            raise RuntimeError("the node exited (code {}): {}".format(process.returncode, " | ".join(tail)))
+            raise RuntimeError(f"the node exited (code {process.returncode}): {_log_tail(node_dir)}")
         if time.monotonic() > deadline:
             process.terminate()
             process.wait()
             raise RuntimeError(f"the node did not start within {timeout:.0f} s; see {node_dir}/err")
         time.sleep(0.05)
     with open(ready, "rb") as f:
-        return process, orjson.loads(f.read())
+        return dict(orjson.loads(f.read()))
+
+
+def start_node(config_path: str, timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
+    process = launch_node(config_path)
+    return process, wait_ready(process, config_path, timeout)
 
 
 def _member0(url: str, common: str) -> MemberApi:
@@ -136,32 +159,6 @@ def open_service(url: str, common: str) -> None:
     if proposal["proposalState"] != "Accepted":
         raise RuntimeError(f"the opening proposal ended {proposal['proposalState']}: {proposal}")
     client.close()
-
-
-def instructions(url: str, common: str) -> str:
-    rel = os.path.relpath(common)
-    tls = f"--cacert {rel}/service_cert.pem"
-    user = f"{tls} --cert {rel}/user0_cert.pem --key {rel}/user0_privk.pem"
-    return f"""
-The service is open at {url}  (service certificate: {rel}/service_cert.pem)
-
-Write a private record as user0, and read it back:
-  curl {url}/app/log/private {user} -H 'content-type: application/json' --data-binary '{{"id": 42, "msg": "hello"}}' -i
-  curl '{url}/app/log/private?id=42' {user}
-Is the write committed? (use the x-ms-ccf-transaction-id of the write, e.g. 2.10)
-  curl '{url}/app/tx?transaction_id=2.10' {user}
-  curl {url}/app/commit {user}
-Its receipt (verify it offline against the service certificate):
-  curl '{url}/app/receipt?transaction_id=2.10' {user}
-A member proposal, signed by member0 (e.g. trigger a ledger rekey):
-  echo '{{"actions": [{{"name": "trigger_ledger_rekey", "args": {{}}}}]}}' > /tmp/p.json
-  ccf_cose_sign1 --ccf-gov-msg-type proposal --ccf-gov-msg-created_at "$(date -uIs)" \\
-    --signing-key {rel}/member0_privk.pem --signing-cert {rel}/member0_cert.pem --content /tmp/p.json \\
-  | curl '{url}/gov/members/proposals:create?api-version=2024-07-01' {tls} \\
-    -H 'content-type: application/cose' --data-binary @-
-  (or: python scripts/member.py --cert {rel}/member0_cert.pem --key {rel}/member0_privk.pem \\
-        --url {url} --service-cert {rel}/service_cert.pem propose --trigger trigger_ledger_rekey)
-"""
 
 
 def _last_seqno(ledger_dir: str) -> int:
@@ -248,16 +245,149 @@ def complete_recovery(url: str, common: str) -> None:
     client.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workspace", default=os.path.join(ROOT, "workspace"))
-    parser.add_argument("--port", type=int, default=8000)
+def _node_dirs(workspace: str) -> list[int]:
+    if not os.path.isdir(workspace):
+        return []
+    return sorted(int(d[8:]) for d in os.listdir(workspace) if d.startswith("sandbox_") and d[8:].isdigit())
+
+
+def resumable_nodes(workspace: str) -> list[int]:
+    """The indices of the workspace's nodes that hold a service's sealed secrets (and so resume it)."""
+    return [i for i in _node_dirs(workspace) if os.path.exists(os.path.join(workspace, f"sandbox_{i}", SEALED_FILE))]
+
+
+def _check_resumable(workspace: str) -> None:
+    """A node with a ledger but without its sealed secrets cannot resume: say what can bring it back."""
+    for i in _node_dirs(workspace):
+        node_dir = os.path.join(workspace, f"sandbox_{i}")
+        if _last_seqno(os.path.join(node_dir, "ledger")) and not os.path.exists(os.path.join(node_dir, SEALED_FILE)):
+            raise RuntimeError(f"{node_dir} holds a ledger but no sealed secrets, so it cannot resume: bring the "
+                               "service back with `make sandbox RECOVER=1` (disaster recovery), or start a new one "
+                               "with `make sandbox CLEAN=1`")
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout: float, processes: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for process in processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"a node exited (code {process.returncode}) while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {what} within {timeout:.0f} s; see the nodes' err files")
+        time.sleep(0.1)
+
+
+def describe_service(urls: list[str], common: str, origin: str, processes: list[subprocess.Popen[bytes]],
+                     timeout: float = 60.0) -> ServiceView:
+    """Wait until the service has a primary, then what the sandbox prints of it."""
+    client = ServiceClient(urls[0], os.path.join(common, "service_cert.pem"), timeout=10)
+    seen: dict[str, object] = {}
+
+    def elected() -> bool:
+        try:
+            seen.update(client.json_ok("GET", "/node/network"))
+        except (ServiceError, OSError):
+            return False
+        return seen.get("primary_id") is not None
+
+    _wait(elected, "primary elected", timeout, processes)
+    primary_url = None
+    for node in client.json_ok("GET", "/node/network/nodes")["nodes"]:
+        if node["primary"]:
+            addresses = [i.get("published_address") for i in node["rpc_interfaces"].values()]
+            primary_url = f"https://{addresses[0]}" if addresses else None
+    client.close()
+    return ServiceView(node_urls=urls, primary_url=primary_url, view=int(str(seen.get("current_view", 0))),
+                       status=str(seen.get("service_status")), create_txid=str(seen.get("current_service_create_txid")),
+                       recovery_count=int(str(seen.get("recovery_count") or 0)), origin=origin)
+
+
+def trust_joiners(url: str, common: str, joiners: list[tuple[subprocess.Popen[bytes], str]],
+                  timeout: float = 120.0) -> None:
+    """Nodes joining an open service wait as Pending: member0 proposes and votes `transition_node_to_trusted` for
+    each (as the service's only member it is the majority), then they are waited for."""
+    member = _member0(url, common)
+    trusted: set[str] = set()
+    pending_ready = lambda: all(os.path.exists(os.path.join(os.path.dirname(c), READY_FILE))  # noqa: E731
+                                for _, c in joiners)
+
+    def trust_pending() -> bool:
+        for node in member.client.json_ok("GET", "/node/network/nodes?status=Pending")["nodes"]:
+            node_id = str(node["node_id"])
+            if node_id in trusted:
+                continue
+            proposal = member.propose([transition_node_to_trusted(node_id)])
+            if proposal["proposalState"] == "Open":
+                proposal = member.vote(proposal["proposalId"])
+            if proposal["proposalState"] != "Accepted":
+                raise RuntimeError(f"trusting node {node_id[:16]}... needs more votes: proposal "
+                                   f"{proposal['proposalId']} is {proposal['proposalState']}")
+            trusted.add(node_id)
+            print(f"node {node_id[:16]}... joined the open service; member0 trusted it "
+                  f"(transition_node_to_trusted, proposal {proposal['proposalId'][:16]}...)", flush=True)
+        return pending_ready()
+
+    _wait(trust_pending, "joining nodes trusted and serving", timeout, [p for p, _ in joiners])
+    for process, config in joiners:
+        wait_ready(process, config)
+    member.client.close()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyccf-sandbox", description=(__doc__ or "").split("\n\n")[0],
+                                     epilog="make sandbox [NODES=3] [CLEAN=1] [RECOVER=1] runs this script.")
+    parser.add_argument("--workspace", default=os.path.join(ROOT, "workspace"), metavar="DIR",
+                        help="where the identities and the nodes' directories are kept (default: ./workspace of "
+                             "the repository)")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="node i serves https://127.0.0.1:PORT+i and talks to the others on PORT+1000+i "
+                             "(default 8000)")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="how many nodes (at least those the workspace already has; more join the service)")
     parser.add_argument("--clean", action="store_true", help="remove the workspace and start a new service")
-    parser.add_argument("--exit-when-open", action="store_true", help="leave the nodes running and return")
-    parser.add_argument("--nodes", type=int, default=1, help="how many nodes (ports --port, --port + 1, ...)")
     parser.add_argument("--recover", action="store_true",
                         help="recover the stopped service of the workspace into new nodes (disaster recovery)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--exit-when-open", action="store_true",
+                        help="return once the service is open, leaving the nodes running (their pids are printed)")
+    return parser
+
+
+def _bring_up(args: argparse.Namespace, common: str, processes: list[subprocess.Popen[bytes]]) -> ServiceView:
+    """Start, resume, grow or recover the workspace's service; the nodes started are appended to `processes`."""
+    urls = lambda n: [f"https://127.0.0.1:{args.port + i}" for i in range(n)]  # noqa: E731
+    first_url = f"https://127.0.0.1:{args.port}"
+    if args.recover:
+        configs = prepare_recovery(args.workspace, args.nodes, args.port)
+        for config in configs:
+            processes.append(start_node(config)[0])
+        complete_recovery(first_url, common)
+        return describe_service(urls(len(configs)), common, "recovered", processes)
+    _check_resumable(args.workspace)
+    resumed = resumable_nodes(args.workspace)
+    total = max(args.nodes, resumed[-1] + 1 if resumed else 0)
+    if total > args.nodes:
+        print(f"the workspace holds a service of {total} nodes: resuming all of them (it commits only with a "
+              "majority of its nodes)", flush=True)
+    configs = [node_config(args.workspace, args.port + i, index=i, join=first_url if i else None)
+               for i in range(total)]
+    if not resumed:  # the others join while the service is still Opening: trusted at once, as CCF's sandbox does
+        for config in configs:
+            processes.append(start_node(config)[0])
+        open_service(first_url, common)
+        return describe_service(urls(total), common, "new", processes)
+    for i in resumed:
+        processes.append(start_node(configs[i])[0])
+    describe_service(urls(total)[:1], common, "resumed", processes)  # a primary: governance can run
+    open_service(first_url, common)  # a no-op unless it was stopped before it opened
+    joiners = [(launch_node(configs[i]), configs[i]) for i in range(total) if i not in resumed]
+    processes.extend(p for p, _ in joiners)
+    if joiners:
+        trust_joiners(first_url, common, joiners)
+    return describe_service(urls(total), common, "resumed", processes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.nodes < 1:
         print("error: --nodes must be at least 1", file=sys.stderr)
         return 1
@@ -265,35 +395,16 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.workspace)
     common = os.path.join(args.workspace, "sandbox_common")
     make_identities(common)
-    first_url = f"https://127.0.0.1:{args.port}"
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        if args.recover:
-            configs = prepare_recovery(args.workspace, args.nodes, args.port)
-        else:
-            # the others join while the service is still Opening: trusted at once, as CCF's sandbox does
-            configs = [node_config(args.workspace, args.port + i, index=i, join=first_url if i else None)
-                       for i in range(args.nodes)]
-        for config in configs:
-            process, ready = start_node(config)
-            processes.append(process)
-        if args.recover:
-            complete_recovery(first_url, common)
-        else:
-            open_service(first_url, common)
+        service = _bring_up(args, common, processes)
     except (ServiceError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         for process in processes:
             process.terminate()
             process.wait()
         return 1
-    print(instructions(first_url, common), flush=True)
-    if args.nodes > 1:
-        client = ServiceClient(first_url, os.path.join(common, "service_cert.pem"))
-        network = client.json_ok("GET", "/node/network")
-        print(f"{args.nodes} nodes on ports {args.port}..{args.port + args.nodes - 1}; primary: "
-              f"{network['primary_id']}", flush=True)
-        client.close()
+    print(guide(service, common), flush=True)
     if args.exit_when_open:
         print("node pids " + " ".join(str(p.pid) for p in processes), flush=True)
         return 0

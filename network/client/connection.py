@@ -2,7 +2,9 @@
 one kept-alive connection. Used by the sandbox, the members' script and the tests.
 
 `ServiceClient.call` returns the status, headers and body of one request; `ServiceError` carries CCF's
-error code and message when a caller asks for a successful answer (`json_ok`).
+error code and message when a caller asks for a successful answer (`json_ok`). A node whose TLS certificate
+does not verify against the service certificate given raises `ServiceCertificateMismatch`, which names the
+certificate file and what to do, before any request is sent.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from urllib.parse import urlsplit
 import orjson
 
 
-class ServiceError(Exception):
+class ClientError(Exception):
+    """Base of the client's errors."""
+
+
+class ServiceCertificateMismatch(ClientError):
+    """The node's TLS certificate is not signed by the service certificate the client was given."""
+
+
+class ServiceError(ClientError):
     """The service answered with an error."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
@@ -46,8 +56,10 @@ class ServiceClient:
         parts = urlsplit(url)
         if parts.scheme != "https" or parts.hostname is None:
             raise ValueError(f"{url!r} is not an https:// URL")
+        self.url = url
         self.host = parts.hostname
         self.port = parts.port or 443
+        self.service_cert_path = service_cert
         self.context = ssl.create_default_context(cafile=service_cert)
         if cert is not None:
             self.context.load_cert_chain(cert, key)
@@ -77,6 +89,13 @@ class ServiceClient:
                 self.close()
                 if attempt == 2:
                     raise
+            except ssl.SSLCertVerificationError as e:
+                self.close()
+                raise ServiceCertificateMismatch(
+                    f"the node at {self.url} presented a TLS certificate that does not verify against the service "
+                    f"certificate {self.service_cert_path} ({e.verify_message}): give the service's own certificate "
+                    "(--service-cert, or the client's service_cert); a new or recovered service has a new one"
+                ) from None
         raise AssertionError("unreachable")
 
     def json_ok(self, method: str, path: str, body: bytes | Any = None, **kw: Any) -> Any:

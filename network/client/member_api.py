@@ -1,7 +1,8 @@
 """A consortium member's calls to `/gov` (api-version 2024-07-01): each request signed with the member's key
 (`governance.member_client.MemberSigner`, the same bytes `ccf_cose_sign1` writes) and sent over HTTPS.
 
-Every method returns the parsed answer or raises `ServiceError` with CCF's code and message.
+Every method returns the parsed answer or raises `ServiceError` with CCF's code and message. A proposal id may
+be given as a unique prefix of its 64 hex digits (`full_proposal_id`), as people copy them from a terminal.
 """
 
 from __future__ import annotations
@@ -12,10 +13,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from governance.member_client import APPROVE_BALLOT, REJECT_BALLOT, MemberSigner
 from governance.recovery_shares import decrypt_share
-from network.client.connection import ServiceClient
+from network.client.connection import ClientError, ServiceClient
 
 API_VERSION = "2024-07-01"
 COSE = "application/cose"
+PROPOSAL_ID_DIGITS = 64
+
+
+class ProposalIdNotUnique(ClientError):
+    """A shortened proposal id matches no proposal, or more than one."""
 
 
 class MemberApi:
@@ -67,6 +73,22 @@ class MemberApi:
     def proposal(self, proposal_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self.client.json_ok("GET", self._path(f"/members/proposals/{proposal_id}"))
         return result
+
+    def full_proposal_id(self, given: str) -> str:
+        """The id of the one proposal whose id starts with `given` (trailing dots, as in `7ea51127...`, ignored).
+        A full id is returned as it is, known or not: the node then says whether it knows it."""
+        prefix = given.strip().rstrip(".").lower()
+        if len(prefix) >= PROPOSAL_ID_DIGITS:
+            return prefix
+        if not prefix:
+            raise ProposalIdNotUnique("give a proposal id (or a unique prefix of one)")
+        matches = [str(p["proposalId"]) for p in self.proposals() if str(p["proposalId"]).startswith(prefix)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise ProposalIdNotUnique(f"no proposal id starts with {prefix} (a completed proposal is removed once "
+                                      "a later proposal completes)")
+        raise ProposalIdNotUnique(f"{len(matches)} proposal ids start with {prefix}: give more digits")
 
     def proposals(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.client.json_ok("GET", self._path("/members/proposals"))["value"]

@@ -18,7 +18,8 @@ verify_receipt(receipt_json_or_cose_bytes, "service_cert.pem", claims_digest=sha
 Guarantees: TLS is pinned to the service certificate; one kept-alive connection per node URL; several URLs
 are tried in turn when a node cannot be reached; only requests that are safe to repeat (GET, HEAD) are
 retried after a connection failure or a 503, and a write is never sent twice; every error is a typed
-`ClientError` (a `ServiceError` carries CCF's error code and message). Receipt verification trusts only the
+`ClientError` (a `ServiceError` carries CCF's error code and message; `ServiceCertificateMismatch` says the
+node is not the service whose certificate was given). Receipt verification trusts only the
 service certificate given, follows service endorsements across a change of service identity, and checks a
 claims digest against the application's value.
 """
@@ -42,14 +43,17 @@ from ledger.errors import ReceiptError
 from ledger.identity import load_cert
 from ledger.receipts import VerifiedReceipt, verify_cose_receipt, verify_json_receipt
 from ledger.txid import TxID
-from network.client.connection import Answer, ServiceClient, ServiceError, error_of
+from network.client.connection import (
+    Answer,
+    ClientError,
+    ServiceCertificateMismatch,
+    ServiceClient,
+    ServiceError,
+    error_of,
+)
 from network.client.member_api import MemberApi
 
 SAFE_METHODS = ("GET", "HEAD")
-
-
-class ClientError(Exception):
-    """Base of the client's errors."""
 
 
 class Unreachable(ClientError):
@@ -237,5 +241,5 @@ def _cose_receipt_seqno(receipt: bytes) -> int:
         raise ReceiptInvalid(f"ReceiptFormatError: not a CCF COSE receipt ({e})") from None
 
 
-__all__ = ["Client", "ClientError", "CommitTimeout", "ReceiptInvalid", "ServiceError", "TransactionInvalid",
-           "Unreachable", "verify_receipt"]
+__all__ = ["Client", "ClientError", "CommitTimeout", "ReceiptInvalid", "ServiceCertificateMismatch", "ServiceError",
+           "TransactionInvalid", "Unreachable", "verify_receipt"]
