@@ -31,8 +31,9 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-# One node at https://127.0.0.1:8000 (workspace/); NODES=3 for three (8000-8002); CLEAN=1 starts a new service;
-# RECOVER=1 recovers the stopped service of workspace/ into new nodes (disaster recovery).
+# One node at https://127.0.0.1:8000 (workspace/), or every node the workspace's service has; NODES=3 for three
+# (8000-8002: a new service, or the workspace's grown); CLEAN=1 starts a new service; RECOVER=1 recovers the
+# stopped service of workspace/ into new nodes (disaster recovery). SANDBOX_ARGS passes more (--port, --workspace).
 sandbox: $(STAMP)
 	$(PY) scripts/sandbox.py $(if $(CLEAN),--clean,) $(if $(NODES),--nodes $(NODES),) $(if $(RECOVER),--recover,) $(SANDBOX_ARGS)
 

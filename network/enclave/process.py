@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import select
+import signal
 import socket
 import sys
 from collections import deque
@@ -278,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     configure_logging(args.log_format, args.log_level)
+    # The host alone ends this process (it asks the enclave to sign and flush, then closes the link; a host that
+    # dies closes it too). A terminal's Ctrl-C, or a SIGTERM to the process group, reaches this process as well:
+    # obeying it would kill the enclave in the middle of the host's orderly stop.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     sock = socket.socket(fileno=args.fd)
     sock.setblocking(False)
     try:

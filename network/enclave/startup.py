@@ -303,5 +303,6 @@ async def _ask_to_join(target: str, context: ssl.SSLContext, request: JoinReques
         obj = orjson.loads(answer.body)
         if "network_info" in obj:
             return target, dict(obj["network_info"])
-        logger.info(f"joining as {obj['node_status']}; waiting to be trusted")
+        logger.info(f"joining as {obj['node_status']}; " + ("waiting for the network's secrets"
+                    if obj["node_status"] == "Trusted" else "waiting to be trusted"))
         await asyncio.sleep(JOIN_RETRY)

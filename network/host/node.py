@@ -49,6 +49,7 @@ from network.host.config import NodeConfig, StartConfig
 READY_FILE = "node.json"
 CONSENSUS_FILE = "consensus.json"  # the term and vote (Raft's persistent state)
 FD_RESERVE = 64  # file descriptors kept for files, the enclave's process and forks, and the listeners
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 STOP_TIMEOUT = 30.0  # seconds the host waits for the enclave to sign and flush when the node stops
 
 
@@ -387,8 +388,8 @@ class NodeHost(RunsForks):
         rpc = await self._listen(config.rpc_address, RPC_INTERFACE)
         bound = rpc.sockets[0].getsockname()
         self.address = f"{bound[0]}:{bound[1]}"
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self.stopping.set)
+        for sig in STOP_SIGNALS:
+            self.loop.add_signal_handler(sig, self._stop_signalled)
         _write_file(os.path.join(config.data_dir, READY_FILE), orjson.dumps(
             {"rpc_address": self.address, "node_id": node_id, "pid": os.getpid(),
              "service_certificate_file": config.service_certificate_file}))
@@ -421,6 +422,16 @@ class NodeHost(RunsForks):
             if os.path.exists(ready):
                 os.unlink(ready)
             logger.info("stopped")
+
+    def _stop_signalled(self) -> None:
+        """The first SIGTERM or SIGINT begins the orderly stop; later ones are ignored. A terminal's Ctrl-C reaches
+        every process of its group (a sandbox forwards it too), and once the loop has closed Python's default
+        handler would raise KeyboardInterrupt in the middle of the shutdown."""
+        assert self.loop is not None
+        for sig in STOP_SIGNALS:
+            self.loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+        self.stopping.set()
 
     async def _tick(self) -> None:
         interval = self.config.tick_ms / 1000

@@ -466,6 +466,35 @@ def test_compare_stops_at_the_shortest_committed_prefix(new_service: Callable[..
     assert result["committed_ends"] == [ledger.last_seqno, early_end]
 
 
+def test_compare_uncommitted_also_reads_the_open_chunks_up_to_their_last_whole_entry(
+        ledger: ServiceLedger, tmp_path: Path) -> None:
+    committed_end = ledger.last_seqno
+    for i in range(5):  # written, not yet signed: they go to an open (uncommitted) chunk
+        tx = ledger.begin()
+        tx.put("public:log", b"open%d" % i, b"o" * 100)
+        ledger.commit(tx)
+    assert ledger.files is not None
+    ledger.files.flush()
+    b = str(tmp_path / "node1")
+    shutil.copytree(directory(ledger), b)
+    open_chunk = next(n for n in os.listdir(b) if not n.endswith(".committed"))
+    with open(os.path.join(b, open_chunk), "ab") as f:
+        f.write(b"\x40\x00\x00")  # a torn next entry, as a node in the middle of a write leaves it
+    code, out, err = run("compare", directory(ledger), b)
+    assert code == 0, err
+    assert f"seqnos 1..{committed_end}" in out and "committed entries" in out
+    code, out, err = run("compare", directory(ledger), b, "--uncommitted", "--json")
+    assert code == 0, err
+    result = orjson.loads(out)
+    assert result["last_seqno"] == committed_end + 5 and result["committed_ends"] == [committed_end + 5] * 2
+    # a difference in the open chunk is found only when it is read
+    chunk, offset = entry_offset(ledger, committed_end + 3)
+    flip(os.path.join(b, os.path.basename(chunk)), offset + 60)
+    assert run("compare", directory(ledger), b)[0] == 0
+    code, _, err = run("compare", directory(ledger), b, "--uncommitted")
+    assert code == 1 and f"differ at seqno {committed_end + 3}" in one_error_line(err)
+
+
 def test_compare_error_paths(ledger: ServiceLedger, tmp_path: Path) -> None:
     code, _, err = run("compare", directory(ledger))
     assert code == 1 and "at least two" in one_error_line(err)
