@@ -17,6 +17,7 @@ import asyncio
 import base64
 import os
 import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,13 @@ def test_the_host_receives_no_plaintext_private_value_and_no_key(tmp_path: Path,
     def clients() -> None:
         url = f"https://127.0.0.1:{ports[0]}"
         open_service(url, common)
+        # the backup opens its frontend once the opening has replicated to it
+        backup = ServiceClient(f"https://127.0.0.1:{ports[1]}", os.path.join(common, "service_cert.pem"))
+        deadline = time.monotonic() + 30
+        while backup.call("GET", "/node/ready/app").status != 204:
+            assert time.monotonic() < deadline, "the backup never opened its application frontend"
+            time.sleep(0.05)
+        backup.close()
         for i, value in enumerate(values):
             port = ports[i % 2]  # the backup forwards its share of the writes to the primary
             client = ServiceClient(f"https://127.0.0.1:{port}", os.path.join(common, "service_cert.pem"),
