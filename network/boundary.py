@@ -43,10 +43,13 @@ OUTGOING = "outgoing"  # a connection the enclave asked the host to open
 
 @dataclass(frozen=True)
 class SignaturePolicy:
-    """When the primary signs: after `every_tx` transactions, or `every_ms` after the first unsigned one."""
+    """When the primary signs: after `every_tx` transactions, or `every_ms` after the first unsigned one; and, with
+    `group_commit`, as soon as the enclave has handled what the host gave it in one turn of its loop while none of
+    its signatures is waiting for a majority (what arrives while one waits is signed together once it commits)."""
 
     every_tx: int = 5000
     every_ms: int = 20
+    group_commit: bool = True
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ class EnclaveRuntime:
         self._forward_ids = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._peers: dict[str, str] = {}  # the other nodes, kept until the channels exist
+        self._turn_end_scheduled = False
 
     def _new_conn(self) -> int:
         return next(self._conn_ids)
@@ -101,10 +102,23 @@ class EnclaveRuntime:
     def received(self, conn: int, data: bytes) -> None:
         if self.sessions is not None and self.sessions.owns(conn):
             self.sessions.received(conn, data)
+            self._end_turn_soon()
         elif self.channels is not None and self.channels.owns(conn):
             self.channels.received(conn, data)
+            self._end_turn_soon()
         elif self.outbound.owns(conn):
             self.outbound.received(conn, data)
+
+    def _end_turn_soon(self) -> None:
+        """Once per turn of the loop, after the input that is ready now has been handled: group commit."""
+        if not self._turn_end_scheduled and self.enclave is not None:
+            self._turn_end_scheduled = True
+            asyncio.get_running_loop().call_soon(self._turn_ended)
+
+    def _turn_ended(self) -> None:
+        self._turn_end_scheduled = False
+        if self.enclave is not None:
+            self.enclave.turn_ended()
 
     def connection_closed(self, conn: int) -> None:
         if self.sessions is not None and self.sessions.owns(conn):

@@ -14,7 +14,7 @@
   // or, to recover a lost service from its ledger: "recover": {"previous_service_identity_file": "old.pem",
   //   "previous_ledger_dirs": ["old/ledger"], "previous_snapshot_dirs": ["old/snapshots"]}
   "app": "app.logging:app",
-  "signatures": {"every_tx": 5000, "every_ms": 20},
+  "signatures": {"every_tx": 5000, "every_ms": 20, "group_commit": true},
   "snapshots": {"every_tx": 10000},
   "ledger": {"chunk_size": 5000000, "fsync": "batch"},
   "http": {"max_body_bytes": 1048576, "max_header_bytes": 16384, "idle_timeout": 60,
@@ -216,6 +216,7 @@ def parse_config(obj: Any, base_dir: str = ".") -> NodeConfig:
     every_ms = _get(sig, "every_ms", int, 20, where="signatures.")
     if every_tx < 1 or every_ms < 1:
         raise ConfigError("signatures.every_tx and signatures.every_ms must be at least 1")
+    group_commit = _get(sig, "group_commit", bool, True, where="signatures.")
     fsync_name = _get(ledger, "fsync", str, "batch", where="ledger.")
     try:
         fsync = FsyncPolicy(fsync_name)
@@ -236,7 +237,7 @@ def parse_config(obj: Any, base_dir: str = ".") -> NodeConfig:
         election_timeout_ms=_get(_section(obj, "consensus"), "election_timeout_ms", int, 1000, where="consensus."),
         heartbeat_ms=_get(_section(obj, "consensus"), "heartbeat_ms", int, 50, where="consensus."),
         app=_get(obj, "app", str, "app.logging:app", where=""),
-        enclave=EnclaveSettings(SignaturePolicy(every_tx, every_ms),
+        enclave=EnclaveSettings(SignaturePolicy(every_tx, every_ms, group_commit),
                                 _get(snaps, "every_tx", int, 10_000, where="snapshots."),
                                 _get(_section(obj, "consensus"), "max_uncommitted_tx", int, 10_000,
                                      where="consensus."),

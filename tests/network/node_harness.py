@@ -107,7 +107,7 @@ class Node:
     """One enclave with member0 (recovery member) and user0 identities."""
 
     def __init__(self, directory: str, *, every_tx: int = 5000, every_ms: int = 20, constitution: str = "majority",
-                 snapshot_every_tx: int = 0, immediate: bool = True) -> None:
+                 snapshot_every_tx: int = 0, immediate: bool = True, group_commit: bool = True) -> None:
         self.member = PartyIdentity.create("member0")
         self.user = PartyIdentity.create("user0")
         self.encryption_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -124,7 +124,7 @@ class Node:
         self.host.read = self.ledger.files.read_range  # type: ignore[union-attr]
         self.clock = Clock()
         self.enclave = Enclave(self.ledger, self.keys, quote, app, self.host,
-                               EnclaveSettings(SignaturePolicy(every_tx, every_ms), snapshot_every_tx),
+                               EnclaveSettings(SignaturePolicy(every_tx, every_ms, group_commit), snapshot_every_tx),
                                clock=self.clock)
         self.signer = MemberSigner.from_pem(key_pem(self.member.key), self.member.pem)
         self.member_der = self.member.cert.public_bytes(serialization.Encoding.DER)

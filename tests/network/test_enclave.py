@@ -144,6 +144,48 @@ def test_the_tick_signs_once_unsigned_transactions_waited_every_ms(open_node: No
     assert status() == "Committed"
 
 
+def test_group_commit_signs_at_the_end_of_a_turn_when_no_signature_waits(open_node: Node) -> None:
+    open_node.enclave.sign()
+    written = open_node.user_call("POST", "/app/log/private", {"id": 8, "msg": "x"})
+    txid = dict(written.headers)[TXID_HEADER]
+    status = lambda: orjson.loads(open_node.user_call("GET", f"/app/tx?transaction_id={txid}").body)["status"]  # noqa
+    assert status() == "Pending"  # the clock has not moved: every_ms would not sign yet
+    open_node.enclave.turn_ended()
+    assert status() == "Committed"
+    assert open_node.enclave.turn_ended() is None and open_node.ledger.is_signature(open_node.ledger.last_seqno)
+
+
+def test_group_commit_waits_while_a_signature_is_on_its_way_to_a_majority(open_node: Node,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = open_node.ledger
+    commits: list[int] = []
+    monkeypatch.setattr(ledger, "commit_to", commits.append)  # as if the backups had not acknowledged yet
+    open_node.user_call("POST", "/app/log/private", {"id": 9, "msg": "x"})
+    open_node.enclave.turn_ended()
+    in_flight = ledger.last_signature_seqno
+    assert ledger.is_signature(in_flight) and ledger.committed_seqno < in_flight
+    for i in range(3):  # they gather while the signature replicates
+        open_node.user_call("POST", "/app/log/private", {"id": 10 + i, "msg": "x"})
+        open_node.enclave.turn_ended()
+    assert ledger.last_signature_seqno == in_flight and ledger.last_seqno == in_flight + 3
+    monkeypatch.undo()
+    ledger.commit_to(in_flight)  # the majority's acknowledgement
+    open_node.enclave.turn_ended()  # the turn that brought it signs what gathered: one signature for three
+    assert ledger.last_signature_seqno == in_flight + 4 == ledger.committed_seqno
+
+
+def test_without_group_commit_only_every_tx_and_every_ms_sign(tmp_path: Path) -> None:
+    node = Node(str(tmp_path), group_commit=False)
+    node.open_service()
+    node.enclave.sign()
+    node.user_call("POST", "/app/log/private", {"id": 1, "msg": "x"})
+    node.enclave.turn_ended()
+    assert not node.ledger.is_signature(node.ledger.last_seqno)
+    node.clock.now += 0.025
+    node.enclave.tick()
+    assert node.ledger.is_signature(node.ledger.last_seqno)
+
+
 def test_a_read_names_the_last_transaction_it_observed(open_node: Node) -> None:
     written = open_node.user_call("POST", "/app/log/private", {"id": 3, "msg": "x"})
     read = open_node.user_call("GET", "/app/log/private?id=3")
