@@ -1,11 +1,16 @@
 """What governance JavaScript asks of the host: `ccf.crypto.*` and `ccf.pemToId`, as CCF provides them.
 
+Covered: digests (SHA-256, SHA-384, SHA-512), certificate bundle and chain checks, signature verification, and
+the public-key conversions between PEM and JWK (EC and RSA) that CCF's constitutions use to check JWKS. Not
+covered: what would give different answers on different nodes (key generation, wrapping, ECDSA signing).
+
 Each host call takes and returns JSON-compatible values (bytes as hex). Calls are pure, so running a
 constitution twice gives the same answers. A bad argument is an error message for the JavaScript to throw.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from collections.abc import Callable
@@ -15,13 +20,15 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 HostCall = Callable[..., Any]
 _PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----", re.S)
 _HASHES: dict[str, hashes.HashAlgorithm] = {"SHA-256": hashes.SHA256(), "SHA-384": hashes.SHA384(),
                                              "SHA-512": hashes.SHA512()}
+_CURVES: dict[str, tuple[type[ec.EllipticCurve], int]] = {"P-256": (ec.SECP256R1, 32), "P-384": (ec.SECP384R1, 48),
+                                                          "P-521": (ec.SECP521R1, 66)}
 
 
 class HostCallError(Exception):
@@ -39,9 +46,81 @@ def _certs(pem: str) -> list[x509.Certificate]:
 
 
 def digest(algorithm: str, data_hex: str) -> str:
-    if algorithm != "SHA-256":
-        raise HostCallError(f"unsupported digest algorithm {algorithm} (SHA-256 only)")
-    return hashlib.sha256(bytes.fromhex(data_hex)).hexdigest()
+    names = {"SHA-256": "sha256", "SHA-384": "sha384", "SHA-512": "sha512"}
+    if algorithm not in names:
+        raise HostCallError(f"unsupported digest algorithm {algorithm} (SHA-256, SHA-384 or SHA-512)")
+    return hashlib.new(names[algorithm], bytes.fromhex(data_hex)).hexdigest()
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _b64url_int(text: object, name: str) -> int:
+    if not isinstance(text, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", text):
+        raise HostCallError(f"JWK member {name} must be base64url")
+    return int.from_bytes(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), "big")
+
+
+def _public_key(pem: str) -> object:
+    try:
+        return load_pem_public_key(pem.encode())
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise HostCallError(f"invalid public key PEM: {e}") from None
+
+
+def _with_kid(jwk: dict[str, str], kid: str | None) -> dict[str, str]:
+    return {**jwk, "kid": kid} if kid is not None else jwk
+
+
+def pub_pem_to_jwk(pem: str, kid: str | None = None) -> dict[str, str]:
+    """An EC public key PEM as a JWK (kty EC, crv P-256/P-384/P-521, x, y)."""
+    key = _public_key(pem)
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise HostCallError("not an EC public key")
+    crv = next((name for name, (curve, _) in _CURVES.items() if isinstance(key.curve, curve)), None)
+    if crv is None:
+        raise HostCallError(f"unsupported curve {key.curve.name}")
+    size = _CURVES[crv][1]
+    numbers = key.public_numbers()
+    return _with_kid({"kty": "EC", "crv": crv, "x": _b64url(numbers.x.to_bytes(size, "big")),
+                      "y": _b64url(numbers.y.to_bytes(size, "big"))}, kid)
+
+
+def pub_rsa_pem_to_jwk(pem: str, kid: str | None = None) -> dict[str, str]:
+    """An RSA public key PEM as a JWK (kty RSA, n, e)."""
+    key = _public_key(pem)
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise HostCallError("not an RSA public key")
+    numbers = key.public_numbers()
+    return _with_kid({"kty": "RSA", "n": _b64url(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
+                      "e": _b64url(numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big"))}, kid)
+
+
+def _pem(key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey) -> str:
+    return key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def pub_jwk_to_pem(jwk: dict[str, Any]) -> str:
+    if not isinstance(jwk, dict) or jwk.get("kty") != "EC" or jwk.get("crv") not in _CURVES:
+        raise HostCallError("expected an EC JWK with crv P-256, P-384 or P-521")
+    curve, _ = _CURVES[jwk["crv"]]
+    try:
+        key = ec.EllipticCurvePublicNumbers(_b64url_int(jwk.get("x"), "x"), _b64url_int(jwk.get("y"), "y"),
+                                            curve()).public_key()
+    except ValueError as e:
+        raise HostCallError(f"invalid EC JWK: {e}") from None
+    return _pem(key)
+
+
+def pub_rsa_jwk_to_pem(jwk: dict[str, Any]) -> str:
+    if not isinstance(jwk, dict) or jwk.get("kty") != "RSA":
+        raise HostCallError("expected an RSA JWK")
+    try:
+        key = rsa.RSAPublicNumbers(_b64url_int(jwk.get("e"), "e"), _b64url_int(jwk.get("n"), "n")).public_key()
+    except ValueError as e:
+        raise HostCallError(f"invalid RSA JWK: {e}") from None
+    return _pem(key)
 
 
 def is_valid_x509_cert_bundle(pem: str) -> bool:
@@ -108,4 +187,8 @@ DEFAULT_HOST_CALLS: dict[str, HostCall] = {
     "verifySignature": verify_signature,
     "isValidRsaPublicKeyPem": is_valid_rsa_public_key_pem,
     "pemToId": pem_to_id,
+    "pubPemToJwk": pub_pem_to_jwk,
+    "pubRsaPemToJwk": pub_rsa_pem_to_jwk,
+    "pubJwkToPem": pub_jwk_to_pem,
+    "pubRsaJwkToPem": pub_rsa_jwk_to_pem,
 }

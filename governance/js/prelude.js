@@ -15,7 +15,7 @@ let __answers = {};
 const __requests = [];
 
 const __CRYPTO_CALLS = ["digest", "isValidX509CertBundle", "isValidRsaPublicKeyPem", "isValidX509CertChain",
-  "verifySignature"];
+  "verifySignature", "pubPemToJwk", "pubRsaPemToJwk", "pubJwkToPem", "pubRsaJwkToPem"];
 
 function __hostCall(name, args) {
   if (!__kv.crypto && __CRYPTO_CALLS.includes(name)) {
@@ -153,7 +153,7 @@ class __KVMap {
   }
   get(key) { const v = this.__get(__bufToHex(key)); return v === null ? undefined : __hexToBuf(v); }
   has(key) { return this.__get(__bufToHex(key)) !== null; }
-  set(key, value) { this.__write(__bufToHex(key), __bufToHex(value)); return this; }
+  set(key, value) { this.__write(__bufToHex(key), value === undefined ? "" : __bufToHex(value)); return this; }
   delete(key) {
     const kh = __bufToHex(key);
     const had = this.__readable() ? this.__get(kh) !== null : undefined;
@@ -172,6 +172,7 @@ class __KVMap {
 }
 
 const __maps = {};
+let __metricsLogging = true;
 globalThis.ccf = {
   kv: new Proxy({}, {
     get(_target, name) {
@@ -184,7 +185,10 @@ globalThis.ccf = {
   bufToStr: (b) => __utf8Decode(b),
   jsonCompatibleToBuf: (v) => __utf8Encode(JSON.stringify(v)),
   bufToJsonCompatible: (b) => JSON.parse(__utf8Decode(b)),
+  // Governance time stays the epoch, so every node decides the same: the previous setting (off) is returned.
   enableUntrustedDateTime: () => false,
+  enableMetricsLogging: (enable) => { const previous = __metricsLogging; __metricsLogging = Boolean(enable);
+    return previous; },
   node: {
     triggerLedgerRekey: () => __effect("trigger_ledger_rekey", {}),
     transitionServiceToOpen: (previousIdentity, nextIdentity) =>
@@ -212,6 +216,10 @@ globalThis.ccf = {
       __hostCall("isValidX509CertChain", [String(chain), String(trusted)]) === true,
     verifySignature: (algorithm, key, signature, data) =>
       __hostCall("verifySignature", [algorithm, String(key), __bufToHex(signature), __bufToHex(data)]) === true,
+    pubPemToJwk: (pem, kid) => __hostCall("pubPemToJwk", [String(pem), kid === undefined ? null : String(kid)]),
+    pubRsaPemToJwk: (pem, kid) => __hostCall("pubRsaPemToJwk", [String(pem), kid === undefined ? null : String(kid)]),
+    pubJwkToPem: (jwk) => __hostCall("pubJwkToPem", [jwk]),
+    pubRsaJwkToPem: (jwk) => __hostCall("pubRsaJwkToPem", [jwk]),
   },
   setJwtPublicSigningKeys: (issuer, metadata, jwks) => __setJwtKeys(issuer, jwks),
   removeJwtPublicSigningKeys: (issuer) => __removeJwtKeys(issuer),
@@ -221,6 +229,11 @@ globalThis.ccf = {
     return id === null ? "" : id;
   },
 };
+
+// CCF still gives the older top-level names next to ccf.crypto (deprecated there, used by older constitutions).
+ccf.digest = ccf.crypto.digest;
+ccf.isValidX509CertBundle = ccf.crypto.isValidX509CertBundle;
+ccf.isValidX509CertChain = ccf.crypto.isValidX509CertChain;
 
 function __effect(name, args) {
   if (!__kv.writable) throw new Error(`ccf.node effects are only available in apply()`);

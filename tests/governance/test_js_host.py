@@ -74,3 +74,94 @@ def test_crypto_is_withheld_where_ccf_withholds_it() -> None:
     assert run(source) is False
     with pytest.raises(JSCallFailed, match="only available in validate and apply"):
         run(source, crypto=False)
+
+
+def test_the_deprecated_top_level_names_and_more_digests_are_there() -> None:
+    pem = PartyIdentity.create("m").pem
+    service = ServiceIdentity.create()
+    node_pem, service_pem = cert_pem(NodeIdentity.create().endorsed_by(service).cert), service.pem
+    source = f"""
+    export function f() {{
+      const data = ccf.strToBuf("abc");
+      const hex = (b) => [...new Uint8Array(b)].map((x) => x.toString(16).padStart(2, "0")).join("");
+      return {{ old: hex(ccf.digest("SHA-256", data)), s384: hex(ccf.crypto.digest("SHA-384", data)),
+               s512: hex(ccf.crypto.digest("SHA-512", data)), bundle: ccf.isValidX509CertBundle({pem!r}),
+               notBundle: ccf.isValidX509CertBundle("nope"),
+               chain: ccf.isValidX509CertChain({node_pem!r}, {service_pem!r}),
+               metrics: [ccf.enableMetricsLogging(false), ccf.enableMetricsLogging(true)],
+               untrustedTime: ccf.enableUntrustedDateTime(true) }};
+    }}"""
+    assert run(source) == {
+        "old": hashlib.sha256(b"abc").hexdigest(), "s384": hashlib.sha384(b"abc").hexdigest(),
+        "s512": hashlib.sha512(b"abc").hexdigest(), "bundle": True, "notBundle": False, "chain": True,
+        "metrics": [True, False], "untrustedTime": False}
+    with pytest.raises(JSCallFailed, match="unsupported digest algorithm MD5"):
+        run('export function f() { ccf.crypto.digest("MD5", ccf.strToBuf("x")); }')
+
+
+def test_public_keys_convert_between_pem_and_jwk_both_ways() -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    ec_pem = ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    rsa_pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    source = f"""
+    export function f() {{
+      const ecJwk = ccf.crypto.pubPemToJwk({ec_pem!r}, "k1");
+      const rsaJwk = ccf.crypto.pubRsaPemToJwk({rsa_pem!r});
+      return {{ ecJwk, ecBack: ccf.crypto.pubJwkToPem(ecJwk), rsaE: rsaJwk.e, rsaKid: rsaJwk.kid === undefined,
+               rsaBack: ccf.crypto.pubRsaJwkToPem(rsaJwk) }};
+    }}"""
+    out = run(source)
+    assert isinstance(out, dict)
+    assert out["ecJwk"]["kty"] == "EC" and out["ecJwk"]["crv"] == "P-384" and out["ecJwk"]["kid"] == "k1"
+    assert len(out["ecJwk"]["x"]) == 64  # 48 bytes, base64url without padding
+    assert out["ecBack"] == ec_pem and out["rsaBack"] == rsa_pem
+    assert out["rsaE"] == "AQAB" and out["rsaKid"] is True
+    with pytest.raises(JSCallFailed, match="not an EC public key"):
+        run(f"export function f() {{ ccf.crypto.pubPemToJwk({rsa_pem!r}); }}")
+    with pytest.raises(JSCallFailed, match="expected an EC JWK"):
+        run('export function f() { ccf.crypto.pubJwkToPem({kty: "EC", crv: "P-192", x: "AA", y: "AA"}); }')
+
+
+def test_a_constitution_in_ccfs_style_checks_a_jwks_and_records_an_ack_without_a_value() -> None:
+    """Written like CCF's default actions.js: helpers over ccf.crypto, a Map of actions, and `set(key)` with no
+    value (as the set_member action of CCF's sample constitution writes the new member's ack record)."""
+    ec_pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    source = """
+    function checkType(value, type, field) {
+      const optional = type.endsWith("?");
+      if (optional) { if (value === null || value === undefined) return; type = type.slice(0, -1); }
+      if (type === "array" ? !Array.isArray(value) : typeof value !== type) {
+        throw new Error(`${field} must be of type ${type}`);
+      }
+    }
+    function checkJwks(value, field) {
+      checkType(value, "object", field);
+      checkType(value.keys, "array", `${field}.keys`);
+      for (const [i, jwk] of value.keys.entries()) {
+        checkType(jwk.kid, "string", `${field}.keys[${i}].kid`);
+        ccf.crypto.pubJwkToPem(jwk);
+      }
+    }
+    const actions = new Map([["set_jwks", { validate: (args) => checkJwks(args.jwks, "jwks"),
+      apply: (args) => ccf.kv["public:ccf.gov.members.acks"].set(ccf.strToBuf(args.who)) }]]);
+    export function go(args) {
+      actions.get("set_jwks").validate(args);
+      actions.get("set_jwks").apply(args);
+      return ccf.kv["public:ccf.gov.members.acks"].get(ccf.strToBuf(args.who)).byteLength;
+    }"""
+    jwk = {"kid": "k", **{k: v for k, v in _jwk_of(ec_pem).items() if k != "kid"}}
+    store = Store()
+    result = call_export(source, "go", [{"jwks": {"keys": [jwk]}, "who": "m1"}], store.begin(), writable=True)
+    assert result.value == 0 and result.writes == {"public:ccf.gov.members.acks": {b"m1": b""}}
+    with pytest.raises(JSCallFailed, match="jwks.keys\\[0\\].kid must be of type string"):
+        call_export(source, "go", [{"jwks": {"keys": [{"kty": "EC"}]}, "who": "m1"}], store.begin(), writable=True)
+
+
+def _jwk_of(pem: str) -> dict[str, str]:
+    from governance.js_host import pub_pem_to_jwk
+
+    return pub_pem_to_jwk(pem)
