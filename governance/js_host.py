@@ -46,14 +46,18 @@ def _certs(pem: str) -> list[x509.Certificate]:
 
 
 def digest(algorithm: str, data_hex: str) -> str:
-    names = {"SHA-256": "sha256", "SHA-384": "sha384", "SHA-512": "sha512"}
-    if algorithm not in names:
+    if algorithm not in _HASHES:
         raise HostCallError(f"unsupported digest algorithm {algorithm} (SHA-256, SHA-384 or SHA-512)")
-    return hashlib.new(names[algorithm], bytes.fromhex(data_hex)).hexdigest()
+    return hashlib.new(_HASHES[algorithm].name, bytes.fromhex(data_hex)).hexdigest()
 
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _b64url_of_int(value: int) -> str:
+    """A JWK integer member: its big-endian bytes, as few as hold it, base64url without padding."""
+    return _b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
 
 
 def _b64url_int(text: object, name: str) -> int:
@@ -93,8 +97,7 @@ def pub_rsa_pem_to_jwk(pem: str, kid: str | None = None) -> dict[str, str]:
     if not isinstance(key, rsa.RSAPublicKey):
         raise HostCallError("not an RSA public key")
     numbers = key.public_numbers()
-    return _with_kid({"kty": "RSA", "n": _b64url(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
-                      "e": _b64url(numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big"))}, kid)
+    return _with_kid({"kty": "RSA", "n": _b64url_of_int(numbers.n), "e": _b64url_of_int(numbers.e)}, kid)
 
 
 def _pem(key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey) -> str:

@@ -141,6 +141,14 @@ def _member0(url: str, common: str) -> MemberApi:
         return MemberApi(client, MemberSigner.from_pem(k.read(), c.read()))
 
 
+def _propose_and_vote(member: MemberApi, actions: list[dict[str, object]]) -> dict[str, object]:
+    """member0 proposes `actions` and votes for them if the proposal is still Open; the proposal as it ends."""
+    proposal: dict[str, object] = member.propose(actions)
+    if proposal["proposalState"] == "Open":
+        proposal = member.vote(str(proposal["proposalId"]))
+    return proposal
+
+
 def open_service(url: str, common: str) -> None:
     """member0 acks, proposes user0 and the opening, and votes for it (majority of one)."""
     path = lambda name: os.path.join(common, name)  # noqa: E731
@@ -153,9 +161,7 @@ def open_service(url: str, common: str) -> None:
         user_cert = load_cert(f.read())
     with open(path("service_cert.pem")) as f:
         service_pem = f.read()
-    proposal = member.propose([set_user(user_cert), transition_service_to_open(service_pem)])
-    if proposal["proposalState"] == "Open":
-        proposal = member.vote(proposal["proposalId"])
+    proposal = _propose_and_vote(member, [set_user(user_cert), transition_service_to_open(service_pem)])
     if proposal["proposalState"] != "Accepted":
         raise RuntimeError(f"the opening proposal ended {proposal['proposalState']}: {proposal}")
     client.close()
@@ -225,9 +231,7 @@ def complete_recovery(url: str, common: str) -> None:
         old_pem = f.read()
     print(f"recovery: service status {member.service_info()['status']}; member0 proposes "
           "transition_service_to_open with the previous identity", flush=True)
-    proposal = member.propose([transition_service_to_open(new_pem, old_pem)])
-    if proposal["proposalState"] == "Open":
-        proposal = member.vote(proposal["proposalId"])
+    proposal = _propose_and_vote(member, [transition_service_to_open(new_pem, old_pem)])
     print(f"recovery: proposal {proposal['proposalState']}; status {member.service_info()['status']}", flush=True)
     with open(path("member0_enc_privk.pem"), "rb") as f:
         enc = serialization.load_pem_private_key(f.read(), None)
@@ -277,10 +281,10 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float, processes: l
         time.sleep(0.1)
 
 
-def describe_service(urls: list[str], common: str, origin: str, processes: list[subprocess.Popen[bytes]],
-                     timeout: float = 60.0) -> ServiceView:
-    """Wait until the service has a primary, then what the sandbox prints of it."""
-    client = ServiceClient(urls[0], os.path.join(common, "service_cert.pem"), timeout=10)
+def wait_for_primary(url: str, common: str, processes: list[subprocess.Popen[bytes]],
+                     timeout: float = 60.0) -> dict[str, object]:
+    """Wait until the node at `url` knows a primary; its `/node/network` answer then."""
+    client = ServiceClient(url, os.path.join(common, "service_cert.pem"), timeout=10)
     seen: dict[str, object] = {}
 
     def elected() -> bool:
@@ -291,15 +295,25 @@ def describe_service(urls: list[str], common: str, origin: str, processes: list[
         return seen.get("primary_id") is not None
 
     _wait(elected, "primary elected", timeout, processes)
+    client.close()
+    return seen
+
+
+def describe_service(urls: list[str], common: str, origin: str,
+                     processes: list[subprocess.Popen[bytes]]) -> ServiceView:
+    """Once the service has a primary, what the sandbox prints of it."""
+    network = wait_for_primary(urls[0], common, processes)
+    client = ServiceClient(urls[0], os.path.join(common, "service_cert.pem"), timeout=10)
     primary_url = None
     for node in client.json_ok("GET", "/node/network/nodes")["nodes"]:
         if node["primary"]:
             addresses = [i.get("published_address") for i in node["rpc_interfaces"].values()]
             primary_url = f"https://{addresses[0]}" if addresses else None
     client.close()
-    return ServiceView(node_urls=urls, primary_url=primary_url, view=int(str(seen.get("current_view", 0))),
-                       status=str(seen.get("service_status")), create_txid=str(seen.get("current_service_create_txid")),
-                       recovery_count=int(str(seen.get("recovery_count") or 0)), origin=origin)
+    return ServiceView(node_urls=urls, primary_url=primary_url, view=int(str(network.get("current_view", 0))),
+                       status=str(network.get("service_status")),
+                       create_txid=str(network.get("current_service_create_txid")),
+                       recovery_count=int(str(network.get("recovery_count") or 0)), origin=origin)
 
 
 def trust_joiners(url: str, common: str, joiners: list[tuple[subprocess.Popen[bytes], str]],
@@ -308,28 +322,23 @@ def trust_joiners(url: str, common: str, joiners: list[tuple[subprocess.Popen[by
     each (as the service's only member it is the majority), then they are waited for."""
     member = _member0(url, common)
     trusted: set[str] = set()
-    pending_ready = lambda: all(os.path.exists(os.path.join(os.path.dirname(c), READY_FILE))  # noqa: E731
-                                for _, c in joiners)
 
     def trust_pending() -> bool:
         for node in member.client.json_ok("GET", "/node/network/nodes?status=Pending")["nodes"]:
             node_id = str(node["node_id"])
             if node_id in trusted:
                 continue
-            proposal = member.propose([transition_node_to_trusted(node_id)])
-            if proposal["proposalState"] == "Open":
-                proposal = member.vote(proposal["proposalId"])
+            proposal = _propose_and_vote(member, [transition_node_to_trusted(node_id)])
+            proposal_id = str(proposal["proposalId"])
             if proposal["proposalState"] != "Accepted":
                 raise RuntimeError(f"trusting node {node_id[:16]}... needs more votes: proposal "
-                                   f"{proposal['proposalId']} is {proposal['proposalState']}")
+                                   f"{proposal_id} is {proposal['proposalState']}")
             trusted.add(node_id)
             print(f"node {node_id[:16]}... joined the open service; member0 trusted it "
-                  f"(transition_node_to_trusted, proposal {proposal['proposalId'][:16]}...)", flush=True)
-        return pending_ready()
+                  f"(transition_node_to_trusted, proposal {proposal_id[:16]}...)", flush=True)
+        return all(os.path.exists(os.path.join(os.path.dirname(config), READY_FILE)) for _, config in joiners)
 
     _wait(trust_pending, "joining nodes trusted and serving", timeout, [p for p, _ in joiners])
-    for process, config in joiners:
-        wait_ready(process, config)
     member.client.close()
 
 
@@ -377,7 +386,7 @@ def _bring_up(args: argparse.Namespace, common: str, processes: list[subprocess.
         return describe_service(urls(total), common, "new", processes)
     for i in resumed:
         processes.append(start_node(configs[i])[0])
-    describe_service(urls(total)[:1], common, "resumed", processes)  # a primary: governance can run
+    wait_for_primary(first_url, common, processes)  # governance needs one
     open_service(first_url, common)  # a no-op unless it was stopped before it opened
     joiners = [(launch_node(configs[i]), configs[i]) for i in range(total) if i not in resumed]
     processes.extend(p for p, _ in joiners)

@@ -55,10 +55,10 @@ def guide(service: ServiceView, common: str) -> str:
     member = (f"{tool('pyccf-member')} --cert $C/member0_cert.pem --key $C/member0_privk.pem \\\n"
               f"    --url {url} --service-cert $C/service_cert.pem")
     nodes = "\n".join(f"  {u}{' (primary)' if u == service.primary_url else ''}" for u in service.node_urls)
-    ledgers = " ".join(f"{_rel(os.path.join(os.path.dirname(common), f'sandbox_{i}', 'ledger'))}"
-                       for i in range(len(service.node_urls)))
+    ledgers = [_rel(os.path.join(os.path.dirname(common), f"sandbox_{i}", "ledger"))
+               for i in range(len(service.node_urls))]
     compare = (f"Compare the nodes' ledgers, byte for byte (--uncommitted: also the newest, still open chunk):\n"
-               f"  {tool('pyccf-audit')} compare {ledgers} --uncommitted\n") if len(service.node_urls) > 1 else ""
+               f"  {tool('pyccf-audit')} compare {' '.join(ledgers)} --uncommitted\n") if len(ledgers) > 1 else ""
     return f"""
 {headline(service)}
 Service certificate: {c}/service_cert.pem; nodes:
@@ -95,5 +95,5 @@ The same kind of proposal signed with the ccf package's ccf_cose_sign1 and sent 
   curl '{url}/gov/members/proposals:create?api-version=2024-07-01' {tls} \\
     -H 'content-type: application/cose' --data-binary @$C/proposal.cose
 Verify a node's ledger offline (framing, Merkle roots, signatures, the service identity):
-  {tool('pyccf-audit')} ledger {ledgers.split()[0]} --service-cert $C/service_cert.pem --uncommitted
+  {tool('pyccf-audit')} ledger {ledgers[0]} --service-cert $C/service_cert.pem --uncommitted
 {compare}"""

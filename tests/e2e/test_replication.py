@@ -223,10 +223,9 @@ def test_a_killed_primary_is_replaced_and_no_committed_write_is_lost(network: Ne
 
 def test_a_node_joining_the_open_service_waits_for_the_members_then_serves_is_retired_and_removed(
         network: Network) -> None:
-    import datetime as dt
     import threading
 
-    from governance.member_client import MemberSigner
+    from governance.member_client import MemberSigner, transition_node_to_trusted
     from network.client.member_api import MemberApi
 
     primary = network.primary()
@@ -252,9 +251,7 @@ def test_a_node_joining_the_open_service_waits_for_the_members_then_serves_is_re
             open(os.path.join(network.common, "member0_cert.pem"), "rb") as c:
         member = MemberApi(ServiceClient(network.url(primary), os.path.join(network.common, "service_cert.pem")),
                            MemberSigner.from_pem(k.read(), c.read()))
-    valid_from = dt.datetime.now(dt.UTC).strftime("%y%m%d%H%M%SZ")
-    proposal = member.propose([{"name": "transition_node_to_trusted",
-                                "args": {"node_id": node_id, "valid_from": valid_from}}])
+    proposal = member.propose([transition_node_to_trusted(node_id)])
     assert member.vote(proposal["proposalId"])["proposalState"] == "Accepted"
     joining.join(timeout=60)
     assert started, "the trusted node did not start serving"
