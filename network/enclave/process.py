@@ -154,6 +154,8 @@ class HostLink(RunsForks):
         self._call("start_failed", message)
 
     def stopped(self) -> None:
+        if self.forks is not None:
+            self.forks.abandon()  # an unfinished snapshot is killed and its partial file removed, as the host does
         self._call("stopped")
 
     def send(self, conn: int, data: bytes) -> None:
