@@ -35,7 +35,7 @@ from ledger.entry import (
 from ledger.errors import EntryFormatError, LedgerFileError, LedgerSecretError, VerificationError
 from ledger.files import FILE_HEADER_SIZE, parse_chunk_name
 from ledger.framing import ENTRY_FORMAT_V1, MAX_VIEW, frame_entry
-from ledger.kv import WriteSet
+from ledger.kv import Histories, WriteSet
 from ledger.secrets import LedgerSecret, LedgerSecrets
 
 _HEAD = struct.Struct("<Q")
@@ -49,6 +49,8 @@ _ZERO_CLAIMS = bytes(32)
 Blocks = list[tuple[int, bytes]]
 # Ledger secrets as plain data (start seqno, 32 raw bytes), which pickles to pool workers.
 RawSecrets = tuple[tuple[int, bytes], ...]
+# each key's last value (None: removed) and the seqno that wrote it, per map
+State = dict[str, dict[bytes, tuple[int, bytes | None]]]
 
 
 def chunk_range(path: str) -> tuple[int, int | None]:
@@ -172,17 +174,40 @@ def check_private_entry(buf: bytes, pos: int, seqno: int, view_word: int, entry_
     return tables
 
 
+def _note_histories(state: Histories, tables: WriteSet, seqno: int) -> None:
+    for name, changes in tables.items():
+        target = state.get(name)
+        if target is None:
+            target = state[name] = {}
+        for key, value in changes.items():
+            target[key] = [(seqno, value)]
+
+
+def _note_writes(state: State, tables: WriteSet, seqno: int) -> None:
+    for name, changes in tables.items():
+        target = state.get(name)
+        if target is None:
+            target = state[name] = {}
+        for key, value in changes.items():
+            target[key] = (seqno, value)
+
+
 def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: LedgerSecrets | None = None, *,
                keep: frozenset[str] | None = None, keep_leaves: bool = False, records: bool = False,
-               private_state: dict[str, dict[bytes, tuple[int, bytes | None]]] | None = None,
-               check_public_maps: bool = True) -> ChunkScan:
+               private_state: State | None = None, public_state: Histories | None = None,
+               check_public_maps: bool = True, summaries: bool = True,
+               verified_digests: bytes | None = None) -> ChunkScan:
     """Check the framing of every entry of a chunk file's bytes and compute its leaves. Pure.
 
     `keep`: the public maps the caller needs (None: every entry's public maps). `records`: also each entry's
     `EntryRecords`. `private_state` (with `secrets`): filled with each private key's last value and the seqno
-    that wrote it (a recovering node's private replay). `check_public_maps=False` skips parsing the public maps
-    (a private replay after a public one that checked them). Raises `EntryFormatError`
-    or `LedgerFileError` naming the file, offset and seqno of the damage.
+    that wrote it (a recovering node's private replay); `public_state` the same for the public maps, each key's
+    last write as the KV store keeps a history (its public replay). `check_public_maps=False` skips parsing the
+    public maps (a private replay after a public one that checked them). `summaries=False` leaves `segments` empty
+    (a caller that hashes the tree itself; without `keep_leaves` no leaf is hashed then). `verified_digests`: the
+    write-set digests, back to back, of entries verified before (a private replay after the public one): each
+    entry must be, byte for byte, the one verified. Raises `EntryFormatError` or `LedgerFileError` naming the
+    file, offset and seqno of the damage.
     """
     if len(buf) < FILE_HEADER_SIZE:
         raise LedgerFileError("file shorter than its header", file=file, seqno=start)
@@ -212,6 +237,7 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
     frame4_size = _FRAME4.size
     kept_records = EntryRecords() if records else None
     last_view = -1
+    want_leaves = keep_leaves or summaries
     while pos < stop:
         add_found(pos)
         if pos + frame4_size <= stop:
@@ -231,6 +257,11 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
             raise EntryFormatError(f"entry holds seqno {seqno} (public domain: {pub_seqno})", file=file, offset=pos,
                                    seqno=expected)
         wsd = sha(view[pos:entry_end]).digest()
+        if verified_digests is not None:
+            at = 32 * (seqno - start)
+            if verified_digests[at: at + 32] != wsd:
+                raise EntryFormatError("entry is not the one the public replay verified", file=file, offset=pos,
+                                       seqno=seqno)
         if kept_records is not None:
             kept_records.wsd += wsd
             kept_records.sizes.append(entry_end - pos)
@@ -243,15 +274,18 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
                 kept_records.flags.append((seqno, (word >> 8) & 0xFF))
         if entry_type == type4 and ce:
             # the public header holds claims then commit evidence; the leaf takes them the other way round
-            add_leaf(sha(wsd + ce + claims).digest())
+            if want_leaves:
+                add_leaf(sha(wsd + ce + claims).digest())
             q = pos + 125
         else:
             q = pos + 53
             if entry_type in (TYPE_WITH_CLAIMS, TYPE_WITH_COMMIT_EVIDENCE):
-                leaves.append(sha(wsd + buf[q : q + 32]).digest())
+                if want_leaves:
+                    add_leaf(sha(wsd + buf[q : q + 32]).digest())
                 q += 40
             elif entry_type == 0:
-                leaves.append(wsd)
+                if want_leaves:
+                    add_leaf(wsd)
                 q += 8
             else:
                 raise EntryFormatError(f"unexpected entry type {entry_type}", file=file, offset=pos, seqno=seqno)
@@ -260,14 +294,13 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
         if secrets is not None:
             private_tables = check_private_entry(buf, pos, seqno, view_word, entry_type, ce, secrets, file)
             if private_tables and private_state is not None:
-                for name, changes in private_tables.items():
-                    target = private_state.setdefault(name, {})
-                    for key, value in changes.items():
-                        target[key] = (seqno, value)
+                _note_writes(private_state, private_tables, seqno)
         if q < pend and check_public_maps:
             tables = parse_maps(buf, q, pend, seqno=seqno, file=file, offset=pos)
+            if public_state is not None:
+                _note_histories(public_state, tables, seqno)
             if keep is None or not keep.isdisjoint(tables):
-                kept.append(KeptEntry(len(leaves) - 1, pos, tables, view_word & MAX_VIEW))
+                kept.append(KeptEntry(seqno - start, pos, tables, view_word & MAX_VIEW))
         expected = seqno + 1
         pos = entry_end
     if positions is not None and found != positions:
@@ -275,9 +308,11 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
                    min(len(found), len(positions)))
         raise EntryFormatError("positions table does not match the entries", file=file,
                                offset=found[bad] if bad < len(found) else None, seqno=start + bad)
-    bounds = [0, *(k.index for k in kept), len(leaves)]
-    segments = [summarise_leaves(leaves[a:b], start + a) for a, b in zip(bounds, bounds[1:], strict=False)]
-    return ChunkScan(file, start, len(leaves), len(buf), kept, segments,
+    segments: list[Blocks] = []
+    if summaries:
+        bounds = [0, *(k.index for k in kept), len(leaves)]
+        segments = [summarise_leaves(leaves[a:b], start + a) for a, b in zip(bounds, bounds[1:], strict=False)]
+    return ChunkScan(file, start, expected - start, len(buf), kept, segments,
                      leaves if keep_leaves else None, found if keep_leaves else None, kept_records)
 
 

@@ -208,7 +208,12 @@ class LedgerFiles:
     # --- opening and recovery ----------------------------------------------------------------------
 
     @classmethod
-    def open(cls, directory: str, *, fsync: FsyncPolicy = FsyncPolicy.BATCH) -> tuple[LedgerFiles, RecoveryReport]:
+    def open(cls, directory: str, *, fsync: FsyncPolicy = FsyncPolicy.BATCH,
+             defer_committed_tables: bool = False) -> tuple[LedgerFiles, RecoveryReport]:
+        """The chunks of `directory`, each complete chunk's positions table checked against its entries, and an
+        open chunk's torn tail cut. `defer_committed_tables`: committed chunks are checked when first read
+        instead (damage then raises `CorruptedCommittedChunk` there), for a caller about to check every entry
+        itself: a recovery's replay reads every chunk whole, in worker processes."""
         os.makedirs(directory, exist_ok=True)
         found: list[_Chunk] = []
         for name in os.listdir(directory):
@@ -227,6 +232,11 @@ class LedgerFiles:
             if chunk.start != expected_start:
                 raise LedgerFileError(f"chunk starts at {chunk.start}, expected {expected_start} (gap or overlap)",
                                       file=chunk.name, seqno=expected_start)
+            if chunk.end is not None and chunk.committed and defer_committed_tables:
+                committed_seqno = chunk.end
+                chunks.append(chunk)
+                expected_start = chunk.end + 1
+                continue
             with open(chunk.path, "rb") as f:
                 data = f.read()
             if chunk.end is not None:
@@ -348,11 +358,11 @@ class LedgerFiles:
             raise LedgerFileError(f"cannot start after {seqno}: the directory already holds a ledger")
         self._last = self._committed = seqno
 
-    def chunk_spans(self) -> list[tuple[str, int, list[int], bool]]:
-        """Every chunk as (path, first seqno, offsets of its entries, whether complete), for readers in other
-        processes."""
+    def chunk_spans(self) -> list[tuple[str, int, int, bool]]:
+        """Every chunk as (path, first seqno, last seqno, whether complete), for readers in other processes (the
+        open chunk's last entry is the last one written)."""
         self.flush()
-        return [(c.path, c.start, list(self._positions(c) if c.end is not None else self._open_positions),
+        return [(c.path, c.start, c.end if c.end is not None else c.start + len(self._open_positions) - 1,
                  c.end is not None) for c in self._chunks]
 
     def chunk_names(self) -> list[str]:
@@ -565,7 +575,13 @@ class LedgerFiles:
         if chunk.positions is None:
             with open(chunk.path, "rb") as f:
                 data = f.read()
-            chunk.positions, _ = read_positions(data, chunk.name, chunk.start, chunk.end)
+            try:
+                chunk.positions, _ = read_positions(data, chunk.name, chunk.start, chunk.end)
+            except LedgerFileError as e:
+                if not chunk.committed:
+                    raise
+                raise CorruptedCommittedChunk(f"committed chunk is damaged: {e.reason}", file=chunk.name,
+                                              offset=e.offset, seqno=e.seqno) from e
         return chunk.positions
 
     def _chunk_for(self, seqno: int) -> _Chunk:

@@ -40,6 +40,8 @@ MapChanges = dict[bytes, bytes | None]
 WriteSet = dict[str, MapChanges]
 Hook = Callable[[int, MapChanges], None]
 SnapshotState = dict[str, dict[bytes, tuple[int, bytes]]]
+# Each key's history as the store keeps it ([(version, value or None for removed)], ascending), per map.
+Histories = dict[str, dict[bytes, list[tuple[int, bytes | None]]]]
 
 
 def _version_of(entry: tuple[int, bytes | None]) -> int:
@@ -344,12 +346,19 @@ class Store:
                 ms.write_versions = sorted(versions) + ms.write_versions
         self._hold_removals_from = None
 
-    def load_state(self, state: SnapshotState, seqno: int, view: int) -> None:
-        """Become the state `state` at version `seqno` (compacted there), keeping this store's hooks: what a
+    def load_histories(self, histories: Histories, newest: dict[str, int], seqno: int, view: int) -> None:
+        """Become the state `histories` at version `seqno` (compacted there), keeping this store's hooks: what a
         replay that decoded the ledger elsewhere hands over (it fires the hooks itself, with
-        `fire_local_hooks`, for the writes they need)."""
-        fresh = Store.from_snapshot(state, seqno, view)
-        self._maps, self._log, self._version = fresh._maps, {}, seqno
+        `fire_local_hooks`, for the writes they need). The dictionaries are taken, not copied; `newest` is the
+        last version that wrote each map. Every key's history is its last write; removed keys are absent."""
+        maps: dict[str, _MapState] = {}
+        for map_name, keys in histories.items():
+            last = newest.get(map_name)
+            if last is None or last > seqno:
+                raise ValueError(f"map {map_name!r} was last written at {last}, not at or below {seqno}")
+            ms = maps[map_name] = _MapState()
+            ms.keys, ms.write_versions = keys, [last]
+        self._maps, self._log, self._version = maps, {}, seqno
         self._view, self._compacted = view, seqno
 
     def fire_local_hooks(self, version: int, writes: WriteSet) -> None:

@@ -36,6 +36,27 @@ def fold_path(leaf: bytes, path: list[PathStep]) -> bytes:
     return cur
 
 
+def inner_nodes(leaves: bytes, start: int) -> list[bytes]:
+    """The internal nodes that lie wholly within the leaves at tree positions [start, start + n) (32 bytes each,
+    back to back): element k - 1 holds level k's nodes ceil(start / 2^k) .. floor((start + n) / 2^k) - 1, up to
+    the first level that has none. Pure: what a worker process hashes for `MerkleHistory.extend_hashed`."""
+    if len(leaves) % HASH_SIZE:
+        raise MerkleError(f"leaves come {HASH_SIZE} bytes each, not {len(leaves)} bytes in all")
+    end = start + len(leaves) // HASH_SIZE
+    out: list[bytes] = []
+    lower, lower_first = leaves, start
+    k = 1
+    while (first := -(-start >> k)) < (stop := end >> k):
+        skip = 2 * first - lower_first  # the first child's place in `lower`
+        with memoryview(lower) as pairs:
+            upper = b"".join([sha256(pairs[32 * i: 32 * i + 64]).digest()
+                              for i in range(skip, skip + 2 * (stop - first), 2)])
+        out.append(upper)
+        lower, lower_first = upper, first
+        k += 1
+    return out
+
+
 class MerkleRoots:
     """The running root of a CCF Merkle tree, keeping only the peaks (perfect subtrees): O(log n) memory.
 
@@ -120,6 +141,40 @@ class MerkleHistory:
             raise MerkleError(f"leaves come {HASH_SIZE} bytes each, not {len(leaves)} bytes in all")
         self._levels[0] += leaves
         self._size += len(leaves) // HASH_SIZE
+
+    def extend_hashed(self, leaves: bytes, inner: list[bytes]) -> None:
+        """`extend(leaves)`, taking the internal nodes wholly within them from `inner` (`inner_nodes` of them at
+        this tree's size) rather than hashing them here; only the nodes straddling the old end are hashed. Nodes
+        that do not fit raise `MerkleError`, the tree unchanged."""
+        self._build()
+        start = self._size
+        self.extend(leaves)
+        try:
+            self._take_inner(start, inner)
+        except MerkleError:
+            self.truncate(start)
+            raise
+
+    def _take_inner(self, start: int, inner: list[bytes]) -> None:
+        end = self._size
+        levels, offsets = self._levels, self._offsets
+        k = 1
+        while (first := -(-start >> k)) < (stop := end >> k):
+            if k > len(inner):
+                raise MerkleError(f"inner nodes end at level {len(inner)}, level {k} has some")
+            if k == len(levels):
+                levels.append(bytearray())
+                offsets.append(self._flushed >> k)
+            lower, upper = levels[k - 1], levels[k]
+            for j in range(offsets[k] + (len(upper) >> 5), first):  # the one straddling `start`, if any
+                at = 32 * (2 * j - offsets[k - 1])
+                upper += sha256(lower[at: at + 64]).digest()
+            if offsets[k] + (len(upper) >> 5) != first or len(inner[k - 1]) != 32 * (stop - first):
+                raise MerkleError(f"level {k}: inner nodes {first}..{stop} do not fit the tree")
+            upper += inner[k - 1]
+            k += 1
+        if len(inner) >= k:
+            raise MerkleError(f"{len(inner)} levels of inner nodes for leaves {start}..{end}, expected {k - 1}")
 
     def _build(self) -> None:
         """Hash every internal node whose two children exist and that is not hashed yet."""

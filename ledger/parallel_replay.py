@@ -3,20 +3,22 @@
 `replay_public_in_parallel(files, ledger)` gives the same ledger as `ledger.replay.recover` does for a ledger read
 without any ledger secret (a recovering service's predecessor), when every entry of `files` verifies:
 - workers decode each chunk (the auditor's scanner: the same framing, seqno and map checks) and return, per chunk, the
-  entries' Merkle leaves, write-set digests, sizes, claims, views and chunk flags, the public state the chunk
-  leaves (each key's last value and the seqno that wrote it), and, in order, the writes to the maps a signature
-  check reads (nodes, their certificates, service info, signatures, snapshot evidence, endorsements);
+  entries' Merkle leaves and the tree's nodes within the chunk, write-set digests, sizes, claims, views and chunk
+  flags, the public state the chunk leaves (each key's last write, as the KV store keeps it), and, in order, the
+  writes to the maps a signature check reads (nodes, their certificates, service info, signatures, snapshot
+  evidence, endorsements);
 - this process checks seqnos and views, verifies every signature (`verify_signature_writes`, as the sequential
   replay does) against the root of the leaves before it and the state those ordered writes build, and only then
   takes the chunk.
 
-Guarantees: it returns None, having changed nothing, at the first entry that does not decode or verify, or for a
+Guarantees: it returns False, having changed nothing, at the first entry that does not decode or verify, or for a
 ledger too small to be worth processes; the caller then replays sequentially, which names the file, offset and
 seqno. Not here: snapshots (the caller replays what follows one itself).
 
 `private_replay_jobs` and `merge_private` do the same for the private replay once the secrets are back: one job a
-chunk, each entry's GCM tag and commit evidence checked by the auditor's scanner, the private state merged in
-ledger order. Where to run the jobs is the caller's business (the node's host runs them in worker processes).
+chunk, each entry checked to be the one the public replay verified (its write-set digest), then its GCM tag and
+commit evidence by the auditor's scanner, the private state merged in ledger order. Where to run the jobs is the
+caller's business (the node's host runs them in worker processes).
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
-from ledger.audit_scan import RawSecrets, scan_chunk, secrets_from_raw
-from ledger.errors import EntryFormatError, LedgerFileError, VerificationError
+from ledger.audit_scan import RawSecrets, State, scan_chunk, secrets_from_raw
+from ledger.errors import EntryFormatError, LedgerFileError, MerkleError, VerificationError
 from ledger.files import LedgerFiles
 from ledger.framing import MAX_VIEW
-from ledger.kv import WriteSet
+from ledger.kv import Histories, WriteSet
+from ledger.merkle import inner_nodes
 from ledger.replay import verify_signature_writes
 from ledger.secrets import LedgerSecrets
 from ledger.service_ledger import ServiceLedger, SignatureRecord
@@ -55,59 +58,58 @@ ORDERED_MAPS = frozenset({NODES_INFO, NODES_ENDORSED_CERTS, SERVICE_INFO, SIGNAT
                           SNAPSHOT_EVIDENCE, PREVIOUS_IDENTITY_ENDORSEMENT})
 MIN_ENTRIES = 20_000  # below this, processes cost more than they save
 
-State = dict[str, dict[bytes, tuple[int, bytes | None]]]
-
 
 @dataclass
 class ChunkFacts:
     start: int
     count: int = 0
-    leaves: bytearray = field(default_factory=bytearray)
+    leaves: bytes = b""
+    inner: list[bytes] = field(default_factory=list)  # the Merkle nodes within the chunk (`inner_nodes`)
     wsd: bytearray = field(default_factory=bytearray)
     sizes: array[int] = field(default_factory=lambda: array("Q"))
     claims: dict[int, bytes] = field(default_factory=dict)
     views: list[tuple[int, int]] = field(default_factory=list)  # (seqno, view) where the view changes
     flags: list[tuple[int, int]] = field(default_factory=list)  # (seqno, flags) of flagged entries
-    state: State = field(default_factory=dict)
+    state: Histories = field(default_factory=dict)  # each public key's last write in the chunk
+    newest: dict[str, int] = field(default_factory=dict)  # the last seqno that wrote each map
+    removals: frozenset[str] = frozenset()  # the maps whose state holds a removal
     ordered: list[tuple[int, WriteSet]] = field(default_factory=list)
     error: str | None = None  # why the chunk could not be decoded whole (the caller falls back)
 
 
 def _decode_chunk(path: str, start: int, end: int | None) -> ChunkFacts:
     """Decode every entry of one chunk file (in a worker process), with the auditor's scanner: framing, seqnos,
-    leaves and public maps checked as it checks them. Pure but for reading the file."""
+    leaves and public maps checked as it checks them; and hash the Merkle nodes within the chunk. Pure but for
+    reading the file."""
     facts = ChunkFacts(start)
     file = os.path.basename(path)
     try:
         with open(path, "rb") as f:
-            scan = scan_chunk(f.read(), file, start, end, keep=None, keep_leaves=True, records=True)
+            scan = scan_chunk(f.read(), file, start, end, keep=ORDERED_MAPS, keep_leaves=True, records=True,
+                              public_state=facts.state, summaries=False)
     except (EntryFormatError, LedgerFileError) as e:
         facts.error = str(e)
+        facts.state.clear()
         return facts
     records = scan.records
-    assert records is not None
+    assert records is not None and scan.leaves is not None
     facts.count = scan.count
-    assert scan.leaves is not None
-    facts.leaves = bytearray(b"".join(scan.leaves))
+    facts.leaves = b"".join(scan.leaves)
+    facts.inner = inner_nodes(facts.leaves, start)
     facts.wsd, facts.sizes = records.wsd, array("Q", records.sizes)
     facts.claims, facts.views, facts.flags = records.claims, records.views, records.flags
-    for entry in scan.kept:
-        seqno = start + entry.index
-        ordered: WriteSet = {}
-        for name, changes in entry.tables.items():
-            target = facts.state.setdefault(name, {})
-            for key, value in changes.items():
-                target[key] = (seqno, value)
-            if name in ORDERED_MAPS:
-                ordered[name] = changes
-        if ordered:
-            facts.ordered.append((seqno, ordered))
+    for name, entries in facts.state.items():
+        facts.newest[name] = max(history[0][0] for history in entries.values())
+    facts.removals = frozenset(name for name, entries in facts.state.items()
+                               if any(history[0][1] is None for history in entries.values()))
+    facts.ordered = [(start + entry.index, {name: changes for name, changes in entry.tables.items()
+                                            if name in ORDERED_MAPS}) for entry in scan.kept]
     return facts
 
 
 def _chunks(files: LedgerFiles, workers: int) -> Iterator[ChunkFacts]:
-    spans = [(path, start, start + len(positions) - 1 if complete else None)
-             for path, start, positions, complete in files.chunk_spans() if positions]
+    spans = [(path, start, last if complete else None)
+             for path, start, last, complete in files.chunk_spans() if last >= start]
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
         yield from pool.map(_decode_chunk, *zip(*spans, strict=True)) if spans else iter(())
 
@@ -121,7 +123,9 @@ def replay_public_in_parallel(files: LedgerFiles, ledger: ServiceLedger, *, work
         return False
     governance: dict[str, dict[bytes, bytes | None]] = {}
     signatures: dict[int, SignatureRecord] = {}
-    state: State = {}
+    state: Histories = {}
+    newest: dict[str, int] = {}
+    removals: set[str] = set()
     taken: list[ChunkFacts] = []
     expected, view = 1, ledger.view  # files starting after a snapshot fail the first check: not for this path
     merkle = ledger.merkle
@@ -138,59 +142,66 @@ def replay_public_in_parallel(files: LedgerFiles, ledger: ServiceLedger, *, work
                 if chunk_view < view or chunk_view > MAX_VIEW:
                     raise VerificationError(f"view {chunk_view} goes back from {view}", seqno=seqno)
                 view = chunk_view
-            done = 0  # leaves of this chunk appended to the tree
+            merkle.extend_hashed(facts.leaves, facts.inner)
             for seqno, writes in facts.ordered:
-                if SIGNATURES in writes:
-                    upto = seqno - facts.start
-                    merkle.extend(bytes(facts.leaves[32 * done: 32 * upto]))
-                    done = upto
-                    record = verify_signature_writes(lookup, merkle.root(), seqno, writes)
+                if SIGNATURES in writes:  # it signs the root of the tree before it
+                    record = verify_signature_writes(lookup, merkle.root(seqno), seqno, writes)
                     if record is not None:
                         signatures[seqno] = record
                 for name, changes in writes.items():
                     governance.setdefault(name, {}).update(changes)
-            merkle.extend(bytes(facts.leaves[32 * done:]))
             expected += facts.count
             for name, entries in facts.state.items():
-                state.setdefault(name, {}).update(entries)
+                if (target := state.get(name)) is None:
+                    state[name] = entries  # a map's first chunk: taken as it is
+                else:
+                    target.update(entries)
+            newest.update(facts.newest)
+            removals |= facts.removals
             taken.append(facts)
-    except (VerificationError, EntryFormatError) as e:
+    except (VerificationError, EntryFormatError, MerkleError) as e:
         merkle.truncate(merkle_size)
         logger.info(f"parallel replay stopped ({e}); replaying sequentially")
         return False
-    ledger.adopt_replayed(taken, signatures, state, view)
+    for name in removals:  # removed keys are absent from a state, as in a snapshot
+        state[name] = {key: history for key, history in state[name].items() if history[0][1] is not None}
+    ledger.adopt_replayed(taken, signatures, {name: keys for name, keys in state.items() if keys}, newest, view)
     return True
 
 
 # --- the private replay (a recovered service's predecessor, once its secrets are back) ----------------------
 
 
-def _decrypt_chunk(path: str, start: int, end: int, raw_secrets: RawSecrets) -> State:
-    """Every entry of one complete chunk decrypted and checked (GCM tag, commit evidence) with the auditor's
-    scanner; the private state it leaves. Raises `EntryFormatError` / `LedgerFileError` naming the damage."""
+def _decrypt_chunk(path: str, start: int, end: int, raw_secrets: RawSecrets, verified_digests: bytes) -> State:
+    """Every entry of one complete chunk decrypted and checked with the auditor's scanner: the entry the public
+    replay verified (its write-set digest, from `verified_digests`), its GCM tag and commit evidence; the private
+    state it leaves. Raises `EntryFormatError` / `LedgerFileError` naming the damage."""
     state: State = {}
     with open(path, "rb") as f:
         scan_chunk(f.read(), os.path.basename(path), start, end, secrets_from_raw(raw_secrets), keep=frozenset(),
-                   private_state=state, check_public_maps=False)  # the public replay checked those
+                   private_state=state, check_public_maps=False,  # the public replay checked those
+                   summaries=False, verified_digests=verified_digests)
     return state
 
 
-def private_replay_jobs(files: LedgerFiles, secrets: LedgerSecrets, start: int, end: int,
-                        min_entries: int = MIN_ENTRIES) -> list[Callable[[], State]] | None:
-    """Jobs (one a chunk, to run in worker processes) decrypting entries `start`..`end`, or None if the range
-    is small or does not consist of whole complete chunks (the caller then replays in steps)."""
+def private_replay_jobs(files: LedgerFiles, secrets: LedgerSecrets, verified_digests: Callable[[int, int], bytes],
+                        start: int, end: int, min_entries: int = MIN_ENTRIES) -> list[Callable[[], State]] | None:
+    """Jobs (one a chunk, to run in worker processes) decrypting entries `start`..`end` of `files`, each checked to
+    be the entry the public replay verified (`verified_digests(first, last)`: `ServiceLedger.write_set_digests`),
+    or None if the range is small or does not consist of whole complete chunks (the caller then replays in
+    steps)."""
     if end - start + 1 < max(min_entries, 1):
         return None
     raw: RawSecrets = tuple((s.start, s.raw) for s in secrets.all())
     jobs: list[Callable[[], State]] = []
     expected = start
-    for path, first, positions, complete in files.chunk_spans():
-        last = first + len(positions) - 1
+    for path, first, last, complete in files.chunk_spans():
         if last < start or first > end:
             continue
         if not complete or first != expected or last > end:
             return None
-        jobs.append(functools.partial(_decrypt_chunk, path, first, last, raw))
+        jobs.append(functools.partial(_decrypt_chunk, path, first, last, raw,
+                                      verified_digests(first, last)))
         expected = last + 1
     return jobs if expected == end + 1 else None
 

@@ -19,9 +19,10 @@ evidence do not verify under the recovered secrets. Not here: shares (governance
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,13 +273,17 @@ class PrivateReplay:
     """Decrypt the private part of the previous service's ledger, `step` by `step`, once its secrets are back.
 
     Starts from the snapshot the public replay started from (its private domain), then every entry after it up
-    to `end`. Each entry's GCM tag and commit evidence are checked against the recovered secrets; a failure is
+    to `end`. Each entry is checked to be the one the public replay verified (`verified_digests(first, last)`:
+    its `ServiceLedger.write_set_digests`; the files are the host's and could have changed since), and its GCM
+    tag and commit evidence against the recovered secrets; a failure is
     a `RecoveryError` (wrong secrets, or a damaged entry) and nothing is handed over. `state()` gives, per
     private map, each key's last value and the seqno that wrote it."""
 
     def __init__(self, files: LedgerFiles, secrets: LedgerSecrets, start: int, end: int,
-                 snapshot: bytes | None = None) -> None:
+                 snapshot: bytes | None = None, *,
+                 verified_digests: Callable[[int, int], bytes] | None = None) -> None:
         self._files = files
+        self._verified_digests = verified_digests
         self._secrets = secrets
         self._next = start
         self._end = end
@@ -321,7 +326,11 @@ class PrivateReplay:
         while seqno <= end:  # chunk by chunk: the file name is looked up once per chunk
             file = os.path.basename(self._files.chunk_file_of(seqno))
             last = min(end, self._files.chunk_end_of(seqno))
-            for raw in self._files.read_range(seqno, last):
+            digests = self._verified_digests(seqno, last) if self._verified_digests else None
+            for i, raw in enumerate(self._files.read_range(seqno, last)):
+                if digests is not None and hashlib.sha256(raw).digest() != digests[32 * i: 32 * i + 32]:
+                    raise RecoveryError(f"private replay failed at seqno {seqno} ({file}): entry is not the one "
+                                        "the public replay verified")
                 self._apply(seqno, raw, file)
                 seqno += 1
         self._next = end + 1

@@ -43,7 +43,7 @@ from ledger.errors import (
 from ledger.files import LedgerFiles
 from ledger.framing import FLAG_FORCE_CHUNK_AFTER, FLAG_FORCE_CHUNK_BEFORE, MAX_VIEW
 from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, endorse, load_cert
-from ledger.kv import ZERO_CLAIMS, CommitResult, Store, Tx, WriteSet
+from ledger.kv import ZERO_CLAIMS, CommitResult, Histories, Store, Tx, WriteSet
 from ledger.merkle import MerkleHistory
 from ledger.receipts import cose_receipt, json_receipt, json_receipt_for_signature
 from ledger.secrets import LedgerSecret, LedgerSecrets, node_secrets_record, rekey_secret_record
@@ -446,6 +446,13 @@ class ServiceLedger:
             self._chains[node_cert_pem] = chain
         return chain
 
+    def write_set_digests(self, start: int, end: int) -> bytes:
+        """The write-set digests (SHA-256 of each entry as stored) of seqnos `start`..`end`, back to back: what a
+        later reader of the same files checks to know it reads the entries this ledger verified."""
+        if start < self._first or end > self.store.version or start > end:
+            raise LedgerError(f"no records of seqnos {start}..{end} (held: {self._first}..{self.store.version})")
+        return bytes(self._wsd[32 * (start - self._first): 32 * (end - self._first + 1)])
+
     def _wsd_of(self, i: int) -> bytes:
         return bytes(self._wsd[32 * i: 32 * i + 32])
 
@@ -582,8 +589,8 @@ class ServiceLedger:
 
     # --- replay (driven by ledger.replay) -------------------------------------------------------------
 
-    def adopt_replayed(self, chunks: list[Any], signatures: dict[int, SignatureRecord],
-                       state: dict[str, dict[bytes, tuple[int, bytes | None]]], view: int) -> None:
+    def adopt_replayed(self, chunks: list[Any], signatures: dict[int, SignatureRecord], state: Histories,
+                       newest: dict[str, int], view: int) -> None:
         """Take in bulk what `ledger.parallel_replay` decoded and verified (it extended the Merkle tree itself): the
         per-transaction records of every chunk, the signatures, and the state the entries leave."""
         if self.store.version != 0 or not chunks:
@@ -601,9 +608,7 @@ class ServiceLedger:
         self._signatures.update(signatures)
         self._sig_seqnos = sorted(signatures)
         self._count_bytes_since_chunk()
-        live = {name: {key: (version, value) for key, (version, value) in entries.items() if value is not None}
-                for name, entries in state.items()}
-        self.store.load_state({name: entries for name, entries in live.items() if entries}, last, view)
+        self.store.load_histories(state, newest, last, view)
         for facts in chunks:  # what the hooks of this ledger (and of its caller) follow, in order
             for seqno, writes in facts.ordered:
                 self.store.fire_local_hooks(seqno, writes)

@@ -248,8 +248,8 @@ class RemoteLedgerFiles(LedgerFiles):
     def chunk_file_of(self, seqno: int) -> str:
         return str(self._link.ask("files.chunk_file_of", seqno))
 
-    def chunk_spans(self) -> list[tuple[str, int, list[int], bool]]:
-        return [(str(p), int(s), list(o), bool(c)) for p, s, o, c in self._link.ask("files.chunk_spans")]
+    def chunk_spans(self) -> list[tuple[str, int, int, bool]]:
+        return [(str(p), int(s), int(e), bool(c)) for p, s, e, c in self._link.ask("files.chunk_spans")]
 
     def discard_after(self, seqno: int) -> list[str]:
         names = [str(n) for n in self._link.ask("files.discard_after", seqno)]

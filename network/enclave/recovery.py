@@ -153,7 +153,8 @@ class NodeRecovery:
         gc.disable()  # the replay builds long-lived state and no cycles (re-enabled, and the state frozen, after)
         jobs = None
         if self._snapshot is None and self._run_in_workers is not None:
-            jobs = private_replay_jobs(self.files, self.ledger.secrets, self._replay_start(), self.first_new_seqno - 1)
+            jobs = private_replay_jobs(self.files, self.ledger.secrets, self.ledger.write_set_digests,
+                                       self._replay_start(), self.first_new_seqno - 1)
         if jobs:
             logger.info(f"recovery: reading the private ledger up to seqno {self.first_new_seqno - 1}, "
                         f"{len(jobs)} chunks in worker processes")
@@ -173,7 +174,8 @@ class NodeRecovery:
 
     def _replay_in_steps(self) -> None:
         self._replay = PrivateReplay(self.files, self.ledger.secrets, self._replay_start(),
-                                     self.first_new_seqno - 1, self._snapshot)
+                                     self.first_new_seqno - 1, self._snapshot,
+                                     verified_digests=self.ledger.write_set_digests)
         logger.info(f"recovery: reading the private ledger up to seqno {self.first_new_seqno - 1}")
         self._schedule(self._step)
 

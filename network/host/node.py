@@ -340,7 +340,9 @@ class NodeHost(RunsForks):
                 assert config.recover is not None
                 copied = gather_previous_ledger(list(config.recover.previous_ledger_dirs), config.ledger_dir)
                 logger.info(f"recovery: {len(copied)} chunk(s) of the previous ledger gathered")
-            files, report = LedgerFiles.open(config.ledger_dir, fsync=config.fsync)
+            # a recovery's replay reads every entry of the gathered chunks, checking them as it goes
+            files, report = LedgerFiles.open(config.ledger_dir, fsync=config.fsync,
+                                             defer_committed_tables=start.recover is not None)
         except LedgerError as e:
             raise NodeStartError(f"cannot {'recover' if start.recover else 'open the ledger'}: {e}") from None
         for warning in report.warnings:

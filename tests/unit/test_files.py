@@ -483,6 +483,22 @@ def test_overwritten_entry_size_field_in_a_committed_chunk_names_file_and_seqno(
     assert _open_expecting_corruption(directory).seqno == damaged
 
 
+def test_a_recovery_defers_checking_committed_chunks_to_their_first_read(tmp_path: Path) -> None:
+    """`defer_committed_tables` (a recovery, whose replay reads every entry in worker processes) opens a damaged
+    committed chunk without reading it; the first read of it then refuses it as an open would have."""
+    directory, path, written = _damaged(tmp_path, "deferred")
+    data = bytearray(path.read_bytes())
+    pos6 = 8 + len(written[4]) + len(written[5])
+    data[pos6 + 24] ^= 0xFF  # IV seqno byte 0
+    path.write_bytes(bytes(data))
+    files, _ = LedgerFiles.open(str(directory), defer_committed_tables=True)
+    assert files.read(2) == written[2] and files.last_seqno >= 7
+    with pytest.raises(CorruptedCommittedChunk) as info:
+        files.read(4)
+    assert info.value.file == "ledger_4-7.committed" and info.value.seqno == 6
+    files.close()
+
+
 def test_committed_chunk_entry_with_a_wrong_iv_seqno_names_that_seqno(tmp_path: Path) -> None:
     directory, path, written = _damaged(tmp_path, "iv")
     data = bytearray(path.read_bytes())

@@ -632,6 +632,30 @@ def test_store_from_snapshot_reproduces_reads_and_continues_numbering() -> None:
     assert commit_put(copy, M, b"c", b"5") == 5
 
 
+def test_loaded_histories_read_as_the_state_they_describe_and_keep_the_hooks() -> None:
+    """A bulk replay hands the store each key's last write, as the store keeps histories; the store reads them,
+    detects conflicts with them, keeps its hooks, and refuses a map said to be written after the version."""
+    store = Store()
+    seen: list[int] = []
+    store.add_local_hook(M, lambda version, changes: seen.append(version))
+    store.load_histories({M: {b"a": [(3, b"v")], b"b": [(2, b"w")]}, OTHER: {b"x": [(4, b"y")]}},
+                         {M: 3, OTHER: 4}, 4, 2)
+    assert (store.version, store.view, store.compacted_version) == (4, 2, 4)
+    tx = store.read_tx()
+    assert tx.get(M, b"a") == b"v" and tx.get_version(M, b"b") == 2 and tx.get(OTHER, b"x") == b"y"
+    assert store.snapshot() == {M: {b"a": (3, b"v"), b"b": (2, b"w")}, OTHER: {b"x": (4, b"y")}}
+    stale = store.begin()
+    stale.get(M, b"a")
+    stale.put(M, b"c", b"z")
+    assert commit_put(store, M, b"a", b"new") == 5 and seen == [5]
+    with pytest.raises(TransactionConflict):
+        stale.commit()
+    with pytest.raises(ValueError, match="last written at 5"):
+        Store().load_histories({M: {b"a": [(5, b"v")]}}, {M: 5}, 4, 0)
+    with pytest.raises(ValueError, match="last written at None"):
+        Store().load_histories({M: {b"a": [(3, b"v")]}}, {}, 4, 0)
+
+
 def test_from_snapshot_rejects_entries_newer_than_snapshot_version() -> None:
     with pytest.raises(ValueError):
         Store.from_snapshot({M: {b"a": (5, b"v")}}, 4, 0)

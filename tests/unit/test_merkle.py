@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.errors import MerkleError
-from ledger.merkle import MerkleHistory, MerkleRoots, fold_path
+from ledger.merkle import MerkleHistory, MerkleRoots, fold_path, inner_nodes
 
 pytestmark = pytest.mark.unit
 
@@ -100,6 +100,42 @@ def test_flush_keeps_roots_and_later_paths_and_serialisation_round_trips(n: int,
     copy.append(b"\x01" * 32)
     tree.append(b"\x01" * 32)
     assert copy.root() == tree.root()
+
+
+@pytest.mark.property
+@given(sizes=st.lists(st.integers(1, 300), min_size=1, max_size=6), data=st.data())
+def test_extending_with_nodes_hashed_elsewhere_gives_the_same_tree(sizes: list[int], data: st.DataObject) -> None:
+    """Runs of leaves whose inner nodes a worker hashed (`inner_nodes`) make the tree that appending them one
+    by one makes: the same roots of every prefix (as CCF computes them) and the same paths, whether or not a
+    root is taken between runs (which hashes the nodes straddling a run's start here)."""
+    leaves = leaves_for(sum(sizes) + 1, salt=len(sizes))
+    tree = MerkleHistory()
+    at = 1
+    for size in sizes:
+        run = b"".join(leaves[at: at + size])
+        tree.extend_hashed(run, inner_nodes(run, at))
+        at += size
+        if data.draw(st.booleans(), label="root between runs"):
+            assert tree.root() == ccf_root(leaves[:at])
+    direct = ours(leaves)
+    prefix = data.draw(st.integers(1, at), label="prefix")
+    index = data.draw(st.integers(0, prefix - 1), label="index")
+    assert tree.root(prefix) == ccf_root(leaves[:prefix]) == direct.root(prefix)
+    assert tree.path(index, prefix) == direct.path(index, prefix)
+
+
+def test_inner_nodes_that_do_not_fit_the_tree_are_refused() -> None:
+    leaves = leaves_for(40)
+    tree = MerkleHistory()
+    run = b"".join(leaves[1:17])
+    wrong_start = inner_nodes(run, 2)  # hashed as if the run began at leaf 2
+    with pytest.raises(MerkleError, match="do not fit"):
+        tree.extend_hashed(run, wrong_start)
+    assert tree.size == 1  # unchanged
+    tree.extend_hashed(run, inner_nodes(run, 1))
+    assert tree.root() == ccf_root(leaves[:17])
+    with pytest.raises(MerkleError, match="levels of inner nodes"):
+        MerkleHistory().extend_hashed(run, [*inner_nodes(run, 1), bytes(32)])
 
 
 def test_serialised_tree_uses_big_endian_count_and_start() -> None:

@@ -12,7 +12,7 @@ from ledger.errors import EntryFormatError
 from ledger.files import LedgerFiles
 from ledger.identity import NodeIdentity, ServiceIdentity
 from ledger.parallel_replay import merge_private, private_replay_jobs, replay_public_in_parallel
-from ledger.recovery import PrivateReplay
+from ledger.recovery import PrivateReplay, RecoveryError
 from ledger.replay import finish_replay, recover
 from ledger.secrets import LedgerSecret, LedgerSecrets
 from ledger.service_ledger import ServiceLedger
@@ -103,10 +103,11 @@ def test_the_private_replay_in_jobs_gives_the_stepwise_replays_state(tmp_path: P
     old = build_old_service(tmp_path / "old", tail=0, chunk_size=1500)
     files, _ = LedgerFiles.open(old.directory)
     secrets = LedgerSecrets(old.ledger.secrets.all())
-    jobs = private_replay_jobs(files, secrets, 1, old.last_signature, min_entries=0)
+    digests = old.ledger.write_set_digests
+    jobs = private_replay_jobs(files, secrets, digests, 1, old.last_signature, min_entries=0)
     assert jobs is not None and len(jobs) >= 5
     merged = merge_private([job() for job in jobs])
-    stepwise = PrivateReplay(files, secrets, 1, old.last_signature)
+    stepwise = PrivateReplay(files, secrets, 1, old.last_signature, verified_digests=digests)
     while not stepwise.done:
         stepwise.step(5)
     assert merged == stepwise.state()
@@ -114,10 +115,37 @@ def test_the_private_replay_in_jobs_gives_the_stepwise_replays_state(tmp_path: P
         assert {key: value for key, (_, value) in merged[name].items()} == values
     # a wrong secret: the job names the damage (the node then replays in steps, which names it too)
     wrong = LedgerSecrets([LedgerSecret.create(s.start) for s in secrets.all()])
-    wrong_jobs = private_replay_jobs(files, wrong, 1, old.last_signature, min_entries=0)
+    wrong_jobs = private_replay_jobs(files, wrong, digests, 1, old.last_signature, min_entries=0)
     assert wrong_jobs is not None
     with pytest.raises(EntryFormatError):
         wrong_jobs[0]()
     # a range that does not end with a chunk is left to the replay in steps
-    inside = next(start for _, start, positions, _ in files.chunk_spans() if len(positions) >= 2)
-    assert private_replay_jobs(files, secrets, 1, inside, min_entries=0) is None
+    inside = next(start for _, start, last, _ in files.chunk_spans() if last > start)
+    assert private_replay_jobs(files, secrets, digests, 1, inside, min_entries=0) is None
+
+
+def test_the_private_replay_reads_only_the_entries_the_public_replay_verified(tmp_path: Path) -> None:
+    """Between the two replays the host could swap an entry for another one the same secret encrypted (a rolled
+    back one): its GCM tag and commit evidence would pass, so each entry is checked to be, byte for byte, the one
+    whose write-set digest the public replay verified."""
+    old = build_old_service(tmp_path / "old", tail=0, chunk_size=1500)
+    files, _ = LedgerFiles.open(old.directory)
+    secrets = LedgerSecrets(old.ledger.secrets.all())
+    swapped = 7
+
+    def digests(first: int, last: int) -> bytes:
+        real = bytearray(old.ledger.write_set_digests(first, last))
+        if first <= swapped <= last:
+            real[32 * (swapped - first)] ^= 1
+        return bytes(real)
+
+    jobs = private_replay_jobs(files, secrets, digests, 1, old.last_signature, min_entries=0)
+    assert jobs is not None
+    with pytest.raises(EntryFormatError, match="not the one the public replay verified") as raised:
+        for job in jobs:
+            job()
+    assert raised.value.seqno == swapped
+    stepwise = PrivateReplay(files, secrets, 1, old.last_signature, verified_digests=digests)
+    with pytest.raises(RecoveryError, match=f"seqno {swapped}.*not the one the public replay verified"):
+        while not stepwise.done:
+            stepwise.step(5)
