@@ -34,7 +34,7 @@ from ledger.entry import (
 )
 from ledger.errors import EntryFormatError, LedgerFileError, LedgerSecretError, VerificationError
 from ledger.files import FILE_HEADER_SIZE, parse_chunk_name
-from ledger.framing import ENTRY_FORMAT_V1, MAX_VIEW, frame_entry
+from ledger.framing import ENTRY_FORMAT_V1, MAX_VIEW, SNAPSHOT_IV_BIT, EntryFrame
 from ledger.kv import Histories, WriteSet
 from ledger.secrets import LedgerSecret, LedgerSecrets
 
@@ -155,20 +155,21 @@ def summarise_leaves(leaves: list[bytes], position: int) -> Blocks:
     return blocks
 
 
-def check_private_entry(buf: bytes, pos: int, seqno: int, view_word: int, entry_type: int, ce: bytes,
-                   secrets: LedgerSecrets, file: str) -> WriteSet | None:
-    """GCM tag, private maps and commit evidence of the entry at `pos`, under the secret in force; the private
+def check_private_entry(frame: EntryFrame, entry_type: int, ce: bytes, secrets: LedgerSecrets,
+                        file: str) -> WriteSet | None:
+    """GCM tag, private maps and commit evidence of the entry `frame`, under the secret in force; the private
     maps it holds (None if none)."""
+    pos, seqno = frame.start, frame.seqno
     try:
         secret: LedgerSecret = secrets.for_seqno(seqno)
     except LedgerSecretError as e:
         raise EntryFormatError(str(e), file=file, offset=pos, seqno=seqno) from None
-    plain = decrypt_private(frame_entry(buf, pos, file=file), secret, file=file)
+    plain = decrypt_private(frame, secret, file=file)
     tables = parse_maps(plain, 0, len(plain), seqno=seqno, file=file, offset=pos, public=False) if plain else None
     if entry_type == TYPE_WITH_COMMIT_EVIDENCE:
-        ce = bytes(buf[pos + 53 : pos + 85])
+        ce = bytes(frame.buf[pos + 53 : pos + 85])
     if entry_type in (TYPE_WITH_COMMIT_EVIDENCE, TYPE_WITH_COMMIT_EVIDENCE_AND_CLAIMS) \
-            and ce != secret.commit_evidence_digest(view_word & MAX_VIEW, seqno):
+            and ce != secret.commit_evidence_digest(frame.view, seqno):
         raise EntryFormatError("commit evidence digest is not the one the ledger secret derives",
                                file=file, offset=pos, seqno=seqno)
     return tables
@@ -292,7 +293,10 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
         if q > pend:
             raise EntryFormatError("public domain too short", file=file, offset=pos, seqno=seqno)
         if secrets is not None:
-            private_tables = check_private_entry(buf, pos, seqno, view_word, entry_type, ce, secrets, file)
+            # framed here already: the frame is built from what the loop read
+            frame = EntryFrame(buf, pos, entry_end, (word >> 8) & 0xFF, seqno, view_word & MAX_VIEW,
+                               bool(view_word & SNAPSHOT_IV_BIT), pos + 44, pend)
+            private_tables = check_private_entry(frame, entry_type, ce, secrets, file)
             if private_tables and private_state is not None:
                 _note_writes(private_state, private_tables, seqno)
         if q < pend and check_public_maps:

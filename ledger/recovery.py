@@ -338,9 +338,11 @@ class PrivateReplay:
     def _apply(self, seqno: int, raw: bytes, file: str) -> None:
         try:  # as the auditor checks a private domain: GCM tag (it covers the public part too), commit evidence
             frame = frame_entry(raw, 0, file=file)
+            if frame.seqno != seqno:
+                raise EntryFormatError(f"entry holds seqno {frame.seqno}", file=file, seqno=seqno)
             header = parse_public_header(frame, file=file)
-            writes = check_private_entry(raw, 0, seqno, frame.view, header.entry_type,
-                                         header.commit_evidence_digest or b"", self._secrets, file)
+            writes = check_private_entry(frame, header.entry_type, header.commit_evidence_digest or b"",
+                                         self._secrets, file)
         except EntryFormatError as e:
             raise RecoveryError(f"private replay failed at seqno {seqno} ({file}): {e}") from None
         for name, changes in (writes or {}).items():
