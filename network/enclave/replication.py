@@ -102,9 +102,13 @@ class Replicator:
                 self.persist_state(ready.hard_state)
             if ready.rollback_to is not None and ready.rollback_to < self.ledger.last_seqno:
                 self.ledger.rollback(ready.rollback_to)
+            self._drop_unproposed()
             for meta in ready.entries:
                 if meta.index <= self.ledger.last_seqno:
-                    continue  # the primary's own entry, already in its ledger
+                    if self.ledger.view_of(meta.index) == meta.term:
+                        continue  # the primary's own entry, already in its ledger
+                    # this node wrote another entry there, as a primary deposed before it proposed it
+                    self.ledger.rollback(meta.index - 1)
                 self._append_received(meta.index, meta.term)
             if ready.entries or ready.rollback_to is not None:
                 self.ledger.flush()
@@ -116,6 +120,16 @@ class Replicator:
                 self.raft.compact(ready.commit)  # the ledger keeps what consensus needs below commit
             if ready.became_leader:
                 self._sign_as_new_primary()
+
+    def _drop_unproposed(self) -> None:
+        """A primary's ledger runs ahead of consensus between a write and the next `sync`. If it is deposed in
+        between (a higher term arrived), or elected again in a later term, those entries were never proposed and
+        never will be in their view: they go, as an unsigned suffix does after an election (Raft §5.3-5.4;
+        CCF rolls back to the last committable entry when a primary steps down). Kept, they would be proposed
+        under the new term with their old view inside, or shadow the new primary's entries at their seqnos."""
+        if self.ledger.last_seqno > self.raft.last_index and (
+                not self.is_primary or self.ledger.view != self.raft.term):
+            self.ledger.rollback(self.raft.last_index)
 
     def _append_received(self, index: int, term: int) -> None:
         raw = self._stash.pop((index, term), None)

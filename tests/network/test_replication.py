@@ -235,3 +235,88 @@ def test_a_tampered_entry_from_the_primary_stops_the_backup(cluster: Cluster) ->
     cluster.sign()
     with pytest.raises(ReplicationError, match="does not verify"):
         cluster.run(2)
+
+
+def test_entries_a_deposed_primary_never_proposed_give_way_to_the_new_primarys(cluster: Cluster) -> None:
+    """Found by a chaos run (seed 1): a primary's ledger runs ahead of consensus between a write and the next
+    sync. Deposed in between, it kept those entries, skipped the new primary's entries at the same seqnos as if
+    they were its own, and, elected again later, proposed them under the new term with the old view inside:
+    its backups then refused them and never caught up. They are dropped instead, as an unsigned suffix is."""
+    cluster.trust_backups()
+    cluster.write(5)
+    cluster.sign()
+    cluster.run(3)
+    n0, n1, n2 = cluster.ids
+    old = cluster.replicators[n0]
+    signed = old.ledger.last_seqno
+    for i in range(3):  # written on the primary, not yet proposed
+        tx = old.ledger.begin()
+        tx.put("records", f"unproposed-{i}", b"x")
+        old.ledger.commit(tx)
+    assert old.ledger.last_seqno == signed + 3 > old.raft.last_index
+    cluster.down = {n0}
+    new = cluster.replicators[n1]
+    new.raft.campaign()
+    new.process()
+    cluster.deliver_all()
+    assert cluster.primary is new
+    cluster.write(4)
+    cluster.sign()
+    cluster.run(3)
+    cluster.down = set()
+    cluster.run(5)
+    last = new.ledger.last_seqno
+    assert old.raft.role is Role.FOLLOWER
+    assert old.ledger.last_seqno == last and old.ledger.committed_seqno == last
+    assert cluster.files_bytes(n0, last) == cluster.files_bytes(n1, last) == cluster.files_bytes(n2, last)
+    assert all(old.ledger.view_of(s) == new.ledger.view_of(s) for s in range(1, last + 1))
+    assert not any(k.startswith(b"unproposed") for k in _state(old.ledger, "records"))
+    # elected again in a later term with nothing unproposed, it replicates what it holds as it is
+    cluster.down = {n1}
+    old.raft.campaign()
+    old.process()
+    cluster.deliver_all()
+    assert cluster.primary is old
+    cluster.write(2)
+    cluster.sign()
+    cluster.run(3)
+    cluster.down = set()
+    cluster.run(5)
+    last = old.ledger.last_seqno
+    assert cluster.files_bytes(n0, last) == cluster.files_bytes(n1, last) == cluster.files_bytes(n2, last)
+
+
+def test_a_primary_deposed_and_elected_again_drops_what_it_wrote_unproposed_in_its_earlier_term(
+        cluster: Cluster) -> None:
+    """The other way the same entries went wrong: a primary that steps down (a higher term's vote request) and
+    wins the next election before any new primary's entry reaches it would have proposed its old term's
+    unproposed entries under the new term."""
+    cluster.trust_backups()
+    cluster.write(3)
+    cluster.sign()
+    cluster.run(3)
+    n0, n1, _ = cluster.ids
+    old = cluster.replicators[n0]
+    signed = old.ledger.last_seqno
+    tx = old.ledger.begin()
+    tx.put("records", "unproposed", b"x")
+    old.ledger.commit(tx)
+    cluster.replicators[n1].raft.campaign()
+    cluster.replicators[n1].process()
+    requests = [decode(m[4:]) for m in cluster.network]
+    cluster.network.clear()
+    for envelope in requests:  # only the vote request to the primary arrives; its answer is lost
+        if envelope.message.to == n0:
+            old.receive(envelope)
+    cluster.network.clear()
+    assert old.raft.role is Role.FOLLOWER and old.raft.term == 3
+    old.raft.campaign()
+    old.process()
+    cluster.deliver_all()
+    assert cluster.primary is old and old.raft.term == 4
+    # the unproposed entry (view 2) is gone; the new primary signed in view 4 right after the signature
+    assert old.ledger.view_of(signed + 1) == 4 and old.ledger.is_signature(signed + 1)
+    assert b"unproposed" not in _state(old.ledger, "records")
+    cluster.run(3)
+    last = old.ledger.last_seqno
+    assert all(cluster.ledgers[n].view_of(s) == old.ledger.view_of(s) for n in cluster.ids for s in range(1, last + 1))

@@ -1,13 +1,17 @@
 """Per-link network faults between real nodes: one TCP proxy in front of each node's node-to-node port, and
 each node on its own loopback address (127.0.0.2, .3, ...), so a proxy knows which node a connection comes
-from and can cut chosen links (one way or both) while the others keep working."""
+from and can cut chosen links (one way or both) or slow them down while the others keep working. Used by the
+e2e partition tests and the chaos runs.
+
+A link (source host, node host) is the connections the source opens to that node's proxy; cutting it closes
+them and refuses new ones until healed; slowing it delays every chunk of bytes on them, both ways."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 
@@ -17,6 +21,7 @@ class LinkProxies:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.cut: set[tuple[str, str]] = set()  # (source host, proxied node host)
+        self.delays: dict[tuple[str, str], float] = {}  # seconds added to each chunk of bytes on a link
         self.open: list[tuple[str, str, asyncio.StreamWriter, asyncio.StreamWriter]] = []
         self.servers: list[asyncio.Server] = []
 
@@ -39,7 +44,8 @@ class LinkProxies:
                 writer.close()
                 return
             self.open.append((source, host, writer, up_writer))
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            delay = lambda: self.delays.get((source, host), 0.0)  # noqa: E731 - read at each chunk
+            await asyncio.gather(_pipe(reader, up_writer, delay), _pipe(up_reader, writer, delay))
 
         async def start() -> None:
             self.servers.append(await asyncio.start_server(serve, host, int(port)))
@@ -56,9 +62,17 @@ class LinkProxies:
                     b.close()
         self._run(apply())
 
+    def slow_links(self, pairs: set[tuple[str, str]], seconds: float) -> None:
+        """Delay every chunk of bytes on these links by `seconds`, until healed."""
+        async def apply() -> None:
+            for pair in pairs:
+                self.delays[pair] = seconds
+        self._run(apply())
+
     def heal(self) -> None:
         async def apply() -> None:
             self.cut.clear()
+            self.delays.clear()
         self._run(apply())
 
     def close(self) -> None:
@@ -73,9 +87,11 @@ class LinkProxies:
         self.thread.join(timeout=5)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: Callable[[], float]) -> None:
     with contextlib.suppress(OSError, asyncio.IncompleteReadError, ConnectionError):
         while data := await reader.read(65536):
+            if (seconds := delay()) > 0:
+                await asyncio.sleep(seconds)
             writer.write(data)
             await writer.drain()
     writer.close()

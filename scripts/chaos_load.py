@@ -1,0 +1,207 @@
+"""The load of a chaos run: client processes writing and reading the logging app's private records over all
+nodes, recording every operation, and a resolver that learns each write's fate from `/app/tx`.
+
+A client keeps one TLS connection (a session) to one node; after any transport error it closes it, records
+the operation as `info` (a write may or may not have happened), and opens a new session on the next node.
+Nothing is retried (a retried write could apply twice). Answers: 200 → a write's txid goes to the resolver, a
+read is `ok`; a redirect (307/308: not executed) → `fail`, and the next operation goes to the named node in a new
+session; a 4xx → `fail` (not executed), except a read of no record (`ok`, value null); anything else → `info`.
+The final reads (`final_reads`), taken once every node's commit point covers every write reported Committed,
+are marked `realtime`: the checker holds them to real time.
+
+Guarantees: every invoke is followed by exactly one completion once `finish` returns (unknown ones as `info`).
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import ssl
+import threading
+import time
+from urllib.parse import urlsplit
+
+import orjson
+
+from scripts.chaos_cluster import Cluster
+from scripts.chaos_history import Recorder
+
+TXID = "x-ms-ccf-transaction-id"
+
+
+class _Session:
+    def __init__(self, cluster: Cluster, node: int, timeout: float) -> None:
+        self.cluster, self.node, self.timeout = cluster, node, timeout
+        self.conn: http.client.HTTPSConnection | None = None
+
+    def _connect(self, node: int) -> http.client.HTTPSConnection:
+        c = self.cluster
+        context = ssl.create_default_context(cafile=f"{c.common}/service_cert.pem")
+        context.load_cert_chain(f"{c.common}/user0_cert.pem", f"{c.common}/user0_privk.pem")
+        return http.client.HTTPSConnection("127.0.0.1", c.ports[node], context=context, timeout=self.timeout)
+
+    def request(self, method: str, path: str, body: bytes | None) -> tuple[int, dict[str, str], bytes]:
+        """One attempt; transport errors propagate."""
+        if self.conn is None:
+            self.conn = self._connect(self.node)
+        headers = {"content-type": "application/json"} if body is not None else {}
+        self.conn.request(method, path, body, headers)
+        response = self.conn.getresponse()
+        data = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+    def redirected_to(self, headers: dict[str, str]) -> int | None:
+        port = urlsplit(headers.get("location", "")).port
+        return self.cluster.ports.index(port) if port in self.cluster.ports else None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class Load:
+    def __init__(self, cluster: Cluster, recorder: Recorder, clients: int, keys: int, seed: int) -> None:
+        self.cluster, self.recorder = cluster, recorder
+        self.clients, self.keys, self.seed = clients, keys, seed
+        self.stopping = threading.Event()
+        self.pending: list[tuple[int, int, int, int, str, str, int]] = []  # op, process, session, key, value, txid, node
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.last_commit_time: float | None = None  # when a write was last learned Committed
+
+    def start(self) -> None:
+        for p in range(self.clients):
+            self._threads.append(threading.Thread(target=self._client, args=(p,), daemon=True))
+        self._threads.append(threading.Thread(target=self._resolver, daemon=True))
+        for t in self._threads:
+            t.start()
+
+    def _client(self, process: int) -> None:
+        rng = random.Random(self.seed * 1000 + process)
+        session_no = 0
+        session = _Session(self.cluster, process % self.cluster.size, timeout=3.0)
+        counter = 0
+        while not self.stopping.is_set():
+            key = rng.randrange(self.keys)
+            if rng.random() < 0.5:
+                counter += 1
+                moved = self._write(process, session, session_no, key, f"p{process}-{counter}")
+            else:
+                moved = self._read(process, session, session_no, key)
+            if moved is not None:  # a new session, on the node named by a redirect or the next one
+                session.close()
+                time.sleep(0.05)
+                session = _Session(self.cluster, moved, session.timeout)
+                session_no += 1
+            time.sleep(rng.uniform(0.0, 0.01))
+        session.close()
+
+    def _write(self, process: int, session: _Session, session_no: int, key: int, value: str) -> int | None:
+        """One write; the node to move to, if the session ended."""
+        rec, node = self.recorder, session.node
+        op = rec.invoke(process, session_no, "write", key, value, node)
+        try:
+            status, headers, _ = session.request("POST", "/app/log/private", orjson.dumps({"id": key, "msg": value}))
+        except (OSError, http.client.HTTPException) as e:
+            rec.complete(op, process, session_no, "info", "write", key, value, None, node, _why(e))
+            return (node + 1) % self.cluster.size
+        if status == 200 and headers.get(TXID):
+            with self._lock:
+                self.pending.append((op, process, session_no, key, value, headers[TXID], node))
+            return None
+        rec.complete(op, process, session_no, "fail" if 300 <= status < 500 else "info", "write", key, value, None,
+                     node, f"HTTP {status}")
+        return session.redirected_to(headers) if status in (307, 308) else None
+
+    def _read(self, process: int, session: _Session, session_no: int, key: int, realtime: bool = False
+              ) -> int | None:
+        """One read; the node to move to, if the session ended."""
+        rec, node = self.recorder, session.node
+        op = rec.invoke(process, session_no, "read", key, None, node)
+        try:
+            status, headers, data = session.request("GET", f"/app/log/private?id={key}", None)
+        except (OSError, http.client.HTTPException) as e:
+            rec.complete(op, process, session_no, "info", "read", key, None, None, node, _why(e))
+            return (node + 1) % self.cluster.size
+        if status == 200 or (status == 400 and b"ResourceNotFound" in data):
+            msg = orjson.loads(data).get("msg") if status == 200 else None
+            rec.complete(op, process, session_no, "ok", "read", key, msg, headers.get(TXID), node,
+                         realtime=realtime)
+            return None
+        rec.complete(op, process, session_no, "fail" if 300 <= status < 500 else "info", "read", key, None, None,
+                     node, f"HTTP {status}")
+        return session.redirected_to(headers) if status in (307, 308) else None
+
+    def final_reads(self, process: int) -> int:
+        """Every key read on every node, once each node's commit point covers every write reported Committed
+        (held to real time by the checker); how many reads were made."""
+        target = max((s for s in (self.cluster.commit_seqno(i) for i in range(self.cluster.size)) if s), default=0)
+        made = 0
+        for node in range(self.cluster.size):
+            deadline = time.monotonic() + 30
+            while (self.cluster.commit_seqno(node) or 0) < target and time.monotonic() < deadline:
+                time.sleep(0.1)
+            session = _Session(self.cluster, node, timeout=5.0)
+            for key in range(self.keys):
+                self._read(process, session, node, key, realtime=True)
+                made += 1
+            session.close()
+        return made
+
+    def _resolver(self) -> None:
+        while not self.stopping.is_set():
+            self.resolve_once()
+            self.stopping.wait(0.2)
+
+    def resolve_once(self) -> None:
+        """Ask `/app/tx` about every pending write (on any node that answers)."""
+        with self._lock:
+            pending, self.pending = self.pending, []
+        still: list[tuple[int, int, int, int, str, str, int]] = []
+        for i, item in enumerate(pending):
+            op, process, session_no, key, value, txid, node = item
+            status = self._status(txid, i)
+            if status == "Committed":
+                self.recorder.complete(op, process, session_no, "ok", "write", key, value, txid, node)
+                self.last_commit_time = self.recorder.now()
+            elif status == "Invalid":
+                self.recorder.complete(op, process, session_no, "fail", "write", key, value, txid, node, "Invalid")
+            else:
+                still.append(item)
+        with self._lock:
+            self.pending = still + self.pending
+
+    def _status(self, txid: str, spread: int) -> str | None:
+        for attempt in range(self.cluster.size):
+            i = (spread + attempt) % self.cluster.size
+            if not self.cluster.running(i) or i in self.cluster.paused:
+                continue
+            try:
+                answer = self.cluster.client(i, timeout=1.0).call("GET", f"/app/tx?transaction_id={txid}")
+            except Exception:  # noqa: BLE001 - down or unreachable: ask another
+                continue
+            if answer.status == 200:
+                return str(answer.json().get("status"))
+        return None
+
+    def stop_clients(self) -> None:
+        self.stopping.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def finish(self, seconds: float) -> None:
+        """After the clients stopped: resolve what is pending for up to `seconds`, the rest becomes `info`."""
+        deadline = time.monotonic() + seconds
+        while self.pending and time.monotonic() < deadline:
+            self.resolve_once()
+            if self.pending:
+                time.sleep(0.2)
+        for op, process, session_no, key, value, txid, node in self.pending:
+            self.recorder.complete(op, process, session_no, "info", "write", key, value, txid, node,
+                                   "fate unknown at the end")
+        self.pending = []
+
+
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:200]
