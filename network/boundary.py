@@ -172,6 +172,10 @@ class HostCalls(Protocol):
     def stopped(self) -> None:
         """The enclave has signed what was pending and flushed (the answer to `EnclaveCalls.stop`)."""
 
+    def failed(self, reason: str) -> None:
+        """The enclave cannot go on without its state diverging from the service's (a replicated entry it cannot
+        take): the host stops the node, which exits non-zero; restarted, it replays its ledger and rejoins."""
+
     def send(self, conn: int, data: bytes) -> None:
         """Write TLS records to a connection."""
 
@@ -225,8 +229,8 @@ SEALED_FILE = "sealed_secrets.bin"
 OUTGOING_CONNECTIONS = 1 << 48
 
 ENCLAVE_CALLS = ("start", "tick", "connection_opened", "received", "connection_closed", "stop")
-HOST_CALLS = ("started", "start_failed", "stopped", "send", "close", "connect", "pause_reading", "resume_reading",
-              "store_sealed", "persist_consensus", "latest_snapshot", "snapshot_at", "store_snapshot",
+HOST_CALLS = ("started", "start_failed", "stopped", "failed", "send", "close", "connect", "pause_reading",
+              "resume_reading", "store_sealed", "persist_consensus", "latest_snapshot", "snapshot_at", "store_snapshot",
               "commit_snapshot", "run_snapshot", "run_in_workers")
 # The ledger files' methods the enclave calls when it runs in its own process (`ledger.files.LedgerFiles`).
 FILE_CALLS = ("files.append", "files.flush", "files.commit", "files.truncate", "files.read", "files.read_range",

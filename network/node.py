@@ -25,7 +25,7 @@ from loguru import logger
 from network.enclave.runtime import EnclaveRuntime
 from network.host.config import ConfigError, load_config
 from network.host.enclave_process import EnclaveProcess
-from network.host.node import NodeHost, NodeStartError
+from network.host.node import NodeFailed, NodeHost, NodeStartError
 from network.logs import configure_logging
 
 ENCLAVE_PROCESS_VARIABLE = "PYCCF_ENCLAVE_PROCESS"
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         host.attach(EnclaveRuntime(host))
     try:
         asyncio.run(host.run())
-    except (NodeStartError, ConfigError) as e:
+    except (NodeStartError, NodeFailed, ConfigError) as e:
         logger.error(str(e))
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -65,7 +65,8 @@ class Load:
         self.cluster, self.recorder = cluster, recorder
         self.clients, self.keys, self.seed = clients, keys, seed
         self.stopping = threading.Event()
-        self.pending: list[tuple[int, int, int, int, str, str, int]] = []  # op, process, session, key, value, txid, node
+        # writes answered 200 whose fate is not known yet: op, process, session, key, value, txid, node
+        self.pending: list[tuple[int, int, int, int, str, str, int]] = []
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.last_commit_time: float | None = None  # when a write was last learned Committed

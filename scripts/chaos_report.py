@@ -37,7 +37,8 @@ def render(events: Sequence[Event], result: CheckResult, faults: list[dict[str, 
     marked = {op for a in result.anomalies for op in a.ops}
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" id="timeline">']
     for f in faults:
-        parts.append(f'<rect class="fault" x="{x(f["start"]):.1f}" y="{TOP - 12}" width="{max(1.0, (f["end"] - f["start"]) * scale):.1f}" '
+        width = max(1.0, (f["end"] - f["start"]) * scale)
+        parts.append(f'<rect class="fault" x="{x(f["start"]):.1f}" y="{TOP - 12}" width="{width:.1f}" '
                      f'height="{height - TOP}" fill="#ffcc80" fill-opacity="0.35"><title>{html.escape(f["kind"])} '
                      f'{f["nodes"]} {html.escape(f["detail"])}</title></rect>'
                      f'<text x="{x(f["start"]) + 2:.1f}" y="{TOP - 16}" font-size="9">{html.escape(f["kind"])}</text>')

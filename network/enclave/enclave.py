@@ -62,7 +62,7 @@ from network.enclave.http import ANSWER_LATER, Request, Response
 from network.enclave.join import JoinRefused, JoinRequest, network_info, node_key_of, record_join
 from network.enclave.node_frontend import build_node_frontend
 from network.enclave.recovery import NodeRecovery, Phase, recovering_status
-from network.enclave.replication import Replicator, ledger_entry_meta
+from network.enclave.replication import ReplicationError, Replicator, ledger_entry_meta
 from network.enclave.wire import Envelope, ForwardedRequest, ForwardedResponse
 
 IN_TX_EFFECTS = ("transition_service_to_open", "trigger_recovery_shares_refresh")
@@ -92,6 +92,9 @@ class HostServices(Protocol):
 
     def forwarded(self, response: ForwardedResponse) -> None:
         """The primary's answer to a request this node forwarded."""
+
+    def failed(self, reason: str) -> None:
+        """This node cannot go on (its state would diverge from the service's): stop it."""
 
     def latest_snapshot(self) -> tuple[str, bytes] | None:
         """The newest committed snapshot file (name, bytes), if there is one."""
@@ -187,6 +190,7 @@ class Enclave:
         self._last_snapshot = ledger.last_signature_seqno
         self._snapshot_running = False
         self._stopping = False  # set by the host when it stops: no new snapshot is started
+        self._failed = False  # set when replication could not follow consensus: the node is stopping
         self._service_open = self._read_service_open()
         self._recovery_snapshot = recovery_snapshot
         self.recovery: NodeRecovery | None = None
@@ -384,8 +388,14 @@ class Enclave:
                                                       response.headers, response.body)))
         elif isinstance(m, ForwardedResponse):
             self.host.forwarded(m)
-        else:
-            self.replicator.receive(envelope)
+        elif not self._failed:
+            try:
+                self.replicator.receive(envelope)
+            except (ReplicationError, LedgerError) as e:
+                # consensus took the message but the ledger could not follow: going on would serve a state that
+                # differs from the service's, so the node stops (restarted, it replays its ledger and rejoins)
+                self._failed = True
+                self.host.failed(f"replication: {e}")
 
     def _must_forward(self, frontend: Endpoints, request: Request) -> bool:
         """On a backup: writes go to the primary, and so does everything after them in the same session

@@ -158,6 +158,9 @@ class HostLink(RunsForks):
             self.forks.abandon()  # an unfinished snapshot is killed and its partial file removed, as the host does
         self._call("stopped")
 
+    def failed(self, reason: str) -> None:
+        self._call("failed", reason)
+
     def send(self, conn: int, data: bytes) -> None:
         self._call("send", conn, data)
 

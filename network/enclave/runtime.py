@@ -231,6 +231,9 @@ class EnclaveRuntime:
     def persist_consensus(self, state: HardState) -> None:
         self.host.persist_consensus(state.term, state.voted_for)
 
+    def failed(self, reason: str) -> None:
+        self.host.failed(reason)
+
     def set_peers(self, peers: dict[str, str]) -> None:
         self._peers = dict(peers)
         if self.channels is None:

@@ -57,6 +57,11 @@ class NodeStartError(Exception):
     """The node cannot start as configured (the message says why)."""
 
 
+class NodeFailed(Exception):
+    """The enclave stopped the node: it could not go on without diverging from the service (the message says
+    why)."""
+
+
 def _read(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
@@ -187,6 +192,7 @@ class NodeHost(RunsForks):
         self.connection_limit = connection_limit()
         self._descriptors_warned = False
         self._stopped: asyncio.Future[None] | None = None
+        self.failure: str | None = None  # why the enclave stopped the node, if it did
 
     def set_enclave_busy(self, busy: bool) -> None:
         """An enclave in its own process has not taken what was sent to it yet: read no connection meanwhile."""
@@ -215,6 +221,11 @@ class NodeHost(RunsForks):
     def stopped(self) -> None:
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(None)
+
+    def failed(self, reason: str) -> None:
+        logger.error(f"the enclave stops this node: {reason}")
+        self.failure = reason
+        self.stopping.set()
 
     # --- HostCalls: connections -----------------------------------------------------------------------
 
@@ -424,6 +435,8 @@ class NodeHost(RunsForks):
             if os.path.exists(ready):
                 os.unlink(ready)
             logger.info("stopped")
+        if self.failure is not None:
+            raise NodeFailed(self.failure)
 
     def _stop_signalled(self) -> None:
         """The first SIGTERM or SIGINT begins the orderly stop; later ones are ignored. A terminal's Ctrl-C reaches

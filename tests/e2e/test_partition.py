@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.harness import free_port
 from scripts.link_proxy import LinkProxies
+from tests.e2e.harness import free_port
 from tests.e2e.test_replication import Network
 
 pytestmark = pytest.mark.e2e

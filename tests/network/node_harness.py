@@ -42,6 +42,7 @@ class FakeHost:
         self.hard_state: HardState | None = None
         self.peers: dict[str, str] = {}
         self.answers: list[ForwardedResponse] = []
+        self.failures: list[str] = []
 
     def read_entries(self, start: int, end: int) -> list[bytes]:
         self.reads.append((start, end))
@@ -74,6 +75,9 @@ class FakeHost:
 
     def forwarded(self, response: ForwardedResponse) -> None:
         self.answers.append(response)
+
+    def failed(self, reason: str) -> None:
+        self.failures.append(reason)
 
     def latest_snapshot(self) -> tuple[str, bytes] | None:
         return None

@@ -305,3 +305,25 @@ def test_valid_from_times_are_read_by_their_length(text: str, year: int) -> None
 
     parsed = _parse_valid_from(text)
     assert (parsed.year, parsed.month, parsed.day, parsed.hour, parsed.second) == (year, 11, 28, 21, 57)
+
+
+def test_a_replicated_entry_the_node_cannot_take_stops_the_node_once(node: Node) -> None:
+    """Consensus has taken the message but the ledger cannot follow (here: bytes that are no entry): going on
+    would serve a state that is not the service's, so the enclave asks the host to stop the node (it exits
+    non-zero; restarted, it replays its ledger and rejoins), once, and ignores what arrives meanwhile."""
+    from network.consensus.raft import AppendEntries, EntryMeta
+    from network.enclave.wire import Envelope
+
+    ledger = node.ledger
+    last, view = ledger.last_seqno, ledger.view
+    me = node.keys.identity.node_id
+
+    def bad_entry(term: int) -> Envelope:
+        return Envelope(AppendEntries(term, "another-node", me, last, view, (EntryMeta(last + 1, term, False),),
+                                      ledger.committed_seqno), (b"not an entry",))
+
+    node.enclave.receive(bad_entry(view + 1))
+    assert len(node.host.failures) == 1 and "does not verify" in node.host.failures[0]
+    node.enclave.receive(bad_entry(view + 2))
+    assert len(node.host.failures) == 1
+    assert ledger.last_seqno == last  # nothing taken
