@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: test test-enclave-process test-slow test-all lint bench venv clean sandbox
+.PHONY: test test-enclave-process test-slow test-all lint bench venv clean sandbox chaos
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ lint: $(STAMP)
 # stopped service of workspace/ into new nodes (disaster recovery). SANDBOX_ARGS passes more (--port, --workspace).
 sandbox: $(STAMP)
 	$(PY) scripts/sandbox.py $(if $(CLEAN),--clean,) $(if $(NODES),--nodes $(NODES),) $(if $(RECOVER),--recover,) $(SANDBOX_ARGS)
+
+# A chaos run (scripts/chaos.py): a fresh network under load and seeded faults for CHAOS_SECONDS (default 180),
+# then the history checked against the ledgers; NODES=5 for five nodes, SEED=N to repeat a run.
+chaos: $(STAMP)
+	$(PY) scripts/chaos.py --seconds $(or $(CHAOS_SECONDS),180) --nodes $(or $(NODES),3) $(if $(SEED),--seed $(SEED),)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_ledger.py

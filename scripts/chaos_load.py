@@ -5,7 +5,8 @@ A client keeps one TLS connection (a session) to one node; after any transport e
 the operation as `info` (a write may or may not have happened), and opens a new session on the next node.
 Nothing is retried (a retried write could apply twice). Answers: 200 → a write's txid goes to the resolver, a
 read is `ok`; a redirect (307/308: not executed) → `fail`, and the next operation goes to the named node in a new
-session; a 4xx → `fail` (not executed), except a read of no record (`ok`, value null); anything else → `info`.
+session; a 4xx, or a 503 whose code says the request was not executed (`NOT_EXECUTED_503`) → `fail`, except a
+read of no record (`ok`, value null); anything else → `info`.
 The final reads (`final_reads`), taken once every node's commit point covers every write reported Committed,
 are marked `realtime`: the checker holds them to real time.
 
@@ -19,12 +20,14 @@ import random
 import ssl
 import threading
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
+from network.client.connection import ServiceClient
 from scripts.chaos_cluster import Cluster
-from scripts.chaos_history import Recorder
+from scripts.chaos_history import EventType, Recorder
 
 TXID = "x-ms-ccf-transaction-id"
 
@@ -70,6 +73,8 @@ class Load:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.last_commit_time: float | None = None  # when a write was last learned Committed
+        self._clients: dict[int, ServiceClient] = {}  # the resolver's connections, one a node
+        self._resolving = threading.Lock()
 
     def start(self) -> None:
         for p in range(self.clients):
@@ -103,7 +108,8 @@ class Load:
         rec, node = self.recorder, session.node
         op = rec.invoke(process, session_no, "write", key, value, node)
         try:
-            status, headers, _ = session.request("POST", "/app/log/private", orjson.dumps({"id": key, "msg": value}))
+            status, headers, data = session.request("POST", "/app/log/private",
+                                                    orjson.dumps({"id": key, "msg": value}))
         except (OSError, http.client.HTTPException) as e:
             rec.complete(op, process, session_no, "info", "write", key, value, None, node, _why(e))
             return (node + 1) % self.cluster.size
@@ -111,8 +117,8 @@ class Load:
             with self._lock:
                 self.pending.append((op, process, session_no, key, value, headers[TXID], node))
             return None
-        rec.complete(op, process, session_no, "fail" if 300 <= status < 500 else "info", "write", key, value, None,
-                     node, f"HTTP {status}")
+        rec.complete(op, process, session_no, _fate(status, data), "write", key, value, None, node,
+                     _refusal(status, data))
         return session.redirected_to(headers) if status in (307, 308) else None
 
     def _read(self, process: int, session: _Session, session_no: int, key: int, realtime: bool = False
@@ -130,8 +136,8 @@ class Load:
             rec.complete(op, process, session_no, "ok", "read", key, msg, headers.get(TXID), node,
                          realtime=realtime)
             return None
-        rec.complete(op, process, session_no, "fail" if 300 <= status < 500 else "info", "read", key, None, None,
-                     node, f"HTTP {status}")
+        rec.complete(op, process, session_no, _fate(status, data), "read", key, None, None, node,
+                     _refusal(status, data))
         return session.redirected_to(headers) if status in (307, 308) else None
 
     def final_reads(self, process: int) -> int:
@@ -156,13 +162,21 @@ class Load:
             self.stopping.wait(0.2)
 
     def resolve_once(self) -> None:
-        """Ask `/app/tx` about every pending write (on any node that answers)."""
+        """Ask `/app/tx` about the pending writes at or below a node's commit point (the others cannot be
+        Committed yet), over one kept connection per node. One caller at a time."""
+        with self._resolving:
+            self._resolve()
+
+    def _resolve(self) -> None:
         with self._lock:
             pending, self.pending = self.pending, []
+        commit = max((c for c in (self._ask_commit(i) for i in range(self.cluster.size)) if c is not None),
+                     default=0)
         still: list[tuple[int, int, int, int, str, str, int]] = []
         for i, item in enumerate(pending):
             op, process, session_no, key, value, txid, node = item
-            status = self._status(txid, i)
+            seqno = int(txid.split(".")[1])
+            status = self._status(txid, i) if seqno <= commit else None
             if status == "Committed":
                 self.recorder.complete(op, process, session_no, "ok", "write", key, value, txid, node)
                 self.last_commit_time = self.recorder.now()
@@ -173,17 +187,30 @@ class Load:
         with self._lock:
             self.pending = still + self.pending
 
+    def _ask(self, i: int, path: str) -> Any:
+        """GET `path` on node i over the resolver's kept connection; None if it does not answer 200."""
+        if not self.cluster.running(i) or i in self.cluster.paused:
+            return None
+        client = self._clients.get(i)
+        if client is None:
+            client = self._clients[i] = self.cluster.client(i, timeout=1.0)
+        try:
+            answer = client.call("GET", path)
+        except Exception:  # noqa: BLE001 - down or unreachable: a new connection next time
+            client.close()
+            del self._clients[i]
+            return None
+        return answer.json() if answer.status == 200 else None
+
+    def _ask_commit(self, i: int) -> int | None:
+        answer = self._ask(i, "/node/commit")
+        return int(str(answer["transaction_id"]).split(".")[1]) if answer else None
+
     def _status(self, txid: str, spread: int) -> str | None:
         for attempt in range(self.cluster.size):
-            i = (spread + attempt) % self.cluster.size
-            if not self.cluster.running(i) or i in self.cluster.paused:
-                continue
-            try:
-                answer = self.cluster.client(i, timeout=1.0).call("GET", f"/app/tx?transaction_id={txid}")
-            except Exception:  # noqa: BLE001 - down or unreachable: ask another
-                continue
-            if answer.status == 200:
-                return str(answer.json().get("status"))
+            answer = self._ask((spread + attempt) % self.cluster.size, f"/app/tx?transaction_id={txid}")
+            if answer is not None:
+                return str(answer.get("status"))
         return None
 
     def stop_clients(self) -> None:
@@ -202,6 +229,30 @@ class Load:
             self.recorder.complete(op, process, session_no, "info", "write", key, value, txid, node,
                                    "fate unknown at the end")
         self.pending = []
+
+
+# 503s whose request was certainly not executed (the others, e.g. a forwarded write whose answer was lost, may
+# have been)
+NOT_EXECUTED_503 = ("PrimaryNotFound", "TooManyPendingTransactions", "RequestAlreadyForwarded",
+                    "SessionCapExhausted")
+
+
+def _fate(status: int, body: bytes) -> EventType:
+    if 300 <= status < 500 or (status == 503 and _code(body) in NOT_EXECUTED_503):
+        return "fail"
+    return "info"
+
+
+def _code(body: bytes) -> str:
+    try:
+        return str(orjson.loads(body)["error"]["code"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return ""
+
+
+def _refusal(status: int, body: bytes) -> str:
+    """`HTTP 503 <CCF error code>` of an error answer."""
+    return f"HTTP {status} {_code(body)}".strip()
 
 
 def _why(e: BaseException) -> str:
