@@ -124,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         load.stopping.set()
         nemesis.stopping.set()
         codes = cluster.stop()
+    extra_anomalies += [Anomaly("restart-failed", (), failure) for failure in cluster.restart_failures]
     if any(codes):
         extra_anomalies.append(Anomaly("unclean-stop", (), f"node exit codes {codes}"))
     ledger, ledger_anomalies = read_committed(

@@ -6,7 +6,7 @@ the operation as `info` (a write may or may not have happened), and opens a new 
 Nothing is retried (a retried write could apply twice). Answers: 200 → a write's txid goes to the resolver, a
 read is `ok`; a redirect (307/308: not executed) → `fail`, and the next operation goes to the named node in a new
 session; a 4xx, or a 503 whose code says the request was not executed (`NOT_EXECUTED_503`) → `fail`, except a
-read of no record (`ok`, value null); anything else → `info`.
+read of no record (`ok`, value null); a refused connection → `fail`; anything else → `info`.
 The final reads (`final_reads`), taken once every node's commit point covers every write reported Committed,
 are marked `realtime`: the checker holds them to real time.
 
@@ -75,6 +75,7 @@ class Load:
         self.last_commit_time: float | None = None  # when a write was last learned Committed
         self._clients: dict[int, ServiceClient] = {}  # the resolver's connections, one a node
         self._resolving = threading.Lock()
+        self._refused = [False] * clients  # whether each client's last operation was refused
 
     def start(self) -> None:
         for p in range(self.clients):
@@ -100,18 +101,21 @@ class Load:
                 time.sleep(0.05)
                 session = _Session(self.cluster, moved, session.timeout)
                 session_no += 1
+            elif self._refused[process]:
+                time.sleep(0.05)  # the service refused (no primary yet, ...): give it a moment
             time.sleep(rng.uniform(0.0, 0.01))
         session.close()
 
     def _write(self, process: int, session: _Session, session_no: int, key: int, value: str) -> int | None:
         """One write; the node to move to, if the session ended."""
         rec, node = self.recorder, session.node
+        self._refused[process] = False
         op = rec.invoke(process, session_no, "write", key, value, node)
         try:
             status, headers, data = session.request("POST", "/app/log/private",
                                                     orjson.dumps({"id": key, "msg": value}))
         except (OSError, http.client.HTTPException) as e:
-            rec.complete(op, process, session_no, "info", "write", key, value, None, node, _why(e))
+            rec.complete(op, process, session_no, _fate_of_error(e), "write", key, value, None, node, _why(e))
             return (node + 1) % self.cluster.size
         if status == 200 and headers.get(TXID):
             with self._lock:
@@ -119,17 +123,20 @@ class Load:
             return None
         rec.complete(op, process, session_no, _fate(status, data), "write", key, value, None, node,
                      _refusal(status, data))
+        self._refused[process] = True
         return session.redirected_to(headers) if status in (307, 308) else None
 
     def _read(self, process: int, session: _Session, session_no: int, key: int, realtime: bool = False
               ) -> int | None:
         """One read; the node to move to, if the session ended."""
         rec, node = self.recorder, session.node
+        if process < self.clients:
+            self._refused[process] = False
         op = rec.invoke(process, session_no, "read", key, None, node)
         try:
             status, headers, data = session.request("GET", f"/app/log/private?id={key}", None)
         except (OSError, http.client.HTTPException) as e:
-            rec.complete(op, process, session_no, "info", "read", key, None, None, node, _why(e))
+            rec.complete(op, process, session_no, _fate_of_error(e), "read", key, None, None, node, _why(e))
             return (node + 1) % self.cluster.size
         if status == 200 or (status == 400 and b"ResourceNotFound" in data):
             msg = orjson.loads(data).get("msg") if status == 200 else None
@@ -138,6 +145,8 @@ class Load:
             return None
         rec.complete(op, process, session_no, _fate(status, data), "read", key, None, None, node,
                      _refusal(status, data))
+        if process < self.clients:
+            self._refused[process] = True
         return session.redirected_to(headers) if status in (307, 308) else None
 
     def final_reads(self, process: int) -> int:
@@ -235,6 +244,11 @@ class Load:
 # have been)
 NOT_EXECUTED_503 = ("PrimaryNotFound", "TooManyPendingTransactions", "RequestAlreadyForwarded",
                     "SessionCapExhausted")
+
+
+def _fate_of_error(e: BaseException) -> EventType:
+    """A refused connection sent nothing; any other transport error may have come after the request ran."""
+    return "fail" if isinstance(e, ConnectionRefusedError) else "info"
 
 
 def _fate(status: int, body: bytes) -> EventType:

@@ -34,6 +34,7 @@ NOT_RUN = {
     "make test-slow": "the slow suite has its own target and takes far longer than this suite may",
     "make lint": "the linters are run by the project's CI next to make test, not inside it",
     "make bench": "a benchmark measures; it checks nothing this test could assert",
+    "make chaos": "a chaos run takes minutes; tests/e2e/test_chaos.py runs a short one",
 }
 
 
