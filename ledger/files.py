@@ -20,6 +20,7 @@ Guarantees:
 from __future__ import annotations
 
 import enum
+import errno
 import os
 import re
 import shutil
@@ -97,6 +98,26 @@ def scan_entries(data: bytes, start: int, end: int, first_seqno: int, *, file: s
         pos += size
         expected += 1
     return positions, None
+
+
+# Fault injection for chaos runs (etcd's robustness tests use failpoints the same way): with PYCCF_FAILPOINTS=1 in
+# the environment, a file named DISK_FAULT_FILE in the ledger directory, holding an errno name (ENOSPC, EROFS,
+# EIO), makes every write and sync of the ledger fail with that error, as a full or read-only disk would. Off
+# (no check at all) unless the variable is set.
+DISK_FAULT_FILE = "disk-fault"
+_FAILPOINTS = os.environ.get("PYCCF_FAILPOINTS", "") not in ("", "0")
+
+
+def _injected_disk_fault(directory: str) -> None:
+    if not _FAILPOINTS:
+        return
+    try:
+        with open(os.path.join(directory, DISK_FAULT_FILE)) as f:
+            name = f.read().strip()
+    except FileNotFoundError:
+        return
+    code = getattr(errno, name, errno.EIO)
+    raise OSError(code, f"{os.strerror(code)} (injected: {DISK_FAULT_FILE})")
 
 
 def read_positions(data: bytes, name: str, start: int, end: int | None) -> tuple[list[int], int]:
@@ -427,6 +448,7 @@ class LedgerFiles:
     def _write_pending(self) -> None:
         if self._pending:
             assert self._file is not None
+            _injected_disk_fault(self.directory)
             self._file.write(b"".join(self._pending))
             self._pending.clear()
             self._pending_bytes = 0
@@ -448,6 +470,7 @@ class LedgerFiles:
             self._dirty = False
 
     def _sync(self, f: BinaryIO) -> None:
+        _injected_disk_fault(self.directory)
         f.flush()
         if self.fsync is not FsyncPolicy.NEVER:
             os.fsync(f.fileno())

@@ -31,6 +31,7 @@ if ROOT not in sys.path:
 
 from scripts.chaos_check import Anomaly, CheckResult, CommittedLedger, check  # noqa: E402
 from scripts.chaos_history import HistoryError, read_history, write_history  # noqa: E402
+from scripts.chaos_nemesis import KINDS  # noqa: E402
 
 LIVENESS_BOUND_S = 30.0  # after the last fault heals, a write must commit within this
 
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     recorder = Recorder()
     load = Load(cluster, recorder, args.clients, args.keys, seed)
-    nemesis = Nemesis(cluster, seed, recorder.now)
+    nemesis = Nemesis(cluster, seed, recorder.now, kinds=args.faults)
     extra_anomalies: list[Anomaly] = []
     liveness = None
     try:
@@ -153,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, choices=(3, 5), default=3)
     parser.add_argument("--clients", type=int, default=6, help="client processes (spread over the nodes)")
     parser.add_argument("--keys", type=int, default=8, help="records the clients write and read")
+    parser.add_argument("--faults", type=lambda s: tuple(k.strip() for k in s.split(",") if k.strip()),
+                        default=KINDS, help=f"the fault kinds to draw from, comma-separated (default: all: "
+                                            f"{','.join(KINDS)})")
     parser.add_argument("--history-out", help="where the history goes (default: the workspace's history.jsonl)")
     parser.add_argument("--report", help="where the HTML report goes (default: the workspace's report.html)")
     parser.add_argument("--workspace", help="the nodes' directory (default: a new temporary one, kept)")
@@ -162,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         return check_file(args.check)
     if args.seconds <= 0 or args.clients < 1 or args.keys < 1:
         parser.error("--seconds, --clients and --keys must be positive")
+    if unknown := set(args.faults) - set(KINDS):
+        parser.error(f"unknown fault kinds {', '.join(sorted(unknown))} (the kinds: {', '.join(KINDS)})")
+    if not args.faults:
+        parser.error("--faults names no fault kind")
     return run(args)
 
 

@@ -1,6 +1,6 @@
 """A network of real node processes for chaos runs: each node on its own loopback address behind a per-link
 proxy (so links can be cut or slowed one by one), and the handles a nemesis needs: kill -9, restart, pause
-(SIGSTOP), resume (SIGCONT), and who is primary.
+(SIGSTOP), resume (SIGCONT), a disk that refuses writes (the ledger's failpoint), and who is primary.
 
 Guarantees: `Cluster.start` returns an open service (member0 opened it, user0 may write); `stop` stops every
 node (resuming paused ones first) and reports each node's last commit seqno for the ledger check. Not here:
@@ -16,11 +16,13 @@ import socket
 import subprocess
 import time
 
+from ledger.files import DISK_FAULT_FILE
 from network.client.connection import ServiceClient
 from scripts.link_proxy import LinkProxies
 from scripts.sandbox import launch_node, make_identities, node_config, open_service, start_node, wait_ready
 
 ELECTION_TIMEOUT_MS = 500  # short, so that a run sees many elections
+FAILPOINTS_VARIABLE = "PYCCF_FAILPOINTS"  # see ledger/files.py: injected disk faults
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -45,6 +47,7 @@ class Cluster:
         self.restart_failures: list[str] = []  # nodes that did not come back when restarted
 
     def start(self) -> None:
+        os.environ[FAILPOINTS_VARIABLE] = "1"  # the nodes started from here honour injected disk faults
         make_identities(self.common)
         for i, host in enumerate(self.hosts):
             bind, published = f"{host}:{free_port(host)}", f"{host}:{free_port(host)}"
@@ -124,9 +127,18 @@ class Cluster:
             p.send_signal(signal.SIGCONT)
         self.paused.discard(i)
 
+    def disk_fault(self, i: int, errno_name: str) -> None:
+        """Node i's ledger writes fail with `errno_name` (ENOSPC: a full disk, EROFS: a read-only one)."""
+        with open(os.path.join(self.data_dir(i), "ledger", DISK_FAULT_FILE), "w") as f:
+            f.write(errno_name)
+
     def heal(self) -> None:
-        """Every node running and resumed, every link whole (the nodes that were down start side by side)."""
+        """Every node running and resumed, every disk and link whole (the nodes that were down start side by
+        side)."""
         self.proxies.heal()
+        for i in range(self.size):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.data_dir(i), "ledger", DISK_FAULT_FILE))
         down = [i for i in range(self.size) if not self.running(i)]
         for i in range(self.size):
             self.resume(i)

@@ -2,7 +2,9 @@
 logged with its times.
 
 Fault kinds (`KINDS`): `kill` (kill -9 of a node, the primary half of the time, restarted at the window's end),
-`pause` (SIGSTOP past the election timeout, then SIGCONT), `partition` (a random minority cut off from the
+`pause` (SIGSTOP past the election timeout, then SIGCONT), `disk-full` and `disk-read-only` (a node's ledger
+writes fail with ENOSPC or EROFS, the primary half of the time; it must stop rather than lose writes, and is
+restarted once the disk is back), `partition` (a random minority cut off from the
 majority), `isolate-primary`, `one-way` (one node's links to the others cut in one direction only), `bridge`
 (two sides that see each other only through one node), `slow` (a node's links delayed), `crash-all` (every node
 killed, then all restarted), `kill-and-partition` (a kill inside a partition). The random choices come from
@@ -23,8 +25,8 @@ from typing import Any
 from scripts.chaos_cluster import ELECTION_TIMEOUT_MS, Cluster
 
 KINDS = ("kill", "pause", "partition", "isolate-primary", "one-way", "bridge", "slow", "crash-all",
-         "kill-and-partition")
-WEIGHTS = (4, 2, 2, 2, 1, 1, 1, 1, 1)  # the primary's death is the fault that matters most
+         "kill-and-partition", "disk-full", "disk-read-only")
+WEIGHTS = (4, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1)  # the primary's death is the fault that matters most
 
 
 @dataclass
@@ -41,7 +43,13 @@ class FaultWindow:
 
 
 class Nemesis:
-    def __init__(self, cluster: Cluster, seed: int, clock: Any, log: Any = print) -> None:
+    def __init__(self, cluster: Cluster, seed: int, clock: Any, log: Any = print,
+                 kinds: tuple[str, ...] = KINDS) -> None:
+        unknown = set(kinds) - set(KINDS)
+        if unknown or not kinds:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; the kinds are {', '.join(KINDS)}")
+        self.kinds = kinds
+        self.weights = [WEIGHTS[KINDS.index(k)] for k in kinds]
         self.cluster = cluster
         self.rng = random.Random(seed)
         self.clock = clock  # seconds since the run began
@@ -110,6 +118,11 @@ class Nemesis:
             c.proxies.slow_links({(hosts[target], hosts[o]) for o in others} |
                                  {(hosts[o], hosts[target]) for o in others}, delay)
             window.nodes, window.detail = [target], f"{delay * 1000:.0f} ms added per chunk"
+        elif kind in ("disk-full", "disk-read-only"):
+            target = self._pick_target()
+            c.disk_fault(target, "ENOSPC" if kind == "disk-full" else "EROFS")
+            window.nodes = [target]
+            window.detail = "its ledger writes fail; it must stop rather than lose them"
         elif kind == "crash-all":
             for i in range(n):
                 c.kill(i)
@@ -129,7 +142,7 @@ class Nemesis:
         while time.monotonic() < deadline and not self.stopping.is_set():
             if self.stopping.wait(self.rng.uniform(0.5, 2.0)):
                 break
-            kind = self.rng.choices(KINDS, WEIGHTS)[0]
+            kind = self.rng.choices(self.kinds, self.weights)[0]
             window, hold = self._begin(kind)
             self.log(f"  {window.start:7.2f} s  {kind} {window.nodes} {window.detail}".rstrip())
             self.windows.append(window)

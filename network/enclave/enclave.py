@@ -36,7 +36,7 @@ from governance.proposals import NodeServices, js_limits
 from governance.recovery_shares import RecoverySharesError, clear_submitted_shares, deal_shares
 from ledger.bootstrap import NodeKeys
 from ledger.endorsements import write_opening_endorsement
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, LedgerFileError
 from ledger.genesis import VirtualQuote
 from ledger.identity import cert_pem, endorse, key_id, self_signed_cert
 from ledger.kv import Tx
@@ -394,8 +394,13 @@ class Enclave:
             except (ReplicationError, LedgerError) as e:
                 # consensus took the message but the ledger could not follow: going on would serve a state that
                 # differs from the service's, so the node stops (restarted, it replays its ledger and rejoins)
-                self._failed = True
-                self.host.failed(f"replication: {e}")
+                self._fail(f"replication: {e}")
+
+    def _fail(self, reason: str) -> None:
+        """Stop this node, once: it cannot go on without diverging from the service or losing writes."""
+        if not self._failed:
+            self._failed = True
+            self.host.failed(reason)
 
     def _must_forward(self, frontend: Endpoints, request: Request) -> bool:
         """On a backup: writes go to the primary, and so does everything after them in the same session
@@ -473,6 +478,12 @@ class Enclave:
             txid = self.ledger.commit(ctx.tx)
         except GovernanceError as e:
             raise EndpointError(500, "InternalError", f"Failed to apply(): {e.message}") from None
+        except LedgerFileError as e:
+            # the disk refused the write (full, read-only, failing): stop rather than go on unable to keep writes
+            # (CCF's host aborts on a failed ledger write); the transaction was rolled back
+            self._fail(f"the ledger cannot be written: {e}")
+            raise EndpointError(500, "InternalError", f"Transaction could not be written to the ledger: {e}") \
+                from None
         except LedgerError as e:
             raise EndpointError(500, "InternalError", f"Transaction could not be committed: {e}") from None
         for callback in after:
@@ -599,10 +610,16 @@ class Enclave:
     def tick(self) -> None:
         """Called by the host every few milliseconds: sign if unsigned transactions waited long enough, and
         let consensus keep time (heartbeats, elections)."""
-        if self.is_primary and self._unsigned and self._first_unsigned_at is not None and \
-                (self.clock() - self._first_unsigned_at) * 1000 >= self.settings.signatures.every_ms:
-            self.sign()
-        self.replicator.tick()
+        if self._failed:
+            return
+        try:
+            if self.is_primary and self._unsigned and self._first_unsigned_at is not None and \
+                    (self.clock() - self._first_unsigned_at) * 1000 >= self.settings.signatures.every_ms:
+                self.sign()
+            self.replicator.tick()
+        except LedgerFileError as e:
+            self._fail(f"the ledger cannot be written: {e}")
+            return
         recovery = self.recovery
         if recovery is not None:
             if self.is_primary and recovery.ready_to_open():
@@ -616,11 +633,14 @@ class Enclave:
         if nothing signed is still waiting for a majority. At light load a write is signed at once instead of
         waiting for `every_ms`; under load, transactions gather while a signature replicates, so each signature
         covers more of them (the batch grows with the load, and so does the time between signatures)."""
-        if not (self.settings.signatures.group_commit and self._unsigned and self.is_primary):
+        if self._failed or not (self.settings.signatures.group_commit and self._unsigned and self.is_primary):
             return
         if self.ledger.last_signature_seqno > self.ledger.committed_seqno:
             return  # the acknowledgement that commits it will end a turn, and sign what gathered meanwhile
-        self.sign()
+        try:
+            self.sign()
+        except LedgerFileError as e:
+            self._fail(f"the ledger cannot be written: {e}")
 
     def sign(self) -> TxID | None:
         """Emit a signature over everything so far, make it durable, and commit up to it."""

@@ -22,6 +22,7 @@ from typing import Any
 
 from loguru import logger
 
+from ledger.errors import LedgerError
 from ledger.files import LedgerFiles
 from ledger.identity import cert_pem, key_pem
 from network.boundary import NODE_TO_NODE, OUTGOING_CONNECTIONS, RPC_INTERFACE, EnclaveStart, HostCalls
@@ -138,8 +139,11 @@ class EnclaveRuntime:
         enclave = self.enclave
         if enclave is not None:
             enclave.stop_snapshots()
-            enclave.sign()
-            enclave.ledger.flush()
+            try:
+                enclave.sign()
+                enclave.ledger.flush()
+            except LedgerError as e:  # a disk that refuses writes (the reason the node may be stopping)
+                logger.error(f"stopping without a last signature: {e}")
         self.host.stopped()
 
     # --- start -------------------------------------------------------------------------------------------

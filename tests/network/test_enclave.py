@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 
 import orjson
@@ -327,3 +328,38 @@ def test_a_replicated_entry_the_node_cannot_take_stops_the_node_once(node: Node)
     node.enclave.receive(bad_entry(view + 2))
     assert len(node.host.failures) == 1
     assert ledger.last_seqno == last  # nothing taken
+
+
+@pytest.mark.parametrize("fault", ["ENOSPC", "EROFS"])
+def test_a_disk_that_refuses_writes_stops_the_primary_and_nothing_unwritten_commits(
+        open_node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+    """A full or read-only disk (the chaos runs' failpoint): the primary's next flush fails, and it stops rather
+    than go on accepting writes it cannot keep; what it could not write never commits."""
+    import ledger.files
+
+    monkeypatch.setattr(ledger.files, "_FAILPOINTS", True)
+    node = open_node
+    committed = node.ledger.committed_seqno
+    (tmp_path / "ledger" / ledger.files.DISK_FAULT_FILE).write_text(fault)
+    answer = node.user_call("POST", "/app/log/private", {"id": 1, "msg": "never durable"})
+    node.enclave.turn_ended()  # group commit: sign and flush now
+    node.clock.now += 1
+    node.enclave.tick()
+    assert len(node.host.failures) == 1 and "the ledger cannot be written" in node.host.failures[0]
+    assert {"ENOSPC": "No space left", "EROFS": "Read-only file system"}[fault] in node.host.failures[0]
+    assert node.ledger.committed_seqno == committed  # accepted (or refused with a 500), never committed
+    assert answer.status in (200, 500)
+    node.enclave.tick()
+    node.enclave.turn_ended()
+    assert len(node.host.failures) == 1  # once
+
+
+def test_the_disk_failpoint_is_off_unless_the_environment_turns_it_on(tmp_path: Path) -> None:
+    import ledger.files
+
+    assert ledger.files._FAILPOINTS is (os.environ.get("PYCCF_FAILPOINTS", "") not in ("", "0"))
+    if not ledger.files._FAILPOINTS:
+        node = Node(str(tmp_path))
+        (tmp_path / "ledger" / ledger.files.DISK_FAULT_FILE).write_text("ENOSPC")
+        node.open_service()  # writes and flushes as usual
+        assert node.host.failures == []
