@@ -100,6 +100,22 @@ class Cluster:
         self.primary.ledger.emit_signature()
         self.primary.sync()
 
+    def elect(self, node_id: str, down: set[str]) -> Replicator:
+        """`node_id` stands for election while the nodes of `down` hear nothing, and wins."""
+        self.down = down
+        candidate = self.replicators[node_id]
+        candidate.raft.campaign()
+        candidate.process()
+        self.deliver_all()
+        assert self.primary is candidate
+        return candidate
+
+    def signed_round(self, writes: int) -> None:
+        """The primary writes, signs, and the signature replicates."""
+        self.write(writes)
+        self.sign()
+        self.run(3)
+
     def trust_backups(self) -> None:
         """What governance's transition_node_to_trusted leaves in the KV, then the new configuration."""
         primary = self.primary
@@ -237,32 +253,28 @@ def test_a_tampered_entry_from_the_primary_stops_the_backup(cluster: Cluster) ->
         cluster.run(2)
 
 
+def _write_unproposed(primary: Replicator, key: str) -> None:
+    """A write in the primary's ledger that consensus has not been given yet (no sync)."""
+    tx = primary.ledger.begin()
+    tx.put("records", key, b"x")
+    primary.ledger.commit(tx)
+
+
 def test_entries_a_deposed_primary_never_proposed_give_way_to_the_new_primarys(cluster: Cluster) -> None:
     """Found by a chaos run (seed 1): a primary's ledger runs ahead of consensus between a write and the next
     sync. Deposed in between, it kept those entries, skipped the new primary's entries at the same seqnos as if
     they were its own, and, elected again later, proposed them under the new term with the old view inside:
     its backups then refused them and never caught up. They are dropped instead, as an unsigned suffix is."""
     cluster.trust_backups()
-    cluster.write(5)
-    cluster.sign()
-    cluster.run(3)
+    cluster.signed_round(5)
     n0, n1, n2 = cluster.ids
     old = cluster.replicators[n0]
     signed = old.ledger.last_seqno
-    for i in range(3):  # written on the primary, not yet proposed
-        tx = old.ledger.begin()
-        tx.put("records", f"unproposed-{i}", b"x")
-        old.ledger.commit(tx)
+    for i in range(3):
+        _write_unproposed(old, f"unproposed-{i}")
     assert old.ledger.last_seqno == signed + 3 > old.raft.last_index
-    cluster.down = {n0}
-    new = cluster.replicators[n1]
-    new.raft.campaign()
-    new.process()
-    cluster.deliver_all()
-    assert cluster.primary is new
-    cluster.write(4)
-    cluster.sign()
-    cluster.run(3)
+    new = cluster.elect(n1, down={n0})
+    cluster.signed_round(4)
     cluster.down = set()
     cluster.run(5)
     last = new.ledger.last_seqno
@@ -272,14 +284,8 @@ def test_entries_a_deposed_primary_never_proposed_give_way_to_the_new_primarys(c
     assert all(old.ledger.view_of(s) == new.ledger.view_of(s) for s in range(1, last + 1))
     assert not any(k.startswith(b"unproposed") for k in _state(old.ledger, "records"))
     # elected again in a later term with nothing unproposed, it replicates what it holds as it is
-    cluster.down = {n1}
-    old.raft.campaign()
-    old.process()
-    cluster.deliver_all()
-    assert cluster.primary is old
-    cluster.write(2)
-    cluster.sign()
-    cluster.run(3)
+    cluster.elect(n0, down={n1})
+    cluster.signed_round(2)
     cluster.down = set()
     cluster.run(5)
     last = old.ledger.last_seqno
@@ -292,15 +298,11 @@ def test_a_primary_deposed_and_elected_again_drops_what_it_wrote_unproposed_in_i
     wins the next election before any new primary's entry reaches it would have proposed its old term's
     unproposed entries under the new term."""
     cluster.trust_backups()
-    cluster.write(3)
-    cluster.sign()
-    cluster.run(3)
+    cluster.signed_round(3)
     n0, n1, _ = cluster.ids
     old = cluster.replicators[n0]
     signed = old.ledger.last_seqno
-    tx = old.ledger.begin()
-    tx.put("records", "unproposed", b"x")
-    old.ledger.commit(tx)
+    _write_unproposed(old, "unproposed")
     cluster.replicators[n1].raft.campaign()
     cluster.replicators[n1].process()
     requests = [decode(m[4:]) for m in cluster.network]
