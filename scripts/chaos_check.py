@@ -117,7 +117,8 @@ def check(events: Iterable[Event], ledger: CommittedLedger) -> CheckResult:
         counts[f"{o.f}-{o.outcome}"] += 1
 
     # the committed writes: where each value is, and each key's values in seqno order
-    committed_at: dict[str, tuple[int, int]] = {}  # value -> (seqno, key)
+    committed_at: dict[str, tuple[int, int]] = {}  # value -> (seqno, key), its first place
+    places: dict[str, list[tuple[int, int]]] = defaultdict(list)  # value -> every (seqno, key) it is committed at
     by_key: dict[int, tuple[list[int], list[str | None]]] = defaultdict(lambda: ([], []))
     for seqno, key, value in ledger.records:
         seqnos, values = by_key[key]
@@ -125,6 +126,7 @@ def check(events: Iterable[Event], ledger: CommittedLedger) -> CheckResult:
         values.append(value)
         if value is None:
             continue
+        places[value].append((seqno, key))
         if value in committed_at:
             writer = writes_by_value.get(value)
             anomalies.append(Anomaly("duplicate-write", (writer.op,) if writer else (),
@@ -140,7 +142,7 @@ def check(events: Iterable[Event], ledger: CommittedLedger) -> CheckResult:
             continue
         place = committed_at.get(o.value)
         if o.outcome == "ok":
-            if o.txid is None or not ledger.committed(o.txid) or place != (o.txid[1], o.key):
+            if o.txid is None or not ledger.committed(o.txid) or (o.txid[1], o.key) not in places.get(o.value, ()):
                 where = f"at seqno {place[0]}" if place else "nowhere"
                 anomalies.append(Anomaly("lost-commit", (o.op,), f"write of {o.value!r} to key {o.key} reported "
                                          f"Committed at {_fmt(o.txid)}, but the committed ledger holds it {where}"))
@@ -149,7 +151,7 @@ def check(events: Iterable[Event], ledger: CommittedLedger) -> CheckResult:
                                      f"seqno {place[0]}"))
 
     _check_reads(ops, ledger, committed_at, writes_by_value, by_key, anomalies, counts)
-    _check_real_time(ops, ledger, committed_at, anomalies)
+    _check_real_time(ops, ledger, committed_at, by_key, anomalies)
     _check_sessions(ops, ledger, anomalies)
     result.counts = dict(counts)
     return result
@@ -194,31 +196,41 @@ def _check_reads(ops: dict[int, _Op], ledger: CommittedLedger, committed_at: dic
 
 
 def _check_real_time(ops: dict[int, _Op], ledger: CommittedLedger, committed_at: dict[str, tuple[int, int]],
-                     anomalies: list[Anomaly]) -> None:
-    """A sweep in time order: per key, the latest committed write reported Committed so far bounds the
-    transaction id of every read invoked from then on."""
-    moments: list[tuple[float, int, _Op]] = []  # (time, 0 = a write's Committed report first / 1 = read invoke)
+                     by_key: dict[int, tuple[list[int], list[str | None]]], anomalies: list[Anomaly]) -> None:
+    """A sweep in time order: per key, the latest committed write reported Committed before a read held to real
+    time was invoked bounds the transaction id the read names. A report and an invoke at the same recorded
+    instant are not ordered (the invoke is taken first). A read of no record names no transaction id (the
+    service answers an error): it is wrong if such a write was reported and nothing removed the key since."""
+    moments: list[tuple[float, int, _Op]] = []  # (time, 0 = a read's invoke / 1 = a write's Committed report)
     for o in ops.values():
         if o.f == "write" and o.outcome == "ok" and o.completed is not None and o.value in committed_at:
-            moments.append((o.completed, 0, o))
-        elif o.f == "read" and o.outcome == "ok" and o.realtime and ledger.committed(o.txid):
-            moments.append((o.invoked, 1, o))
+            moments.append((o.completed, 1, o))
+        elif o.f == "read" and o.outcome == "ok" and o.realtime and (
+                ledger.committed(o.txid) or (o.txid is None and o.value is None)):
+            moments.append((o.invoked, 0, o))
     moments.sort(key=lambda m: (m[0], m[1]))
     latest: dict[int, tuple[int, _Op]] = {}
     for moment, kind, o in moments:
-        if kind == 0:
+        if kind == 1:
             seqno = committed_at[o.value][0] if o.value is not None else 0
             if seqno > latest.get(o.key, (0, o))[0]:
                 latest[o.key] = (seqno, o)
             continue
         bound = latest.get(o.key)
-        assert o.txid is not None
-        # strictly after: a report and an invoke at the same recorded instant are not ordered
-        if bound is not None and o.txid[1] < bound[0] and bound[1].completed is not None \
-                and bound[1].completed < moment:
+        if bound is None:
+            continue
+        reported = bound[1].completed or 0.0
+        if o.txid is None:
+            seqnos, values = by_key.get(o.key, ([], []))
+            removed_since = any(v is None for v in values[bisect.bisect_right(seqnos, bound[0]):])
+            if not removed_since:
+                anomalies.append(Anomaly("stale-read", (o.op, bound[1].op),
+                                         f"read of key {o.key} invoked at {moment:.3f} s found no record, after the "
+                                         f"write at seqno {bound[0]} was reported Committed at {reported:.3f} s"))
+        elif o.txid[1] < bound[0]:
             anomalies.append(Anomaly("real-time", (o.op, bound[1].op),
                                      f"read of key {o.key} invoked at {moment:.3f} s names {_fmt(o.txid)}, before the "
-                                     f"write at seqno {bound[0]} reported Committed at {bound[1].completed:.3f} s"))
+                                     f"write at seqno {bound[0]} reported Committed at {reported:.3f} s"))
 
 
 def _check_sessions(ops: dict[int, _Op], ledger: CommittedLedger, anomalies: list[Anomaly]) -> None:

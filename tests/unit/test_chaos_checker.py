@@ -158,3 +158,35 @@ def test_a_long_history_checks_valid() -> None:
         records.append((i + 1, key, f"v{i}"))
     result = check(events, ledger(n, records=records))
     assert result.valid and result.ops == 2 * n
+
+
+def test_a_final_read_that_finds_no_record_after_a_reported_commit_is_named() -> None:
+    """The service answers a read of no record with an error and no transaction id: held to real time, it is
+    wrong once a write to its key was reported Committed, unless a committed removal came after that write."""
+    h = H()
+    w = h.write(1, "a", txid="2.3")
+    lost = h.read(1, None, None, process=5, realtime=True)
+    early = h.read(2, None, None, process=6, invoked=0.5, realtime=True)  # before any write to key 2
+    assert kinds(h.events, ledger(5, records=[(3, 1, "a")])) == [("stale-read", (lost, w))]
+    assert early not in {op for a in check(h.events, ledger(5, records=[(3, 1, "a")])).anomalies for op in a.ops}
+    removed = ledger(5, records=[(3, 1, "a"), (4, 1, None)])
+    assert kinds(h.events, removed) == []
+
+
+def test_a_report_and_an_invoke_at_the_same_instant_keep_the_earlier_bound() -> None:
+    """A write reported at the very instant a read is invoked does not bound the read, but the earlier reported
+    write still does."""
+    h = H()
+    w1 = h.write(1, "a", txid="2.3")  # reported at t=2
+    h.events.append(Event(10, 0, 0, "invoke", "write", 1, "b", 3.0))
+    h.events.append(Event(10, 0, 0, "ok", "write", 1, "b", 5.0, "2.6"))
+    h.events.append(Event(11, 5, 0, "invoke", "read", 1, None, 5.0))
+    h.events.append(Event(11, 5, 0, "ok", "read", 1, None, 5.1, "2.2", realtime=True))  # before w1: wrong
+    committed = ledger(8, records=[(3, 1, "a"), (6, 1, "b")])
+    assert ("real-time", (11, w1)) in kinds(h.events, committed)
+
+
+def test_a_write_committed_twice_is_not_also_called_lost() -> None:
+    h = H()
+    w = h.write(1, "a", txid="2.4")  # reported at the second place the value was committed
+    assert kinds(h.events, ledger(6, records=[(2, 1, "a"), (4, 1, "a")])) == [("duplicate-write", (w,))]
