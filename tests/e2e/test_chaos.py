@@ -37,7 +37,7 @@ def run_and_check(workspace: Path, seconds: int, seed: int, nodes: int = 3) -> d
     assert summary["valid"], "\n".join(f"{a['kind']} {a['ops']}: {a['detail']}" for a in summary["anomalies"][:20])
     assert proc.returncode == 0
     assert summary["seed"] == seed and summary["lost_committed_writes"] == 0
-    assert sum(summary["faults"].values()) >= seconds // 6, summary["faults"]
+    assert sum(summary["faults"].values()) >= seconds // 10, summary["faults"]  # windows of 1-4 s, heals, gaps
     assert summary["ops"] > 50 * seconds and summary["counts"]["write-ok"] > 10 * seconds, summary["counts"]
     assert summary["liveness_s"] is not None and summary["committed_seqno"] > summary["counts"]["write-ok"]
     return summary
