@@ -22,6 +22,7 @@ from ledger.snapshot_files import write_file
 from network.boundary import EnclaveSettings, SignaturePolicy
 from network.consensus.raft import HardState
 from network.enclave.enclave import Enclave
+from network.enclave.endpoints import Endpoints
 from network.enclave.http import Request, Response
 from network.enclave.wire import Envelope, ForwardedResponse
 
@@ -111,7 +112,8 @@ class Node:
     """One enclave with member0 (recovery member) and user0 identities."""
 
     def __init__(self, directory: str, *, every_tx: int = 5000, every_ms: int = 20, constitution: str = "majority",
-                 snapshot_every_tx: int = 0, immediate: bool = True, group_commit: bool = True) -> None:
+                 snapshot_every_tx: int = 0, immediate: bool = True, group_commit: bool = True,
+                 application: Endpoints = app) -> None:
         self.member = PartyIdentity.create("member0")
         self.user = PartyIdentity.create("user0")
         self.encryption_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -127,7 +129,7 @@ class Node:
         self.host = FakeHost(immediate)
         self.host.read = self.ledger.files.read_range  # type: ignore[union-attr]
         self.clock = Clock()
-        self.enclave = Enclave(self.ledger, self.keys, quote, app, self.host,
+        self.enclave = Enclave(self.ledger, self.keys, quote, application, self.host,
                                EnclaveSettings(SignaturePolicy(every_tx, every_ms, group_commit), snapshot_every_tx),
                                clock=self.clock)
         self.signer = MemberSigner.from_pem(key_pem(self.member.key), self.member.pem)

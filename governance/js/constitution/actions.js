@@ -251,6 +251,27 @@ const actions = new Map([
       info.member_data = args.member_data;
       setJson("public:ccf.gov.members.info", args.member_id, info);
     })],
+  // Confidential inference (app.inference): members approve a model at the digest uploaded, or revoke it.
+  ["approve_model", new Action(
+    function (args) {
+      checkType(args.name, "string", "name");
+      if (!/^[A-Za-z0-9._-]{1,128}$/.test(args.name)) {
+        throw new Error("name must be 1-128 letters, digits, '-', '_' or '.'");
+      }
+      checkType(args.digest, "string", "digest");
+      if (!/^[0-9a-f]{64}$/.test(args.digest)) {
+        throw new Error("digest must be the model's SHA-256 as 64 lowercase hex digits");
+      }
+    },
+    function (args) { setJson("public:ccf.gov.models.approved", args.name, { digest: args.digest }); })],
+  ["revoke_model", new Action(
+    function (args) { checkType(args.name, "string", "name"); },
+    function (args) {
+      if (!ccf.kv["public:ccf.gov.models.approved"].has(ccf.strToBuf(args.name))) {
+        throw new Error(`Model ${args.name} is not approved`);
+      }
+      ccf.kv["public:ccf.gov.models.approved"].delete(ccf.strToBuf(args.name));
+    })],
   ["set_user", new Action(
     function (args) { checkX509CertBundle(args.cert, "cert"); },
     function (args) {
