@@ -33,9 +33,10 @@ lint: $(STAMP)
 
 # One node at https://127.0.0.1:8000 (workspace/), or every node the workspace's service has; NODES=3 for three
 # (8000-8002: a new service, or the workspace's grown); CLEAN=1 starts a new service; RECOVER=1 recovers the
-# stopped service of workspace/ into new nodes (disaster recovery). SANDBOX_ARGS passes more (--port, --workspace).
+# stopped service of workspace/ into new nodes (disaster recovery); APP=app.inference:app serves confidential
+# inference instead of the logging app. SANDBOX_ARGS passes more (--port, --workspace).
 sandbox: $(STAMP)
-	$(PY) scripts/sandbox.py $(if $(CLEAN),--clean,) $(if $(NODES),--nodes $(NODES),) $(if $(RECOVER),--recover,) $(SANDBOX_ARGS)
+	$(PY) scripts/sandbox.py $(if $(CLEAN),--clean,) $(if $(NODES),--nodes $(NODES),) $(if $(RECOVER),--recover,) $(if $(APP),--app $(APP),) $(SANDBOX_ARGS)
 
 # A chaos run (scripts/chaos.py): a fresh network under load and seeded faults for CHAOS_SECONDS (default 180),
 # then the history checked against the ledgers; NODES=5 for five nodes, SEED=N to repeat a run.

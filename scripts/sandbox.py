@@ -17,6 +17,7 @@ once the service is open, leaving the nodes running and printing their pids).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
 import signal
@@ -35,8 +36,9 @@ from ledger.identity import PartyIdentity, key_pem, load_cert
 from network.boundary import SEALED_FILE
 from network.client.connection import ServiceClient, ServiceError
 from network.client.member_api import MemberApi
+from network.enclave.endpoints import Endpoints
 from network.host.node import READY_FILE
-from scripts.sandbox_guide import ServiceView, guide
+from scripts.sandbox_guide import DEFAULT_APP, INFERENCE_APP, ServiceView, guide
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,6 +67,18 @@ def make_identities(common: str) -> None:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
+def app_problem(spec: str) -> str | None:
+    """Why `module:attr` names no application the node could load, or None."""
+    module, colon, attr = spec.partition(":")
+    if not colon or not module or not attr:
+        return "an application is named MODULE:ATTR, e.g. app.logging:app"
+    try:
+        loaded = getattr(importlib.import_module(module), attr, None)
+    except ImportError as e:
+        return f"cannot import {module}: {e}"
+    return None if isinstance(loaded, Endpoints) else f"{module} has no application named {attr}"
+
+
 def node_config(workspace: str, port: int, *, index: int = 0, join: str | None = None,
                 recover: dict[str, object] | None = None, **extra: object) -> str:
     """`workspace/sandbox_<index>/config.json`: node 0 starts the service (or recovers one, with `recover`), the
@@ -84,7 +98,7 @@ def node_config(workspace: str, port: int, *, index: int = 0, join: str | None =
         "node_to_node_address": f"127.0.0.1:{port + 1000}",
         "service_certificate_file": "../sandbox_common/service_cert.pem",
         **command,
-        "app": "app.logging:app",
+        "app": DEFAULT_APP,
         "signatures": {"every_tx": 5000, "every_ms": 20},
         "snapshots": {"every_tx": 10000},
         **extra,
@@ -356,6 +370,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--clean", action="store_true", help="remove the workspace and start a new service")
     parser.add_argument("--recover", action="store_true",
                         help="recover the stopped service of the workspace into new nodes (disaster recovery)")
+    parser.add_argument("--app", default=DEFAULT_APP, metavar="MODULE:ATTR",
+                        help=f"the application the nodes serve (default {DEFAULT_APP}; {INFERENCE_APP}: confidential "
+                             "inference with ONNX models)")
     parser.add_argument("--exit-when-open", action="store_true",
                         help="return once the service is open, leaving the nodes running (their pids are printed)")
     return parser
@@ -377,7 +394,7 @@ def _bring_up(args: argparse.Namespace, common: str, processes: list[subprocess.
     if total > args.nodes:
         print(f"the workspace holds a service of {total} nodes: resuming all of them (it commits only with a "
               "majority of its nodes)", flush=True)
-    configs = [node_config(args.workspace, args.port + i, index=i, join=first_url if i else None)
+    configs = [node_config(args.workspace, args.port + i, index=i, join=first_url if i else None, app=args.app)
                for i in range(total)]
     if not resumed:  # the others join while the service is still Opening: trusted at once, as CCF's sandbox does
         for config in configs:
@@ -400,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.nodes < 1:
         print("error: --nodes must be at least 1", file=sys.stderr)
         return 1
+    if (problem := app_problem(args.app)) is not None:
+        print(f"error: --app {args.app}: {problem}", file=sys.stderr)
+        return 1
     if args.clean and os.path.exists(args.workspace):
         shutil.rmtree(args.workspace)
     common = os.path.join(args.workspace, "sandbox_common")
@@ -413,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             process.terminate()
             process.wait()
         return 1
-    print(guide(service, common), flush=True)
+    print(guide(service, common, args.app), flush=True)
     if args.exit_when_open:
         print("node pids " + " ".join(str(p.pid) for p in processes), flush=True)
         return 0

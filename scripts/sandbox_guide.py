@@ -47,7 +47,31 @@ def headline(service: ServiceView) -> str:
             f"node{'s' if nodes > 1 else ''}, primary {service.primary_url or 'not elected yet'}")
 
 
-def guide(service: ServiceView, common: str) -> str:
+DEFAULT_APP = "app.logging:app"
+INFERENCE_APP = "app.inference:app"
+
+
+def _app_commands(app: str, url: str, user: str, member: str) -> str:
+    """What to try on the application the nodes serve."""
+    if app == INFERENCE_APP:
+        return f"""Upload an ONNX model of yours as user0 (MODEL.onnx), approve its digest as member0 (DIGEST:
+the one the upload answered), and run it (INPUT: an input name that GET /app/models lists):
+  curl -X PUT {url}/app/models/mymodel -H 'content-type: application/octet-stream' \\
+    --data-binary @MODEL.onnx {user}
+  echo '{{"actions": [{{"name": "approve_model", "args": {{"name": "mymodel", "digest": "DIGEST"}}}}]}}' \\
+    > $C/approve.json
+  P=$({member} propose --actions $C/approve.json --quiet)
+  {member} vote $P --approve
+  curl {url}/app/models {user}
+  curl -X POST {url}/app/models/mymodel:infer -H 'content-type: application/json' \\
+    --data-binary '{{"inputs": {{"INPUT": [[1.0, 2.0]]}}}}' {user}
+"""
+    return f"""The application ({app}) serves its endpoints under {url}/app; they are listed by:
+  curl {url}/app/api {user}
+"""
+
+
+def guide(service: ServiceView, common: str, app: str = DEFAULT_APP) -> str:
     url = service.primary_url or service.node_urls[0]
     c = _rel(common)
     tls = "--cacert $C/service_cert.pem"
@@ -59,6 +83,20 @@ def guide(service: ServiceView, common: str) -> str:
                for i in range(len(service.node_urls))]
     compare = (f"Compare the nodes' ledgers, byte for byte (--uncommitted: also the newest, still open chunk):\n"
                f"  {tool('pyccf-audit')} compare {' '.join(ledgers)} --uncommitted\n") if len(ledgers) > 1 else ""
+    if app != DEFAULT_APP:
+        verify = "Verify a node's ledger offline (framing, Merkle roots, signatures, the service identity):"
+        return f"""
+{headline(service)}
+Service certificate: {c}/service_cert.pem; nodes:
+{nodes}
+
+Commands to try, from {os.getcwd()}:
+
+The workspace's identities (member0, user0) and the service certificate:
+  C={c}
+{_app_commands(app, url, user, member)}{verify}
+  {tool('pyccf-audit')} ledger {ledgers[0]} --service-cert $C/service_cert.pem --uncommitted
+{compare}"""
     return f"""
 {headline(service)}
 Service certificate: {c}/service_cert.pem; nodes:

@@ -1,0 +1,89 @@
+"""`make sandbox APP=app.inference:app NODES=3` (issue 13): confidential inference on three real nodes. A model
+uploaded through a backup and approved by member0 answers a request sent to another backup (forwarded to the
+primary, as CCF forwards writes); the answer's claims are bound into the transaction's receipt, which CCF's
+verifier accepts against the service certificate; and no node's file holds the model's weights in the clear."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from cryptography import x509
+
+from governance.member_client import MemberSigner
+from network.client.connection import ServiceClient
+from network.client.member_api import MemberApi
+from tests.app.test_inference import B1, B2, W1, W2, mlp
+from tests.ccf_tools import ccf_check_json_receipt
+from tests.e2e.harness import free_port
+from tests.e2e.test_sandbox_recovery import _kill, _pids, _sandbox
+
+pytestmark = pytest.mark.e2e
+
+
+def test_three_nodes_serve_an_approved_model_with_receipts_and_keep_its_weights_sealed(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    workspace = tmp_path_factory.mktemp("e2e-inference")
+    print(f"\nworkspace: {workspace} (kept for inspection)")
+    port = free_port()
+    started = _sandbox(workspace, port, "--nodes", "3", "--app", "app.inference:app")
+    assert started.returncode == 0, started.stderr[-2000:] + started.stdout[-2000:]
+    assert "approve_model" in started.stdout and "/app/models/mymodel:infer" in started.stdout
+    pids = _pids(started.stdout)
+    try:
+        common = workspace / "sandbox_common"
+        cert = str(common / "service_cert.pem")
+        user = dict(cert=str(common / "user0_cert.pem"), key=str(common / "user0_privk.pem"), timeout=30)
+        backup1 = ServiceClient(f"https://127.0.0.1:{port + 1}", cert, **user)
+        backup2 = ServiceClient(f"https://127.0.0.1:{port + 2}", cert, **user)
+        model = mlp()
+        uploaded = backup1.call("PUT", "/app/models/mlp", model, content_type="application/octet-stream")
+        assert uploaded.status == 200, uploaded.body
+        digest = hashlib.sha256(model).hexdigest()
+        assert uploaded.json()["digest"] == digest
+        signer = MemberSigner.from_pem((common / "member0_privk.pem").read_bytes(),
+                                       (common / "member0_cert.pem").read_bytes())
+        member = MemberApi(ServiceClient(f"https://127.0.0.1:{port}", cert, timeout=30), signer)
+        proposal = member.propose([{"name": "approve_model", "args": {"name": "mlp", "digest": digest}}])
+        if proposal["proposalState"] == "Open":
+            proposal = member.vote(proposal["proposalId"])
+        assert proposal["proposalState"] == "Accepted", proposal
+        x = np.array([[0.5, -1.0, 2.0, 0.25]], dtype=np.float32)
+        body = orjson.dumps({"inputs": {"x": x.tolist()}})
+        deadline = time.monotonic() + 20
+        while (answer := backup2.call("POST", "/app/models/mlp:infer", body)).status == 403:
+            assert time.monotonic() < deadline, "the approval never reached the backup"  # replication lag
+            time.sleep(0.1)
+        assert answer.status == 200, answer.body
+        result = answer.json()
+        assert np.allclose(result["outputs"]["y"], np.maximum(x @ W1 + B1, 0) @ W2 + B2, atol=1e-5)
+        claims = result["claims"]
+        triple = b"".join(bytes.fromhex(claims[k]) for k in ("model_digest", "input_digest", "output_digest"))
+        txid = answer.txid
+        deadline = time.monotonic() + 20
+        while (got := backup2.call("GET", f"/app/receipt?transaction_id={txid}")).status != 200:
+            assert time.monotonic() < deadline, got.body
+            time.sleep(0.1)
+        receipt = got.json()
+        assert receipt["leaf_components"]["claims_digest"] == hashlib.sha256(triple).hexdigest()
+        ccf_check_json_receipt(receipt, x509.load_pem_x509_certificate(Path(cert).read_bytes()))
+    finally:
+        for pid in pids:  # an orderly stop: what the nodes wrote is on disk to be searched
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        time.sleep(3)
+        _kill(pids)
+    weights = W2.tobytes()[:64]
+    searched = 0
+    for path in workspace.rglob("*"):
+        if path.is_file():
+            searched += 1
+            assert weights not in path.read_bytes(), f"the model's weights are in {path} in the clear"
+    assert searched > 10
