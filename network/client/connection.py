@@ -98,6 +98,13 @@ class ServiceClient:
                 ) from None
         raise AssertionError("unreachable")
 
+    def peer_certificate(self) -> bytes | None:
+        """The DER certificate the node presented on the current connection (None before the first request)."""
+        if self._conn is None or self._conn.sock is None:
+            return None
+        sock = self._conn.sock
+        return sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+
     def json_ok(self, method: str, path: str, body: bytes | Any = None, **kw: Any) -> Any:
         answer = self.call(method, path, body, **kw)
         if answer.status >= 400:

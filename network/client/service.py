@@ -13,6 +13,9 @@ proposal = member.propose([{"name": "trigger_ledger_rekey", "args": {}}])
 member.vote(proposal["proposalId"])
 
 verify_receipt(receipt_json_or_cose_bytes, "service_cert.pem", claims_digest=sha256(b"msg").digest())
+
+answer = user.infer("mlp", {"x": [[1.0, 2.0, 3.0, 4.0]]})          # app.inference, the node attested first
+verify_inference(user.receipt(answer.txid), answer.claims, "service_cert.pem")
 ```
 
 Guarantees: TLS is pinned to the service certificate; one kept-alive connection per node URL; several URLs
@@ -51,6 +54,9 @@ from network.client.connection import (
     ServiceError,
     error_of,
 )
+from network.client.inference import AttestationFailed, Inference
+from network.client.inference import attest as attest_node
+from network.client.inference import infer as run_inference
 from network.client.member_api import MemberApi
 
 SAFE_METHODS = ("GET", "HEAD")
@@ -177,6 +183,20 @@ class Client:
         if (proof.view, proof.seqno) != (expected.view, expected.seqno):
             raise ReceiptInvalid(f"the receipt is for {proof.view}.{proof.seqno}, not {txid}")
         return proof
+
+    def infer(self, name: str, inputs: dict[str, Any], *, attest: bool = True, record: bool = False) -> Inference:
+        """Run model `name` of a confidential inference service (`app.inference`): with `attest`, the node is first
+        checked by its quote (`AttestationFailed` otherwise) and the request goes over the same connection. The
+        answer's `claims` and `txid` let `verify_inference` check it later against the receipt."""
+        node = self._nodes[self._current]
+        attested = None
+        if attest:
+            attest_node(node)
+            attested = node.peer_certificate()
+        result = run_inference(node, name, inputs, record=record)
+        if attest and node.peer_certificate() != attested:
+            raise AttestationFailed("the connection changed node between the attestation and the inference")
+        return result
 
     # --- members --------------------------------------------------------------------------------------
 

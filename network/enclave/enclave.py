@@ -404,10 +404,11 @@ class Enclave:
 
     def _must_forward(self, frontend: Endpoints, request: Request) -> bool:
         """On a backup: writes go to the primary, and so does everything after them in the same session
-        (CCF's session consistency: a client reads its own writes)."""
+        (CCF's session consistency: a client reads its own writes), but for the node frontend's reads, which
+        are about this node (its quote, its commit point: CCF never forwards them)."""
         if self.is_primary:
             return False
-        if request.session is not None and request.session.get(FORWARDED):
+        if request.session is not None and request.session.get(FORWARDED) and frontend is not self.node:
             return True
         try:
             endpoint, _ = frontend.match(request.method, request.target.split("?", 1)[0])

@@ -19,7 +19,9 @@ from cryptography import x509
 
 from governance.member_client import MemberSigner
 from network.client.connection import ServiceClient
+from network.client.inference import AttestationFailed, verify_inference
 from network.client.member_api import MemberApi
+from network.client.service import Client, ReceiptInvalid
 from tests.app.test_inference import B1, B2, W1, W2, mlp
 from tests.ccf_tools import ccf_check_json_receipt
 from tests.e2e.harness import free_port
@@ -74,6 +76,35 @@ def test_three_nodes_serve_an_approved_model_with_receipts_and_keep_its_weights_
         receipt = got.json()
         assert receipt["leaf_components"]["claims_digest"] == hashlib.sha256(triple).hexdigest()
         ccf_check_json_receipt(receipt, x509.load_pem_x509_certificate(Path(cert).read_bytes()))
+
+        # the high-level client: the node attested first, the answer verified offline later
+        client = Client([f"https://127.0.0.1:{port + 1}"], cert, cert=user["cert"], key=user["key"])
+        kept = client.infer("mlp", {"x": x.tolist()})
+        assert np.allclose(kept.outputs["y"], result["outputs"]["y"], atol=1e-6)
+        client.wait_for_commit(kept.txid)
+        proof = verify_inference(client.receipt(kept.txid), kept.claims, cert, output_bytes=kept.output_bytes)
+        assert f"{proof.view}.{proof.seqno}" == kept.txid
+        forged = {**kept.claims, "output_digest": hashlib.sha256(b"another answer").hexdigest()}
+        with pytest.raises(ReceiptInvalid):
+            verify_inference(client.receipt(kept.txid), forged, cert)
+        with pytest.raises(ReceiptInvalid, match="not the ones"):
+            verify_inference(client.receipt(kept.txid), kept.claims, cert, output_bytes=b'{"y":[[0.0]]}')
+        # once governance no longer allows the nodes' measurement, the client refuses to send anything
+        quote = client.get("/node/quotes/self")
+        proposal = member.propose([{"name": "remove_virtual_measurement",
+                                    "args": {"measurement": quote["measurement"]}}])
+        if proposal["proposalState"] == "Open":
+            proposal = member.vote(proposal["proposalId"])
+        assert proposal["proposalState"] == "Accepted", proposal
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.infer("mlp", {"x": x.tolist()})
+            except AttestationFailed as e:
+                assert "not one governance allows" in str(e)
+                break
+            assert time.monotonic() < deadline, "the backup never saw the measurement removed"
+            time.sleep(0.1)
     finally:
         for pid in pids:  # an orderly stop: what the nodes wrote is on disk to be searched
             with contextlib.suppress(ProcessLookupError):

@@ -155,6 +155,8 @@ def test_a_killed_primary_is_replaced_and_no_committed_write_is_lost(network: Ne
     forwarded = session.call("POST", "/app/log/private", {"id": 99, "msg": "via a backup"})
     assert forwarded.status == 200 and forwarded.txid is not None, forwarded.body
     assert session.call("GET", "/app/log/private?id=99").json() == {"msg": "via a backup"}
+    # but what the node frontend says is about the node the client talks to (never forwarded, as in CCF)
+    assert session.call("GET", "/node/quotes/self").json()["node_id"] == network.node_id(1)
     stranger = network.client(2, user=False).call("POST", "/app/log/private", {"id": 98, "msg": "x"})
     assert stranger.status == 401  # the primary authenticated the forwarded caller, and refused it
 
