@@ -7,6 +7,7 @@
   audit.py compare DIR DIR... [--uncommitted] [--json]
   audit.py report DIR (--out report.html | --json) [--service-cert PEM [--prefix]] [--secrets FILE | --sealed-dir DIR]
   audit.py secrets DATA_DIR --out FILE      (a node's sealed ledger secrets, in the --secrets format)
+  audit.py models DIR [--uncommitted] [--json]   (confidential inference: approvals, inferences served)
 
 --service-cert is the NEWEST service certificate: a ledger that spans disaster recoveries is verified back
 through the previous identities its recoveries name. --prefix accepts an older one and audits only the part
@@ -30,10 +31,14 @@ import orjson
 from cryptography import x509
 
 from ledger.audit import AlteredEntry, AuditReport, audit_ledger
+from ledger.audit_maps import public_map_writes
 from ledger.audit_secrets import dump_secrets, load_secrets
 from ledger.errors import LedgerError, LocatedError, ReceiptError
 from ledger.identity import load_cert
 from ledger.secrets import LedgerSecrets
+
+MODELS_APPROVED = "public:ccf.gov.models.approved"  # app.inference's maps, as governance and the app write them
+INFERENCES_SERVED = "public:inference.served"
 
 
 class Failure(Exception):
@@ -256,6 +261,35 @@ def cmd_secrets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """Confidential inference (app.inference): approvals and revocations, and inferences served per digest."""
+    approvals: list[dict[str, Any]] = []
+    served: dict[str, int] = {}
+    last_served_at: dict[str, str] = {}
+    maps = frozenset({MODELS_APPROVED, INFERENCES_SERVED})
+    for write in public_map_writes(args.dirs, maps, committed_only=not args.uncommitted, workers=args.workers):
+        if write.map == MODELS_APPROVED:
+            digest = orjson.loads(write.value).get("digest") if write.value is not None else None
+            approvals.append({"txid": write.txid, "model": write.key.decode(errors="replace"),
+                              "event": "approved" if digest else "revoked", "digest": digest})
+        else:
+            digest = write.key.decode(errors="replace")
+            served[digest] = int(orjson.loads(write.value)) if write.value is not None else 0
+            last_served_at[digest] = write.txid
+    if args.json:
+        print(orjson.dumps({"approvals": approvals, "served": [
+            {"digest": d, "inferences": n, "last_txid": last_served_at[d]} for d, n in sorted(served.items())]
+        }).decode())
+        return 0
+    for a in approvals:
+        print(f"{a['txid']:>12}  {a['event']:8}  {a['model']}" + (f"  {a['digest']}" if a["digest"] else ""))
+    if not approvals:
+        print("no model was ever approved in this ledger")
+    for digest, count in sorted(served.items()):
+        print(f"{digest}  served {count} inference{'s' if count != 1 else ''} (the last at {last_served_at[digest]})")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -309,6 +343,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")
     run_options(p)
     p.set_defaults(run=cmd_report)
+
+    p = sub.add_parser("models", help="confidential inference: models approved and revoked, inferences served")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="a node's ledger directory")
+    p.add_argument("--uncommitted", action="store_true", help="also read uncommitted chunks")
+    p.add_argument("--workers", type=int, default=None, help="processes scanning chunks (default: cores)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_models)
 
     p = sub.add_parser("secrets", help="write a node's sealed ledger secrets in the --secrets format")
     p.add_argument("data_dir", metavar="DATA_DIR")

@@ -145,3 +145,26 @@ def test_the_model_weights_are_in_no_node_file_in_the_clear(node: Node, tmp_path
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert weights not in path.read_bytes(), path
+
+
+def test_the_auditor_lists_approvals_revocations_and_inferences_served_from_the_public_ledger(
+        node: Node, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from scripts.audit import main as audit
+
+    model = linear()
+    digest = hashlib.sha256(model).hexdigest()
+    upload(node, "lin", model)
+    approve(node, "lin", digest)
+    for _ in range(3):
+        assert node.user_call("POST", "/app/models/lin:infer", {"inputs": {"x": [[1, 2, 3, 4]]}}).status == 200
+    assert node.pass_proposal([{"name": "revoke_model", "args": {"name": "lin"}}])["proposalState"] == "Accepted"
+    node.enclave.turn_ended()
+    node.ledger.flush()
+    assert audit(["models", str(tmp_path / "ledger"), "--uncommitted", "--json"]) == 0
+    listed = orjson.loads(capsys.readouterr().out)
+    assert [(a["event"], a["model"], a["digest"]) for a in listed["approvals"]] == [
+        ("approved", "lin", digest), ("revoked", "lin", None)]
+    assert [(s["digest"], s["inferences"]) for s in listed["served"]] == [(digest, 3)]
+    assert audit(["models", str(tmp_path / "ledger"), "--uncommitted"]) == 0
+    text = capsys.readouterr().out
+    assert "approved  lin" in text and "served 3 inferences" in text

@@ -9,6 +9,8 @@ import contextlib
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from tests.e2e.harness import free_port
 from tests.e2e.test_sandbox_recovery import _kill, _pids, _sandbox
 
 pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_three_nodes_serve_an_approved_model_with_receipts_and_keep_its_weights_sealed(
@@ -111,6 +114,14 @@ def test_three_nodes_serve_an_approved_model_with_receipts_and_keep_its_weights_
                 os.kill(pid, signal.SIGTERM)
         time.sleep(3)
         _kill(pids)
+    # the auditor's view, from the public part of a ledger alone: which digest was approved and revoked when,
+    # and how many inferences it served (two: the raw call and the client's; the third was refused)
+    audit = subprocess.run([sys.executable, "scripts/audit.py", "models", str(workspace / "sandbox_0" / "ledger"),
+                            "--uncommitted", "--json"], capture_output=True, text=True, cwd=ROOT)
+    assert audit.returncode == 0, audit.stderr
+    listed = orjson.loads(audit.stdout)
+    assert [(a["event"], a["model"], a["digest"]) for a in listed["approvals"]] == [("approved", "mlp", digest)]
+    assert [(s["digest"], s["inferences"]) for s in listed["served"]] == [(digest, 2)]
     weights = W2.tobytes()[:64]
     searched = 0
     for path in workspace.rglob("*"):
