@@ -170,7 +170,8 @@ def infer(ctx: EndpointContext) -> Any:
     if info["status"] != "Approved":
         raise EndpointError(403, "ModelNotApproved", f"Model {name!r} is not approved at digest {info['digest']}")
     body = ctx.request.body
-    feeds = _inputs(ctx.json(), info["inputs"])
+    request = ctx.json()  # parsed once: the inputs, and whether to record them
+    feeds = _inputs(request, info["inputs"])
     model = ctx.tx.get(MODELS, name.encode())
     assert model is not None
     try:
@@ -185,9 +186,9 @@ def infer(ctx: EndpointContext) -> Any:
     ctx.set_claims_digest(hashlib.sha256(model_digest + input_digest + output_digest).digest())
     served = ctx.tx.get(SERVED, info["digest"].encode())
     ctx.tx.put(SERVED, info["digest"].encode(), orjson.dumps((orjson.loads(served) if served else 0) + 1))
-    if ctx.json().get("record") is True:
+    if request.get("record") is True:
         ctx.tx.put(RECORDS, f"{info['digest']}:{input_digest.hex()}".encode(),
-                   orjson.dumps({"inputs": ctx.json()["inputs"], "outputs": outputs}))
+                   orjson.dumps({"inputs": request["inputs"], "outputs": outputs}))
     claims = {"model_digest": info["digest"], "input_digest": input_digest.hex(),
               "output_digest": output_digest.hex()}
     from network.enclave.http import Response

@@ -67,6 +67,12 @@ def make_identities(common: str) -> None:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
+def app_settings(app: str) -> dict[str, object]:
+    """What a node serving `app` needs besides: room in a request for a whole model, for confidential inference
+    (CCF's 1 MiB body limit otherwise; the app's own limit is 16 MiB)."""
+    return {"http": {"max_body_bytes": INFERENCE_MAX_BODY}} if app == INFERENCE_APP else {}
+
+
 def app_problem(spec: str) -> str | None:
     """Why `module:attr` names no application the node could load, or None."""
     module, colon, attr = spec.partition(":")
@@ -77,6 +83,9 @@ def app_problem(spec: str) -> str | None:
     except ImportError as e:
         return f"cannot import {module}: {e}"
     return None if isinstance(loaded, Endpoints) else f"{module} has no application named {attr}"
+
+
+INFERENCE_MAX_BODY = 17 * 1024 * 1024
 
 
 def node_config(workspace: str, port: int, *, index: int = 0, join: str | None = None,
@@ -394,8 +403,8 @@ def _bring_up(args: argparse.Namespace, common: str, processes: list[subprocess.
     if total > args.nodes:
         print(f"the workspace holds a service of {total} nodes: resuming all of them (it commits only with a "
               "majority of its nodes)", flush=True)
-    configs = [node_config(args.workspace, args.port + i, index=i, join=first_url if i else None, app=args.app)
-               for i in range(total)]
+    configs = [node_config(args.workspace, args.port + i, index=i, join=first_url if i else None, app=args.app,
+                           **app_settings(args.app)) for i in range(total)]
     if not resumed:  # the others join while the service is still Opening: trusted at once, as CCF's sandbox does
         for config in configs:
             processes.append(start_node(config)[0])

@@ -168,3 +168,26 @@ def test_the_auditor_lists_approvals_revocations_and_inferences_served_from_the_
     assert audit(["models", str(tmp_path / "ledger"), "--uncommitted"]) == 0
     text = capsys.readouterr().out
     assert "approved  lin" in text and "served 3 inferences" in text
+
+
+def test_inputs_and_outputs_are_recorded_only_when_asked_and_a_failing_model_commits_nothing(node: Node) -> None:
+    from app.inference import RECORDS
+
+    model = linear()
+    upload(node, "lin", model)
+    approve(node, "lin", hashlib.sha256(model).hexdigest())
+    assert node.user_call("POST", "/app/models/lin:infer", {"inputs": {"x": [[1, 2, 3, 4]]}}).status == 200
+    assert list(node.ledger.read_tx().items(RECORDS)) == []
+    kept = node.user_call("POST", "/app/models/lin:infer", {"inputs": {"x": [[4, 3, 2, 1]]}, "record": True})
+    assert kept.status == 200
+    [(_, record)] = list(node.ledger.read_tx().items(RECORDS))
+    assert orjson.loads(record) == {"inputs": {"x": [[4, 3, 2, 1]]}, "outputs": orjson.loads(kept.body)["outputs"]}
+    # a model that fails at run time: a reshape the batch size does not fit
+    failing = _model([helper.make_node("Reshape", ["x", "shape"], ["y"])],
+                     [numpy_helper.from_array(np.array([3, -1], dtype=np.int64), "shape")], 4)
+    upload(node, "bad", failing)
+    approve(node, "bad", hashlib.sha256(failing).hexdigest())
+    before = node.ledger.last_seqno
+    answer = node.user_call("POST", "/app/models/bad:infer", {"inputs": {"x": [[1, 2, 3, 4]]}})
+    assert error(answer) == (400, "InferenceFailed") and "model failed" in orjson.loads(answer.body)["error"]["message"]
+    assert node.ledger.last_seqno == before  # nothing committed
