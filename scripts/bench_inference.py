@@ -3,8 +3,8 @@
 
 It builds an MLP with `onnx.helper` (`--width`, three dense layers with ReLU) and runs batches of `--batch` rows,
 so that one inference takes a millisecond or more; starts a fresh one-node service on the app, uploads the model
-as user0 and approves it as member0, then sends `--requests` inferences one at a time over one TLS connection (each a committed write
-with its claims). In the same process it then runs the same inputs through an onnxruntime session of the same
+as user0 and approves it as member0, then sends `--requests` inferences one at a time over one TLS connection
+(each a committed write with its claims). In the same process it then runs the same inputs through an onnxruntime session of the same
 model, with the same options as the node (one thread). Prints one JSON object: inferences/s and p50/p99 latency
 for both, the ratio (the framework's cost), and this process's CPU use while loading the node (a saturated
 client makes the figure meaningless).
