@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Confidential inference speed (issue 13): a one-node service serving `app.inference`, against bare onnxruntime.
 
-It builds an MLP with `onnx.helper` (`--width`, three dense layers with ReLU) and runs batches of `--batch` rows,
-so that one inference takes a millisecond or more; starts a fresh one-node service on the app, uploads the model
-as user0 and approves it as member0, then sends `--requests` inferences one at a time over one TLS connection
-(each a committed write with its claims). In the same process it then runs the same inputs through an onnxruntime session of the same
-model, with the same options as the node (one thread). Prints one JSON object: inferences/s and p50/p99 latency
-for both, the ratio (the framework's cost), and this process's CPU use while loading the node (a saturated
-client makes the figure meaningless).
+It builds an MLP with `onnx.helper` (`--width`, three dense layers with ReLU) and runs batches of `--batch`
+rows, so that one inference takes a millisecond or more. It starts a fresh one-node service on the app, uploads
+the model as user0 and approves it as member0, then sends `--requests` inferences one at a time over one TLS
+connection (each a committed write with its claims). In the same process it then runs the same inputs through
+an onnxruntime session of the same model, with the node's options (one thread). Prints one JSON object:
+inferences/s and p50/p99 latency for both, the ratio (the framework's cost), and this process's CPU use while
+loading the node (a saturated client makes the figure meaningless).
 
 Usage: `.venv/bin/python scripts/bench_inference.py [--width 1024] [--batch 32] [--requests 500]`
 """
