@@ -3,13 +3,14 @@
 
 It builds an MLP with `onnx.helper` (`--width`, three dense layers with ReLU) and runs batches of `--batch`
 rows, so that one inference takes a millisecond or more. It starts a fresh one-node service on the app, uploads
-the model as user0 and approves it as member0, then sends `--requests` inferences one at a time over one TLS
-connection (each a committed write with its claims). In the same process it then runs the same inputs through
-an onnxruntime session of the same model, with the node's options (one thread). Prints one JSON object:
-inferences/s and p50/p99 latency for both, the ratio (the framework's cost), and this process's CPU use while
-loading the node (a saturated client makes the figure meaningless).
+the model as user0 and approves it as member0, then sends `--requests` inferences over `--connections` TLS
+connections, one request in flight on each (each inference a committed write with its claims). In the same
+process it then runs the same inputs through an onnxruntime session of the same model, one at a time, with the
+node's options (one thread). Prints one JSON object: inferences/s and p50/p99 latency for both, the ratio (the
+framework's cost), and this process's CPU use while loading the node (a saturated client makes the figure
+meaningless).
 
-Usage: `.venv/bin/python scripts/bench_inference.py [--width 1024] [--batch 32] [--requests 500]`
+Usage: `.venv/bin/python scripts/bench_inference.py [--width 1024] [--batch 32] [--requests 500] [--connections 1]`
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -74,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1024, help="the MLP's hidden width")
     parser.add_argument("--batch", type=int, default=32, help="rows per inference (each request runs one batch)")
     parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--connections", type=int, default=1,
+                        help="clients sending at once, one request in flight each (the node runs one at a time; "
+                             "with more, signatures cover several inferences)")
     args = parser.parse_args(argv)
     model = mlp(args.width)
     rng = np.random.default_rng(2)
@@ -97,13 +102,28 @@ def main(argv: list[str] | None = None) -> int:
             member.vote(proposal["proposalId"])
         for body in bodies[:20]:  # warm-up: the session is loaded, connections are up
             user.json_ok("POST", "/app/models/mlp:infer", body)
-        latencies = []
+        clients = [user] + [ServiceClient(url, os.path.join(common, "service_cert.pem"),
+                                          cert=os.path.join(common, "user0_cert.pem"),
+                                          key=os.path.join(common, "user0_privk.pem"))
+                            for _ in range(args.connections - 1)]
+        latencies: list[float] = []
+        lock = threading.Lock()
+
+        def send(client: ServiceClient, share: list[bytes]) -> None:
+            for body in share:
+                t = time.perf_counter()
+                answer = client.call("POST", "/app/models/mlp:infer", body)
+                with lock:
+                    latencies.append(time.perf_counter() - t)
+                assert answer.status == 200, answer.body
+
+        threads = [threading.Thread(target=send, args=(c, bodies[i::args.connections]))
+                   for i, c in enumerate(clients)]
         cpu, began = time.process_time(), time.perf_counter()
-        for body in bodies:
-            t = time.perf_counter()
-            answer = user.call("POST", "/app/models/mlp:infer", body)
-            latencies.append(time.perf_counter() - t)
-            assert answer.status == 200, answer.body
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         elapsed = time.perf_counter() - began
         client_cpu = 100 * (time.process_time() - cpu) / elapsed
         node = _stats(latencies, elapsed)
@@ -123,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         session.run(None, {"x": x})
         bare_latencies.append(time.perf_counter() - t)
     bare = _stats(bare_latencies, time.perf_counter() - began)
-    print(json.dumps({"width": args.width, "batch": args.batch, "requests": args.requests, "model_bytes": len(model),
+    print(json.dumps({"width": args.width, "batch": args.batch, "requests": args.requests,
+                      "connections": args.connections, "model_bytes": len(model),
                       "node_inferences_per_s": node["per_s"], "node_p50_ms": node["p50_ms"],
                       "node_p99_ms": node["p99_ms"], "bare_inferences_per_s": bare["per_s"],
                       "bare_p50_ms": bare["p50_ms"], "bare_p99_ms": bare["p99_ms"],
