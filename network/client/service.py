@@ -9,7 +9,7 @@ user.wait_for_commit(txid)                                          # raises Tra
 proof = user.verified_receipt(txid)                                  # fetched and verified offline
 
 member = Client(url, "service_cert.pem", cert="member0_cert.pem", key="member0_privk.pem").member()
-proposal = member.propose([{"name": "trigger_ledger_rekey", "args": {}}])
+proposal = member.propose([{"name": "trigger_ledger_rekey"}])
 member.vote(proposal["proposalId"])
 
 verify_receipt(receipt_json_or_cose_bytes, "service_cert.pem", claims_digest=sha256(b"msg").digest())

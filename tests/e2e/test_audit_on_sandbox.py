@@ -120,7 +120,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> NodeRun:
             write("public", i)
         with open(path("member0_privk.pem"), "rb") as k, open(path("member0_cert.pem"), "rb") as c:
             member = MemberApi(ServiceClient(url, path("service_cert.pem")), MemberSigner.from_pem(k.read(), c.read()))
-        proposal = member.propose([{"name": "trigger_ledger_rekey", "args": {}}])
+        proposal = member.propose([{"name": "trigger_ledger_rekey"}])
         if proposal["proposalState"] == "Open":
             proposal = member.vote(proposal["proposalId"])
         assert proposal["proposalState"] == "Accepted", proposal

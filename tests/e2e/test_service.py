@@ -351,7 +351,7 @@ def test_a_body_just_within_the_limit_is_served(user: ServiceClient) -> None:
 
 
 def test_a_gov_signed_call_with_another_content_type_gets_415(sandbox: Sandbox, anonymous: ServiceClient) -> None:
-    signed = sandbox.member_signer().proposal([{"name": "trigger_ledger_chunk", "args": {}}])
+    signed = sandbox.member_signer().proposal([{"name": "trigger_ledger_chunk"}])
     answer = anonymous.call("POST", f"/gov/members/proposals:create?{API_VERSION}", signed,
                             content_type="application/json")
     assert answer.status == 415 and error_code(answer) == "UnsupportedContentType", answer

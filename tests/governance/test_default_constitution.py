@@ -61,8 +61,9 @@ def sandbox(status: str = "Opening", resolve: str = "sandbox") -> Gov:
     return gov
 
 
-def act(gov: Gov, name: str, args: dict[str, Any] | None = None, *more: tuple[str, dict[str, Any]]) -> Any:
-    actions = [{"name": name, "args": args or {}}] + [{"name": n, "args": a} for n, a in more]
+def act(gov: Gov, name: str, args: dict[str, Any] | None = None, *more: tuple[str, dict[str, Any] | None]) -> Any:
+    """Propose actions as member0; an action given None takes no arguments (its "args" is left out)."""
+    actions = [{"name": n, **({"args": a} if a is not None else {})} for n, a in ((name, args), *more)]
     return gov.propose(gov.members[0], {"actions": actions})
 
 
@@ -143,8 +144,8 @@ def test_service_actions_and_effects() -> None:
     assert [e.name for e in opened.effects] == ["transition_service_to_open"]
     with pytest.raises(ConstitutionFailure, match="does not match the current service identity"):
         act(gov, "transition_service_to_open", {"next_service_identity": ServiceIdentity.create().pem})
-    effects = act(gov, "trigger_ledger_rekey", None, ("trigger_ledger_chunk", {}), ("trigger_snapshot", {}),
-                  ("trigger_recovery_shares_refresh", {})).effects
+    effects = act(gov, "trigger_ledger_rekey", None, ("trigger_ledger_chunk", None), ("trigger_snapshot", None),
+                  ("trigger_recovery_shares_refresh", None)).effects
     assert [e.name for e in effects] == ["trigger_ledger_rekey", "trigger_ledger_chunk", "trigger_snapshot",
                                          "trigger_recovery_shares_refresh"]
     act(gov, "set_service_configuration", {"recent_cose_proposals_window_size": 50})
@@ -159,7 +160,7 @@ def test_service_actions_and_effects() -> None:
 def test_join_policy_actions_drop_other_open_proposals() -> None:
     gov = sandbox(resolve="majority")
     a, b, _ = gov.members
-    pending = gov.propose(a, {"actions": [{"name": "trigger_snapshot", "args": {}}]})
+    pending = gov.propose(a, {"actions": [{"name": "trigger_snapshot"}]})
     policy = gov.propose(a, {"actions": [{"name": "add_virtual_measurement", "args": {"measurement": "m1"}},
                                          {"name": "add_virtual_host_data", "args": {"host_data": "h1"}}]})
     gov.vote(a, policy.proposal_id)
@@ -194,13 +195,13 @@ def test_jwt_and_ca_bundle_actions() -> None:
 def test_set_constitution_replaces_it_and_drops_open_proposals() -> None:
     gov = sandbox(resolve="majority")
     a, b, _ = gov.members
-    other = gov.propose(a, {"actions": [{"name": "trigger_snapshot", "args": {}}]})
+    other = gov.propose(a, {"actions": [{"name": "trigger_snapshot"}]})
     change = gov.propose(a, {"actions": [{"name": "set_constitution",
                                           "args": {"constitution": default_constitution("sandbox")}}]})
     gov.vote(a, change.proposal_id)
     gov.vote(b, change.proposal_id)
     assert state(gov).get_json(PROPOSALS_INFO, other.proposal_id)["state"] == "Dropped"
-    assert gov.propose(a, {"actions": [{"name": "trigger_snapshot", "args": {}}]}).proposal["proposalState"] == \
+    assert gov.propose(a, {"actions": [{"name": "trigger_snapshot"}]}).proposal["proposalState"] == \
         "Accepted"
 
 
@@ -314,3 +315,13 @@ def test_the_last_recovery_members_cannot_go_below_the_threshold_even_before_ope
     gov.store.commit(tx)
     with pytest.raises(ConstitutionFailure, match="would be less than recovery threshold"):
         act(gov, "remove_member", {"member_id": gov.members[1].id})
+
+
+def test_actions_without_arguments_refuse_any_as_ccf_does() -> None:
+    """CCF's checkNone: a trigger action takes no "args", not even {} (so a proposal says exactly what it does)."""
+    gov = sandbox()
+    for name in ("trigger_ledger_rekey", "trigger_ledger_chunk", "trigger_snapshot", "trigger_recovery_shares_refresh"):
+        with pytest.raises(ProposalFailedToValidate, match=f"{name} at position 0 failed validation: Proposal does "
+                                                           'not accept any argument, found "{}"'):
+            gov.propose(gov.members[0], {"actions": [{"name": name, "args": {}}]})
+        assert [e.name for e in act(gov, name).effects] == [name]

@@ -182,7 +182,7 @@ def test_validate_that_throws_is_an_internal_failure() -> None:
 def test_accepted_proposals_return_the_node_effects_they_asked_for() -> None:
     gov = Gov()
     a, b, _ = gov.members
-    created = gov.propose(a, {"actions": [{"name": "trigger_ledger_rekey", "args": {}}]})
+    created = gov.propose(a, {"actions": [{"name": "trigger_ledger_rekey"}]})
     gov.vote(a, created.proposal_id)
     done = gov.vote(b, created.proposal_id)
     assert [e.name for e in done.effects] == ["trigger_ledger_rekey"]

@@ -62,7 +62,7 @@ def test_gov_calls_need_a_known_api_version_but_common_endpoints_do_not(node: No
 
 
 def test_signed_gov_calls_need_cose_content_and_a_valid_signature(node: Node) -> None:
-    body = node.signer.proposal([{"name": "trigger_ledger_chunk", "args": {}}])
+    body = node.signer.proposal([{"name": "trigger_ledger_chunk"}])
     wrong_type = node.call("POST", f"/gov/members/proposals:create{API}", body,
                            headers={"content-type": "application/json"})
     assert _error(wrong_type) == (415, "UnsupportedContentType")
@@ -85,7 +85,7 @@ def test_opening_deals_recovery_shares_that_member0_can_use(open_node: Node) -> 
 
 def test_a_rekey_switches_secrets_reseals_and_deals_shares_for_the_new_secret(open_node: Node) -> None:
     sealed_before = open_node.host.sealed
-    proposal = open_node.pass_proposal([{"name": "trigger_ledger_rekey", "args": {}}])
+    proposal = open_node.pass_proposal([{"name": "trigger_ledger_rekey"}])
     assert proposal["proposalState"] == "Accepted"
     assert len(open_node.ledger.secrets) == 2 and open_node.host.sealed == sealed_before + 1
     answer = open_node.call("GET", f"/gov/recovery/encrypted-shares/{open_node.signer.member_id}{API}")
@@ -209,12 +209,12 @@ def test_receipts_are_served_for_committed_transactions_only(open_node: Node) ->
 
 def test_governance_reads_show_proposals_ballots_members_and_users(open_node: Node) -> None:
     n = open_node
-    body = n.signer.proposal([{"name": "trigger_ledger_chunk", "args": {}}])
+    body = n.signer.proposal([{"name": "trigger_ledger_chunk"}])
     created = orjson.loads(n.gov("/members/proposals:create", body).body)
     pid = created["proposalId"]
     assert created["proposalState"] == "Open" and created["proposerId"] == n.signer.member_id
     assert orjson.loads(n.call("GET", f"/gov/members/proposals/{pid}/actions{API}").body) == \
-        {"actions": [{"name": "trigger_ledger_chunk", "args": {}}]}
+        {"actions": [{"name": "trigger_ledger_chunk"}]}
     assert any(p["proposalId"] == pid for p in orjson.loads(n.call("GET", f"/gov/members/proposals{API}").body)
                ["value"])
     assert _error(n.call("GET", f"/gov/members/proposals/{pid}/ballots/{n.signer.member_id}{API}")) == \
@@ -239,7 +239,7 @@ def test_withdrawing_an_unknown_proposal_is_204_and_a_known_one_withdraws(open_n
     unknown = "cd" * 32
     assert n.gov(f"/members/proposals/{unknown}:withdraw", n.signer.withdrawal(unknown)).status == 204
     pid = orjson.loads(n.gov("/members/proposals:create", n.signer.proposal(
-        [{"name": "trigger_ledger_chunk", "args": {}}])).body)["proposalId"]
+        [{"name": "trigger_ledger_chunk"}])).body)["proposalId"]
     withdrawn = n.gov(f"/members/proposals/{pid}:withdraw", n.signer.withdrawal(pid))
     assert orjson.loads(withdrawn.body)["proposalState"] == "Withdrawn"
 

@@ -45,7 +45,7 @@ def build(new_service: Callable[..., ServiceLedger], n: int = 30) -> ServiceLedg
             tx.set_claims_digest(hashlib.sha256(b"msg %d" % i).digest())
         if i == 3:
             tx.put("public:ccf.gov.proposals", PROPOSAL_ID.encode(),
-                   orjson.dumps({"actions": [{"name": "trigger_ledger_rekey", "args": {}}]}))
+                   orjson.dumps({"actions": [{"name": "trigger_ledger_rekey"}]}))
             tx.put("public:ccf.gov.proposals_info", PROPOSAL_ID.encode(),
                    orjson.dumps({"proposer_id": "m0", "state": "Accepted", "ballots": {}, "final_votes": {"m0": True}}))
         ledger.commit(tx)

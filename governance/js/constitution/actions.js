@@ -40,6 +40,14 @@ function checkLength(value, min, max, field) {
   if (max !== null && value.length > max) throw new Error(`${field} must be an array of maximum ${max} elements`);
 }
 
+// Actions that take no arguments refuse any, "args": {} included (as CCF's constitutions do): the proposal then
+// says exactly what it does.
+function checkNone(args) {
+  if (args !== null && args !== undefined) {
+    throw new Error(`Proposal does not accept any argument, found "${JSON.stringify(args)}"`);
+  }
+}
+
 function checkEntityId(value, field) {
   checkType(value, "string", field);
   if (!/^[a-f0-9]{64}$/.test(value)) throw new Error(`${field} must contain exactly 64 lowercase hex characters`);
@@ -314,10 +322,12 @@ const actions = new Map([
       if (service !== undefined && service.status === "Open") ccf.node.triggerRecoverySharesRefresh();
     })],
   ["trigger_recovery_shares_refresh", new Action(
-    function (args) {}, function (args) { ccf.node.triggerRecoverySharesRefresh(); })],
-  ["trigger_ledger_rekey", new Action(function (args) {}, function (args) { ccf.node.triggerLedgerRekey(); })],
-  ["trigger_ledger_chunk", new Action(function (args) {}, function (args) { ccf.node.triggerLedgerChunk(); })],
-  ["trigger_snapshot", new Action(function (args) {}, function (args) { ccf.node.triggerSnapshot(); })],
+    function (args) { checkNone(args); }, function (args) { ccf.node.triggerRecoverySharesRefresh(); })],
+  ["trigger_ledger_rekey", new Action(function (args) { checkNone(args); },
+    function (args) { ccf.node.triggerLedgerRekey(); })],
+  ["trigger_ledger_chunk", new Action(function (args) { checkNone(args); },
+    function (args) { ccf.node.triggerLedgerChunk(); })],
+  ["trigger_snapshot", new Action(function (args) { checkNone(args); }, function (args) { ccf.node.triggerSnapshot(); })],
   ["transition_service_to_open", new Action(
     function (args) {
       checkX509CertBundle(args.next_service_identity, "next_service_identity");

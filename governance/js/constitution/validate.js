@@ -16,7 +16,7 @@ export function validate(input) {
       continue;
     }
     try {
-      definition.validate(action.args === undefined ? {} : action.args);
+      definition.validate(action.args);  // as given: undefined when the action names none (CCF)
     } catch (e) {
       errors.push(`${action.name} at position ${position} failed validation: ${e.message}`);
     }
