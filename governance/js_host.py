@@ -134,6 +134,29 @@ def is_valid_x509_cert_bundle(pem: str) -> bool:
     return True
 
 
+def is_valid_x509_root_ca_cert(pem: str) -> bool:
+    """CCF's isValidX509RootCACert: one certificate, a CA (basicConstraints CA:TRUE, or an X.509 v1 certificate,
+    which predates extensions) and self-signed (its issuer is its subject and its own key verifies its
+    signature)."""
+    try:
+        [cert] = _certs(pem)
+    except (HostCallError, ValueError):
+        return False
+    if cert.version is x509.Version.v3:
+        try:
+            if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+                return False
+        except x509.ExtensionNotFound:
+            return False
+    if cert.issuer != cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 def is_valid_x509_cert_chain(chain: str, trusted: str) -> bool:
     try:
         leaf, *intermediates = _certs(chain)
@@ -187,6 +210,7 @@ DEFAULT_HOST_CALLS: dict[str, HostCall] = {
     "digest": digest,
     "isValidX509CertBundle": is_valid_x509_cert_bundle,
     "isValidX509CertChain": is_valid_x509_cert_chain,
+    "isValidX509RootCACert": is_valid_x509_root_ca_cert,
     "verifySignature": verify_signature,
     "isValidRsaPublicKeyPem": is_valid_rsa_public_key_pem,
     "pemToId": pem_to_id,

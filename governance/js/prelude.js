@@ -15,6 +15,7 @@ let __answers = {};
 const __requests = [];
 
 const __CRYPTO_CALLS = ["digest", "isValidX509CertBundle", "isValidRsaPublicKeyPem", "isValidX509CertChain",
+  "isValidX509RootCACert",
   "verifySignature", "pubPemToJwk", "pubRsaPemToJwk", "pubJwkToPem", "pubRsaJwkToPem"];
 
 function __hostCall(name, args) {
@@ -214,6 +215,7 @@ globalThis.ccf = {
     isValidRsaPublicKeyPem: (pem) => __hostCall("isValidRsaPublicKeyPem", [String(pem)]) === true,
     isValidX509CertChain: (chain, trusted) =>
       __hostCall("isValidX509CertChain", [String(chain), String(trusted)]) === true,
+    isValidX509RootCACert: (pem) => __hostCall("isValidX509RootCACert", [String(pem)]) === true,
     verifySignature: (algorithm, key, signature, data) =>
       __hostCall("verifySignature", [algorithm, String(key), __bufToHex(signature), __bufToHex(data)]) === true,
     pubPemToJwk: (pem, kid) => __hostCall("pubPemToJwk", [String(pem), kid === undefined ? null : String(kid)]),

@@ -165,3 +165,35 @@ def _jwk_of(pem: str) -> dict[str, str]:
     from governance.js_host import pub_pem_to_jwk
 
     return pub_pem_to_jwk(pem)
+
+
+def _self_signed(ca: bool | None) -> str:
+    """A self-signed P-256 certificate; `ca` is its basicConstraints CA flag (None: no such extension)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "root?")])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1)))
+    if ca is not None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_root_ca_certificates_are_self_signed_cas_one_at_a_time() -> None:
+    """CCF's isValidX509RootCACert, which its newer constitutions call on every certificate of a CA bundle: a CA
+    (basicConstraints CA:TRUE) that signed itself; not a CA:FALSE or extension-less self-signed certificate, not a
+    certificate another CA issued, not two certificates at once, not garbage."""
+    service = ServiceIdentity.create()
+    node = NodeIdentity.create().endorsed_by(service)
+    assert node.endorsed is not None
+    source = "export function f(pem) { return ccf.crypto.isValidX509RootCACert(pem); }"
+    assert run(source, service.pem) is True
+    assert run(source, _self_signed(True)) is True
+    for pem in (_self_signed(False), _self_signed(None), cert_pem(node.endorsed), service.pem + _self_signed(True),
+                "not a certificate"):
+        assert run(source, pem) is False
