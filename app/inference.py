@@ -39,6 +39,7 @@ import orjson
 
 from network.enclave.auth import UserCert
 from network.enclave.endpoints import EndpointContext, EndpointError, Endpoints, Mode
+from network.enclave.http import Response
 
 app = Endpoints("/app")
 
@@ -191,8 +192,6 @@ def infer(ctx: EndpointContext) -> Any:
                    orjson.dumps({"inputs": request["inputs"], "outputs": outputs}))
     claims = {"model_digest": info["digest"], "input_digest": input_digest.hex(),
               "output_digest": output_digest.hex()}
-    from network.enclave.http import Response
-
     # the outputs' bytes in the answer are exactly those `output_digest` covers
     return Response(200, b'{"outputs":' + output_bytes + b',"claims":' + orjson.dumps(claims) + b"}",
                     (("content-type", "application/json"),))

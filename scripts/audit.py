@@ -37,9 +37,6 @@ from ledger.errors import LedgerError, LocatedError, ReceiptError
 from ledger.identity import load_cert
 from ledger.secrets import LedgerSecrets
 
-MODELS_APPROVED = "public:ccf.gov.models.approved"  # app.inference's maps, as governance and the app write them
-INFERENCES_SERVED = "public:inference.served"
-
 
 class Failure(Exception):
     """A one-line reason to exit 1."""
@@ -263,6 +260,9 @@ def cmd_secrets(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """Confidential inference (app.inference): approvals and revocations, and inferences served per digest."""
+    from app.inference import APPROVED as MODELS_APPROVED  # the app's maps (imported here: the other commands
+    from app.inference import SERVED as INFERENCES_SERVED  # start without the node's modules)
+
     approvals: list[dict[str, Any]] = []
     served: dict[str, int] = {}
     last_served_at: dict[str, str] = {}

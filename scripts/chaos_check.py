@@ -116,8 +116,7 @@ def check(events: Iterable[Event], ledger: CommittedLedger) -> CheckResult:
             writes_by_value[o.value] = o
         counts[f"{o.f}-{o.outcome}"] += 1
 
-    # the committed writes: where each value is, and each key's values in seqno order
-    committed_at: dict[str, tuple[int, int]] = {}  # value -> (seqno, key), its first place
+    # the committed writes: every place each value is at, and each key's values in seqno order
     places: dict[str, list[tuple[int, int]]] = defaultdict(list)  # value -> every (seqno, key) it is committed at
     by_key: dict[int, tuple[list[int], list[str | None]]] = defaultdict(lambda: ([], []))
     for seqno, key, value in ledger.records:
@@ -127,15 +126,14 @@ def check(events: Iterable[Event], ledger: CommittedLedger) -> CheckResult:
         if value is None:
             continue
         places[value].append((seqno, key))
-        if value in committed_at:
+        if len(places[value]) > 1:
             writer = writes_by_value.get(value)
             anomalies.append(Anomaly("duplicate-write", (writer.op,) if writer else (),
-                                     f"value {value!r} committed at seqnos {committed_at[value][0]} and {seqno}"))
-            continue
-        committed_at[value] = (seqno, key)
-        if value not in writes_by_value:
+                                     f"value {value!r} committed at seqnos {places[value][0][0]} and {seqno}"))
+        elif value not in writes_by_value:
             anomalies.append(Anomaly("unknown-write", (), f"value {value!r} committed at seqno {seqno} (key {key}) "
                                                           "was written by no client of this run"))
+    committed_at = {value: at[0] for value, at in places.items()}  # value -> (seqno, key), its first place
 
     for o in ops.values():
         if o.f != "write" or o.value is None:

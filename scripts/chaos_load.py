@@ -57,9 +57,13 @@ class _Session:
         self.ended = bool(response.will_close)
         return response.status, {k.lower(): v for k, v in response.getheaders()}, data
 
-    def redirected_to(self, headers: dict[str, str]) -> int | None:
-        port = urlsplit(headers.get("location", "")).port
-        return self.cluster.ports.index(port) if port in self.cluster.ports else None
+    def moved_to(self, status: int, headers: dict[str, str]) -> int | None:
+        """Where the next request goes if this session ended with this answer: the node a redirect names, or
+        this node again when the service closed the connection; None while the session goes on."""
+        if status in (307, 308):
+            port = urlsplit(headers.get("location", "")).port
+            return self.cluster.ports.index(port) if port in self.cluster.ports else None
+        return self.node if self.ended else None
 
     def close(self) -> None:
         if self.conn is not None:
@@ -79,7 +83,6 @@ class Load:
         self.last_commit_time: float | None = None  # when a write was last learned Committed
         self._clients: dict[int, ServiceClient] = {}  # the resolver's connections, one a node
         self._resolving = threading.Lock()
-        self._refused = [False] * clients  # whether each client's last operation was refused
         self.highest_committed = 0  # the highest seqno of a write reported Committed
 
     def start(self) -> None:
@@ -98,61 +101,56 @@ class Load:
             key = rng.randrange(self.keys)
             if rng.random() < 0.5:
                 counter += 1
-                moved = self._write(process, session, session_no, key, f"p{process}-{counter}")
+                moved, refused = self._write(process, session, session_no, key, f"p{process}-{counter}")
             else:
-                moved = self._read(process, session, session_no, key)
+                moved, refused = self._read(process, session, session_no, key)
             if moved is not None:  # a new session, on the node named by a redirect or the next one
                 session.close()
                 time.sleep(0.05)
                 session = _Session(self.cluster, moved, session.timeout)
                 session_no += 1
-            elif self._refused[process]:
+            elif refused:
                 time.sleep(0.05)  # the service refused (no primary yet, ...): give it a moment
             time.sleep(rng.uniform(0.0, 0.01))
         session.close()
 
-    def _write(self, process: int, session: _Session, session_no: int, key: int, value: str) -> int | None:
-        """One write; the node to move to, if the session ended."""
+    def _write(self, process: int, session: _Session, session_no: int, key: int, value: str
+               ) -> tuple[int | None, bool]:
+        """One write; the node to move to if the session ended, and whether the service refused it."""
         rec, node = self.recorder, session.node
-        self._refused[process] = False
         op = rec.invoke(process, session_no, "write", key, value, node)
         try:
             status, headers, data = session.request("POST", "/app/log/private",
                                                     orjson.dumps({"id": key, "msg": value}))
         except (OSError, http.client.HTTPException) as e:
             rec.complete(op, process, session_no, _fate_of_error(e), "write", key, value, None, node, _why(e))
-            return (node + 1) % self.cluster.size
+            return (node + 1) % self.cluster.size, False
         if status == 200 and headers.get(TXID):
             with self._lock:
                 self.pending.append((op, process, session_no, key, value, headers[TXID], node))
-            return node if session.ended else None
+            return session.moved_to(status, headers), False
         rec.complete(op, process, session_no, _fate(status, data), "write", key, value, None, node,
                      _refusal(status, data))
-        self._refused[process] = True
-        return session.redirected_to(headers) if status in (307, 308) else node if session.ended else None
+        return session.moved_to(status, headers), True
 
     def _read(self, process: int, session: _Session, session_no: int, key: int, realtime: bool = False
-              ) -> int | None:
-        """One read; the node to move to, if the session ended."""
+              ) -> tuple[int | None, bool]:
+        """One read; the node to move to if the session ended, and whether the service refused it."""
         rec, node = self.recorder, session.node
-        if process < self.clients:
-            self._refused[process] = False
         op = rec.invoke(process, session_no, "read", key, None, node)
         try:
             status, headers, data = session.request("GET", f"/app/log/private?id={key}", None)
         except (OSError, http.client.HTTPException) as e:
             rec.complete(op, process, session_no, _fate_of_error(e), "read", key, None, None, node, _why(e))
-            return (node + 1) % self.cluster.size
+            return (node + 1) % self.cluster.size, False
         if status == 200 or (status == 400 and b"ResourceNotFound" in data):
             msg = orjson.loads(data).get("msg") if status == 200 else None
             rec.complete(op, process, session_no, "ok", "read", key, msg, headers.get(TXID), node,
                          realtime=realtime)
-            return node if session.ended else None
+            return session.moved_to(status, headers), False
         rec.complete(op, process, session_no, _fate(status, data), "read", key, None, None, node,
                      _refusal(status, data))
-        if process < self.clients:
-            self._refused[process] = True
-        return session.redirected_to(headers) if status in (307, 308) else node if session.ended else None
+        return session.moved_to(status, headers), True
 
     def final_reads(self, process: int) -> int:
         """Every key read on every node, once each node's commit point covers every write reported Committed:

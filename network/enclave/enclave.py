@@ -396,6 +396,11 @@ class Enclave:
                 # differs from the service's, so the node stops (restarted, it replays its ledger and rejoins)
                 self._fail(f"replication: {e}")
 
+    def _ledger_unwritable(self, e: LedgerFileError) -> None:
+        """The disk refused a ledger write (full, read-only, failing): stop rather than go on unable to keep
+        writes (CCF's host aborts on a failed ledger write)."""
+        self._fail(f"the ledger cannot be written: {e}")
+
     def _fail(self, reason: str) -> None:
         """Stop this node, once: it cannot go on without diverging from the service or losing writes."""
         if not self._failed:
@@ -479,10 +484,8 @@ class Enclave:
             txid = self.ledger.commit(ctx.tx)
         except GovernanceError as e:
             raise EndpointError(500, "InternalError", f"Failed to apply(): {e.message}") from None
-        except LedgerFileError as e:
-            # the disk refused the write (full, read-only, failing): stop rather than go on unable to keep writes
-            # (CCF's host aborts on a failed ledger write); the transaction was rolled back
-            self._fail(f"the ledger cannot be written: {e}")
+        except LedgerFileError as e:  # the transaction was rolled back; the node stops
+            self._ledger_unwritable(e)
             raise EndpointError(500, "InternalError", f"Transaction could not be written to the ledger: {e}") \
                 from None
         except LedgerError as e:
@@ -619,7 +622,7 @@ class Enclave:
                 self.sign()
             self.replicator.tick()
         except LedgerFileError as e:
-            self._fail(f"the ledger cannot be written: {e}")
+            self._ledger_unwritable(e)
             return
         recovery = self.recovery
         if recovery is not None:
@@ -641,7 +644,7 @@ class Enclave:
         try:
             self.sign()
         except LedgerFileError as e:
-            self._fail(f"the ledger cannot be written: {e}")
+            self._ledger_unwritable(e)
 
     def sign(self) -> TxID | None:
         """Emit a signature over everything so far, make it durable, and commit up to it."""
