@@ -25,8 +25,9 @@ Loaded by a node as `app.inference:app`. Users upload models; members approve a 
   time (nothing is committed then).
 
 Sessions are cached per model digest (each node loads a model once); approvals and revocations are read from
-the KV at every request, so they take effect at the next request on every node.
-Not here yet: the client's attested `infer`, `verify_inference`, the audit's model listing.
+the KV at every request, so they take effect at the next request on every node. The client's side (attested
+`infer`, offline `verify_inference`) is in `network/client/inference.py`; `pyccf-audit models` lists approvals
+and inferences served from a ledger.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 from dataclasses import dataclass
+from functools import cached_property
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -168,11 +169,12 @@ class ServiceIdentity:
         key = generate_key(curve)
         return cls(key, self_signed_cert(key, "CCF Service", ca=True, now=now, days=days))
 
-    @property
+    # derived once per identity: a signature transaction needs them every time, and each costs a DER encoding
+    @cached_property
     def pem(self) -> str:
         return cert_pem(self.cert)
 
-    @property
+    @cached_property
     def kid(self) -> str:
         return key_id(self.key.public_key())
 
@@ -195,7 +197,7 @@ class NodeIdentity:
         cert = endorse(service.key, service.cert, self.key.public_key(), "CCF Node", now=now, san_hosts=san_hosts)
         return NodeIdentity(self.key, self.self_signed, cert)
 
-    @property
+    @cached_property
     def node_id(self) -> str:
         return key_id(self.key.public_key())
 
@@ -203,6 +205,11 @@ class NodeIdentity:
     def cert(self) -> x509.Certificate:
         """The certificate others should see: the endorsed one once there is one."""
         return self.endorsed or self.self_signed
+
+    @cached_property
+    def pem(self) -> str:
+        """`cert` as PEM (what a signature transaction records as the signing node's certificate)."""
+        return cert_pem(self.cert)
 
 
 @dataclass(frozen=True)

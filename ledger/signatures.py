@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from ledger import cose
 from ledger.errors import VerificationError
-from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, spki_der
+from ledger.identity import NodeIdentity, ServiceIdentity, spki_der
 from ledger.kv import WriteSet
 from ledger.tables import COSE_SIGNATURES, SIGNATURES, SINGLETON_KEY, TREE, dump_json
 
@@ -145,7 +145,7 @@ def signature_writes(
     iat: int,
 ) -> tuple[WriteSet, PrimarySignature, bytes]:
     """The write set of the signature transaction at `seqno`, its PrimarySignature and COSE_Sign1."""
-    primary = PrimarySignature(node.node_id, seqno, view, root, sign_root(node.key, root), cert_pem(node.cert))
+    primary = PrimarySignature(node.node_id, seqno, view, root, sign_root(node.key, root), node.pem)
     cose_sig = cose_sign_root(service, root, view, seqno, iat)
     writes: WriteSet = {
         SIGNATURES: {SINGLETON_KEY: dump_json(primary.to_json())},

@@ -27,6 +27,9 @@ Figures, over the measured window (after `--warmup` seconds, for `--seconds`, or
 
 The node is stopped with SIGTERM at the end and must exit 0 (`node_exit_code`); the script exits 1 otherwise.
 `--nodes 3` starts a primary and two backups (they join before the service opens) and loads the primary.
+`--app module:attr` serves another app that has the logging app's `POST /app/log/private`; `--app
+app.inference:app` runs the confidential inference benchmark instead (`scripts/bench_inference.py`, which takes
+the remaining arguments: inferences/s of an ONNX model through the node against bare onnxruntime).
 
 Usage: `.venv/bin/python scripts/bench.py --nodes 1 --seconds 20`, or `--writes 1000000` for memory after 1M writes.
 """
@@ -54,7 +57,7 @@ from itertools import repeat
 from typing import Any, cast
 
 import orjson
-from sandbox import ROOT, make_identities, node_config, open_service, start_node
+from sandbox import DEFAULT_APP, INFERENCE_APP, ROOT, make_identities, node_config, open_service, start_node
 
 from network.client.connection import ServiceError
 
@@ -469,6 +472,9 @@ def run_event_loop(main: Callable[[], Any]) -> Any:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--nodes", type=int, default=1, help="nodes in the network (the load goes to the primary)")
+    parser.add_argument("--app", default=DEFAULT_APP,
+                        help=f"the app the nodes serve (it must have POST /app/log/private); {INFERENCE_APP} runs "
+                             "the inference benchmark with the remaining arguments")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the measured window")
     parser.add_argument("--writes", type=int,
                         help="stop after this many writes, warm-up included (--seconds is then ignored)")
@@ -522,6 +528,14 @@ def compare_with_etcd(args: argparse.Namespace, workspace: str, ours: dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    chooser = argparse.ArgumentParser(add_help=False)
+    chooser.add_argument("--app", default=DEFAULT_APP)
+    chosen, rest = chooser.parse_known_args(argv)
+    if chosen.app == INFERENCE_APP:
+        import bench_inference
+
+        return int(bench_inference.main(rest))
     args = parse_args(argv)
     workspace = tempfile.mkdtemp(prefix="bench_node_")
     common = os.path.join(workspace, "sandbox_common")
@@ -530,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         make_identities(common)
         port = free_port()
-        config = node_config(workspace, port, node_to_node_address=f"127.0.0.1:{free_port()}", **args.node_config)
+        config = node_config(workspace, port, app=args.app, node_to_node_address=f"127.0.0.1:{free_port()}",
+                             **args.node_config)
         log(f"starting a one-node service in {workspace} on port {port}")
         if args.node_profile:
             process, ready = start_profiled_node(config, args.node_profile)
@@ -540,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         host, _, port_text = str(ready["rpc_address"]).rpartition(":")
         for i in range(1, args.nodes):  # backups join before the opening: trusted at once
             backup_config = node_config(workspace, free_port(), index=i, join=f"https://{ready['rpc_address']}",
-                                        node_to_node_address=f"127.0.0.1:{free_port()}", **args.node_config)
+                                        app=args.app, node_to_node_address=f"127.0.0.1:{free_port()}",
+                                        **args.node_config)
             backups.append(start_node(backup_config)[0])
         open_service(f"https://{ready['rpc_address']}", common)
         log(f"service open; node pid {pid}")
