@@ -1,9 +1,9 @@
 """Running governance JavaScript (constitutions and ballots) in QuickJS, deterministically and bounded.
 
 A call runs one exported function of an ES module in a fresh QuickJS context with the `ccf` globals of
-`js/prelude.js`. QuickJS refuses Python callbacks while a time limit is set, so the KV is not read through
-callbacks: the host passes a snapshot of the maps the code reads, as hex, and collects its writes. Maps are
-loaded on demand by running the call again with every map the previous run asked for (execution is
+`js/bytes.js` and `js/prelude.js`. QuickJS refuses Python callbacks while a time limit is set, so the KV is
+not read through callbacks: the host passes a snapshot of the maps the code reads, as hex, and collects its
+writes. Maps are loaded on demand by running the call again with every map the previous run asked for (execution is
 deterministic: `Date.now` is fixed and `Math.random` refused), so the code sees exactly the transaction's
 state and the host reads only what it needs.
 
@@ -75,8 +75,13 @@ class JSCallResult:
     effects: tuple[Effect, ...] = ()
 
 
+def js_source(name: str) -> str:
+    """A JavaScript file of this package's `js/` directory."""
+    return resources.files("governance").joinpath(f"js/{name}").read_text(encoding="utf-8")
+
+
 def _prelude() -> str:
-    return resources.files("governance").joinpath("js/prelude.js").read_text(encoding="utf-8")
+    return js_source("bytes.js") + js_source("prelude.js")
 
 
 _PRELUDE = _prelude()

@@ -182,11 +182,10 @@ _MAX_STACK_BYTES = 64 << 20
 _MAX_EXECUTION_TIME_MS = 10 * 60 * 1000
 
 
-def js_limits(tx: Tx) -> JSLimits:
-    """The limits for governance code: `public:ccf.gov.js_runtime_options`, bounded, never below CCF's
-    defaults; anything that is not a positive integer falls back to the default."""
+def runtime_options(tx: Tx, defaults: JSLimits) -> JSLimits:
+    """The limits `public:ccf.gov.js_runtime_options` sets, each bounded; anything that is not a positive integer
+    falls back to `defaults`."""
     options = tx.get_json(JS_RUNTIME_OPTIONS, SINGLETON_KEY)
-    defaults = JSLimits()
     if not isinstance(options, dict):
         return defaults
 
@@ -200,7 +199,12 @@ def js_limits(tx: Tx) -> JSLimits:
         bounded("max_heap_bytes", defaults.max_heap_bytes, _MAX_HEAP_BYTES),
         bounded("max_stack_bytes", defaults.max_stack_bytes, _MAX_STACK_BYTES),
         bounded("max_execution_time_ms", defaults.max_execution_time_ms, _MAX_EXECUTION_TIME_MS),
-    ).at_least_defaults()
+    )
+
+
+def js_limits(tx: Tx) -> JSLimits:
+    """The limits for governance code: the runtime options, never below CCF's defaults for governance."""
+    return runtime_options(tx, JSLimits()).at_least_defaults()
 
 
 def _js_string(value: Any) -> str:

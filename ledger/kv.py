@@ -416,6 +416,19 @@ class Tx:
             return None
         return ms.value_at(k, self.read_version)[1]
 
+    def map_version(self, map_name: str) -> int:
+        """The version of the last transaction, up to the read version, that wrote `map_name` (0 if none is
+        retained): a cheap test of whether a map changed. Counts as a read of the whole map."""
+        self._map_reads.add(map_name)
+        ms = self._store._map(map_name)
+        if ms is None or not ms.write_versions:
+            return 0
+        versions = ms.write_versions
+        if versions[-1] <= self.read_version:
+            return versions[-1]
+        i = bisect_right(versions, self.read_version)
+        return versions[i - 1] if i else 0
+
     def get_version(self, map_name: str, key: bytes | str) -> int:
         """The version at which the value read for `key` was written (0 if absent)."""
         k = _key(key)

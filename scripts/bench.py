@@ -27,7 +27,8 @@ Figures, over the measured window (after `--warmup` seconds, for `--seconds`, or
 
 The node is stopped with SIGTERM at the end and must exit 0 (`node_exit_code`); the script exits 1 otherwise.
 `--nodes 3` starts a primary and two backups (they join before the service opens) and loads the primary.
-`--app module:attr` serves another app that has the logging app's `POST /app/log/private`; `--app
+`--app module:attr` serves another app that has the logging app's `POST /app/log/private`, and `--app js:DIR` the
+JavaScript bundle in DIR (deployed with `set_js_app` once the service is open; e.g. a JS logging app); `--app
 app.inference:app` runs the confidential inference benchmark instead (`scripts/bench_inference.py`, which takes
 the remaining arguments: inferences/s of an ONNX model through the node against bare onnxruntime).
 
@@ -57,7 +58,19 @@ from itertools import repeat
 from typing import Any, cast
 
 import orjson
-from sandbox import DEFAULT_APP, INFERENCE_APP, ROOT, make_identities, node_config, open_service, start_node
+from sandbox import (
+    DEFAULT_APP,
+    INFERENCE_APP,
+    JS_APP_PREFIX,
+    ROOT,
+    app_problem,
+    deploy_js_app,
+    make_identities,
+    node_app,
+    node_config,
+    open_service,
+    start_node,
+)
 
 from network.client.connection import ServiceError
 
@@ -493,6 +506,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also load a 3-member etcd cluster the same way (installs Debian's etcd-server if "
                              "missing)")
     args = parser.parse_args(argv)
+    if (problem := app_problem(args.app)) is not None:
+        parser.exit(2, f"error: --app {args.app}: {problem}\n")
     if args.nodes < 1:
         parser.exit(2, f"error: --nodes must be at least 1, not {args.nodes}\n")
     for name in ("seconds", "connections", "window", "msg_size", "poll_ms"):
@@ -544,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         make_identities(common)
         port = free_port()
-        config = node_config(workspace, port, app=args.app, node_to_node_address=f"127.0.0.1:{free_port()}",
+        config = node_config(workspace, port, app=node_app(args.app),
+                             node_to_node_address=f"127.0.0.1:{free_port()}",
                              **args.node_config)
         log(f"starting a one-node service in {workspace} on port {port}")
         if args.node_profile:
@@ -555,10 +571,12 @@ def main(argv: list[str] | None = None) -> int:
         host, _, port_text = str(ready["rpc_address"]).rpartition(":")
         for i in range(1, args.nodes):  # backups join before the opening: trusted at once
             backup_config = node_config(workspace, free_port(), index=i, join=f"https://{ready['rpc_address']}",
-                                        app=args.app, node_to_node_address=f"127.0.0.1:{free_port()}",
+                                        app=node_app(args.app), node_to_node_address=f"127.0.0.1:{free_port()}",
                                         **args.node_config)
             backups.append(start_node(backup_config)[0])
         open_service(f"https://{ready['rpc_address']}", common)
+        if args.app.startswith(JS_APP_PREFIX):
+            deploy_js_app(f"https://{ready['rpc_address']}", common, args.app[len(JS_APP_PREFIX):])
         log(f"service open; node pid {pid}")
         result = run_event_loop(lambda: run_load(args, host, int(port_text), client_context(common), pid))
         process.send_signal(signal.SIGTERM)

@@ -30,6 +30,7 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from app.js_bundle import JS_APP_PREFIX, JS_GENERIC_APP, BundleInvalid, read_bundle
 from governance.member_client import MemberSigner, set_user, transition_node_to_trusted, transition_service_to_open
 from ledger.files import parse_chunk_name
 from ledger.identity import PartyIdentity, key_pem, load_cert
@@ -73,8 +74,19 @@ def app_settings(app: str) -> dict[str, object]:
     return {"http": {"max_body_bytes": INFERENCE_MAX_BODY}} if app == INFERENCE_APP else {}
 
 
+def node_app(spec: str) -> str:
+    """The application a node loads for `spec`: a JavaScript bundle (`js:DIR`) is served by the JS generic app."""
+    return JS_GENERIC_APP if spec.startswith(JS_APP_PREFIX) else spec
+
+
 def app_problem(spec: str) -> str | None:
-    """Why `module:attr` names no application the node could load, or None."""
+    """Why `module:attr` names no application the node could load (or `js:DIR` no bundle), or None."""
+    if spec.startswith(JS_APP_PREFIX):
+        try:
+            read_bundle(spec[len(JS_APP_PREFIX):])
+        except BundleInvalid as e:
+            return str(e)
+        return None
     module, colon, attr = spec.partition(":")
     if not colon or not module or not attr:
         return "an application is named MODULE:ATTR, e.g. app.logging:app"
@@ -188,6 +200,16 @@ def open_service(url: str, common: str) -> None:
     if proposal["proposalState"] != "Accepted":
         raise RuntimeError(f"the opening proposal ended {proposal['proposalState']}: {proposal}")
     client.close()
+
+
+def deploy_js_app(url: str, common: str, directory: str) -> None:
+    """member0 proposes the bundle in `directory` with `set_js_app` (as CCF's sandbox does with --js-app-bundle)
+    and votes for it."""
+    member = _member0(url, common)
+    proposal = _propose_and_vote(member, [{"name": "set_js_app", "args": {"bundle": read_bundle(directory)}}])
+    if proposal["proposalState"] != "Accepted":
+        raise RuntimeError(f"the set_js_app proposal ended {proposal['proposalState']}: {proposal}")
+    member.client.close()
 
 
 def _last_seqno(ledger_dir: str) -> int:
@@ -381,7 +403,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="recover the stopped service of the workspace into new nodes (disaster recovery)")
     parser.add_argument("--app", default=DEFAULT_APP, metavar="MODULE:ATTR",
                         help=f"the application the nodes serve (default {DEFAULT_APP}; {INFERENCE_APP}: confidential "
-                             "inference with ONNX models)")
+                             "inference with ONNX models; js:DIR: the JavaScript bundle in DIR, bundle.json or "
+                             "app.json with src/, deployed with set_js_app)")
     parser.add_argument("--exit-when-open", action="store_true",
                         help="return once the service is open, leaving the nodes running (their pids are printed)")
     return parser
@@ -403,12 +426,15 @@ def _bring_up(args: argparse.Namespace, common: str, processes: list[subprocess.
     if total > args.nodes:
         print(f"the workspace holds a service of {total} nodes: resuming all of them (it commits only with a "
               "majority of its nodes)", flush=True)
-    configs = [node_config(args.workspace, args.port + i, index=i, join=first_url if i else None, app=args.app,
-                           **app_settings(args.app)) for i in range(total)]
+    configs = [node_config(args.workspace, args.port + i, index=i, join=first_url if i else None,
+                           app=node_app(args.app), **app_settings(args.app)) for i in range(total)]
+    deploy = (lambda: deploy_js_app(first_url, common, args.app[len(JS_APP_PREFIX):])) \
+        if args.app.startswith(JS_APP_PREFIX) else (lambda: None)
     if not resumed:  # the others join while the service is still Opening: trusted at once, as CCF's sandbox does
         for config in configs:
             processes.append(start_node(config)[0])
         open_service(first_url, common)
+        deploy()
         return describe_service(urls(total), common, "new", processes)
     for i in resumed:
         processes.append(start_node(configs[i])[0])
@@ -418,6 +444,7 @@ def _bring_up(args: argparse.Namespace, common: str, processes: list[subprocess.
     processes.extend(p for p, _ in joiners)
     if joiners:
         trust_joiners(first_url, common, joiners)
+    deploy()
     return describe_service(urls(total), common, "resumed", processes)
 
 

@@ -36,7 +36,7 @@ class Caller:
     kind: str  # "user", "member", "node", "jwt", "anonymous", or "all_of"
     id: str | None = None
     parts: tuple[Caller, ...] = ()
-    claims: tuple[Any, ...] = ()  # jwt: (issuer, payload); user_cose_sign1: (payload bytes, protected header)
+    claims: tuple[Any, ...] = ()  # jwt: (issuer, payload, header); user_cose_sign1: (payload bytes, protected header)
 
 
 class PolicyFailed(Exception):
@@ -233,7 +233,7 @@ class JwtAuth:
                 raise fail("JWT has expired")
             if isinstance(payload.get("nbf"), int | float) and now < payload["nbf"]:
                 raise fail("JWT is not valid yet")
-            return Caller(self.name, "jwt", str(payload.get("sub", "")), claims=(issuer, payload))
+            return Caller(self.name, "jwt", str(payload.get("sub", "")), claims=(issuer, payload, jwt_header))
         raise fail("JWT signature does not verify with any key of that kid")
 
 

@@ -174,6 +174,7 @@ class Enclave:
         self.historical = HistoricalQueries(ledger, host.read_entries, host.schedule, clock=clock)
         receipts = ReceiptSource(ledger, self.historical)
         self.app = app.copy()
+        self.app.attach(lambda: self.ledger.read_tx())
         add_common_endpoints(self.app, ledger, "CCF Application API")
         self.gov = build_gov_frontend(ledger)
         self.node = build_node_frontend(ledger)
@@ -419,6 +420,8 @@ class Enclave:
             endpoint, _ = frontend.match(request.method, request.target.split("?", 1)[0])
         except EndpointError:
             return False  # answered here: 404 or 405
+        if endpoint.forwarding != "sometimes":
+            return endpoint.forwarding == "always"
         return endpoint.mode is Mode.READWRITE
 
     def _add_snapshot_endpoint(self) -> None:
@@ -552,6 +555,8 @@ class Enclave:
             self.ledger.request_chunk()
         elif effect.name == "trigger_snapshot":
             self.snapshot()
+        elif effect.name == "refresh_app_bytecode_cache":
+            pass  # no bytecode cache here: a JS app's interpreter is rebuilt whenever its modules change
         else:
             logger.warning(f"governance asked for an unknown node effect {effect.name!r}; ignored")
 

@@ -94,12 +94,16 @@ class Endpoint:
     auth: tuple[AuthPolicy, ...]
     pattern: re.Pattern[str] = field(compare=False)
     summary: str = ""
+    # an OpenAPI operation object merged into the generated one (a JS app's `openapi`); None: hidden from /api
+    openapi: dict[str, Any] | None = field(default_factory=dict, compare=False)
+    # CCF's forwarding_required: on a backup, "sometimes" forwards writes only, "always" every request, "never" none
+    forwarding: str = "sometimes"
 
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _compile(template: str) -> re.Pattern[str]:
+def compile_template(template: str) -> re.Pattern[str]:
     """`{name}` matches one path segment; inside a segment (`{proposalId}:withdraw`) it stops at ':'."""
     parts = []
     for segment in template.strip("/").split("/"):
@@ -136,14 +140,22 @@ class Endpoints:
             if any(e.method == method.upper() and e.template == full for e in self.registered):
                 raise ValueError(f"{method} {full} is registered twice")
             summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-            self.registered.append(Endpoint(method.upper(), full, fn, mode, auth, _compile(full), summary))
+            self.registered.append(Endpoint(method.upper(), full, fn, mode, auth, compile_template(full), summary))
             return fn
 
         return register
 
+    def attach(self, read_tx: Callable[[], Tx]) -> None:
+        """The node lends the frontend a view of its current state (an app whose routes live in the KV, such as
+        the JavaScript generic app, reads them there); a frontend of registered handlers needs none."""
+
+    def candidates(self) -> list[Endpoint]:
+        """The endpoints a request may be routed to, in the order they are tried."""
+        return self.registered
+
     def match(self, method: str, path: str) -> tuple[Endpoint, dict[str, str]]:
         allowed = []
-        for endpoint in self.registered:
+        for endpoint in self.candidates():
             m = endpoint.pattern.match(path)
             if m is None:
                 continue
@@ -180,9 +192,12 @@ class Endpoints:
             return e.response()
 
     def openapi(self, title: str, version: str = "1.0.0") -> dict[str, Any]:
-        """An OpenAPI 3.0 document of the registered endpoints."""
+        """An OpenAPI 3.0 document of the endpoints requests may reach (each endpoint's own `openapi` members
+        override the generated ones)."""
         paths: dict[str, dict[str, Any]] = {}
-        for e in self.registered:
+        for e in self.candidates():
+            if e.openapi is None:
+                continue
             params = re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", e.template)
             paths.setdefault(e.template, {})[e.method.lower()] = {
                 "summary": e.summary,
@@ -191,5 +206,6 @@ class Endpoints:
                 "parameters": [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
                                for p in params],
                 "responses": {"200": {"description": "Default response"}},
+                **e.openapi,
             }
         return {"openapi": "3.0.0", "info": {"title": title, "version": version}, "paths": paths}

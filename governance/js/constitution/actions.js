@@ -458,6 +458,86 @@ const actions = new Map([
         ccf.node.triggerRecoverySharesRefresh();
       }
     })],
+  // A JavaScript application bundle: {metadata: {endpoints: {"/path": {"<method>": info}}}, modules: [{name,
+  // module}]}. Modules are kept under "/" + name, endpoints under "<METHOD> /path" with js_module made absolute.
+  ["set_js_app", new Action(
+    function (args) {
+      const bundle = args.bundle;
+      checkType(bundle, "object", "bundle");
+      let prefix = "bundle.modules";
+      checkType(bundle.modules, "array", prefix);
+      const modules = new Set();
+      for (const [i, module] of bundle.modules.entries()) {
+        checkType(module, "object", `${prefix}[${i}]`);
+        checkType(module.name, "string", `${prefix}[${i}].name`);
+        checkType(module.module, "string", `${prefix}[${i}].module`);
+        modules.add(module.name);
+      }
+      prefix = "bundle.metadata";
+      checkType(bundle.metadata, "object", prefix);
+      checkType(bundle.metadata.endpoints, "object", `${prefix}.endpoints`);
+      for (const [url, endpoint] of Object.entries(bundle.metadata.endpoints)) {
+        checkType(endpoint, "object", `${prefix}.endpoints["${url}"]`);
+        for (const [method, info] of Object.entries(endpoint)) {
+          const field = `${prefix}.endpoints["${url}"]["${method}"]`;
+          checkType(info, "object", field);
+          checkType(info.js_module, "string", `${field}.js_module`);
+          checkType(info.js_function, "string", `${field}.js_function`);
+          checkEnum(info.mode, ["readwrite", "readonly", "historical"], `${field}.mode`);
+          checkEnum(info.forwarding_required, ["sometimes", "always", "never"], `${field}.forwarding_required`);
+          checkType(info.openapi, "object?", `${field}.openapi`);
+          checkType(info.openapi_hidden, "boolean?", `${field}.openapi_hidden`);
+          checkType(info.authn_policies, "array", `${field}.authn_policies`);
+          for (const [i, policy] of info.authn_policies.entries()) {
+            if (typeof policy === "object" && policy !== null && Array.isArray(policy.all_of)) {
+              for (const [j, part] of policy.all_of.entries()) {
+                checkType(part, "string", `${field}.authn_policies[${i}].all_of[${j}]`);
+              }
+            } else {
+              checkType(policy, "string", `${field}.authn_policies[${i}]`);
+            }
+          }
+          if (!modules.has(info.js_module)) {
+            throw new Error(`module '${info.js_module}' not found in bundle`);
+          }
+        }
+      }
+      checkType(args.disable_bytecode_cache, "boolean?", "disable_bytecode_cache");
+    },
+    function (args) {
+      const modulesMap = ccf.kv["public:ccf.gov.modules"];
+      const endpointsMap = ccf.kv["public:ccf.gov.endpoints"];
+      modulesMap.clear();
+      endpointsMap.clear();
+      for (const module of args.bundle.modules) {
+        modulesMap.set(ccf.strToBuf("/" + module.name), ccf.strToBuf(module.module));
+      }
+      if (args.disable_bytecode_cache) {
+        ccf.kv["public:ccf.gov.modules_quickjs_bytecode"].clear();
+        ccf.kv["public:ccf.gov.modules_quickjs_version"].clear();
+      } else {
+        ccf.refreshAppBytecodeCache();
+      }
+      for (const [url, endpoint] of Object.entries(args.bundle.metadata.endpoints)) {
+        for (const [method, info] of Object.entries(endpoint)) {
+          const stored = Object.assign({}, info, { js_module: "/" + info.js_module });
+          setJson("public:ccf.gov.endpoints", `${method.toUpperCase()} ${url}`, stored);
+        }
+      }
+      setJson("public:ccf.gov.interpreter.flush", getSingletonKvKey(), true);
+    })],
+  ["remove_js_app", new Action(
+    function (args) { checkNone(args); },
+    function (args) {
+      ccf.kv["public:ccf.gov.modules"].clear();
+      ccf.kv["public:ccf.gov.endpoints"].clear();
+      ccf.kv["public:ccf.gov.modules_quickjs_bytecode"].clear();
+      ccf.kv["public:ccf.gov.modules_quickjs_version"].clear();
+      setJson("public:ccf.gov.interpreter.flush", getSingletonKvKey(), true);
+    })],
+  ["refresh_js_app_bytecode_cache", new Action(
+    function (args) { checkNone(args); },
+    function (args) { ccf.refreshAppBytecodeCache(); })],
   ["set_js_runtime_options", new Action(
     function (args) {
       checkType(args.max_heap_bytes, "integer", "max_heap_bytes");

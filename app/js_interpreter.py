@@ -1,0 +1,311 @@
+"""One deployed JavaScript bundle, ready to run its handlers in QuickJS against a transaction.
+
+An `Interpreter` holds a QuickJS context with the app prelude (`js/app_prelude.js`) and the bundle's modules
+linked (`app.js_modules`); each module is evaluated once per interpreter, when first required, so module-level
+state lives as long as the interpreter (CCF's `interpreter_reuse`; CCF's default is a fresh interpreter per
+request). `run` calls one exported function with CCF's request object and returns its response and writes.
+
+QuickJS refuses calls into Python while a time limit is set, and the limits must hold, so the handler reads the
+KV through what the host passed in: a run that reads an entry the host did not pass, or calls the host (crypto,
+historical state, consensus), records the need and completes with what it has; the host loads the entries,
+answers the calls and runs the handler again. Execution is deterministic (time, randomness and host answers are
+fixed per request), so each run takes the path of the one before up to the new answers. The final run's writes
+and response are the request's; earlier runs leave nothing behind but module state.
+
+Guarantees: the time limit covers every run of a request together; a run that exceeds the time, heap or stack
+limits fails (`JsTimeout`, `JsOutOfMemory`, `JsStackOverflow`) and the interpreter is replaced before the next
+request, since the failure may have left its modules half-updated; a handler that throws fails with
+`JsHandlerFailed` (its message and stack kept for the log); nothing the handler wrote reaches the transaction
+unless `run` returns. Writes to governance or internal maps, and every write from a read-only endpoint, are
+refused here as well as in the prelude, because the app's code shares the prelude's scope.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import orjson
+import quickjs
+
+from app.js_modules import link
+from governance.js_host import HostCallError
+from governance.js_runtime import JSLimits, js_source
+from ledger.kv import Tx
+
+MAX_RUNS = 256  # loads and host answers of one request: each is a run
+TIMEOUT_REASON = "Operation took too long to complete."
+
+HostCall = Callable[..., Any]
+
+
+class JsError(Exception):
+    """A handler did not complete."""
+
+    def __init__(self, reason: str, trace: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.trace = trace
+
+
+class JsHandlerFailed(JsError):
+    """The handler threw (or returned something that is not a response)."""
+
+
+class JsTimeout(JsError):
+    """The handler ran past the time limit."""
+
+
+class JsOutOfMemory(JsError):
+    """The handler exhausted the heap limit."""
+
+
+class JsStackOverflow(JsError):
+    """The handler exhausted the stack limit."""
+
+
+class JsInvalidReturn(JsError):
+    """The handler returned something that is not a response object (CCF's "Invalid endpoint function return
+    value" errors)."""
+
+
+class JsAccessDenied(JsError):
+    """The handler wrote, or asked to read, a map it may not."""
+
+
+@dataclass(frozen=True)
+class JsRequest:
+    """CCF's request object, as the handler sees it (`body` as bytes; `caller` the policy's identity)."""
+
+    method: str
+    url: str
+    path: str
+    route: str
+    query: str
+    hostname: str | None
+    headers: Mapping[str, str]
+    params: Mapping[str, str]
+    body: bytes
+    caller: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class JsResponse:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class JsOutcome:
+    response: JsResponse
+    writes: dict[str, dict[bytes, bytes | None]]
+    cleared: tuple[str, ...]
+    claims_digest: bytes | None
+    apply_writes: bool
+    logs: tuple[str, ...] = ()
+    runs: int = 1
+
+
+@dataclass
+class RunContext:
+    """What one request's runs may read: its transaction, the node's answers, the historical state."""
+
+    tx: Tx
+    writable: bool
+    host_calls: Mapping[str, HostCall]
+    committed: tuple[int, int] = (0, 0)  # (view, seqno) of the last committed transaction
+    historical: dict[str, Any] | None = None  # {transactionId, receipt, writes} of a historical endpoint
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_CONTENT_TYPES = {"json": "application/json", "text": "text/plain", "bytes": "application/octet-stream"}
+
+
+def _prelude() -> str:
+    return js_source("bytes.js") + resources.files("app").joinpath("js/app_prelude.js").read_text(encoding="utf-8")
+
+
+_PRELUDE = _prelude()
+
+
+def readable(map_name: str) -> bool:
+    """Application code reads every map but the node's private internal ones."""
+    return not map_name.startswith("ccf.")
+
+
+def writable(map_name: str) -> bool:
+    """Application code writes its own maps only: never governance or internal ones."""
+    return not (map_name.startswith("public:ccf.") or map_name.startswith("ccf."))
+
+
+def latin1_entries(items: Mapping[bytes, bytes | None]) -> dict[str, str | None]:
+    return {k.decode("latin-1"): None if v is None else v.decode("latin-1") for k, v in items.items()}
+
+
+class Interpreter:
+    """A bundle's modules, linked once, run under `limits`."""
+
+    def __init__(self, modules: Mapping[str, str], limits: JSLimits | None = None) -> None:
+        self.script = link(modules)
+        self.limits = limits or JSLimits()
+        self._context: Any = None
+        self._entry: dict[str, Any] = {}
+        self.requests_served = 0
+
+    def _fresh(self) -> Any:
+        ctx = quickjs.Context()
+        ctx.set_memory_limit(self.limits.max_heap_bytes)
+        ctx.set_max_stack_size(self.limits.max_stack_bytes)
+        ctx.eval(_PRELUDE)
+        ctx.eval(self.script)
+        return ctx
+
+    def _function(self) -> None:
+        if self._context is None:
+            self._context = self._fresh()
+            self._entry = {name: self._context.get(name) for name in ("__ccfBeginRun", "__ccfRun")}
+
+    def discard(self) -> None:
+        """Drop the context: the next request gets a fresh one (and evaluates the modules again)."""
+        self._context = None
+        self._entry = {}
+
+    def run(self, module: str, function: str, request: JsRequest, mode: str, context: RunContext) -> JsOutcome:
+        deadline = time.monotonic() + self.limits.max_execution_time_ms / 1000
+        body_text: str | None
+        try:
+            body_text = request.body.decode("utf-8")
+        except UnicodeDecodeError:
+            body_text = None
+        begin = {
+            "module": module, "function": function, "mode": mode,
+            "request": {"method": request.method, "url": request.url, "path": request.path, "route": request.route,
+                        "query": request.query, "hostname": request.hostname, "headers": dict(request.headers),
+                        "params": dict(request.params), "body": request.body.decode("latin-1"),
+                        "body_text": body_text, "caller": request.caller},
+            "seed": int.from_bytes(os.urandom(4), "big") or 1, "now_ms": int(time.time() * 1000),
+            "committed": {"view": context.committed[0], "seqno": context.committed[1]},
+            "historical": context.historical, **context.extra,
+        }
+        delta: dict[str, Any] = {}
+        for runs in range(1, MAX_RUNS + 1):
+            outcome: dict[str, Any] = orjson.loads(
+                self._call("__ccfBeginRun", orjson.dumps(begin).decode(), deadline) if runs == 1 else
+                self._call("__ccfRun", orjson.dumps(delta).decode(), deadline))
+            if outcome["missing"] or outcome["requests"]:
+                delta = {"loaded": {}, "versions": {}, "full": {}, "answers": {}}
+                for map_name, key in outcome["missing"]:
+                    self._load(context.tx, map_name, key, delta["loaded"], delta["versions"], delta["full"])
+                for call in outcome["requests"]:
+                    delta["answers"][call["key"]] = _answer(context.host_calls, call["name"], call["args"])
+                # A run that missed entries took them as absent. If they are, it saw exactly the state it would
+                # have seen with them loaded, and its execution is deterministic: it is the request's run.
+                if outcome["requests"] or not _all_absent(delta["loaded"]):
+                    continue
+            self.requests_served += 1
+            if outcome.get("invalidReturn") is not None:
+                raise JsInvalidReturn(outcome["invalidReturn"])
+            if not outcome["ok"]:
+                raise JsHandlerFailed(outcome["error"], outcome.get("trace"))
+            return self._outcome(outcome, context.writable, runs)
+        raise JsHandlerFailed(f"the handler asked for more than {MAX_RUNS} loads and host calls")
+
+    def _call(self, function: str, argument: str, deadline: float) -> str:
+        """One call into the prelude under what is left of the request's time."""
+        self._function()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            self.discard()
+            raise JsTimeout(TIMEOUT_REASON)
+        self._context.set_time_limit(remaining)
+        try:
+            return str(self._entry[function](argument))
+        except quickjs.StackOverflow as e:
+            self.discard()
+            raise JsStackOverflow(_first_line(e), str(e)) from None
+        except quickjs.JSException as e:
+            self.discard()
+            text = str(e)
+            if "interrupted" in text:
+                raise JsTimeout(TIMEOUT_REASON, text) from None
+            if "out of memory" in text:
+                raise JsOutOfMemory(_first_line(e), text) from None
+            raise JsHandlerFailed(_first_line(e), text) from None
+        finally:
+            if self._context is not None:
+                self._context.set_time_limit(-1)
+
+    @staticmethod
+    def _load(tx: Tx, map_name: str, key: str | None, loaded: dict[str, dict[str, str | None]],
+              versions: dict[str, dict[str, int]], full: dict[str, bool]) -> None:
+        if not readable(map_name):
+            raise JsAccessDenied(f"Cannot read from map {map_name}: this table is inaccessible to application code")
+        if key is None:
+            loaded[map_name] = {k.decode("latin-1"): v.decode("latin-1") for k, v in tx.items(map_name)}
+            versions[map_name] = {k.decode("latin-1"): v for k, v in tx.committed_versions(map_name).items()}
+            full[map_name] = True
+            return
+        raw = key.encode("latin-1")
+        value = tx.get(map_name, raw)
+        loaded.setdefault(map_name, {})[key] = None if value is None else value.decode("latin-1")
+        versions.setdefault(map_name, {})[key] = tx.get_version(map_name, raw) if value is not None else 0
+
+    @staticmethod
+    def _outcome(outcome: dict[str, Any], may_write: bool, runs: int) -> JsOutcome:
+        writes: dict[str, dict[bytes, bytes | None]] = {}
+        cleared = tuple(outcome["cleared"])
+        for map_name in (*outcome["writes"], *cleared):
+            if not may_write:
+                raise JsAccessDenied(f"Cannot write to map {map_name}: this table is read-only in the current "
+                                     "(read-only) execution context")
+            if not writable(map_name):
+                raise JsAccessDenied(f"Cannot write to map {map_name}: this table is read-only for application "
+                                     "code")
+        for map_name, changes in outcome["writes"].items():
+            writes[map_name] = {k.encode("latin-1"): None if v is None else v.encode("latin-1")
+                                for k, v in changes.items()}
+        response = outcome["response"]
+        headers = dict(response["headers"])
+        if response["kind"] != "none":
+            headers.setdefault("content-type", _CONTENT_TYPES[response["kind"]])
+        body = response["body"].encode("latin-1" if response["kind"] == "bytes" else "utf-8")
+        claims = outcome["claims"]
+        return JsOutcome(JsResponse(int(response["status"]), tuple(headers.items()), body), writes, cleared,
+                         None if claims is None else claims.encode("latin-1"), bool(outcome["applyWrites"]),
+                         tuple(outcome["logs"]), runs)
+
+
+def _all_absent(loaded: Mapping[str, Mapping[str, str | None]]) -> bool:
+    """Whether every entry loaded is absent (and every map loaded whole is empty)."""
+    return all(value is None for entries in loaded.values() for value in entries.values())
+
+
+def _answer(calls: Mapping[str, HostCall], name: str, args: list[Any]) -> dict[str, Any]:
+    call = calls.get(name)
+    if call is None:
+        return {"error": f"{name} is not available here"}
+    try:
+        return {"value": call(*args)}
+    except (HostCallError, TypeError, ValueError, LookupError) as e:
+        return {"error": f"{name}: {e}"}
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def apply_outcome(tx: Tx, outcome: JsOutcome) -> None:
+    """Put a run's writes into the transaction (maps cleared first, as the handler did)."""
+    for map_name in outcome.cleared:
+        tx.clear(map_name)
+    for map_name, changes in outcome.writes.items():
+        for key, value in changes.items():
+            if value is None:
+                tx.remove(map_name, key)
+            else:
+                tx.put(map_name, key, value)

@@ -1,0 +1,87 @@
+// Byte helpers shared by the governance and application preludes: UTF-8 both ways (strict decoding), hex, and
+// latin-1 strings (one character per byte), in which the host passes keys, values and bodies to the JavaScript.
+"use strict";
+
+function __utf8Encode(s) {
+  const out = [];
+  for (let i = 0; i < s.length; i++) {
+    let c = s.charCodeAt(i);
+    if (c >= 0xd800 && c < 0xdc00 && i + 1 < s.length) {
+      const d = s.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d < 0xe000) { c = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00); i++; }
+    }
+    if (c < 0x80) out.push(c);
+    else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
+    else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+    else out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+  }
+  return new Uint8Array(out).buffer;
+}
+
+function __bytesOf(buf) {
+  if (buf instanceof ArrayBuffer) return new Uint8Array(buf);
+  if (ArrayBuffer.isView(buf)) return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+  throw new TypeError("Expected an ArrayBuffer");
+}
+
+// Strict UTF-8: invalid lead bytes, stray continuations and truncated sequences become one U+FFFD each (up to
+// the first byte that breaks them); a complete sequence that is overlong, a surrogate or out of range becomes
+// one U+FFFD. No byte sequence can decode to a character it does not properly encode.
+function __utf8Decode(buf) {
+  const b = __bytesOf(buf);
+  let s = "";
+  let i = 0;
+  while (i < b.length) {
+    const c = b[i];
+    if (c < 0x80) { s += String.fromCharCode(c); i++; continue; }
+    let need, cp, min;
+    if (c >= 0xc2 && c <= 0xdf) { need = 1; cp = c & 0x1f; min = 0x80; }
+    else if (c >= 0xe0 && c <= 0xef) { need = 2; cp = c & 0x0f; min = 0x800; }
+    else if (c >= 0xf0 && c <= 0xf4) { need = 3; cp = c & 0x07; min = 0x10000; }
+    else { s += "\ufffd"; i++; continue; }
+    let j = 1;
+    for (; j <= need; j++) {
+      const d = b[i + j];
+      if (d === undefined || (d & 0xc0) !== 0x80) break;
+      cp = (cp << 6) | (d & 0x3f);
+    }
+    if (j <= need || cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+      s += "\ufffd";
+      i += j <= need ? j : need + 1;
+      continue;
+    }
+    s += String.fromCodePoint(cp);
+    i += need + 1;
+  }
+  return s;
+}
+
+function __hexToBuf(h) {
+  const b = new Uint8Array(h.length / 2);
+  for (let i = 0; i < b.length; i++) b[i] = parseInt(h.substr(2 * i, 2), 16);
+  return b.buffer;
+}
+
+function __bufToHex(buf) {
+  if (!(buf instanceof ArrayBuffer)) {
+    if (ArrayBuffer.isView(buf)) buf = buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength);
+    else throw new TypeError("Expected an ArrayBuffer");
+  }
+  const b = new Uint8Array(buf);
+  let h = "";
+  for (let i = 0; i < b.length; i++) h += (b[i] < 16 ? "0" : "") + b[i].toString(16);
+  return h;
+}
+
+function __latin1ToBuf(s) {
+  const b = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) b[i] = s.charCodeAt(i);
+  return b.buffer;
+}
+
+function __bufToLatin1(buf) {
+  const b = __bytesOf(buf);
+  let s = "";
+  for (let i = 0; i < b.length; i += 8192) s += String.fromCharCode.apply(null, b.subarray(i, i + 8192));
+  return s;
+}
