@@ -23,7 +23,7 @@ endpoint serves is 404 `ResourceNotFound` (405 `UnsupportedHttpVerb` for a known
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -243,8 +243,7 @@ class JsGenericApp(Endpoints):
         if node is not None:
             committed_txid = node.ledger.txid(node.ledger.committed_seqno)
             committed = (committed_txid.view, committed_txid.seqno)
-        run_context = RunContext(ctx.tx, info.mode is Mode.READWRITE, {**CRYPTO_CALLS, **self._node_calls(ctx)},
-                                 committed, historical)
+        run_context = RunContext(ctx.tx, info.mode is Mode.READWRITE, _HostCalls(ctx), committed, historical)
         try:
             outcome = interpreter.run(info.js_module, info.js_function, request, info.mode.value, run_context)
         except JsError as e:
@@ -270,35 +269,55 @@ class JsGenericApp(Endpoints):
                    if options.get("return_exception_details") is True else [])
         return HandlerException(details)
 
-    @staticmethod
-    def _node_calls(ctx: EndpointContext) -> dict[str, Callable[..., Any]]:
-        """The host calls that read the node: consensus status and historical state."""
-        node = ctx.node
-        if node is None:
-            return {}
-        ledger = node.ledger
 
-        def status(view: Any, seqno: Any) -> str:
-            return tx_status(ledger, TxID(int(view), int(seqno))).value
 
-        def view_for(seqno: Any) -> int | None:
-            view = ledger.view_of(int(seqno))
-            return None if view is None else int(view)
+class _HostCalls(Mapping[str, Callable[..., Any]]):
+    """The host calls of one request: `ccf.crypto`, and those that read the node (consensus status, historical
+    state), made only when the handler asks for one."""
 
-        def state_range(handle: Any, start: Any, end: Any, expiry: Any) -> list[dict[str, Any]] | None:
-            queries = historical_queries(ctx)
-            try:
-                entries = queries.entries(int(start), int(end))
-            except HistoricalPending:
-                return None
-            except EndpointError as e:
-                raise ValueError(e.message) from None
-            return [{"transactionId": str(entry.txid), "receipt": queries.receipt(entry.txid),
-                     "writes": {name: latin1_entries(changes) for name, changes in entry.writes.items()}}
-                    for entry in entries]
+    _NODE_CALLS = ("getStatusForTxId", "getViewForSeqno", "getStateRange", "dropCachedStates")
 
-        return {"getStatusForTxId": status, "getViewForSeqno": view_for, "getStateRange": state_range,
-                "dropCachedStates": lambda handle: True}
+    def __init__(self, ctx: EndpointContext) -> None:
+        self.ctx = ctx
+
+    def __getitem__(self, name: str) -> Callable[..., Any]:
+        if name in CRYPTO_CALLS:
+            return CRYPTO_CALLS[name]
+        if name in self._NODE_CALLS and self.ctx.node is not None:
+            return getattr(self, f"_{name}")  # type: ignore[no-any-return]
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((*CRYPTO_CALLS, *self._NODE_CALLS))
+
+    def __len__(self) -> int:
+        return len(CRYPTO_CALLS) + len(self._NODE_CALLS)
+
+    def _getStatusForTxId(self, view: Any, seqno: Any) -> str:  # noqa: N802 - named as the JS call
+        if int(view) < 0 or int(seqno) < 0:
+            raise ValueError("Invalid view or seqno: cannot be negative")
+        return tx_status(self.ctx.node.ledger, TxID(int(view), int(seqno))).value
+
+    def _getViewForSeqno(self, seqno: Any) -> int | None:  # noqa: N802
+        view = self.ctx.node.ledger.view_of(int(seqno))
+        return None if view is None else int(view)
+
+    def _getStateRange(self, handle: Any, start: Any, end: Any, expiry: Any) -> list[dict[str, Any]] | None:  # noqa: N802
+        if min(int(handle), int(start), int(end), int(expiry)) < 0:
+            raise ValueError("Invalid handle, seqno or expiry: cannot be negative")
+        queries = historical_queries(self.ctx)
+        try:
+            entries = queries.entries(int(start), int(end))
+        except HistoricalPending:
+            return None
+        except EndpointError as e:
+            raise ValueError(e.message) from None
+        return [{"transactionId": str(entry.txid), "receipt": queries.receipt(entry.txid),
+                 "writes": {name: latin1_entries(changes) for name, changes in entry.writes.items()}}
+                for entry in entries]
+
+    def _dropCachedStates(self, handle: Any) -> bool:  # noqa: N802
+        return True
 
 
 app = JsGenericApp()

@@ -52,13 +52,14 @@ let __run = null;
 function __newRun(env) {
   return {
     env, loaded: env.loaded, versions: env.versions, full: env.full, answers: env.answers,
-    missing: [], missingKeys: new Set(), writes: Object.create(null), cleared: Object.create(null),
+    missing: [], missingKeys: null, writes: Object.create(null), cleared: Object.create(null),
     calls: 0, requests: [], claims: null, applyWrites: false, logs: [], writable: env.mode === "readwrite",
   };
 }
 
 function __needKey(map, key) {
   const id = JSON.stringify([map, key]);
+  if (__run.missingKeys === null) __run.missingKeys = new Set();
   if (!__run.missingKeys.has(id)) { __run.missingKeys.add(id); __run.missing.push([map, key]); }
 }
 
@@ -338,13 +339,6 @@ function __request(env) {
   const request = { headers: r.headers, params: r.params, query: r.query, url: r.url, path: r.path,
     route: r.route, method: r.method, hostname: r.hostname, body };
   request.caller = r.caller;  // null when the endpoint names no authentication policy
-  if (r.caller !== null) {
-    for (const identity of [r.caller, ...Object.values(r.caller)]) {
-      if (identity && identity.cose && typeof identity.cose.content === "string") {
-        identity.cose.content = __latin1ToBuf(identity.cose.content);
-      }
-    }
-  }
   return request;
 }
 
@@ -392,6 +386,14 @@ globalThis.__ccfBegin = function (envJson) {
   __env.full = Object.create(null);
   __env.answers = Object.create(null);
   __env.historicalState = __env.historical !== null ? __historicalState(__env.historical) : null;
+  const caller = __env.request.caller;
+  if (caller !== null && (caller.policy === "user_cose_sign1" || Array.isArray(caller.policy))) {
+    for (const identity of [caller, ...Object.values(caller)]) {  // COSE payloads arrive as latin-1 strings
+      if (identity && identity.cose && typeof identity.cose.content === "string") {
+        identity.cose.content = __latin1ToBuf(identity.cose.content);
+      }
+    }
+  }
 };
 
 function __merge(into, from) {

@@ -154,14 +154,11 @@ class Endpoints:
         return self.registered
 
     def match(self, method: str, path: str) -> tuple[Endpoint, dict[str, str]]:
-        allowed = []
-        for endpoint in self.candidates():
-            m = endpoint.pattern.match(path)
-            if m is None:
-                continue
-            if endpoint.method == method:
+        candidates = self.candidates()
+        for endpoint in candidates:  # the method first: a string comparison is cheaper than a match
+            if endpoint.method == method and (m := endpoint.pattern.match(path)) is not None:
                 return endpoint, {k: unquote(v) for k, v in m.groupdict().items()}
-            allowed.append(endpoint.method)
+        allowed = [endpoint.method for endpoint in candidates if endpoint.pattern.match(path)]
         if allowed:
             raise EndpointError(405, "UnsupportedHttpVerb", f"Allowed methods for '{path}' are: {', '.join(allowed)}")
         raise EndpointError(404, "ResourceNotFound", f"Unknown path: {path}.")
