@@ -7,7 +7,7 @@ COSE_Sign1 body goes to --out (or stdout), ready to POST with `Content-Type: app
   propose  (--actions FILE | --set-user CERT | --remove-user ID | --set-member CERT [--encryption-key PEM]
             | --trust-node NODE_ID
             | --transition-service-to-open SERVICE_CERT [--previous-service-cert OLD_SERVICE_CERT]
-            | --set-constitution JS_FILE [JS_FILE ...] | --trigger ACTION)
+            | --set-constitution JS_FILE [JS_FILE ...] | --set-js-app BUNDLE_DIR | --trigger ACTION)
             (a recovered service is opened with both: its new certificate and the one it recovers)
   vote PROPOSAL_ID (--approve | --reject | --ballot JS_FILE)
   withdraw PROPOSAL_ID
@@ -34,6 +34,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from app.js_bundle import BundleInvalid, read_bundle
 from governance.member_client import (
     REJECT_BALLOT,
     MemberSigner,
@@ -113,6 +114,11 @@ def _proposal_actions(args: argparse.Namespace) -> list[dict[str, Any]]:
         return [transition_service_to_open(_service_cert_pem(args.transition_service_to_open), previous)]
     if args.set_constitution:
         return [action("set_constitution", constitution="\n".join(_read(p).decode() for p in args.set_constitution))]
+    if args.set_js_app:
+        try:
+            return [action("set_js_app", bundle=read_bundle(args.set_js_app))]
+        except BundleInvalid as e:
+            raise ValueError(str(e)) from None
     if args.trigger:
         return [action(args.trigger)]
     raise ValueError("say what to propose (see --help)")
@@ -153,8 +159,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="open the service whose certificate this is (after a recovery: the new certificate)")
     group.add_argument("--set-constitution", nargs="+", metavar="JS_FILE",
                        help="replace the constitution with these files, concatenated")
+    group.add_argument("--set-js-app", metavar="BUNDLE_DIR",
+                       help="install a JavaScript app: a directory with bundle.json, or app.json and src/")
     group.add_argument("--trigger", choices=["trigger_ledger_rekey", "trigger_ledger_chunk", "trigger_snapshot",
-                                             "trigger_recovery_shares_refresh"], help="an action without arguments")
+                                             "trigger_recovery_shares_refresh", "remove_js_app",
+                                             "refresh_js_app_bytecode_cache"], help="an action without arguments")
     propose.add_argument("--encryption-key", metavar="PEM",
                          help="with --set-member: the member's RSA encryption public key (a recovery member)")
     propose.add_argument("--previous-service-cert", metavar="OLD_SERVICE_CERT",

@@ -307,3 +307,37 @@ def test_the_service_client_gives_members_submit_recovery_share(tmp_path: os.Pat
     api = Client(NO_NODE, files["service_cert"], cert=files["cert"], key=files["key"]).member()
     assert isinstance(api, MemberApi) and callable(api.submit_recovery_share)
     assert api.member_id == files["member_id"]
+
+
+def test_member_propose_set_js_app_reads_a_bundle_directory(tmp_path: os.PathLike[str]) -> None:
+    from ledger import cose
+
+    files = member_files(tmp_path)
+    bundle_dir = os.path.join(tmp_path, "app")
+    os.makedirs(os.path.join(bundle_dir, "src", "lib"))
+    metadata = {"endpoints": {"/hi": {"get": {"js_module": "main.js", "js_function": "hi", "mode": "readonly",
+                                              "forwarding_required": "sometimes", "authn_policies": ["no_auth"]}}}}
+    with open(os.path.join(bundle_dir, "app.json"), "w") as f:
+        json.dump(metadata, f)
+    with open(os.path.join(bundle_dir, "src", "main.js"), "w") as f:
+        f.write('import { x } from "./lib/x.js";\nexport function hi() { return { body: x }; }\n')
+    with open(os.path.join(bundle_dir, "src", "lib", "x.js"), "w") as f:
+        f.write("export const x = 1;\n")
+    out = os.path.join(tmp_path, "app.cose")
+    proc = run_member(files, "--out", out, "propose", "--set-js-app", bundle_dir)
+    assert proc.returncode == 0, proc.stderr
+    with open(out, "rb") as f:
+        payload = cose.decode(f.read()).payload
+    assert payload is not None
+    [proposed] = json.loads(payload)["actions"]
+    assert proposed["name"] == "set_js_app" and proposed["args"]["bundle"]["metadata"] == metadata
+    assert sorted(m["name"] for m in proposed["args"]["bundle"]["modules"]) == ["lib/x.js", "main.js"]
+
+    # a bundle CCF would refuse is refused here, in one line naming the endpoint
+    metadata["endpoints"]["/hi"]["get"]["js_module"] = "missing.js"
+    with open(os.path.join(bundle_dir, "app.json"), "w") as f:
+        json.dump(metadata, f)
+    assert_one_error_line(run_member(files, "--out", out, "propose", "--set-js-app", bundle_dir),
+                          "GET /hi", "missing.js")
+    assert_one_error_line(run_member(files, "--out", out, "propose", "--set-js-app", str(tmp_path) + "/nowhere"),
+                          "not a directory")
