@@ -31,7 +31,6 @@ from urllib.parse import urlsplit
 import orjson
 from loguru import logger
 
-from app.js_crypto import CRYPTO_CALLS
 from app.js_interpreter import (
     Interpreter,
     JsAccessDenied,
@@ -44,6 +43,7 @@ from app.js_interpreter import (
     latin1_entries,
 )
 from app.js_modules import ModuleLinkError
+from governance.js_crypto import CRYPTO_CALLS
 from governance.js_runtime import JSLimits
 from governance.proposals import JS_RUNTIME_OPTIONS, runtime_options
 from ledger.kv import Tx

@@ -127,7 +127,8 @@ _CONTENT_TYPES = {"json": "application/json", "text": "text/plain", "bytes": "ap
 
 
 def _prelude() -> str:
-    return js_source("bytes.js") + resources.files("app").joinpath("js/app_prelude.js").read_text(encoding="utf-8")
+    return (js_source("bytes.js") + js_source("crypto.js") +
+            resources.files("app").joinpath("js/app_prelude.js").read_text(encoding="utf-8"))
 
 
 _PRELUDE = _prelude()

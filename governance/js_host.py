@@ -1,17 +1,15 @@
-"""What governance JavaScript asks of the host: `ccf.crypto.*` and `ccf.pemToId`, as CCF provides them.
+"""Certificate and key checks for JavaScript: what `governance.js_crypto` builds on, and the checks CCF gives
+constitutions besides `ccf.crypto` (`isValidX509RootCACert`, `isValidRsaPublicKeyPem`, `ccf.pemToId`).
 
-Covered: digests (SHA-256, SHA-384, SHA-512), certificate bundle and chain checks, signature verification, and
-the public-key conversions between PEM and JWK (EC and RSA) that CCF's constitutions use to check JWKS. Not
-covered: what would give different answers on different nodes (key generation, wrapping, ECDSA signing).
+Covered: certificate bundle and chain checks, and the public-key conversions between PEM and JWK (EC and RSA).
 
-Each host call takes and returns JSON-compatible values (bytes as hex). Calls are pure, so running a
-constitution twice gives the same answers. A bad argument is an error message for the JavaScript to throw.
+Each host call takes and returns JSON-compatible values. Calls are pure. A bad argument is a `HostCallError`,
+whose message the JavaScript throws.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
@@ -43,12 +41,6 @@ def _certs(pem: str) -> list[x509.Certificate]:
         return [x509.load_pem_x509_certificate(b.encode()) for b in blocks]
     except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm) as e:
         raise HostCallError(f"invalid certificate: {e}") from None
-
-
-def digest(algorithm: str, data_hex: str) -> str:
-    if algorithm not in _HASHES:
-        raise HostCallError(f"unsupported digest algorithm {algorithm} (SHA-256, SHA-384 or SHA-512)")
-    return hashlib.new(_HASHES[algorithm].name, bytes.fromhex(data_hex)).hexdigest()
 
 
 def _b64url(data: bytes) -> str:
@@ -167,32 +159,6 @@ def is_valid_x509_cert_chain(chain: str, trusted: str) -> bool:
     return True
 
 
-def verify_signature(algorithm: dict[str, Any], key_pem: str, signature_hex: str, data_hex: str) -> bool:
-    """CCF's verifySignature: ECDSA (DER signature) or RSA (PKCS#1 v1.5 or PSS), key a PEM public key or cert."""
-    if not isinstance(algorithm, dict) or algorithm.get("hash") not in _HASHES:
-        raise HostCallError("algorithm must be {name, hash} with hash SHA-256, SHA-384 or SHA-512")
-    hash_alg = _HASHES[algorithm["hash"]]
-    try:
-        key = (x509.load_pem_x509_certificate(key_pem.encode()).public_key() if "CERTIFICATE" in key_pem
-               else load_pem_public_key(key_pem.encode()))
-        signature, data = bytes.fromhex(signature_hex), bytes.fromhex(data_hex)
-        name = algorithm.get("name")
-        if name == "ECDSA" and isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(signature, data, ec.ECDSA(hash_alg))
-        elif name == "RSASSA-PKCS1-v1_5" and isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, data, padding.PKCS1v15(), hash_alg)
-        elif name == "RSA-PSS" and isinstance(key, rsa.RSAPublicKey):
-            salt = int(algorithm.get("saltLength", 32))
-            key.verify(signature, data, padding.PSS(padding.MGF1(hash_alg), salt), hash_alg)
-        else:
-            raise HostCallError(f"unsupported algorithm {name} for this key")
-    except InvalidSignature:
-        return False
-    except (ValueError, UnsupportedAlgorithm, TypeError) as e:
-        raise HostCallError(f"cannot verify: {e}") from None
-    return True
-
-
 def is_valid_rsa_public_key_pem(pem: str) -> bool:
     """Whether `pem` is an RSA public key (what recovery members register to receive their shares)."""
     try:
@@ -207,15 +173,7 @@ def pem_to_id(pem: str) -> str:
 
 
 DEFAULT_HOST_CALLS: dict[str, HostCall] = {
-    "digest": digest,
-    "isValidX509CertBundle": is_valid_x509_cert_bundle,
-    "isValidX509CertChain": is_valid_x509_cert_chain,
     "isValidX509RootCACert": is_valid_x509_root_ca_cert,
-    "verifySignature": verify_signature,
     "isValidRsaPublicKeyPem": is_valid_rsa_public_key_pem,
     "pemToId": pem_to_id,
-    "pubPemToJwk": pub_pem_to_jwk,
-    "pubRsaPemToJwk": pub_rsa_pem_to_jwk,
-    "pubJwkToPem": pub_jwk_to_pem,
-    "pubRsaJwkToPem": pub_rsa_jwk_to_pem,
 }

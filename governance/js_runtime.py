@@ -1,11 +1,11 @@
 """Running governance JavaScript (constitutions and ballots) in QuickJS, deterministically and bounded.
 
 A call runs one exported function of an ES module in a fresh QuickJS context with the `ccf` globals of
-`js/bytes.js` and `js/prelude.js`. QuickJS refuses Python callbacks while a time limit is set, so the KV is
-not read through callbacks: the host passes a snapshot of the maps the code reads, as hex, and collects its
-writes. Maps are loaded on demand by running the call again with every map the previous run asked for (execution is
-deterministic: `Date.now` is fixed and `Math.random` refused), so the code sees exactly the transaction's
-state and the host reads only what it needs.
+`js/bytes.js`, `js/crypto.js` and `js/prelude.js`. QuickJS refuses Python callbacks while a time limit is set, so
+the KV is not read through callbacks: the host passes a snapshot of the maps the code reads, as hex, and collects
+its writes. Maps are loaded on demand by running the call again with every map the previous run asked for (execution
+is deterministic: `Date.now` is fixed and `Math.random` seeded from the call), so the code sees exactly the
+transaction's state and the host reads only what it needs.
 
 Guarantees: time, heap and stack limits (never below CCF's defaults) apply to every run; exceeding the
 time limit fails with CCF's "Operation took too long to complete."; a JS exception becomes `JSCallFailed`
@@ -27,6 +27,7 @@ from typing import Any
 import quickjs
 
 from governance.errors import GovernanceError
+from governance.js_crypto import CRYPTO_CALLS
 from governance.js_host import DEFAULT_HOST_CALLS, HostCall, HostCallError
 from ledger.kv import Tx, WriteSet
 
@@ -81,7 +82,7 @@ def js_source(name: str) -> str:
 
 
 def _prelude() -> str:
-    return js_source("bytes.js") + js_source("prelude.js")
+    return js_source("bytes.js") + js_source("crypto.js") + js_source("prelude.js")
 
 
 _PRELUDE = _prelude()
@@ -234,7 +235,7 @@ def call_export(
     `generateEndorsedCertificate`). `crypto=False` withholds `ccf.crypto` (CCF offers it only to validate
     and apply, not to ballots and resolve).
     """
-    calls = {**DEFAULT_HOST_CALLS, **(host_calls or {})}
+    calls = {**CRYPTO_CALLS, **DEFAULT_HOST_CALLS, **(host_calls or {})}
     answers: dict[str, dict[str, Any]] = {}
     limits = (limits or JSLimits()).at_least_defaults()
     module = module_with_exports(source)

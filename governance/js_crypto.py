@@ -1,12 +1,14 @@
-"""`ccf.crypto` for JavaScript applications, with CCF's semantics (src/js/extensions/ccf/crypto.cpp).
+"""`ccf.crypto` for JavaScript, constitutions and applications alike, with CCF's semantics
+(src/js/extensions/ccf/crypto.cpp).
 
-Host calls of the app prelude: bytes cross as latin-1 strings (one character per byte), keys as PEM strings, JWKs
-as objects. Covered: `sign` (ECDSA with the signature in IEEE P1363 form r||s, RSA-PSS, EdDSA, HMAC),
-`verifySignature` (ECDSA P1363, RSA-PSS, EdDSA; a public key or a certificate; SHA-256), `digest` (SHA-256),
-key generation (AES 128/192/256, RSA, ECDSA secp256r1/secp384r1, EdDSA curve25519/x25519), `wrapKey`/`unwrapKey`
-(RSA-OAEP with SHA-256, AES-KWP as RFC 5649, RSA-OAEP-AES-KWP as PKCS#11's CKM_RSA_AES_KEY_WRAP), the PEM/JWK
-conversions for EC, RSA and EdDSA keys both ways (public and private), and the certificate checks governance
-code has too. A bad argument raises `HostCallError` with CCF's message, which the JavaScript throws.
+Host calls of `js/crypto.js`: bytes cross as latin-1 strings (one character per byte), keys as PEM strings, JWKs as
+objects. Covered: `sign` (ECDSA with the signature in IEEE P1363 form r||s, RSA-PSS, EdDSA, HMAC), `verifySignature`
+(ECDSA P1363, RSA-PSS, EdDSA; a public key or a certificate; SHA-256), `digest` (SHA-256, SHA-384 and SHA-512, as
+@microsoft/ccf-app 6's `DigestAlgorithm` lists them), key generation (AES 128/192/256, RSA, ECDSA
+secp256r1/secp384r1, EdDSA curve25519/x25519), `wrapKey`/`unwrapKey` (RSA-OAEP with SHA-256, AES-KWP as RFC 5649,
+RSA-OAEP-AES-KWP as PKCS#11's CKM_RSA_AES_KEY_WRAP), the PEM/JWK conversions for EC, RSA and EdDSA keys both ways
+(public and private), and the certificate checks governance code has too. A bad argument raises `HostCallError` with
+CCF's message, which the JavaScript throws.
 """
 
 from __future__ import annotations
@@ -170,9 +172,10 @@ def verify_signature(algorithm: Mapping[str, Any], key: str, signature: str, dat
 
 
 def digest(algorithm: str, data: str) -> str:
-    if algorithm != "SHA-256":
-        raise HostCallError("unsupported digest algorithm, supported: SHA-256")
-    return _latin1(hashlib.sha256(_bytes(data)).digest())
+    """`ccf.crypto.digest`, with the algorithms of @microsoft/ccf-app's `DigestAlgorithm`."""
+    if algorithm not in _HASHES:
+        raise HostCallError(f"unsupported digest algorithm {algorithm} (SHA-256, SHA-384 or SHA-512)")
+    return _latin1(hashlib.new(_HASHES[algorithm].name, _bytes(data)).digest())
 
 
 # --- key generation -----------------------------------------------------------------------------------------
