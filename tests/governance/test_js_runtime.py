@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -261,3 +263,29 @@ def test_get_version_of_previous_write_names_the_committing_version() -> None:
               m.getVersionOfPreviousWrite(ccf.strToBuf("nobody")) === undefined];
     }}"""
     assert call_export(source, "f", [], store.read_tx()).value == [1, 2, True]
+
+
+@functools.cache
+def _codecs() -> Any:
+    """A context with the shared byte helpers: the fast UTF-8 paths and the loops they fall back to."""
+    import quickjs
+
+    from governance.js_runtime import js_source
+
+    ctx = quickjs.Context()
+    ctx.eval(js_source("bytes.js"))
+    ctx.eval("""function __same(hex, text) {
+      const b = __hexToBuf(hex);
+      const lone = text + "\\ud800" + text;  // a lone surrogate cannot cross from Python: made here
+      return [__utf8Decode(b) === __utf8DecodeSlow(b),
+              __bufToHex(__utf8Encode(text)) === __bufToHex(__utf8EncodeSlow(text)),
+              __bufToHex(__utf8Encode(lone)) === __bufToHex(__utf8EncodeSlow(lone))];
+    }""")
+    return ctx.get("__same")
+
+
+@pytest.mark.property
+@given(st.binary(max_size=40), st.text(max_size=20))
+def test_the_fast_utf8_paths_answer_as_the_strict_loops(data: bytes, text: str) -> None:
+    """Invalid bytes (overlong, surrogates, truncated) and lone surrogates included: one answer either way."""
+    assert _codecs()(data.hex(), text).json() == "[true,true,true]"
