@@ -111,7 +111,10 @@ globalThis.ccf = {
       return __maps[name];
     },
   }),
-  strToBuf: (s) => __utf8Encode(String(s)),
+  strToBuf: (s) => {
+    if (typeof s !== "string") throw new TypeError("Argument must be a string");
+    return __utf8Encode(s);
+  },
   bufToStr: (b) => __utf8Decode(b),
   jsonCompatibleToBuf: (v) => __utf8Encode(JSON.stringify(v)),
   bufToJsonCompatible: (b) => JSON.parse(__utf8Decode(b)),

@@ -9,6 +9,7 @@ an HTTP client library would refuse to send.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -36,6 +37,25 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def free_sandbox_port() -> int:
+    """A port P with P..P+2 and P+1000..P+1002 free (the sandbox's client and node-to-node ports)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = int(s.getsockname()[1])
+        if base + 1002 > 65535:
+            continue
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in (*range(base, base + 3), *range(base + 1000, base + 1003)):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise AssertionError("no free ports for a three-node sandbox")
 
 
 def error_code(answer: Answer) -> str:

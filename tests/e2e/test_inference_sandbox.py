@@ -26,7 +26,7 @@ from network.client.member_api import MemberApi
 from network.client.service import Client, ReceiptInvalid
 from tests.app.test_inference import B1, B2, W1, W2, mlp
 from tests.ccf_tools import ccf_check_json_receipt
-from tests.e2e.harness import free_port
+from tests.e2e.harness import free_sandbox_port
 from tests.e2e.test_sandbox_recovery import _kill, _pids, _sandbox
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +37,7 @@ def test_three_nodes_serve_an_approved_model_with_receipts_and_keep_its_weights_
         tmp_path_factory: pytest.TempPathFactory) -> None:
     workspace = tmp_path_factory.mktemp("e2e-inference")
     print(f"\nworkspace: {workspace} (kept for inspection)")
-    port = free_port()
+    port = free_sandbox_port()
     started = _sandbox(workspace, port, "--nodes", "3", "--app", "app.inference:app")
     assert started.returncode == 0, started.stderr[-2000:] + started.stdout[-2000:]
     assert "approve_model" in started.stdout and "/app/models/mymodel:infer" in started.stdout

@@ -18,7 +18,7 @@ from governance.member_client import MemberSigner
 from network.client.connection import ServiceClient
 from network.client.member_api import MemberApi
 from tests.ccf_tools import ccf_check_json_receipt
-from tests.e2e.harness import free_port
+from tests.e2e.harness import free_sandbox_port
 from tests.e2e.test_sandbox_recovery import _kill, _pids, _sandbox
 from tests.js_apps.build import BundleBuildUnavailable, build_bundle
 
@@ -53,7 +53,7 @@ def test_three_nodes_serve_a_js_bundle_with_receipts_and_limits(tmp_path_factory
         pytest.skip(f"cannot build the JS logging bundle with npm: {e.reason}")
     workspace = tmp_path_factory.mktemp("e2e-js-sandbox")
     print(f"\nworkspace: {workspace} (kept for inspection)")
-    port = free_port()
+    port = free_sandbox_port()
     started = _sandbox(workspace, port, "--nodes", "3", "--app", f"js:{bundle_dir}")
     assert started.returncode == 0, started.stderr[-2000:] + started.stdout[-2000:]
     pids = _pids(started.stdout)

@@ -16,13 +16,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.harness import free_sandbox_port
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,25 +37,6 @@ NOT_RUN = {
     "make bench": "a benchmark measures; it checks nothing this test could assert",
     "make chaos": "a chaos run takes minutes; tests/e2e/test_chaos.py runs a short one",
 }
-
-
-def _free_base_port() -> int:
-    """A port P with P..P+2 and P+1000..P+1002 free (the sandbox's client and node-to-node ports)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + 1002 > 65535:
-            continue
-        try:
-            with contextlib.ExitStack() as stack:
-                for port in (*range(base, base + 3), *range(base + 1000, base + 1003)):
-                    sock = stack.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise AssertionError("no free ports for a three-node sandbox")
 
 
 def _copy_repository(dest: Path) -> None:
@@ -182,7 +164,7 @@ def test_the_readme_and_the_sandbox_work_as_shown(repo: Path) -> None:
     sandbox_lines = [line for line in make_lines if line.startswith("make sandbox")]
     assert sorted(set(make_lines) - set(sandbox_lines)) == sorted(NOT_RUN), make_lines
     assert sandbox_lines == ["make sandbox", "make sandbox NODES=3", "make sandbox RECOVER=1"], sandbox_lines
-    you = Newcomer(repo, _free_base_port())
+    you = Newcomer(repo, free_sandbox_port())
     try:
         # a new one-node service; what it prints, then the README's own example
         with you.sandbox("make sandbox") as printed:

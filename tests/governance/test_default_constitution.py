@@ -133,7 +133,7 @@ def test_node_lifecycle_actions() -> None:
     assert state(gov).get_json(NODES_INFO, NODE_ID)["node_data"] == {"zone": 1}
     act(gov, "remove_node", {"node_id": NODE_ID})
     assert state(gov).get_json(NODES_INFO, NODE_ID)["status"] == "Retired"
-    with pytest.raises(ConstitutionFailure, match="must be less than or equal to 90"):
+    with pytest.raises(ConstitutionFailure, match="must be lower than 90"):
         act(gov, "set_node_certificate_validity", {"node_id": PENDING_NODE_ID, "valid_from": "260101000000Z",
                                                    "validity_period_days": 91})
 
@@ -209,17 +209,17 @@ def test_set_constitution_replaces_it_and_drops_open_proposals() -> None:
     ("set_member", {"cert": "not a cert"}, "cert must be a valid X509 certificate"),
     ("set_member", {"cert": SERVICE.pem, "recovery_role": "Boss"}, "recovery_role must be one of"),
     ("set_member", {"cert": SERVICE.pem, "recovery_role": "Participant"}, "needs an encryption_pub_key"),
-    ("remove_member", {"member_id": "xyz"}, "member_id must contain exactly 64 lowercase hex characters"),
+    ("remove_member", {"member_id": "xyz"}, "member_id must contain exactly 64 characters"),
     ("set_user", {"cert": 12}, "cert must be of type string but is of type number"),
     ("remove_user", {}, "user_id must be of type string"),
-    ("set_recovery_threshold", {"recovery_threshold": 0}, "recovery_threshold must be greater than or equal to 1"),
-    ("set_recovery_threshold", {"recovery_threshold": 255}, "recovery_threshold must be less than or equal to 254"),
+    ("set_recovery_threshold", {"recovery_threshold": 0}, "recovery_threshold must be greater than 1"),
+    ("set_recovery_threshold", {"recovery_threshold": 255}, "recovery_threshold must be lower than 254"),
     ("set_recovery_threshold", {"recovery_threshold": 1.5}, "recovery_threshold must be an integer"),
     ("transition_service_to_open", {}, "next_service_identity must be of type string"),
     ("transition_node_to_trusted", {"node_id": NODE_ID, "valid_from": "yesterday"}, "valid_from must be an ASN.1"),
     ("set_service_configuration", {"consensus": "BFT"}, "Cannot change consensus via set_service_configuration"),
     ("set_service_configuration", {"recent_cose_proposals_window_size": 0},
-     "recent_cose_proposals_window_size must be greater than or equal to 1"),
+     "recent_cose_proposals_window_size must be greater than 1"),
     ("set_service_configuration", {"reconfiguration_type": "Sometimes"}, "reconfiguration_type must be one of"),
     ("set_js_runtime_options", {"max_heap_bytes": 1, "max_stack_bytes": 1}, "max_execution_time_ms must be an integer"),
     ("set_ca_cert_bundle", {"name": "b", "cert_bundle": "junk"}, "cert_bundle must be a valid X509 certificate"),
@@ -318,10 +318,14 @@ def test_the_last_recovery_members_cannot_go_below_the_threshold_even_before_ope
 
 
 def test_actions_without_arguments_refuse_any_as_ccf_does() -> None:
-    """CCF's checkNone: a trigger action takes no "args", not even {} (so a proposal says exactly what it does)."""
+    """CCF's checkNone: the rekey and the shares refresh take no "args", not even {}; the chunk and snapshot
+    triggers ignore what they are given, as in CCF's default constitution."""
     gov = sandbox()
-    for name in ("trigger_ledger_rekey", "trigger_ledger_chunk", "trigger_snapshot", "trigger_recovery_shares_refresh"):
+    for name in ("trigger_ledger_rekey", "trigger_recovery_shares_refresh"):
         with pytest.raises(ProposalFailedToValidate, match=f"{name} at position 0 failed validation: Proposal does "
-                                                           'not accept any argument, found "{}"'):
+                                                           'not accept any argument, found "\\[object Object\\]"'):
             gov.propose(gov.members[0], {"actions": [{"name": name, "args": {}}]})
+        assert [e.name for e in act(gov, name).effects] == [name]
+    for name in ("trigger_ledger_chunk", "trigger_snapshot"):
+        assert [e.name for e in act(gov, name, {}).effects] == [name]
         assert [e.name for e in act(gov, name).effects] == [name]

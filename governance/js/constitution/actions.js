@@ -31,8 +31,9 @@ function checkEnum(value, members, field) {
 }
 
 function checkBounds(value, low, high, field) {
-  if (low !== null && value < low) throw new Error(`${field} must be greater than or equal to ${low}`);
-  if (high !== null && value > high) throw new Error(`${field} must be less than or equal to ${high}`);
+  // CCF's wording, though both bounds are allowed
+  if (low !== null && value < low) throw new Error(`${field} must be greater than ${low}`);
+  if (high !== null && value > high) throw new Error(`${field} must be lower than ${high}`);
 }
 
 function checkLength(value, min, max, field) {
@@ -40,17 +41,18 @@ function checkLength(value, min, max, field) {
   if (max !== null && value.length > max) throw new Error(`${field} must be an array of maximum ${max} elements`);
 }
 
-// Actions that take no arguments refuse any, "args": {} included (as CCF's constitutions do): the proposal then
-// says exactly what it does.
+// The rekey and the shares refresh refuse any argument, "args": {} included, as CCF's default constitution does
+// (its other actions without arguments ignore what they are given).
 function checkNone(args) {
   if (args !== null && args !== undefined) {
-    throw new Error(`Proposal does not accept any argument, found "${JSON.stringify(args)}"`);
+    throw new Error(`Proposal does not accept any argument, found "${args}"`);
   }
 }
 
 function checkEntityId(value, field) {
   checkType(value, "string", field);
-  if (!/^[a-f0-9]{64}$/.test(value)) throw new Error(`${field} must contain exactly 64 lowercase hex characters`);
+  if (value.length !== 64) throw new Error(`${field} must contain exactly 64 characters`);
+  if (!/^[a-fA-F0-9]*$/.test(value)) throw new Error(`${field} contains non-hexadecimal character`);
 }
 
 function checkX509CertBundle(value, field) {
@@ -325,9 +327,9 @@ const actions = new Map([
     function (args) { checkNone(args); }, function (args) { ccf.node.triggerRecoverySharesRefresh(); })],
   ["trigger_ledger_rekey", new Action(function (args) { checkNone(args); },
     function (args) { ccf.node.triggerLedgerRekey(); })],
-  ["trigger_ledger_chunk", new Action(function (args) { checkNone(args); },
+  ["trigger_ledger_chunk", new Action(function (args) {},
     function (args) { ccf.node.triggerLedgerChunk(); })],
-  ["trigger_snapshot", new Action(function (args) { checkNone(args); }, function (args) { ccf.node.triggerSnapshot(); })],
+  ["trigger_snapshot", new Action(function (args) {}, function (args) { ccf.node.triggerSnapshot(); })],
   ["transition_service_to_open", new Action(
     function (args) {
       checkX509CertBundle(args.next_service_identity, "next_service_identity");
@@ -527,7 +529,7 @@ const actions = new Map([
       setJson("public:ccf.gov.interpreter.flush", getSingletonKvKey(), true);
     })],
   ["remove_js_app", new Action(
-    function (args) { checkNone(args); },
+    function (args) {},
     function (args) {
       ccf.kv["public:ccf.gov.modules"].clear();
       ccf.kv["public:ccf.gov.endpoints"].clear();
@@ -536,7 +538,7 @@ const actions = new Map([
       setJson("public:ccf.gov.interpreter.flush", getSingletonKvKey(), true);
     })],
   ["refresh_js_app_bytecode_cache", new Action(
-    function (args) { checkNone(args); },
+    function (args) {},
     function (args) { ccf.refreshAppBytecodeCache(); })],
   ["set_js_runtime_options", new Action(
     function (args) {
