@@ -26,7 +26,13 @@ Figures, over the measured window (after `--warmup` seconds, for `--seconds`, or
 `--node-config JSON` merges settings into the node's configuration (e.g. to turn snapshots off).
 
 The node is stopped with SIGTERM at the end and must exit 0 (`node_exit_code`); the script exits 1 otherwise.
-`--nodes 3` starts a primary and two backups (they join before the service opens) and loads the primary.
+`--nodes 3` starts a primary and two backups (they join before the service opens); the connections are spread over
+all nodes (`--primary-only`: all to the primary), and the commit point is polled on the primary. `--connections
+1,16,64,256` runs one configuration per count on the same network and prints one JSON line each.
+`--vs-etcd` then loads a 3-member etcd cluster with the same configurations (scripts/bench_compare.py): by default
+at equal load, one request in flight per connection on both sides (`--window` applies to both), and each line
+gets etcd's figures, `ratio_vs_etcd`, `p99_ratio_vs_etcd`, both sides' `client_cpu_pct` and `warnings` about a
+saturated load generator; `--plot FILE.png` draws latency against throughput for both.
 `--app module:attr` serves another app that has the logging app's `POST /app/log/private`, and `--app js:DIR` the
 JavaScript bundle in DIR (deployed with `set_js_app` once the service is open; e.g. a JS logging app); `--app
 app.inference:app` runs the confidential inference benchmark instead (`scripts/bench_inference.py`, which takes
@@ -82,6 +88,11 @@ except ImportError:  # pragma: no cover - uvloop is a project dependency on Linu
 perf_counter = time.perf_counter
 TXID_HEADER = b"\r\nx-ms-ccf-transaction-id:"
 LENGTH_HEADER = b"\r\ncontent-length:"
+
+
+def _address(rpc_address: str) -> tuple[str, int]:
+    host, _, port = rpc_address.rpartition(":")
+    return host, int(port)
 
 
 def log(message: str) -> None:
@@ -338,9 +349,12 @@ def ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
 
-async def run_load(args: argparse.Namespace, host: str, port: int, context: ssl.SSLContext,
-                   pid: int) -> dict[str, Any]:
+async def run_load(args: argparse.Namespace, targets: list[tuple[str, int]], context: ssl.SSLContext, pid: int,
+                   connection_count: int) -> dict[str, Any]:
+    """`connection_count` writer connections spread over `targets` (the primary first: it is also polled for
+    the commit point), `args.window` requests in flight on each."""
     loop = asyncio.get_running_loop()
+    host, port = targets[0]
     msg = (string.ascii_letters * (args.msg_size // len(string.ascii_letters) + 1))[: args.msg_size]
     # `{"id":` then the id right-aligned in 12 columns (JSON allows the spaces): the whole request, its
     # content-length included, is fixed, so one `template % id` makes each request.
@@ -351,11 +365,13 @@ async def run_load(args: argparse.Namespace, host: str, port: int, context: ssl.
     poller = CommitPoller(host, port, context, args.poll_ms / 1000)
     poll_task = loop.create_task(poller.run())
     connections: list[WriterConnection] = []
-    for _ in range(args.connections):
-        _, protocol = await loop.create_connection(lambda: WriterConnection(load, args.window), host, port,
-                                                   ssl=context)
+    for i in range(connection_count):
+        target_host, target_port = targets[i % len(targets)]
+        _, protocol = await loop.create_connection(lambda: WriterConnection(load, args.window), target_host,
+                                                   target_port, ssl=context)
         connections.append(protocol)
-    log(f"{len(connections)} connections open, {args.window} requests in flight on each")
+    log(f"{len(connections)} connections open over {min(len(targets), connection_count)} node(s), {args.window} "
+        "requests in flight on each")
 
     start = perf_counter()
     rss_curve: list[tuple[int, float]] = []
@@ -451,6 +467,7 @@ async def run_load(args: argparse.Namespace, host: str, port: int, context: ssl.
         "node_rss_mb": round(status["VmRSS"], 1),
         "node_cpu_percent": round(100 * (cpu1 - cpu0) / window),
         "loadgen_cpu_percent": round(100 * (me1 - me0) / window),
+        "client_cpu_pct": round(100 * (me1 - me0) / window),
         **({"enclave_process_cpu_percent": round(100 * (enclave_cpu1 - enclave_cpu0) / window),
             "enclave_process_peak_rss_mb": round(enclave_status["VmHWM"], 1)} if enclave_status else {}),
         "errors": load.errors,
@@ -459,8 +476,9 @@ async def run_load(args: argparse.Namespace, host: str, port: int, context: ssl.
         "total_writes": load.ok,
         "last_seqno": max(load.seqnos) if load.seqnos else 0,
         "commit_polls_advancing": len(pseqnos),
-        "connections": args.connections,
+        "connections": connection_count,
         "window": args.window,
+        "spread_over_nodes": min(len(targets), connection_count),
         "msg_size": args.msg_size,
         "key_space": args.key_space,
         "seconds": round(window, 2),
@@ -482,9 +500,21 @@ def run_event_loop(main: Callable[[], Any]) -> Any:
     return asyncio.run(main())
 
 
+def _counts(text: str) -> list[int]:
+    """`--connections`: one positive count, or several separated by commas."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count or a comma-separated list of counts") from None
+    if not counts or any(c <= 0 for c in counts):
+        raise argparse.ArgumentTypeError(f"connection counts must be positive, not {text!r}")
+    return counts
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--nodes", type=int, default=1, help="nodes in the network (the load goes to the primary)")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="nodes in the network (the connections are spread over them; see --primary-only)")
     parser.add_argument("--app", default=DEFAULT_APP,
                         help=f"the app the nodes serve (it must have POST /app/log/private); {INFERENCE_APP} runs "
                              "the inference benchmark with the remaining arguments")
@@ -492,8 +522,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--writes", type=int,
                         help="stop after this many writes, warm-up included (--seconds is then ignored)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before the measured window")
-    parser.add_argument("--connections", type=int, default=32, help="writer connections")
-    parser.add_argument("--window", type=int, default=8, help="pipelined requests in flight per connection")
+    parser.add_argument("--connections", type=_counts, default=None, metavar="N[,N...]",
+                        help="writer connections; several (e.g. 1,16,64,256) run one configuration each, on the same "
+                             "network (default 32; with --vs-etcd 1,16,64,256)")
+    parser.add_argument("--window", type=int, default=None,
+                        help="pipelined requests in flight per connection (default 8; with --vs-etcd 1, as a "
+                             "client of either system keeps one request in flight per connection)")
+    spread = parser.add_mutually_exclusive_group()
+    spread.add_argument("--spread", dest="primary_only", action="store_false", default=False,
+                        help="spread the connections over all nodes (the default; backups forward writes)")
+    spread.add_argument("--primary-only", dest="primary_only", action="store_true",
+                        help="open every connection to the primary")
+    parser.add_argument("--plot", metavar="PNG",
+                        help="with --vs-etcd: write a latency-versus-throughput plot of both systems (matplotlib)")
     parser.add_argument("--msg-size", type=int, default=64, help="characters in each message")
     parser.add_argument("--key-space", type=int, default=0,
                         help="ids cycle through 0..N-1 (0: every write records a new id)")
@@ -506,11 +547,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also load a 3-member etcd cluster the same way (installs Debian's etcd-server if "
                              "missing)")
     args = parser.parse_args(argv)
+    if args.connections is None:
+        args.connections = [1, 16, 64, 256] if args.vs_etcd else [32]
+    if args.window is None:
+        args.window = 1 if args.vs_etcd else 8
+    if args.plot and not args.vs_etcd:
+        parser.exit(2, "error: --plot goes with --vs-etcd\n")
     if (problem := app_problem(args.app)) is not None:
         parser.exit(2, f"error: --app {args.app}: {problem}\n")
     if args.nodes < 1:
         parser.exit(2, f"error: --nodes must be at least 1, not {args.nodes}\n")
-    for name in ("seconds", "connections", "window", "msg_size", "poll_ms"):
+    for name in ("seconds", "window", "msg_size", "poll_ms"):
         if getattr(args, name) <= 0:
             parser.exit(2, f"error: --{name.replace('_', '-')} must be positive\n")
     if args.writes is not None and args.writes <= 0:
@@ -525,21 +572,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.exit(2, "error: --node-config must be a JSON object\n")
     args.node_config = extra
     return args
-
-
-def compare_with_etcd(args: argparse.Namespace, workspace: str, ours: dict[str, Any]) -> dict[str, Any]:
-    """The same load on a three-member etcd cluster, in the same run (after our network has stopped)."""
-    import bench_etcd
-
-    log("starting a 3-member etcd cluster for the comparison")
-    processes, ports = bench_etcd.start_cluster(workspace)
-    try:
-        etcd = bench_etcd.run_load(ports, args.connections, args.window, args.msg_size, args.seconds, args.warmup)
-    finally:
-        bench_etcd.stop_cluster(processes)
-    ratio = ours["committed_tx_per_s"] / etcd["etcd_committed_tx_per_s"]
-    return {**etcd, "ratio_vs_etcd": round(ratio, 2),
-            "p99_vs_etcd": round(ours["p99_ms"] / etcd["etcd_p99_ms"], 2) if etcd["etcd_p99_ms"] else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -568,17 +600,22 @@ def main(argv: list[str] | None = None) -> int:
         else:
             process, ready = start_node(config)
         pid = int(ready["pid"])
-        host, _, port_text = str(ready["rpc_address"]).rpartition(":")
+        targets = [_address(str(ready["rpc_address"]))]
         for i in range(1, args.nodes):  # backups join before the opening: trusted at once
             backup_config = node_config(workspace, free_port(), index=i, join=f"https://{ready['rpc_address']}",
                                         app=node_app(args.app), node_to_node_address=f"127.0.0.1:{free_port()}",
                                         **args.node_config)
-            backups.append(start_node(backup_config)[0])
+            backup, backup_ready = start_node(backup_config)
+            backups.append(backup)
+            targets.append(_address(str(backup_ready["rpc_address"])))
         open_service(f"https://{ready['rpc_address']}", common)
         if args.app.startswith(JS_APP_PREFIX):
             deploy_js_app(f"https://{ready['rpc_address']}", common, args.app[len(JS_APP_PREFIX):])
         log(f"service open; node pid {pid}")
-        result = run_event_loop(lambda: run_load(args, host, int(port_text), client_context(common), pid))
+        if args.primary_only:
+            targets = targets[:1]
+        results = [run_event_loop(lambda c=count: run_load(args, targets, client_context(common), pid, c))
+                   for count in args.connections]
         process.send_signal(signal.SIGTERM)
         try:
             code = process.wait(timeout=300)
@@ -591,12 +628,18 @@ def main(argv: list[str] | None = None) -> int:
             backup.send_signal(signal.SIGTERM)
             code = code or backup.wait(timeout=300)
         backups.clear()
-        result = {"nodes": args.nodes, **result, "node_exit_code": code}
+        rows = [{"nodes": args.nodes, **result, "node_exit_code": code} for result in results]
         if args.vs_etcd:
-            result.update(compare_with_etcd(args, workspace, result))
-        if args.keep_workspace:
-            result["workspace"] = workspace
-        print(orjson.dumps(result).decode(), flush=True)
+            import bench_compare
+
+            rows = bench_compare.with_etcd(rows, workspace, args.window, args.msg_size, args.seconds, args.warmup)
+            if args.plot:
+                bench_compare.plot(rows, args.plot)
+                log(f"plot written to {args.plot}")
+        for row in rows:
+            if args.keep_workspace:
+                row["workspace"] = workspace
+            print(orjson.dumps(row).decode(), flush=True)
         if code != 0:
             log(f"error: the node exited with code {code}; see {workspace}/sandbox_0/err")
             return 1

@@ -39,3 +39,20 @@ def test_bench_serves_the_app_it_is_given_and_commits_its_writes() -> None:
                      "--window", "1")
     assert figures["errors"] == 0 and figures["node_exit_code"] == 0
     assert float(figures["committed_tx_per_s"]) > 0
+
+
+def test_bench_sweeps_connection_counts_spread_over_the_nodes(tmp_path: object) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--nodes", "3", "--connections", "1,4",
+                           "--window", "1", "--seconds", "1", "--warmup", "0.5"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [orjson.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [(r["connections"], r["window"], r["spread_over_nodes"]) for r in rows] == [(1, 1, 1), (4, 1, 3)]
+    for row in rows:
+        assert row["errors"] == 0 and float(row["committed_tx_per_s"]) > 0 and "client_cpu_pct" in row
+
+
+def test_bench_refuses_bad_connection_counts_in_one_line() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--connections", "4,x"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--connections" in proc.stderr and "4,x" in proc.stderr
