@@ -33,8 +33,7 @@ import orjson
 import quickjs
 
 from app.js_modules import link
-from governance.js_host import HostCallError
-from governance.js_runtime import JSLimits, js_source
+from governance.js_runtime import JSLimits, answer_host_call, js_source
 from ledger.kv import Tx
 
 MAX_RUNS = 256  # loads and host answers of one request: each is a run
@@ -203,7 +202,7 @@ class Interpreter:
                 for map_name, key in outcome["missing"]:
                     self._load(context.tx, map_name, key, delta["loaded"], delta["versions"], delta["full"])
                 for call in outcome["requests"]:
-                    delta["answers"][call["key"]] = _answer(context.host_calls, call["name"], call["args"])
+                    delta["answers"][call["key"]] = answer_host_call(context.host_calls, call["name"], call["args"])
                 # A run that missed entries took them as absent. If they are, it saw exactly the state it would
                 # have seen with them loaded, and its execution is deterministic: it is the request's run.
                 if outcome["requests"] or not _all_absent(delta["loaded"]):
@@ -284,16 +283,6 @@ class Interpreter:
 def _all_absent(loaded: Mapping[str, Mapping[str, str | None]]) -> bool:
     """Whether every entry loaded is absent (and every map loaded whole is empty)."""
     return all(value is None for entries in loaded.values() for value in entries.values())
-
-
-def _answer(calls: Mapping[str, HostCall], name: str, args: list[Any]) -> dict[str, Any]:
-    call = calls.get(name)
-    if call is None:
-        return {"error": f"{name} is not available here"}
-    try:
-        return {"value": call(*args)}
-    except (HostCallError, TypeError, ValueError, LookupError) as e:
-        return {"error": f"{name}: {e}"}
 
 
 def _first_line(e: Exception) -> str:

@@ -280,7 +280,7 @@ def call_export(
                 loaded[name] = _map_snapshot(tx, name)
                 versions[name] = _map_versions(tx, name)
             for request in requests:
-                answers[request["key"]] = _answer(calls, request["name"], request["args"])
+                answers[request["key"]] = answer_host_call(calls, request["name"], request["args"])
             continue
         if failure is not None:
             raise failure
@@ -303,7 +303,8 @@ def _set_remaining(ctx: Any, deadline: float) -> None:
     ctx.set_time_limit(remaining)
 
 
-def _answer(calls: Mapping[str, HostCall], name: str, args: list[Any]) -> dict[str, Any]:
+def answer_host_call(calls: Mapping[str, HostCall], name: str, args: list[Any]) -> dict[str, Any]:
+    """A host call's answer for the JavaScript: `{"value"}`, or `{"error"}` with the message it throws."""
     call = calls.get(name)
     if call is None:
         return {"error": f"{name} is not available here"}
@@ -311,7 +312,7 @@ def _answer(calls: Mapping[str, HostCall], name: str, args: list[Any]) -> dict[s
         return {"value": call(*args)}
     except HostCallError as e:
         return {"error": f"{name}: {e}"}
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, LookupError) as e:
         return {"error": f"{name}: bad arguments: {e}"}
 
 

@@ -206,13 +206,7 @@ function __hostCall(name, args) {
 let __untrustedTime = false;
 let __metricsLogging = true;
 globalThis.ccf = {
-  strToBuf: (s) => {
-    if (typeof s !== "string") throw new TypeError("Argument must be a string");
-    return __utf8Encode(s);
-  },
-  bufToStr: (b) => __utf8Decode(b),
-  jsonCompatibleToBuf: (v) => __utf8Encode(JSON.stringify(v)),
-  bufToJsonCompatible: (b) => JSON.parse(__utf8Decode(b)),
+  ...__CONVERTERS,
   crypto: __crypto,
   // the older top-level names, kept by CCF next to ccf.crypto
   generateAesKey: __crypto.generateAesKey,
@@ -270,14 +264,7 @@ __Date.now = () => (__untrustedTime && __run !== null ? __run.env.now_ms : 0);
 __Date.UTC = __RealDate.UTC;
 __Date.parse = __RealDate.parse;
 globalThis.Date = __Date;
-// Math.random: seeded by the host per request, so every run of a request draws the same numbers.
-let __seed = 0x9e3779b9;
-Math.random = () => {
-  __seed ^= __seed << 13; __seed >>>= 0;
-  __seed ^= __seed >>> 17;
-  __seed ^= __seed << 5; __seed >>>= 0;
-  return __seed / 4294967296;
-};
+// Math.random (js/bytes.js) is seeded by the host per request: every run of a request draws the same numbers.
 globalThis.console = Object.fromEntries(["log", "info", "warn", "error", "debug"].map((level) => [level,
   (...parts) => {
     if (__run !== null && __run.logs.length < 100) {

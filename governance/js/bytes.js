@@ -1,5 +1,6 @@
-// Byte helpers shared by the governance and application preludes: UTF-8 both ways (strict decoding), hex, and
-// latin-1 strings (one character per byte), in which the host passes keys, values and bodies to the JavaScript.
+// Helpers shared by the governance and application preludes: UTF-8 both ways (strict decoding), hex, latin-1
+// strings (one character per byte, in which the host passes keys, values and bodies to the JavaScript), CCF's
+// converters, and a Math.random that the host seeds (`__seed`), so every run of one call draws the same numbers.
 "use strict";
 
 function __utf8EncodeSlow(s) {
@@ -107,3 +108,23 @@ function __utf8Decode(buf) {
     return __utf8DecodeSlow(buf);
   }
 }
+
+// CCF's string and JSON converters, on `ccf` for governance code and applications alike.
+const __CONVERTERS = {
+  strToBuf: (s) => {
+    if (typeof s !== "string") throw new TypeError("Argument must be a string");
+    return __utf8Encode(s);
+  },
+  bufToStr: (b) => __utf8Decode(b),
+  jsonCompatibleToBuf: (v) => __utf8Encode(JSON.stringify(v)),
+  bufToJsonCompatible: (b) => JSON.parse(__utf8Decode(b)),
+};
+
+// xorshift32: deterministic for a given `__seed`, which each prelude sets per call or request
+let __seed = 0x9e3779b9;
+Math.random = () => {
+  __seed ^= __seed << 13; __seed >>>= 0;
+  __seed ^= __seed >>> 17;
+  __seed ^= __seed << 5; __seed >>>= 0;
+  return __seed / 4294967296;
+};

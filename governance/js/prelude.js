@@ -111,13 +111,7 @@ globalThis.ccf = {
       return __maps[name];
     },
   }),
-  strToBuf: (s) => {
-    if (typeof s !== "string") throw new TypeError("Argument must be a string");
-    return __utf8Encode(s);
-  },
-  bufToStr: (b) => __utf8Decode(b),
-  jsonCompatibleToBuf: (v) => __utf8Encode(JSON.stringify(v)),
-  bufToJsonCompatible: (b) => JSON.parse(__utf8Decode(b)),
+  ...__CONVERTERS,
   // Governance time stays the epoch, so every node decides the same: the previous setting (off) is returned.
   enableUntrustedDateTime: () => false,
   enableMetricsLogging: (enable) => { const previous = __metricsLogging; __metricsLogging = Boolean(enable);
@@ -182,13 +176,6 @@ __FixedDate.UTC = __RealDate.UTC;
 __FixedDate.parse = __RealDate.parse;
 globalThis.Date = __FixedDate;
 delete globalThis.performance;
-let __seed = 0x9e3779b9;
-Math.random = () => {
-  __seed ^= __seed << 13; __seed >>>= 0;
-  __seed ^= __seed >>> 17;
-  __seed ^= __seed << 5; __seed >>>= 0;
-  return __seed / 4294967296;
-};
 const __logs = [];
 globalThis.console = Object.fromEntries(["log", "info", "warn", "error", "debug"].map((level) =>
   [level, (...parts) => { if (__logs.length < 100) __logs.push(`${level}: ${parts.map(String).join(" ")}`); }]));

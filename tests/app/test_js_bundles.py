@@ -51,13 +51,19 @@ def txid_of(response: Any) -> str:
     return str(dict(response.headers)["x-ms-ccf-transaction-id"])
 
 
-def historical(node: Node, path: str, txid: str) -> Any:
-    """A historical request, asked again once the node has fetched the entry (202 first)."""
-    answer = node.user_call("GET", path, headers={"x-ms-ccf-transaction-id": txid})
-    if answer.status == 202:
+def fetched(node: Node, path: str, headers: dict[str, str] | None = None) -> Any:
+    """A GET of past state, asked again while the node answers 202 (it fetches on the host's next turn)."""
+    answer = node.user_call("GET", path, headers=headers)
+    for _ in range(3):
+        if answer.status != 202:
+            break
         node.host.run_scheduled()
-        answer = node.user_call("GET", path, headers={"x-ms-ccf-transaction-id": txid})
+        answer = node.user_call("GET", path, headers=headers)
     return answer
+
+
+def historical(node: Node, path: str, txid: str) -> Any:
+    return fetched(node, path, {"x-ms-ccf-transaction-id": txid})
 
 
 REQUESTS: list[tuple[str, str, Any]] = [
@@ -139,13 +145,7 @@ def test_js_logging_range_reads_every_write_of_a_key(tmp_path: Path) -> None:
     seqnos = [int(txid_of(node.user_call("POST", "/app/log/public", {"id": 5, "msg": f"v{i}"})).split(".")[1])
               for i in range(3)]
     node.enclave.sign()
-    path = f"/app/log/public/historical/range?id=5&from_seqno={seqnos[0]}&to_seqno={seqnos[-1]}"
-    answer = node.user_call("GET", path)
-    for _ in range(3):
-        if answer.status != 202:
-            break
-        node.host.run_scheduled()
-        answer = node.user_call("GET", path)
+    answer = fetched(node, f"/app/log/public/historical/range?id=5&from_seqno={seqnos[0]}&to_seqno={seqnos[-1]}")
     assert body(answer)["entries"] == [{"seqno": s, "id": 5, "msg": f"v{i}"} for i, s in enumerate(seqnos)]
 
 
@@ -189,13 +189,7 @@ def test_get_state_range_reads_the_values_of_past_transactions(crypto_node: Node
     seqnos = [int(txid_of(crypto_node.user_call("POST", "/app/values", {"id": 9, "value": f"x{i}"})).split(".")[1])
               for i in range(2)]
     crypto_node.enclave.sign()
-    path = f"/app/history?id=9&from={seqnos[0]}&to={seqnos[-1]}"
-    answer = crypto_node.user_call("GET", path)
-    for _ in range(3):
-        if answer.status != 202:
-            break
-        crypto_node.host.run_scheduled()
-        answer = crypto_node.user_call("GET", path)
+    answer = fetched(crypto_node, f"/app/history?id=9&from={seqnos[0]}&to={seqnos[-1]}")
     assert body(answer)["entries"] == [{"seqno": seqnos[0], "value": "x0"}, {"seqno": seqnos[1], "value": "x1"}]
 
 
