@@ -255,6 +255,10 @@ def test_forwarded_writes_to_a_backup_whose_primary_is_paused_are_answered_and_t
         backup_process = network.processes[backup]
         primary_process = network.processes[primary]
         assert backup_process is not None and primary_process is not None
+        deadline = time.monotonic() + 20  # the backup learns that the service opened when it replicates that
+        while network.client(backup).call("GET", "/app/commit").status != 200:
+            assert time.monotonic() < deadline, "the backup never saw the service open"
+            time.sleep(0.1)
         rss_before = node_rss_mb(backup_process.pid)
         answers: list[tuple[int, str]] = []
         slowest: list[float] = []

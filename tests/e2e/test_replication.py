@@ -295,8 +295,11 @@ def test_a_node_joining_the_open_service_waits_for_the_members_then_serves_is_re
 
     retire = member.propose([{"name": "remove_node", "args": {"node_id": node_id}}])
     assert member.vote(retire["proposalId"])["proposalState"] == "Accepted"
-    statuses = {n["node_id"]: n["status"] for n in observer.json_ok("GET", "/node/network/nodes")["nodes"]}
-    assert statuses[node_id] == "Retired"
+    deadline = time.monotonic() + 20  # the observer reports what it has replicated
+    while {n["node_id"]: n["status"] for n in observer.json_ok("GET", "/node/network/nodes")["nodes"]}[
+            node_id] != "Retired":
+        assert time.monotonic() < deadline, "the observer never saw the node retired"
+        time.sleep(0.1)
     network.write_committed(primary, 3, "without the retired node")  # three voters commit without it
     # once its retirement is committed it is removable, and removed on request
     refused = observer.call("DELETE", f"/node/network/nodes/{network.node_id(primary)}")
