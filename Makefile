@@ -17,11 +17,11 @@ venv: $(STAMP)
 
 # Everything but the slow runs, then the end-to-end suite again with every node's enclave in its own process.
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
-	PYCCF_ENCLAVE_PROCESS=1 $(PY) -m pytest -m "e2e and not slow" $(PYTEST_ARGS)
+	PYCCF_REQUIRE_JS_BUNDLES=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	PYCCF_REQUIRE_JS_BUNDLES=1 PYCCF_ENCLAVE_PROCESS=1 $(PY) -m pytest -m "e2e and not slow" $(PYTEST_ARGS)
 
 test-enclave-process: $(STAMP)
-	PYCCF_ENCLAVE_PROCESS=1 $(PY) -m pytest -m "e2e and not slow" $(PYTEST_ARGS)
+	PYCCF_REQUIRE_JS_BUNDLES=1 PYCCF_ENCLAVE_PROCESS=1 $(PY) -m pytest -m "e2e and not slow" $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow --hypothesis-profile=thorough $(PYTEST_ARGS)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from app.js_generic import app as js_app
 from app.logging import app as python_logging_app
 from tests.ccf_tools import ccf_check_json_receipt
-from tests.js_apps.build import BundleBuildUnavailable, load_bundle
+from tests.js_apps.build import bundle_dir_or_skip, load_bundle
 from tests.network.node_harness import Node
 from tests.network.test_auth import EC_KEY, jwk_of, token
 
@@ -29,10 +29,8 @@ APP_MAPS = ("records", "public:records", "first_write_version", "public:first_wr
 
 
 def bundle(name: str) -> dict[str, Any]:
-    try:
-        return load_bundle(name)
-    except BundleBuildUnavailable as e:
-        pytest.skip(f"cannot build the {name} bundle with npm: {e.reason}")
+    bundle_dir_or_skip(name)
+    return load_bundle(name)
 
 
 def js_node(directory: Path, name: str) -> Node:
@@ -202,3 +200,19 @@ def test_the_jwt_policy_gives_the_handler_the_token(crypto_node: Node) -> None:
     assert body(answer) == {"policy": "jwt", "issuer": issuer, "sub": "bob", "kid": "kid-1"}
     assert crypto_node.call("GET", "/app/jwt").status == 401
     assert body(crypto_node.user_call("GET", "/app/whoami")) == {"policy": "user_cert", "id": crypto_node.user.id}
+
+
+def test_a_bundle_that_cannot_be_built_fails_where_bundles_are_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make test` sets PYCCF_REQUIRE_JS_BUNDLES=1: there, no npm is a failure, never a silent skip."""
+    import tests.js_apps.build as build
+
+    def unavailable(app: str) -> Path:
+        raise build.BundleBuildUnavailable("npm is not installed")
+
+    monkeypatch.setattr(build, "build_bundle", unavailable)
+    monkeypatch.setenv(build.REQUIRE_VARIABLE, "1")
+    with pytest.raises(pytest.fail.Exception, match="npm is not installed"):
+        build.bundle_dir_or_skip("logging")
+    monkeypatch.setenv(build.REQUIRE_VARIABLE, "0")
+    with pytest.raises(pytest.skip.Exception, match="npm is not installed"):
+        build.bundle_dir_or_skip("logging")

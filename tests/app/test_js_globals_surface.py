@@ -8,22 +8,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 import quickjs
 
 from app.js_interpreter import _PRELUDE as APP_PRELUDE
 from governance.js_runtime import _PRELUDE as GOVERNANCE_PRELUDE
-from tests.js_apps.build import BundleBuildUnavailable, build_bundle
+from tests.js_apps.build import bundle_dir_or_skip
 
 # what CCF installs for applications only (src/js/extensions/ccf/{rpc,consensus,historical}.cpp are app extensions)
 APP_ONLY = {"rpc", "consensus", "historical", "historicalState"}
 
 
 def declarations() -> dict[str, list[str]]:
-    try:
-        dist = build_bundle("logging").parent
-    except BundleBuildUnavailable as e:
-        pytest.skip(f"cannot install @microsoft/ccf-app with npm: {e.reason}")
+    dist = bundle_dir_or_skip("logging")
     path = dist.parent / "node_modules" / "@microsoft" / "ccf-app" / "global.d.ts"
     text = re.sub(r"/\*.*?\*/", "", Path(path).read_text(), flags=re.S)
     interfaces = {}

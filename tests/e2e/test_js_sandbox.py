@@ -20,7 +20,7 @@ from network.client.member_api import MemberApi
 from tests.ccf_tools import ccf_check_json_receipt
 from tests.e2e.harness import free_sandbox_port
 from tests.e2e.test_sandbox_recovery import _kill, _pids, _sandbox
-from tests.js_apps.build import BundleBuildUnavailable, build_bundle
+from tests.js_apps.build import bundle_dir_or_skip
 
 pytestmark = pytest.mark.e2e
 
@@ -47,10 +47,7 @@ def _until(call: object, ok: object, what: str, seconds: float = 20) -> object:
 
 
 def test_three_nodes_serve_a_js_bundle_with_receipts_and_limits(tmp_path_factory: pytest.TempPathFactory) -> None:
-    try:
-        bundle_dir = build_bundle("logging").parent
-    except BundleBuildUnavailable as e:
-        pytest.skip(f"cannot build the JS logging bundle with npm: {e.reason}")
+    bundle_dir = bundle_dir_or_skip("logging")
     workspace = tmp_path_factory.mktemp("e2e-js-sandbox")
     print(f"\nworkspace: {workspace} (kept for inspection)")
     port = free_sandbox_port()
