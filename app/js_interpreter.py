@@ -178,34 +178,40 @@ class Interpreter:
     def run(self, module: str, function: str, request: JsRequest, mode: str, context: RunContext) -> JsOutcome:
         deadline = time.monotonic() + self.limits.max_execution_time_ms / 1000
         body_text: str | None
+        body_latin1: str | None = None
         try:
             body_text = request.body.decode("utf-8")
         except UnicodeDecodeError:
-            body_text = None
+            body_text, body_latin1 = None, request.body.decode("latin-1")
+        headers, params = request.headers, request.params
         begin = {
             "module": module, "function": function, "mode": mode,
             "request": {"method": request.method, "url": request.url, "path": request.path, "route": request.route,
-                        "query": request.query, "hostname": request.hostname, "headers": dict(request.headers),
-                        "params": dict(request.params), "body": request.body.decode("latin-1"),
+                        "query": request.query, "hostname": request.hostname,
+                        "headers": headers if type(headers) is dict else dict(headers),
+                        "params": params if type(params) is dict else dict(params), "body": body_latin1,
                         "body_text": body_text, "caller": request.caller},
             "seed": int.from_bytes(os.urandom(4), "big") or 1, "now_ms": int(time.time() * 1000),
             "committed": {"view": context.committed[0], "seqno": context.committed[1]},
-            "historical": context.historical, **context.extra,
+            "historical": context.historical,
         }
+        if context.extra:
+            begin.update(context.extra)
         delta: dict[str, Any] = {}
         for runs in range(1, MAX_RUNS + 1):
             outcome: dict[str, Any] = orjson.loads(
                 self._call("__ccfBeginRun", orjson.dumps(begin).decode(), deadline) if runs == 1 else
                 self._call("__ccfRun", orjson.dumps(delta).decode(), deadline))
-            if outcome["missing"] or outcome["requests"]:
+            missing, calls = outcome.get("missing", ()), outcome.get("requests", ())
+            if missing or calls:
                 delta = {"loaded": {}, "versions": {}, "full": {}, "answers": {}}
-                for map_name, key in outcome["missing"]:
+                for map_name, key in missing:
                     self._load(context.tx, map_name, key, delta["loaded"], delta["versions"], delta["full"])
-                for call in outcome["requests"]:
+                for call in calls:
                     delta["answers"][call["key"]] = answer_host_call(context.host_calls, call["name"], call["args"])
                 # A run that missed entries took them as absent. If they are, it saw exactly the state it would
                 # have seen with them loaded, and its execution is deterministic: it is the request's run.
-                if outcome["requests"] or not _all_absent(delta["loaded"]):
+                if calls or not _all_absent(delta["loaded"]):
                     continue
             self.requests_served += 1
             if outcome.get("invalidReturn") is not None:
@@ -258,7 +264,7 @@ class Interpreter:
     @staticmethod
     def _outcome(outcome: dict[str, Any], may_write: bool, runs: int) -> JsOutcome:
         writes: dict[str, dict[bytes, bytes | None]] = {}
-        cleared = tuple(outcome["cleared"])
+        cleared = tuple(outcome.get("cleared", ()))
         for map_name in (*outcome["writes"], *cleared):
             if not may_write:
                 raise JsAccessDenied(f"Cannot write to map {map_name}: this table is read-only in the current "
@@ -274,10 +280,10 @@ class Interpreter:
         if response["kind"] != "none":
             headers.setdefault("content-type", _CONTENT_TYPES[response["kind"]])
         body = response["body"].encode("latin-1" if response["kind"] == "bytes" else "utf-8")
-        claims = outcome["claims"]
+        claims = outcome.get("claims")
         return JsOutcome(JsResponse(int(response["status"]), tuple(headers.items()), body), writes, cleared,
-                         None if claims is None else claims.encode("latin-1"), bool(outcome["applyWrites"]),
-                         tuple(outcome["logs"]), runs)
+                         None if claims is None else claims.encode("latin-1"), bool(outcome.get("applyWrites")),
+                         tuple(outcome.get("logs", ())), runs)
 
 
 def _all_absent(loaded: Mapping[str, Mapping[str, str | None]]) -> bool:

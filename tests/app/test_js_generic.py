@@ -52,7 +52,7 @@ export function whoami(request) { return { body: request.caller }; }
 export function echo(request) {
   return { body: { method: request.method, path: request.path, url: request.url, route: request.route,
     query: request.query, params: request.params, hostname: request.hostname, text: request.body.text(),
-    bytes: new Uint8Array(request.body.arrayBuffer()).length, header: request.headers["x-test"] } };
+    bytes: Array.from(new Uint8Array(request.body.arrayBuffer())), header: request.headers["x-test"] } };
 }
 export function raw(request) { return { body: new Uint8Array([0, 255, 7]).buffer }; }
 export function nothing(request) { return { statusCode: 204 }; }
@@ -203,7 +203,17 @@ def test_the_request_object_has_ccf_s_fields(node: Node) -> None:
                        headers={"x-test": "yes", "host": "example:8000"})
     assert body(answer) == {"method": "POST", "path": "/app/echo/x%20y/2", "url": "/app/echo/x%20y/2?q=1&r",
                             "route": "/app/echo/{a}/{b}", "query": "q=1&r", "params": {"a": "x y", "b": "2"},
-                            "hostname": "example:8000", "text": "été", "bytes": 5, "header": "yes"}
+                            "hostname": "example:8000", "text": "été", "bytes": [0xc3, 0xa9, 0x74, 0xc3, 0xa9],
+                            "header": "yes"}
+
+
+def test_a_body_that_is_not_utf8_keeps_its_bytes(node: Node) -> None:
+    """Such a body crosses as latin-1 (a UTF-8 one as its text): arrayBuffer() gives the bytes sent either way, and
+    text() decodes them as CCF does, each bad byte a U+FFFD."""
+    sent = b"a\xff\x00\xc3(z"
+    answer = body(node.call("POST", "/app/echo/a/b", sent))
+    assert answer["bytes"] == list(sent)
+    assert answer["text"] == "a\ufffd\x00\ufffd(z"
 
 
 def test_responses_are_converted_as_ccf_converts_them(node: Node) -> None:

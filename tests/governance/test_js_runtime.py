@@ -289,3 +289,34 @@ def _codecs() -> Any:
 def test_the_fast_utf8_paths_answer_as_the_strict_loops(data: bytes, text: str) -> None:
     """Invalid bytes (overlong, surrogates, truncated) and lone surrogates included: one answer either way."""
     assert _codecs()(data.hex(), text).json() == "[true,true,true]"
+
+
+@functools.cache
+def _latin1_codecs() -> Any:
+    """The native latin-1 and hex conversions next to plain loops over the bytes, which they replaced for speed."""
+    import quickjs
+
+    from governance.js_runtime import js_source
+
+    ctx = quickjs.Context()
+    ctx.eval(js_source("bytes.js"))
+    ctx.eval("""function __latin1(s) {
+      const b = new Uint8Array(__latin1ToBuf(s));
+      let back = "", hex = "";
+      for (let i = 0; i < b.length; i++) {
+        back += String.fromCharCode(b[i]);
+        hex += (b[i] < 16 ? "0" : "") + b[i].toString(16);
+      }
+      const view = new Uint8Array(__hexToBuf("00" + hex + "00")).subarray(1, b.length + 1);
+      return [b.length === s.length && back === s, __bufToLatin1(b.buffer) === s, __bufToHex(b.buffer) === hex,
+              __bufToLatin1(view) === s, __bufToHex(view) === hex,
+              __bufToHex(__latin1ToBuf(s + "\\u0100")) === hex + "00"];  // past latin-1: the low byte, as before
+    }""")
+    return ctx.get("__latin1")
+
+
+@pytest.mark.property
+@given(st.binary(max_size=300))
+def test_latin1_and_hex_conversions_keep_every_byte(data: bytes) -> None:
+    """Keys, values and bodies cross the host boundary as latin-1 strings: every byte survives both ways."""
+    assert _latin1_codecs()(data.decode("latin-1")).json() == "[true,true,true,true,true,true]"
