@@ -225,12 +225,18 @@ class JsGenericApp(Endpoints):
 
     def _run(self, info: JsEndpointInfo, ctx: EndpointContext) -> Response:
         interpreter = self._interpreter_for(ctx.tx)
-        url = urlsplit(ctx.request.target)
+        target = ctx.request.target
+        if target.startswith("/"):  # origin form, as clients send it: cheaper than urlsplit
+            path, _, query = target.partition("#")[0].partition("?")
+        else:
+            url = urlsplit(target)
+            path, query = url.path, url.query
         caller = (None if not info.authenticated else caller_identity(ctx.caller, ctx.tx)
                   if ctx.caller.kind != "anonymous" else {"policy": "no_auth"})
-        request = JsRequest(ctx.request.method, url.path + (f"?{url.query}" if url.query else ""), url.path,
-                            "/app" + info.path, url.query, ctx.request.headers.get("host"),
-                            dict(ctx.request.headers), dict(ctx.params), ctx.request.body, caller)
+        headers = ctx.request.headers
+        request = JsRequest(ctx.request.method, path + "?" + query if query else path, path, "/app" + info.path, query,
+                            headers.get("host"), headers if type(headers) is dict else dict(headers),
+                            ctx.params, ctx.request.body, caller)
         node = ctx.node
         historical = None
         if info.mode is Mode.HISTORICAL:

@@ -184,13 +184,18 @@ class Interpreter:
         except UnicodeDecodeError:
             body_text, body_latin1 = None, request.body.decode("latin-1")
         headers, params = request.headers, request.params
+        # The body and the caller's certificate cross as arguments of their own: QuickJS parses JSON at about 60
+        # instructions a character, and takes a string argument as it is.
+        caller, caller_cert = request.caller, None
+        if caller is not None and caller.get("cert") is not None:
+            caller_cert = caller["cert"]
+            caller = {**caller, "cert": None}  # the prelude puts it back, in its place
         begin = {
             "module": module, "function": function, "mode": mode,
             "request": {"method": request.method, "url": request.url, "path": request.path, "route": request.route,
                         "query": request.query, "hostname": request.hostname,
                         "headers": headers if type(headers) is dict else dict(headers),
-                        "params": params if type(params) is dict else dict(params), "body": body_latin1,
-                        "body_text": body_text, "caller": request.caller},
+                        "params": params if type(params) is dict else dict(params), "caller": caller},
             "seed": int.from_bytes(os.urandom(4), "big") or 1, "now_ms": int(time.time() * 1000),
             "committed": {"view": context.committed[0], "seqno": context.committed[1]},
             "historical": context.historical,
@@ -200,8 +205,9 @@ class Interpreter:
         delta: dict[str, Any] = {}
         for runs in range(1, MAX_RUNS + 1):
             outcome: dict[str, Any] = orjson.loads(
-                self._call("__ccfBeginRun", orjson.dumps(begin).decode(), deadline) if runs == 1 else
-                self._call("__ccfRun", orjson.dumps(delta).decode(), deadline))
+                self._call("__ccfBeginRun", (orjson.dumps(begin).decode(), body_text, body_latin1, caller_cert),
+                           deadline) if runs == 1 else
+                self._call("__ccfRun", (orjson.dumps(delta).decode(),), deadline))
             missing, calls = outcome.get("missing", ()), outcome.get("requests", ())
             if missing or calls:
                 delta = {"loaded": {}, "versions": {}, "full": {}, "answers": {}}
@@ -221,7 +227,7 @@ class Interpreter:
             return self._outcome(outcome, context.writable, runs)
         raise JsHandlerFailed(f"the handler asked for more than {MAX_RUNS} loads and host calls")
 
-    def _call(self, function: str, argument: str, deadline: float) -> str:
+    def _call(self, function: str, arguments: tuple[str | None, ...], deadline: float) -> str:
         """One call into the prelude under what is left of the request's time."""
         self._function()
         remaining = deadline - time.monotonic()
@@ -230,7 +236,7 @@ class Interpreter:
             raise JsTimeout(TIMEOUT_REASON)
         self._context.set_time_limit(remaining)
         try:
-            return str(self._entry[function](argument))
+            return str(self._entry[function](*arguments))
         except quickjs.StackOverflow as e:
             self.discard()
             raise JsStackOverflow(_first_line(e), str(e)) from None

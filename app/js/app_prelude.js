@@ -335,8 +335,11 @@ function __response(result) {
 // A request: __ccfBegin with what stays the same in every run (the request, the seed, the time, the historical
 // state), then __ccfRun once per run with what the host loaded and answered since the previous run.
 let __env = null;
-globalThis.__ccfBegin = function (envJson) {
+globalThis.__ccfBegin = function (envJson, bodyText, bodyLatin1, callerCert) {
   __env = JSON.parse(envJson);
+  __env.request.body_text = bodyText;
+  __env.request.body = bodyLatin1;
+  if (callerCert !== null) __env.request.caller.cert = callerCert;
   __env.loaded = Object.create(null);
   __env.versions = Object.create(null);
   __env.full = Object.create(null);
@@ -360,8 +363,8 @@ function __merge(into, from) {
 }
 
 // The first run of a request, in the same call as __ccfBegin (one call fewer per request).
-globalThis.__ccfBeginRun = function (envJson) {
-  __ccfBegin(envJson);
+globalThis.__ccfBeginRun = function (envJson, bodyText, bodyLatin1, callerCert) {
+  __ccfBegin(envJson, bodyText, bodyLatin1, callerCert);
   return __runHandler(__env);
 };
 
