@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import orjson
 
@@ -75,24 +75,60 @@ class CommitResult(NamedTuple):
     claims_digest: bytes = ZERO_CLAIMS
 
 
+# A key's history: [(version, value or None for removed)], ascending; or, once compaction left it a single live
+# version of at most PACK_MAX bytes, that version (8 bytes, little-endian) and the value packed into one bytes
+# object. A million small records then cost one object each rather than four (list, tuple, version, value),
+# about 150 B less a key; a read copies the value out, which is why large values are not packed.
+History = list[tuple[int, bytes | None]] | bytes
+PACK_MAX = 1024
+
+
+def _pack(version: int, value: bytes) -> bytes:
+    return version.to_bytes(8, "little") + value
+
+
+def _unpack(packed: bytes) -> tuple[int, bytes]:
+    return int.from_bytes(packed[:8], "little"), packed[8:]
+
+
+def _as_list(history: History | None) -> list[tuple[int, bytes | None]]:
+    if history is None:
+        return []
+    if isinstance(history, bytes):
+        return [_unpack(history)]
+    return history
+
+
 class _MapState:
-    """All retained versions of one map: key -> [(version, value or None for removed)], ascending."""
+    """All retained versions of one map: key -> its `History`."""
 
     __slots__ = ("keys", "write_versions")
 
     def __init__(self) -> None:
-        self.keys: dict[bytes, list[tuple[int, bytes | None]]] = {}
+        self.keys: dict[bytes, History] = {}
         self.write_versions: list[int] = []
 
     def value_at(self, key: bytes, version: int) -> tuple[int, bytes | None]:
         history = self.keys.get(key)
         if not history:
             return 0, None
+        if isinstance(history, bytes):
+            ver = int.from_bytes(history[:8], "little")
+            return (ver, history[8:]) if ver <= version else (0, None)
         last = history[-1]
         if last[0] <= version:
             return last
         i = bisect_right(history, version, key=_version_of)
         return history[i - 1] if i else (0, None)
+
+    def last_version(self, key: bytes) -> int:
+        """The version of the key's last retained write (0 if none is retained)."""
+        history = self.keys.get(key)
+        if not history:
+            return 0
+        if isinstance(history, bytes):
+            return int.from_bytes(history[:8], "little")
+        return history[-1][0]
 
 
 class Store:
@@ -203,10 +239,10 @@ class Store:
             ms = self._maps.get(map_name)
             if ms is None:
                 continue
-            history = ms.keys.get(key)
-            if history:
-                if history[-1][0] > rv:
-                    raise TransactionConflict(map_name, key, rv, history[-1][0])
+            last = ms.last_version(key)
+            if last:
+                if last > rv:
+                    raise TransactionConflict(map_name, key, rv, last)
             elif rv < self._compacted and ms.write_versions and ms.write_versions[-1] > rv:
                 # The key has no history left: compaction may have dropped a removal made after this
                 # transaction read it. Be conservative: any later write to the map is a conflict.
@@ -232,6 +268,8 @@ class Store:
                 history = keys.get(k)
                 if history is None:
                     keys[k] = [(version, v)]
+                elif isinstance(history, bytes):
+                    keys[k] = [_unpack(history), (version, v)]
                 else:
                     history.append((version, v))
             ms.write_versions.append(version)
@@ -256,6 +294,8 @@ class Store:
                 ms = self._maps[map_name]
                 for k in changes:
                     history = ms.keys[k]
+                    if isinstance(history, bytes):  # only compacted versions are packed, and those stay
+                        raise RollbackBelowCommit(f"version {version} of a key in {map_name!r} was compacted")
                     history.pop()
                     if not history:
                         del ms.keys[k]
@@ -282,16 +322,22 @@ class Store:
                 keys = self._maps[map_name].keys
                 for k in changes:
                     history = keys.get(k)
-                    if history is None:
+                    if history is None or isinstance(history, bytes):
                         continue
                     if len(history) > 1:
                         # keep the newest entry at or below seqno, and everything after it
                         i = bisect_right(history, seqno, key=_version_of)
                         if i > 1:
                             del history[: i - 1]
-                    if len(history) == 1 and history[0][1] is None and history[0][0] <= seqno \
-                            and (self._hold_removals_from is None or history[0][0] < self._hold_removals_from):
-                        del keys[k]  # a removal nothing can read past any more
+                    if len(history) == 1:
+                        ver, val = history[0]
+                        if ver > seqno:
+                            continue
+                        if val is not None:
+                            if len(val) <= PACK_MAX:
+                                keys[k] = _pack(ver, val)
+                        elif self._hold_removals_from is None or ver < self._hold_removals_from:
+                            del keys[k]  # a removal nothing can read past any more
         for map_name in touched:
             wv = self._maps[map_name].write_versions
             i = bisect_right(wv, seqno)
@@ -339,8 +385,7 @@ class Store:
                     raise ValueError(f"restored entry of {map_name!r} at {version}, not below {below}")
                 if value is None:
                     continue
-                history = ms.keys.get(k)
-                ms.keys[k] = [(version, value), *(history or [])]
+                ms.keys[k] = [(version, value), *_as_list(ms.keys.get(k))]
                 versions.add(version)
             if versions:
                 ms.write_versions = sorted(versions) + ms.write_versions
@@ -357,7 +402,13 @@ class Store:
             if last is None or last > seqno:
                 raise ValueError(f"map {map_name!r} was last written at {last}, not at or below {seqno}")
             ms = maps[map_name] = _MapState()
-            ms.keys, ms.write_versions = keys, [last]
+            packed = cast("dict[bytes, History]", keys)  # packed in place: a million keys are not copied
+            for k, history in packed.items():
+                if isinstance(history, list) and len(history) == 1:
+                    ver, val = history[0]
+                    if val is not None and len(val) <= PACK_MAX:
+                        packed[k] = _pack(ver, val)
+            ms.keys, ms.write_versions = packed, [last]
         self._maps, self._log, self._version = maps, {}, seqno
         self._view, self._compacted = view, seqno
 
@@ -375,7 +426,8 @@ class Store:
             newest = max((ver for ver, _ in entries.values()), default=None)
             if newest is not None and newest > seqno:
                 raise ValueError(f"an entry of {map_name!r} has version {newest}, above the snapshot {seqno}")
-            ms.keys = {k: [entry] for k, entry in entries.items()}  # (a million keys: one comprehension)
+            ms.keys = {k: _pack(ver, val) if len(val) <= PACK_MAX else [(ver, val)]
+                       for k, (ver, val) in entries.items()}  # (a million keys: one comprehension)
             ms.write_versions = [newest] if newest is not None else []
         store._version = store._compacted = seqno
         store._view = view
