@@ -301,3 +301,67 @@ def test_receipts_from_before_a_service_identity_change_carry_service_endorsemen
         with pytest.raises(ReceiptEndorsementError):
             verify_json_receipt({k: v for k, v in receipt.items() if k != "service_endorsements"},
                                 new_identity.cert)
+
+
+def test_receipts_of_transactions_whose_records_were_dropped_are_rebuilt_from_the_files(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A node keeps the tree and digests of recent transactions only (`retained_records`); an older one's receipt
+    comes from its entry and the tree its covering signature stored, and is the receipt it had before."""
+    from ledger.bootstrap import start_new_service
+    from ledger.errors import LedgerError
+    from ledger.genesis import GenesisMember
+    from ledger.identity import PartyIdentity
+
+    member = PartyIdentity.create("m")
+    ledger = start_new_service(str(tmp_path_factory.mktemp("dropped") / "ledger"), [GenesisMember(member.pem)], "c")
+
+    def write(i: int) -> None:
+        tx = ledger.begin()
+        tx.put("app.secret", b"k%d" % i, b"v%d" % i)
+        if i % 3 == 0:
+            tx.set_claims_digest(CLAIMS)
+        ledger.commit(tx)
+
+    for i in range(40):
+        write(i)
+        if i % 7 == 6:
+            ledger.emit_signature()
+    ledger.emit_signature()
+    ledger.flush()
+    ledger.commit_to(ledger.last_signature_seqno)
+    old = ledger.committed_seqno
+    before = {s: (ledger.receipt(s), None if ledger.is_signature(s) else ledger.cose_receipt(s))
+              for s in range(1, old)}
+
+    ledger.retained_records = 5
+    for i in range(40, 52):
+        write(i)
+    ledger.emit_signature()
+    ledger.flush()
+    ledger.commit_to(ledger.last_signature_seqno)
+    assert ledger.merkle.first_retained > 30  # the records below it are gone from memory
+    with pytest.raises(LedgerError):
+        ledger.write_set_digests(1, 1)
+
+    service_cert = ledger.service.cert
+    for seqno, (receipt, cose) in before.items():
+        assert ledger.receipt(seqno) == receipt, seqno
+        ccf_check_json_receipt(ledger.receipt(seqno), service_cert)
+        if cose is not None:
+            assert ledger.cose_receipt(seqno) == cose, seqno
+            claims = verify_json_receipt(receipt, service_cert).claims_digest or bytes(32)
+            ccf.cose.verify_receipt(ledger.cose_receipt(seqno), service_cert.public_key(), claims)
+
+    # bytes the host changed are refused, not made into a receipt that would not verify
+    target = next(s for s in before if not ledger.is_signature(s) and s > 3)
+    files = ledger.files
+    assert files is not None
+    genuine = files.read_range
+
+    def tampered(start: int, end: int) -> list[bytes]:
+        entries = genuine(start, end)
+        return [e[:-1] + bytes([e[-1] ^ 1]) if start == target else e for e in entries]
+
+    files.read_range = tampered  # type: ignore[method-assign]
+    with pytest.raises(LedgerError, match=f"entry at {target}"):
+        ledger.receipt(target)
