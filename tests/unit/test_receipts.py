@@ -365,3 +365,45 @@ def test_receipts_of_transactions_whose_records_were_dropped_are_rebuilt_from_th
     files.read_range = tampered  # type: ignore[method-assign]
     with pytest.raises(LedgerError, match=f"entry at {target}"):
         ledger.receipt(target)
+
+
+def test_a_ledger_signing_every_write_does_not_grow_with_its_signatures(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """At light load a node signs almost every write; each signature's record (the node's signature, the COSE
+    one, the root) is about 700 B, so past the retained records they are dropped too and read back from the
+    files when a receipt needs one. 600 signed writes over a few keys, 25 records retained: far below 700 B a
+    signed write (64 B measured), and the receipts of the oldest still verify."""
+    import gc
+    import tracemalloc
+
+    from ledger.bootstrap import start_new_service
+    from ledger.genesis import GenesisMember
+    from ledger.identity import PartyIdentity
+
+    member = PartyIdentity.create("m")
+    ledger = start_new_service(str(tmp_path_factory.mktemp("signing") / "ledger"), [GenesisMember(member.pem)], "c")
+    ledger.retained_records = 25
+
+    def signed_write(i: int) -> None:
+        tx = ledger.begin()
+        tx.put("app.secret", b"k%d" % (i % 4), b"v%d" % i)
+        ledger.commit(tx)
+        ledger.emit_signature()
+        ledger.flush()
+        ledger.commit_to(ledger.last_signature_seqno)
+
+    for i in range(100):
+        signed_write(i)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(100, 700):
+        signed_write(i)
+    gc.collect()
+    per_write = (tracemalloc.get_traced_memory()[0] - before) / 600
+    tracemalloc.stop()
+    assert per_write < 250, per_write
+    service_cert = ledger.service.cert
+    for seqno in (3, 4, 5, 6):  # a write and a signature among the oldest, their records long dropped
+        ccf_check_json_receipt(ledger.receipt(seqno), service_cert)
+    assert ledger.is_signature(4) != ledger.is_signature(5)
