@@ -8,23 +8,17 @@ of the entry as stored, and the path comes from the tree the covering signature 
 Guarantees: `proof_from_entries` is pure; it returns a digest and a path only if the leaf they make (with the
 commit evidence and claims the caller holds) is the tree's leaf, and the tree's root is the root the signature
 signed, so bytes the host changed are refused with `LedgerError`, never turned into a receipt that does not
-verify; `signature_from_entry` reads a signature transaction back for the receipts that rest on it. Not
-guaranteed: anything about entries outside the covering signature's tree.
+verify. Not guaranteed: anything about entries outside the covering signature's tree.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from hashlib import sha256
-
-import orjson
 
 from ledger.entry import decode_entry
 from ledger.errors import LedgerError, MerkleError
 from ledger.merkle import MerkleHistory, PathStep
-from ledger.signatures import PrimarySignature, parse_primary_signature
-from ledger.tables import COSE_SIGNATURES, SIGNATURES, SINGLETON_KEY, TREE
+from ledger.tables import SINGLETON_KEY, TREE
 
 
 def proof_from_entries(entry: bytes, signature_entry: bytes, seqno: int, signature_seqno: int,
@@ -44,18 +38,3 @@ def proof_from_entries(entry: bytes, signature_entry: bytes, seqno: int, signatu
         return write_set_digest, tree.path(seqno, signature_seqno)
     except MerkleError as e:
         raise LedgerError(f"no proof of {seqno} in the tree stored at {signature_seqno}: {e}") from None
-
-
-def signature_from_entry(entry: bytes, seqno: int) -> tuple[PrimarySignature, bytes]:
-    """The node's signature and the service's COSE signature that the signature transaction `entry` holds (this
-    node verified them when it appended the entry)."""
-    writes = decode_entry(entry, None).writes
-    raw_signature = writes.get(SIGNATURES, {}).get(SINGLETON_KEY)
-    raw_cose = writes.get(COSE_SIGNATURES, {}).get(SINGLETON_KEY)
-    if raw_signature is None or raw_cose is None:
-        raise LedgerError(f"the entry at {seqno} is not a signature transaction")
-    try:
-        cose = base64.b64decode(orjson.loads(raw_cose), validate=True)
-    except (orjson.JSONDecodeError, TypeError, binascii.Error) as e:
-        raise LedgerError(f"the COSE signature at {seqno} cannot be read: {e}") from None
-    return parse_primary_signature(raw_signature, seqno), cose

@@ -20,7 +20,7 @@ import hashlib
 import os
 import time
 from array import array
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +46,7 @@ from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, endorse, lo
 from ledger.kv import ZERO_CLAIMS, CommitResult, Histories, Store, Tx, WriteSet
 from ledger.merkle import MerkleHistory, PathStep
 from ledger.receipts import cose_receipt, json_receipt, json_receipt_for_signature
-from ledger.record_proofs import proof_from_entries, signature_from_entry
+from ledger.record_proofs import proof_from_entries
 from ledger.secrets import LedgerSecret, LedgerSecrets, node_secrets_record, rekey_secret_record
 from ledger.signatures import PrimarySignature, signature_writes
 from ledger.tables import (
@@ -146,8 +146,8 @@ class ServiceLedger:
         self._wsd_first = first  # seqno of the first digest in _wsd (older ones were dropped with their tree)
         self._sizes = array("Q")
         self._claims: dict[int, bytes] = {}
-        self._signatures: dict[int, SignatureRecord] = {}  # those of the retained records (older: in the files)
-        self._sig_seqnos = array("Q")  # every signature's seqno, ascending
+        self._signatures: dict[int, SignatureRecord] = {}
+        self._sig_seqnos: list[int] = []
         self._bytes_since_chunk = 0
         self._chunk_ends: list[int] = []  # seqnos of the signatures that ended a chunk
         self._chunk_requested = False
@@ -207,8 +207,7 @@ class ServiceLedger:
         return bisect_right(self._view_starts, seqno)
 
     def is_signature(self, seqno: int) -> bool:
-        i = bisect_left(self._sig_seqnos, seqno)
-        return i < len(self._sig_seqnos) and self._sig_seqnos[i] == seqno
+        return seqno in self._signatures
 
     def signature_seqnos(self) -> list[int]:
         return list(self._sig_seqnos)
@@ -371,19 +370,7 @@ class ServiceLedger:
             return
         self.merkle.flush_to(target)
         del self._wsd[: 32 * (target - self._wsd_first)]
-        sigs = self._sig_seqnos
-        for sig in sigs[bisect_left(sigs, self._wsd_first): bisect_left(sigs, target)]:
-            self._signatures.pop(sig, None)  # about 700 bytes each, and at light load many a second
         self._wsd_first = target
-
-    def _signature(self, seqno: int) -> SignatureRecord:
-        """The signature transaction at `seqno` (one of `_sig_seqnos`): held, or read back from the files."""
-        record = self._signatures.get(seqno)
-        if record is not None:
-            return record
-        assert self.files is not None  # records are only dropped with files to read back
-        entry, = self.files.read_range(seqno, seqno)
-        return SignatureRecord(*signature_from_entry(entry, seqno))
 
     def rollback(self, seqno: int) -> None:
         """Drop every transaction after `seqno` (an uncommitted suffix)."""
@@ -404,7 +391,7 @@ class ServiceLedger:
         while self._view_starts and self._view_starts[-1] > seqno:
             self._view_starts.pop()
         while self._sig_seqnos and self._sig_seqnos[-1] > seqno:
-            self._signatures.pop(self._sig_seqnos.pop(), None)
+            del self._signatures[self._sig_seqnos.pop()]
         self._pending_snapshots = [(s, e) for s, e in self._pending_snapshots if e <= seqno]
         while self._chunk_ends and self._chunk_ends[-1] > seqno:
             end = self._chunk_ends.pop()
@@ -497,7 +484,7 @@ class ServiceLedger:
         signature_entry, = self.files.read_range(sig_seqno, sig_seqno)
         ce_digest = self.secrets.for_seqno(seqno).commit_evidence_digest(self.txid(seqno).view, seqno)
         return proof_from_entries(entry, signature_entry, seqno, sig_seqno, ce_digest, claims,
-                                  self._signature(sig_seqno).primary.root)
+                                  self._signatures[sig_seqno].primary.root)
 
     def commit_evidence(self, seqno: int) -> str:
         return self.secrets.for_seqno(seqno).commit_evidence(self.txid(seqno).view, seqno)
@@ -521,11 +508,11 @@ class ServiceLedger:
     def receipt(self, seqno: int) -> dict[str, Any]:
         """CCF's JSON receipt (describe_receipt_v1) for a committed transaction."""
         self._check_receiptable(seqno)
-        record = self._signature(seqno) if self.is_signature(seqno) else None
+        record = self._signatures.get(seqno)
         if record is not None:
             return json_receipt_for_signature(record.primary, self._service_endorsements(record.primary.cert))
         sig_seqno = self._covering_signature(seqno)
-        primary = self._signature(sig_seqno).primary
+        primary = self._signatures[sig_seqno].primary
         claims = self._claims.get(seqno, ZERO_CLAIMS)
         write_set_digest, path = self._proof(seqno, sig_seqno, claims)
         return json_receipt(
@@ -544,7 +531,7 @@ class ServiceLedger:
         claims = self._claims.get(seqno, ZERO_CLAIMS)
         write_set_digest, path = self._proof(seqno, sig_seqno, claims)
         return cose_receipt(
-            self._signature(sig_seqno).cose,
+            self._signatures[sig_seqno].cose,
             write_set_digest=write_set_digest,
             commit_evidence=self.commit_evidence(seqno),
             claims_digest=claims,
@@ -651,7 +638,7 @@ class ServiceLedger:
                 self._note_chunk_ends(seqno, flags)
         last = chunks[-1].start + chunks[-1].count - 1
         self._signatures.update(signatures)
-        self._sig_seqnos = array("Q", sorted(signatures))
+        self._sig_seqnos = sorted(signatures)
         self._count_bytes_since_chunk()
         self.store.load_histories(state, newest, last, view)
         for facts in chunks:  # what the hooks of this ledger (and of its caller) follow, in order
