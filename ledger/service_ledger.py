@@ -44,9 +44,8 @@ from ledger.files import LedgerFiles
 from ledger.framing import FLAG_FORCE_CHUNK_AFTER, FLAG_FORCE_CHUNK_BEFORE, MAX_VIEW
 from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, endorse, load_cert
 from ledger.kv import ZERO_CLAIMS, CommitResult, Histories, Store, Tx, WriteSet
-from ledger.merkle import MerkleHistory, PathStep
+from ledger.merkle import MerkleHistory
 from ledger.receipts import cose_receipt, json_receipt, json_receipt_for_signature
-from ledger.record_proofs import proof_from_entries
 from ledger.secrets import LedgerSecret, LedgerSecrets, node_secrets_record, rekey_secret_record
 from ledger.signatures import PrimarySignature, signature_writes
 from ledger.tables import (
@@ -101,10 +100,6 @@ class SignatureRecord:
 class ServiceLedger:
     """Commit path, signatures, chunking, snapshots, rollback and receipts for one node."""
 
-    # Committed transactions whose Merkle nodes and write-set digests stay in memory (at least; they are dropped
-    # in batches of as many). Older ones' receipts are rebuilt from the ledger files (`ledger.record_proofs`).
-    retained_records = 65_536
-
     def __init__(
         self,
         *,
@@ -143,7 +138,6 @@ class ServiceLedger:
         # Per transaction since _first, packed (about 45 bytes each rather than 200 as Python objects):
         # write-set digests back to back, entry sizes, and the claims digests that are not all zeros.
         self._wsd = bytearray()
-        self._wsd_first = first  # seqno of the first digest in _wsd (older ones were dropped with their tree)
         self._sizes = array("Q")
         self._claims: dict[int, bytes] = {}
         self._signatures: dict[int, SignatureRecord] = {}
@@ -356,21 +350,7 @@ class ServiceLedger:
             self.files.commit(seqno)
         self._committed = seqno
         self._finish_snapshots()
-        self._drop_old_records()
         self.store.compact(seqno)  # last: its global hooks are the caller's code
-
-    def _drop_old_records(self) -> None:
-        """Forget the tree nodes and write-set digests of all but the last `retained_records` committed
-        transactions: about 100 bytes each, which would otherwise grow with the ledger. Only with files to rebuild
-        receipts from, and never while a recovering service still has to replay its predecessor's private part
-        against the digests it verified (`write_set_digests`)."""
-        target = self._committed - self.retained_records
-        if self.files is None or target - self._wsd_first < self.retained_records or \
-                not self.secrets.covers(self._first):
-            return
-        self.merkle.flush_to(target)
-        del self._wsd[: 32 * (target - self._wsd_first)]
-        self._wsd_first = target
 
     def rollback(self, seqno: int) -> None:
         """Drop every transaction after `seqno` (an uncommitted suffix)."""
@@ -385,7 +365,7 @@ class ServiceLedger:
             self.files.truncate(seqno)
         self.secrets.rollback(seqno)
         keep = seqno - self._first + 1
-        del self._wsd[(seqno - self._wsd_first + 1) * 32:], self._sizes[keep:]
+        del self._wsd[keep * 32:], self._sizes[keep:]
         for dropped in [s for s in self._claims if s > seqno]:
             del self._claims[dropped]
         while self._view_starts and self._view_starts[-1] > seqno:
@@ -469,22 +449,12 @@ class ServiceLedger:
     def write_set_digests(self, start: int, end: int) -> bytes:
         """The write-set digests (SHA-256 of each entry as stored) of seqnos `start`..`end`, back to back: what a
         later reader of the same files checks to know it reads the entries this ledger verified."""
-        if start < self._wsd_first or end > self.store.version or start > end:
-            raise LedgerError(f"no records of seqnos {start}..{end} (held: {self._wsd_first}..{self.store.version})")
-        return bytes(self._wsd[32 * (start - self._wsd_first): 32 * (end - self._wsd_first + 1)])
+        if start < self._first or end > self.store.version or start > end:
+            raise LedgerError(f"no records of seqnos {start}..{end} (held: {self._first}..{self.store.version})")
+        return bytes(self._wsd[32 * (start - self._first): 32 * (end - self._first + 1)])
 
-    def _proof(self, seqno: int, sig_seqno: int, claims: bytes) -> tuple[bytes, list[PathStep]]:
-        """The write-set digest of `seqno` and its path to the root signed at `sig_seqno`: from memory, or for a
-        transaction whose records were dropped, from the ledger files."""
-        if seqno >= self._wsd_first:
-            i = seqno - self._wsd_first
-            return bytes(self._wsd[32 * i: 32 * i + 32]), self.merkle.path(seqno, sig_seqno)
-        assert self.files is not None  # records are only dropped with files to read back
-        entry, = self.files.read_range(seqno, seqno)
-        signature_entry, = self.files.read_range(sig_seqno, sig_seqno)
-        ce_digest = self.secrets.for_seqno(seqno).commit_evidence_digest(self.txid(seqno).view, seqno)
-        return proof_from_entries(entry, signature_entry, seqno, sig_seqno, ce_digest, claims,
-                                  self._signatures[sig_seqno].primary.root)
+    def _wsd_of(self, i: int) -> bytes:
+        return bytes(self._wsd[32 * i: 32 * i + 32])
 
     def commit_evidence(self, seqno: int) -> str:
         return self.secrets.for_seqno(seqno).commit_evidence(self.txid(seqno).view, seqno)
@@ -513,13 +483,12 @@ class ServiceLedger:
             return json_receipt_for_signature(record.primary, self._service_endorsements(record.primary.cert))
         sig_seqno = self._covering_signature(seqno)
         primary = self._signatures[sig_seqno].primary
-        claims = self._claims.get(seqno, ZERO_CLAIMS)
-        write_set_digest, path = self._proof(seqno, sig_seqno, claims)
+        i = seqno - self._first
         return json_receipt(
-            write_set_digest=write_set_digest,
+            write_set_digest=self._wsd_of(i),
             commit_evidence=self.commit_evidence(seqno),
-            claims_digest=claims,
-            path=path,
+            claims_digest=self._claims.get(seqno, ZERO_CLAIMS),
+            path=self.merkle.path(seqno, sig_seqno),
             signature=primary,
             service_endorsements=self._service_endorsements(primary.cert),
         )
@@ -528,14 +497,13 @@ class ServiceLedger:
         """A COSE receipt (vds 2) signed by the service key, for a committed transaction."""
         self._check_receiptable(seqno)
         sig_seqno = self._covering_signature(seqno)
-        claims = self._claims.get(seqno, ZERO_CLAIMS)
-        write_set_digest, path = self._proof(seqno, sig_seqno, claims)
+        i = seqno - self._first
         return cose_receipt(
             self._signatures[sig_seqno].cose,
-            write_set_digest=write_set_digest,
+            write_set_digest=self._wsd_of(i),
             commit_evidence=self.commit_evidence(seqno),
-            claims_digest=claims,
-            path=path,
+            claims_digest=self._claims.get(seqno, ZERO_CLAIMS),
+            path=self.merkle.path(seqno, sig_seqno),
         )
 
     # --- snapshots ---------------------------------------------------------------------------------
