@@ -102,11 +102,12 @@ def _as_list(history: History | None) -> list[tuple[int, bytes | None]]:
 class _MapState:
     """All retained versions of one map: key -> its `History`."""
 
-    __slots__ = ("keys", "write_versions")
+    __slots__ = ("keys", "write_versions", "dropped_removal")
 
     def __init__(self) -> None:
         self.keys: dict[bytes, History] = {}
         self.write_versions: list[int] = []
+        self.dropped_removal = 0  # the latest removal compaction dropped (with its key's history)
 
     def value_at(self, key: bytes, version: int) -> tuple[int, bytes | None]:
         history = self.keys.get(key)
@@ -213,6 +214,17 @@ class Store:
             raise TransactionClosed("transaction already committed or abandoned")
         if tx.readonly:
             raise ReadOnlyTransaction("a read-only transaction cannot be committed")
+        self._validate(tx)
+        tx._closed = True
+        writes = tx._writes
+        if not any(writes.values()):
+            return None
+        version = self._version + 1
+        self._apply(version, writes)
+        return CommitResult(version, self._view, writes, tx.claims_digest)
+
+    def _validate(self, tx: Tx) -> None:
+        """`TransactionConflict` unless what `tx` read is still what the latest version holds."""
         rv = tx.read_version
         if tx._rollbacks_seen != len(self._rollbacks):
             # Versions this transaction read from may have been rolled back and reused since.
@@ -221,13 +233,6 @@ class Store:
                     raise TransactionConflict("*", None, rv, target + 1)
         if rv != self._version:
             self._check_conflicts(tx)
-        tx._closed = True
-        writes = tx._writes
-        if not any(writes.values()):
-            return None
-        version = self._version + 1
-        self._apply(version, writes)
-        return CommitResult(version, self._view, writes, tx.claims_digest)
 
     def _check_conflicts(self, tx: Tx) -> None:
         rv = tx.read_version
@@ -243,10 +248,10 @@ class Store:
             if last:
                 if last > rv:
                     raise TransactionConflict(map_name, key, rv, last)
-            elif rv < self._compacted and ms.write_versions and ms.write_versions[-1] > rv:
-                # The key has no history left: compaction may have dropped a removal made after this
-                # transaction read it. Be conservative: any later write to the map is a conflict.
-                raise TransactionConflict(map_name, key, rv, ms.write_versions[-1])
+            elif ms.dropped_removal > rv:
+                # The key has no history left: compaction may have dropped a removal of it made after this
+                # transaction read it. Be conservative: any such removal in the map is a conflict.
+                raise TransactionConflict(map_name, key, rv, ms.dropped_removal)
 
     def apply_writes(self, seqno: int, view: int, writes: WriteSet) -> None:
         """Apply a write set replicated or replayed from the ledger, as version `seqno` in `view`."""
@@ -319,7 +324,8 @@ class Store:
             compacted.append((version, writes))
             for map_name, changes in writes.items():
                 touched.add(map_name)
-                keys = self._maps[map_name].keys
+                ms = self._maps[map_name]
+                keys = ms.keys
                 for k in changes:
                     history = keys.get(k)
                     if history is None or isinstance(history, bytes):
@@ -338,6 +344,7 @@ class Store:
                                 keys[k] = _pack(ver, val)
                         elif self._hold_removals_from is None or ver < self._hold_removals_from:
                             del keys[k]  # a removal nothing can read past any more
+                            ms.dropped_removal = max(ms.dropped_removal, ver)
         for map_name in touched:
             wv = self._maps[map_name].write_versions
             i = bisect_right(wv, seqno)
@@ -594,6 +601,18 @@ class Tx:
     @property
     def writes(self) -> WriteSet:
         return self._writes
+
+    def refresh(self) -> None:
+        """Read from the latest version from now on, as if the transaction had begun now: `TransactionConflict`
+        if anything it read has been written since (it must then run again). A transaction that waits (for a
+        JavaScript worker, say) checks here what it read so far, so that what it reads next is current and its
+        commit is unlikely to conflict; its buffered writes stay."""
+        store = self._store
+        if self._closed:
+            raise TransactionClosed("transaction already committed or abandoned")
+        store._validate(self)
+        self.read_version = store._version
+        self._rollbacks_seen = len(store._rollbacks)
 
     def abandon(self) -> None:
         self._closed = True

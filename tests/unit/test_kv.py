@@ -411,6 +411,60 @@ def test_read_key_removed_and_compacted_since_read_still_conflicts() -> None:
         a.commit()
 
 
+def test_read_of_absent_key_does_not_conflict_with_other_keys_written_and_compacted_since() -> None:
+    # Only a compacted removal can hide a change to a key that has no history left: writes of other keys of the
+    # same map (a log that only grows) leave a reader of an absent key free to commit.
+    store = Store()
+    commit_put(store, M, b"a", b"1")  # 1
+    tx = store.begin()
+    assert tx.get(M, b"new") is None
+    tx.put(M, b"new", b"x")
+    commit_put(store, M, b"b", b"2")  # 2
+    commit_put(store, M, b"c", b"3")  # 3
+    store.compact(3)
+    assert tx.commit().seqno == 4
+
+
+def test_read_of_absent_key_conflicts_once_a_removal_in_the_map_was_compacted_since() -> None:
+    store = Store()
+    commit_put(store, M, b"gone", b"1")  # 1
+    tx = store.begin()
+    assert tx.get(M, b"other") is None
+    commit_remove(store, M, b"gone")  # 2: its history is dropped at compaction
+    store.compact(2)
+    with pytest.raises(TransactionConflict):
+        tx.commit()
+
+
+def test_refresh_moves_the_read_version_to_the_latest_and_keeps_buffered_writes() -> None:
+    store = Store()
+    commit_put(store, M, b"a", b"1")  # 1
+    tx = store.begin()
+    assert tx.get(M, b"a") == b"1"
+    tx.put(M, b"mine", b"m")
+    commit_put(store, M, b"b", b"2")  # 2
+    assert tx.read_version == 1
+    tx.refresh()
+    assert tx.read_version == 2 and tx.get(M, b"b") == b"2" and tx.get(M, b"mine") == b"m"
+    commit_put(store, OTHER, b"z", b"3")  # 3: another map, nothing read: no conflict
+    assert tx.commit().seqno == 4
+    assert store.read_tx().get(M, b"mine") == b"m"
+
+
+def test_refresh_refuses_a_transaction_whose_reads_changed_since() -> None:
+    store = Store()
+    commit_put(store, M, b"a", b"1")  # 1
+    tx = store.begin()
+    assert tx.get(M, b"a") == b"1"
+    commit_put(store, M, b"a", b"2")  # 2
+    with pytest.raises(TransactionConflict):
+        tx.refresh()
+    closed = store.begin()
+    closed.abandon()
+    with pytest.raises(TransactionClosed):
+        closed.refresh()
+
+
 def test_open_tx_whose_read_version_was_compacted_never_reads_a_wrong_value() -> None:
     # A transaction reads a consistent state at its read version: after compaction past that version it
     # must either refuse to read (VersionUnavailable) or return the value as of its read version.
