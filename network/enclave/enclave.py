@@ -36,7 +36,7 @@ from governance.proposals import NodeServices, js_limits
 from governance.recovery_shares import RecoverySharesError, clear_submitted_shares, deal_shares
 from ledger.bootstrap import NodeKeys
 from ledger.endorsements import write_opening_endorsement
-from ledger.errors import LedgerError, LedgerFileError
+from ledger.errors import LedgerError, LedgerFileError, TransactionConflict, VersionUnavailable
 from ledger.genesis import VirtualQuote
 from ledger.identity import cert_pem, endorse, key_id, self_signed_cert
 from ledger.kv import Tx
@@ -58,7 +58,7 @@ from network.enclave.common_endpoints import add_common_endpoints
 from network.enclave.endpoints import EndpointContext, EndpointError, Endpoints, Mode
 from network.enclave.gov_frontend import build_gov_frontend
 from network.enclave.historical import HistoricalQueries, ReceiptSource, add_receipt_endpoint
-from network.enclave.http import ANSWER_LATER, Request, Response
+from network.enclave.http import ANSWER_LATER, Pending, Request, Response
 from network.enclave.join import JoinRefused, JoinRequest, network_info, node_key_of, record_join
 from network.enclave.node_frontend import build_node_frontend
 from network.enclave.recovery import NodeRecovery, Phase, recovering_status
@@ -169,6 +169,10 @@ class Enclave:
         self._quote = quote
         self.host = host
         self.settings = settings or EnclaveSettings()
+        # whether handlers may work off the event loop (`Deferred`): a node's runtime awaits the `Pending` answers
+        self.may_defer = False
+        self._turn_end_asked = False
+        self._deferred_in_flight = 0  # requests answered `Pending` and not answered yet
         self.clock = clock
         self.startup_seqno = ledger.last_seqno
         self.historical = HistoricalQueries(ledger, host.read_entries, host.schedule, clock=clock)
@@ -322,7 +326,23 @@ class Enclave:
                                       "This node is not the primary any more; send the request again")
             request.session[FORWARDED] = True
             return ANSWER_LATER  # the host forwards it to the primary and relays the answer
-        return frontend.dispatch(request, self._begin, self._finish, node=self)
+        response = frontend.dispatch(request, self._begin, self._finish, node=self, may_defer=self.may_defer)
+        if isinstance(response, Pending):
+            self._deferred_in_flight += 1
+            response.then(self._deferred_answered)
+        return response
+
+    def _deferred_answered(self, _: Response) -> None:
+        """A deferred request was answered (its transaction committed): end a turn once those answered together
+        are all in, so that one signature covers them (group commit, as for requests handled in one turn)."""
+        self._deferred_in_flight -= 1
+        if not self._turn_end_asked:
+            self._turn_end_asked = True
+            self.host.schedule(self._deferred_turn_ended)
+
+    def _deferred_turn_ended(self) -> None:
+        self._turn_end_asked = False
+        self.turn_ended()
 
     @property
     def is_primary(self) -> bool:
@@ -385,8 +405,10 @@ class Enclave:
         if isinstance(m, ForwardedRequest):
             request = Request(m.method, m.target, dict(m.headers), m.body, m.peer_cert, {FORWARDED_IN: True})
             response = self.handle(request)
-            self.host.send(Envelope(ForwardedResponse(self.node_id, m.sender, m.id, response.status,
-                                                      response.headers, response.body)))
+            if isinstance(response, Pending):
+                response.then(functools.partial(self._answer_forwarded, m))
+            else:
+                self._answer_forwarded(m, response)
         elif isinstance(m, ForwardedResponse):
             self.host.forwarded(m)
         elif not self._failed:
@@ -396,6 +418,10 @@ class Enclave:
                 # consensus took the message but the ledger could not follow: going on would serve a state that
                 # differs from the service's, so the node stops (restarted, it replays its ledger and rejoins)
                 self._fail(f"replication: {e}")
+
+    def _answer_forwarded(self, request: ForwardedRequest, response: Response) -> None:
+        self.host.send(Envelope(ForwardedResponse(self.node_id, request.sender, request.id, response.status,
+                                                  response.headers, response.body)))
 
     def _ledger_unwritable(self, e: LedgerFileError) -> None:
         """The disk refused a ledger write (full, read-only, failing): stop rather than go on unable to keep
@@ -485,6 +511,10 @@ class Enclave:
                 if effect.name in IN_TX_EFFECTS:
                     self._in_tx_effect(ctx.tx, effect)
             txid = self.ledger.commit(ctx.tx)
+        except (TransactionConflict, VersionUnavailable):
+            if ctx.may_defer:
+                raise  # the request runs again (Endpoints.dispatch)
+            raise EndpointError(500, "InternalError", "Transaction conflicted") from None
         except GovernanceError as e:
             raise EndpointError(500, "InternalError", f"Failed to apply(): {e.message}") from None
         except LedgerFileError as e:  # the transaction was rolled back; the node stops
@@ -646,6 +676,8 @@ class Enclave:
             return
         if self.ledger.last_signature_seqno > self.ledger.committed_seqno:
             return  # the acknowledgement that commits it will end a turn, and sign what gathered meanwhile
+        if self._deferred_in_flight:
+            return  # the pipeline is not idle: more commits are on their way (`every_ms` still bounds the wait)
         try:
             self.sign()
         except LedgerFileError as e:

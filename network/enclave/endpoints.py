@@ -20,6 +20,7 @@ handler raising `EndpointError` gets that status and CCF error body; a bad JSON 
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import re
 from collections.abc import Callable
@@ -28,10 +29,12 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
+from loguru import logger
 
+from ledger.errors import TransactionConflict, VersionUnavailable
 from ledger.kv import Tx
 from network.enclave.auth import AuthenticationFailed, AuthPolicy, Caller, NoAuth, authenticate
-from network.enclave.http import Request, Response
+from network.enclave.http import ANSWER_LATER, Pending, Request, Response
 
 TXID_HEADER = "x-ms-ccf-transaction-id"
 
@@ -66,6 +69,7 @@ class EndpointContext:
     query: dict[str, list[str]]
     mode: Mode = Mode.READONLY
     node: Any = None  # what the node lends handlers (historical queries, receipts); None outside a node
+    may_defer: bool = False  # whether the handler may return a `Deferred` (the node awaits it on its loop)
     claims_digest: bytes | None = None
     effects: list[Any] = field(default_factory=list)  # for the node to carry out once the tx commits
     # an error answer whose writes are still committed (CCF's set_apply_writes: e.g. clearing wrong recovery shares)
@@ -83,6 +87,33 @@ class EndpointContext:
 
 
 HandlerFn = Callable[[EndpointContext], Any]
+# CCF's limit on the runs of a transaction that keeps conflicting (src/node/rpc/frontend.h), then 503
+MAX_ATTEMPTS = 30
+
+
+class Deferred:
+    """What a handler returns when `ctx.may_defer` and its work goes on off the event loop. The handler's side
+    calls `resolve` with what the handler would have returned, or `fail` with what it would have raised; the
+    dispatcher's continuation runs at once, on the loop, in that same call (so a transaction completed this way
+    commits before anything else runs)."""
+
+    __slots__ = ("_then",)
+
+    def __init__(self) -> None:
+        self._then: Callable[[Any, BaseException | None], None] | None = None
+
+    def then(self, continuation: Callable[[Any, BaseException | None], None]) -> None:
+        self._then = continuation
+
+    def resolve(self, result: Any) -> None:
+        assert self._then is not None, "a Deferred is resolved once, after dispatch took it"
+        then, self._then = self._then, None
+        then(result, None)
+
+    def fail(self, error: BaseException) -> None:
+        assert self._then is not None, "a Deferred is failed once, after dispatch took it"
+        then, self._then = self._then, None
+        then(None, error)
 
 
 @dataclass(frozen=True)
@@ -98,6 +129,9 @@ class Endpoint:
     openapi: dict[str, Any] | None = field(default_factory=dict, compare=False)
     # CCF's forwarding_required: on a backup, "sometimes" forwards writes only, "always" every request, "never" none
     forwarding: str = "sometimes"
+    # whether the handler answers with a `Deferred` when it may (then it may be started while requests before it
+    # in the same session are still running: see `Request.after_pending`)
+    defers: bool = False
 
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -131,7 +165,7 @@ class Endpoints:
         return clone
 
     def endpoint(self, method: str, template: str, *, mode: Mode = Mode.READONLY,
-                 auth: tuple[AuthPolicy, ...] = (NoAuth(),)) -> Callable[[HandlerFn], HandlerFn]:
+                 auth: tuple[AuthPolicy, ...] = (NoAuth(),), defers: bool = False) -> Callable[[HandlerFn], HandlerFn]:
         if not auth:
             raise ValueError("an endpoint needs at least one authentication policy (NoAuth() for anonymous)")
 
@@ -140,7 +174,8 @@ class Endpoints:
             if any(e.method == method.upper() and e.template == full for e in self.registered):
                 raise ValueError(f"{method} {full} is registered twice")
             summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-            self.registered.append(Endpoint(method.upper(), full, fn, mode, auth, compile_template(full), summary))
+            self.registered.append(Endpoint(method.upper(), full, fn, mode, auth, compile_template(full), summary,
+                                            defers=defers))
             return fn
 
         return register
@@ -164,13 +199,21 @@ class Endpoints:
         raise EndpointError(404, "ResourceNotFound", f"Unknown path: {path}.")
 
     def dispatch(self, request: Request, begin: Callable[[Mode], Tx],
-                 finish: Callable[[EndpointContext], str | None], node: Any = None) -> Response:
+                 finish: Callable[[EndpointContext], str | None], node: Any = None, *, may_defer: bool = False,
+                 attempt: int = 1) -> Response:
         """Route, authenticate, run the handler on a transaction from `begin`, and let `finish` commit
         it (returning the txid for the header; it may raise EndpointError). Errors become CCF error
-        responses; a failed request's transaction is never committed, unless its handler set `commit_on_error`."""
+        responses; a failed request's transaction is never committed, unless its handler set `commit_on_error`.
+
+        With `may_defer`, a handler may return a `Deferred` (its work goes on off the event loop); the answer is
+        then a `Pending` response, completed on the loop. Such a transaction may meet others committed meanwhile:
+        if it conflicts with one (or its read version was compacted away), it runs again from the start, as CCF
+        does, up to `MAX_ATTEMPTS` times."""
         url = urlsplit(request.target)
         try:
             endpoint, params = self.match(request.method, url.path)
+            if request.after_pending and not (may_defer and endpoint.defers):
+                return ANSWER_LATER  # it runs once the session's requests before it are answered
             tx = begin(endpoint.mode)
             try:
                 caller = authenticate(endpoint.auth, request, tx)
@@ -178,15 +221,52 @@ class Endpoints:
                 body = {"error": {"code": e.code, "message": str(e), "details": e.details()}}
                 return Response(401, orjson.dumps(body), (("content-type", "application/json"),
                                                           ("www-authenticate", 'Bearer realm="ccf"')))
-            ctx = EndpointContext(request, tx, caller, params, parse_qs(url.query), endpoint.mode, node)
+            ctx = EndpointContext(request, tx, caller, params, parse_qs(url.query), endpoint.mode, node, may_defer)
             result = endpoint.handler(ctx)
-            response = result if isinstance(result, Response) else Response.json(200, result)
-            txid = finish(ctx) if response.status < 400 or ctx.commit_on_error else None
-            if txid is not None:
-                response = Response(response.status, response.body, (*response.headers, (TXID_HEADER, txid)))
-            return response
+            if isinstance(result, Deferred):
+                answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+                result.then(lambda value, error: self._deferred_done(
+                    value, error, ctx, answer, finish,
+                    lambda: self.dispatch(request, begin, finish, node, may_defer=True, attempt=attempt + 1),
+                    attempt))
+                return Pending(0, future=answer)
+            return self._respond(result, ctx, finish)
         except EndpointError as e:
             return e.response()
+
+    @staticmethod
+    def _respond(result: Any, ctx: EndpointContext, finish: Callable[[EndpointContext], str | None]) -> Response:
+        response = result if isinstance(result, Response) else Response.json(200, result)
+        txid = finish(ctx) if response.status < 400 or ctx.commit_on_error else None
+        if txid is not None:
+            response = Response(response.status, response.body, (*response.headers, (TXID_HEADER, txid)))
+        return response
+
+    def _deferred_done(self, value: Any, error: BaseException | None, ctx: EndpointContext,
+                       answer: asyncio.Future[Response], finish: Callable[[EndpointContext], str | None],
+                       again: Callable[[], Response], attempt: int) -> None:
+        """A deferred handler completed: commit its transaction and answer, or run the request again."""
+        try:
+            if error is not None:
+                raise error
+            response = self._respond(value, ctx, finish)
+        except EndpointError as e:
+            response = e.response()
+        except (TransactionConflict, VersionUnavailable):
+            ctx.tx.abandon()
+            if attempt >= MAX_ATTEMPTS:
+                busy = Response.error(503, "TransactionCommitAttemptsExceedLimit",
+                                      f"Transaction continued to conflict after {attempt} attempts. Retry later.")
+                response = Response(busy.status, busy.body, (*busy.headers, ("retry-after", "3")))
+            else:
+                response = again()
+                if isinstance(response, Pending):
+                    response.then(answer.set_result)
+                    return
+        except Exception as e:  # the handler's bug: the client gets CCF's 500, the loop goes on
+            logger.opt(exception=e).error(f"unhandled error answering {ctx.request.method} {ctx.request.target}")
+            response = Response.error(500, "InternalError", f"Unhandled error: {type(e).__name__}")
+        answer.set_result(response)
 
     def openapi(self, title: str, version: str = "1.0.0") -> dict[str, Any]:
         """An OpenAPI 3.0 document of the endpoints requests may reach (each endpoint's own `openapi` members

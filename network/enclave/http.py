@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import cast
 
@@ -38,6 +38,9 @@ class Request:
     body: bytes
     peer_cert: bytes | None = None  # the client's TLS certificate (DER), if it presented one
     session: dict[str, object] | None = field(default=None, compare=False)  # per connection, for the handler
+    # Requests before it in the session are still being answered (each `Pending`): the handler may start it only
+    # if it answers `Pending` too (and completes it after them); otherwise it answers ANSWER_LATER, to run later.
+    after_pending: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,30 @@ Handler = Callable[[Request], Awaitable[Response]]
 SyncHandler = Callable[[Request], Response]
 # A sync handler returns this to have the request answered by the async handler instead, in order.
 ANSWER_LATER = Response(0)
+
+
+@dataclass(frozen=True)
+class Pending(Response):
+    """A response still being made off the event loop (a handler running in a worker): `future` gives it.
+
+    Handlers return it through the sync path too; the connection then answers it in order, after the requests
+    before it and before those after it."""
+
+    future: asyncio.Future[Response] = field(default=None, compare=False)  # type: ignore[arg-type]
+
+    @classmethod
+    def ready(cls, response: Response) -> Pending:
+        """A response already made, to be sent in its turn."""
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        future.set_result(response)
+        return cls(0, future=future)
+
+    async def wait(self) -> Response:
+        return await self.future
+
+    def then(self, done: Callable[[Response], None]) -> None:
+        """Call `done` with the response once it is ready (on the event loop)."""
+        self.future.add_done_callback(lambda future: done(future.result()))
 
 
 def _internal_error(request: Request, error: Exception) -> Response:
@@ -126,7 +153,11 @@ class HttpConnection(asyncio.Protocol):
         self.sync_handler = sync_handler
         self.out: list[bytes] = []
         self.close_after_out = False
-        self.busy = False
+        self.flush_scheduled = False
+        # Requests queued or being answered, and how many of those are not `Pending` (handled in turn by the
+        # task): while all are `Pending`, a new request may still be started at once (`Request.after_pending`).
+        self.unanswered = 0
+        self.plain_unanswered = 0
         self.session: dict[str, object] = {}
         self.limits = limits
         self.metrics = metrics or SessionMetrics()
@@ -134,7 +165,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer_cert: bytes | None = None
         # requests with their keep-alive flag, in order; a Response is a final answer (then close)
-        self.queue: asyncio.Queue[tuple[Request, bool] | Response] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[Request, bool, Pending | None] | Response] = asyncio.Queue()
         self.worker: asyncio.Task[None] | None = None
         self.idle: asyncio.TimerHandle | None = None
         # A request must end `request_timeout` after the read that began it; the timer is armed only for one
@@ -243,20 +274,46 @@ class HttpConnection(asyncio.Protocol):
         if self.close_after_out:
             return  # a request after one that asked to close the connection: ignored
         method = self.parser.get_method().decode("ascii", "replace")
+        ahead = self.unanswered > 0
         request = Request(method, self.url.decode("latin-1"), self.headers, b"".join(self.body), self.peer_cert,
-                          self.session)
+                          self.session, ahead)
         keep_alive = bool(self.parser.should_keep_alive())
         self._reset_message()
-        if self.sync_handler is not None and self.queue.empty() and not self.busy:
+        if self.sync_handler is not None and self.plain_unanswered == 0:
             try:
                 response = self.sync_handler(request)
             except Exception as e:  # the handler's bug must not kill the connection silently
                 response = _internal_error(request, e)
-            if response is not ANSWER_LATER:
-                self.out.append(encode_response(response, keep_alive, head=method == "HEAD"))
-                self.close_after_out = not keep_alive
+            if response is ANSWER_LATER and ahead:
+                request = replace(request, after_pending=False)  # it runs in its turn, after those before it
+            elif response is not ANSWER_LATER:
+                if not ahead and not isinstance(response, Pending):
+                    self.out.append(encode_response(response, keep_alive, head=method == "HEAD"))
+                    self.close_after_out = not keep_alive
+                    return
+                self._enqueue((request, keep_alive, response if isinstance(response, Pending) else
+                               Pending.ready(response)))
                 return
-        self.queue.put_nowait((request, keep_alive))
+        elif ahead:
+            request = replace(request, after_pending=False)
+        self._enqueue((request, keep_alive, None))
+
+    def _enqueue(self, item: tuple[Request, bool, Pending | None] | Response) -> None:
+        self.unanswered += 1
+        if not isinstance(item, tuple) or item[2] is None:
+            self.plain_unanswered += 1
+        self.queue.put_nowait(item)
+
+    def _flush_soon(self) -> None:
+        """Flush once the answers ready in this turn of the loop are all in `out` (one write for them all)."""
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self.flush_scheduled = False
+        if self.transport is not None and not self.transport.is_closing():
+            self._flush_out()
 
     def _flush_out(self) -> None:
         if not self.out or self.transport is None:
@@ -266,7 +323,7 @@ class HttpConnection(asyncio.Protocol):
         if self.close_after_out:
             self.closing = True
             self.transport.close()
-        elif self.queue.empty():
+        elif self.unanswered == 0:
             self._arm_idle_timer()
 
     # --- answering ---------------------------------------------------------------------------------
@@ -277,27 +334,28 @@ class HttpConnection(asyncio.Protocol):
             if self.transport is None or self.transport.is_closing():
                 return
             if isinstance(item, Response):
-                self.transport.write(encode_response(item, keep_alive=False))
-                self.transport.close()
+                self.out.append(encode_response(item, keep_alive=False))
+                self.close_after_out = True
+                self._flush_out()
                 return
-            request, keep_alive = item
-            self.busy = True
+            request, keep_alive, pending = item
             try:
-                response = await self.handler(request)
+                response = await (self.handler(request) if pending is None else pending.wait())
             except Exception as e:  # the handler's bug must not kill the connection silently
                 response = _internal_error(request, e)
-            finally:
-                self.busy = False
+            self.unanswered -= 1
+            if pending is None:
+                self.plain_unanswered -= 1
             if self.transport.is_closing():
                 return
-            self.transport.write(encode_response(response, keep_alive, head=request.method == "HEAD"))
+            self.out.append(encode_response(response, keep_alive, head=request.method == "HEAD"))
             if not keep_alive:
-                self.transport.close()
+                self.close_after_out = True
+                self._flush_out()
                 return
+            self._flush_soon()
             if self.queue.qsize() < self.limits.max_pipelined:
                 self.transport.resume_reading()
-            if self.queue.empty():
-                self._arm_idle_timer()
 
     def _fail(self, response: Response) -> None:
         """Answer after the requests already queued (in order), then close."""
@@ -305,7 +363,7 @@ class HttpConnection(asyncio.Protocol):
         self.closing = True
         if self.transport is not None:
             self.transport.pause_reading()
-        self.queue.put_nowait(response)
+        self._enqueue(response)
 
     def _on_request_timeout(self) -> None:
         """A request started and did not end in time (slow headers or body): 408, then close."""
@@ -320,7 +378,7 @@ class HttpConnection(asyncio.Protocol):
         self.idle = asyncio.get_running_loop().call_later(self.limits.idle_timeout, self._on_idle)
 
     def _on_idle(self) -> None:
-        if self.transport is not None and self.queue.empty():
+        if self.transport is not None and self.unanswered == 0:
             self.transport.close()
 
 

@@ -31,7 +31,7 @@ from network.enclave import startup
 from network.enclave.channels import Channels
 from network.enclave.enclave import Enclave, sole_voter
 from network.enclave.endpoints import Endpoints
-from network.enclave.http import ANSWER_LATER, HttpConnection, Request, Response, SessionMetrics
+from network.enclave.http import ANSWER_LATER, HttpConnection, Pending, Request, Response, SessionMetrics
 from network.enclave.outbound import OutboundCalls
 from network.enclave.rpc_sessions import RpcSessions
 from network.enclave.tls import node_to_node_contexts, server_context
@@ -196,8 +196,12 @@ class EnclaveRuntime:
         self.set_peers(self._peers)
         rpc_context = server_context(certificate, key)
 
+        enclave.may_defer = True
+
         async def handle(request: Request) -> Response:
             response = enclave.handle(request)
+            if isinstance(response, Pending):
+                return await response.wait()
             return await self._forward(request) if response is ANSWER_LATER else response
 
         self.sessions = RpcSessions(rpc_context, self.host,
@@ -275,7 +279,8 @@ class EnclaveRuntime:
         if primary == enclave.node_id:  # this node became primary meanwhile: answer here
             if request.session is not None:
                 request.session.clear()
-            return enclave.handle(request)
+            response = enclave.handle(request)
+            return await response.wait() if isinstance(response, Pending) else response
         self._forward_ids += 1
         ident = self._forward_ids
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()

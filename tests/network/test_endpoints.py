@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from ledger.errors import TransactionConflict
 from ledger.identity import PartyIdentity
 from ledger.kv import Store, Tx
 from ledger.tables import USERS_CERTS
 from network.enclave.auth import UserCert
-from network.enclave.endpoints import TXID_HEADER, EndpointContext, EndpointError, Endpoints, Mode
-from network.enclave.http import Request, Response
+from network.enclave.endpoints import (
+    MAX_ATTEMPTS,
+    TXID_HEADER,
+    Deferred,
+    EndpointContext,
+    EndpointError,
+    Endpoints,
+    Mode,
+)
+from network.enclave.http import ANSWER_LATER, Pending, Request, Response
 
 pytestmark = pytest.mark.unit
 
@@ -110,3 +121,97 @@ def test_registrations_describe_themselves_in_openapi_and_duplicates_are_refused
         app.endpoint("POST", "/log/private")(record)
     with pytest.raises(ValueError, match="at least one"):
         app.endpoint("GET", "/x", auth=())
+
+
+# --- handlers that defer (their work goes on off the loop) -----------------------------------------------------
+
+deferring = Endpoints("/app")
+WAITING: list[tuple[Deferred, EndpointContext]] = []
+
+
+@deferring.endpoint("POST", "/count", mode=Mode.READWRITE, defers=True)
+def count(ctx: EndpointContext) -> object:
+    """Increment a counter, finishing later (as the JavaScript app does in its worker)."""
+    value = (ctx.tx.get_int("counters", "c") or 0) + 1
+    ctx.tx.put_int("counters", "c", value)
+    if not ctx.may_defer:
+        return {"value": value}
+    deferred = Deferred()
+    WAITING.append((deferred, ctx))
+    return deferred
+
+
+@deferring.endpoint("GET", "/now", mode=Mode.READONLY)
+def now(ctx: EndpointContext) -> object:
+    return {"value": ctx.tx.get_int("counters", "c")}
+
+
+def deferred_call(node: Node, method: str, target: str, after_pending: bool = False) -> Response:
+    return deferring.dispatch(Request(method, target, {}, b"", None, after_pending=after_pending), node.begin,
+                              node.finish, may_defer=True)
+
+
+async def answer_of(response: Response) -> Response:
+    assert isinstance(response, Pending)
+    return await response.wait()
+
+
+def test_a_deferred_handler_commits_when_resolved_and_runs_again_after_a_conflict() -> None:
+    async def scenario() -> tuple[Response, int]:
+        node = Node()
+        WAITING.clear()
+        pending = deferred_call(node, "POST", "/app/count")
+        assert isinstance(pending, Pending) and not pending.future.done() and len(WAITING) == 1
+        meanwhile = node.store.begin()  # another transaction commits what the first one read
+        meanwhile.put_int("counters", "c", 10)
+        node.store.commit(meanwhile)
+        first, ctx = WAITING.pop()
+        first.resolve({"value": ctx.tx.get_int("counters", "c")})  # its commit conflicts: it runs again
+        assert not pending.future.done() and len(WAITING) == 1
+        again, ctx = WAITING.pop()
+        again.resolve({"value": ctx.tx.get_int("counters", "c")})
+        return await answer_of(pending), node.store.read_tx().get_int("counters", "c") or 0
+
+    response, stored = asyncio.run(scenario())
+    assert response.status == 200 and orjson.loads(response.body) == {"value": 11} and stored == 11
+    assert dict(response.headers)[TXID_HEADER] == "0.3"
+
+
+def test_a_deferred_handler_that_keeps_conflicting_is_refused_as_ccf_does_and_errors_commit_nothing() -> None:
+    async def scenario() -> tuple[Response, Response, int]:
+        node = Node()
+        WAITING.clear()
+        pending = deferred_call(node, "POST", "/app/count")
+        attempts = 0
+        while WAITING:
+            deferred, _ = WAITING.pop()
+            attempts += 1
+            deferred.fail(TransactionConflict("counters", b"c", 1, 2))
+        busy = await answer_of(pending)
+        assert attempts == MAX_ATTEMPTS
+        failing = deferred_call(node, "POST", "/app/count")
+        WAITING.pop()[0].fail(EndpointError(400, "InvalidInput", "no"))
+        return busy, await answer_of(failing), node.store.version
+
+    busy, failed, version = asyncio.run(scenario())
+    assert busy.status == 503 and dict(busy.headers)["retry-after"] == "3"
+    assert orjson.loads(busy.body)["error"] == {
+        "code": "TransactionCommitAttemptsExceedLimit",
+        "message": f"Transaction continued to conflict after {MAX_ATTEMPTS} attempts. Retry later."}
+    assert failed.status == 400 and orjson.loads(failed.body)["error"]["code"] == "InvalidInput"
+    assert version == 1  # neither wrote anything
+
+
+def test_behind_pending_answers_only_deferring_handlers_start_and_without_a_loop_handlers_answer_at_once() -> None:
+    async def scenario() -> tuple[Response, Response]:
+        node = Node()
+        WAITING.clear()
+        later = deferred_call(node, "GET", "/app/now", after_pending=True)
+        started = deferred_call(node, "POST", "/app/count", after_pending=True)
+        WAITING.pop()[0].resolve({"value": 1})
+        return later, await answer_of(started)
+
+    later, started = asyncio.run(scenario())
+    assert later is ANSWER_LATER and started.status == 200
+    direct = deferring.dispatch(Request("POST", "/app/count", {}, b"", None), Node().begin, Node().finish)
+    assert direct.status == 200 and orjson.loads(direct.body) == {"value": 1}

@@ -12,7 +12,7 @@ import pytest
 
 from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, cert_pem, key_pem
 from network.boundary import HttpLimits
-from network.enclave.http import Request, Response, serve
+from network.enclave.http import ANSWER_LATER, Pending, Request, Response, serve
 
 pytestmark = pytest.mark.unit
 
@@ -247,3 +247,58 @@ def test_any_client_certificate_is_accepted_at_the_tls_layer_and_reaches_the_han
     der = stranger.cert.public_bytes(serialization.Encoding.DER)
     assert seen[0] == der and x509.load_der_x509_certificate(seen[0]) == stranger.cert
     assert seen[1] is None
+
+
+def test_requests_behind_pending_answers_start_at_once_only_if_they_defer_and_answers_keep_their_order() -> None:
+    # A handler answering `Pending` (work going on off the loop) lets the session's next request start at once if
+    # that one defers too (`after_pending`); a request that would answer at once waits for everything before it,
+    # and so does everything after it. Whatever the order the work finishes in, the answers go out in request order.
+    events: list[str] = []
+    futures: dict[str, asyncio.Future[Response]] = {}
+
+    def started(request: Request) -> Response:
+        name = request.target.strip("/")
+        if name.startswith("plain"):
+            if request.after_pending:
+                events.append(f"{name} asked to wait")
+                return ANSWER_LATER
+            events.append(f"{name} ran")
+            return Response(200, name.encode())
+        events.append(f"{name} started" + (" behind pending" if request.after_pending else ""))
+        future = futures[name] = asyncio.get_running_loop().create_future()
+        return Pending(0, future=future)
+
+    async def later(request: Request) -> Response:
+        response = started(request)
+        return await response.wait() if isinstance(response, Pending) else response
+
+    async def finish(name: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        events.append(f"{name} done")
+        futures[name].set_result(Response(200, name.encode()))
+
+    async def main() -> list[Any]:
+        server = await serve(later, "127.0.0.1", 0, sync_handler=started)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"".join(f"GET /{name} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                                  for name in ("defer1", "defer2", "plain3", "defer4")))
+            while "defer2" not in futures:
+                await asyncio.sleep(0.01)
+            await finish("defer2", 0)  # the second finishes first
+            await finish("defer1", 0.05)
+            while "defer4" not in futures:
+                await asyncio.sleep(0.01)
+            await finish("defer4", 0)
+            responses = await asyncio.wait_for(read_responses(reader, 4), 5)
+            writer.close()
+            return responses
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    responses = asyncio.run(main())
+    assert [body for _, _, body in responses] == [b"defer1", b"defer2", b"plain3", b"defer4"]
+    assert events == ["defer1 started", "defer2 started behind pending", "plain3 asked to wait", "defer2 done",
+                      "defer1 done", "plain3 ran", "defer4 started", "defer4 done"]
