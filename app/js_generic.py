@@ -36,6 +36,7 @@ from app.js_interpreter import (
     JsAccessDenied,
     JsError,
     JsInvalidReturn,
+    JsOutcome,
     JsRequest,
     JsTimeout,
     RunContext,
@@ -43,6 +44,7 @@ from app.js_interpreter import (
     latin1_entries,
 )
 from app.js_modules import ModuleLinkError
+from app.js_worker import JsWorker
 from governance.js_crypto import CRYPTO_CALLS
 from governance.js_runtime import JSLimits
 from governance.proposals import JS_RUNTIME_OPTIONS, runtime_options
@@ -61,7 +63,15 @@ from network.enclave.auth import (
     UserCoseSign1,
 )
 from network.enclave.common_endpoints import tx_status
-from network.enclave.endpoints import Endpoint, EndpointContext, EndpointError, Endpoints, Mode, compile_template
+from network.enclave.endpoints import (
+    Deferred,
+    Endpoint,
+    EndpointContext,
+    EndpointError,
+    Endpoints,
+    Mode,
+    compile_template,
+)
 from network.enclave.historical import HistoricalPending, historical_queries, requested_txid
 from network.enclave.http import Response
 
@@ -176,6 +186,8 @@ class JsGenericApp(Endpoints):
         self._routes: list[Endpoint] = []
         self._interpreter_key: tuple[int, int] | None = None
         self._interpreter: Interpreter | None = None
+        self._worker: JsWorker | None = None
+        self._worker_of: Interpreter | None = None
 
     def copy(self) -> JsGenericApp:
         clone = JsGenericApp()
@@ -200,7 +212,7 @@ class JsGenericApp(Endpoints):
                     template = self.prefix + "/" + info.path.strip("/")
                     routes.append(Endpoint(info.method, template, self._handler(info), info.mode, info.policies,
                                            compile_template(template), f"{info.js_module}:{info.js_function}",
-                                           info.openapi, info.forwarding_required))
+                                           info.openapi, info.forwarding_required, defers=True))
             self._routes_version, self._routes = version, routes
         return self._routes
 
@@ -218,12 +230,12 @@ class JsGenericApp(Endpoints):
         return self._interpreter
 
     def _handler(self, info: JsEndpointInfo) -> Callable[[EndpointContext], Any]:
-        def handle(ctx: EndpointContext) -> Response:
+        def handle(ctx: EndpointContext) -> Response | Deferred:
             return self._run(info, ctx)
 
         return handle
 
-    def _run(self, info: JsEndpointInfo, ctx: EndpointContext) -> Response:
+    def _run(self, info: JsEndpointInfo, ctx: EndpointContext) -> Response | Deferred:
         interpreter = self._interpreter_for(ctx.tx)
         target = ctx.request.target
         if target.startswith("/"):  # origin form, as clients send it: cheaper than urlsplit
@@ -250,10 +262,32 @@ class JsGenericApp(Endpoints):
             committed_txid = node.ledger.txid(node.ledger.committed_seqno)
             committed = (committed_txid.view, committed_txid.seqno)
         run_context = RunContext(ctx.tx, info.mode is Mode.READWRITE, _HostCalls(ctx), committed, historical)
+        if ctx.may_defer:  # QuickJS runs in the bundle's worker process, on the other core
+            deferred = Deferred()
+
+            def done(outcome: JsOutcome | None, error: BaseException | None) -> None:
+                if error is not None:
+                    deferred.fail(self._failure(error, ctx.tx) if isinstance(error, JsError) else error)
+                    return
+                assert outcome is not None
+                try:
+                    answer = self._answer(outcome, ctx)
+                except Exception as e:
+                    deferred.fail(e)
+                    return
+                deferred.resolve(answer)
+
+            self._worker_for(interpreter).start(info.js_module, info.js_function, request, info.mode.value,
+                                                run_context, done, ctx.request.session)
+            return deferred
         try:
             outcome = interpreter.run(info.js_module, info.js_function, request, info.mode.value, run_context)
         except JsError as e:
             raise self._failure(e, ctx.tx) from None
+        return self._answer(outcome, ctx)
+
+    @staticmethod
+    def _answer(outcome: JsOutcome, ctx: EndpointContext) -> Response:
         for line in outcome.logs:
             logger.info(f"[js] {line}")
         apply_outcome(ctx.tx, outcome)
@@ -261,6 +295,15 @@ class JsGenericApp(Endpoints):
             ctx.set_claims_digest(outcome.claims_digest)
         ctx.commit_on_error = outcome.apply_writes
         return Response(outcome.response.status, outcome.response.body, outcome.response.headers)
+
+    def _worker_for(self, interpreter: Interpreter) -> JsWorker:
+        """The worker process of the current interpreter's bundle (the previous bundle's worker is ended)."""
+        if self._worker is None or self._worker_of is not interpreter:
+            if self._worker is not None:
+                self._worker.retire()
+            self._worker = JsWorker(interpreter.modules, interpreter.limits)
+            self._worker_of = interpreter
+        return self._worker
 
     @staticmethod
     def _failure(e: JsError, tx: Tx) -> EndpointError:

@@ -151,6 +151,7 @@ class Interpreter:
     """A bundle's modules, linked once, run under `limits`."""
 
     def __init__(self, modules: Mapping[str, str], limits: JSLimits | None = None) -> None:
+        self.modules = dict(modules)
         self.script = link(modules)
         self.limits = limits or JSLimits()
         self._context: Any = None
@@ -168,7 +169,7 @@ class Interpreter:
     def _function(self) -> None:
         if self._context is None:
             self._context = self._fresh()
-            self._entry = {name: self._context.get(name) for name in ("__ccfBeginRun", "__ccfRun")}
+            self._entry = {name: self._context.get(name) for name in (BEGIN_RUN, RUN, BEGIN_RUN_WITH)}
 
     def discard(self) -> None:
         """Drop the context: the next request gets a fresh one (and evaluates the modules again)."""
@@ -177,58 +178,18 @@ class Interpreter:
 
     def run(self, module: str, function: str, request: JsRequest, mode: str, context: RunContext) -> JsOutcome:
         deadline = time.monotonic() + self.limits.max_execution_time_ms / 1000
-        body_text: str | None
-        body_latin1: str | None = None
-        try:
-            body_text = request.body.decode("utf-8")
-        except UnicodeDecodeError:
-            body_text, body_latin1 = None, request.body.decode("latin-1")
-        headers, params = request.headers, request.params
-        # The body and the caller's certificate cross as arguments of their own: QuickJS parses JSON at about 60
-        # instructions a character, and takes a string argument as it is.
-        caller, caller_cert = request.caller, None
-        if caller is not None and caller.get("cert") is not None:
-            caller_cert = caller["cert"]
-            caller = {**caller, "cert": None}  # the prelude puts it back, in its place
-        begin = {
-            "module": module, "function": function, "mode": mode,
-            "request": {"method": request.method, "url": request.url, "path": request.path, "route": request.route,
-                        "query": request.query, "hostname": request.hostname,
-                        "headers": headers if type(headers) is dict else dict(headers),
-                        "params": params if type(params) is dict else dict(params), "caller": caller},
-            "seed": int.from_bytes(os.urandom(4), "big") or 1, "now_ms": int(time.time() * 1000),
-            "committed": {"view": context.committed[0], "seqno": context.committed[1]},
-            "historical": context.historical,
-        }
-        if context.extra:
-            begin.update(context.extra)
-        delta: dict[str, Any] = {}
+        text = self.call(BEGIN_RUN, begin_arguments(module, function, request, mode, context), deadline)
         for runs in range(1, MAX_RUNS + 1):
-            outcome: dict[str, Any] = orjson.loads(
-                self._call("__ccfBeginRun", (orjson.dumps(begin).decode(), body_text, body_latin1, caller_cert),
-                           deadline) if runs == 1 else
-                self._call("__ccfRun", (orjson.dumps(delta).decode(),), deadline))
-            missing, calls = outcome.get("missing", ()), outcome.get("requests", ())
-            if missing or calls:
-                delta = {"loaded": {}, "versions": {}, "full": {}, "answers": {}}
-                for map_name, key in missing:
-                    self._load(context.tx, map_name, key, delta["loaded"], delta["versions"], delta["full"])
-                for call in calls:
-                    delta["answers"][call["key"]] = answer_host_call(context.host_calls, call["name"], call["args"])
-                # A run that missed entries took them as absent. If they are, it saw exactly the state it would
-                # have seen with them loaded, and its execution is deterministic: it is the request's run.
-                if calls or not _all_absent(delta["loaded"]):
-                    continue
-            self.requests_served += 1
-            if outcome.get("invalidReturn") is not None:
-                raise JsInvalidReturn(outcome["invalidReturn"])
-            if not outcome["ok"]:
-                raise JsHandlerFailed(outcome["error"], outcome.get("trace"))
-            return self._outcome(outcome, context.writable, runs)
+            step = next_step(text, context, runs)
+            if isinstance(step, JsOutcome):
+                self.requests_served += 1
+                return step
+            text = self.call(RUN, (orjson.dumps(step).decode(),), deadline)
         raise JsHandlerFailed(f"the handler asked for more than {MAX_RUNS} loads and host calls")
 
-    def _call(self, function: str, arguments: tuple[str | None, ...], deadline: float) -> str:
-        """One call into the prelude under what is left of the request's time."""
+    def call(self, function: str, arguments: tuple[str | None, ...], deadline: float) -> str:
+        """One call into the prelude (`BEGIN_RUN`, `RUN`, `BEGIN_RUN_WITH`) under what is left of the request's
+        time; the outcome's JSON text."""
         self._function()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -252,44 +213,44 @@ class Interpreter:
             if self._context is not None:
                 self._context.set_time_limit(-1)
 
-    @staticmethod
-    def _load(tx: Tx, map_name: str, key: str | None, loaded: dict[str, dict[str, str | None]],
-              versions: dict[str, dict[str, int]], full: dict[str, bool]) -> None:
-        if not readable(map_name):
-            raise JsAccessDenied(f"Cannot read from map {map_name}: this table is inaccessible to application code")
-        if key is None:
-            loaded[map_name] = {k.decode("latin-1"): v.decode("latin-1") for k, v in tx.items(map_name)}
-            versions[map_name] = {k.decode("latin-1"): v for k, v in tx.committed_versions(map_name).items()}
-            full[map_name] = True
-            return
-        raw = key.encode("latin-1")
-        value = tx.get(map_name, raw)
-        loaded.setdefault(map_name, {})[key] = None if value is None else value.decode("latin-1")
-        versions.setdefault(map_name, {})[key] = tx.get_version(map_name, raw) if value is not None else 0
 
-    @staticmethod
-    def _outcome(outcome: dict[str, Any], may_write: bool, runs: int) -> JsOutcome:
-        writes: dict[str, dict[bytes, bytes | None]] = {}
-        cleared = tuple(outcome.get("cleared", ()))
-        for map_name in (*outcome["writes"], *cleared):
-            if not may_write:
-                raise JsAccessDenied(f"Cannot write to map {map_name}: this table is read-only in the current "
-                                     "(read-only) execution context")
-            if not writable(map_name):
-                raise JsAccessDenied(f"Cannot write to map {map_name}: this table is read-only for application "
-                                     "code")
-        for map_name, changes in outcome["writes"].items():
-            writes[map_name] = {k.encode("latin-1"): None if v is None else v.encode("latin-1")
-                                for k, v in changes.items()}
-        response = outcome["response"]
-        headers = dict(response["headers"])
-        if response["kind"] != "none":
-            headers.setdefault("content-type", _CONTENT_TYPES[response["kind"]])
-        body = response["body"].encode("latin-1" if response["kind"] == "bytes" else "utf-8")
-        claims = outcome.get("claims")
-        return JsOutcome(JsResponse(int(response["status"]), tuple(headers.items()), body), writes, cleared,
-                         None if claims is None else claims.encode("latin-1"), bool(outcome.get("applyWrites")),
-                         tuple(outcome.get("logs", ())), runs)
+def _load(tx: Tx, map_name: str, key: str | None, loaded: dict[str, dict[str, str | None]],
+          versions: dict[str, dict[str, int]], full: dict[str, bool]) -> None:
+    if not readable(map_name):
+        raise JsAccessDenied(f"Cannot read from map {map_name}: this table is inaccessible to application code")
+    if key is None:
+        loaded[map_name] = {k.decode("latin-1"): v.decode("latin-1") for k, v in tx.items(map_name)}
+        versions[map_name] = {k.decode("latin-1"): v for k, v in tx.committed_versions(map_name).items()}
+        full[map_name] = True
+        return
+    raw = key.encode("latin-1")
+    value = tx.get(map_name, raw)
+    loaded.setdefault(map_name, {})[key] = None if value is None else value.decode("latin-1")
+    versions.setdefault(map_name, {})[key] = tx.get_version(map_name, raw) if value is not None else 0
+
+
+def _outcome(outcome: dict[str, Any], may_write: bool, runs: int) -> JsOutcome:
+    writes: dict[str, dict[bytes, bytes | None]] = {}
+    cleared = tuple(outcome.get("cleared", ()))
+    for map_name in (*outcome["writes"], *cleared):
+        if not may_write:
+            raise JsAccessDenied(f"Cannot write to map {map_name}: this table is read-only in the current "
+                                 "(read-only) execution context")
+        if not writable(map_name):
+            raise JsAccessDenied(f"Cannot write to map {map_name}: this table is read-only for application "
+                                 "code")
+    for map_name, changes in outcome["writes"].items():
+        writes[map_name] = {k.encode("latin-1"): None if v is None else v.encode("latin-1")
+                            for k, v in changes.items()}
+    response = outcome["response"]
+    headers = dict(response["headers"])
+    if response["kind"] != "none":
+        headers.setdefault("content-type", _CONTENT_TYPES[response["kind"]])
+    body = response["body"].encode("latin-1" if response["kind"] == "bytes" else "utf-8")
+    claims = outcome.get("claims")
+    return JsOutcome(JsResponse(int(response["status"]), tuple(headers.items()), body), writes, cleared,
+                     None if claims is None else claims.encode("latin-1"), bool(outcome.get("applyWrites")),
+                     tuple(outcome.get("logs", ())), runs)
 
 
 def _all_absent(loaded: Mapping[str, Mapping[str, str | None]]) -> bool:
@@ -299,6 +260,71 @@ def _all_absent(loaded: Mapping[str, Mapping[str, str | None]]) -> bool:
 
 def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+BEGIN_RUN, RUN, BEGIN_RUN_WITH = "__ccfBeginRun", "__ccfRun", "__ccfBeginRunWith"
+
+
+def begin_arguments(module: str, function: str, request: JsRequest, mode: str,
+                    context: RunContext) -> tuple[str | None, ...]:
+    """`BEGIN_RUN`'s arguments: what stays the same in every run of the request (its time and randomness fixed)."""
+    body_text: str | None
+    body_latin1: str | None = None
+    try:
+        body_text = request.body.decode("utf-8")
+    except UnicodeDecodeError:
+        body_text, body_latin1 = None, request.body.decode("latin-1")
+    headers, params = request.headers, request.params
+    # The body and the caller's certificate cross as arguments of their own: QuickJS parses JSON at about 60
+    # instructions a character, and takes a string argument as it is.
+    caller, caller_cert = request.caller, None
+    if caller is not None and caller.get("cert") is not None:
+        caller_cert = caller["cert"]
+        caller = {**caller, "cert": None}  # the prelude puts it back, in its place
+    begin = {
+        "module": module, "function": function, "mode": mode,
+        "request": {"method": request.method, "url": request.url, "path": request.path, "route": request.route,
+                    "query": request.query, "hostname": request.hostname,
+                    "headers": headers if type(headers) is dict else dict(headers),
+                    "params": params if type(params) is dict else dict(params), "caller": caller},
+        "seed": int.from_bytes(os.urandom(4), "big") or 1, "now_ms": int(time.time() * 1000),
+        "committed": {"view": context.committed[0], "seqno": context.committed[1]},
+        "historical": context.historical,
+    }
+    if context.extra:
+        begin.update(context.extra)
+    return orjson.dumps(begin).decode(), body_text, body_latin1, caller_cert
+
+
+def next_step(text: str, context: RunContext, runs: int) -> JsOutcome | dict[str, Any]:
+    """What a run's outcome calls for: the request's `JsOutcome` (or its error raised), or the delta of entries
+    loaded and host calls answered for the next run."""
+    outcome: dict[str, Any] = orjson.loads(text)
+    missing, calls = outcome.get("missing", ()), outcome.get("requests", ())
+    if missing or calls:
+        delta: dict[str, Any] = {"loaded": {}, "versions": {}, "full": {}, "answers": {}}
+        for map_name, key in missing:
+            _load(context.tx, map_name, key, delta["loaded"], delta["versions"], delta["full"])
+        for call in calls:
+            delta["answers"][call["key"]] = answer_host_call(context.host_calls, call["name"], call["args"])
+        # A run that missed entries took them as absent. If they are, it saw exactly the state it would have seen
+        # with them loaded, and its execution is deterministic: it is the request's run.
+        if calls or not _all_absent(delta["loaded"]):
+            return delta
+    if outcome.get("invalidReturn") is not None:
+        raise JsInvalidReturn(outcome["invalidReturn"])
+    if not outcome["ok"]:
+        raise JsHandlerFailed(outcome["error"], outcome.get("trace"))
+    return _outcome(outcome, context.writable, runs)
+
+
+def merge_delta(into: dict[str, Any], delta: Mapping[str, Any]) -> None:
+    """Add a run's delta to what the runs before it were given (as the prelude's `__ccfRun` does)."""
+    for part in ("loaded", "versions"):
+        for map_name, entries in delta[part].items():
+            into.setdefault(part, {}).setdefault(map_name, {}).update(entries)
+    for part in ("full", "answers"):
+        into.setdefault(part, {}).update(delta[part])
 
 
 def apply_outcome(tx: Tx, outcome: JsOutcome) -> None:

@@ -378,6 +378,13 @@ globalThis.__ccfRun = function (deltaJson) {
   return __runHandler(env);
 };
 
+// A later run of a request, begun again with everything loaded and answered since the first: a worker process
+// serves other requests between the runs of one, so it keeps nothing of a request between calls.
+globalThis.__ccfBeginRunWith = function (envJson, bodyText, bodyLatin1, callerCert, deltaJson) {
+  __ccfBegin(envJson, bodyText, bodyLatin1, callerCert);
+  return __ccfRun(deltaJson);
+};
+
 function __runHandler(env) {
   __run = __newRun(env);
   __seed = env.seed;
