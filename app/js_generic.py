@@ -182,8 +182,10 @@ class JsGenericApp(Endpoints):
     def __init__(self) -> None:
         super().__init__("/app")
         self._read_tx: Callable[[], Tx] | None = None
-        self._routes_version = -1  # the version of the endpoints map the routes were read at
-        self._routes: list[Endpoint] = []
+        self._map_version: Callable[[str], int] = lambda name: 0
+        self._candidates: list[Endpoint] = []
+        # the version of the endpoints map the routes were read at, and how many endpoints were registered then
+        self._routes_version = (-1, 0)
         self._interpreter_key: tuple[int, int] | None = None
         self._interpreter: Interpreter | None = None
         self._worker: JsWorker | None = None
@@ -194,27 +196,28 @@ class JsGenericApp(Endpoints):
         clone.registered = list(self.registered)
         return clone
 
-    def attach(self, read_tx: Callable[[], Tx]) -> None:
-        self._read_tx = read_tx
+    def attach(self, read_tx: Callable[[], Tx], map_version: Callable[[str], int]) -> None:
+        self._read_tx, self._map_version = read_tx, map_version
 
     def candidates(self) -> list[Endpoint]:
         if self._read_tx is None:
             return self.registered
-        return self.registered + self._current_routes(self._read_tx())
+        version = (self._map_version(ENDPOINTS), len(self.registered))
+        if version != self._routes_version or version[0] == 0:
+            self._candidates = self.registered + self._read_routes(self._read_tx())
+            self._routes_version = version
+        return self._candidates
 
-    def _current_routes(self, tx: Tx) -> list[Endpoint]:
-        version = tx.map_version(ENDPOINTS)
-        if version != self._routes_version or version == 0:
-            routes = []
-            for key, value in tx.items(ENDPOINTS):
-                info = _info(key, value)
-                if info is not None:
-                    template = self.prefix + "/" + info.path.strip("/")
-                    routes.append(Endpoint(info.method, template, self._handler(info), info.mode, info.policies,
-                                           compile_template(template), f"{info.js_module}:{info.js_function}",
-                                           info.openapi, info.forwarding_required, defers=True))
-            self._routes_version, self._routes = version, routes
-        return self._routes
+    def _read_routes(self, tx: Tx) -> list[Endpoint]:
+        routes = []
+        for key, value in tx.items(ENDPOINTS):
+            info = _info(key, value)
+            if info is not None:
+                template = self.prefix + "/" + info.path.strip("/")
+                routes.append(Endpoint(info.method, template, self._handler(info), info.mode, info.policies,
+                                       compile_template(template), f"{info.js_module}:{info.js_function}",
+                                       info.openapi, info.forwarding_required, defers=True))
+        return routes
 
     def _interpreter_for(self, tx: Tx) -> Interpreter:
         """The interpreter of the installed modules and runtime options (a new one whenever either changes)."""

@@ -23,6 +23,7 @@ refused here as well as in the prelude, because the app's code shares the prelud
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -178,7 +179,8 @@ class Interpreter:
 
     def run(self, module: str, function: str, request: JsRequest, mode: str, context: RunContext) -> JsOutcome:
         deadline = time.monotonic() + self.limits.max_execution_time_ms / 1000
-        text = self.call(BEGIN_RUN, begin_arguments(module, function, request, mode, context), deadline)
+        env, *rest = begin_request(module, function, request, mode, context)
+        text = self.call(BEGIN_RUN, (orjson.dumps(env).decode(), *rest), deadline)
         for runs in range(1, MAX_RUNS + 1):
             step = next_step(text, context, runs)
             if isinstance(step, JsOutcome):
@@ -262,12 +264,16 @@ def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+# Math.random's seed per request: Math.random is not a source of secrets (ccf.crypto is), so a fast generator
+# seeded once from the OS does, rather than a system call per request
+_SEEDS = random.Random(os.urandom(16))
 BEGIN_RUN, RUN, BEGIN_RUN_WITH = "__ccfBeginRun", "__ccfRun", "__ccfBeginRunWith"
 
 
-def begin_arguments(module: str, function: str, request: JsRequest, mode: str,
-                    context: RunContext) -> tuple[str | None, ...]:
-    """`BEGIN_RUN`'s arguments: what stays the same in every run of the request (its time and randomness fixed)."""
+def begin_request(module: str, function: str, request: JsRequest, mode: str,
+                  context: RunContext) -> tuple[dict[str, Any], str | None, str | None, str | None]:
+    """`BEGIN_RUN`'s arguments, the first still to be made JSON: what stays the same in every run of the request
+    (its time and randomness fixed)."""
     body_text: str | None
     body_latin1: str | None = None
     try:
@@ -287,16 +293,16 @@ def begin_arguments(module: str, function: str, request: JsRequest, mode: str,
                     "query": request.query, "hostname": request.hostname,
                     "headers": headers if type(headers) is dict else dict(headers),
                     "params": params if type(params) is dict else dict(params), "caller": caller},
-        "seed": int.from_bytes(os.urandom(4), "big") or 1, "now_ms": int(time.time() * 1000),
+        "seed": _SEEDS.getrandbits(32) or 1, "now_ms": int(time.time() * 1000),
         "committed": {"view": context.committed[0], "seqno": context.committed[1]},
         "historical": context.historical,
     }
     if context.extra:
         begin.update(context.extra)
-    return orjson.dumps(begin).decode(), body_text, body_latin1, caller_cert
+    return begin, body_text, body_latin1, caller_cert
 
 
-def next_step(text: str, context: RunContext, runs: int) -> JsOutcome | dict[str, Any]:
+def next_step(text: str | bytes, context: RunContext, runs: int) -> JsOutcome | dict[str, Any]:
     """What a run's outcome calls for: the request's `JsOutcome` (or its error raised), or the delta of entries
     loaded and host calls answered for the next run."""
     outcome: dict[str, Any] = orjson.loads(text)

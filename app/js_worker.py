@@ -53,13 +53,14 @@ from app.js_interpreter import (
     JsStackOverflow,
     JsTimeout,
     RunContext,
-    begin_arguments,
+    begin_request,
     merge_delta,
     next_step,
 )
 from governance.js_runtime import JSLimits
 
 _LENGTH = struct.Struct(">I")
+_DEADLINE = struct.Struct("<d")
 _ERRORS: dict[str, type[JsError]] = {cls.__name__: cls for cls in (
     JsError, JsHandlerFailed, JsTimeout, JsOutOfMemory, JsStackOverflow, JsInvalidReturn, JsAccessDenied)}
 SESSION_KEY = "js_worker.runs"  # where a client session keeps its runs, in its `Request.session`
@@ -107,29 +108,31 @@ class JsRun:
     """One request's runs in the worker: each answer is taken on the loop (entries loaded, host calls answered, at
     the latest version), until the outcome, which `done` gets at once (so the transaction commits in that call)."""
 
-    __slots__ = ("worker", "arguments", "context", "done", "order", "runs", "given", "deadline", "text", "parked")
+    __slots__ = ("worker", "begin", "context", "done", "order", "runs", "given", "deadline", "text", "parked")
 
-    def __init__(self, worker: JsWorker, arguments: tuple[str | None, ...], context: RunContext, done: Done,
-                 order: _SessionRuns | None) -> None:
+    def __init__(self, worker: JsWorker, begin: tuple[dict[str, Any], str | None, str | None, str | None],
+                 context: RunContext, done: Done, order: _SessionRuns | None) -> None:
         self.worker = worker
-        self.arguments = arguments
+        self.begin = begin
         self.context = context
         self.done = done
         self.order = order
         self.runs = 1
         self.given: dict[str, Any] = {}
         self.deadline: float | None = None
-        self.text = ""
+        self.text: bytes = b""
         self.parked = False  # answered, waiting for the session's runs before it to complete
         if order is not None:
             order.add(self)
 
-    def answered(self, answer: list[Any]) -> None:
-        if answer[0] != "ok":
-            kind, reason, trace = answer[1:4]
+    def answered(self, answer: bytes) -> None:
+        """The child's answer: `o`, the deadline (8 bytes) and the outcome's JSON, or `e` and the error's."""
+        if answer[:1] != b"o":
+            kind, reason, trace = orjson.loads(answer[1:])
             self._complete(None, _ERRORS.get(kind, JsHandlerFailed)(reason, trace))
             return
-        self.text, self.deadline = answer[1], answer[2]
+        (self.deadline,) = _DEADLINE.unpack_from(answer, 1)
+        self.text = answer[1 + _DEADLINE.size:]
         if self.order is not None and not self.order.is_next(self):
             self.parked = True
             return
@@ -157,7 +160,7 @@ class JsRun:
         if self.runs > MAX_RUNS:
             self._complete(None, JsHandlerFailed(f"the handler asked for more than {MAX_RUNS} loads and host calls"))
             return
-        self.worker.send(BEGIN_RUN_WITH, (*self.arguments, orjson.dumps(self.given).decode()), self.deadline, self)
+        self.worker.send(BEGIN_RUN_WITH, self.begin, self.given, self.deadline, self)
 
     def _complete(self, outcome: JsOutcome | None, error: BaseException | None) -> None:
         order = self.order
@@ -195,15 +198,18 @@ class JsWorker:
             kept = session.get(SESSION_KEY)
             order = kept if isinstance(kept, _SessionRuns) else _SessionRuns()
             session[SESSION_KEY] = order
-        run = JsRun(self, begin_arguments(module, function, request, mode, context), context, done, order)
-        self.send(BEGIN_RUN, run.arguments, None, run)
+        run = JsRun(self, begin_request(module, function, request, mode, context), context, done, order)
+        self.send(BEGIN_RUN, run.begin, None, None, run)
 
-    def send(self, function: str, arguments: tuple[str | None, ...], deadline: float | None, run: JsRun) -> None:
+    def send(self, function: str, begin: tuple[dict[str, Any], str | None, str | None, str | None],
+             given: dict[str, Any] | None, deadline: float | None, run: JsRun) -> None:
+        """Queue a call for the child: the request's environment and what its earlier runs were given travel as
+        JSON values, made text by the child (off the loop)."""
         if self._process is None:
             self._spawn()
         assert self._loop is not None
         self._waiting.append(run)
-        self._out.append(_frame(orjson.dumps([function, arguments, deadline])))
+        self._out.append(_frame(orjson.dumps([function, *begin, given, deadline])))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -267,7 +273,7 @@ class JsWorker:
             (length,) = _LENGTH.unpack_from(buffer, offset)
             if len(buffer) - offset - 4 < length:
                 break
-            answers.append(orjson.loads(memoryview(buffer)[offset + 4: offset + 4 + length]))
+            answers.append(bytes(buffer[offset + 4: offset + 4 + length]))
             offset += 4 + length
         del buffer[:offset]
         for answer in answers:
@@ -280,7 +286,7 @@ class JsWorker:
         waiting, self._waiting = self._waiting, collections.deque()
         self.close()
         for run in waiting:
-            run.answered(["error", "JsWorkerDied", "The JavaScript worker process ended", None])
+            run.answered(b"e" + orjson.dumps(["JsWorkerDied", "The JavaScript worker process ended", None]))
 
     def retire(self) -> None:
         """End the child once it has answered what it holds (its bundle was replaced)."""
@@ -328,14 +334,17 @@ def serve(source: BinaryIO, sink: BinaryIO) -> None:
     interpreter = Interpreter(setup["modules"], JSLimits(max_heap_bytes=heap, max_stack_bytes=stack,
                                                          max_execution_time_ms=time_ms))
     while (request := _read_frame(source)) is not None:
-        function, arguments, deadline = request
+        function, env, body_text, body_latin1, caller_cert, given, deadline = request
         if deadline is None:
             deadline = time.monotonic() + time_ms / 1000
+        arguments: tuple[str | None, ...] = (orjson.dumps(env).decode(), body_text, body_latin1, caller_cert)
+        if given is not None:
+            arguments += (orjson.dumps(given).decode(),)
         try:
-            answer: list[Any] = ["ok", interpreter.call(function, tuple(arguments), deadline), deadline]
+            answer = b"o" + _DEADLINE.pack(deadline) + interpreter.call(function, arguments, deadline).encode()
         except JsError as e:
-            answer = ["error", type(e).__name__, e.reason, e.trace]
-        sink.write(_frame(orjson.dumps(answer)))
+            answer = b"e" + orjson.dumps([type(e).__name__, e.reason, e.trace])
+        sink.write(_frame(answer))
         sink.flush()
 
 

@@ -196,6 +196,12 @@ class Store:
         self._check_readable(at)
         return Tx(self, at, readonly=True)
 
+    def map_version(self, map_name: str) -> int:
+        """The version of the latest transaction that wrote `map_name` (0 if none is retained): a cheap test of
+        whether a map changed, outside any transaction."""
+        ms = self._maps.get(map_name)
+        return ms.write_versions[-1] if ms is not None and ms.write_versions else 0
+
     def _check_readable(self, version: int) -> None:
         if version > self._version:
             raise VersionUnavailable(f"version {version} is ahead of the store ({self._version})")

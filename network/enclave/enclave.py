@@ -178,7 +178,7 @@ class Enclave:
         self.historical = HistoricalQueries(ledger, host.read_entries, host.schedule, clock=clock)
         receipts = ReceiptSource(ledger, self.historical)
         self.app = app.copy()
-        self.app.attach(lambda: self.ledger.read_tx())
+        self.app.attach(lambda: self.ledger.read_tx(), lambda name: self.ledger.store.map_version(name))
         add_common_endpoints(self.app, ledger, "CCF Application API")
         self.gov = build_gov_frontend(ledger)
         self.node = build_node_frontend(ledger)
@@ -326,13 +326,13 @@ class Enclave:
                                       "This node is not the primary any more; send the request again")
             request.session[FORWARDED] = True
             return ANSWER_LATER  # the host forwards it to the primary and relays the answer
-        response = frontend.dispatch(request, self._begin, self._finish, node=self, may_defer=self.may_defer)
+        response = frontend.dispatch(request, self._begin, self._finish, node=self, may_defer=self.may_defer,
+                                     answered=self._deferred_answered)
         if isinstance(response, Pending):
             self._deferred_in_flight += 1
-            response.then(self._deferred_answered)
         return response
 
-    def _deferred_answered(self, _: Response) -> None:
+    def _deferred_answered(self) -> None:
         """A deferred request was answered (its transaction committed): end a turn once those answered together
         are all in, so that one signature covers them (group commit, as for requests handled in one turn)."""
         self._deferred_in_flight -= 1

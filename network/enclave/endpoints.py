@@ -134,6 +134,12 @@ class Endpoint:
     defers: bool = False
 
 
+def _settle(answer: asyncio.Future[Response], response: Response, answered: Callable[[], None] | None) -> None:
+    answer.set_result(response)
+    if answered is not None:
+        answered()
+
+
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -180,9 +186,10 @@ class Endpoints:
 
         return register
 
-    def attach(self, read_tx: Callable[[], Tx]) -> None:
-        """The node lends the frontend a view of its current state (an app whose routes live in the KV, such as
-        the JavaScript generic app, reads them there); a frontend of registered handlers needs none."""
+    def attach(self, read_tx: Callable[[], Tx], map_version: Callable[[str], int]) -> None:
+        """The node lends the frontend a view of its current state, and the version of each map's latest write
+        (an app whose routes live in the KV, such as the JavaScript generic app, reads them there and rereads
+        them when their map changes); a frontend of registered handlers needs none."""
 
     def candidates(self) -> list[Endpoint]:
         """The endpoints a request may be routed to, in the order they are tried."""
@@ -200,7 +207,7 @@ class Endpoints:
 
     def dispatch(self, request: Request, begin: Callable[[Mode], Tx],
                  finish: Callable[[EndpointContext], str | None], node: Any = None, *, may_defer: bool = False,
-                 attempt: int = 1) -> Response:
+                 answered: Callable[[], None] | None = None, attempt: int = 1) -> Response:
         """Route, authenticate, run the handler on a transaction from `begin`, and let `finish` commit
         it (returning the txid for the header; it may raise EndpointError). Errors become CCF error
         responses; a failed request's transaction is never committed, unless its handler set `commit_on_error`.
@@ -208,7 +215,7 @@ class Endpoints:
         With `may_defer`, a handler may return a `Deferred` (its work goes on off the event loop); the answer is
         then a `Pending` response, completed on the loop. Such a transaction may meet others committed meanwhile:
         if it conflicts with one (or its read version was compacted away), it runs again from the start, as CCF
-        does, up to `MAX_ATTEMPTS` times."""
+        does, up to `MAX_ATTEMPTS` times. `answered` is called once a `Pending` answer is ready."""
         url = urlsplit(request.target)
         try:
             endpoint, params = self.match(request.method, url.path)
@@ -226,7 +233,7 @@ class Endpoints:
             if isinstance(result, Deferred):
                 answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
                 result.then(lambda value, error: self._deferred_done(
-                    value, error, ctx, answer, finish,
+                    value, error, ctx, answer, answered, finish,
                     lambda: self.dispatch(request, begin, finish, node, may_defer=True, attempt=attempt + 1),
                     attempt))
                 return Pending(0, future=answer)
@@ -243,8 +250,9 @@ class Endpoints:
         return response
 
     def _deferred_done(self, value: Any, error: BaseException | None, ctx: EndpointContext,
-                       answer: asyncio.Future[Response], finish: Callable[[EndpointContext], str | None],
-                       again: Callable[[], Response], attempt: int) -> None:
+                       answer: asyncio.Future[Response], answered: Callable[[], None] | None,
+                       finish: Callable[[EndpointContext], str | None], again: Callable[[], Response],
+                       attempt: int) -> None:
         """A deferred handler completed: commit its transaction and answer, or run the request again."""
         try:
             if error is not None:
@@ -261,12 +269,12 @@ class Endpoints:
             else:
                 response = again()
                 if isinstance(response, Pending):
-                    response.then(answer.set_result)
+                    response.then(lambda final: _settle(answer, final, answered))
                     return
         except Exception as e:  # the handler's bug: the client gets CCF's 500, the loop goes on
             logger.opt(exception=e).error(f"unhandled error answering {ctx.request.method} {ctx.request.target}")
             response = Response.error(500, "InternalError", f"Unhandled error: {type(e).__name__}")
-        answer.set_result(response)
+        _settle(answer, response, answered)
 
     def openapi(self, title: str, version: str = "1.0.0") -> dict[str, Any]:
         """An OpenAPI 3.0 document of the endpoints requests may reach (each endpoint's own `openapi` members
