@@ -159,10 +159,25 @@ def compile_template(template: str) -> re.Pattern[str]:
     return re.compile("^/" + "/".join(parts) + "$")
 
 
+def _exact_paths(candidates: list[Endpoint]) -> dict[tuple[str, str], Endpoint]:
+    """The endpoints whose path has no parameters, by method and path: those a request's path names exactly and
+    no endpoint tried before them matches (so looking them up finds what trying them in order would)."""
+    exact: dict[tuple[str, str], Endpoint] = {}
+    for i, endpoint in enumerate(candidates):
+        path = endpoint.template
+        if "{" in path or not endpoint.pattern.match(path) or (endpoint.method, path) in exact:
+            continue
+        if not any(e.method == endpoint.method and e.pattern.match(path) for e in candidates[:i]):
+            exact[(endpoint.method, path)] = endpoint
+    return exact
+
+
 class Endpoints:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix.rstrip("/")
         self.registered: list[Endpoint] = []
+        # (candidates, their count, {(method, path): endpoint}) for the paths without parameters
+        self._exact: tuple[list[Endpoint], int, dict[tuple[str, str], Endpoint]] | None = None
 
     def copy(self) -> Endpoints:
         """A frontend with the same registrations, to which a node may add its own (e.g. `/app/commit`)."""
@@ -197,6 +212,12 @@ class Endpoints:
 
     def match(self, method: str, path: str) -> tuple[Endpoint, dict[str, str]]:
         candidates = self.candidates()
+        exact = self._exact
+        if exact is None or exact[0] is not candidates or exact[1] != len(candidates):
+            exact = self._exact = (candidates, len(candidates), _exact_paths(candidates))
+        hit = exact[2].get((method, path))
+        if hit is not None:
+            return hit, {}
         for endpoint in candidates:  # the method first: a string comparison is cheaper than a match
             if endpoint.method == method and (m := endpoint.pattern.match(path)) is not None:
                 return endpoint, {k: unquote(v) for k, v in m.groupdict().items()}

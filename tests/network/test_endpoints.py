@@ -215,3 +215,21 @@ def test_behind_pending_answers_only_deferring_handlers_start_and_without_a_loop
     assert later is ANSWER_LATER and started.status == 200
     direct = deferring.dispatch(Request("POST", "/app/count", {}, b"", None), Node().begin, Node().finish)
     assert direct.status == 200 and orjson.loads(direct.body) == {"value": 1}
+
+
+def test_routes_are_tried_in_registration_order_whether_or_not_their_paths_have_parameters() -> None:
+    routes = Endpoints("/r")
+    routes.endpoint("GET", "/x/{id}")(lambda ctx: {"by": "template", "id": ctx.params["id"]})
+    routes.endpoint("GET", "/x/static")(lambda ctx: {"by": "static, shadowed"})
+    routes.endpoint("GET", "/y/static")(lambda ctx: {"by": "static"})
+    routes.endpoint("GET", "/y/{id}")(lambda ctx: {"by": "template", "id": ctx.params["id"]})
+    node = Node()
+
+    def get(path: str) -> object:
+        return orjson.loads(routes.dispatch(Request("GET", path, {}, b"", None), node.begin, node.finish).body)
+
+    assert get("/r/x/static") == {"by": "template", "id": "static"}
+    assert get("/r/y/static") == {"by": "static"}
+    assert get("/r/y/other") == {"by": "template", "id": "other"}
+    routes.endpoint("GET", "/z")(lambda ctx: {"by": "added later"})
+    assert get("/r/z") == {"by": "added later"}
