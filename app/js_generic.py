@@ -80,6 +80,7 @@ ENDPOINTS = "public:ccf.gov.endpoints"
 # CCF's defaults for application code (src/js/core/runtime.h): 100 MiB heap, 1 MiB stack, 1 s per request
 APP_LIMITS = JSLimits(max_heap_bytes=100 * 1024 * 1024, max_stack_bytes=1024 * 1024, max_execution_time_ms=1000)
 EXCEPTION_MESSAGE = "Exception thrown while executing."
+IDENTITIES_KEPT = 1024  # callers whose `request.caller` is kept between requests
 
 _POLICIES: dict[str, Callable[[], AuthPolicy]] = {
     "user_cert": UserCert, "member_cert": MemberCert, "any_cert": AnyCert, "no_auth": NoAuth, "jwt": JwtAuth,
@@ -188,6 +189,7 @@ class JsGenericApp(Endpoints):
         self._routes_version = (-1, 0)
         self._interpreter_key: tuple[int, int] | None = None
         self._interpreter: Interpreter | None = None
+        self._identities: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._worker: JsWorker | None = None
         self._worker_of: Interpreter | None = None
 
@@ -219,6 +221,20 @@ class JsGenericApp(Endpoints):
                                        info.openapi, info.forwarding_required, defers=True))
         return routes
 
+    def _identity(self, caller: Caller, tx: Tx) -> dict[str, Any]:
+        """`caller_identity`, kept per certificate caller until the users' or members' tables change (the
+        transaction still records that it read them, so a change before its commit makes it run again)."""
+        if caller.kind not in ("user", "member") or caller.policy == "user_cose_sign1":
+            return caller_identity(caller, tx)
+        certs, infos = (USERS_CERTS, USERS_INFO) if caller.kind == "user" else (MEMBERS_CERTS, MEMBERS_INFO)
+        key = (caller.policy, caller.kind, caller.id, tx.map_version(certs), tx.map_version(infos))
+        identity = self._identities.get(key)
+        if identity is None:
+            if len(self._identities) >= IDENTITIES_KEPT:
+                self._identities.clear()
+            identity = self._identities[key] = caller_identity(caller, tx)
+        return identity
+
     def _interpreter_for(self, tx: Tx) -> Interpreter:
         """The interpreter of the installed modules and runtime options (a new one whenever either changes)."""
         key = (tx.map_version(MODULES), tx.map_version(JS_RUNTIME_OPTIONS))
@@ -246,7 +262,7 @@ class JsGenericApp(Endpoints):
         else:
             url = urlsplit(target)
             path, query = url.path, url.query
-        caller = (None if not info.authenticated else caller_identity(ctx.caller, ctx.tx)
+        caller = (None if not info.authenticated else self._identity(ctx.caller, ctx.tx)
                   if ctx.caller.kind != "anonymous" else {"policy": "no_auth"})
         headers = ctx.request.headers
         request = JsRequest(ctx.request.method, path + "?" + query if query else path, path, "/app" + info.path, query,

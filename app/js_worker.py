@@ -205,7 +205,8 @@ class JsWorker:
              given: dict[str, Any] | None, deadline: float | None, run: JsRun) -> None:
         """Queue a call for the child: the request's environment and what its earlier runs were given travel as
         JSON values, made text by the child (off the loop)."""
-        if self._process is None:
+        if self._process is None or self._loop is not asyncio.get_running_loop():
+            self._ended()  # none yet, or one serving a loop that is gone (another asyncio.run): start afresh
             self._spawn()
         assert self._loop is not None
         self._waiting.append(run)

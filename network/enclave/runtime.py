@@ -151,6 +151,7 @@ class EnclaveRuntime:
     async def _run_start(self, start: EnclaveStart, files: LedgerFiles) -> None:
         try:
             held = await self._hold(start, files)
+            startup.tune_collector()
             self._serve(start, held)
         except startup.StartError as e:
             self.host.start_failed(str(e))

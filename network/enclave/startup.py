@@ -82,6 +82,19 @@ def loading() -> Iterator[None]:
         gc.freeze()
 
 
+# Requests in flight keep a few dozen objects each alive across many allocations. With the collector's default
+# (the youngest generation collected every 700 allocations) they are promoted, then die in the oldest generation,
+# whose growth sets off full collections that walk the node's whole state: measured on a loaded node, 9% of its
+# time serving a JavaScript app (whose requests wait for the worker), 1.4% serving the Python one. Collecting the
+# youngest generation every 50 000 allocations lets them die young; the few that survive are as before.
+YOUNG_COLLECTION_EVERY = 50_000
+
+
+def tune_collector() -> None:
+    """The cyclic collector's thresholds for a serving node (see `YOUNG_COLLECTION_EVERY`)."""
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, 20, 20)
+
+
 def consensus_config(start: EnclaveStart) -> ConsensusConfig:
     return ConsensusConfig(election_ticks=start.election_ticks, heartbeat_ticks=start.heartbeat_ticks)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from governance.recovery_shares import RECOVERY_SHARES, decrypt_share, unwrap_ledger_secret
 from ledger.receipts import verify_json_receipt
 from ledger.tables import HISTORICAL_SECRETS, SERVICE_INFO, SINGLETON_KEY
+from network.enclave import startup
 from network.enclave.endpoints import TXID_HEADER
 from tests.network.node_harness import API, Node
 
@@ -363,3 +365,12 @@ def test_the_disk_failpoint_is_off_unless_the_environment_turns_it_on(tmp_path: 
         (tmp_path / "ledger" / ledger.files.DISK_FAULT_FILE).write_text("ENOSPC")
         node.open_service()  # writes and flushes as usual
         assert node.host.failures == []
+
+
+def test_a_serving_node_collects_its_youngest_objects_rarely_enough_for_requests_in_flight_to_die_young() -> None:
+    before = gc.get_threshold()
+    try:
+        startup.tune_collector()
+        assert gc.get_threshold()[0] == startup.YOUNG_COLLECTION_EVERY >= 50 * before[0]
+    finally:
+        gc.set_threshold(*before)
