@@ -222,12 +222,13 @@ class JsGenericApp(Endpoints):
         return routes
 
     def _identity(self, caller: Caller, tx: Tx) -> dict[str, Any]:
-        """`caller_identity`, kept per certificate caller until the users' or members' tables change (the
-        transaction still records that it read them, so a change before its commit makes it run again)."""
+        """`caller_identity`, kept per certificate caller until the users' or members' tables change or the store
+        rolls back (the transaction still records that it read them, so a change before its commit makes it run
+        again)."""
         if caller.kind not in ("user", "member") or caller.policy == "user_cose_sign1":
             return caller_identity(caller, tx)
         certs, infos = (USERS_CERTS, USERS_INFO) if caller.kind == "user" else (MEMBERS_CERTS, MEMBERS_INFO)
-        key = (caller.policy, caller.kind, caller.id, tx.map_version(certs), tx.map_version(infos))
+        key = (caller.policy, caller.kind, caller.id, tx.map_version(certs), tx.map_version(infos), tx.rollbacks_seen)
         identity = self._identities.get(key)
         if identity is None:
             if len(self._identities) >= IDENTITIES_KEPT:
@@ -285,16 +286,19 @@ class JsGenericApp(Endpoints):
             deferred = Deferred()
 
             def done(outcome: JsOutcome | None, error: BaseException | None) -> None:
-                if error is not None:
-                    deferred.fail(self._failure(error, ctx.tx) if isinstance(error, JsError) else error)
-                    return
-                assert outcome is not None
+                answer: Response | None = None
                 try:
-                    answer = self._answer(outcome, ctx)
+                    if isinstance(error, JsError):  # the options are read afresh: the request's own read version
+                        error = self._failure(error, self._read_tx() if self._read_tx else ctx.tx)  # may be gone
+                    elif error is None:
+                        assert outcome is not None
+                        answer = self._answer(outcome, ctx)
                 except Exception as e:
-                    deferred.fail(e)
-                    return
-                deferred.resolve(answer)
+                    error = e
+                if error is not None:
+                    deferred.fail(error)
+                else:
+                    deferred.resolve(answer)
 
             self._worker_for(interpreter).start(info.js_module, info.js_function, request, info.mode.value,
                                                 run_context, done, ctx.request.session)
@@ -314,6 +318,11 @@ class JsGenericApp(Endpoints):
             ctx.set_claims_digest(outcome.claims_digest)
         ctx.commit_on_error = outcome.apply_writes
         return Response(outcome.response.status, outcome.response.body, outcome.response.headers)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
     def _worker_for(self, interpreter: Interpreter) -> JsWorker:
         """The worker process of the current interpreter's bundle (the previous bundle's worker is ended)."""

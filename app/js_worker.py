@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
 
 import orjson
+from loguru import logger
 
 from app.js_interpreter import (
     BEGIN_RUN,
@@ -147,7 +148,8 @@ class JsRun:
             # Other transactions committed while the run waited its turn: what the request read so far must still
             # hold (or it runs again), and what it loads now is read at the latest version; its commit follows in
             # this same call, so it cannot conflict.
-            self.context.tx.refresh()
+            if self.runs == 1 or not self.context.tx.readonly:
+                self.context.tx.refresh()  # a read-only request keeps the state its loads were read at
             step = next_step(self.text, self.context, self.runs)
         except Exception as e:  # a JsError, or a conflict (the request runs again), or a bug: dispatch decides
             self._complete(None, e)
@@ -172,6 +174,14 @@ class JsRun:
             self.done(outcome, error)
         finally:
             order.completed(self)
+
+
+def _deliver(run: JsRun, answer: bytes) -> None:
+    """Hand a run its answer; a failure there is that run's alone (the answers after it still go to theirs)."""
+    try:
+        run.answered(answer)
+    except Exception as e:
+        logger.opt(exception=e).error("a JavaScript run's answer could not be taken")
 
 
 class JsWorker:
@@ -199,7 +209,12 @@ class JsWorker:
             order = kept if isinstance(kept, _SessionRuns) else _SessionRuns()
             session[SESSION_KEY] = order
         run = JsRun(self, begin_request(module, function, request, mode, context), context, done, order)
-        self.send(BEGIN_RUN, run.begin, None, None, run)
+        try:
+            self.send(BEGIN_RUN, run.begin, None, None, run)
+        except BaseException:
+            if order is not None:
+                order.completed(run)  # it will never complete: the session's next requests must not wait for it
+            raise
 
     def send(self, function: str, begin: tuple[dict[str, Any], str | None, str | None, str | None],
              given: dict[str, Any] | None, deadline: float | None, run: JsRun) -> None:
@@ -209,8 +224,9 @@ class JsWorker:
             self._ended()  # none yet, or one serving a loop that is gone (another asyncio.run): start afresh
             self._spawn()
         assert self._loop is not None
+        frame = _frame(orjson.dumps([function, *begin, given, deadline]))  # first: a run waits only once sent
         self._waiting.append(run)
-        self._out.append(_frame(orjson.dumps([function, *begin, given, deadline])))
+        self._out.append(frame)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -278,7 +294,7 @@ class JsWorker:
             offset += 4 + length
         del buffer[:offset]
         for answer in answers:
-            self._waiting.popleft().answered(answer)
+            _deliver(self._waiting.popleft(), answer)
         if self._retired and not self._waiting:
             self.close()
 
@@ -287,7 +303,7 @@ class JsWorker:
         waiting, self._waiting = self._waiting, collections.deque()
         self.close()
         for run in waiting:
-            run.answered(b"e" + orjson.dumps(["JsWorkerDied", "The JavaScript worker process ended", None]))
+            _deliver(run, b"e" + orjson.dumps(["JsWorkerDied", "The JavaScript worker process ended", None]))
 
     def retire(self) -> None:
         """End the child once it has answered what it holds (its bundle was replaced)."""

@@ -608,6 +608,12 @@ class Tx:
     def writes(self) -> WriteSet:
         return self._writes
 
+    @property
+    def rollbacks_seen(self) -> int:
+        """How many rollbacks the store had made when this transaction began (or was last refreshed): versions
+        seen before and after a rollback may name different states."""
+        return self._rollbacks_seen
+
     def refresh(self) -> None:
         """Read from the latest version from now on, as if the transaction had begun now: `TransactionConflict`
         if anything it read has been written since (it must then run again). A transaction that waits (for a

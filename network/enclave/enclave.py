@@ -188,7 +188,6 @@ class Enclave:
         self._add_join_endpoint()
         self._add_node_removal_endpoint()
         self._add_snapshot_endpoint()
-        self._target = ""
         self._after_commit: list[Callable[[], None]] = []  # what a request's handler asks for once it commits
         self._unsigned = ledger.last_seqno - ledger.last_signature_seqno
         self._first_unsigned_at: float | None = self.clock() if self._unsigned else None
@@ -319,14 +318,14 @@ class Enclave:
             return Response.error(503, "TooManyPendingTransactions",
                                   f"{self.ledger.last_seqno - self.ledger.committed_seqno} transactions are "
                                   "waiting to be committed; try again later")
-        self._target = request.target
         if request.session is not None and self._must_forward(frontend, request):
             if request.session.get(FORWARDED_IN):
                 return Response.error(503, "RequestAlreadyForwarded",
                                       "This node is not the primary any more; send the request again")
             request.session[FORWARDED] = True
             return ANSWER_LATER  # the host forwards it to the primary and relays the answer
-        response = frontend.dispatch(request, self._begin, self._finish, node=self, may_defer=self.may_defer,
+        response = frontend.dispatch(request, functools.partial(self._begin, request.target), self._finish,
+                                     node=self, may_defer=self.may_defer,
                                      answered=self._deferred_answered)
         if isinstance(response, Pending):
             self._deferred_in_flight += 1
@@ -348,7 +347,7 @@ class Enclave:
     def is_primary(self) -> bool:
         return self.replicator.is_primary
 
-    def _begin(self, mode: Mode) -> Tx:
+    def _begin(self, target: str, mode: Mode) -> Tx:
         if mode is not Mode.READWRITE:
             return self.ledger.read_tx()
         self._after_commit = []
@@ -358,7 +357,7 @@ class Enclave:
             if address is None:
                 raise EndpointError(503, "PrimaryNotFound", "No primary is known to this node")
             raise EndpointError(308, "NodeCannotHandleRequest", "Writes are served by the primary",
-                                (("location", f"https://{address}{self._target}"),))
+                                (("location", f"https://{address}{target}"),))
         return self.ledger.begin()
 
     def _rpc_address(self, node_id: str | None) -> str | None:
@@ -504,6 +503,11 @@ class Enclave:
     def _finish(self, ctx: EndpointContext) -> str | None:
         if ctx.mode is not Mode.READWRITE:
             return str(self.ledger.txid(ctx.tx.read_version))
+        if ctx.may_defer and not self.is_primary:
+            # a deferred transaction outlived this node's primacy: it must not commit on a backup
+            ctx.tx.abandon()
+            raise EndpointError(503, "TransactionReplicationFailed",
+                                "This node stopped being the primary before the transaction committed; send it again")
         effects: list[Effect] = list(ctx.effects)
         after, self._after_commit = self._after_commit, []
         try:

@@ -135,9 +135,12 @@ class Endpoint:
 
 
 def _settle(answer: asyncio.Future[Response], response: Response, answered: Callable[[], None] | None) -> None:
-    answer.set_result(response)
-    if answered is not None:
-        answered()
+    try:
+        if not answer.done():
+            answer.set_result(response)
+    finally:
+        if answered is not None:
+            answered()
 
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -205,6 +208,9 @@ class Endpoints:
         """The node lends the frontend a view of its current state, and the version of each map's latest write
         (an app whose routes live in the KV, such as the JavaScript generic app, reads them there and rereads
         them when their map changes); a frontend of registered handlers needs none."""
+
+    def close(self) -> None:
+        """The node stops: end what the frontend runs besides (a JavaScript app's worker process)."""
 
     def candidates(self) -> list[Endpoint]:
         """The endpoints a request may be routed to, in the order they are tried."""
@@ -288,7 +294,11 @@ class Endpoints:
                                       f"Transaction continued to conflict after {attempt} attempts. Retry later.")
                 response = Response(busy.status, busy.body, (*busy.headers, ("retry-after", "3")))
             else:
-                response = again()
+                try:
+                    response = again()
+                except Exception as e:  # a bug of the node's: the client gets CCF's 500, the loop goes on
+                    logger.opt(exception=e).error(f"unhandled error running {ctx.request.target} again")
+                    response = Response.error(500, "InternalError", f"Unhandled error: {type(e).__name__}")
                 if isinstance(response, Pending):
                     response.then(lambda final: _settle(answer, final, answered))
                     return

@@ -81,7 +81,10 @@ class Pending(Response):
         return cls(0, future=future)
 
     async def wait(self) -> Response:
-        return await self.future
+        """The response; a waiter cancelled (its client gone) leaves the response to be made all the same."""
+        if self.future.done():
+            return self.future.result()
+        return await asyncio.shield(self.future)
 
     def then(self, done: Callable[[Response], None]) -> None:
         """Call `done` with the response once it is ready (on the event loop)."""

@@ -132,6 +132,8 @@ class EnclaveRuntime:
     def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        if self.enclave is not None:
+            self.enclave.app.close()
         if self.sessions is not None:
             self.sessions.close_all()
         if self.channels is not None:

@@ -12,6 +12,7 @@ import pytest
 
 from app.js_generic import app as js_app
 from app.js_worker import JsWorker
+from network.consensus.raft import Role
 from network.enclave.http import Pending, Request, Response
 from tests.app.test_js_generic import LIB_GLOBAL, deploy, endpoint
 from tests.network.node_harness import Node
@@ -145,3 +146,50 @@ def test_a_new_bundle_gets_a_new_worker_once_the_old_one_has_answered(node: Node
 
     before, after, replaced = asyncio.run(scenario())
     assert (before.body, after.body, replaced) == (b"one", b"two", True)
+
+
+def test_a_handler_stopped_after_compaction_passed_its_read_version_fails_alone(node: Node) -> None:
+    # The spinning handler's transaction is compacted past while it runs; its failure (500) must not stall or shift
+    # the answers of the requests queued behind it in the worker.
+    async def scenario() -> list[Response]:
+        await answer(send(node, "GET", "/version"))
+        spinning = send(node, "POST", "/spin")
+        behind = send(node, "GET", "/cell")
+        node.ledger.commit_writes({"other": {b"k": b"v"}})
+        node.enclave._count(1)
+        node.enclave.sign()  # one node: the signature commits, and the store compacts past the spinning read
+        assert node.ledger.store.compacted_version > 0
+        answers = [await answer(spinning), await answer(behind)]
+        put = await answer(send(node, "POST", "/put", b"after"))
+        return [*answers, put, await answer(send(node, "GET", "/cell"))]
+
+    spun, behind, put, read = asyncio.run(scenario())
+    assert spun.status == 500 and behind.status == 200 and behind.body == b"null"
+    assert (put.body, read.body) == (b"put", b"after") and node.enclave._deferred_in_flight == 0
+
+
+def test_a_request_whose_client_is_gone_still_commits_and_is_counted_answered(node: Node) -> None:
+    async def scenario() -> None:
+        await answer(send(node, "GET", "/version"))
+        pending = send(node, "POST", "/put", b"orphan")
+        assert isinstance(pending, Pending)
+        waiter = asyncio.get_running_loop().create_task(pending.wait())  # the connection's task
+        await asyncio.sleep(0)
+        waiter.cancel()  # the client went away
+        await asyncio.wait_for(pending.future, 20)
+
+    asyncio.run(scenario())
+    assert node.ledger.read_tx().get("cells", b"cell") == b"orphan" and node.enclave._deferred_in_flight == 0
+
+
+def test_a_deferred_write_is_not_committed_by_a_node_that_stopped_being_primary_meanwhile(node: Node) -> None:
+    async def scenario() -> Response:
+        await answer(send(node, "GET", "/version"))
+        pending = send(node, "POST", "/put", b"late")
+        node.enclave.replicator.raft.role = Role.FOLLOWER  # stands for a higher term arriving meanwhile
+        return await answer(pending)
+
+    refused = asyncio.run(scenario())
+    assert refused.status == 503 and orjson.loads(refused.body)["error"]["code"] == "TransactionReplicationFailed"
+    assert "x-ms-ccf-transaction-id" not in dict(refused.headers)
+    assert node.ledger.read_tx().get("cells", b"cell") is None
