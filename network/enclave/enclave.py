@@ -515,10 +515,6 @@ class Enclave:
                 if effect.name in IN_TX_EFFECTS:
                     self._in_tx_effect(ctx.tx, effect)
             txid = self.ledger.commit(ctx.tx)
-        except (TransactionConflict, VersionUnavailable):
-            if ctx.may_defer:
-                raise  # the request runs again (Endpoints.dispatch)
-            raise EndpointError(500, "InternalError", "Transaction conflicted") from None
         except GovernanceError as e:
             raise EndpointError(500, "InternalError", f"Failed to apply(): {e.message}") from None
         except LedgerFileError as e:  # the transaction was rolled back; the node stops
@@ -526,6 +522,8 @@ class Enclave:
             raise EndpointError(500, "InternalError", f"Transaction could not be written to the ledger: {e}") \
                 from None
         except LedgerError as e:
+            if ctx.may_defer and isinstance(e, TransactionConflict | VersionUnavailable):
+                raise  # a deferred request runs again (Endpoints.dispatch)
             raise EndpointError(500, "InternalError", f"Transaction could not be committed: {e}") from None
         for callback in after:
             callback()

@@ -29,12 +29,11 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
-from loguru import logger
 
 from ledger.errors import TransactionConflict, VersionUnavailable
 from ledger.kv import Tx
 from network.enclave.auth import AuthenticationFailed, AuthPolicy, Caller, NoAuth, authenticate
-from network.enclave.http import ANSWER_LATER, Pending, Request, Response
+from network.enclave.http import ANSWER_LATER, Pending, Request, Response, internal_error
 
 TXID_HEADER = "x-ms-ccf-transaction-id"
 
@@ -106,14 +105,15 @@ class Deferred:
         self._then = continuation
 
     def resolve(self, result: Any) -> None:
-        assert self._then is not None, "a Deferred is resolved once, after dispatch took it"
-        then, self._then = self._then, None
-        then(result, None)
+        self._complete(result, None)
 
     def fail(self, error: BaseException) -> None:
-        assert self._then is not None, "a Deferred is failed once, after dispatch took it"
+        self._complete(None, error)
+
+    def _complete(self, result: Any, error: BaseException | None) -> None:
+        assert self._then is not None, "a Deferred completes once, after dispatch took it"
         then, self._then = self._then, None
-        then(None, error)
+        then(result, error)
 
 
 @dataclass(frozen=True)
@@ -297,14 +297,12 @@ class Endpoints:
                 try:
                     response = again()
                 except Exception as e:  # a bug of the node's: the client gets CCF's 500, the loop goes on
-                    logger.opt(exception=e).error(f"unhandled error running {ctx.request.target} again")
-                    response = Response.error(500, "InternalError", f"Unhandled error: {type(e).__name__}")
+                    response = internal_error(ctx.request, e)
                 if isinstance(response, Pending):
                     response.then(lambda final: _settle(answer, final, answered))
                     return
         except Exception as e:  # the handler's bug: the client gets CCF's 500, the loop goes on
-            logger.opt(exception=e).error(f"unhandled error answering {ctx.request.method} {ctx.request.target}")
-            response = Response.error(500, "InternalError", f"Unhandled error: {type(e).__name__}")
+            response = internal_error(ctx.request, e)
         _settle(answer, response, answered)
 
     def openapi(self, title: str, version: str = "1.0.0") -> dict[str, Any]:

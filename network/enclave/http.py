@@ -91,7 +91,8 @@ class Pending(Response):
         self.future.add_done_callback(lambda future: done(future.result()))
 
 
-def _internal_error(request: Request, error: Exception) -> Response:
+def internal_error(request: Request, error: Exception) -> Response:
+    """CCF's 500 for a bug of the node's own while answering `request` (logged with its trace)."""
     logger.opt(exception=error).error(
         f"unhandled error answering {request.method} {request.target.split('?', 1)[0]}")
     return Response.error(500, "InternalError", f"Unhandled error: {type(error).__name__}")
@@ -286,7 +287,7 @@ class HttpConnection(asyncio.Protocol):
             try:
                 response = self.sync_handler(request)
             except Exception as e:  # the handler's bug must not kill the connection silently
-                response = _internal_error(request, e)
+                response = internal_error(request, e)
             if response is ANSWER_LATER and ahead:
                 request = replace(request, after_pending=False)  # it runs in its turn, after those before it
             elif response is not ANSWER_LATER:
@@ -345,7 +346,7 @@ class HttpConnection(asyncio.Protocol):
             try:
                 response = await (self.handler(request) if pending is None else pending.wait())
             except Exception as e:  # the handler's bug must not kill the connection silently
-                response = _internal_error(request, e)
+                response = internal_error(request, e)
             self.unanswered -= 1
             if pending is None:
                 self.plain_unanswered -= 1
