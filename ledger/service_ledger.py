@@ -20,7 +20,7 @@ import hashlib
 import os
 import time
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,8 +44,9 @@ from ledger.files import LedgerFiles
 from ledger.framing import FLAG_FORCE_CHUNK_AFTER, FLAG_FORCE_CHUNK_BEFORE, MAX_VIEW
 from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, endorse, load_cert
 from ledger.kv import ZERO_CLAIMS, CommitResult, Histories, Store, Tx, WriteSet
-from ledger.merkle import MerkleHistory
+from ledger.merkle import MerkleHistory, PathStep
 from ledger.receipts import cose_receipt, json_receipt, json_receipt_for_signature
+from ledger.record_proofs import SignatureEntry
 from ledger.secrets import LedgerSecret, LedgerSecrets, node_secrets_record, rekey_secret_record
 from ledger.signatures import PrimarySignature, signature_writes
 from ledger.tables import (
@@ -100,6 +101,10 @@ class SignatureRecord:
 class ServiceLedger:
     """Commit path, signatures, chunking, snapshots, rollback and receipts for one node."""
 
+    # Committed transactions whose Merkle nodes and write-set digests stay in memory (at least; they are dropped
+    # in batches of as many). Older ones' receipts are rebuilt from the ledger files (`ledger.record_proofs`).
+    retained_records = 65_536
+
     def __init__(
         self,
         *,
@@ -138,10 +143,16 @@ class ServiceLedger:
         # Per transaction since _first, packed (about 45 bytes each rather than 200 as Python objects):
         # write-set digests back to back, entry sizes, and the claims digests that are not all zeros.
         self._wsd = bytearray()
+        self._wsd_first = first  # seqno of the first digest in _wsd (older ones were dropped with their tree)
         self._sizes = array("Q")
         self._claims: dict[int, bytes] = {}
-        self._signatures: dict[int, SignatureRecord] = {}
-        self._sig_seqnos: list[int] = []
+        self._signatures: dict[int, SignatureRecord] = {}  # those of the retained records (older: in the files)
+        self._sig_seqnos = array("Q")  # every signature's seqno, ascending
+        # ...and the write-set digest of each (32 bytes a signature, kept after the records are dropped): it pins
+        # the signature entry read back from the host's files, and with it the signed root and the stored tree
+        self._sig_digests = bytearray()
+        self._records_held = False  # set while a recovery still needs its predecessor's digests
+        self._read_back: SignatureEntry | None = None  # the last signature entry read back (reads come in runs)
         self._bytes_since_chunk = 0
         self._chunk_ends: list[int] = []  # seqnos of the signatures that ended a chunk
         self._chunk_requested = False
@@ -201,7 +212,8 @@ class ServiceLedger:
         return bisect_right(self._view_starts, seqno)
 
     def is_signature(self, seqno: int) -> bool:
-        return seqno in self._signatures
+        i = bisect_left(self._sig_seqnos, seqno)
+        return i < len(self._sig_seqnos) and self._sig_seqnos[i] == seqno
 
     def signature_seqnos(self) -> list[int]:
         return list(self._sig_seqnos)
@@ -312,8 +324,7 @@ class ServiceLedger:
         if requested:
             self._chunk_requested = False
             self._requested_chunk_ends.add(seqno)
-        self._signatures[seqno] = SignatureRecord(primary, cose_sig)
-        self._sig_seqnos.append(seqno)
+        self._add_signature(seqno, SignatureRecord(primary, cose_sig))
         return txid
 
     def rekey(self, raw: bytes | None = None) -> TxID:
@@ -350,7 +361,71 @@ class ServiceLedger:
             self.files.commit(seqno)
         self._committed = seqno
         self._finish_snapshots()
+        self._drop_old_records()
         self.store.compact(seqno)  # last: its global hooks are the caller's code
+
+    def hold_records(self) -> None:
+        """Keep every record until `release_records`: a recovering service replays its predecessor's private part
+        against the write-set digests its public replay verified (`write_set_digests`), after the secrets are
+        back and while new transactions commit."""
+        self._records_held = True
+
+    def release_records(self) -> None:
+        self._records_held = False
+
+    def _drop_old_records(self) -> None:
+        """Forget the tree nodes, write-set digests and signature records of all but the last `retained_records`
+        committed transactions: about 100 bytes each (and 700 a signature), which would otherwise grow with the
+        ledger. Only with files to read back from, never while records are held, and never while the
+        predecessor's secrets of a recovery are still missing (its transactions cannot be read back yet)."""
+        target = self._committed - self.retained_records
+        if self.files is None or self._records_held or target - self._wsd_first < self.retained_records or \
+                not self.secrets.covers(self._first):
+            return
+        self.merkle.flush_to(target)
+        del self._wsd[: 32 * (target - self._wsd_first)]
+        sigs = self._sig_seqnos
+        for sig in sigs[bisect_left(sigs, self._wsd_first): bisect_left(sigs, target)]:
+            self._signatures.pop(sig, None)
+        self._wsd_first = target
+
+    def _add_signature(self, seqno: int, record: SignatureRecord) -> None:
+        """Note the signature transaction just appended at `seqno` (its write-set digest is the last one)."""
+        self._signatures[seqno] = record
+        self._sig_seqnos.append(seqno)
+        self._sig_digests += self._wsd[-32:]
+
+    def _digest_of(self, seqno: int) -> bytes:
+        i = seqno - self._wsd_first
+        return bytes(self._wsd[32 * i: 32 * i + 32])
+
+    def _signature_entry(self, seqno: int) -> SignatureEntry:
+        """The signature transaction at `seqno` (one of `_sig_seqnos`) read back from the files, checked against
+        the digest this node kept when it verified it."""
+        if self._read_back is not None and self._read_back.seqno == seqno:
+            return self._read_back
+        assert self.files is not None  # records are only dropped with files to read back
+        i = bisect_left(self._sig_seqnos, seqno)
+        entry, = self.files.read_range(seqno, seqno)
+        self._read_back = SignatureEntry.read(entry, seqno, bytes(self._sig_digests[32 * i: 32 * i + 32]))
+        return self._read_back
+
+    def _signature(self, seqno: int) -> SignatureRecord:
+        """The signature transaction at `seqno` (one of `_sig_seqnos`): held, or read back from the files."""
+        record = self._signatures.get(seqno)
+        if record is not None:
+            return record
+        read = self._signature_entry(seqno)
+        return SignatureRecord(read.primary, read.cose)
+
+    def leaf(self, seqno: int) -> bytes:
+        """The Merkle leaf this node recorded for the transaction at `seqno`: held, or for an older one, from the
+        tree the first committed signature after it stored (`LedgerError` if neither holds it)."""
+        if seqno >= self._wsd_first:
+            return self.merkle.leaf(seqno)
+        if seqno < self._first:
+            raise LedgerError(f"seqno {seqno} is before this ledger's first record ({self._first})")
+        return self._signature_entry(self._covering_signature(seqno)).leaf(seqno)
 
     def rollback(self, seqno: int) -> None:
         """Drop every transaction after `seqno` (an uncommitted suffix)."""
@@ -365,13 +440,15 @@ class ServiceLedger:
             self.files.truncate(seqno)
         self.secrets.rollback(seqno)
         keep = seqno - self._first + 1
-        del self._wsd[keep * 32:], self._sizes[keep:]
+        del self._wsd[(seqno - self._wsd_first + 1) * 32:], self._sizes[keep:]
         for dropped in [s for s in self._claims if s > seqno]:
             del self._claims[dropped]
         while self._view_starts and self._view_starts[-1] > seqno:
             self._view_starts.pop()
         while self._sig_seqnos and self._sig_seqnos[-1] > seqno:
-            del self._signatures[self._sig_seqnos.pop()]
+            self._signatures.pop(self._sig_seqnos.pop(), None)
+        del self._sig_digests[32 * len(self._sig_seqnos):]
+        self._read_back = None
         self._pending_snapshots = [(s, e) for s, e in self._pending_snapshots if e <= seqno]
         while self._chunk_ends and self._chunk_ends[-1] > seqno:
             end = self._chunk_ends.pop()
@@ -449,12 +526,19 @@ class ServiceLedger:
     def write_set_digests(self, start: int, end: int) -> bytes:
         """The write-set digests (SHA-256 of each entry as stored) of seqnos `start`..`end`, back to back: what a
         later reader of the same files checks to know it reads the entries this ledger verified."""
-        if start < self._first or end > self.store.version or start > end:
-            raise LedgerError(f"no records of seqnos {start}..{end} (held: {self._first}..{self.store.version})")
-        return bytes(self._wsd[32 * (start - self._first): 32 * (end - self._first + 1)])
+        if start < self._wsd_first or end > self.store.version or start > end:
+            raise LedgerError(f"no records of seqnos {start}..{end} (held: {self._wsd_first}..{self.store.version})")
+        return bytes(self._wsd[32 * (start - self._wsd_first): 32 * (end - self._wsd_first + 1)])
 
-    def _wsd_of(self, i: int) -> bytes:
-        return bytes(self._wsd[32 * i: 32 * i + 32])
+    def _proof(self, seqno: int, sig_seqno: int, claims: bytes) -> tuple[bytes, list[PathStep]]:
+        """The write-set digest of `seqno` and its path to the root signed at `sig_seqno`: from memory, or for a
+        transaction whose records were dropped, from the ledger files."""
+        if seqno >= self._wsd_first:
+            return self._digest_of(seqno), self.merkle.path(seqno, sig_seqno)
+        assert self.files is not None  # records are only dropped with files to read back
+        entry, = self.files.read_range(seqno, seqno)
+        ce_digest = self.secrets.for_seqno(seqno).commit_evidence_digest(self.txid(seqno).view, seqno)
+        return self._signature_entry(sig_seqno).proof(entry, seqno, ce_digest, claims)
 
     def commit_evidence(self, seqno: int) -> str:
         return self.secrets.for_seqno(seqno).commit_evidence(self.txid(seqno).view, seqno)
@@ -478,17 +562,18 @@ class ServiceLedger:
     def receipt(self, seqno: int) -> dict[str, Any]:
         """CCF's JSON receipt (describe_receipt_v1) for a committed transaction."""
         self._check_receiptable(seqno)
-        record = self._signatures.get(seqno)
+        record = self._signature(seqno) if self.is_signature(seqno) else None
         if record is not None:
             return json_receipt_for_signature(record.primary, self._service_endorsements(record.primary.cert))
         sig_seqno = self._covering_signature(seqno)
-        primary = self._signatures[sig_seqno].primary
-        i = seqno - self._first
+        primary = self._signature(sig_seqno).primary
+        claims = self._claims.get(seqno, ZERO_CLAIMS)
+        write_set_digest, path = self._proof(seqno, sig_seqno, claims)
         return json_receipt(
-            write_set_digest=self._wsd_of(i),
+            write_set_digest=write_set_digest,
             commit_evidence=self.commit_evidence(seqno),
-            claims_digest=self._claims.get(seqno, ZERO_CLAIMS),
-            path=self.merkle.path(seqno, sig_seqno),
+            claims_digest=claims,
+            path=path,
             signature=primary,
             service_endorsements=self._service_endorsements(primary.cert),
         )
@@ -497,13 +582,14 @@ class ServiceLedger:
         """A COSE receipt (vds 2) signed by the service key, for a committed transaction."""
         self._check_receiptable(seqno)
         sig_seqno = self._covering_signature(seqno)
-        i = seqno - self._first
+        claims = self._claims.get(seqno, ZERO_CLAIMS)
+        write_set_digest, path = self._proof(seqno, sig_seqno, claims)
         return cose_receipt(
-            self._signatures[sig_seqno].cose,
-            write_set_digest=self._wsd_of(i),
+            self._signature(sig_seqno).cose,
+            write_set_digest=write_set_digest,
             commit_evidence=self.commit_evidence(seqno),
-            claims_digest=self._claims.get(seqno, ZERO_CLAIMS),
-            path=self.merkle.path(seqno, sig_seqno),
+            claims_digest=claims,
+            path=path,
         )
 
     # --- snapshots ---------------------------------------------------------------------------------
@@ -606,7 +692,8 @@ class ServiceLedger:
                 self._note_chunk_ends(seqno, flags)
         last = chunks[-1].start + chunks[-1].count - 1
         self._signatures.update(signatures)
-        self._sig_seqnos = sorted(signatures)
+        self._sig_seqnos = array("Q", sorted(signatures))
+        self._sig_digests = bytearray(b"".join(self._digest_of(s) for s in self._sig_seqnos))
         self._count_bytes_since_chunk()
         self.store.load_histories(state, newest, last, view)
         for facts in chunks:  # what the hooks of this ledger (and of its caller) follow, in order
@@ -621,5 +708,4 @@ class ServiceLedger:
         self._remember(seqno, view, decoded.write_set_digest, decoded.commit_evidence_digest or b"",
                        decoded.claims_digest or ZERO_CLAIMS, len(raw), decoded.flags)
         if signature is not None:
-            self._signatures[seqno] = signature
-            self._sig_seqnos.append(seqno)
+            self._add_signature(seqno, signature)

@@ -305,7 +305,7 @@ class HistoricalQueries:
             except LedgerError as e:
                 raise LedgerError(f"entry {seqno} read from the ledger files does not verify: {e}") from e
             try:
-                expected = self.ledger.merkle.leaf(seqno)
+                expected = self.ledger.leaf(seqno)
             except LedgerError as e:
                 raise LedgerError(f"entry {seqno} cannot be verified: this node holds no Merkle leaf for it "
                                   f"({e})") from e

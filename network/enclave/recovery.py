@@ -101,6 +101,7 @@ class NodeRecovery:
         self.phase = Phase.DONE if ledger.secrets.covers(self._replay_start()) else Phase.PUBLIC
         if self.phase is Phase.PUBLIC:
             ledger.store.hold_removals_from(self.first_new_seqno)
+            ledger.hold_records()  # the private replay checks each entry against the digests verified now
         self._replay: PrivateReplay | None = None
         self._private_began = 0.0
         if self.phase is Phase.DONE:
@@ -203,6 +204,7 @@ class NodeRecovery:
 
     def _finish_private(self, state: RecoveredState) -> None:
         self.ledger.store.restore_earlier_state(state, self.first_new_seqno)
+        self.ledger.release_records()
         gc.enable()
         gc.freeze()  # the restored state lives as long as the node: later collections need not walk it
         self.phase = Phase.DONE

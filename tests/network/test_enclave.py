@@ -209,6 +209,24 @@ def test_receipts_are_served_for_committed_transactions_only(open_node: Node) ->
         (400, "InvalidQueryParameterValue")
 
 
+def test_a_node_serves_receipts_of_transactions_older_than_the_records_it_keeps(open_node: Node) -> None:
+    """Past `retained_records` committed transactions, a node drops their tree nodes and digests; their receipts
+    come from the ledger files, and are the ones it served before."""
+    written = open_node.user_call("POST", "/app/log/private", {"id": 5, "msg": "old"})
+    txid = dict(written.headers)[TXID_HEADER]
+    open_node.enclave.sign()
+    before = open_node.user_call("GET", f"/app/receipt?transaction_id={txid}").body
+    open_node.ledger.retained_records = 3
+    for i in range(10):
+        open_node.user_call("POST", "/app/log/private", {"id": 100 + i, "msg": "new"})
+        open_node.enclave.sign()
+    assert open_node.ledger.merkle.first_retained > int(txid.split(".")[1])
+    answer = open_node.user_call("GET", f"/app/receipt?transaction_id={txid}")
+    assert (answer.status, answer.body) == (200, before)
+    assert verify_json_receipt(orjson.loads(answer.body), open_node.ledger.service.cert).seqno == \
+        int(txid.split(".")[1])
+
+
 def test_governance_reads_show_proposals_ballots_members_and_users(open_node: Node) -> None:
     n = open_node
     body = n.signer.proposal([{"name": "trigger_ledger_chunk"}])

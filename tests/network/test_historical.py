@@ -244,6 +244,30 @@ def test_a_host_returning_other_entries_is_caught(node: AppNode) -> None:
     assert e.value.status == 500 and "cannot be served" in e.value.message
 
 
+@pytest.mark.unit
+def test_entries_older_than_the_records_a_node_keeps_are_checked_against_the_stored_trees(tmp_path: Path) -> None:
+    """Past `retained_records` committed transactions a node drops their Merkle leaves from memory; a historical
+    read of one is checked against the tree its covering signature stored (the signature entry pinned by the
+    digest the node kept), so old entries are served and a host returning other genuine entries is still
+    caught."""
+    node = _node(str(tmp_path))
+    node.ledger.retained_records = 3
+    for i in range(12):
+        node.write("public", 10 + i, f"later {i}")
+        node.sign()
+    assert node.ledger.merkle.first_retained > 30  # the leaves of the first writes are no longer in memory
+    hq, loop, _ = _queries(node)
+    with pytest.raises(HistoricalPending):
+        hq.entries(2, 20)
+    loop.run()
+    assert hq.entries(2, 20) == [_expected(node, s) for s in range(2, 21)]
+    shifted = HistoricalQueries(node.ledger, lambda s, e: node.files.read_range(s + 1, e + 1), lambda fn: fn())
+    with pytest.raises(EndpointError) as e:
+        shifted.entries(3, 4)
+    assert e.value.status == 500 and "entry 3 read from the ledger files does not match this node's Merkle tree" \
+        in e.value.message
+
+
 # --- property: whatever the interleaving, served entries are the ledger's and memory stays bounded -------------
 
 

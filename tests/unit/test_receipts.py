@@ -301,3 +301,128 @@ def test_receipts_from_before_a_service_identity_change_carry_service_endorsemen
         with pytest.raises(ReceiptEndorsementError):
             verify_json_receipt({k: v for k, v in receipt.items() if k != "service_endorsements"},
                                 new_identity.cert)
+
+
+def test_receipts_of_transactions_whose_records_were_dropped_are_rebuilt_from_the_files(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A node keeps the tree and digests of recent transactions only (`retained_records`); an older one's receipt
+    comes from its entry and the tree its covering signature stored, and is the receipt it had before."""
+    from ledger.bootstrap import start_new_service
+    from ledger.errors import LedgerError
+    from ledger.genesis import GenesisMember
+    from ledger.identity import PartyIdentity
+
+    member = PartyIdentity.create("m")
+    ledger = start_new_service(str(tmp_path_factory.mktemp("dropped") / "ledger"), [GenesisMember(member.pem)], "c")
+
+    def write(i: int) -> None:
+        tx = ledger.begin()
+        tx.put("app.secret", b"k%d" % i, b"v%d" % i)
+        if i % 3 == 0:
+            tx.set_claims_digest(CLAIMS)
+        ledger.commit(tx)
+
+    for i in range(40):
+        write(i)
+        if i % 7 == 6:
+            ledger.emit_signature()
+    ledger.emit_signature()
+    ledger.flush()
+    ledger.commit_to(ledger.last_signature_seqno)
+    old = ledger.committed_seqno
+    before = {s: (ledger.receipt(s), None if ledger.is_signature(s) else ledger.cose_receipt(s))
+              for s in range(1, old)}
+
+    ledger.retained_records = 5
+    for i in range(40, 52):
+        write(i)
+    ledger.emit_signature()
+    ledger.flush()
+    ledger.commit_to(ledger.last_signature_seqno)
+    assert ledger.merkle.first_retained > 30  # the records below it are gone from memory
+    with pytest.raises(LedgerError):
+        ledger.write_set_digests(1, 1)
+
+    service_cert = ledger.service.cert
+    for seqno, (receipt, cose) in before.items():
+        assert ledger.receipt(seqno) == receipt, seqno
+        ccf_check_json_receipt(ledger.receipt(seqno), service_cert)
+        if cose is not None:
+            assert ledger.cose_receipt(seqno) == cose, seqno
+            claims = verify_json_receipt(receipt, service_cert).claims_digest or bytes(32)
+            ccf.cose.verify_receipt(ledger.cose_receipt(seqno), service_cert.public_key(), claims)
+
+    # bytes the host changed are refused, not made into a receipt that would not verify
+    target = next(s for s in before if not ledger.is_signature(s) and s > 3)
+    files = ledger.files
+    assert files is not None
+    genuine = files.read_range
+
+    def tampered(start: int, end: int) -> list[bytes]:
+        entries = genuine(start, end)
+        return [e[:-1] + bytes([e[-1] ^ 1]) if start == target else e for e in entries]
+
+    files.read_range = tampered  # type: ignore[method-assign]
+    with pytest.raises(LedgerError, match=f"entry at {target}"):
+        ledger.receipt(target)
+
+    # the signature entry read back must be the one the node verified: a host that rewrites the node's signature
+    # in it (still well-formed, the tree and root untouched) is refused rather than served as a receipt
+    signature = ledger._covering_signature(target)
+    ledger._read_back = None
+
+    def resigned(start: int, end: int) -> list[bytes]:
+        entries = genuine(start, end)
+        if start != signature:
+            return entries
+        at = entries[0].index(b'"sig":"') + len(b'"sig":"')
+        forged = b"B" if entries[0][at:at + 1] != b"B" else b"C"
+        return [entries[0][:at] + forged + entries[0][at + 1:]]
+
+    files.read_range = resigned  # type: ignore[method-assign]
+    with pytest.raises(LedgerError, match=f"signature transaction at {signature} read from the ledger files is "
+                                          "not the one this node verified"):
+        ledger.receipt(target)
+
+
+def test_a_ledger_signing_every_write_does_not_grow_with_its_signatures(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """At light load a node signs almost every write; each signature's record (the node's signature, the COSE
+    one, the root) is about 700 B, so past the retained records they are dropped too and read back from the
+    files when a receipt needs one; 32 B of each signature's digest stay. 600 signed writes over a few keys, 25
+    records retained: far below 907 B a signed write (about 250 B measured: the open chunk's entry positions, freed
+    when the chunk ends, the entry sizes and the signatures' digests), and the receipts of the oldest still verify."""
+    import gc
+    import tracemalloc
+
+    from ledger.bootstrap import start_new_service
+    from ledger.genesis import GenesisMember
+    from ledger.identity import PartyIdentity
+
+    member = PartyIdentity.create("m")
+    ledger = start_new_service(str(tmp_path_factory.mktemp("signing") / "ledger"), [GenesisMember(member.pem)], "c")
+    ledger.retained_records = 25
+
+    def signed_write(i: int) -> None:
+        tx = ledger.begin()
+        tx.put("app.secret", b"k%d" % (i % 4), b"v%d" % i)
+        ledger.commit(tx)
+        ledger.emit_signature()
+        ledger.flush()
+        ledger.commit_to(ledger.last_signature_seqno)
+
+    for i in range(100):
+        signed_write(i)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(100, 700):
+        signed_write(i)
+    gc.collect()
+    per_write = (tracemalloc.get_traced_memory()[0] - before) / 600
+    tracemalloc.stop()
+    assert per_write < 400, per_write
+    service_cert = ledger.service.cert
+    for seqno in (3, 4, 5, 6):  # a write and a signature among the oldest, their records long dropped
+        ccf_check_json_receipt(ledger.receipt(seqno), service_cert)
+    assert ledger.is_signature(4) != ledger.is_signature(5)

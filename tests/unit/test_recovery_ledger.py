@@ -831,6 +831,51 @@ def test_recovered_service_gets_its_predecessors_secrets_and_private_state_back_
     assert tx.get(SUBMITTED_SHARES, "m0") is None
 
 
+def test_a_recovering_node_keeps_the_digests_its_private_replay_checks_while_new_transactions_commit(
+    old: OldService,
+) -> None:
+    """The private replay checks each entry of the predecessor against the write-set digest the public replay
+    verified. The recovered service commits transactions meanwhile (the shares, other members' steps), and a
+    ledger drops the records of old transactions as it commits: not these, until the private replay is done."""
+    from network.enclave.recovery import NodeRecovery, Phase
+
+    rec = start_recovery(old.directory, old.cert)
+    create = create_recovered_service(rec)
+    ledger = rec.ledger
+    turns: list[Any] = []
+    recovery = NodeRecovery(ledger, turns.append, lambda: None)
+    assert recovery.phase is Phase.PUBLIC
+    tx = ledger.begin()
+    for member_id in ("m2", "m0"):
+        submit_share(tx, member_id, old.shares[member_id])
+    secrets = restore_secrets(ledger, rec.files, recover_latest_secret(tx))
+    ledger.commit(tx)
+    recovery.take_secrets(secrets)  # the replay in steps waits for its turns of the loop
+    assert recovery.phase is Phase.PRIVATE and turns
+
+    def commit_signed_writes(count: int) -> None:
+        for i in range(count):
+            ledger.commit_writes({"public:app.recovered": {b"k%d" % i: b"v"}})
+            ledger.emit_signature()
+        ledger.flush()
+        ledger.commit_to(ledger.last_signature_seqno)
+
+    ledger.retained_records = 4
+    commit_signed_writes(20)
+    while turns:
+        turns.pop(0)()
+    assert recovery.phase is Phase.DONE
+    state = ledger.read_tx()
+    for name, values in old.private.items():
+        for key, value in values.items():
+            assert state.get(name, key) == value, (name, key)
+    commit_signed_writes(20)  # done: old records go as on any node, and their receipts still verify
+    with pytest.raises(LedgerError):
+        ledger.write_set_digests(1, 1)
+    assert ledger.merkle.first_retained > create
+    verify_json_receipt(ledger.receipt(create + 1), ledger.service.cert)
+
+
 def test_secret_records_follow_the_chain_back_through_the_files_to_the_opening(old: OldService) -> None:
     rec = start_recovery(old.directory, old.cert)
     records = secret_records(rec.ledger, rec.files)
