@@ -52,10 +52,10 @@ class SignatureEntry:
         raw_signature = writes.get(SIGNATURES, {}).get(SINGLETON_KEY)
         raw_cose = writes.get(COSE_SIGNATURES, {}).get(SINGLETON_KEY)
         tree_bytes = writes.get(TREE, {}).get(SINGLETON_KEY)
-        if raw_signature is None or raw_cose is None or tree_bytes is None:
+        if raw_signature is None or tree_bytes is None:
             raise LedgerError(f"the entry at {seqno} is not a signature transaction with a stored tree")
-        try:
-            cose = base64.b64decode(orjson.loads(raw_cose), validate=True)
+        try:  # (signatures from before the service had an identity carry no COSE signature, as in the replay)
+            cose = base64.b64decode(orjson.loads(raw_cose), validate=True) if raw_cose is not None else b""
         except (orjson.JSONDecodeError, TypeError, binascii.Error) as e:
             raise LedgerError(f"the COSE signature at {seqno} cannot be read: {e}") from None
         primary = parse_primary_signature(raw_signature, seqno)

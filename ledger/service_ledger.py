@@ -22,7 +22,7 @@ import time
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -151,6 +151,11 @@ class ServiceLedger:
         # ...and the write-set digest of each (32 bytes a signature, kept after the records are dropped): it pins
         # the signature entry read back from the host's files, and with it the signed root and the stored tree
         self._sig_digests = bytearray()
+        # ...and the certificate each record names (8 B a signature: one string per node certificate, shared).
+        # A replayed record names the signer's endorsed certificate when it was replayed, which can differ from
+        # the one in the entry once governance re-endorsed the node; a receipt stays the one served before.
+        self._sig_certs: list[str] = []
+        self._certs: dict[str, str] = {}
         self._records_held = False  # set while a recovery still needs its predecessor's digests
         self._read_back: SignatureEntry | None = None  # the last signature entry read back (reads come in runs)
         self._bytes_since_chunk = 0
@@ -394,6 +399,10 @@ class ServiceLedger:
         self._signatures[seqno] = record
         self._sig_seqnos.append(seqno)
         self._sig_digests += self._wsd[-32:]
+        self._sig_certs.append(self._shared_cert(record.primary.cert))
+
+    def _shared_cert(self, pem: str) -> str:
+        return self._certs.setdefault(pem, pem)
 
     def _digest_of(self, seqno: int) -> bytes:
         i = seqno - self._wsd_first
@@ -404,11 +413,18 @@ class ServiceLedger:
         the digest this node kept when it verified it."""
         if self._read_back is not None and self._read_back.seqno == seqno:
             return self._read_back
-        assert self.files is not None  # records are only dropped with files to read back
         i = bisect_left(self._sig_seqnos, seqno)
-        entry, = self.files.read_range(seqno, seqno)
-        self._read_back = SignatureEntry.read(entry, seqno, bytes(self._sig_digests[32 * i: 32 * i + 32]))
+        read = SignatureEntry.read(self._read_entry(seqno), seqno, bytes(self._sig_digests[32 * i: 32 * i + 32]))
+        self._read_back = replace(read, primary=replace(read.primary, cert=self._sig_certs[i]))
         return self._read_back
+
+    def _read_entry(self, seqno: int) -> bytes:
+        """The entry at `seqno` as the host's files hold it (records are only dropped with files to read)."""
+        assert self.files is not None
+        entries = self.files.read_range(seqno, seqno)
+        if len(entries) != 1:
+            raise LedgerError(f"the host returned {len(entries)} entries for seqno {seqno}")
+        return entries[0]
 
     def _signature(self, seqno: int) -> SignatureRecord:
         """The signature transaction at `seqno` (one of `_sig_seqnos`): held, or read back from the files."""
@@ -421,7 +437,7 @@ class ServiceLedger:
     def leaf(self, seqno: int) -> bytes:
         """The Merkle leaf this node recorded for the transaction at `seqno`: held, or for an older one, from the
         tree the first committed signature after it stored (`LedgerError` if neither holds it)."""
-        if seqno >= self._wsd_first:
+        if seqno >= self.merkle.first_retained:  # (a snapshot's tree holds leaves from before the ledger's first)
             return self.merkle.leaf(seqno)
         if seqno < self._first:
             raise LedgerError(f"seqno {seqno} is before this ledger's first record ({self._first})")
@@ -447,7 +463,7 @@ class ServiceLedger:
             self._view_starts.pop()
         while self._sig_seqnos and self._sig_seqnos[-1] > seqno:
             self._signatures.pop(self._sig_seqnos.pop(), None)
-        del self._sig_digests[32 * len(self._sig_seqnos):]
+        del self._sig_digests[32 * len(self._sig_seqnos):], self._sig_certs[len(self._sig_seqnos):]
         self._read_back = None
         self._pending_snapshots = [(s, e) for s, e in self._pending_snapshots if e <= seqno]
         while self._chunk_ends and self._chunk_ends[-1] > seqno:
@@ -535,8 +551,7 @@ class ServiceLedger:
         transaction whose records were dropped, from the ledger files."""
         if seqno >= self._wsd_first:
             return self._digest_of(seqno), self.merkle.path(seqno, sig_seqno)
-        assert self.files is not None  # records are only dropped with files to read back
-        entry, = self.files.read_range(seqno, seqno)
+        entry = self._read_entry(seqno)
         ce_digest = self.secrets.for_seqno(seqno).commit_evidence_digest(self.txid(seqno).view, seqno)
         return self._signature_entry(sig_seqno).proof(entry, seqno, ce_digest, claims)
 
@@ -694,6 +709,7 @@ class ServiceLedger:
         self._signatures.update(signatures)
         self._sig_seqnos = array("Q", sorted(signatures))
         self._sig_digests = bytearray(b"".join(self._digest_of(s) for s in self._sig_seqnos))
+        self._sig_certs = [self._shared_cert(signatures[s].primary.cert) for s in self._sig_seqnos]
         self._count_bytes_since_chunk()
         self.store.load_histories(state, newest, last, view)
         for facts in chunks:  # what the hooks of this ledger (and of its caller) follow, in order

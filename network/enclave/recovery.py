@@ -39,7 +39,7 @@ from governance.recovery_shares import (
 )
 from ledger.endorsements import write_opening_endorsement
 from ledger.entry import decode_entry
-from ledger.errors import LedgerSecretError, RecoveryError
+from ledger.errors import LedgerError, LedgerSecretError, RecoveryError
 from ledger.files import LedgerFiles
 from ledger.identity import load_cert, spki_der
 from ledger.kv import Tx
@@ -191,7 +191,7 @@ class NodeRecovery:
             return
         try:
             replay.step(REPLAY_STEP)
-        except RecoveryError as e:
+        except LedgerError as e:  # RecoveryError, or any other refusal of what the files hold
             logger.error(f"recovery: {e}; this node stays in the public phase")
             self.phase, self._replay = Phase.PUBLIC, None
             gc.enable()

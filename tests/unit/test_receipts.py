@@ -426,3 +426,78 @@ def test_a_ledger_signing_every_write_does_not_grow_with_its_signatures(
     for seqno in (3, 4, 5, 6):  # a write and a signature among the oldest, their records long dropped
         ccf_check_json_receipt(ledger.receipt(seqno), service_cert)
     assert ledger.is_signature(4) != ledger.is_signature(5)
+
+
+def test_a_replayed_ledger_serves_the_same_receipts_once_their_records_are_dropped(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A node that replayed its ledger (a restart, or a backup) records each signature with the signer's endorsed
+    certificate at that point, which is not the one in the entry once governance re-endorsed the node. After the
+    records are dropped, a receipt read back from the files still names the certificate it named before."""
+    from ledger.bootstrap import start_new_service
+    from ledger.files import LedgerFiles
+    from ledger.genesis import GenesisMember
+    from ledger.identity import PartyIdentity
+    from ledger.replay import recover
+    from ledger.tables import NODES_ENDORSED_CERTS
+
+    directory = str(tmp_path_factory.mktemp("replayed") / "ledger")
+    ledger = start_new_service(directory, [GenesisMember(PartyIdentity.create("m").pem)], "c")
+    node = ledger.node
+    renewed = endorse(ledger.service.key, ledger.service.cert, node.key.public_key(), "CCF Node", days=30)
+    ledger.commit_writes({NODES_ENDORSED_CERTS: {node.node_id.encode(): cert_pem(renewed).encode()}})
+    for i in range(5):
+        tx = ledger.begin()
+        tx.put("app.x", b"k%d" % i, b"v")
+        ledger.commit(tx)
+    ledger.emit_signature()
+    ledger.flush()
+    ledger.commit_to(ledger.last_signature_seqno)
+    assert ledger.files is not None
+    ledger.files.close()
+
+    files, _ = LedgerFiles.open(directory)
+    replayed = recover(files, secrets=ledger.secrets, node=node, service=ledger.service)
+    replayed.commit_to(replayed.last_signature_seqno)
+    old = range(1, replayed.last_signature_seqno + 1)
+    before = {s: replayed.receipt(s) for s in old}
+    assert before[old[-1]]["cert"] == cert_pem(renewed) != node.pem  # not the certificate in the entry
+    replayed.retained_records = 3
+    for i in range(20):
+        tx = replayed.begin()
+        tx.put("app.x", b"j%d" % i, b"v")
+        replayed.commit(tx)
+        replayed.emit_signature()
+        replayed.flush()
+        replayed.commit_to(replayed.last_signature_seqno)
+    assert replayed.merkle.first_retained > old[-1]
+    assert {s: replayed.receipt(s) for s in old} == before
+
+
+def test_a_ledger_from_a_snapshot_gives_the_leaves_its_snapshot_tree_holds(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The tree a snapshot carries holds leaves from before the ledger's first transaction (back to the signature
+    before the snapshot's); `leaf` serves them as the full ledger does, and refuses what neither holds."""
+    from ledger.bootstrap import start_new_service
+    from ledger.errors import LedgerError
+    from ledger.genesis import GenesisMember
+    from ledger.identity import PartyIdentity
+
+    base = tmp_path_factory.mktemp("snapshot_leaves")
+    ledger = start_new_service(str(base / "ledger"), [GenesisMember(PartyIdentity.create("m").pem)], "c",
+                               snapshot_dir=str(base / "snapshots"))
+    for i in range(6):
+        tx = ledger.begin()
+        tx.put("public:app.x", b"k%d" % i, b"v")
+        ledger.commit(tx)
+        if i == 2:
+            ledger.emit_signature()
+    ledger.emit_signature()
+    ledger.flush()
+    ledger.commit_to(ledger.last_signature_seqno)
+    seqno, serialise = ledger.snapshot_job()
+    resumed = ServiceLedger.from_snapshot(serialise(), secrets=ledger.secrets, node=ledger.node,
+                                          service=ledger.service, files=None)
+    held = range(resumed.merkle.first_retained, seqno + 1)
+    assert held.start < seqno and [resumed.leaf(s) for s in held] == [ledger.leaf(s) for s in held]
+    with pytest.raises(LedgerError):
+        resumed.leaf(held.start - 1)
