@@ -269,15 +269,18 @@ class Enclave:
 
     # --- disaster recovery ---------------------------------------------------------------------------------
 
-    def _ensure_recovery(self) -> None:
+    def _ensure_recovery(self, *, secrets_just_replicated: bool = False) -> None:
         """Follow a recovery of the service this node belongs to (from the state held, or once it arrives)."""
         if self.recovery is None and recovering_status(self.ledger) is not None:
             self.recovery = NodeRecovery(self.ledger, self.host.schedule, self.host.secrets_changed,
-                                         self._recovery_snapshot, self.host.run_in_workers)
+                                         self._recovery_snapshot, self.host.run_in_workers,
+                                         secrets_just_replicated=secrets_just_replicated)
 
     def _secrets_changed(self) -> None:
+        """A replicated entry changed the secrets this node holds (a rekey, or a recovered service handing its
+        predecessor's secrets to its nodes)."""
         self.host.secrets_changed()
-        self._ensure_recovery()
+        self._ensure_recovery(secrets_just_replicated=True)
         if self.recovery is not None:
             self.recovery.secrets_arrived()
 

@@ -90,7 +90,11 @@ class NodeRecovery:
 
     def __init__(self, ledger: ServiceLedger, schedule: Callable[[Callable[[], None]], None],
                  seal: Callable[[], None], snapshot: bytes | None = None,
-                 run_in_workers: RunInWorkers | None = None) -> None:
+                 run_in_workers: RunInWorkers | None = None, *, secrets_just_replicated: bool = False) -> None:
+        """`secrets_just_replicated`: the predecessor's secrets reached this node in an entry it just received
+        (a backup that learns of the recovery from that same batch of entries): the predecessor's entries it
+        holds were taken in public-only, so their private part is still to be read even though the secrets now
+        cover them. Otherwise secrets that cover them were there when the node read them."""
         self.ledger = ledger
         self._schedule = schedule
         self._run_in_workers = run_in_workers
@@ -98,7 +102,8 @@ class NodeRecovery:
         self._snapshot = snapshot
         self._snapshot_seqno = summarise_snapshot(snapshot, digest=False).seqno if snapshot is not None else 0
         self.first_new_seqno = create_seqno(ledger)  # the recovered service's own secret starts there
-        self.phase = Phase.DONE if ledger.secrets.covers(self._replay_start()) else Phase.PUBLIC
+        covered = ledger.secrets.covers(self._replay_start()) and not secrets_just_replicated
+        self.phase = Phase.DONE if covered else Phase.PUBLIC
         if self.phase is Phase.PUBLIC:
             ledger.store.hold_removals_from(self.first_new_seqno)
             ledger.hold_records()  # the private replay checks each entry against the digests verified now

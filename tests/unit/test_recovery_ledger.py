@@ -876,6 +876,38 @@ def test_a_recovering_node_keeps_the_digests_its_private_replay_checks_while_new
     verify_json_receipt(ledger.receipt(create + 1), ledger.service.cert)
 
 
+@pytest.mark.parametrize("just_replicated", [True, False])
+def test_a_backup_that_learns_of_the_recovery_with_the_secrets_still_reads_the_private_ledger(
+    old: OldService, just_replicated: bool,
+) -> None:
+    """A backup that catches up late may take in, in one batch of entries, the recovery's first entries and the
+    entry handing it the predecessor's secrets: it follows the recovery only then, with secrets that already
+    cover the predecessor's entries, which it held public-only. It still reads their private part; a node that
+    had the secrets when it read the entries (a restart) does not read them again."""
+    from network.enclave.recovery import NodeRecovery, Phase
+
+    rec = start_recovery(old.directory, old.cert)
+    create_recovered_service(rec)
+    ledger = rec.ledger
+    tx = ledger.begin()
+    for member_id in ("m2", "m0"):
+        submit_share(tx, member_id, old.shares[member_id])
+    secrets = restore_secrets(ledger, rec.files, recover_latest_secret(tx))
+    ledger.secrets.restore_earlier([s for s in secrets if s.start < ledger.secrets.latest.start])
+    turns: list[Any] = []
+    recovery = NodeRecovery(ledger, turns.append, lambda: None, secrets_just_replicated=just_replicated)
+    recovery.secrets_arrived()
+    while turns:
+        turns.pop(0)()
+    assert recovery.phase is Phase.DONE
+    state = ledger.read_tx()
+    private = [(name, key, value) for name, values in old.private.items() for key, value in values.items()
+               if value is not None]
+    assert private
+    assert [state.get(name, key) for name, key, _ in private] == \
+        ([value for _, _, value in private] if just_replicated else [None] * len(private))
+
+
 def test_secret_records_follow_the_chain_back_through_the_files_to_the_opening(old: OldService) -> None:
     rec = start_recovery(old.directory, old.cert)
     records = secret_records(rec.ledger, rec.files)
