@@ -30,7 +30,7 @@ from ledger.entry import DecodedEntry, decode_entry
 from ledger.errors import CorruptedCommittedChunk, EntryFormatError, LedgerSecretError, VerificationError
 from ledger.files import LedgerFiles
 from ledger.framing import MAX_VIEW
-from ledger.identity import NodeIdentity, ServiceIdentity, load_cert
+from ledger.identity import NodeIdentity, ServiceIdentity, cert_key
 from ledger.kv import WriteSet
 from ledger.secrets import LedgerSecrets, secrets_for_node
 from ledger.service_ledger import ServiceLedger, SignatureRecord
@@ -172,14 +172,15 @@ def _verify_signature_writes(lookup: StateLookup, root: bytes, seqno: int, write
     cert_pem = lookup(NODES_ENDORSED_CERTS, primary.node.encode())
     if cert_pem is None:
         raise VerificationError(f"signing node {primary.node} has no endorsed certificate", seqno=seqno)
-    node_key = load_cert(cert_pem).public_key()
+    node_cert, node_spki = cert_key(cert_pem)
+    node_key = node_cert.public_key()
     raw_service = lookup(SERVICE_INFO, SINGLETON_KEY)
     service_info = orjson.loads(raw_service) if raw_service is not None else None
-    service_key = load_cert(service_info["cert"]).public_key() if service_info else None
+    service_key = cert_key(str(service_info["cert"]).encode())[0].public_key() if service_info else None
     if not isinstance(node_key, ec.EllipticCurvePublicKey) or not isinstance(
             service_key, ec.EllipticCurvePublicKey | None):
         raise VerificationError("node and service keys must be EC", seqno=seqno)
     cose_bytes = verify_signature_transaction(
         primary, writes.get(COSE_SIGNATURES, {}).get(SINGLETON_KEY), seqno=seqno,
-        expected_root=root, node_key=node_key, service_key=service_key)
+        expected_root=root, node_key=node_key, service_key=service_key, node_spki=node_spki)
     return SignatureRecord(dataclasses.replace(primary, cert=cert_pem.decode()), cose_bytes)

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from ledger import cose
 from ledger.errors import VerificationError
-from ledger.identity import NodeIdentity, ServiceIdentity, spki_der
+from ledger.identity import NodeIdentity, ServiceIdentity, cert_key, spki_der
 from ledger.kv import WriteSet
 from ledger.tables import COSE_SIGNATURES, SIGNATURES, SINGLETON_KEY, TREE, dump_json
 
@@ -101,20 +101,23 @@ def verify_signature_transaction(
     node_key: ec.EllipticCurvePublicKey,
     service_key: ec.EllipticCurvePublicKey | None,
     covering: str = "",
+    node_spki: bytes | None = None,
 ) -> bytes:
     """Check a signature transaction against what a verifier rebuilt: the node signature verifies with
     the signer's endorsed key, the signed root is the verifier's root of leaves 0..seqno-1, and the
     service's COSE signature (when present) verifies over that root. Returns the COSE_Sign1 bytes.
 
-    `covering` names the transactions the root covers, for the error message. Raises `VerificationError`.
+    `covering` names the transactions the root covers, for the error message; `node_spki` is `node_key`'s SPKI
+    DER if the caller has it. Raises `VerificationError`.
     """
     suffix = f" ({covering})" if covering else ""
     if primary.cert:
         try:
-            claimed = x509.load_pem_x509_certificate(primary.cert.encode()).public_key()
+            claimed, claimed_spki = cert_key(primary.cert.encode())
         except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm) as e:
             raise VerificationError(f"signature cert is unreadable: {e}", seqno=seqno) from None
-        if not isinstance(claimed, ec.EllipticCurvePublicKey) or spki_der(claimed) != spki_der(node_key):
+        if not isinstance(claimed.public_key(), ec.EllipticCurvePublicKey) or \
+                claimed_spki != (node_spki if node_spki is not None else spki_der(node_key)):
             raise VerificationError("signature cert differs from the node's endorsed key", seqno=seqno)
     try:
         node_key.verify(primary.sig, primary.root, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
