@@ -7,7 +7,10 @@ node the certificate belongs to (a node id is the digest of the node's public ke
 only if the server is the node it was meant for. So one node cannot speak for another.
 
 Each peer has a bounded queue of frames waiting for its channel: when it is full, new messages are dropped
-and counted (consensus tolerates loss). A lost channel is opened again with exponential backoff (50 ms
+and counted (consensus tolerates loss). With `defer` (the node's loop), frames sent to a connected peer are
+gathered and written together once the loop's ready work is done (`flush`): one TLS record and one send for
+what a turn of the loop addressed to that peer (the answers to a batch of forwarded requests, say) rather than
+one each. A lost channel is opened again with exponential backoff (50 ms
 doubling to 2 s), kept by the host's ticks. Consensus never waits on a channel.
 """
 
@@ -55,6 +58,7 @@ class _Peer:
         self.queue: deque[bytes] = deque()
         self.queue_limit = queue_limit
         self.link: _Link | None = None
+        self.pending: list[bytes] = []  # frames for the connected link, written at the next flush
         self.connected = False
         self.backoff = BACKOFF_START
         self.retry_at = 0.0
@@ -63,7 +67,8 @@ class _Peer:
 class Channels:
     def __init__(self, node_id: str, server_context: ssl.SSLContext, client_context: ssl.SSLContext,
                  on_message: Callable[[Envelope], None], host: HostCalls, new_conn: Callable[[], int],
-                 clock: Callable[[], float], *, queue_limit: int = 10_000, source_host: str | None = None) -> None:
+                 clock: Callable[[], float], *, queue_limit: int = 10_000, source_host: str | None = None,
+                 defer: Callable[[Callable[[], None]], None] | None = None) -> None:
         self.node_id = node_id
         self.server_context = server_context
         self.client_context = client_context
@@ -77,6 +82,9 @@ class Channels:
         self.links: dict[int, _Link] = {}
         self.dropped = 0
         self.rejected = 0
+        self._defer = defer
+        self._flush_scheduled = False
+        self._unflushed: list[_Peer] = []
 
     # --- peers -------------------------------------------------------------------------------------------
 
@@ -104,13 +112,36 @@ class Channels:
             return False
         frame = encode(envelope)
         if peer.connected and peer.link is not None:
-            peer.link.session.write(frame)
+            if self._defer is None:
+                peer.link.session.write(frame)
+                return True
+            if not peer.pending:
+                self._unflushed.append(peer)
+            peer.pending.append(frame)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._defer(self.flush)
             return True
+        return self._enqueue(peer, frame)
+
+    def _enqueue(self, peer: _Peer, frame: bytes) -> bool:
         if len(peer.queue) >= peer.queue_limit:
             self.dropped += 1
             return False
         peer.queue.append(frame)
         return True
+
+    def flush(self) -> None:
+        """Write the frames gathered for each peer, together."""
+        self._flush_scheduled = False
+        unflushed, self._unflushed = self._unflushed, []
+        for peer in unflushed:
+            frames, peer.pending = peer.pending, []
+            if peer.connected and peer.link is not None:
+                peer.link.session.write(b"".join(frames))
+            else:  # the link went down meanwhile: wait for the next one, as frames sent now would
+                for frame in frames:
+                    self._enqueue(peer, frame)
 
     def tick(self) -> None:
         """Open again the channels whose backoff has passed."""
@@ -188,8 +219,9 @@ class Channels:
             return False
         peer.connected = True
         peer.backoff = BACKOFF_START
-        while peer.queue:
-            link.session.write(peer.queue.popleft())
+        if peer.queue:
+            link.session.write(b"".join(peer.queue))
+            peer.queue.clear()
         return True
 
     def _read_frames(self, link: _Link) -> None:

@@ -120,6 +120,8 @@ class EnclaveRuntime:
         self._turn_end_scheduled = False
         if self.enclave is not None:
             self.enclave.turn_ended()
+        if self.channels is not None:
+            self.channels.flush()  # what the turn sent (a signature's AppendEntries among it) goes out now
 
     def connection_closed(self, conn: int) -> None:
         if self.sessions is not None and self.sessions.owns(conn):
@@ -195,7 +197,8 @@ class EnclaveRuntime:
         source_host = start.node_to_node_address.rpartition(":")[0]
         self.channels = Channels(enclave.node_id, n2n_server, n2n_client, enclave.receive, self.host,
                                  self._new_conn, self.clock, source_host=source_host,
-                                 queue_limit=start.settings.node_to_node_queue_limit)
+                                 queue_limit=start.settings.node_to_node_queue_limit,
+                                 defer=self.schedule)
         self.set_peers(self._peers)
         rpc_context = server_context(certificate, key)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import cbor2
 import pytest
@@ -46,8 +47,8 @@ class _Clock:
         return self.now
 
 
-def _node(net: MemoryNet, address: str, service: ServiceIdentity = SERVICE,
-          clock: _Clock | None = None) -> tuple[NodeIdentity, Channels, list[Envelope]]:
+def _node(net: MemoryNet, address: str, service: ServiceIdentity = SERVICE, clock: _Clock | None = None,
+          defer: Callable[[Callable[[], None]], None] | None = None) -> tuple[NodeIdentity, Channels, list[Envelope]]:
     identity = NodeIdentity.create().endorsed_by(service)
     assert identity.endorsed is not None
     server, client = node_to_node_contexts(cert_pem(identity.endorsed), key_pem(identity.key), service.pem)
@@ -55,7 +56,7 @@ def _node(net: MemoryNet, address: str, service: ServiceIdentity = SERVICE,
     host = MemoryHost(net, address)
     ids = itertools.count(OUTGOING_CONNECTIONS)
     channels = Channels(identity.node_id, server, client, received.append, host,  # type: ignore[arg-type]
-                        lambda: next(ids), clock or _Clock())
+                        lambda: next(ids), clock or _Clock(), defer=defer)
     host.handler = _ChannelHandler(channels)
     return identity, channels, received
 
@@ -170,3 +171,33 @@ def test_a_peer_that_comes_back_is_reconnected_with_backoff_and_a_full_queue_dro
     b_host.go_down("b:1")
     net.pump()
     assert not a.peers[b_id.node_id].connected
+
+
+def test_frames_sent_in_one_turn_go_out_together_and_wait_for_the_next_link_if_it_drops() -> None:
+    """With `defer` (the node's loop), what a turn sends to a peer is written at its end as one TLS record and one
+    send, in order; frames whose link went down before that wait in the peer's queue for the next link."""
+    net = MemoryNet()
+    turn: list[Callable[[], None]] = []
+    a_id, a, _ = _node(net, "a:1", defer=turn.append)
+    b_id, b, b_got = _node(net, "b:1")
+    a.set_peer(b_id.node_id, "b:1")
+    net.pump()
+    assert a.peers[b_id.node_id].connected
+    host = a.host
+    assert isinstance(host, MemoryHost)
+    sends_before = len(host.sent)
+    votes = [Envelope(RequestVote(term, a_id.node_id, b_id.node_id, 0, 0)) for term in range(1, 6)]
+    assert all(a.send(vote) for vote in votes)
+    assert len(host.sent) == sends_before and len(turn) == 1  # nothing written yet; one flush scheduled
+    turn.pop()()
+    assert len(host.sent) == sends_before + 1
+    net.pump()
+    assert b_got == votes
+    later = [Envelope(RequestVote(term, a_id.node_id, b_id.node_id, 0, 0)) for term in (6, 7)]
+    for vote in later:
+        a.send(vote)
+    host.go_down("b:1")
+    net.pump()
+    assert not a.peers[b_id.node_id].connected
+    turn.pop()()
+    assert list(a.peers[b_id.node_id].queue) == [encode(vote) for vote in later]
