@@ -136,12 +136,23 @@ class Channels:
         self._flush_scheduled = False
         unflushed, self._unflushed = self._unflushed, []
         for peer in unflushed:
-            frames, peer.pending = peer.pending, []
-            if peer.connected and peer.link is not None:
-                peer.link.session.write(b"".join(frames))
-            else:  # the link went down meanwhile: wait for the next one, as frames sent now would
-                for frame in frames:
-                    self._enqueue(peer, frame)
+            self._write_pending(peer)
+
+    def _write_pending(self, peer: _Peer) -> None:
+        """The peer's gathered frames: to its link, or, if it is down, to the head of the queue for the next one
+        (ahead of anything sent since, which the queue holds after them)."""
+        frames, peer.pending = peer.pending, []
+        if not frames:
+            return
+        link = peer.link
+        if peer.connected and link is not None:
+            try:
+                link.session.write(b"".join(frames))
+            except (ssl.SSLError, ValueError) as e:  # a session that failed: lost with it, as consensus allows
+                self._fail(link, f"channel to {peer.node_id[:12]} failed: {e}")
+            return
+        for frame in frames:
+            self._enqueue(peer, frame)
 
     def tick(self) -> None:
         """Open again the channels whose backoff has passed."""
@@ -151,6 +162,7 @@ class Channels:
                 self._connect(peer)
 
     def close(self) -> None:
+        self.flush()  # what was sent goes out before the links close
         for node_id in list(self.peers):
             self.remove_peer(node_id)
         for conn in list(self.links):
@@ -191,6 +203,7 @@ class Channels:
             logger.info(f"channel to {peer.node_id[:12]} lost")
         peer.connected = False
         peer.link = None
+        self._write_pending(peer)  # into the queue, ahead of what is sent from now on
         peer.retry_at = self.clock() + peer.backoff
         peer.backoff = min(peer.backoff * 2, BACKOFF_MAX)
 
@@ -257,6 +270,7 @@ class Channels:
         self.host.close(link.conn)
 
     def _drop_link(self, peer: _Peer) -> None:
+        self._write_pending(peer)  # to the link being closed: the host sends what was written before closing
         if peer.link is not None:
             self.links.pop(peer.link.conn, None)
             self.host.close(peer.link.conn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import ssl
 from collections.abc import Callable
 
 import cbor2
@@ -199,5 +200,41 @@ def test_frames_sent_in_one_turn_go_out_together_and_wait_for_the_next_link_if_i
     host.go_down("b:1")
     net.pump()
     assert not a.peers[b_id.node_id].connected
+    after = Envelope(RequestVote(8, a_id.node_id, b_id.node_id, 0, 0))  # sent once the link is down
+    a.send(after)
     turn.pop()()
-    assert list(a.peers[b_id.node_id].queue) == [encode(vote) for vote in later]
+    assert list(a.peers[b_id.node_id].queue) == [encode(vote) for vote in [*later, after]]  # in the order sent
+
+
+def test_gathered_frames_reach_a_peer_that_is_removed_and_a_failed_session_holds_up_no_other_peer() -> None:
+    net = MemoryNet()
+    turn: list[Callable[[], None]] = []
+    a_id, a, _ = _node(net, "a:1", defer=turn.append)
+    b_id, b, b_got = _node(net, "b:1")
+    c_id, c, c_got = _node(net, "c:1")
+    a.set_peer(b_id.node_id, "b:1")
+    a.set_peer(c_id.node_id, "c:1")
+    net.pump()
+    to_b = Envelope(AppendEntriesResponse(3, a_id.node_id, b_id.node_id, True, 12))
+    a.send(to_b)
+    a.remove_peer(b_id.node_id)  # e.g. the answer that commits b's retirement, then b leaves the configuration
+    net.pump()
+    assert b_got == [to_b]
+    # a session that fails when the gathered frames are written is closed; the other peers' frames still go
+    a.set_peer(b_id.node_id, "b:1")
+    net.pump()
+    assert a.peers[b_id.node_id].connected
+
+    def broken(plaintext: bytes) -> None:
+        raise ssl.SSLEOFError("EOF occurred in violation of protocol")
+
+    link = a.peers[b_id.node_id].link
+    assert link is not None
+    link.session.write = broken  # type: ignore[method-assign]
+    a.send(Envelope(RequestVote(4, a_id.node_id, b_id.node_id, 0, 0)))
+    to_c = Envelope(RequestVote(4, a_id.node_id, c_id.node_id, 0, 0))
+    a.send(to_c)
+    while turn:
+        turn.pop()()
+    net.pump()
+    assert c_got == [to_c] and not a.peers[b_id.node_id].connected
