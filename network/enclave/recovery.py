@@ -159,8 +159,11 @@ class NodeRecovery:
         gc.disable()  # the replay builds long-lived state and no cycles (re-enabled, and the state frozen, after)
         jobs = None
         if self._snapshot is None and self._run_in_workers is not None:
-            jobs = private_replay_jobs(self.files, self.ledger.secrets, self.ledger.write_set_digests,
-                                       self._replay_start(), self.first_new_seqno - 1)
+            try:
+                jobs = private_replay_jobs(self.files, self.ledger.secrets, self.ledger.write_set_digests,
+                                           self._replay_start(), self.first_new_seqno - 1)
+            except LedgerError as e:  # (the replay in steps then names what is missing)
+                logger.warning(f"recovery: no private replay in worker processes ({e})")
         if jobs:
             logger.info(f"recovery: reading the private ledger up to seqno {self.first_new_seqno - 1}, "
                         f"{len(jobs)} chunks in worker processes")

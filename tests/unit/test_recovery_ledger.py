@@ -908,6 +908,39 @@ def test_a_backup_that_learns_of_the_recovery_with_the_secrets_still_reads_the_p
         ([value for _, _, value in private] if just_replicated else [None] * len(private))
 
 
+def test_a_private_replay_that_cannot_be_cut_into_worker_jobs_runs_in_steps(
+    old: OldService, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Planning the worker jobs reads the verified digests of the predecessor's chunks; if that fails, the node
+    replays in steps (which names what is missing if it fails too) rather than raising out of the entry that
+    brought the secrets."""
+    from network.enclave import recovery as node_recovery
+
+    def unplannable(*args: Any, **kwargs: Any) -> None:
+        raise LedgerError("no records of seqnos 1..40")
+
+    monkeypatch.setattr(node_recovery, "private_replay_jobs", unplannable)
+    rec = start_recovery(old.directory, old.cert)
+    create_recovered_service(rec)
+    ledger = rec.ledger
+    turns: list[Any] = []
+    recovery = node_recovery.NodeRecovery(ledger, turns.append, lambda: None,
+                                          run_in_workers=lambda jobs, done: pytest.fail("no jobs were planned"))
+    tx = ledger.begin()
+    for member_id in ("m2", "m0"):
+        submit_share(tx, member_id, old.shares[member_id])
+    secrets = restore_secrets(ledger, rec.files, recover_latest_secret(tx))
+    ledger.commit(tx)
+    recovery.take_secrets(secrets)
+    while turns:
+        turns.pop(0)()
+    assert recovery.phase is node_recovery.Phase.DONE
+    state = ledger.read_tx()
+    for name, values in old.private.items():
+        for key, value in values.items():
+            assert state.get(name, key) == value, (name, key)
+
+
 def test_secret_records_follow_the_chain_back_through_the_files_to_the_opening(old: OldService) -> None:
     rec = start_recovery(old.directory, old.cert)
     records = secret_records(rec.ledger, rec.files)
