@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Everything but the slow runs, then the end-to-end suite again with every node's enclave in its own process.
+# Everything but the slow runs, then the end-to-end suite again with every node's enclave in its own process
+# (the longest end-to-end tests, whose subject does not depend on where the enclave runs, only there).
 test: $(STAMP)
-	PYCCF_REQUIRE_JS_BUNDLES=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	PYCCF_REQUIRE_JS_BUNDLES=1 $(PY) -m pytest -m "not slow and not enclave_process_pass" $(PYTEST_ARGS)
 	PYCCF_REQUIRE_JS_BUNDLES=1 PYCCF_ENCLAVE_PROCESS=1 $(PY) -m pytest -m "e2e and not slow" $(PYTEST_ARGS)
 
 test-enclave-process: $(STAMP)

@@ -43,6 +43,7 @@ def run_and_check(workspace: Path, seconds: int, seed: int, nodes: int = 3) -> d
     return summary
 
 
+@pytest.mark.enclave_process_pass
 def test_a_short_seeded_run_under_faults_keeps_every_promise(tmp_path_factory: pytest.TempPathFactory,
                                                              tmp_path: Path) -> None:
     workspace = tmp_path_factory.mktemp("chaos")

@@ -156,6 +156,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
+@pytest.mark.enclave_process_pass
 def test_the_readme_and_the_sandbox_work_as_shown(repo: Path) -> None:
     readme = (ROOT / "README.md").read_text()
     blocks = readme_shell_blocks(readme)
