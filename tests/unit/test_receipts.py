@@ -428,6 +428,18 @@ def test_a_ledger_signing_every_write_does_not_grow_with_its_signatures(
     assert ledger.is_signature(4) != ledger.is_signature(5)
 
 
+def _write(ledger: ServiceLedger, key: bytes) -> None:
+    tx = ledger.begin()
+    tx.put("app.x", key, b"v")
+    ledger.commit(tx)
+
+
+def _sign_and_commit(ledger: ServiceLedger) -> None:
+    ledger.emit_signature()
+    ledger.flush()
+    ledger.commit_to(ledger.last_signature_seqno)
+
+
 def test_a_replayed_ledger_serves_the_same_receipts_once_their_records_are_dropped(
         tmp_path_factory: pytest.TempPathFactory) -> None:
     """A node that replayed its ledger (a restart, or a backup) records each signature with the signer's endorsed
@@ -446,12 +458,8 @@ def test_a_replayed_ledger_serves_the_same_receipts_once_their_records_are_dropp
     renewed = endorse(ledger.service.key, ledger.service.cert, node.key.public_key(), "CCF Node", days=30)
     ledger.commit_writes({NODES_ENDORSED_CERTS: {node.node_id.encode(): cert_pem(renewed).encode()}})
     for i in range(5):
-        tx = ledger.begin()
-        tx.put("app.x", b"k%d" % i, b"v")
-        ledger.commit(tx)
-    ledger.emit_signature()
-    ledger.flush()
-    ledger.commit_to(ledger.last_signature_seqno)
+        _write(ledger, b"k%d" % i)
+    _sign_and_commit(ledger)
     assert ledger.files is not None
     ledger.files.close()
 
@@ -463,12 +471,8 @@ def test_a_replayed_ledger_serves_the_same_receipts_once_their_records_are_dropp
     assert before[old[-1]]["cert"] == cert_pem(renewed) != node.pem  # not the certificate in the entry
     replayed.retained_records = 3
     for i in range(20):
-        tx = replayed.begin()
-        tx.put("app.x", b"j%d" % i, b"v")
-        replayed.commit(tx)
-        replayed.emit_signature()
-        replayed.flush()
-        replayed.commit_to(replayed.last_signature_seqno)
+        _write(replayed, b"j%d" % i)
+        _sign_and_commit(replayed)
     assert replayed.merkle.first_retained > old[-1]
     assert {s: replayed.receipt(s) for s in old} == before
 
