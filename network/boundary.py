@@ -60,6 +60,9 @@ class EnclaveSettings:
     max_uncommitted_tx: int = 10_000
     # messages waiting for a node-to-node channel (per peer) before new ones are dropped (consensus tolerates loss)
     node_to_node_queue_limit: int = 10_000
+    # committed transactions whose Merkle nodes, digests and signature records stay in memory (older ones' receipts
+    # and historical reads are checked against the trees their signatures stored in the ledger files)
+    retained_records: int = 65_536
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,7 @@ class EnclaveRuntime:
         app = load_app(start.app)
         ledger, keys = held.ledger, held.keys
         ledger.commit_snapshot = self.host.commit_snapshot  # the snapshot files are the host's
+        ledger.retained_records = start.settings.retained_records
         self._peers = dict(held.peers)
         quote = startup.quote_for(keys.identity, start)
         self.enclave = enclave = Enclave(

@@ -16,7 +16,7 @@
   "app": "app.logging:app",
   "signatures": {"every_tx": 5000, "every_ms": 20, "group_commit": true},
   "snapshots": {"every_tx": 10000},
-  "ledger": {"chunk_size": 5000000, "fsync": "batch"},
+  "ledger": {"chunk_size": 5000000, "fsync": "batch", "retained_records": 65536},
   "http": {"max_body_bytes": 1048576, "max_header_bytes": 16384, "idle_timeout": 60,
            "max_open_sessions_soft": 1000, "max_open_sessions_hard": 1010,
            "tls_handshake_timeout": 10, "request_timeout": 30, "max_pipelined": 64, "max_unsent_bytes": 262144},
@@ -217,6 +217,9 @@ def parse_config(obj: Any, base_dir: str = ".") -> NodeConfig:
     if every_tx < 1 or every_ms < 1:
         raise ConfigError("signatures.every_tx and signatures.every_ms must be at least 1")
     group_commit = _get(sig, "group_commit", bool, True, where="signatures.")
+    retained_records = _get(ledger, "retained_records", int, 65_536, where="ledger.")
+    if retained_records < 1:
+        raise ConfigError("ledger.retained_records must be at least 1")
     fsync_name = _get(ledger, "fsync", str, "batch", where="ledger.")
     try:
         fsync = FsyncPolicy(fsync_name)
@@ -242,7 +245,8 @@ def parse_config(obj: Any, base_dir: str = ".") -> NodeConfig:
                                 _get(_section(obj, "consensus"), "max_uncommitted_tx", int, 10_000,
                                      where="consensus."),
                                 _get(_section(obj, "consensus"), "node_to_node_queue_limit", int, 10_000,
-                                     where="consensus.")),
+                                     where="consensus."),
+                                retained_records),
         chunk_size=_get(ledger, "chunk_size", int, 5_000_000, where="ledger."),
         fsync=fsync,
         http=_http_limits(http),

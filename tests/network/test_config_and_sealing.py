@@ -46,6 +46,7 @@ def test_a_full_configuration_is_read_with_paths_relative_to_its_file(tmp_path: 
     assert config.start.constitution == "sandbox"
     assert (config.enclave.signatures.every_tx, config.enclave.signatures.every_ms) == (10, 5)
     assert config.fsync is FsyncPolicy.ALWAYS and config.chunk_size == 1000
+    assert config.enclave.retained_records == 65_536  # the default: not given here
     assert config.http.max_body_bytes == 100 and config.log.format == "json"
 
 
@@ -64,6 +65,8 @@ def test_a_full_configuration_is_read_with_paths_relative_to_its_file(tmp_path: 
     ({"http": {"max_open_sessions_soft": 20, "max_open_sessions_hard": 10}}, "max_open_sessions_hard"),
     ({"http": {"request_timeout": 0}}, "http limits"),
     ({"consensus": {"node_to_node_queue_limit": "x"}}, "consensus.node_to_node_queue_limit"),
+    ({"ledger": {"retained_records": 0}}, "ledger.retained_records"),
+    ({"ledger": {"retained_records": "all"}}, "ledger.retained_records"),
 ])
 def test_a_bad_field_is_named_in_the_error(change: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
