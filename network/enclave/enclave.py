@@ -159,6 +159,15 @@ def _parse_valid_from(text: str) -> dt.datetime:
     raise ValueError(f"valid_from {text!r} is not an ASN.1 or ISO UTC time")
 
 
+def _check_rekey_allowed(tx: Tx) -> None:
+    """As CCF (`rekey_ledger` in src/node/node_state.h): only an Open service is rekeyed. While a service recovers,
+    the shares being submitted are stored under the secret the recovery started with, and the predecessor's
+    secrets can only be looked up in the ledger once all of them are restored."""
+    info = tx.get_json(SERVICE_INFO, SINGLETON_KEY)
+    if not isinstance(info, dict) or info.get("status") != "Open":
+        raise GovernanceError("Cannot rekey ledger while the service is not open")
+
+
 class Enclave:
     def __init__(self, ledger: ServiceLedger, keys: NodeKeys, quote: VirtualQuote, app: Endpoints,
                  host: HostServices, settings: EnclaveSettings | None = None, *,
@@ -517,6 +526,8 @@ class Enclave:
             for effect in effects:
                 if effect.name in IN_TX_EFFECTS:
                     self._in_tx_effect(ctx.tx, effect)
+                elif effect.name == "trigger_ledger_rekey":
+                    _check_rekey_allowed(ctx.tx)
             txid = self.ledger.commit(ctx.tx)
         except GovernanceError as e:
             raise EndpointError(500, "InternalError", f"Failed to apply(): {e.message}") from None

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from governance.member_client import MemberSigner, transition_service_to_open
+from governance.member_client import MemberSigner, action, transition_service_to_open
 from governance.recovery_shares import decrypt_share
 from governance.shamir import SHARE_SIZE
 from ledger.identity import PartyIdentity
@@ -145,6 +145,14 @@ def test_bad_shares_are_refused_wrong_ones_cleared_and_the_right_one_still_recov
     with pytest.raises(ServiceError) as refused:
         recovery.open(previous_pem=other)
     assert refused.value.status == 500 or "previous" in str(refused.value).lower()
+    assert recovery.status() == "Recovering"
+    # no rekey while the service recovers (CCF's rule): the proposal fails, saying why
+    member = recovery.member()
+    proposal = member.propose([action("trigger_ledger_rekey")])
+    assert proposal["proposalState"] == "Open"
+    with pytest.raises(ServiceError) as rekey:
+        member.vote(proposal["proposalId"])
+    assert rekey.value.status == 500 and "while the service is not open" in str(rekey.value), rekey.value
     assert recovery.status() == "Recovering"
     assert recovery.open()["proposalState"] == "Accepted"
     assert recovery.status() == "WaitingForRecoveryShares"
