@@ -217,6 +217,8 @@ class ServiceLedger:
         return bisect_right(self._view_starts, seqno)
 
     def is_signature(self, seqno: int) -> bool:
+        if seqno >= self._wsd_first:  # a retained record: its signature record is held (the replication's hot path)
+            return seqno in self._signatures
         i = bisect_left(self._sig_seqnos, seqno)
         return i < len(self._sig_seqnos) and self._sig_seqnos[i] == seqno
 
@@ -577,8 +579,8 @@ class ServiceLedger:
     def receipt(self, seqno: int) -> dict[str, Any]:
         """CCF's JSON receipt (describe_receipt_v1) for a committed transaction."""
         self._check_receiptable(seqno)
-        record = self._signature(seqno) if self.is_signature(seqno) else None
-        if record is not None:
+        if self.is_signature(seqno):
+            record = self._signature(seqno)
             return json_receipt_for_signature(record.primary, self._service_endorsements(record.primary.cert))
         sig_seqno = self._covering_signature(seqno)
         primary = self._signature(sig_seqno).primary

@@ -84,7 +84,6 @@ class Channels:
         self.rejected = 0
         self._defer = defer
         self._flush_scheduled = False
-        self._unflushed: list[_Peer] = []
 
     # --- peers -------------------------------------------------------------------------------------------
 
@@ -115,8 +114,6 @@ class Channels:
             if self._defer is None:
                 peer.link.session.write(frame)
                 return True
-            if not peer.pending:
-                self._unflushed.append(peer)
             peer.pending.append(frame)
             if not self._flush_scheduled:
                 self._flush_scheduled = True
@@ -134,8 +131,7 @@ class Channels:
     def flush(self) -> None:
         """Write the frames gathered for each peer, together."""
         self._flush_scheduled = False
-        unflushed, self._unflushed = self._unflushed, []
-        for peer in unflushed:
+        for peer in list(self.peers.values()):  # (a removed or replaced peer's frames went out as it was dropped)
             self._write_pending(peer)
 
     def _write_pending(self, peer: _Peer) -> None:
