@@ -20,13 +20,18 @@ CCF's rules on top of Raft (Ongaro & Ousterhout, "In Search of an Understandable
 - backups truncate uncommitted entries that conflict with the primary's (Raft §5.3), never committed ones;
 - a primary that has not heard from a majority within an election timeout steps down (check quorum), so a
   deposed or isolated primary stops accepting writes (it never reports a commit without a majority anyway);
-- append entries are batched (`max_batch`) and pipelined: the primary sends ahead of acknowledgements.
+- append entries are batched (`max_batch`) and pipelined: the primary sends ahead of acknowledgements;
+- pre-vote (Ongaro's dissertation §9.6, CCF's PreVoteCandidate): a node whose election timer fires first asks
+  the voters whether they would vote for it in the next term, without raising its own. Only with a majority's
+  yes does it stand for real. A node that restarts, or comes back from a partition, with a log no newer than
+  the others' therefore never raises its term, and cannot depose a healthy primary by answering it with a
+  higher term. A voter answers yes only if it has not heard from a primary within an election timeout.
 
 Membership: `set_voters` installs the voter set the shell read from committed governance state (a node counts
 once `transition_node_to_trusted` commits; a retired node stops counting once its retirement commits).
 
 Not here: snapshots and catch-up from them (the shell sends a snapshot when a follower needs entries below
-`first_index`), forwarding, pre-vote.
+`first_index`), forwarding.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from dataclasses import dataclass, field
 
 class Role(enum.Enum):
     FOLLOWER = "Backup"
+    PRE_CANDIDATE = "PreVoteCandidate"
     CANDIDATE = "Candidate"
     LEADER = "Primary"
 
@@ -77,6 +83,7 @@ class RequestVote:
     last_committable_index: int
     last_committable_term: int
     transfer: bool = False  # a leadership transfer (or an operator's order): voters disregard their lease
+    pre_vote: bool = False  # would you vote for me in `term`? (the sender's term stays one below)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +92,7 @@ class RequestVoteResponse:
     sender: str
     to: str
     granted: bool
+    pre_vote: bool = False
 
 
 Message = AppendEntries | AppendEntriesResponse | RequestVote | RequestVoteResponse
@@ -294,6 +302,21 @@ class Raft:
             self.elapsed = 0
             self.timeout = self._random_timeout()
 
+    def _pre_campaign(self) -> None:
+        """Ask the voters whether they would elect this node in the next term; the term stays as it is."""
+        if self.id not in self.voters:
+            self.elapsed = 0  # not a voter (yet, or any more): never stands
+            return
+        self._set_role(Role.PRE_CANDIDATE)
+        self.leader = None
+        self.votes = {self.id}
+        self.elapsed = 0
+        self.timeout = self._random_timeout()
+        index, term = self.last_committable
+        for peer in sorted(self.voters - {self.id}):
+            self._send(RequestVote(self.term + 1, self.id, peer, index, term, pre_vote=True))
+        self._maybe_win()
+
     def _campaign(self, transfer: bool = False) -> None:
         if self.id not in self.voters:
             self.elapsed = 0  # not a voter (yet, or any more): never stands
@@ -312,7 +335,11 @@ class Raft:
         self._maybe_win()
 
     def _maybe_win(self) -> None:
-        if self.role is Role.CANDIDATE and self._is_majority(self.votes):
+        if not self._is_majority(self.votes):
+            return
+        if self.role is Role.PRE_CANDIDATE:
+            self._campaign()
+        elif self.role is Role.CANDIDATE:
             self._become_leader()
 
     def _is_majority(self, nodes: set[str]) -> bool:
@@ -349,7 +376,7 @@ class Raft:
                     return
                 self.recent_active = set()
         elif self.elapsed >= self.timeout:
-            self._campaign()
+            self._pre_campaign()
 
     def assume_leadership(self) -> None:
         """The first node of a new service leads the view its genesis was written in, without an election:
@@ -395,7 +422,7 @@ class Raft:
                 return
             self._maybe_commit()
             self._broadcast(heartbeat=False)
-        elif self.role is Role.CANDIDATE:
+        elif self.role in (Role.PRE_CANDIDATE, Role.CANDIDATE):
             self._maybe_win()
 
     def step(self, m: Message) -> None:
@@ -405,6 +432,12 @@ class Raft:
                 and self.elapsed < self.config.election_ticks:
             # Leader lease (with check quorum, as etcd raft): while this node hears from a live primary it
             # ignores candidates, so a node coming back from a partition cannot depose a healthy primary.
+            return
+        if isinstance(m, RequestVote) and m.pre_vote and m.term >= self.term:
+            self._on_pre_vote(m)  # a question about a future term: this node's term and vote stay as they are
+            return
+        if isinstance(m, RequestVoteResponse) and m.pre_vote and m.granted:
+            self._on_vote(m)  # granted for the term this node would stand in: its own term stays
             return
         if m.term > self.term:
             # Raft §5.2: the election timer restarts on hearing from a primary or granting a vote, not on
@@ -417,7 +450,7 @@ class Raft:
             if isinstance(m, AppendEntries):
                 self._send(AppendEntriesResponse(self.term, self.id, m.sender, False, self.last_index))
             elif isinstance(m, RequestVote):
-                self._send(RequestVoteResponse(self.term, self.id, m.sender, False))
+                self._send(RequestVoteResponse(self.term, self.id, m.sender, False, m.pre_vote))
             return
         if isinstance(m, AppendEntries):
             self._on_append(m)
@@ -494,8 +527,20 @@ class Raft:
             self.elapsed = 0
         self._send(RequestVoteResponse(self.term, self.id, m.sender, granted))
 
+    def _on_pre_vote(self, m: RequestVote) -> None:
+        """Answer yes if this node would vote for the sender in `m.term`: its log is up to date and this node
+        has no primary to keep following (the lease check in `step` already ignored the question while a
+        primary is heard from). Nothing is recorded: a pre-vote binds no one."""
+        mine_index, mine_term = self.last_committable
+        up_to_date = (m.last_committable_term, m.last_committable_index) >= (mine_term, mine_index)
+        free = m.term > self.term or (self.voted_for in (None, m.sender) and self.leader is None)
+        granted = up_to_date and free and m.sender in self.voters
+        # a yes carries the asked term (the sender stands in it); a no carries this node's, which may be newer
+        self._send(RequestVoteResponse(m.term if granted else self.term, self.id, m.sender, granted, True))
+
     def _on_vote(self, m: RequestVoteResponse) -> None:
-        if self.role is Role.CANDIDATE and m.granted:
+        counting = Role.PRE_CANDIDATE if m.pre_vote else Role.CANDIDATE
+        if self.role is counting and m.granted and (not m.pre_vote or m.term == self.term + 1):
             self.votes.add(m.sender)
             self._maybe_win()
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import rsa
+from loguru import logger
 
 from ledger.errors import EntryFormatError, LedgerError, VerificationError
 from ledger.replay import receive_entry
@@ -100,6 +101,10 @@ class Replicator:
             ready = self.raft.ready()
             if ready.hard_state is not None:
                 self.persist_state(ready.hard_state)
+            if ready.role in (Role.LEADER, Role.CANDIDATE) or (
+                    ready.role is Role.FOLLOWER and self.raft.leader is None):
+                # elections are rare and explain most surprises in a run: an operator reads them in the log
+                logger.info(f"consensus: {ready.role.value} in view {self.raft.term}")
             if ready.rollback_to is not None and ready.rollback_to < self.ledger.last_seqno:
                 self.ledger.rollback(ready.rollback_to)
             self._drop_unproposed()

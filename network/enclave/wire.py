@@ -99,7 +99,7 @@ def encode(envelope: Envelope) -> bytes:
         body = {"t": "aer", "term": m.term, "from": m.sender, "to": m.to, "ok": m.success, "last": m.last_index}
     elif isinstance(m, RequestVote):
         body = {"t": "rv", "term": m.term, "from": m.sender, "to": m.to, "idx": m.last_committable_index,
-                "idx_term": m.last_committable_term, "transfer": m.transfer}
+                "idx_term": m.last_committable_term, "transfer": m.transfer, "pre": m.pre_vote}
     elif isinstance(m, ForwardedRequest):
         body = {"t": "fwd", "term": 0, "from": m.sender, "to": m.to, "id": m.id, "method": m.method,
                 "target": m.target, "headers": [list(h) for h in m.headers], "body": m.body, "cert": m.peer_cert}
@@ -107,7 +107,7 @@ def encode(envelope: Envelope) -> bytes:
         body = {"t": "fwdr", "term": 0, "from": m.sender, "to": m.to, "id": m.id, "status": m.status,
                 "headers": [list(h) for h in m.headers], "body": m.body}
     else:
-        body = {"t": "rvr", "term": m.term, "from": m.sender, "to": m.to, "granted": m.granted}
+        body = {"t": "rvr", "term": m.term, "from": m.sender, "to": m.to, "granted": m.granted, "pre": m.pre_vote}
     data = cbor2.dumps(body)
     return _LENGTH.pack(len(data)) + data
 
@@ -139,9 +139,9 @@ def decode(data: bytes) -> Envelope:
         return Envelope(AppendEntriesResponse(term, sender, to, _bool(obj, "ok"), _int(obj, "last")))
     if kind == "rv":
         return Envelope(RequestVote(term, sender, to, _int(obj, "idx"), _int(obj, "idx_term"),
-                                    _bool(obj, "transfer")))
+                                    _bool(obj, "transfer"), _bool(obj, "pre")))
     if kind == "rvr":
-        return Envelope(RequestVoteResponse(term, sender, to, _bool(obj, "granted")))
+        return Envelope(RequestVoteResponse(term, sender, to, _bool(obj, "granted"), _bool(obj, "pre")))
     if kind in ("fwd", "fwdr"):
         headers = obj.get("headers")
         body = obj.get("body")

@@ -68,6 +68,8 @@ MESSAGES = [
     Envelope(AppendEntriesResponse(3, "b", "a", True, 12)),
     Envelope(RequestVote(4, "a", "b", 12, 3, True)),
     Envelope(RequestVoteResponse(4, "b", "a", False)),
+    Envelope(RequestVote(5, "a", "b", 12, 3, pre_vote=True)),
+    Envelope(RequestVoteResponse(5, "b", "a", True, pre_vote=True)),
     Envelope(ForwardedRequest("b", "a", 7, "POST", "/app/log/private", (("content-type", "application/json"),),
                               b'{"id": 1}', b"\x30\x82 certificate")),
     Envelope(ForwardedRequest("b", "a", 8, "GET", "/app/commit", (), b"", None)),

@@ -163,9 +163,10 @@ def _check(sim: Simulation, args: list[str]) -> None:
         if len({tuple(v) for v in logs.values()}) != 1:
             raise ScenarioError(f"logs differ: { {i: len(v) for i, v in logs.items()} }")
     elif what == "term":
-        term = sim.nodes[args[1]].raft.term
-        if term != int(args[2]):
-            raise ScenarioError(f"{args[1]} is in term {term}, expected {args[2]}")
+        for node in _targets(sim, args[1]):
+            term = sim.nodes[node].raft.term
+            if term != int(args[2]):
+                raise ScenarioError(f"{node} is in term {term}, expected {args[2]}")
     else:
         raise ScenarioError(f"unknown assertion {what!r}")
 
