@@ -622,6 +622,11 @@ class LedgerFiles:
         """Entries start..end inclusive, as stored."""
         if start > end:
             return []
+        pending = self._pending
+        first_pending = self._last - len(pending) + 1
+        if pending and first_pending <= start and end <= self._last:
+            # the newest entries, not yet handed to the OS (what a primary replicates as it writes them)
+            return pending[start - first_pending: end - first_pending + 1]
         if self._file is not None and self._dirty:
             self._write_pending()
             self._file.flush()

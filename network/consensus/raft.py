@@ -2,7 +2,7 @@
 
 `Raft` takes inputs - `tick()`, `step(message)`, `propose(entries)`, `set_voters(...)` - and accumulates
 outputs that `ready()` hands over once: the hard state (term, vote) and log changes to persist, the messages
-to send (only after the rest is persisted), the new commit index, and role changes. It has no clock,
+to send (only after the rest is persisted, see `Ready`), the new commit index, and role changes. It has no clock,
 randomness, sockets or files: time is `tick()`, randomness is the `randrange` callable given at
 construction (a seeded `random.Random(...).randrange` in the simulator).
 
@@ -107,7 +107,14 @@ class HardState:
 @dataclass(frozen=True)
 class Ready:
     """What the shell must do, in order: persist `hard_state`, roll the log back to `rollback_to` (drop every
-    entry after it), persist `entries`, then send `messages` and apply up to `commit`."""
+    entry after it), write `entries`, make them durable if `sync`, then send `messages` and apply up to `commit`.
+
+    `sync` is set when an entry is a signature or the log was rolled back. Entries without a signature may stay
+    in the operating system's (or the shell's) buffers: nothing commits except at a signature, and the sync of
+    the batch that holds a signature makes every entry before it durable too. So an acknowledgement can name
+    entries a crash loses, but never a signature it loses, and commit counts only signatures. A node that lost
+    such entries answers the primary's next AppendEntries with where its log now ends, and the primary sends
+    them again (`_on_append_response`)."""
 
     hard_state: HardState | None = None
     rollback_to: int | None = None
@@ -116,6 +123,7 @@ class Ready:
     commit: int | None = None
     became_leader: bool = False
     role: Role | None = None  # set when the role changed
+    sync: bool = False
 
     def empty(self) -> bool:
         return (self.hard_state is None and self.rollback_to is None and not self.entries and not self.messages
@@ -154,6 +162,7 @@ class _Pending:
     commit_changed: bool = False
     became_leader: bool = False
     role_changed: bool = False
+    sync: bool = False
 
 
 class Raft:
@@ -240,6 +249,7 @@ class Raft:
             del self.log[index - self.first_index + 1:]
             pending = self._pending
             pending.rollback_to = index if pending.rollback_to is None else min(pending.rollback_to, index)
+            pending.sync = True
             pending.entries = [e for e in pending.entries if e.index <= index]
 
     def _append(self, entries: Iterable[EntryMeta]) -> None:
@@ -248,6 +258,8 @@ class Raft:
                 raise ConsensusError(f"appending {e.index} after {self.last_index}")
             self.log.append(e)
             self._pending.entries.append(e)
+            if e.signature:
+                self._pending.sync = True
 
     # --- outputs -----------------------------------------------------------------------------------
 
@@ -274,6 +286,7 @@ class Raft:
             commit=self.commit if p.commit_changed else None,
             became_leader=p.became_leader,
             role=self.role if p.role_changed else None,
+            sync=p.sync,
         )
 
     # --- roles -------------------------------------------------------------------------------------
@@ -511,7 +524,10 @@ class Raft:
             pr.next_index = max(pr.next_index, pr.match_index + 1)
             pr.replicating = True
         else:
-            # back off to just after the follower's hint (never below what it is known to hold), and probe
+            # The follower's log does not reach where we sent. It may have lost entries it acknowledged but had
+            # not made durable (`Ready.sync`: never a signature), so what it is known to hold goes back to its
+            # hint; if the answer is merely older than its acknowledgements, that costs a resend.
+            pr.match_index = min(pr.match_index, m.last_index)
             pr.next_index = max(pr.match_index + 1, min(pr.next_index - 1, m.last_index + 1))
             pr.replicating = False
         self._send_append(m.sender, heartbeat=False)

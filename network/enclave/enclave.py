@@ -168,6 +168,11 @@ def _check_rekey_allowed(tx: Tx) -> None:
         raise GovernanceError("Cannot rekey ledger while the service is not open")
 
 
+# Unsigned entries a primary replicates at a turn's end without waiting to sign them. Each batch costs a message
+# and its answer: fewer than this many wait for the next one, or for the signature (measured in docs/network.md).
+EAGER_REPLICATION_MIN = 16
+
+
 class Enclave:
     def __init__(self, ledger: ServiceLedger, keys: NodeKeys, quote: VirtualQuote, app: Endpoints,
                  host: HostServices, settings: EnclaveSettings | None = None, *,
@@ -688,14 +693,18 @@ class Enclave:
         if nothing signed is still waiting for a majority. At light load a write is signed at once instead of
         waiting for `every_ms`; under load, transactions gather while a signature replicates, so each signature
         covers more of them (the batch grows with the load, and so does the time between signatures)."""
-        if self._failed or not (self.settings.signatures.group_commit and self._unsigned and self.is_primary):
+        if self._failed or not (self._unsigned and self.is_primary):
             return
-        if self.ledger.last_signature_seqno > self.ledger.committed_seqno:
-            return  # the acknowledgement that commits it will end a turn, and sign what gathered meanwhile
-        if self._deferred_in_flight:
-            return  # the pipeline is not idle: more commits are on their way (`every_ms` still bounds the wait)
         try:
-            self.sign()
+            if self.settings.signatures.group_commit and not self._deferred_in_flight and \
+                    self.ledger.last_signature_seqno <= self.ledger.committed_seqno:
+                self.sign()
+            elif self.replicator.unproposed() >= EAGER_REPLICATION_MIN:
+                # Not signing yet (a signature is still waiting for a majority, or the pipeline is not idle: more
+                # commits are on their way, and `every_ms` bounds the wait). Replicate what gathered meanwhile
+                # now, so that the backups have handled it by the time the signature arrives: a signature's
+                # round trip then carries little more than the signature itself.
+                self.replicator.sync()
         except LedgerFileError as e:
             self._ledger_unwritable(e)
 

@@ -199,10 +199,17 @@ class HostLink(RunsForks):
 
 class RemoteLedgerFiles(LedgerFiles):
     """The host's ledger files, seen from the enclave's process: appends and commits are one-way frames, the
-    rest are answered. Only the methods the enclave uses are served; the seqnos are mirrored here."""
+    rest are answered. Only the methods the enclave uses are served; the seqnos are mirrored here, and so are the
+    entries not yet committed (up to `RECENT_BYTES` of them), which a primary replicates as it writes them:
+    reading those back needs no round trip to the host. Committed entries are read from the host's files (and
+    verified by whoever reads them), as a lagging backup or a historical query needs them."""
+
+    RECENT_BYTES = 4 << 20
 
     def __init__(self, link: HostLink) -> None:  # not LedgerFiles.__init__: nothing is opened here
         self._link = link
+        self._recent: deque[bytes] = deque()  # the entries up to `_last`, newest last
+        self._recent_bytes = 0
         self._refresh()
 
     def _refresh(self) -> None:
@@ -226,6 +233,10 @@ class RemoteLedgerFiles(LedgerFiles):
         self._last += 1
         if self._first == 0:
             self._first = self._last
+        self._recent.append(entry)
+        self._recent_bytes += len(entry)
+        while self._recent_bytes > self.RECENT_BYTES and len(self._recent) > 1:
+            self._recent_bytes -= len(self._recent.popleft())
         return self._last
 
     def flush(self) -> None:
@@ -234,15 +245,25 @@ class RemoteLedgerFiles(LedgerFiles):
     def commit(self, seqno: int) -> None:
         self._link._call("files.commit", seqno)
         self._committed = max(self._committed, min(seqno, self._last))
+        while self._recent and self._last - len(self._recent) + 1 <= self._committed:
+            self._recent_bytes -= len(self._recent.popleft())
 
     def truncate(self, seqno: int) -> None:
         self._link.ask("files.truncate", seqno)
+        self._forget_recent()
         self._refresh()
+
+    def _forget_recent(self) -> None:
+        self._recent.clear()
+        self._recent_bytes = 0
 
     def read(self, seqno: int) -> bytes:
         return bytes(self._link.ask("files.read", seqno))
 
     def read_range(self, start: int, end: int) -> list[bytes]:
+        first_recent = self._last - len(self._recent) + 1
+        if self._recent and first_recent <= start <= end <= self._last:
+            return [self._recent[s - first_recent] for s in range(start, end + 1)]
         return [bytes(e) for e in self._link.ask("files.read_range", start, end)]
 
     def chunk_end_of(self, seqno: int) -> int:
@@ -256,11 +277,13 @@ class RemoteLedgerFiles(LedgerFiles):
 
     def discard_after(self, seqno: int) -> list[str]:
         names = [str(n) for n in self._link.ask("files.discard_after", seqno)]
+        self._forget_recent()
         self._refresh()
         return names
 
     def start_after(self, seqno: int) -> None:
         self._link.ask("files.start_after", seqno)
+        self._forget_recent()
         self._refresh()
 
     def close(self) -> None:

@@ -70,6 +70,10 @@ class Replicator:
     def is_primary(self) -> bool:
         return self.raft.role is Role.LEADER
 
+    def unproposed(self) -> int:
+        """On the primary: how many entries the ledger holds that consensus has not been given yet."""
+        return self.ledger.last_seqno - self.raft.last_index if self.is_primary else 0
+
     def sync(self) -> None:
         """On the primary: propose what the ledger appended since the last call, then process."""
         if self.is_primary:
@@ -115,7 +119,7 @@ class Replicator:
                     # this node wrote another entry there, as a primary deposed before it proposed it
                     self.ledger.rollback(meta.index - 1)
                 self._append_received(meta.index, meta.term)
-            if ready.entries or ready.rollback_to is not None:
+            if ready.sync:  # a signature, or a rollback: see `Ready` for why other entries need not be synced
                 self.ledger.flush()
             for message in ready.messages:
                 self.send(self._envelope(message))

@@ -177,6 +177,25 @@ def test_group_commit_waits_while_a_signature_is_on_its_way_to_a_majority(open_n
     assert ledger.last_signature_seqno == in_flight + 4 == ledger.committed_seqno
 
 
+def test_while_a_signature_replicates_what_gathers_is_replicated_by_batches_before_it_is_signed(
+        open_node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    from network.enclave.enclave import EAGER_REPLICATION_MIN
+
+    ledger, raft = open_node.ledger, open_node.enclave.replicator.raft
+    monkeypatch.setattr(ledger, "commit_to", lambda seqno: None)  # the backups have not acknowledged yet
+    open_node.user_call("POST", "/app/log/private", {"id": 9, "msg": "x"})
+    open_node.enclave.turn_ended()
+    in_flight = ledger.last_signature_seqno
+    for i in range(EAGER_REPLICATION_MIN - 1):
+        open_node.user_call("POST", "/app/log/private", {"id": 10 + i, "msg": "x"})
+        open_node.enclave.turn_ended()
+    assert raft.last_index == in_flight  # too few to be worth a message: they wait
+    open_node.user_call("POST", "/app/log/private", {"id": 99, "msg": "x"})
+    open_node.enclave.turn_ended()
+    assert raft.last_index == ledger.last_seqno == in_flight + EAGER_REPLICATION_MIN  # handed to consensus
+    assert ledger.last_signature_seqno == in_flight  # and still not signed
+
+
 def test_without_group_commit_only_every_tx_and_every_ms_sign(tmp_path: Path) -> None:
     node = Node(str(tmp_path), group_commit=False)
     node.open_service()

@@ -168,6 +168,22 @@ def test_backups_hold_byte_identical_ledgers_that_ccf_accepts(cluster: Cluster, 
         assert_read_ledger_accepts(str(tmp_path / f"n{i}" / "ledger"), "--uncommitted")
 
 
+def test_backups_sync_only_batches_that_hold_a_signature(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster.trust_backups()
+    cluster.run(3)
+    backup = cluster.ledgers[cluster.ids[1]]
+    synced: list[int] = []
+    flush = backup.flush
+    monkeypatch.setattr(backup, "flush", lambda: (synced.append(backup.last_seqno), flush())[1])
+    cluster.write(10)  # replicated before they are signed: held and acknowledged, not synced
+    cluster.deliver_all()
+    assert backup.last_seqno == cluster.primary.ledger.last_seqno and synced == []
+    cluster.sign()
+    cluster.run(3)  # the signature, then the commit point on the heartbeats
+    assert synced == [cluster.primary.ledger.last_signature_seqno]  # one sync, with the signature
+    assert backup.committed_seqno == synced[0]
+
+
 def test_nothing_commits_without_a_majority_and_everything_does_once_it_is_back(cluster: Cluster) -> None:
     cluster.trust_backups()
     before = cluster.primary.ledger.committed_seqno

@@ -12,7 +12,7 @@
     partition n0 | n1 n2       # cut every link between the groups (both ways)
     cut nA->nB                 # a one-way cut
     heal
-    crash nX / restart nX
+    crash nX [K] / restart nX  # K of the entries written since its last sync survive (default: none)
     compact nX                 # the node's core forgets its log metadata up to its commit
     voters n0 n1               # install a voter set on every node (committed governance state)
     assert leader nX | assert no-leader
@@ -124,7 +124,7 @@ def _execute(sim: Simulation, words: list[str]) -> None:
     elif op == "compact":
         sim.nodes[args[0]].compact()
     elif op == "crash":
-        sim.crash(args[0])
+        sim.crash(args[0], int(args[1]) if len(args) > 1 else 0)
     elif op == "restart":
         sim.restart(args[0])
     elif op == "voters":

@@ -2,8 +2,10 @@
 
 The network holds messages in flight; the simulation delivers them in any order, drops, duplicates,
 partitions links (one-way cuts included), crashes and restarts nodes (a restarted node keeps what it
-persisted: term, vote, log, commit), and drives ticks and proposals. Each node's shell follows the order
-Raft requires (Ongaro & Ousterhout, §5.3-5.4): persist, then send, then apply; a new primary signs at once (CCF).
+persisted: term, vote, commit, and the log up to its last sync; entries written after it are lost, as the
+shell makes only batches with a signature durable, `Ready.sync`), and drives ticks and proposals. Each node's
+shell follows the order Raft requires (Ongaro & Ousterhout, §5.3-5.4): persist, then send, then apply; a new
+primary signs at once (CCF).
 
 `check()` asserts the safety invariants after every step:
 - at most one primary per term;
@@ -39,6 +41,7 @@ class Disk:
     hard_state: HardState = field(default_factory=lambda: HardState(0, None))
     log: list[EntryMeta] = field(default_factory=list)
     commit: int = 0
+    durable: int = 0  # entries log[:durable] survive a crash
 
 
 class SimNode:
@@ -63,8 +66,14 @@ class SimNode:
         if self.up:
             self.raft.compact(self.raft.commit)
 
-    def crash(self) -> None:
+    def crash(self, kept_unsynced: int) -> None:
+        """Stop; of the entries written since the last sync, the first `kept_unsynced` reached the disk anyway
+        (the operating system writes back when it likes), the rest are lost."""
         self.up = False
+        if self.disk.commit > self.disk.durable:
+            raise InvariantViolation(f"{self.id} committed {self.disk.commit} but only {self.disk.durable} is durable")
+        del self.disk.log[self.disk.durable + kept_unsynced:]
+        self.disk.durable = len(self.disk.log)
 
     def restart(self) -> None:
         self.up = True
@@ -99,6 +108,9 @@ class Simulation:
             if ready.rollback_to is not None:
                 del disk.log[ready.rollback_to:]
             disk.log.extend(ready.entries)
+            if ready.sync:
+                disk.durable = len(disk.log)
+            disk.durable = min(disk.durable, len(disk.log))
             for m in ready.messages:
                 if (m.sender, m.to) not in self.cut:
                     self.in_flight.append(m)
@@ -177,8 +189,12 @@ class Simulation:
     def heal(self) -> None:
         self.cut = set()
 
-    def crash(self, node_id: str) -> None:
-        self.nodes[node_id].crash()
+    def crash(self, node_id: str, kept_unsynced: int | None = None) -> None:
+        """Crash a node; `kept_unsynced` of its unsynced entries survive (None: a random number of them)."""
+        node = self.nodes[node_id]
+        if kept_unsynced is None:
+            kept_unsynced = self.rng.randint(0, len(node.disk.log) - node.disk.durable)
+        node.crash(kept_unsynced)
         self.in_flight = [m for m in self.in_flight if m.to != node_id]
 
     def restart(self, node_id: str) -> None:
@@ -227,8 +243,9 @@ class Simulation:
             self.heal()
         elif r < 0.96 and len(up) > 1:
             node = self.rng.choice(up)
-            action = f"crash {node}"
-            self.crash(node)
+            kept = self.rng.randint(0, len(self.nodes[node].disk.log) - self.nodes[node].disk.durable)
+            action = f"crash {node} (keeping {kept} unsynced entries)"
+            self.crash(node, kept)
         else:
             down = [i for i in self.ids if not self.nodes[i].up]
             if down:

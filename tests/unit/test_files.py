@@ -104,6 +104,23 @@ def test_reads_by_seqno_return_the_exact_bytes_across_chunk_boundaries(tmp_path:
     files.close()
 
 
+def test_the_newest_entries_are_read_from_memory_before_they_reach_the_file(tmp_path: Path) -> None:
+    """A primary replicates entries as it writes them: reading them back costs no write or read of the file."""
+    files, written = build(tmp_path / "l", last=8, chunk_ends=(3,))
+    on_disk = os.path.getsize(tmp_path / "l" / "ledger_4")
+    new = {s: entry(s, tag=b"new") for s in (9, 10, 11)}
+    for s in (9, 10, 11):
+        files.append(new[s])
+    assert files.read_range(10, 11) == [new[10], new[11]]
+    assert files.read_range(9, 9) == [new[9]]
+    assert os.path.getsize(tmp_path / "l" / "ledger_4") == on_disk  # still only in memory
+    assert files.read_range(8, 10) == [written[8], new[9], new[10]]  # a range reaching the file: written first
+    assert os.path.getsize(tmp_path / "l" / "ledger_4") > on_disk
+    with pytest.raises(LedgerFileError):
+        files.read_range(10, 12)
+    files.close()
+
+
 def test_completed_chunk_has_header_offset_entries_and_positions_table(tmp_path: Path) -> None:
     files, written = build(tmp_path / "l", last=5, chunk_ends=(3,))
     files.close()
