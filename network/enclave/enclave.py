@@ -700,10 +700,10 @@ class Enclave:
                     self.ledger.last_signature_seqno <= self.ledger.committed_seqno:
                 self.sign()
             elif self.replicator.unproposed() >= EAGER_REPLICATION_MIN:
-                # Not signing yet (a signature is still waiting for a majority, or the pipeline is not idle: more
-                # commits are on their way, and `every_ms` bounds the wait). Replicate what gathered meanwhile
-                # now, so that the backups have handled it by the time the signature arrives: a signature's
-                # round trip then carries little more than the signature itself.
+                # Not signing at this turn's end (a signature is still waiting for a majority, more commits are
+                # on their way, or group commit is off and `every_ms` decides). Replicate what gathered now, so
+                # that the backups have handled it by the time the signature arrives: a signature's round trip
+                # then carries little more than the signature itself.
                 self.replicator.sync()
         except LedgerFileError as e:
             self._ledger_unwritable(e)

@@ -9,9 +9,11 @@ carries out what the core hands over, persisting before it sends or acknowledges
 3. append the entries received from the primary, each verified as replay verifies a stored entry (GCM tag,
    commit evidence, node and service signatures against the tree rebuilt so far), switching ledger secrets
    at a rekey that encrypts the next one to this node;
-4. flush (fsync) before anything is sent, so an acknowledgement means the entry is durable;
+4. flush (fsync) before anything is sent if the batch holds a signature (`Ready.sync`), so an acknowledgement
+   of a signature means it is durable with every entry before it; other entries may be acknowledged before
+   they are durable, since nothing commits but at a signature (a rollback is synced by the files themselves);
 5. send the messages, attaching the bytes of the entries an AppendEntries carries (read back from the
-   ledger files through the host);
+   ledger files, or from memory while they are new);
 6. advance commit; and a node that became primary sets its view and signs at once (CCF).
 
 An entry from the primary that does not verify stops this node (`ReplicationError`): a correct primary never

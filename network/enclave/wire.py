@@ -85,6 +85,11 @@ def _bool(obj: dict[Any, Any], key: str) -> bool:
     return value
 
 
+def _optional_bool(obj: dict[Any, Any], key: str) -> bool:
+    """A flag added after the first release: absent in what older nodes send, which meant False."""
+    return _bool(obj, key) if key in obj else False
+
+
 def encode(envelope: Envelope) -> bytes:
     m = envelope.message
     body: dict[str, Any]
@@ -139,9 +144,9 @@ def decode(data: bytes) -> Envelope:
         return Envelope(AppendEntriesResponse(term, sender, to, _bool(obj, "ok"), _int(obj, "last")))
     if kind == "rv":
         return Envelope(RequestVote(term, sender, to, _int(obj, "idx"), _int(obj, "idx_term"),
-                                    _bool(obj, "transfer"), _bool(obj, "pre")))
+                                    _bool(obj, "transfer"), _optional_bool(obj, "pre")))
     if kind == "rvr":
-        return Envelope(RequestVoteResponse(term, sender, to, _bool(obj, "granted"), _bool(obj, "pre")))
+        return Envelope(RequestVoteResponse(term, sender, to, _bool(obj, "granted"), _optional_bool(obj, "pre")))
     if kind in ("fwd", "fwdr"):
         headers = obj.get("headers")
         body = obj.get("body")

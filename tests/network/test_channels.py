@@ -95,12 +95,20 @@ def test_garbage_never_decodes_to_anything_but_a_wire_error(data: bytes) -> None
     {"t": "ae", "term": 1, "from": "a", "to": "b", "prev": 0, "prev_term": 0, "commit": 0, "entries": [[1, 1, True]]},
     {"t": "aer", "term": -1, "from": "a", "to": "b", "ok": True, "last": 0},
     {"t": "rv", "term": 1, "from": "a", "to": "b", "idx": 0, "idx_term": 0, "transfer": "yes"},
+    {"t": "rv", "term": 1, "from": "a", "to": "b", "idx": 0, "idx_term": 0, "transfer": False, "pre": 1},
     {"t": "zz", "term": 1, "from": "a", "to": "b"},
     [1, 2, 3],
 ])
 def test_malformed_messages_are_refused(body: object) -> None:
     with pytest.raises(WireError):
         decode(cbor2.dumps(body))
+
+
+def test_votes_from_nodes_that_predate_pre_vote_are_real_votes() -> None:
+    vote = {"t": "rv", "term": 4, "from": "a", "to": "b", "idx": 12, "idx_term": 3, "transfer": False}
+    answer = {"t": "rvr", "term": 4, "from": "b", "to": "a", "granted": True}
+    assert decode(cbor2.dumps(vote)).message == RequestVote(4, "a", "b", 12, 3)
+    assert decode(cbor2.dumps(answer)).message == RequestVoteResponse(4, "b", "a", True)
 
 
 def test_two_nodes_exchange_messages_over_mutual_tls_and_the_host_sees_only_records() -> None:

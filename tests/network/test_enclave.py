@@ -196,6 +196,22 @@ def test_while_a_signature_replicates_what_gathers_is_replicated_by_batches_befo
     assert ledger.last_signature_seqno == in_flight  # and still not signed
 
 
+def test_without_group_commit_what_gathers_is_replicated_by_batches_until_every_ms_signs(tmp_path: Path) -> None:
+    from network.enclave.enclave import EAGER_REPLICATION_MIN
+
+    node = Node(str(tmp_path), group_commit=False)
+    node.open_service()
+    node.enclave.sign()
+    raft = node.enclave.replicator.raft
+    for i in range(EAGER_REPLICATION_MIN):
+        node.user_call("POST", "/app/log/private", {"id": i, "msg": "x"})
+        node.enclave.turn_ended()
+    assert raft.last_index == node.ledger.last_seqno and not node.ledger.is_signature(node.ledger.last_seqno)
+    node.clock.now += 0.025
+    node.enclave.tick()
+    assert node.ledger.is_signature(node.ledger.last_seqno) == (raft.last_index == node.ledger.last_seqno)
+
+
 def test_without_group_commit_only_every_tx_and_every_ms_sign(tmp_path: Path) -> None:
     node = Node(str(tmp_path), group_commit=False)
     node.open_service()

@@ -32,8 +32,11 @@ class _HostFiles:
             return 1 if self.entries else 0, len(self.entries), 0, "/ledger"
         if name == "files.read_range":
             return self.entries[args[0] - 1: args[1]]
-        if name == "files.truncate":
+        if name in ("files.truncate", "files.discard_after"):
             del self.entries[args[0]:]
+            return [] if name == "files.discard_after" else None
+        if name == "files.start_after":  # a node starting from a snapshot: the host's entries are others now
+            self.entries = [b"host-%d" % (i + 1) for i in range(len(self.entries))]
             return None
         raise AssertionError(name)
 
@@ -73,3 +76,14 @@ def test_committed_entries_are_read_from_the_host() -> None:
     host.asked.clear()
     assert files.read_range(4, 5) == [b"entry-4", b"entry-5"] and host.asked == []
     assert files.read_range(3, 3) == [b"entry-3"] and host.asked == ["files.read_range"]
+
+
+@pytest.mark.parametrize("change", ["discard_after", "start_after"])
+def test_a_change_the_host_makes_to_its_files_empties_the_mirror(change: str) -> None:
+    host = _HostFiles()
+    files = RemoteLedgerFiles(host)  # type: ignore[arg-type]
+    for i in range(1, 6):
+        files.append(b"entry-%d" % i)
+    getattr(files, change)(5)
+    host.asked.clear()
+    assert files.read_range(5, 5) == [host.entries[4]] and host.asked == ["files.read_range"]
