@@ -317,34 +317,29 @@ class Raft:
 
     def _pre_campaign(self) -> None:
         """Ask the voters whether they would elect this node in the next term; the term stays as it is."""
-        if self.id not in self.voters:
-            self.elapsed = 0  # not a voter (yet, or any more): never stands
-            return
-        self._set_role(Role.PRE_CANDIDATE)
-        self.leader = None
-        self.votes = {self.id}
-        self.elapsed = 0
-        self.timeout = self._random_timeout()
-        index, term = self.last_committable
-        for peer in sorted(self.voters - {self.id}):
-            self._send(RequestVote(self.term + 1, self.id, peer, index, term, pre_vote=True))
-        self._maybe_win()
+        self._stand(Role.PRE_CANDIDATE, self.term + 1, transfer=False)
 
     def _campaign(self, transfer: bool = False) -> None:
+        if self.id in self.voters:
+            self._set_term(self.term + 1)
+            self.voted_for = self.id
+            self._pending.hard_state_changed = True
+        self._stand(Role.CANDIDATE, self.term, transfer)
+
+    def _stand(self, role: Role, term: int, transfer: bool) -> None:
+        """Ask every other voter for its vote (or, as a pre-candidate, whether it would give it) in `term`."""
         if self.id not in self.voters:
             self.elapsed = 0  # not a voter (yet, or any more): never stands
             return
-        self._set_term(self.term + 1)
-        self.voted_for = self.id
-        self._pending.hard_state_changed = True
-        self._set_role(Role.CANDIDATE)
+        self._set_role(role)
         self.leader = None
         self.votes = {self.id}
         self.elapsed = 0
         self.timeout = self._random_timeout()
-        index, term = self.last_committable
+        index, last_term = self.last_committable
+        pre_vote = role is Role.PRE_CANDIDATE
         for peer in sorted(self.voters - {self.id}):
-            self._send(RequestVote(self.term, self.id, peer, index, term, transfer))
+            self._send(RequestVote(term, self.id, peer, index, last_term, transfer, pre_vote))
         self._maybe_win()
 
     def _maybe_win(self) -> None:
