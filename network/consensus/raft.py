@@ -528,8 +528,7 @@ class Raft:
         self._send_append(m.sender, heartbeat=False)
 
     def _on_request_vote(self, m: RequestVote) -> None:
-        mine_index, mine_term = self.last_committable
-        up_to_date = (m.last_committable_term, m.last_committable_index) >= (mine_term, mine_index)
+        up_to_date = self._holds_no_newer_than(m)
         can_vote = self.voted_for in (None, m.sender) and self.role is Role.FOLLOWER
         granted = up_to_date and can_vote and m.sender in self.voters
         if granted:
@@ -538,12 +537,16 @@ class Raft:
             self.elapsed = 0
         self._send(RequestVoteResponse(self.term, self.id, m.sender, granted))
 
+    def _holds_no_newer_than(self, m: RequestVote) -> bool:
+        """Raft §5.4.1, on committable entries (CCF): the candidate's last signature is at least as new as ours."""
+        mine_index, mine_term = self.last_committable
+        return (m.last_committable_term, m.last_committable_index) >= (mine_term, mine_index)
+
     def _on_pre_vote(self, m: RequestVote) -> None:
         """Answer yes if this node would vote for the sender in `m.term`: its log is up to date and this node
         has no primary to keep following (the lease check in `step` already ignored the question while a
         primary is heard from). Nothing is recorded: a pre-vote binds no one."""
-        mine_index, mine_term = self.last_committable
-        up_to_date = (m.last_committable_term, m.last_committable_index) >= (mine_term, mine_index)
+        up_to_date = self._holds_no_newer_than(m)
         free = m.term > self.term or (self.voted_for in (None, m.sender) and self.leader is None)
         granted = up_to_date and free and m.sender in self.voters
         # a yes carries the asked term (the sender stands in it); a no carries this node's, which may be newer
