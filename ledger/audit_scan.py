@@ -35,7 +35,7 @@ from ledger.entry import (
 from ledger.errors import EntryFormatError, LedgerFileError, LedgerSecretError, VerificationError
 from ledger.files import FILE_HEADER_SIZE, parse_chunk_name
 from ledger.framing import ENTRY_FORMAT_V1, MAX_VIEW, SNAPSHOT_IV_BIT, EntryFrame
-from ledger.kv import Histories, WriteSet
+from ledger.kv import Histories, WriteSet, last_write_history
 from ledger.secrets import LedgerSecret, LedgerSecrets
 
 _HEAD = struct.Struct("<Q")
@@ -49,8 +49,6 @@ _ZERO_CLAIMS = bytes(32)
 Blocks = list[tuple[int, bytes]]
 # Ledger secrets as plain data (start seqno, 32 raw bytes), which pickles to pool workers.
 RawSecrets = tuple[tuple[int, bytes], ...]
-# each key's last value (None: removed) and the seqno that wrote it, per map
-State = dict[str, dict[bytes, tuple[int, bytes | None]]]
 
 
 def chunk_range(path: str) -> tuple[int, int | None]:
@@ -175,35 +173,42 @@ def check_private_entry(frame: EntryFrame, entry_type: int, ce: bytes, secrets: 
     return tables
 
 
-def _note_histories(state: Histories, tables: WriteSet, seqno: int) -> None:
-    for name, changes in tables.items():
-        target = state.get(name)
-        if target is None:
-            target = state[name] = {}
-        for key, value in changes.items():
-            target[key] = [(seqno, value)]
+@dataclass
+class LastWrites:
+    """The state a run of entries leaves, as the KV store keeps it once compacted (a recovering node's public or
+    private replay): each key's last write (`kv.last_write_history`; a removal is kept, so that a later chunk's
+    removal of a key overrides an earlier write of it), the last seqno that wrote each map, and the maps in
+    which a key was removed (where removals are to be dropped once every chunk is merged)."""
+
+    maps: Histories = field(default_factory=dict)
+    newest: dict[str, int] = field(default_factory=dict)
+    removals: set[str] = field(default_factory=set)
 
 
-def _note_writes(state: State, tables: WriteSet, seqno: int) -> None:
+def _note_last_writes(state: LastWrites, tables: WriteSet, seqno: int) -> None:
+    maps, newest = state.maps, state.newest
     for name, changes in tables.items():
-        target = state.get(name)
+        target = maps.get(name)
         if target is None:
-            target = state[name] = {}
+            target = maps[name] = {}
+        newest[name] = seqno
         for key, value in changes.items():
-            target[key] = (seqno, value)
+            if value is None:
+                state.removals.add(name)
+            target[key] = last_write_history(seqno, value)
 
 
 def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: LedgerSecrets | None = None, *,
                keep: frozenset[str] | None = None, keep_leaves: bool = False, records: bool = False,
-               private_state: State | None = None, public_state: Histories | None = None,
+               private_state: LastWrites | None = None, public_state: LastWrites | None = None,
                check_public_maps: bool = True, summaries: bool = True,
                verified_digests: bytes | None = None) -> ChunkScan:
     """Check the framing of every entry of a chunk file's bytes and compute its leaves. Pure.
 
     `keep`: the public maps the caller needs (None: every entry's public maps). `records`: also each entry's
-    `EntryRecords`. `private_state` (with `secrets`): filled with each private key's last value and the seqno
-    that wrote it (a recovering node's private replay); `public_state` the same for the public maps, each key's
-    last write as the KV store keeps a history (its public replay). `check_public_maps=False` skips parsing the
+    `EntryRecords`. `private_state` (with `secrets`): filled with each private key's last write, as the KV store
+    keeps it (`LastWrites`: a recovering node's private replay); `public_state` the same for the public maps (its
+    public replay). `check_public_maps=False` skips parsing the
     public maps (a private replay after a public one that checked them). `summaries=False` leaves `segments` empty
     (a caller that hashes the tree itself; without `keep_leaves` no leaf is hashed then). `verified_digests`: the
     write-set digests, back to back, of entries verified before (a private replay after the public one): each
@@ -298,11 +303,11 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
                                bool(view_word & SNAPSHOT_IV_BIT), pos + 44, pend)
             private_tables = check_private_entry(frame, entry_type, ce, secrets, file)
             if private_tables and private_state is not None:
-                _note_writes(private_state, private_tables, seqno)
+                _note_last_writes(private_state, private_tables, seqno)
         if q < pend and check_public_maps:
             tables = parse_maps(buf, q, pend, seqno=seqno, file=file, offset=pos)
             if public_state is not None:
-                _note_histories(public_state, tables, seqno)
+                _note_last_writes(public_state, tables, seqno)
             if keep is None or not keep.isdisjoint(tables):
                 kept.append(KeptEntry(seqno - start, pos, tables, view_word & MAX_VIEW))
         expected = seqno + 1

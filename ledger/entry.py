@@ -197,11 +197,90 @@ def parse_public_header(frame: EntryFrame, *, file: str | None = None) -> Public
     return PublicHeader(entry_type, seqno, claims, ce, pos)
 
 
+class _Malformed(Exception):
+    """Raised inside `parse_maps`'s quick pass: the careful pass then names what is wrong."""
+
+
+# Map names seen, raw -> (name, public): a ledger names a handful of maps a million times. Bounded, so that a
+# hostile ledger naming a new map in every entry cannot grow it.
+_MAP_NAMES: dict[bytes, tuple[str, bool]] = {}
+_MAP_NAMES_MAX = 4096
+
+
+def _map_name(raw: bytes) -> tuple[str, bool]:
+    try:
+        name = raw.decode()
+    except UnicodeDecodeError:
+        raise _Malformed from None
+    known = (name, is_public(name))
+    if len(_MAP_NAMES) < _MAP_NAMES_MAX:
+        _MAP_NAMES[raw] = known
+    return known
+
+
 def parse_maps(buf: bytes, pos: int, end: int, *, seqno: int | None = None, file: str | None = None,
                offset: int | None = None, public: bool | None = None) -> WriteSet:
     """Parse back the output of `serialise_maps` lying in buf[pos:end]. Every length is checked
     against what is left before it is used, so damaged lengths raise `EntryFormatError`; a map named
-    twice, or (when `public` is given) a map in the wrong domain, is refused too."""
+    twice, or (when `public` is given) a map in the wrong domain, is refused too.
+
+    Every entry a replay or an audit reads comes through here, so the well-formed case is one tight pass: each
+    field is read, then the position checked against `end` before anything read is used (a length running past
+    `end` leaves the position past it). At the first anomaly, `_parse_maps_checked` parses the same bytes again,
+    checking each length before it is used, and raises the error naming it."""
+    given, first, stop = buf, pos, end
+    if type(buf) is not bytes:  # slices of a memoryview would be views: the values must be bytes
+        buf, pos, end = bytes(buf[pos:end]), 0, end - pos
+    u64 = _unpack_u64
+    map_head = _MAP_PREFIX.unpack_from
+    names = _MAP_NAMES
+    maps: WriteSet = {}
+    try:
+        while pos < end:
+            (n,) = u64(buf, pos)
+            pos += 8 + n
+            if pos > end:
+                raise _Malformed
+            raw = buf[pos - n : pos]
+            name, name_public = names.get(raw) or _map_name(raw)
+            if name in maps or (public is not None and name_public != public):
+                raise _Malformed
+            _read_version, reads, writes = map_head(buf, pos)
+            pos += 24
+            if pos > end or reads:
+                raise _Malformed
+            changes: MapChanges = {}
+            # A count too large for the domain stops the loop at the first field that runs past `end`.
+            for _ in range(writes):
+                (n,) = u64(buf, pos)
+                pos += 8 + n
+                if pos > end:
+                    raise _Malformed
+                k = buf[pos - n : pos]
+                (n,) = u64(buf, pos)
+                pos += 8 + n
+                if pos > end:
+                    raise _Malformed
+                changes[k] = buf[pos - n : pos]
+            (removals,) = u64(buf, pos)
+            pos += 8
+            if pos > end:
+                raise _Malformed
+            for _ in range(removals):
+                (n,) = u64(buf, pos)
+                pos += 8 + n
+                if pos > end:
+                    raise _Malformed
+                changes[buf[pos - n : pos]] = None
+            maps[name] = changes
+    except (_Malformed, struct.error):
+        return _parse_maps_checked(given, first, stop, seqno=seqno, file=file, offset=offset, public=public)
+    return maps
+
+
+def _parse_maps_checked(buf: bytes, pos: int, end: int, *, seqno: int | None = None, file: str | None = None,
+                        offset: int | None = None, public: bool | None = None) -> WriteSet:
+    """`parse_maps` checking every length before it is used: the error names what is wrong."""
 
     def fail(message: str) -> EntryFormatError:
         return EntryFormatError(message, file=file, offset=offset, seqno=seqno)

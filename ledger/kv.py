@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -40,8 +40,6 @@ MapChanges = dict[bytes, bytes | None]
 WriteSet = dict[str, MapChanges]
 Hook = Callable[[int, MapChanges], None]
 SnapshotState = dict[str, dict[bytes, tuple[int, bytes]]]
-# Each key's history as the store keeps it ([(version, value or None for removed)], ascending), per map.
-Histories = dict[str, dict[bytes, list[tuple[int, bytes | None]]]]
 
 
 def _version_of(entry: tuple[int, bytes | None]) -> int:
@@ -83,8 +81,25 @@ History = list[tuple[int, bytes | None]] | bytes
 PACK_MAX = 1024
 
 
+# Each key's `History`, per map.
+Histories = dict[str, dict[bytes, History]]
+
+
 def _pack(version: int, value: bytes) -> bytes:
     return version.to_bytes(8, "little") + value
+
+
+def last_write_history(version: int, value: bytes | None) -> History:
+    """The history of a key whose last write, at `version`, is all that is kept (compacted), as the store keeps
+    it: a replay that builds the state elsewhere hands these to `Store.load_histories`."""
+    if value is None or len(value) > PACK_MAX:
+        return [(version, value)]
+    return version.to_bytes(8, "little") + value
+
+
+def last_write(history: History) -> tuple[int, bytes | None]:
+    """(version, value or None if removed) of a history's last write."""
+    return _unpack(history) if isinstance(history, bytes) else history[-1]
 
 
 def _unpack(packed: bytes) -> tuple[int, bytes]:
@@ -384,44 +399,48 @@ class Store:
         recovering service: its predecessor's state, restored later, must not come back over them)."""
         self._hold_removals_from = version
 
-    def restore_earlier_state(self, state: dict[str, dict[bytes, tuple[int, bytes | None]]], below: int) -> None:
+    def restore_earlier_state(self, state: Histories, below: int) -> None:
         """Add maps' state written before `below` that this store could not read when it applied those versions
-        (the private maps of a recovered service's predecessor, decrypted once its secrets are back). Keys the
-        store already holds keep their later history; a removal (None) restores nothing."""
+        (the private maps of a recovered service's predecessor, decrypted once its secrets are back): each key's last
+        write (`last_write_history`). Keys the store already holds keep their later history; a removal restores
+        nothing. The histories are taken, not copied."""
         if below > self._compacted + 1:
             raise VersionUnavailable(f"earlier state must end below the compaction point {self._compacted}")
         for map_name, entries in state.items():
             ms = self._maps.setdefault(map_name, _MapState())
-            versions: set[int] = set()
-            for k, (version, value) in entries.items():
+            keys = ms.keys
+            newest = 0
+            for k, history in entries.items():
+                if isinstance(history, bytes):  # (the value is not copied out to look at the version)
+                    version, removed = int.from_bytes(history[:8], "little"), False
+                else:
+                    version, removed = history[-1][0], history[-1][1] is None
                 if version >= below:
                     raise ValueError(f"restored entry of {map_name!r} at {version}, not below {below}")
-                if value is None:
+                if removed:
                     continue
-                ms.keys[k] = [(version, value), *_as_list(ms.keys.get(k))]
-                versions.add(version)
-            if versions:
-                ms.write_versions = sorted(versions) + ms.write_versions
+                held = keys.get(k)
+                keys[k] = history if held is None else [*_as_list(history), *_as_list(held)]
+                newest = max(newest, version)
+            # Every restored version lies at or below the compaction point, where only the latest that wrote the
+            # map is kept (as compaction trims them); the store's own versions all come after it.
+            if newest:
+                ms.write_versions = [newest, *ms.write_versions]
         self._hold_removals_from = None
 
     def load_histories(self, histories: Histories, newest: dict[str, int], seqno: int, view: int) -> None:
         """Become the state `histories` at version `seqno` (compacted there), keeping this store's hooks: what a
         replay that decoded the ledger elsewhere hands over (it fires the hooks itself, with
         `fire_local_hooks`, for the writes they need). The dictionaries are taken, not copied; `newest` is the
-        last version that wrote each map. Every key's history is its last write; removed keys are absent."""
+        last version that wrote each map. Every key's history is its last write, as `last_write_history` makes it
+        (a one-entry list is taken as it is, not packed); removed keys are absent."""
         maps: dict[str, _MapState] = {}
         for map_name, keys in histories.items():
             last = newest.get(map_name)
             if last is None or last > seqno:
                 raise ValueError(f"map {map_name!r} was last written at {last}, not at or below {seqno}")
             ms = maps[map_name] = _MapState()
-            packed = cast("dict[bytes, History]", keys)  # packed in place: a million keys are not copied
-            for k, history in packed.items():
-                if isinstance(history, list) and len(history) == 1:
-                    ver, val = history[0]
-                    if val is not None and len(val) <= PACK_MAX:
-                        packed[k] = _pack(ver, val)
-            ms.keys, ms.write_versions = packed, [last]
+            ms.keys, ms.write_versions = keys, [last]
         self._maps, self._log, self._version = maps, {}, seqno
         self._view, self._compacted = view, seqno
 

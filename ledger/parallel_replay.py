@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
-from ledger.audit_scan import RawSecrets, State, scan_chunk, secrets_from_raw
+from ledger.audit_scan import LastWrites, RawSecrets, scan_chunk, secrets_from_raw
 from ledger.errors import EntryFormatError, LedgerFileError, MerkleError, VerificationError
 from ledger.files import LedgerFiles
 from ledger.framing import MAX_VIEW
@@ -70,9 +70,7 @@ class ChunkFacts:
     claims: dict[int, bytes] = field(default_factory=dict)
     views: list[tuple[int, int]] = field(default_factory=list)  # (seqno, view) where the view changes
     flags: list[tuple[int, int]] = field(default_factory=list)  # (seqno, flags) of flagged entries
-    state: Histories = field(default_factory=dict)  # each public key's last write in the chunk
-    newest: dict[str, int] = field(default_factory=dict)  # the last seqno that wrote each map
-    removals: frozenset[str] = frozenset()  # the maps whose state holds a removal
+    state: LastWrites = field(default_factory=LastWrites)  # each public key's last write in the chunk
     ordered: list[tuple[int, WriteSet]] = field(default_factory=list)
     error: str | None = None  # why the chunk could not be decoded whole (the caller falls back)
 
@@ -89,7 +87,7 @@ def _decode_chunk(path: str, start: int, end: int | None) -> ChunkFacts:
                               public_state=facts.state, summaries=False)
     except (EntryFormatError, LedgerFileError) as e:
         facts.error = str(e)
-        facts.state.clear()
+        facts.state = LastWrites()
         return facts
     records = scan.records
     assert records is not None and scan.leaves is not None
@@ -98,10 +96,6 @@ def _decode_chunk(path: str, start: int, end: int | None) -> ChunkFacts:
     facts.inner = inner_nodes(facts.leaves, start)
     facts.wsd, facts.sizes = records.wsd, array("Q", records.sizes)
     facts.claims, facts.views, facts.flags = records.claims, records.views, records.flags
-    for name, entries in facts.state.items():
-        facts.newest[name] = max(history[0][0] for history in entries.values())
-    facts.removals = frozenset(name for name, entries in facts.state.items()
-                               if any(history[0][1] is None for history in entries.values()))
     facts.ordered = [(start + entry.index, {name: changes for name, changes in entry.tables.items()
                                             if name in ORDERED_MAPS}) for entry in scan.kept]
     return facts
@@ -151,20 +145,22 @@ def replay_public_in_parallel(files: LedgerFiles, ledger: ServiceLedger, *, work
                 for name, changes in writes.items():
                     governance.setdefault(name, {}).update(changes)
             expected += facts.count
-            for name, entries in facts.state.items():
+            for name, entries in facts.state.maps.items():
                 if (target := state.get(name)) is None:
                     state[name] = entries  # a map's first chunk: taken as it is
                 else:
                     target.update(entries)
-            newest.update(facts.newest)
-            removals |= facts.removals
+            newest.update(facts.state.newest)
+            removals |= facts.state.removals
+            facts.state = LastWrites()  # merged: not held twice
             taken.append(facts)
     except (VerificationError, EntryFormatError, MerkleError) as e:
         merkle.truncate(merkle_size)
         logger.info(f"parallel replay stopped ({e}); replaying sequentially")
         return False
     for name in removals:  # removed keys are absent from a state, as in a snapshot
-        state[name] = {key: history for key, history in state[name].items() if history[0][1] is not None}
+        state[name] = {key: history for key, history in state[name].items()
+                       if not isinstance(history, list) or history[0][1] is not None}
     ledger.adopt_replayed(taken, signatures, {name: keys for name, keys in state.items() if keys}, newest, view)
     return True
 
@@ -172,20 +168,20 @@ def replay_public_in_parallel(files: LedgerFiles, ledger: ServiceLedger, *, work
 # --- the private replay (a recovered service's predecessor, once its secrets are back) ----------------------
 
 
-def _decrypt_chunk(path: str, start: int, end: int, raw_secrets: RawSecrets, verified_digests: bytes) -> State:
+def _decrypt_chunk(path: str, start: int, end: int, raw_secrets: RawSecrets, verified_digests: bytes) -> Histories:
     """Every entry of one complete chunk decrypted and checked with the auditor's scanner: the entry the public
     replay verified (its write-set digest, from `verified_digests`), its GCM tag and commit evidence; the private
     state it leaves. Raises `EntryFormatError` / `LedgerFileError` naming the damage."""
-    state: State = {}
+    state = LastWrites()
     with open(path, "rb") as f:
         scan_chunk(f.read(), os.path.basename(path), start, end, secrets_from_raw(raw_secrets), keep=frozenset(),
                    private_state=state, check_public_maps=False,  # the public replay checked those
                    summaries=False, verified_digests=verified_digests)
-    return state
+    return state.maps
 
 
 def private_replay_jobs(files: LedgerFiles, secrets: LedgerSecrets, verified_digests: Callable[[int, int], bytes],
-                        start: int, end: int, min_entries: int = MIN_ENTRIES) -> list[Callable[[], State]] | None:
+                        start: int, end: int, min_entries: int = MIN_ENTRIES) -> list[Callable[[], Histories]] | None:
     """Jobs (one a chunk, to run in worker processes) decrypting entries `start`..`end` of `files`, each checked to
     be the entry the public replay verified (`verified_digests(first, last)`: `ServiceLedger.write_set_digests`),
     or None if the range is small or does not consist of whole complete chunks (the caller then replays in
@@ -193,7 +189,7 @@ def private_replay_jobs(files: LedgerFiles, secrets: LedgerSecrets, verified_dig
     if end - start + 1 < max(min_entries, 1):
         return None
     raw: RawSecrets = tuple((s.start, s.raw) for s in secrets.all())
-    jobs: list[Callable[[], State]] = []
+    jobs: list[Callable[[], Histories]] = []
     expected = start
     for path, first, last, complete in files.chunk_spans():
         if last < start or first > end:
@@ -206,9 +202,9 @@ def private_replay_jobs(files: LedgerFiles, secrets: LedgerSecrets, verified_dig
     return jobs if expected == end + 1 else None
 
 
-def merge_private(results: list[State]) -> State:
+def merge_private(results: list[Histories]) -> Histories:
     """The chunks' private states, in ledger order: later writes win."""
-    merged: State = {}
+    merged: Histories = {}
     for state in results:
         for name, entries in state.items():
             merged.setdefault(name, {}).update(entries)

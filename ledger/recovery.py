@@ -44,7 +44,7 @@ from ledger.files import LedgerFiles
 from ledger.framing import frame_entry
 from ledger.genesis import GenesisNode
 from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem
-from ledger.kv import Tx, WriteSet
+from ledger.kv import Histories, Tx, WriteSet, last_write_history
 from ledger.parallel_replay import replay_public_in_parallel
 from ledger.receipts import verify_json_receipt
 from ledger.replay import finish_replay, recover
@@ -65,7 +65,7 @@ from ledger.tables import (
     dump_json,
 )
 
-RecoveredState = dict[str, dict[bytes, tuple[int, bytes | None]]]
+RecoveredState = Histories
 
 
 def choose_snapshot(snapshot_dirs: list[str], files: LedgerFiles,
@@ -312,7 +312,7 @@ class PrivateReplay:
         if self._snapshot_entries is not None:
             try:
                 for name, key, version, value in itertools.islice(self._snapshot_entries, budget):
-                    self._state.setdefault(name, {})[key] = (version, value)
+                    self._state.setdefault(name, {})[key] = last_write_history(version, value)
                     budget -= 1
             except (SnapshotError, EntryFormatError, LedgerSecretError) as e:
                 raise RecoveryError(f"the snapshot's private part cannot be read with the recovered secrets: {e}") \
@@ -348,7 +348,7 @@ class PrivateReplay:
         for name, changes in (writes or {}).items():
             target = self._state.setdefault(name, {})
             for key, value in changes.items():
-                target[key] = (seqno, value)
+                target[key] = last_write_history(seqno, value)
 
     def state(self) -> RecoveredState:
         if not self.done:

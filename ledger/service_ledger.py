@@ -476,7 +476,7 @@ class ServiceLedger:
         self._count_bytes_since_chunk()
 
     def restore_previous_service(self, secrets: list[LedgerSecret],
-                                 private_state: dict[str, dict[bytes, tuple[int, bytes | None]]]) -> None:
+                                 private_state: Histories) -> None:
         """A recovered service has its predecessor's ledger secrets and private state back (decrypted from the
         files by `ledger.recovery.PrivateReplay`); both apply below the recovered service's first secret."""
         first = self.secrets.all()[0].start if len(self.secrets) else self.last_seqno + 1

@@ -14,7 +14,9 @@ opening with the previous identity, fetches, decrypts and submits its share, and
   `private_tx_per_s` as above, without a snapshot;
 - `total_s`: node start to Open.
 `audit_tx_per_s` is `scripts/audit.py ledger` on the same ledger (the offline verification rate, start-up
-included), for comparison with the public replay.
+included), for comparison with the public replay; `audit_private_tx_per_s` the same audit given the ledger secrets
+(`--sealed-dir` of the recovered node, which holds them once recovered), which also checks every entry's GCM tag,
+private maps and commit evidence, as the private replay does.
 
 Usage: `.venv/bin/python scripts/bench_recovery.py [--transactions 100000 1000000] [--snapshot both|yes|no]`
 """
@@ -161,11 +163,12 @@ def recover(workspace: str, lost: str, snapshot: bool) -> dict[str, float]:
             "total_s": opened - started}
 
 
-def audit_rate(lost: str, common: str, n: int) -> float:
+def audit_rate(lost: str, common: str, n: int, sealed_dir: str | None = None) -> float:
     start = time.perf_counter()
+    secrets = ["--sealed-dir", sealed_dir] if sealed_dir else []
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "audit.py"), "ledger",
                            os.path.join(lost, "ledger"), "--service-cert", os.path.join(common, "service_cert.pem"),
-                           "--uncommitted", "--json"], capture_output=True, text=True, cwd=ROOT)
+                           "--uncommitted", "--json", *secrets], capture_output=True, text=True, cwd=ROOT)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"audit.py failed: {proc.stderr[-500:]}")
@@ -193,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
                 if not snapshot:  # with a snapshot, almost nothing is replayed: the times say it all
                     result["public_tx_per_s"] = round(n / timings["public_s"])
                     result["private_tx_per_s"] = round(n / timings["private_s"])
-                    result["audit_tx_per_s"] = round(audit_rate(lost, os.path.join(workspace, "sandbox_common"), n))
+                    common = os.path.join(workspace, "sandbox_common")
+                    result["audit_tx_per_s"] = round(audit_rate(lost, common, n))
+                    result["audit_private_tx_per_s"] = round(
+                        audit_rate(lost, common, n, os.path.join(workspace, "recovered_0")))
                 print(json.dumps(result), flush=True)
             finally:
                 if args.keep is None:

@@ -15,7 +15,7 @@ from ledger.errors import (
     TransactionConflict,
     VersionUnavailable,
 )
-from ledger.kv import PACK_MAX, Store, is_public
+from ledger.kv import PACK_MAX, Store, is_public, last_write_history
 
 pytestmark = pytest.mark.unit
 
@@ -933,7 +933,8 @@ def test_snapshots_and_loaded_histories_of_small_and_large_values_read_back_with
     store.compact(v2)
     copy = Store.from_snapshot(store.snapshot(), v2, 1)
     loaded = Store()
-    loaded.load_histories({"records": {b"small": [(v2, b"s2")], b"large": [(v1, b"L" * (PACK_MAX + 1))]}},
+    loaded.load_histories({"records": {b"small": last_write_history(v2, b"s2"),
+                                       b"large": last_write_history(v1, b"L" * (PACK_MAX + 1))}},
                           {"records": v2}, v2, 1)
     for s in (store, copy, loaded):
         tx = s.read_tx()

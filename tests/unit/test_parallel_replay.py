@@ -11,6 +11,7 @@ import pytest
 from ledger.errors import EntryFormatError
 from ledger.files import LedgerFiles
 from ledger.identity import NodeIdentity, ServiceIdentity
+from ledger.kv import last_write
 from ledger.parallel_replay import merge_private, private_replay_jobs, replay_public_in_parallel
 from ledger.recovery import PrivateReplay, RecoveryError
 from ledger.replay import finish_replay, recover
@@ -112,7 +113,7 @@ def test_the_private_replay_in_jobs_gives_the_stepwise_replays_state(tmp_path: P
         stepwise.step(5)
     assert merged == stepwise.state()
     for name, values in old.private.items():  # each private key's last value, removals included
-        assert {key: value for key, (_, value) in merged[name].items()} == values
+        assert {key: last_write(history)[1] for key, history in merged[name].items()} == values
     # a wrong secret: the job names the damage (the node then replays in steps, which names it too)
     wrong = LedgerSecrets([LedgerSecret.create(s.start) for s in secrets.all()])
     wrong_jobs = private_replay_jobs(files, wrong, digests, 1, old.last_signature, min_entries=0)
