@@ -35,7 +35,7 @@ from ledger.entry import (
 from ledger.errors import EntryFormatError, LedgerFileError, LedgerSecretError, VerificationError
 from ledger.files import FILE_HEADER_SIZE, parse_chunk_name
 from ledger.framing import ENTRY_FORMAT_V1, MAX_VIEW, SNAPSHOT_IV_BIT, EntryFrame
-from ledger.kv import Histories, WriteSet, last_write_history
+from ledger.kv import LastWrites, WriteSet
 from ledger.secrets import LedgerSecret, LedgerSecrets
 
 _HEAD = struct.Struct("<Q")
@@ -173,31 +173,6 @@ def check_private_entry(frame: EntryFrame, entry_type: int, ce: bytes, secrets: 
     return tables
 
 
-@dataclass
-class LastWrites:
-    """The state a run of entries leaves, as the KV store keeps it once compacted (a recovering node's public or
-    private replay): each key's last write (`kv.last_write_history`; a removal is kept, so that a later chunk's
-    removal of a key overrides an earlier write of it), the last seqno that wrote each map, and the maps in
-    which a key was removed (where removals are to be dropped once every chunk is merged)."""
-
-    maps: Histories = field(default_factory=dict)
-    newest: dict[str, int] = field(default_factory=dict)
-    removals: set[str] = field(default_factory=set)
-
-
-def _note_last_writes(state: LastWrites, tables: WriteSet, seqno: int) -> None:
-    maps, newest = state.maps, state.newest
-    for name, changes in tables.items():
-        target = maps.get(name)
-        if target is None:
-            target = maps[name] = {}
-        newest[name] = seqno
-        for key, value in changes.items():
-            if value is None:
-                state.removals.add(name)
-            target[key] = last_write_history(seqno, value)
-
-
 def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: LedgerSecrets | None = None, *,
                keep: frozenset[str] | None = None, keep_leaves: bool = False, records: bool = False,
                private_state: LastWrites | None = None, public_state: LastWrites | None = None,
@@ -303,11 +278,11 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
                                bool(view_word & SNAPSHOT_IV_BIT), pos + 44, pend)
             private_tables = check_private_entry(frame, entry_type, ce, secrets, file)
             if private_tables and private_state is not None:
-                _note_last_writes(private_state, private_tables, seqno)
+                private_state.note(private_tables, seqno)
         if q < pend and check_public_maps:
             tables = parse_maps(buf, q, pend, seqno=seqno, file=file, offset=pos)
             if public_state is not None:
-                _note_last_writes(public_state, tables, seqno)
+                public_state.note(tables, seqno)
             if keep is None or not keep.isdisjoint(tables):
                 kept.append(KeptEntry(seqno - start, pos, tables, view_word & MAX_VIEW))
         expected = seqno + 1

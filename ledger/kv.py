@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
@@ -95,6 +96,56 @@ def last_write_history(version: int, value: bytes | None) -> History:
     if value is None or len(value) > PACK_MAX:
         return [(version, value)]
     return version.to_bytes(8, "little") + value
+
+
+@dataclass
+class LastWrites:
+    """The state a run of transactions leaves, as the store keeps it once compacted: each key's last write
+    (`last_write_history`; a removal is kept, so that a later run's removal of a key overrides an earlier run's
+    write when runs are merged), the last version that wrote each map, and the maps in which a key was removed.
+    What a replay decoding the ledger elsewhere (in worker processes, chunk by chunk) hands to the store:
+    `Store.load_histories` and `Store.restore_earlier_state` take its dictionaries without a pass over the keys."""
+
+    maps: Histories = field(default_factory=dict)
+    newest: dict[str, int] = field(default_factory=dict)
+    removals: set[str] = field(default_factory=set)
+
+    def note(self, writes: WriteSet, version: int) -> None:
+        """A transaction at `version`, later than every one noted before."""
+        maps, newest = self.maps, self.newest
+        for name, changes in writes.items():
+            target = maps.get(name)
+            if target is None:
+                target = maps[name] = {}
+            newest[name] = version
+            for key, value in changes.items():
+                if value is None:
+                    self.removals.add(name)
+                target[key] = last_write_history(version, value)
+
+    def note_write(self, name: str, key: bytes, version: int, value: bytes | None) -> None:
+        """One key's last write, in any order of versions (a snapshot's entries)."""
+        self.maps.setdefault(name, {})[key] = last_write_history(version, value)
+        self.newest[name] = max(self.newest.get(name, 0), version)
+        if value is None:
+            self.removals.add(name)
+
+    def merge(self, later: LastWrites) -> None:
+        """Take in what a later run left (its dictionaries are taken where this one has none of a map)."""
+        for name, entries in later.maps.items():
+            if (target := self.maps.get(name)) is None:
+                self.maps[name] = entries
+            else:
+                target.update(entries)
+        self.newest.update(later.newest)
+        self.removals |= later.removals
+
+    def live(self, name: str) -> dict[bytes, History]:
+        """The histories of map `name` without its removed keys."""
+        entries = self.maps.get(name, {})
+        if name not in self.removals:
+            return entries
+        return {k: h for k, h in entries.items() if not isinstance(h, list) or h[-1][1] is not None}
 
 
 def last_write(history: History) -> tuple[int, bytes | None]:
@@ -399,48 +450,46 @@ class Store:
         recovering service: its predecessor's state, restored later, must not come back over them)."""
         self._hold_removals_from = version
 
-    def restore_earlier_state(self, state: Histories, below: int) -> None:
+    def restore_earlier_state(self, state: LastWrites, below: int) -> None:
         """Add maps' state written before `below` that this store could not read when it applied those versions
-        (the private maps of a recovered service's predecessor, decrypted once its secrets are back): each key's last
-        write (`last_write_history`). Keys the store already holds keep their later history; a removal restores
-        nothing. The histories are taken, not copied."""
+        (the private maps of a recovered service's predecessor, decrypted once its secrets are back). Keys the
+        store already holds keep their later history; a removal restores nothing. A map the store holds nothing
+        of is taken as it is (its dictionary, not a copy)."""
         if below > self._compacted + 1:
             raise VersionUnavailable(f"earlier state must end below the compaction point {self._compacted}")
-        for map_name, entries in state.items():
+        for map_name in state.maps:
+            newest = state.newest.get(map_name, below)
+            if newest >= below:
+                raise ValueError(f"restored entry of {map_name!r} at {newest}, not below {below}")
+            entries = state.live(map_name)
+            if not entries:
+                continue
             ms = self._maps.setdefault(map_name, _MapState())
-            keys = ms.keys
-            newest = 0
-            for k, history in entries.items():
-                if isinstance(history, bytes):  # (the value is not copied out to look at the version)
-                    version, removed = int.from_bytes(history[:8], "little"), False
-                else:
-                    version, removed = history[-1][0], history[-1][1] is None
-                if version >= below:
-                    raise ValueError(f"restored entry of {map_name!r} at {version}, not below {below}")
-                if removed:
-                    continue
-                held = keys.get(k)
-                keys[k] = history if held is None else [*_as_list(history), *_as_list(held)]
-                newest = max(newest, version)
+            if not ms.keys:
+                ms.keys = entries
+            else:
+                keys = ms.keys
+                for k, history in entries.items():
+                    held = keys.get(k)
+                    keys[k] = history if held is None else [*_as_list(history), *_as_list(held)]
             # Every restored version lies at or below the compaction point, where only the latest that wrote the
             # map is kept (as compaction trims them); the store's own versions all come after it.
-            if newest:
-                ms.write_versions = [newest, *ms.write_versions]
+            ms.write_versions = [newest, *ms.write_versions]
         self._hold_removals_from = None
 
-    def load_histories(self, histories: Histories, newest: dict[str, int], seqno: int, view: int) -> None:
-        """Become the state `histories` at version `seqno` (compacted there), keeping this store's hooks: what a
-        replay that decoded the ledger elsewhere hands over (it fires the hooks itself, with
-        `fire_local_hooks`, for the writes they need). The dictionaries are taken, not copied; `newest` is the
-        last version that wrote each map. Every key's history is its last write, as `last_write_history` makes it
-        (a one-entry list is taken as it is, not packed); removed keys are absent."""
+    def load_histories(self, state: LastWrites, seqno: int, view: int) -> None:
+        """Become `state` at version `seqno` (compacted there), keeping this store's hooks: what a replay that
+        decoded the ledger elsewhere hands over (it fires the hooks itself, with `fire_local_hooks`, for the
+        writes they need). The dictionaries are taken, not copied (but for maps with removed keys, which are
+        dropped)."""
         maps: dict[str, _MapState] = {}
-        for map_name, keys in histories.items():
-            last = newest.get(map_name)
+        for map_name in state.maps:
+            last = state.newest.get(map_name)
             if last is None or last > seqno:
                 raise ValueError(f"map {map_name!r} was last written at {last}, not at or below {seqno}")
-            ms = maps[map_name] = _MapState()
-            ms.keys, ms.write_versions = keys, [last]
+            if keys := state.live(map_name):
+                ms = maps[map_name] = _MapState()
+                ms.keys, ms.write_versions = keys, [last]
         self._maps, self._log, self._version = maps, {}, seqno
         self._view, self._compacted = view, seqno
 

@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
-from ledger.audit_scan import LastWrites, RawSecrets, scan_chunk, secrets_from_raw
+from ledger.audit_scan import RawSecrets, scan_chunk, secrets_from_raw
 from ledger.errors import EntryFormatError, LedgerFileError, MerkleError, VerificationError
 from ledger.files import LedgerFiles
 from ledger.framing import MAX_VIEW
-from ledger.kv import Histories, WriteSet
+from ledger.kv import LastWrites, WriteSet
 from ledger.merkle import inner_nodes
 from ledger.replay import verify_signature_writes
 from ledger.secrets import LedgerSecrets
@@ -117,9 +117,7 @@ def replay_public_in_parallel(files: LedgerFiles, ledger: ServiceLedger, *, work
         return False
     governance: dict[str, dict[bytes, bytes | None]] = {}
     signatures: dict[int, SignatureRecord] = {}
-    state: Histories = {}
-    newest: dict[str, int] = {}
-    removals: set[str] = set()
+    state = LastWrites()
     taken: list[ChunkFacts] = []
     expected, view = 1, ledger.view  # files starting after a snapshot fail the first check: not for this path
     merkle = ledger.merkle
@@ -145,30 +143,21 @@ def replay_public_in_parallel(files: LedgerFiles, ledger: ServiceLedger, *, work
                 for name, changes in writes.items():
                     governance.setdefault(name, {}).update(changes)
             expected += facts.count
-            for name, entries in facts.state.maps.items():
-                if (target := state.get(name)) is None:
-                    state[name] = entries  # a map's first chunk: taken as it is
-                else:
-                    target.update(entries)
-            newest.update(facts.state.newest)
-            removals |= facts.state.removals
+            state.merge(facts.state)
             facts.state = LastWrites()  # merged: not held twice
             taken.append(facts)
     except (VerificationError, EntryFormatError, MerkleError) as e:
         merkle.truncate(merkle_size)
         logger.info(f"parallel replay stopped ({e}); replaying sequentially")
         return False
-    for name in removals:  # removed keys are absent from a state, as in a snapshot
-        state[name] = {key: history for key, history in state[name].items()
-                       if not isinstance(history, list) or history[0][1] is not None}
-    ledger.adopt_replayed(taken, signatures, {name: keys for name, keys in state.items() if keys}, newest, view)
+    ledger.adopt_replayed(taken, signatures, state, view)
     return True
 
 
 # --- the private replay (a recovered service's predecessor, once its secrets are back) ----------------------
 
 
-def _decrypt_chunk(path: str, start: int, end: int, raw_secrets: RawSecrets, verified_digests: bytes) -> Histories:
+def _decrypt_chunk(path: str, start: int, end: int, raw_secrets: RawSecrets, verified_digests: bytes) -> LastWrites:
     """Every entry of one complete chunk decrypted and checked with the auditor's scanner: the entry the public
     replay verified (its write-set digest, from `verified_digests`), its GCM tag and commit evidence; the private
     state it leaves. Raises `EntryFormatError` / `LedgerFileError` naming the damage."""
@@ -177,11 +166,11 @@ def _decrypt_chunk(path: str, start: int, end: int, raw_secrets: RawSecrets, ver
         scan_chunk(f.read(), os.path.basename(path), start, end, secrets_from_raw(raw_secrets), keep=frozenset(),
                    private_state=state, check_public_maps=False,  # the public replay checked those
                    summaries=False, verified_digests=verified_digests)
-    return state.maps
+    return state
 
 
 def private_replay_jobs(files: LedgerFiles, secrets: LedgerSecrets, verified_digests: Callable[[int, int], bytes],
-                        start: int, end: int, min_entries: int = MIN_ENTRIES) -> list[Callable[[], Histories]] | None:
+                        start: int, end: int, min_entries: int = MIN_ENTRIES) -> list[Callable[[], LastWrites]] | None:
     """Jobs (one a chunk, to run in worker processes) decrypting entries `start`..`end` of `files`, each checked to
     be the entry the public replay verified (`verified_digests(first, last)`: `ServiceLedger.write_set_digests`),
     or None if the range is small or does not consist of whole complete chunks (the caller then replays in
@@ -189,7 +178,7 @@ def private_replay_jobs(files: LedgerFiles, secrets: LedgerSecrets, verified_dig
     if end - start + 1 < max(min_entries, 1):
         return None
     raw: RawSecrets = tuple((s.start, s.raw) for s in secrets.all())
-    jobs: list[Callable[[], Histories]] = []
+    jobs: list[Callable[[], LastWrites]] = []
     expected = start
     for path, first, last, complete in files.chunk_spans():
         if last < start or first > end:
@@ -202,10 +191,9 @@ def private_replay_jobs(files: LedgerFiles, secrets: LedgerSecrets, verified_dig
     return jobs if expected == end + 1 else None
 
 
-def merge_private(results: list[Histories]) -> Histories:
+def merge_private(results: list[LastWrites]) -> LastWrites:
     """The chunks' private states, in ledger order: later writes win."""
-    merged: Histories = {}
+    merged = LastWrites()
     for state in results:
-        for name, entries in state.items():
-            merged.setdefault(name, {}).update(entries)
+        merged.merge(state)
     return merged

@@ -44,7 +44,7 @@ from ledger.files import LedgerFiles
 from ledger.framing import frame_entry
 from ledger.genesis import GenesisNode
 from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem
-from ledger.kv import Histories, Tx, WriteSet, last_write_history
+from ledger.kv import LastWrites, Tx, WriteSet
 from ledger.parallel_replay import replay_public_in_parallel
 from ledger.receipts import verify_json_receipt
 from ledger.replay import finish_replay, recover
@@ -64,8 +64,6 @@ from ledger.tables import (
     VIRTUAL_MEASUREMENTS,
     dump_json,
 )
-
-RecoveredState = Histories
 
 
 def choose_snapshot(snapshot_dirs: list[str], files: LedgerFiles,
@@ -287,7 +285,7 @@ class PrivateReplay:
         self._secrets = secrets
         self._next = start
         self._end = end
-        self._state: RecoveredState = {}
+        self._state = LastWrites()
         self._snapshot_entries: Iterator[tuple[str, bytes, int, bytes]] | None = None
         if snapshot is not None:
             self._snapshot_entries = self._snapshot_entries_of(snapshot)
@@ -312,7 +310,7 @@ class PrivateReplay:
         if self._snapshot_entries is not None:
             try:
                 for name, key, version, value in itertools.islice(self._snapshot_entries, budget):
-                    self._state.setdefault(name, {})[key] = last_write_history(version, value)
+                    self._state.note_write(name, key, version, value)
                     budget -= 1
             except (SnapshotError, EntryFormatError, LedgerSecretError) as e:
                 raise RecoveryError(f"the snapshot's private part cannot be read with the recovered secrets: {e}") \
@@ -345,12 +343,10 @@ class PrivateReplay:
                                          self._secrets, file)
         except EntryFormatError as e:
             raise RecoveryError(f"private replay failed at seqno {seqno} ({file}): {e}") from None
-        for name, changes in (writes or {}).items():
-            target = self._state.setdefault(name, {})
-            for key, value in changes.items():
-                target[key] = last_write_history(seqno, value)
+        if writes:
+            self._state.note(writes, seqno)
 
-    def state(self) -> RecoveredState:
+    def state(self) -> LastWrites:
         if not self.done:
             raise RecoveryError("the private replay is not finished")
         return self._state

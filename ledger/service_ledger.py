@@ -43,7 +43,7 @@ from ledger.errors import (
 from ledger.files import LedgerFiles
 from ledger.framing import FLAG_FORCE_CHUNK_AFTER, FLAG_FORCE_CHUNK_BEFORE, MAX_VIEW
 from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, endorse, load_cert
-from ledger.kv import ZERO_CLAIMS, CommitResult, Histories, Store, Tx, WriteSet
+from ledger.kv import ZERO_CLAIMS, CommitResult, LastWrites, Store, Tx, WriteSet
 from ledger.merkle import MerkleHistory, PathStep
 from ledger.receipts import cose_receipt, json_receipt, json_receipt_for_signature
 from ledger.record_proofs import SignatureEntry
@@ -476,7 +476,7 @@ class ServiceLedger:
         self._count_bytes_since_chunk()
 
     def restore_previous_service(self, secrets: list[LedgerSecret],
-                                 private_state: Histories) -> None:
+                                 private_state: LastWrites) -> None:
         """A recovered service has its predecessor's ledger secrets and private state back (decrypted from the
         files by `ledger.recovery.PrivateReplay`); both apply below the recovered service's first secret."""
         first = self.secrets.all()[0].start if len(self.secrets) else self.last_seqno + 1
@@ -692,8 +692,8 @@ class ServiceLedger:
 
     # --- replay (driven by ledger.replay) -------------------------------------------------------------
 
-    def adopt_replayed(self, chunks: list[Any], signatures: dict[int, SignatureRecord], state: Histories,
-                       newest: dict[str, int], view: int) -> None:
+    def adopt_replayed(self, chunks: list[Any], signatures: dict[int, SignatureRecord], state: LastWrites,
+                       view: int) -> None:
         """Take in bulk what `ledger.parallel_replay` decoded and verified (it extended the Merkle tree itself): the
         per-transaction records of every chunk, the signatures, and the state the entries leave."""
         if self.store.version != 0 or not chunks:
@@ -713,7 +713,7 @@ class ServiceLedger:
         self._sig_digests = bytearray(b"".join(self._digest_of(s) for s in self._sig_seqnos))
         self._sig_certs = [self._shared_cert(signatures[s].primary.cert) for s in self._sig_seqnos]
         self._count_bytes_since_chunk()
-        self.store.load_histories(state, newest, last, view)
+        self.store.load_histories(state, last, view)
         for facts in chunks:  # what the hooks of this ledger (and of its caller) follow, in order
             for seqno, writes in facts.ordered:
                 self.store.fire_local_hooks(seqno, writes)

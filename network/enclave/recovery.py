@@ -42,9 +42,9 @@ from ledger.entry import decode_entry
 from ledger.errors import LedgerError, LedgerSecretError, RecoveryError
 from ledger.files import LedgerFiles
 from ledger.identity import load_cert, spki_der
-from ledger.kv import Tx
+from ledger.kv import LastWrites, Tx
 from ledger.parallel_replay import merge_private, private_replay_jobs
-from ledger.recovery import PrivateReplay, RecoveredState, restore_secrets
+from ledger.recovery import PrivateReplay, restore_secrets
 from ledger.secrets import LedgerSecret, node_secrets_entries, recovery_secret_record
 from ledger.service_ledger import ServiceLedger
 from ledger.snapshots import summarise_snapshot
@@ -210,7 +210,7 @@ class NodeRecovery:
         self._replay = None
         self._finish_private(replay.state())
 
-    def _finish_private(self, state: RecoveredState) -> None:
+    def _finish_private(self, state: LastWrites) -> None:
         self.ledger.store.restore_earlier_state(state, self.first_new_seqno)
         self.ledger.release_records()
         gc.enable()

@@ -15,7 +15,7 @@ from ledger.errors import (
     TransactionConflict,
     VersionUnavailable,
 )
-from ledger.kv import PACK_MAX, Store, is_public, last_write_history
+from ledger.kv import PACK_MAX, LastWrites, Store, is_public, last_write_history
 
 pytestmark = pytest.mark.unit
 
@@ -692,12 +692,13 @@ def test_loaded_histories_read_as_the_state_they_describe_and_keep_the_hooks() -
     store = Store()
     seen: list[int] = []
     store.add_local_hook(M, lambda version, changes: seen.append(version))
-    store.load_histories({M: {b"a": [(3, b"v")], b"b": [(2, b"w")]}, OTHER: {b"x": [(4, b"y")]}},
-                         {M: 3, OTHER: 4}, 4, 2)
+    store.load_histories(LastWrites({M: {b"a": [(3, b"v")], b"b": [(2, b"w")], b"gone": [(3, None)]},
+                                     OTHER: {b"x": [(4, b"y")]}, "public:emptied": {b"e": [(1, None)]}},
+                                    {M: 3, OTHER: 4, "public:emptied": 1}, {M, "public:emptied"}), 4, 2)
     assert (store.version, store.view, store.compacted_version) == (4, 2, 4)
     tx = store.read_tx()
     assert tx.get(M, b"a") == b"v" and tx.get_version(M, b"b") == 2 and tx.get(OTHER, b"x") == b"y"
-    assert store.snapshot() == {M: {b"a": (3, b"v"), b"b": (2, b"w")}, OTHER: {b"x": (4, b"y")}}
+    assert store.snapshot() == {M: {b"a": (3, b"v"), b"b": (2, b"w")}, OTHER: {b"x": (4, b"y")}}  # no removal
     stale = store.begin()
     stale.get(M, b"a")
     stale.put(M, b"c", b"z")
@@ -705,9 +706,9 @@ def test_loaded_histories_read_as_the_state_they_describe_and_keep_the_hooks() -
     with pytest.raises(TransactionConflict):
         stale.commit()
     with pytest.raises(ValueError, match="last written at 5"):
-        Store().load_histories({M: {b"a": [(5, b"v")]}}, {M: 5}, 4, 0)
+        Store().load_histories(LastWrites({M: {b"a": [(5, b"v")]}}, {M: 5}), 4, 0)
     with pytest.raises(ValueError, match="last written at None"):
-        Store().load_histories({M: {b"a": [(3, b"v")]}}, {}, 4, 0)
+        Store().load_histories(LastWrites({M: {b"a": [(3, b"v")]}}), 4, 0)
 
 
 def test_from_snapshot_rejects_entries_newer_than_snapshot_version() -> None:
@@ -933,10 +934,46 @@ def test_snapshots_and_loaded_histories_of_small_and_large_values_read_back_with
     store.compact(v2)
     copy = Store.from_snapshot(store.snapshot(), v2, 1)
     loaded = Store()
-    loaded.load_histories({"records": {b"small": last_write_history(v2, b"s2"),
-                                       b"large": last_write_history(v1, b"L" * (PACK_MAX + 1))}},
-                          {"records": v2}, v2, 1)
+    last = LastWrites()
+    last.note({"records": {b"large": b"L" * (PACK_MAX + 1)}}, v1)
+    last.note({"records": {b"small": b"s2"}}, v2)
+    loaded.load_histories(last, v2, 1)
     for s in (store, copy, loaded):
         tx = s.read_tx()
         assert tx.committed_versions("records") == {b"small": v2, b"large": v1}
         assert (tx.get("records", b"small"), tx.get("records", b"large")) == (b"s2", b"L" * (PACK_MAX + 1))
+
+
+def test_last_writes_keep_each_key_s_last_write_and_merge_later_runs_over_earlier_ones() -> None:
+    first, second = LastWrites(), LastWrites()
+    first.note({M: {b"a": b"1", b"b": b"1"}, OTHER: {b"x": b"L" * (PACK_MAX + 1)}}, 3)
+    first.note({M: {b"a": b"2"}}, 4)
+    second.note({M: {b"b": None, b"c": b"5"}}, 7)
+    second.note_write(OTHER, b"y", 6, b"from a snapshot")
+    second.note_write(OTHER, b"z", 2, b"older, noted later")
+    assert first.maps[M][b"a"] == last_write_history(4, b"2")  # packed: version and value in one object
+    assert first.maps[OTHER][b"x"] == [(3, b"L" * (PACK_MAX + 1))]  # too large to pack
+    assert (first.newest, first.removals) == ({M: 4, OTHER: 3}, set())
+    first.merge(second)
+    assert first.maps[M] == {b"a": last_write_history(4, b"2"), b"b": [(7, None)], b"c": last_write_history(7, b"5")}
+    assert (first.newest, first.removals) == ({M: 7, OTHER: 6}, {M})
+    assert first.live(M) == {b"a": last_write_history(4, b"2"), b"c": last_write_history(7, b"5")}
+    assert first.live(OTHER) is first.maps[OTHER]  # no removal: the dictionary itself
+
+
+def test_restored_state_is_taken_whole_for_a_map_the_store_does_not_hold_and_merged_under_one_it_does() -> None:
+    store = Store()
+    commit_put(store, "public:x", b"k", b"v")  # 1
+    commit_put(store, OTHER, b"later", b"kept")  # 2: the store's own write, after the restored ones
+    store.compact(2)
+    restored = LastWrites()
+    restored.note_write(M, b"a", 1, b"restored")
+    restored.note_write(OTHER, b"earlier", 1, b"restored too")
+    restored.note_write(OTHER, b"later", 1, b"older than the store's")
+    store.restore_earlier_state(restored, 2)
+    tx = store.read_tx()
+    assert store._maps[M].keys is restored.maps[M]  # taken, not copied
+    assert dict(tx.items(OTHER)) == {b"earlier": b"restored too", b"later": b"kept"}
+    assert (tx.get_version(OTHER, b"later"), tx.map_version(M), tx.map_version(OTHER)) == (2, 1, 2)
+    with pytest.raises(ValueError, match="not below 2"):
+        store.restore_earlier_state(LastWrites({M: {b"b": last_write_history(2, b"v")}}, {M: 2}), 2)

@@ -113,7 +113,7 @@ def test_the_private_replay_in_jobs_gives_the_stepwise_replays_state(tmp_path: P
         stepwise.step(5)
     assert merged == stepwise.state()
     for name, values in old.private.items():  # each private key's last value, removals included
-        assert {key: last_write(history)[1] for key, history in merged[name].items()} == values
+        assert {key: last_write(history)[1] for key, history in merged.maps[name].items()} == values
     # a wrong secret: the job names the damage (the node then replays in steps, which names it too)
     wrong = LedgerSecrets([LedgerSecret.create(s.start) for s in secrets.all()])
     wrong_jobs = private_replay_jobs(files, wrong, digests, 1, old.last_signature, min_entries=0)

@@ -45,7 +45,7 @@ from ledger.framing import FLAG_FORCE_CHUNK_BEFORE
 from ledger.gather import gather_previous_ledger
 from ledger.genesis import GenesisMember, GenesisNode, NodeNetwork, VirtualQuote
 from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, cert_pem
-from ledger.kv import PACK_MAX, Histories, Store, is_public, last_write, last_write_history
+from ledger.kv import PACK_MAX, LastWrites, Store, is_public, last_write
 from ledger.receipts import verify_json_receipt
 from ledger.recovery import (
     PrivateReplay,
@@ -666,9 +666,10 @@ def test_private_replay_gives_each_private_key_its_last_value(old: OldService) -
     assert len(secrets) == 3
     replay = replay_private(rec.files, LedgerSecrets(secrets), old.last_signature)
     state = replay.state()
-    assert {name: {k: last_write(h)[1] for k, h in entries.items()} for name, entries in state.items()} == old.private
+    assert {name: {k: last_write(h)[1] for k, h in entries.items()} for name, entries in state.maps.items()} \
+        == old.private
     at_signature = old.ledger.read_tx(old.last_signature)
-    for name, entries in state.items():
+    for name, entries in state.maps.items():
         for key, history in entries.items():
             seqno, value = last_write(history)
             assert 1 <= seqno <= old.last_signature
@@ -742,6 +743,14 @@ def test_restored_earlier_state_makes_the_private_values_readable_under_later_wr
     assert set(tx.keys(PRIVATE)) == live
 
 
+def _written(maps: dict[str, dict[bytes, tuple[int, bytes | None]]]) -> LastWrites:
+    state = LastWrites()
+    for name, entries in maps.items():
+        for key, (version, value) in entries.items():
+            state.note_write(name, key, version, value)
+    return state
+
+
 def test_restore_earlier_state_refuses_entries_at_or_above_the_bound_and_a_bound_past_compaction() -> None:
     store = Store()
     tx = store.begin()
@@ -749,11 +758,10 @@ def test_restore_earlier_state_refuses_entries_at_or_above_the_bound_and_a_bound
     store.commit(tx)
     store.compact(1)
     with pytest.raises(ValueError):
-        store.restore_earlier_state({PRIVATE: {b"k": last_write_history(2, b"v")}}, 2)
+        store.restore_earlier_state(_written({PRIVATE: {b"k": (2, b"v")}}), 2)
     with pytest.raises(VersionUnavailable):
-        store.restore_earlier_state({PRIVATE: {b"k": last_write_history(1, b"v")}}, 3)
-    store.restore_earlier_state({PRIVATE: {b"k": last_write_history(1, b"v"),
-                                           b"gone": last_write_history(1, None)}}, 2)
+        store.restore_earlier_state(_written({PRIVATE: {b"k": (1, b"v")}}), 3)
+    store.restore_earlier_state(_written({PRIVATE: {b"k": (1, b"v"), b"gone": (1, None)}}), 2)
     assert store.read_tx().get(PRIVATE, b"k") == b"v"
     assert store.read_tx().keys(PRIVATE) == [b"k"]
 
@@ -766,9 +774,10 @@ def test_restored_small_and_large_values_read_back_with_their_versions_and_the_m
         store.commit(tx)
     store.compact(3)
     large = b"L" * (PACK_MAX + 1)
-    restored = {b"small": last_write_history(1, b"s"), b"large": last_write_history(2, large)}
-    assert isinstance(restored[b"small"], bytes) and isinstance(restored[b"large"], list)
-    store.restore_earlier_state({PRIVATE: restored}, 4)
+    state = LastWrites()
+    state.note_write(PRIVATE, b"small", 1, b"s")
+    state.note_write(PRIVATE, b"large", 2, large)
+    store.restore_earlier_state(state, 4)
     tx = store.begin()
     tx.put(PRIVATE, b"new", b"n")  # the recovered service's own write comes after every restored one
     store.commit(tx)
@@ -795,7 +804,7 @@ def test_restore_earlier_state_keeps_a_later_committed_removal(put_first: bool) 
     tx.remove(PRIVATE, b"k")
     store.commit(tx)
     store.compact(store.version)
-    store.restore_earlier_state({PRIVATE: {b"k": last_write_history(2, b"the predecessor's value")}}, 3)
+    store.restore_earlier_state(_written({PRIVATE: {b"k": (2, b"the predecessor's value")}}), 3)
     assert store.read_tx().get(PRIVATE, b"k") is None
 
 
@@ -809,7 +818,7 @@ def test_restore_earlier_state_keeps_a_later_uncompacted_removal() -> None:
     tx = store.begin()
     tx.remove(PRIVATE, b"k")
     store.commit(tx)
-    store.restore_earlier_state({PRIVATE: {b"k": last_write_history(2, b"the predecessor's value")}}, 3)
+    store.restore_earlier_state(_written({PRIVATE: {b"k": (2, b"the predecessor's value")}}), 3)
     assert store.read_tx().get(PRIVATE, b"k") is None
     assert store.read_tx(2).get(PRIVATE, b"k") == b"the predecessor's value"
 
@@ -1025,9 +1034,9 @@ def snapshot_old_service(base: Path) -> Snapshotted:
     return Snapshotted(old, name, seqno, end.seqno, private)
 
 
-def _live(state: Histories) -> dict[str, dict[bytes, bytes]]:
+def _live(state: LastWrites) -> dict[str, dict[bytes, bytes]]:
     return {name: {k: v for k, h in entries.items() if (v := last_write(h)[1]) is not None}
-            for name, entries in state.items()}
+            for name, entries in state.maps.items()}
 
 
 def test_choose_snapshot_takes_a_committed_snapshot_the_files_continue_whose_receipt_verifies(
@@ -1064,8 +1073,8 @@ def test_a_recovery_from_a_snapshot_gives_the_same_state_as_from_the_whole_ledge
     replay = PrivateReplay(rec.files, secrets, snap.seqno + 1, snap.end, snapshot=chosen[1])
     while not replay.done:
         replay.step(3)
-    assert _live(replay.state()) == _live({name: {k: last_write_history(0, v) for k, v in values.items()}
-                                           for name, values in snap.private.items()})
+    assert _live(replay.state()) == _live(_written({name: {k: (0, v) for k, v in values.items()}
+                                                   for name, values in snap.private.items()}))
     # a snapshot read with secrets that do not cover it is refused, at the first step (not when set up: that
     # happens inside the member's request that brought the secrets)
     wrong = LedgerSecrets([LedgerSecret.create(s.start) for s in secrets.all()])
