@@ -507,8 +507,8 @@ class Store:
             newest = max((ver for ver, _ in entries.values()), default=None)
             if newest is not None and newest > seqno:
                 raise ValueError(f"an entry of {map_name!r} has version {newest}, above the snapshot {seqno}")
-            ms.keys = {k: _pack(ver, val) if len(val) <= PACK_MAX else [(ver, val)]
-                       for k, (ver, val) in entries.items()}  # (a million keys: one comprehension)
+            ms.keys = {k: ver.to_bytes(8, "little") + val if len(val) <= PACK_MAX else [(ver, val)]
+                       for k, (ver, val) in entries.items()}  # (a million keys: one comprehension, `_pack` inline)
             ms.write_versions = [newest] if newest is not None else []
         store._version = store._compacted = seqno
         store._view = view

@@ -145,7 +145,6 @@ class LoadedSnapshot:
     hash_at_snapshot: bytes
     view_history: list[int]
     state: SnapshotState
-    digest: bytes  # SHA-256 of the snapshot entry, as recorded in the evidence
     receipt: dict[str, object] | None
 
 
@@ -189,9 +188,7 @@ def load_snapshot(data: bytes, secrets: LedgerSecrets | None) -> LoadedSnapshot:
         raise SnapshotError(f"malformed snapshot: {e}") from e
     except (EntryFormatError, LedgerSecretError) as e:
         raise SnapshotError(f"cannot read the snapshot: {e}") from e
-    view = frame.view
-    digest = hashlib.sha256(data[: frame.end]).digest()
-    return LoadedSnapshot(seqno, view, hash_at, history, state, digest, receipt)
+    return LoadedSnapshot(seqno, frame.view, hash_at, history, state, receipt)
 
 
 @dataclass(frozen=True)
@@ -219,7 +216,9 @@ def summarise_snapshot(data: bytes, *, digest: bool = True) -> SnapshotSummary:
         raise SnapshotError(f"cannot read the snapshot: {e}") from e
     if receipt is not None and not isinstance(receipt, dict):
         raise SnapshotError("the receipt appended to the snapshot is not a JSON object")
-    return SnapshotSummary(int(seqno), hashlib.sha256(data[: frame.end]).digest() if digest else b"", receipt)
+    # (hashed in place: a large snapshot is not copied to be hashed)
+    digested = hashlib.sha256(memoryview(data)[: frame.end]).digest() if digest else b""
+    return SnapshotSummary(int(seqno), digested, receipt)
 
 
 # --- snapshot files (host side) ----------------------------------------------------------------------

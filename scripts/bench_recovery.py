@@ -168,7 +168,8 @@ def audit_rate(lost: str, common: str, n: int, sealed_dir: str | None = None) ->
     secrets = ["--sealed-dir", sealed_dir] if sealed_dir else []
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "audit.py"), "ledger",
                            os.path.join(lost, "ledger"), "--service-cert", os.path.join(common, "service_cert.pem"),
-                           "--uncommitted", "--json", *secrets], capture_output=True, text=True, cwd=ROOT)
+                           "--uncommitted", "--json", *secrets], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": ROOT})  # this checkout's code, as the node runs
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"audit.py failed: {proc.stderr[-500:]}")
@@ -189,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 lost = write_lost_service(workspace, n, snapshot)
                 written = time.perf_counter() - t0
+                # A lost service's ledger is not freshly written: let the kernel write back the gigabytes just
+                # written before the clock starts, or the recovery would share the machine with that writeback
+                # (and the audit, run after it, would not).
+                os.sync()
                 result: dict[str, object] = {"transactions": n, "snapshot": snapshot,
                                              "ledger_written_s": round(written, 1)}
                 timings = recover(workspace, lost, snapshot)
