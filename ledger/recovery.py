@@ -309,8 +309,8 @@ class PrivateReplay:
     def step(self, budget: int = 2000) -> None:
         if self._snapshot_entries is not None:
             try:
-                for name, key, version, value in itertools.islice(self._snapshot_entries, budget):
-                    self._state.note_write(name, key, version, value)
+                for name, key, version, record in itertools.islice(self._snapshot_entries, budget):
+                    self._state.note_record(name, key, version, record)
                     budget -= 1
             except (SnapshotError, EntryFormatError, LedgerSecretError) as e:
                 raise RecoveryError(f"the snapshot's private part cannot be read with the recovered secrets: {e}") \

@@ -72,8 +72,10 @@ _ENTRY_HEAD = struct.Struct("<Qq")  # value size (8 + value length), version (ne
 
 
 def iter_snapshot_maps(buf: bytes, pos: int, end: int, *, public: bool) -> Iterator[tuple[str, bytes, int, bytes]]:
-    """The live entries of the maps in buf[pos:end], as (map, key, version, value), one at a time (a recovering
-    node decrypts a large snapshot's private part in steps); every length is checked before it is used."""
+    """The live entries of the maps in buf[pos:end], as (map, key, version, record), one at a time (a recovering
+    node decrypts a large snapshot's private part in steps); every length is checked before it is used. A record
+    is the version (8 bytes, little-endian) followed by the value, as the snapshot holds them: the form in which
+    the KV store keeps a small compacted value (`kv.last_write_history`), read with one copy."""
 
     def u64(what: str) -> int:
         nonlocal pos
@@ -128,14 +130,14 @@ def iter_snapshot_maps(buf: bytes, pos: int, end: int, *, public: bool) -> Itera
             if next_pos > stop:
                 raise SnapshotError(f"value padding in map {name!r} runs past the end of its map")
             if ver >= 0:
-                yield name, bytes(buf[pos + 8 : key_end]), ver, bytes(buf[value_at + 16 : value_end])
+                yield name, bytes(buf[pos + 8 : key_end]), ver, bytes(buf[value_at + 8 : value_end])
             pos = next_pos
 
 
 def _parse_snapshot_maps(buf: bytes, pos: int, end: int, state: SnapshotState, *, public: bool) -> None:
     """Parse maps in buf[pos:end] into `state`."""
-    for name, key, version, value in iter_snapshot_maps(buf, pos, end, public=public):
-        state.setdefault(name, {})[key] = (version, value)
+    for name, key, version, record in iter_snapshot_maps(buf, pos, end, public=public):
+        state.setdefault(name, {})[key] = (version, record[8:])
 
 
 @dataclass(frozen=True)
