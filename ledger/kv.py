@@ -130,13 +130,6 @@ class LastWrites:
         if value is None:
             self.removals.add(name)
 
-    def note_record(self, name: str, key: bytes, version: int, record: bytes) -> None:
-        """`note_write` of a live value given as its record: the version (8 bytes, little-endian) then the value,
-        as a snapshot holds it (kept as it is when small enough to pack)."""
-        self.maps.setdefault(name, {})[key] = record if len(record) <= PACK_MAX + 8 else [(version, record[8:])]
-        if version > self.newest.get(name, 0):
-            self.newest[name] = version
-
     def merge(self, later: LastWrites) -> None:
         """Take in what a later run left (its dictionaries are taken where this one has none of a map)."""
         for name, entries in later.maps.items():

@@ -20,7 +20,6 @@ evidence do not verify under the recovered secrets. Not here: shares (governance
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from ledger.replay import finish_replay, recover
 from ledger.secrets import LedgerSecret, LedgerSecrets, unwrap_secret_chain
 from ledger.service_ledger import ServiceLedger
 from ledger.snapshot_files import parse_snapshot_name
-from ledger.snapshots import iter_snapshot_maps, summarise_snapshot
+from ledger.snapshots import read_snapshot_maps, summarise_snapshot
 from ledger.tables import (
     HISTORICAL_SECRETS,
     NODES_ENDORSED_CERTS,
@@ -286,39 +285,38 @@ class PrivateReplay:
         self._next = start
         self._end = end
         self._state = LastWrites()
-        self._snapshot_entries: Iterator[tuple[str, bytes, int, bytes]] | None = None
-        if snapshot is not None:
-            self._snapshot_entries = self._snapshot_entries_of(snapshot)
+        self._snapshot = snapshot  # read at the first steps, then dropped
+        self._snapshot_batches: Iterator[int] | None = None
 
     @property
     def done(self) -> bool:
-        return self._snapshot_entries is None and self._next > self._end
+        return self._snapshot is None and self._next > self._end
 
     @property
     def progress(self) -> tuple[int, int]:
         """(last seqno decrypted, last seqno to decrypt)."""
         return self._next - 1, self._end
 
-    def _snapshot_entries_of(self, data: bytes) -> Iterator[tuple[str, bytes, int, bytes]]:
-        """The snapshot's private entries; its private part is decrypted (GCM tag checked) at the first step, not
-        when the replay is set up (inside the request that brought the secrets)."""
+    def _snapshot_batches_of(self, data: bytes, batch: int) -> Iterator[int]:
+        """The snapshot's private entries read into the state, `batch` at a time; its private part is decrypted
+        (GCM tag checked) at the first step, not when the replay is set up (inside the request that brought the
+        secrets)."""
         frame = frame_entry(data, 0)  # the snapshot's seqno is its IV's
         plain = decrypt_private(frame, self._secrets.for_seqno(frame.seqno))
-        yield from iter_snapshot_maps(plain, 0, len(plain), public=False)
+        yield from read_snapshot_maps(plain, 0, len(plain), self._state, public=False, batch=batch)
 
     def step(self, budget: int = 2000) -> None:
-        if self._snapshot_entries is not None:
+        if self._snapshot is not None:
+            if self._snapshot_batches is None:
+                self._snapshot_batches = self._snapshot_batches_of(self._snapshot, max(budget, 1))
             try:
-                for name, key, version, record in itertools.islice(self._snapshot_entries, budget):
-                    self._state.note_record(name, key, version, record)
-                    budget -= 1
+                read = next(self._snapshot_batches, None)
             except (SnapshotError, EntryFormatError, LedgerSecretError) as e:
                 raise RecoveryError(f"the snapshot's private part cannot be read with the recovered secrets: {e}") \
                     from None
-            if budget > 0:
-                self._snapshot_entries = None  # exhausted
-            if budget <= 0:
+            if read is not None:
                 return
+            self._snapshot = self._snapshot_batches = None  # all read: the ledger's entries after it follow
         end = min(self._end, self._next + budget - 1)
         seqno = self._next
         while seqno <= end:  # chunk by chunk: the file name is looked up once per chunk

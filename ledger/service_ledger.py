@@ -43,7 +43,7 @@ from ledger.errors import (
 from ledger.files import LedgerFiles
 from ledger.framing import FLAG_FORCE_CHUNK_AFTER, FLAG_FORCE_CHUNK_BEFORE, MAX_VIEW
 from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, endorse, load_cert
-from ledger.kv import ZERO_CLAIMS, CommitResult, LastWrites, Store, Tx, WriteSet
+from ledger.kv import ZERO_CLAIMS, CommitResult, LastWrites, Store, Tx, WriteSet, last_write
 from ledger.merkle import MerkleHistory, PathStep
 from ledger.receipts import cose_receipt, json_receipt, json_receipt_for_signature
 from ledger.record_proofs import SignatureEntry
@@ -678,14 +678,18 @@ class ServiceLedger:
     ) -> ServiceLedger:
         """A ledger resuming from a snapshot: the store at its seqno and the Merkle tree it recorded."""
         loaded = snapshots.load_snapshot(data, secrets)
-        tree_bytes = loaded.state.get(TREE, {}).get(SINGLETON_KEY)
-        if tree_bytes is None:
+        tree = loaded.state.maps.get(TREE, {}).get(SINGLETON_KEY)
+        if tree is None:
             raise SnapshotError("snapshot holds no Merkle tree")
-        merkle = MerkleHistory.deserialise(tree_bytes[1])
+        merkle = MerkleHistory.deserialise(last_write(tree)[1] or b"")
         if merkle.size != loaded.seqno:
             raise SnapshotError(f"snapshot tree has {merkle.size} leaves, expected {loaded.seqno}")
         merkle.append(loaded.hash_at_snapshot)
-        store = Store.from_snapshot(loaded.state, loaded.seqno, loaded.view)
+        store = Store()
+        try:
+            store.load_histories(loaded.state, loaded.seqno, loaded.view)
+        except ValueError as e:  # a record written after the snapshot's own seqno
+            raise SnapshotError(str(e)) from None
         ledger = cls(node=node, service=service, secrets=secrets, files=files, store=store, merkle=merkle,
                      view=loaded.view, view_history=loaded.view_history, **kwargs)
         return ledger

@@ -23,7 +23,7 @@ import orjson
 from ledger.entry import TYPE_SNAPSHOT, decrypt_private, entry_header, gcm_iv, split_domains
 from ledger.errors import EntryFormatError, LedgerSecretError, SnapshotError
 from ledger.framing import BODY_PREFIX, GCM_TAG_SIZE, frame_entry
-from ledger.kv import SnapshotState, is_public
+from ledger.kv import PACK_MAX, History, LastWrites, SnapshotState, is_public
 from ledger.secrets import LedgerSecret, LedgerSecrets
 
 _U64 = struct.Struct("<Q")
@@ -71,11 +71,13 @@ def serialise_snapshot(
 _ENTRY_HEAD = struct.Struct("<Qq")  # value size (8 + value length), version (negative: removed)
 
 
-def iter_snapshot_maps(buf: bytes, pos: int, end: int, *, public: bool) -> Iterator[tuple[str, bytes, int, bytes]]:
-    """The live entries of the maps in buf[pos:end], as (map, key, version, record), one at a time (a recovering
-    node decrypts a large snapshot's private part in steps); every length is checked before it is used. A record
-    is the version (8 bytes, little-endian) followed by the value, as the snapshot holds them: the form in which
-    the KV store keeps a small compacted value (`kv.last_write_history`), read with one copy."""
+def read_snapshot_maps(buf: bytes, pos: int, end: int, state: LastWrites, *, public: bool,
+                       batch: int = 1 << 62) -> Iterator[int]:
+    """Read the live entries of the maps in buf[pos:end] into `state`, pausing after every `batch` entries (it
+    yields how many it read since the last pause: a recovering node reads a large snapshot's private part in
+    steps); every length is checked before it is used. Each entry is kept as the snapshot holds it, its version
+    (8 bytes, little-endian) followed by its value: the form in which the store keeps a small compacted value
+    (`kv.last_write_history`), read with one copy."""
 
     def u64(what: str) -> int:
         nonlocal pos
@@ -95,6 +97,7 @@ def iter_snapshot_maps(buf: bytes, pos: int, end: int, *, public: bool) -> Itera
 
     seen: set[str] = set()
     header = _ENTRY_HEAD
+    read = 0
     while pos < end:
         try:
             name = take(u64("map name length"), "map name").decode()
@@ -105,6 +108,8 @@ def iter_snapshot_maps(buf: bytes, pos: int, end: int, *, public: bool) -> Itera
         if name in seen:
             raise SnapshotError(f"map {name!r} appears twice")
         seen.add(name)
+        target: dict[bytes, History] | None = None  # made at the map's first live entry
+        newest = 0
         u64("map version")
         map_size = u64("map size")
         stop = pos + map_size
@@ -130,14 +135,26 @@ def iter_snapshot_maps(buf: bytes, pos: int, end: int, *, public: bool) -> Itera
             if next_pos > stop:
                 raise SnapshotError(f"value padding in map {name!r} runs past the end of its map")
             if ver >= 0:
-                yield name, bytes(buf[pos + 8 : key_end]), ver, bytes(buf[value_at + 8 : value_end])
+                record = bytes(buf[value_at + 8 : value_end])
+                if target is None:
+                    target = state.maps.setdefault(name, {})
+                # as `kv.last_write_history` keeps a value (inline: a million records)
+                target[bytes(buf[pos + 8 : key_end])] = record if vsize <= PACK_MAX + 8 else [(ver, record[8:])]
+                if ver > newest:
+                    state.newest[name] = newest = ver
+                read += 1
+                if read == batch:
+                    yield read
+                    read = 0
             pos = next_pos
+    if read:
+        yield read
 
 
-def _parse_snapshot_maps(buf: bytes, pos: int, end: int, state: SnapshotState, *, public: bool) -> None:
-    """Parse maps in buf[pos:end] into `state`."""
-    for name, key, version, record in iter_snapshot_maps(buf, pos, end, public=public):
-        state.setdefault(name, {})[key] = (version, record[8:])
+def _parse_snapshot_maps(buf: bytes, pos: int, end: int, state: LastWrites, *, public: bool) -> None:
+    """Parse maps in buf[pos:end] into `state`, each record kept as the store keeps it."""
+    for _ in read_snapshot_maps(buf, pos, end, state, public=public):
+        pass
 
 
 @dataclass(frozen=True)
@@ -146,7 +163,7 @@ class LoadedSnapshot:
     view: int
     hash_at_snapshot: bytes
     view_history: list[int]
-    state: SnapshotState
+    state: LastWrites  # every live record, as the store keeps it (`Store.load_histories` takes it)
     receipt: dict[str, object] | None
 
 
@@ -175,7 +192,7 @@ def load_snapshot(data: bytes, secrets: LedgerSecrets | None) -> LoadedSnapshot:
             raise SnapshotError("view history is not an array of u64 inside the public domain")
         history = list(struct.unpack_from(f"<{vlen // 8}Q", buf, pos))
         pos += vlen
-        state: SnapshotState = {}
+        state = LastWrites()
         _parse_snapshot_maps(buf, pos, end, state, public=True)
         if secrets is not None and secrets.covers(seqno):  # a recovering node reads the public part only
             plain = decrypt_private(frame, secrets.for_seqno(seqno))

@@ -951,10 +951,6 @@ def test_last_writes_keep_each_key_s_last_write_and_merge_later_runs_over_earlie
     second.note({M: {b"b": None, b"c": b"5"}}, 7)
     second.note_write(OTHER, b"y", 6, b"from a snapshot")
     second.note_write(OTHER, b"z", 2, b"older, noted later")
-    second.note_record(OTHER, b"r", 5, (5).to_bytes(8, "little") + b"a snapshot's record")
-    second.note_record(OTHER, b"big", 1, (1).to_bytes(8, "little") + b"B" * (PACK_MAX + 1))
-    assert second.maps[OTHER][b"r"] == last_write_history(5, b"a snapshot's record")
-    assert second.maps[OTHER][b"big"] == last_write_history(1, b"B" * (PACK_MAX + 1))
     assert first.maps[M][b"a"] == last_write_history(4, b"2")  # packed: version and value in one object
     assert first.maps[OTHER][b"x"] == [(3, b"L" * (PACK_MAX + 1))]  # too large to pack
     assert (first.newest, first.removals) == ({M: 4, OTHER: 3}, set())

@@ -13,10 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.errors import SnapshotError
+from ledger.kv import PACK_MAX, LastWrites, last_write_history
 from ledger.secrets import LedgerSecrets
 from ledger.service_ledger import ServiceLedger
 from ledger.snapshot_files import latest_committed_snapshot
-from ledger.snapshots import load_snapshot
+from ledger.snapshots import _serialise_snapshot_maps, load_snapshot, read_snapshot_maps
 from ledger.tables import SINGLETON_KEY, SNAPSHOT_EVIDENCE
 from tests.ccf_tools import assert_read_ledger_accepts, read_ledger
 
@@ -165,3 +166,19 @@ def test_damaged_snapshot_bytes_raise_only_snapshot_error(new_service: Callable[
 
 
 _SNAPSHOT_CACHE: dict[str, Any] = {}
+
+
+def test_snapshot_maps_read_into_the_store_s_packed_records_in_batches_or_at_once() -> None:
+    large = b"L" * (PACK_MAX + 1)
+    state = {"records": {b"a": (3, b"small"), b"b": (7, large), b"c": (5, b"")}, "other": {b"x": (2, b"y")}}
+    body = _serialise_snapshot_maps(state, ["other", "records"])
+    whole = LastWrites()
+    assert list(read_snapshot_maps(body, 0, len(body), whole, public=False)) == [4]
+    assert whole.maps == {"records": {b"a": last_write_history(3, b"small"), b"b": last_write_history(7, large),
+                                      b"c": last_write_history(5, b"")},
+                          "other": {b"x": last_write_history(2, b"y")}}
+    assert isinstance(whole.maps["records"][b"a"], bytes) and isinstance(whole.maps["records"][b"b"], list)
+    assert (whole.newest, whole.removals) == ({"records": 7, "other": 2}, set())
+    stepped = LastWrites()
+    assert list(read_snapshot_maps(body, 0, len(body), stepped, public=False, batch=3)) == [3, 1]
+    assert stepped == whole
