@@ -280,7 +280,7 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
             if private_tables and private_state is not None:
                 private_state.note(private_tables, seqno)
         if q < pend and check_public_maps:
-            tables = parse_maps(buf, q, pend, seqno=seqno, file=file, offset=pos)
+            tables = parse_maps(buf, q, pend, seqno=seqno, file=file, offset=pos, public=True)
             if public_state is not None:
                 public_state.note(tables, seqno)
             if keep is None or not keep.isdisjoint(tables):

@@ -201,10 +201,11 @@ class _Malformed(Exception):
     """Raised inside `parse_maps`'s quick pass: the careful pass then names what is wrong."""
 
 
-# Map names seen, raw -> (name, public): a ledger names a handful of maps a million times. Bounded, so that a
-# hostile ledger naming a new map in every entry cannot grow it.
+# Map names seen, raw -> (name, public): a ledger names a handful of maps a million times. Bounded in count and
+# in each name's size, so that a hostile ledger naming a new (or a huge) map in every entry cannot grow it.
 _MAP_NAMES: dict[bytes, tuple[str, bool]] = {}
 _MAP_NAMES_MAX = 4096
+_MAP_NAME_CACHED_MAX = 256
 
 
 def _map_name(raw: bytes) -> tuple[str, bool]:
@@ -213,7 +214,7 @@ def _map_name(raw: bytes) -> tuple[str, bool]:
     except UnicodeDecodeError:
         raise _Malformed from None
     known = (name, is_public(name))
-    if len(_MAP_NAMES) < _MAP_NAMES_MAX:
+    if len(_MAP_NAMES) < _MAP_NAMES_MAX and len(raw) <= _MAP_NAME_CACHED_MAX:
         _MAP_NAMES[raw] = known
     return known
 

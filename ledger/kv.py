@@ -137,7 +137,9 @@ class LastWrites:
                 self.maps[name] = entries
             else:
                 target.update(entries)
-        self.newest.update(later.newest)
+        for name, version in later.newest.items():
+            if version > self.newest.get(name, -1):
+                self.newest[name] = version
         self.removals |= later.removals
 
     def live(self, name: str) -> dict[bytes, History]:
@@ -458,7 +460,9 @@ class Store:
         if below > self._compacted + 1:
             raise VersionUnavailable(f"earlier state must end below the compaction point {self._compacted}")
         for map_name in state.maps:
-            newest = state.newest.get(map_name, below)
+            newest = state.newest.get(map_name)
+            if newest is None:
+                raise ValueError(f"restored map {map_name!r} comes without the version that last wrote it")
             if newest >= below:
                 raise ValueError(f"restored entry of {map_name!r} at {newest}, not below {below}")
             entries = state.live(map_name)

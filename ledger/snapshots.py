@@ -109,7 +109,7 @@ def read_snapshot_maps(buf: bytes, pos: int, end: int, state: LastWrites, *, pub
             raise SnapshotError(f"map {name!r} appears twice")
         seen.add(name)
         target: dict[bytes, History] | None = None  # made at the map's first live entry
-        newest = 0
+        newest = -1
         u64("map version")
         map_size = u64("map size")
         stop = pos + map_size

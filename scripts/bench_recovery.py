@@ -169,7 +169,9 @@ def audit_rate(lost: str, common: str, n: int, sealed_dir: str | None = None) ->
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "audit.py"), "ledger",
                            os.path.join(lost, "ledger"), "--service-cert", os.path.join(common, "service_cert.pem"),
                            "--uncommitted", "--json", *secrets], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": ROOT})  # this checkout's code, as the node runs
+                          # this checkout's code, as the node runs
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get(
+                              "PYTHONPATH")]))})
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"audit.py failed: {proc.stderr[-500:]}")

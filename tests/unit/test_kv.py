@@ -698,7 +698,9 @@ def test_loaded_histories_read_as_the_state_they_describe_and_keep_the_hooks() -
     assert (store.version, store.view, store.compacted_version) == (4, 2, 4)
     tx = store.read_tx()
     assert tx.get(M, b"a") == b"v" and tx.get_version(M, b"b") == 2 and tx.get(OTHER, b"x") == b"y"
-    assert store.snapshot() == {M: {b"a": (3, b"v"), b"b": (2, b"w")}, OTHER: {b"x": (4, b"y")}}  # no removal
+    assert store.snapshot() == {M: {b"a": (3, b"v"), b"b": (2, b"w")}, OTHER: {b"x": (4, b"y")}}
+    assert store.read_tx().keys(M) == [b"a", b"b"] and store.read_tx().map_version("public:emptied") == 0
+    assert b"gone" not in store._maps[M].keys and "public:emptied" not in store._maps  # removals dropped
     stale = store.begin()
     stale.get(M, b"a")
     stale.put(M, b"c", b"z")

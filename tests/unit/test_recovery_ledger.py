@@ -45,7 +45,7 @@ from ledger.framing import FLAG_FORCE_CHUNK_BEFORE
 from ledger.gather import gather_previous_ledger
 from ledger.genesis import GenesisMember, GenesisNode, NodeNetwork, VirtualQuote
 from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, cert_pem
-from ledger.kv import PACK_MAX, LastWrites, Store, is_public, last_write
+from ledger.kv import PACK_MAX, LastWrites, Store, is_public, last_write, last_write_history
 from ledger.receipts import verify_json_receipt
 from ledger.recovery import (
     PrivateReplay,
@@ -761,6 +761,8 @@ def test_restore_earlier_state_refuses_entries_at_or_above_the_bound_and_a_bound
         store.restore_earlier_state(_written({PRIVATE: {b"k": (2, b"v")}}), 2)
     with pytest.raises(VersionUnavailable):
         store.restore_earlier_state(_written({PRIVATE: {b"k": (1, b"v")}}), 3)
+    with pytest.raises(ValueError, match="without the version"):
+        store.restore_earlier_state(LastWrites({PRIVATE: {b"k": last_write_history(1, b"v")}}), 2)
     store.restore_earlier_state(_written({PRIVATE: {b"k": (1, b"v"), b"gone": (1, None)}}), 2)
     assert store.read_tx().get(PRIVATE, b"k") == b"v"
     assert store.read_tx().keys(PRIVATE) == [b"k"]

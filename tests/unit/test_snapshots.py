@@ -170,15 +170,17 @@ _SNAPSHOT_CACHE: dict[str, Any] = {}
 
 def test_snapshot_maps_read_into_the_store_s_packed_records_in_batches_or_at_once() -> None:
     large = b"L" * (PACK_MAX + 1)
-    state = {"records": {b"a": (3, b"small"), b"b": (7, large), b"c": (5, b"")}, "other": {b"x": (2, b"y")}}
-    body = _serialise_snapshot_maps(state, ["other", "records"])
+    state = {"records": {b"a": (3, b"small"), b"b": (7, large), b"c": (5, b"")}, "other": {b"x": (2, b"y")},
+             "zero": {b"z": (0, b"written at version 0")}}
+    body = _serialise_snapshot_maps(state, ["other", "records", "zero"])
     whole = LastWrites()
-    assert list(read_snapshot_maps(body, 0, len(body), whole, public=False)) == [4]
+    assert list(read_snapshot_maps(body, 0, len(body), whole, public=False)) == [5]
     assert whole.maps == {"records": {b"a": last_write_history(3, b"small"), b"b": last_write_history(7, large),
                                       b"c": last_write_history(5, b"")},
-                          "other": {b"x": last_write_history(2, b"y")}}
+                          "other": {b"x": last_write_history(2, b"y")},
+                          "zero": {b"z": last_write_history(0, b"written at version 0")}}
     assert isinstance(whole.maps["records"][b"a"], bytes) and isinstance(whole.maps["records"][b"b"], list)
-    assert (whole.newest, whole.removals) == ({"records": 7, "other": 2}, set())
+    assert (whole.newest, whole.removals) == ({"records": 7, "other": 2, "zero": 0}, set())
     stepped = LastWrites()
-    assert list(read_snapshot_maps(body, 0, len(body), stepped, public=False, batch=3)) == [3, 1]
+    assert list(read_snapshot_maps(body, 0, len(body), stepped, public=False, batch=3)) == [3, 2]
     assert stepped == whole
