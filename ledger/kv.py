@@ -95,7 +95,7 @@ def last_write_history(version: int, value: bytes | None) -> History:
     it: a replay that builds the state elsewhere hands these to `Store.load_histories`."""
     if value is None or len(value) > PACK_MAX:
         return [(version, value)]
-    return version.to_bytes(8, "little") + value
+    return _pack(version, value)
 
 
 @dataclass
@@ -122,13 +122,6 @@ class LastWrites:
                 if value is None:
                     self.removals.add(name)
                 target[key] = last_write_history(version, value)
-
-    def note_write(self, name: str, key: bytes, version: int, value: bytes | None) -> None:
-        """One key's last write, in any order of versions (a snapshot's entries)."""
-        self.maps.setdefault(name, {})[key] = last_write_history(version, value)
-        self.newest[name] = max(self.newest.get(name, 0), version)
-        if value is None:
-            self.removals.add(name)
 
     def merge(self, later: LastWrites) -> None:
         """Take in what a later run left (its dictionaries are taken where this one has none of a map)."""
@@ -511,8 +504,7 @@ class Store:
             newest = max((ver for ver, _ in entries.values()), default=None)
             if newest is not None and newest > seqno:
                 raise ValueError(f"an entry of {map_name!r} has version {newest}, above the snapshot {seqno}")
-            ms.keys = {k: ver.to_bytes(8, "little") + val if len(val) <= PACK_MAX else [(ver, val)]
-                       for k, (ver, val) in entries.items()}  # (a million keys: one comprehension, `_pack` inline)
+            ms.keys = {k: last_write_history(ver, val) for k, (ver, val) in entries.items()}
             ms.write_versions = [newest] if newest is not None else []
         store._version = store._compacted = seqno
         store._view = view

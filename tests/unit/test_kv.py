@@ -951,8 +951,8 @@ def test_last_writes_keep_each_key_s_last_write_and_merge_later_runs_over_earlie
     first.note({M: {b"a": b"1", b"b": b"1"}, OTHER: {b"x": b"L" * (PACK_MAX + 1)}}, 3)
     first.note({M: {b"a": b"2"}}, 4)
     second.note({M: {b"b": None, b"c": b"5"}}, 7)
-    second.note_write(OTHER, b"y", 6, b"from a snapshot")
-    second.note_write(OTHER, b"z", 2, b"older, noted later")
+    second.note({OTHER: {b"z": b"an older write"}}, 2)
+    second.note({OTHER: {b"y": b"a later one"}}, 6)
     assert first.maps[M][b"a"] == last_write_history(4, b"2")  # packed: version and value in one object
     assert first.maps[OTHER][b"x"] == [(3, b"L" * (PACK_MAX + 1))]  # too large to pack
     assert (first.newest, first.removals) == ({M: 4, OTHER: 3}, set())
@@ -969,9 +969,8 @@ def test_restored_state_is_taken_whole_for_a_map_the_store_does_not_hold_and_mer
     commit_put(store, OTHER, b"later", b"kept")  # 2: the store's own write, after the restored ones
     store.compact(2)
     restored = LastWrites()
-    restored.note_write(M, b"a", 1, b"restored")
-    restored.note_write(OTHER, b"earlier", 1, b"restored too")
-    restored.note_write(OTHER, b"later", 1, b"older than the store's")
+    restored.note({M: {b"a": b"restored"},
+                   OTHER: {b"earlier": b"restored too", b"later": b"older than the store's"}}, 1)
     store.restore_earlier_state(restored, 2)
     tx = store.read_tx()
     assert store._maps[M].keys is restored.maps[M]  # taken, not copied

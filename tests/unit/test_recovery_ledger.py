@@ -745,9 +745,10 @@ def test_restored_earlier_state_makes_the_private_values_readable_under_later_wr
 
 def _written(maps: dict[str, dict[bytes, tuple[int, bytes | None]]]) -> LastWrites:
     state = LastWrites()
-    for name, entries in maps.items():
-        for key, (version, value) in entries.items():
-            state.note_write(name, key, version, value)
+    writes = sorted((version, name, key, value) for name, entries in maps.items()
+                    for key, (version, value) in entries.items())
+    for version, name, key, value in writes:  # in version order, as `note` takes them
+        state.note({name: {key: value}}, version)
     return state
 
 
@@ -777,8 +778,8 @@ def test_restored_small_and_large_values_read_back_with_their_versions_and_the_m
     store.compact(3)
     large = b"L" * (PACK_MAX + 1)
     state = LastWrites()
-    state.note_write(PRIVATE, b"small", 1, b"s")
-    state.note_write(PRIVATE, b"large", 2, large)
+    state.note({PRIVATE: {b"small": b"s"}}, 1)
+    state.note({PRIVATE: {b"large": large}}, 2)
     store.restore_earlier_state(state, 4)
     tx = store.begin()
     tx.put(PRIVATE, b"new", b"n")  # the recovered service's own write comes after every restored one
