@@ -113,6 +113,7 @@ class LastWrites:
     def note(self, writes: WriteSet, version: int) -> None:
         """A transaction at `version`, later than every one noted before."""
         maps, newest = self.maps, self.newest
+        prefix = version.to_bytes(8, "little")  # `last_write_history`, inlined: a replay calls this a million times
         for name, changes in writes.items():
             target = maps.get(name)
             if target is None:
@@ -121,7 +122,11 @@ class LastWrites:
             for key, value in changes.items():
                 if value is None:
                     self.removals.add(name)
-                target[key] = last_write_history(version, value)
+                    target[key] = [(version, None)]
+                elif len(value) > PACK_MAX:
+                    target[key] = [(version, value)]
+                else:
+                    target[key] = prefix + value
 
     def merge(self, later: LastWrites) -> None:
         """Take in what a later run left (its dictionaries are taken where this one has none of a map)."""

@@ -948,13 +948,15 @@ def test_snapshots_and_loaded_histories_of_small_and_large_values_read_back_with
 
 def test_last_writes_keep_each_key_s_last_write_and_merge_later_runs_over_earlier_ones() -> None:
     first, second = LastWrites(), LastWrites()
-    first.note({M: {b"a": b"1", b"b": b"1"}, OTHER: {b"x": b"L" * (PACK_MAX + 1)}}, 3)
+    first.note({M: {b"a": b"1", b"b": b"1"}, OTHER: {b"x": b"L" * (PACK_MAX + 1), b"edge": b"E" * PACK_MAX}}, 3)
     first.note({M: {b"a": b"2"}}, 4)
     second.note({M: {b"b": None, b"c": b"5"}}, 7)
     second.note({OTHER: {b"z": b"an older write"}}, 2)
     second.note({OTHER: {b"y": b"a later one"}}, 6)
     assert first.maps[M][b"a"] == last_write_history(4, b"2")  # packed: version and value in one object
     assert first.maps[OTHER][b"x"] == [(3, b"L" * (PACK_MAX + 1))]  # too large to pack
+    edge = first.maps[OTHER][b"edge"]  # the largest value packed
+    assert edge == last_write_history(3, b"E" * PACK_MAX) == (3).to_bytes(8, "little") + b"E" * PACK_MAX
     assert (first.newest, first.removals) == ({M: 4, OTHER: 3}, set())
     first.merge(second)
     assert first.maps[M] == {b"a": last_write_history(4, b"2"), b"b": [(7, None)], b"c": last_write_history(7, b"5")}
