@@ -23,7 +23,6 @@ caller's business (the node's host runs them in worker processes).
 
 from __future__ import annotations
 
-import functools
 import multiprocessing as mp
 import os
 from array import array
@@ -169,8 +168,29 @@ def _decrypt_chunk(path: str, start: int, end: int, raw_secrets: RawSecrets, ver
     return state
 
 
+@dataclass(frozen=True)
+class PrivateReplayJob:
+    """The private replay of one complete chunk (`_decrypt_chunk`), to run in a worker process. `result_bytes`
+    bounds the size of its result pickled: the private state of a chunk's entries holds each written key and
+    value once, with a version, where the chunk holds each write with its framing, lengths and headers; the
+    file's size plus a margin covers it (a caller moving results through fixed slots checks it anyway)."""
+
+    path: str
+    start: int
+    end: int
+    raw_secrets: RawSecrets
+    verified_digests: bytes
+    result_bytes: int
+
+    def __call__(self) -> LastWrites:
+        return _decrypt_chunk(self.path, self.start, self.end, self.raw_secrets, self.verified_digests)
+
+
+RESULT_MARGIN = 1 << 16
+
+
 def private_replay_jobs(files: LedgerFiles, secrets: LedgerSecrets, verified_digests: Callable[[int, int], bytes],
-                        start: int, end: int, min_entries: int = MIN_ENTRIES) -> list[Callable[[], LastWrites]] | None:
+                        start: int, end: int, min_entries: int = MIN_ENTRIES) -> list[PrivateReplayJob] | None:
     """Jobs (one a chunk, to run in worker processes) decrypting entries `start`..`end` of `files`, each checked to
     be the entry the public replay verified (`verified_digests(first, last)`: `ServiceLedger.write_set_digests`),
     or None if the range is small or does not consist of whole complete chunks (the caller then replays in
@@ -178,15 +198,15 @@ def private_replay_jobs(files: LedgerFiles, secrets: LedgerSecrets, verified_dig
     if end - start + 1 < max(min_entries, 1):
         return None
     raw: RawSecrets = tuple((s.start, s.raw) for s in secrets.all())
-    jobs: list[Callable[[], LastWrites]] = []
+    jobs: list[PrivateReplayJob] = []
     expected = start
     for path, first, last, complete in files.chunk_spans():
         if last < start or first > end:
             continue
         if not complete or first != expected or last > end:
             return None
-        jobs.append(functools.partial(_decrypt_chunk, path, first, last, raw,
-                                      verified_digests(first, last)))
+        jobs.append(PrivateReplayJob(path, first, last, raw, verified_digests(first, last),
+                                     os.path.getsize(path) + RESULT_MARGIN))
         expected = last + 1
     return jobs if expected == end + 1 else None
 

@@ -218,9 +218,11 @@ class HostCalls(Protocol):
         `done(sha256 hex or None on failure, place)`, where `place(path)` puts the snapshot bytes at `path`."""
 
     def run_in_workers(self, jobs: list[Callable[[], Any]],
-                       done: Callable[[list[Any] | BaseException], None]) -> None:
+                       done: Callable[[list[Any] | BaseException], None],
+                       result_bytes: list[int] | None = None) -> None:
         """In-process only: run `jobs` in forked worker processes, then call `done` with their results in order,
-        or the first error."""
+        or the first error. `result_bytes`: a bound on each job's pickled result, if known (it then travels
+        through memory shared with the workers)."""
 
 
 # The file in a node's data directory where the host keeps the sealed blob (an offline auditor holding the

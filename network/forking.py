@@ -5,15 +5,25 @@ signature while the node goes on serving, and replay workers inherit the ledger 
 them crossing a pipe. The forks are made from the process the enclave runs in: the node's one process, or the
 enclave's own process. Each child is killed with its parent (Linux `PR_SET_PDEATHSIG`).
 
+Workers' results come back through the executor's pipe, or, when the caller bounds their size, through an
+anonymous shared mapping made before the workers are forked (no file, nothing the host can open): each worker
+pickles its result straight into its job's slot and the loop unpickles it from there, which spares the copies
+through the pipe (a recovery's private replay brings back a gigabyte of state for a million 1 KiB records). A
+result too large for its slot takes the pipe.
+
 This module holds no key itself and imports nothing of the host or the enclave; the work it runs is given.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import itertools
+import mmap
 import multiprocessing
 import os
+import pickle
 import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -67,10 +77,16 @@ class Forks:
         loop.add_reader(read_end, finished)
 
     def run_in_workers(self, jobs: list[Callable[[], Any]],
-                       done: Callable[[list[Any] | BaseException], None]) -> None:
-        """Forked worker processes (one a core) run `jobs`; `done` gets their results on the loop."""
+                       done: Callable[[list[Any] | BaseException], None],
+                       result_bytes: list[int] | None = None) -> None:
+        """Forked worker processes (one a core) run `jobs`; `done` gets their results on the loop. `result_bytes`:
+        a bound on each job's pickled result, if the caller knows one (the results then travel through shared
+        memory, each unpickled on the loop as it arrives)."""
         loop = self.loop
+        shared = _SharedResults(result_bytes) if result_bytes is not None and len(result_bytes) == len(jobs) \
+            else None
         _WORKER_JOBS[:] = jobs  # the forked workers inherit the jobs: only their indices cross the pipe
+        _WORKER_SHARED[:] = [shared] if shared is not None else []
         pool = ProcessPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1)),
                                    mp_context=multiprocessing.get_context("fork"))
         futures = [asyncio.wrap_future(pool.submit(_run_worker_job, i), loop=loop) for i in range(len(jobs))]
@@ -78,12 +94,18 @@ class Forks:
         async def collect() -> None:
             results: list[Any] | BaseException
             try:
-                results = list(await asyncio.gather(*futures))
+                if shared is None:
+                    results = list(await asyncio.gather(*futures))
+                else:  # in order, each unpickled as it comes while later jobs run; an error stops the collection
+                    results = [shared.load(i, await future) for i, future in enumerate(futures)]
             except Exception as e:  # the first failure, passed on as it is
                 results = e
             finally:
                 pool.shutdown(wait=False, cancel_futures=True)
                 _WORKER_JOBS.clear()
+                _WORKER_SHARED.clear()
+                if shared is not None:
+                    shared.close()
             done(results)
 
         self._worker_task = loop.create_task(collect())
@@ -111,18 +133,77 @@ class RunsForks:
         self.forks.run_snapshot(serialise, done)
 
     def run_in_workers(self, jobs: list[Callable[[], Any]],
-                       done: Callable[[list[Any] | BaseException], None]) -> None:
+                       done: Callable[[list[Any] | BaseException], None],
+                       result_bytes: list[int] | None = None) -> None:
         assert self.forks is not None
-        self.forks.run_in_workers(jobs, done)
+        self.forks.run_in_workers(jobs, done, result_bytes)
 
 
 _WORKER_JOBS: list[Callable[[], Any]] = []
+_WORKER_SHARED: list[_SharedResults] = []  # the shared mapping of the jobs being run, if they use one
 
 
 def _run_worker_job(index: int) -> Any:
-    """In a worker forked by `run_in_workers`: run the job it inherited."""
+    """In a worker forked by `run_in_workers`: run the job it inherited (its result placed in the shared mapping
+    when there is one)."""
     die_with_parent()
-    return _WORKER_JOBS[index]()
+    result = _WORKER_JOBS[index]()
+    return _WORKER_SHARED[0].store(index, result) if _WORKER_SHARED else result
+
+
+class _SlotFull(Exception):
+    pass
+
+
+class _SlotWriter:
+    """A file-like target for `pickle.dump` writing into one slot of the shared mapping."""
+
+    def __init__(self, view: memoryview) -> None:
+        self.view = view
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        n = len(data)
+        if self.size + n > len(self.view):
+            raise _SlotFull
+        self.view[self.size : self.size + n] = data
+        self.size += n
+        return n
+
+
+class _SharedResults:
+    """One page-aligned slot a job in an anonymous shared mapping, made before the workers are forked."""
+
+    def __init__(self, result_bytes: list[int]) -> None:
+        page = mmap.PAGESIZE
+        sizes = [max(page, -(-max(0, n) // page) * page) for n in result_bytes]
+        self.starts = list(itertools.accumulate(sizes, initial=0))
+        self.memory = mmap.mmap(-1, self.starts[-1] or page)  # anonymous and shared: what the forks write, we read
+
+    def store(self, index: int, result: Any) -> tuple[bool, Any]:
+        """In a worker: (True, size) if `result` was pickled into slot `index`, else (False, result)."""
+        with memoryview(self.memory) as whole, whole[self.starts[index] : self.starts[index + 1]] as slot:
+            writer = _SlotWriter(slot)
+            try:
+                pickle.dump(result, writer, protocol=pickle.HIGHEST_PROTOCOL)
+            except _SlotFull:
+                return False, result
+            return True, writer.size
+
+    def load(self, index: int, answer: tuple[bool, Any]) -> Any:
+        """In the parent: the result of job `index` from what its worker answered; its slot's pages are freed."""
+        stored, value = answer
+        if not stored:
+            return value
+        start = self.starts[index]
+        with memoryview(self.memory) as whole, whole[start : start + value] as pickled:
+            result = pickle.loads(pickled)
+        with contextlib.suppress(AttributeError, OSError):  # not Linux: the mapping is freed whole when closed
+            self.memory.madvise(mmap.MADV_REMOVE, start, self.starts[index + 1] - start)
+        return result
+
+    def close(self) -> None:
+        self.memory.close()
 
 
 def die_with_parent() -> None:

@@ -105,9 +105,11 @@ class HostServices(Protocol):
         place)`, where `place(path)` puts the snapshot bytes at `path`."""
 
     def run_in_workers(self, jobs: list[Callable[[], Any]],
-                       done: Callable[[list[Any] | BaseException], None]) -> None:
+                       done: Callable[[list[Any] | BaseException], None],
+                       result_bytes: list[int] | None = None) -> None:
         """Run `jobs` (pure computations on what this process holds now) in other processes, then call `done` on
-        the node's loop with their results in order, or the first error."""
+        the node's loop with their results in order, or the first error. `result_bytes`: a bound on each job's
+        pickled result, if known."""
 
 
 def trusted_nodes(ledger: ServiceLedger) -> dict[str, str | None]:

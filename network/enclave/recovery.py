@@ -60,7 +60,9 @@ from ledger.tables import (
 
 REPLAY_STEP = 5000  # entries decrypted per turn of the event loop
 # Run jobs in other processes, then call back (on the node's loop) with their results in order, or an error
-RunInWorkers = Callable[[list[Callable[[], Any]], Callable[[list[Any] | BaseException], None]], None]
+# (jobs, done, a bound on each job's pickled result): `HostCalls.run_in_workers`
+RunInWorkers = Callable[[list[Callable[[], Any]], Callable[[list[Any] | BaseException], None], list[int] | None],
+                        None]
 
 
 class Phase(enum.Enum):
@@ -168,7 +170,7 @@ class NodeRecovery:
             logger.info(f"recovery: reading the private ledger up to seqno {self.first_new_seqno - 1}, "
                         f"{len(jobs)} chunks in worker processes")
             assert self._run_in_workers is not None
-            self._run_in_workers(jobs, self._decrypted)
+            self._run_in_workers(list(jobs), self._decrypted, [job.result_bytes for job in jobs])
             return
         self._replay_in_steps()
 

@@ -271,8 +271,9 @@ class EnclaveRuntime:
         self.host.run_snapshot(serialise, done)
 
     def run_in_workers(self, jobs: list[Callable[[], Any]],
-                       done: Callable[[list[Any] | BaseException], None]) -> None:
-        self.host.run_in_workers(jobs, done)
+                       done: Callable[[list[Any] | BaseException], None],
+                       result_bytes: list[int] | None = None) -> None:
+        self.host.run_in_workers(jobs, done, result_bytes)
 
     # --- forwarding ------------------------------------------------------------------------------------------
 

@@ -89,7 +89,8 @@ class FakeHost:
         done(hashlib.sha256(data).hexdigest(), functools.partial(write_file, data=data))
 
     def run_in_workers(self, jobs: list[Callable[[], Any]],
-                       done: Callable[[list[Any] | BaseException], None]) -> None:
+                       done: Callable[[list[Any] | BaseException], None],
+                       result_bytes: list[int] | None = None) -> None:
         try:
             results: list[Any] | BaseException = [job() for job in jobs]
         except Exception as e:

@@ -960,7 +960,7 @@ def test_a_private_replay_that_cannot_be_cut_into_worker_jobs_runs_in_steps(
     ledger = rec.ledger
     turns: list[Any] = []
     recovery = node_recovery.NodeRecovery(ledger, turns.append, lambda: None,
-                                          run_in_workers=lambda jobs, done: pytest.fail("no jobs were planned"))
+                                          run_in_workers=lambda *args: pytest.fail("no jobs were planned"))
     tx = ledger.begin()
     for member_id in ("m2", "m0"):
         submit_share(tx, member_id, old.shares[member_id])
