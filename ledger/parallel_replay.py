@@ -1,7 +1,8 @@
 """The public replay of a large ledger on every core: chunks decoded in worker processes, merged in order here.
 
 `replay_public_in_parallel(files, ledger)` gives the same ledger as `ledger.replay.recover` does for a ledger read
-without any ledger secret (a recovering service's predecessor), when every entry of `files` verifies:
+without any ledger secret (a recovering service's predecessor), up to the end of its last committed chunk that ends
+with a signature (the caller replays the rest sequentially), when every entry of `files` verifies:
 - workers decode each chunk (the auditor's scanner: the same framing, seqno and map checks) and return, per chunk, the
   entries' Merkle leaves and the tree's nodes within the chunk, write-set digests, sizes, claims, views and chunk
   flags, the public state the chunk leaves (each key's last write, as the KV store keeps it), and, in order, the
@@ -74,7 +75,7 @@ class ChunkFacts:
     error: str | None = None  # why the chunk could not be decoded whole (the caller falls back)
 
 
-def _decode_chunk(path: str, start: int, end: int | None) -> ChunkFacts:
+def _decode_chunk(path: str, start: int, end: int) -> ChunkFacts:
     """Decode every entry of one chunk file (in a worker process), with the auditor's scanner: framing, seqnos,
     leaves and public maps checked as it checks them; and hash the Merkle nodes within the chunk. Pure but for
     reading the file."""
@@ -101,23 +102,28 @@ def _decode_chunk(path: str, start: int, end: int | None) -> ChunkFacts:
 
 
 def _chunks(files: LedgerFiles, workers: int) -> Iterator[ChunkFacts]:
-    spans = [(path, start, last if complete else None)
-             for path, start, last, complete in files.chunk_spans() if last >= start]
+    """The committed chunks decoded (what follows them may be cut, and is replayed sequentially)."""
+    spans = [(path, start, last) for path, start, last, complete in files.chunk_spans()
+             if complete and start <= last <= files.committed_seqno]
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
         yield from pool.map(_decode_chunk, *zip(*spans, strict=True)) if spans else iter(())
 
 
 def replay_public_in_parallel(files: LedgerFiles, ledger: ServiceLedger, *, workers: int | None = None,
                               min_entries: int = MIN_ENTRIES) -> bool:
-    """Replay every entry of `files` into `ledger` (empty, holding no secret), public parts only. False (and
-    `ledger` unchanged) if anything does not decode or verify, or the ledger is small: replay sequentially then."""
+    """Replay the entries of `files` into `ledger` (empty, holding no secret), public parts only, up to the end of
+    the last committed chunk that ends with a signature; the caller replays what follows (uncommitted chunks, an
+    unsigned tail) sequentially, which may drop it. False (and `ledger` unchanged) if anything does not decode or
+    verify, if no committed chunk ends with a signature, or if the ledger is small: replay sequentially then.
+
+    The store takes the state whole, compacted at its last entry, so that entry must be a signature the recovery
+    can never roll back below: the end of a committed chunk holding a signature is one."""
     workers = workers or os.cpu_count() or 1
-    if workers < 2 or files.last_seqno < max(min_entries, 1) or len(ledger.secrets) or ledger.last_seqno != 0:
+    if workers < 2 or files.committed_seqno < max(min_entries, 1) or len(ledger.secrets) or ledger.last_seqno != 0:
         return False
     governance: dict[str, dict[bytes, bytes | None]] = {}
     signatures: dict[int, SignatureRecord] = {}
-    state = LastWrites()
-    taken: list[ChunkFacts] = []
+    decoded: list[tuple[ChunkFacts, int, int]] = []  # each chunk verified, the tree's size and the view after it
     expected, view = 1, ledger.view  # files starting after a snapshot fail the first check: not for this path
     merkle = ledger.merkle
     merkle_size = merkle.size
@@ -142,14 +148,27 @@ def replay_public_in_parallel(files: LedgerFiles, ledger: ServiceLedger, *, work
                 for name, changes in writes.items():
                     governance.setdefault(name, {}).update(changes)
             expected += facts.count
-            state.merge(facts.state)
-            facts.state = LastWrites()  # merged: not held twice
-            taken.append(facts)
+            decoded.append((facts, merkle.size, view))
     except (VerificationError, EntryFormatError, MerkleError) as e:
         merkle.truncate(merkle_size)
         logger.info(f"parallel replay stopped ({e}); replaying sequentially")
         return False
-    ledger.adopt_replayed(taken, signatures, state, view)
+    ends = [facts.start + facts.count - 1 for facts, _, _ in decoded]
+    taken_count = next((i + 1 for i in reversed(range(len(decoded)))
+                        if ends[i] <= files.committed_seqno and ends[i] in signatures), 0)
+    if taken_count == 0:
+        merkle.truncate(merkle_size)
+        logger.info("parallel replay: no committed chunk ends with a signature; replaying sequentially")
+        return False
+    last = ends[taken_count - 1]
+    taken = [facts for facts, _, _ in decoded[:taken_count]]
+    merkle.truncate(decoded[taken_count - 1][1])
+    state = LastWrites()
+    for facts in taken:
+        state.merge(facts.state)
+        facts.state = LastWrites()  # merged: not held twice
+    ledger.adopt_replayed(taken, {s: r for s, r in signatures.items() if s <= last}, state,
+                          decoded[taken_count - 1][2])
     return True
 
 

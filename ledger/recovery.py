@@ -46,7 +46,7 @@ from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem
 from ledger.kv import LastWrites, Tx, WriteSet
 from ledger.parallel_replay import replay_public_in_parallel
 from ledger.receipts import verify_json_receipt
-from ledger.replay import finish_replay, recover
+from ledger.replay import recover
 from ledger.secrets import LedgerSecret, LedgerSecrets, unwrap_secret_chain
 from ledger.service_ledger import ServiceLedger
 from ledger.snapshot_files import parse_snapshot_name
@@ -114,51 +114,57 @@ def replay_public(files: LedgerFiles, *, node: NodeIdentity, service: ServiceIde
                                              **kwargs)
     else:
         ledger = ServiceLedger(node=node, service=service, secrets=secrets, files=None, **kwargs)
-    # the service certificate in force from each seqno on (the store keeps no history below its commit point)
-    certs: list[tuple[int, str]] = []
+    # the service certificate in force from each seqno on, with the status written with it (the store keeps no
+    # history below its commit point)
+    certs: list[tuple[int, str, str]] = []
     state = ledger.read_tx()
     if isinstance(info := state.get_json(SERVICE_INFO, SINGLETON_KEY), dict):
-        certs.append((state.get_version(SERVICE_INFO, SINGLETON_KEY), str(info.get("cert", "")).strip()))
+        certs.append((state.get_version(SERVICE_INFO, SINGLETON_KEY), str(info.get("cert", "")).strip(),
+                      str(info.get("status", ""))))
 
     def service_info_written(version: int, changes: dict[bytes, bytes | None]) -> None:
         raw = changes.get(SINGLETON_KEY)
         if raw is not None:
-            certs.append((version, str(orjson.loads(raw).get("cert", "")).strip()))
+            record = orjson.loads(raw)
+            certs.append((version, str(record.get("cert", "")).strip(), str(record.get("status", ""))))
 
     ledger.store.add_local_hook(SERVICE_INFO, service_info_written)
-    evidence: dict[int, str] = {}  # snapshot seqno -> the SHA-256 its evidence transaction committed
+    # (version written, snapshot seqno, the SHA-256 that evidence transaction committed), in ledger order
+    evidence: list[tuple[int, int, str]] = []
 
     def evidence_written(version: int, changes: dict[bytes, bytes | None]) -> None:
         raw = changes.get(SINGLETON_KEY)
         if raw is not None:
             record = orjson.loads(raw)
-            evidence[int(record.get("version", 0))] = str(record.get("hash", ""))
+            evidence.append((version, int(record.get("version", 0)), str(record.get("hash", ""))))
 
     ledger.store.add_local_hook(SNAPSHOT_EVIDENCE, evidence_written)
     try:
-        if snapshot is None and replay_public_in_parallel(files, ledger):
-            finish_replay(ledger, files)
-        else:
-            ledger = recover(files, secrets=secrets, node=node, service=service, base=ledger, **kwargs)
+        # in parallel up to the last committed chunk ending with a signature (if it can), then the rest in order
+        if snapshot is None:
+            replay_public_in_parallel(files, ledger)
+        ledger = recover(files, secrets=secrets, node=node, service=service, base=ledger, **kwargs)
     except CorruptedCommittedChunk as e:
         raise RecoveryError(f"the previous ledger does not verify: {e}") from None
-    if snapshot is not None:
-        # The snapshot's receipt proves its evidence transaction; the evidence must hold this snapshot's digest,
-        # else its state (read without a secret to check its GCM tag) could be anything.
-        summary = summarise_snapshot(snapshot)
-        if evidence.get(summary.seqno) != summary.digest.hex():
-            raise RecoveryError(f"the snapshot at seqno {summary.seqno} does not match the digest its evidence "
-                                "transaction committed in the ledger (or the ledger holds no evidence for it)")
     previous_pem = cert_pem(previous_service_cert).strip()
 
     def cert_at(seqno: int) -> str:
-        return next((pem for version, pem in reversed(certs) if version <= seqno), "")
+        return next((pem for version, pem, _ in reversed(certs) if version <= seqno), "")
 
     signed = [s for s in ledger.signature_seqnos() if cert_at(s) == previous_pem]
     if not signed:
         raise RecoveryError("no signature made under the previous service identity was found in the ledger "
                             "(wrong previous_service_identity_file, or an empty ledger)")
     last = signed[-1]
+    if snapshot is not None:
+        # The snapshot's receipt proves its evidence transaction; the evidence must hold this snapshot's digest,
+        # else its state (read without a secret to check its GCM tag) could be anything. Only evidence the
+        # previous service signed counts: what follows its last signature is dropped, and anyone can write it.
+        summary = summarise_snapshot(snapshot)
+        digests = {digest for version, seqno, digest in evidence if seqno == summary.seqno and version <= last}
+        if digests != {summary.digest.hex()}:
+            raise RecoveryError(f"the snapshot at seqno {summary.seqno} does not match the digest its evidence "
+                                "transaction committed in the ledger (or the ledger holds no evidence for it)")
     dropped = None
     warnings: list[str] = []
     if ledger.last_seqno > last:
@@ -172,6 +178,14 @@ def replay_public(files: LedgerFiles, *, node: NodeIdentity, service: ServiceIde
     if ledger.committed_seqno > last:
         # Committed entries of another service follow: an abandoned recovery attempt (CCF keeps those in
         # `.recovery` files until the service opens). They are set aside and the replay starts again without them.
+        # A later service that opened is no abandoned attempt: its history is the ledger's, and the identity to
+        # give is its own.
+        opened = next((pem for version, pem, status in certs
+                       if version > last and status == "Open" and pem != previous_pem), None)
+        if opened is not None:
+            raise RecoveryError(f"the ledger goes on after seqno {last} (the last signature of the given previous "
+                                "identity) with a later service that opened: recover that service, with its "
+                                f"certificate as the previous service identity:\n{opened}")
         set_aside = files.discard_after(last)
         logger.warning(f"entries after seqno {last} belong to another service (an abandoned recovery?); chunks "
                        f"{', '.join(set_aside)} copied to {files.directory}/unused before they were cut")

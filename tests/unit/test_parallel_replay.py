@@ -8,17 +8,18 @@ from pathlib import Path
 
 import pytest
 
+from ledger import recovery as ledger_recovery
 from ledger.errors import EntryFormatError
 from ledger.files import LedgerFiles
 from ledger.identity import NodeIdentity, ServiceIdentity
 from ledger.kv import last_write
 from ledger.parallel_replay import merge_private, private_replay_jobs, replay_public_in_parallel
 from ledger.recovery import PrivateReplay, RecoveryError
-from ledger.replay import finish_replay, recover
+from ledger.replay import recover
 from ledger.secrets import LedgerSecret, LedgerSecrets
 from ledger.service_ledger import ServiceLedger
 from tests.ledger_helpers import flip_byte
-from tests.unit.test_recovery_ledger import build_old_service, chunk_bytes
+from tests.unit.test_recovery_ledger import build_old_service, chunk_bytes, start_recovery
 
 pytestmark = pytest.mark.unit
 
@@ -34,13 +35,14 @@ def _sequential(directory: str) -> ServiceLedger:
     return recover(files, secrets=LedgerSecrets([]), node=node, service=service)
 
 
-def _parallel(directory: str, workers: int = 2) -> tuple[bool, ServiceLedger]:
+def _parallel(directory: str, workers: int = 2, *, rest: bool = True) -> tuple[bool, ServiceLedger]:
+    """The parallel replay, then (`rest`) the sequential one of what it left, as a recovery runs them."""
     files, _ = LedgerFiles.open(directory)
     node, service = _fresh()
     ledger = ServiceLedger(node=node, service=service, secrets=LedgerSecrets([]), files=None)
     done = replay_public_in_parallel(files, ledger, workers=workers, min_entries=0)
-    if done:
-        finish_replay(ledger, files)
+    if rest:
+        ledger = recover(files, secrets=LedgerSecrets([]), node=node, service=service, base=ledger)
     return done, ledger
 
 
@@ -83,7 +85,7 @@ def test_it_gives_up_without_changing_the_ledger_where_a_byte_was_flipped(tmp_pa
     names = sorted(chunk_bytes(old.directory), key=lambda n: int(n.split("_")[1].split("-")[0].split(".")[0]))
     target = Path(old.directory) / names[len(names) // 2]
     flip_byte(str(target), len(target.read_bytes()) // 3)
-    done, ledger = _parallel(old.directory)
+    done, ledger = _parallel(old.directory, rest=False)
     assert not done
     assert ledger.last_seqno == 0 and ledger.merkle.size == 1 and ledger.signature_seqnos() == []
 
@@ -150,3 +152,20 @@ def test_the_private_replay_reads_only_the_entries_the_public_replay_verified(tm
     with pytest.raises(RecoveryError, match=f"seqno {swapped}.*not the one the public replay verified"):
         while not stepwise.done:
             stepwise.step(5)
+
+
+def test_a_recovery_replayed_in_parallel_cuts_an_unsigned_tail_back_to_the_last_signature(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parallel replay takes the committed chunks (the store compacted at their end, a signature) and leaves
+    the rest to the sequential replay, so the recovery can still roll the unsigned tail back."""
+    taken: list[bool] = []
+
+    def parallel(files: LedgerFiles, ledger: ServiceLedger) -> bool:
+        taken.append(replay_public_in_parallel(files, ledger, workers=2, min_entries=0))
+        return taken[-1]
+
+    monkeypatch.setattr(ledger_recovery, "replay_public_in_parallel", parallel)
+    old = build_old_service(tmp_path / "old", tail=3, chunk_size=1500)
+    recovered = start_recovery(old.directory, old.cert).ledger
+    assert taken == [True]
+    assert recovered.last_seqno == recovered.committed_seqno == old.last_signature
