@@ -300,8 +300,8 @@ class Enclave:
         if self.recovery is not None:
             self.recovery.secrets_arrived()
 
-    def reading_private_ledger(self) -> bool:
-        return self.recovery is not None and self.recovery.phase is Phase.PRIVATE
+    def private_recovery_begun(self) -> bool:
+        return self.recovery is not None and not self.recovery.wants_shares()
 
     def recovery_shares_complete(self, tx: Tx) -> None:
         self._ensure_recovery()
@@ -575,10 +575,10 @@ class Enclave:
     def _in_tx_effect(self, tx: Tx, effect: Effect) -> None:
         if effect.name == "transition_service_to_open":
             info = dict(tx.get_json(SERVICE_INFO, SINGLETON_KEY) or {})
+            if info.get("status") in ("WaitingForRecoveryShares", "Open"):
+                return  # as CCF: nothing more to do, whatever the arguments (the proposal is idempotent)
             if _identity_arg(effect.args.get("next_identity")) != str(info.get("cert", "")).strip():
                 raise GovernanceError("Service identity mismatch: next_service_identity is not this service's")
-            if info.get("status") in ("WaitingForRecoveryShares", "Open"):
-                return  # as CCF: nothing more to do
             if info.get("status") == "Recovering":
                 previous = tx.get_json(PREVIOUS_SERVICE_IDENTITY, SINGLETON_KEY)
                 if _identity_arg(effect.args.get("previous_identity")) != str(previous or "").strip():

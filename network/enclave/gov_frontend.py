@@ -64,7 +64,7 @@ class GovNode(Protocol):
 
     def node_services(self) -> NodeServices: ...
 
-    def reading_private_ledger(self) -> bool: ...
+    def private_recovery_begun(self) -> bool: ...
 
     def recovery_shares_complete(self, tx: Tx) -> None:
         """The threshold is reached: unwrap the previous service's secrets (`RecoverySharesError` if wrong)."""
@@ -295,7 +295,7 @@ def build_gov_frontend(ledger: LedgerView) -> Endpoints:
         if not isinstance(info, dict) or info.get("status") != "WaitingForRecoveryShares":
             raise AuthorizationFailed("Service is not waiting for recovery shares.",
                                       code="ServiceNotWaitingForRecoveryShares")
-        if node.reading_private_ledger():
+        if node.private_recovery_begun():
             raise AuthorizationFailed("Node is already recovering private ledger.", code="NodeAlreadyRecovering")
         if request.member_id != ctx.params["memberId"]:
             raise InvalidRequest(f"Member {request.member_id} cannot submit a share for member "

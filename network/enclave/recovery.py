@@ -223,11 +223,19 @@ class NodeRecovery:
 
     # --- opening (primary) -----------------------------------------------------------------------------
 
+    def wants_shares(self) -> bool:
+        """Members' shares are of use only before the private replay begins: once it runs, and once it is done
+        (the service opens at the primary's next tick), a share is refused (CCF opens in the same step that ends
+        the private recovery, so it never sees one then)."""
+        return self.phase is Phase.PUBLIC
+
     def ready_to_open(self) -> bool:
         return self.phase is Phase.DONE and recovering_status(self.ledger) == "WaitingForRecoveryShares"
 
     def open_writes(self, tx: Tx) -> None:
-        """The opening of the recovered service, in `tx`: status Open, the secret chain continued, new shares."""
+        """The opening of the recovered service, in `tx`: status Open, the secret chain continued, new shares, and
+        no decrypted share of the predecessor left behind (as CCF's opening clears them)."""
+        clear_submitted_shares(tx)
         info = dict(tx.get_json(SERVICE_INFO, SINGLETON_KEY))
         previous_info_version = info.get("previous_service_identity_version")
         info["status"] = "Open"

@@ -38,14 +38,14 @@ from governance.recovery_shares import (
 )
 from governance.shamir import SHARE_SIZE, combine
 from ledger.bootstrap import NodeKeys, start_new_service
-from ledger.entry import decode_entry
+from ledger.entry import decode_entry, serialise_entry
 from ledger.errors import LedgerError, LedgerSecretError, ReceiptEndorsementError, RecoveryError, VersionUnavailable
 from ledger.files import LedgerFiles, parse_chunk_name
 from ledger.framing import FLAG_FORCE_CHUNK_BEFORE
 from ledger.gather import gather_previous_ledger
 from ledger.genesis import GenesisMember, GenesisNode, NodeNetwork, VirtualQuote
 from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, cert_pem
-from ledger.kv import PACK_MAX, LastWrites, Store, is_public, last_write, last_write_history
+from ledger.kv import PACK_MAX, ZERO_CLAIMS, LastWrites, Store, is_public, last_write, last_write_history
 from ledger.receipts import verify_json_receipt
 from ledger.recovery import (
     PrivateReplay,
@@ -66,6 +66,7 @@ from ledger.secrets import (
     unwrap_secret_chain,
 )
 from ledger.service_ledger import DEFAULT_CHUNK_SIZE, ServiceLedger
+from ledger.snapshots import summarise_snapshot
 from ledger.tables import (
     HISTORICAL_SECRETS,
     MEMBERS_ENCRYPTION_KEYS,
@@ -76,6 +77,7 @@ from ledger.tables import (
     SERVICE_CONFIG,
     SERVICE_INFO,
     SINGLETON_KEY,
+    SNAPSHOT_EVIDENCE,
     VIRTUAL_HOST_DATA,
     VIRTUAL_MEASUREMENTS,
     dump_json,
@@ -879,14 +881,14 @@ def test_a_recovering_node_keeps_the_digests_its_private_replay_checks_while_new
     ledger = rec.ledger
     turns: list[Any] = []
     recovery = NodeRecovery(ledger, turns.append, lambda: None)
-    assert recovery.phase is Phase.PUBLIC
+    assert recovery.phase is Phase.PUBLIC and recovery.wants_shares()
     tx = ledger.begin()
     for member_id in ("m2", "m0"):
         submit_share(tx, member_id, old.shares[member_id])
     secrets = restore_secrets(ledger, rec.files, recover_latest_secret(tx))
     ledger.commit(tx)
     recovery.take_secrets(secrets)  # the replay in steps waits for its turns of the loop
-    assert recovery.phase is Phase.PRIVATE and turns
+    assert recovery.phase is Phase.PRIVATE and turns and not recovery.wants_shares()
 
     def commit_signed_writes(count: int) -> None:
         for i in range(count):
@@ -900,6 +902,7 @@ def test_a_recovering_node_keeps_the_digests_its_private_replay_checks_while_new
     while turns:
         turns.pop(0)()
     assert recovery.phase is Phase.DONE
+    assert not recovery.wants_shares()  # read, and the service not open yet: a share now is refused all the same
     state = ledger.read_tx()
     for name, values in old.private.items():
         for key, value in values.items():
@@ -909,6 +912,36 @@ def test_a_recovering_node_keeps_the_digests_its_private_replay_checks_while_new
         ledger.write_set_digests(1, 1)
     assert ledger.merkle.first_retained > create
     verify_json_receipt(ledger.receipt(create + 1), ledger.service.cert)
+
+
+def test_the_opening_of_a_recovered_service_leaves_no_decrypted_share_behind(old: OldService) -> None:
+    """A share that came in after the threshold (or that a rollback brought back) is cleared by the opening, as
+    CCF's opening clears the submitted shares: a decrypted share of the predecessor is not kept."""
+    from network.enclave.recovery import NodeRecovery, Phase
+
+    rec = start_recovery(old.directory, old.cert)
+    create_recovered_service(rec)
+    ledger = rec.ledger
+    turns: list[Any] = []
+    recovery = NodeRecovery(ledger, turns.append, lambda: None)
+    tx = ledger.begin()
+    for member_id in ("m2", "m0"):
+        submit_share(tx, member_id, old.shares[member_id])
+    secrets = recovery.shares_complete(tx)
+    ledger.commit(tx)
+    recovery.take_secrets(secrets)
+    while turns:
+        turns.pop(0)()
+    assert recovery.phase is Phase.DONE
+    tx = ledger.begin()
+    tx.put(SUBMITTED_SHARES, "m1", old.shares["m1"])
+    ledger.commit(tx)
+    tx = ledger.begin()
+    recovery.open_writes(tx)
+    ledger.commit(tx)
+    state = ledger.read_tx()
+    assert state.get_json(SERVICE_INFO, SINGLETON_KEY)["status"] == "Open"
+    assert list(state.keys(SUBMITTED_SHARES)) == []
 
 
 @pytest.mark.parametrize("just_replicated", [True, False])
@@ -935,6 +968,7 @@ def test_a_backup_that_learns_of_the_recovery_with_the_secrets_still_reads_the_p
     while turns:
         turns.pop(0)()
     assert recovery.phase is Phase.DONE
+    assert not recovery.wants_shares()  # read, and the service not open yet: a share now is refused all the same
     state = ledger.read_tx()
     private = [(name, key, value) for name, values in old.private.items() for key, value in values.items()
                if value is not None]
@@ -1102,6 +1136,52 @@ def test_a_snapshot_altered_after_its_evidence_is_refused_before_its_state_is_us
     with pytest.raises(LedgerError):
         start_recovery(snap.old.directory, snap.old.cert, snapshot=chosen[1])
 
+
+
+def test_evidence_after_the_last_signature_does_not_vouch_for_an_altered_snapshot(tmp_path: Path) -> None:
+    """Whoever can write the files can append an unsigned entry with evidence for an altered snapshot; the
+    recovery drops that entry, and its evidence counts for nothing."""
+    snap = snapshot_old_service(tmp_path / "old")
+    directory = snap.old.ledger.snapshot_dir
+    assert directory is not None
+    path = Path(directory) / snap.name
+    data = path.read_bytes()
+    i = data.index(b"public 2")
+    forged = data[:i] + b"forged 2" + data[i + 8:]
+    path.write_bytes(forged)
+    files, _ = LedgerFiles.open(snap.old.directory)
+    record = dump_json({"hash": summarise_snapshot(forged).digest.hex(), "version": snap.seqno})
+    tail = {SNAPSHOT_EVIDENCE: {SINGLETON_KEY: record}}
+    files.append(serialise_entry(files.last_seqno + 1, snap.old.ledger.view, tail, ZERO_CLAIMS, bytes(32),
+                                 LedgerSecret.create(1)))
+    files.flush()
+    chosen = choose_snapshot([directory], files, snap.old.cert)
+    files.close()
+    assert chosen is not None  # its receipt proves the (genuine) evidence transaction
+    with pytest.raises(RecoveryError, match="does not match the digest its evidence"):
+        start_recovery(snap.old.directory, snap.old.cert, snapshot=chosen[1])
+
+
+def test_a_later_service_that_opened_is_not_taken_for_an_abandoned_recovery(old: OldService) -> None:
+    """Given the certificate of a service that was recovered since (and whose successor opened), the recovery is
+    refused, naming the later certificate, and nothing of the later service's history is moved or cut."""
+    b = start_recovery(old.directory, old.cert)
+    create_recovered_service(b)
+    info = b.ledger.read_tx().get_json(SERVICE_INFO, SINGLETON_KEY)
+    b.ledger.commit_writes({SERVICE_INFO: {SINGLETON_KEY: dump_json({**info, "status": "Open"})}})
+    for i in range(5):
+        b.ledger.commit_writes({PUBLIC: {b"b%d" % i: b"B committed %d" % i}})
+    b.ledger.request_chunk()
+    sig = b.ledger.emit_signature()
+    b.ledger.flush()
+    b.ledger.commit_to(sig.seqno)
+    b.files.close()
+    before = sorted(os.listdir(old.directory))
+    with pytest.raises(RecoveryError, match="later service that opened") as error:
+        start_recovery(old.directory, old.cert)
+    assert cert_pem(b.service.cert).strip() in str(error.value)
+    assert sorted(os.listdir(old.directory)) == before and "unused" not in before
+    assert start_recovery(old.directory, b.service.cert).ledger.last_seqno == sig.seqno  # B's own: all of it
 
 # --- ledger secrets of an earlier service ----------------------------------------------------------------
 
