@@ -589,6 +589,7 @@ class Enclave:
                 logger.info("recovering service waits for recovery shares")
                 return
             info["status"] = "Open"
+            info["previous_service_identity_version"] = tx.get_version(SERVICE_INFO, SINGLETON_KEY)  # as CCF's open
             tx.put_json(SERVICE_INFO, SINGLETON_KEY, info)
             write_opening_endorsement(tx, self.ledger.service, str(info.get("current_service_create_txid", "2.1")),
                                       int(self.ledger.clock()))

@@ -117,7 +117,7 @@ def _json_table(tx: Tx, table: str) -> dict[str, Any]:
     return {key.decode(): orjson.loads(raw) for key, raw in tx.items(table)}
 
 
-def _service_info(tx: Tx) -> dict[str, Any]:
+def _service_info(tx: Tx, ledger: LedgerView) -> dict[str, Any]:
     info = tx.get_json(SERVICE_INFO, SINGLETON_KEY) or {}
     config = tx.get_json(SERVICE_CONFIG, SINGLETON_KEY) or {}
     out: dict[str, Any] = {
@@ -133,8 +133,10 @@ def _service_info(tx: Tx) -> dict[str, Any]:
             "recentCoseProposalsWindowSize": config.get("recent_cose_proposals_window_size"),
         },
     }
-    if info.get("previous_service_identity_version") is not None:
-        out["previousServiceCreationTransactionId"] = info.get("previous_service_identity_version")
+    version = info.get("previous_service_identity_version")
+    view = ledger.view_of(version) if isinstance(version, int) else None
+    if view is not None:  # a transaction id, as CCF gives it (its view is the one this ledger holds it in)
+        out["previousServiceCreationTransactionId"] = f"{view}.{version}"
     return out
 
 
@@ -331,7 +333,7 @@ def build_gov_frontend(ledger: LedgerView) -> Endpoints:
     @_governed
     def info(ctx: EndpointContext) -> object:
         """The service's status, certificate and configuration."""
-        return _service_info(ctx.tx)
+        return _service_info(ctx.tx, ledger)
 
     @gov.endpoint("GET", "/service/members")
     @_governed

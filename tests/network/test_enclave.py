@@ -48,6 +48,8 @@ def test_the_app_frontend_is_closed_until_the_service_opens(node: Node) -> None:
     assert orjson.loads(node.user_call("GET", "/app/log/private?id=1").body) == {"msg": "hello"}
     info = orjson.loads(node.call("GET", f"/gov/service/info{API}").body)
     assert info["status"] == "Open" and info["certificate"] == node.ledger.service.pem
+    # as CCF: the transaction id of the service info the opening replaced (here genesis's, 2.1)
+    assert info["previousServiceCreationTransactionId"] == info["creationTransactionId"] == "2.1"
 
 
 def test_unknown_frontends_are_404(node: Node) -> None:
