@@ -1120,28 +1120,8 @@ def test_a_recovery_from_a_snapshot_gives_the_same_state_as_from_the_whole_ledge
         wrong_replay.step(3)
 
 
-def test_a_snapshot_altered_after_its_evidence_is_refused_before_its_state_is_used(tmp_path: Path) -> None:
-    snap = snapshot_old_service(tmp_path / "old")
-    directory = snap.old.ledger.snapshot_dir
-    assert directory is not None
-    path = Path(directory) / snap.name
-    data = path.read_bytes()
-    i = data.index(b"public 2")
-    path.write_bytes(data[:i] + b"forged 2" + data[i + 8:])
-    files, _ = LedgerFiles.open(snap.old.directory)
-    chosen = choose_snapshot([directory], files, snap.old.cert)
-    files.close()
-    if chosen is None:
-        return
-    with pytest.raises(LedgerError):
-        start_recovery(snap.old.directory, snap.old.cert, snapshot=chosen[1])
-
-
-
-def test_evidence_after_the_last_signature_does_not_vouch_for_an_altered_snapshot(tmp_path: Path) -> None:
-    """Whoever can write the files can append an unsigned entry with evidence for an altered snapshot; the
-    recovery drops that entry, and its evidence counts for nothing."""
-    snap = snapshot_old_service(tmp_path / "old")
+def _forge_snapshot(snap: Snapshotted) -> tuple[str, bytes]:
+    """The snapshot's public record b"public 2" altered in its file: (snapshot directory, the altered bytes)."""
     directory = snap.old.ledger.snapshot_dir
     assert directory is not None
     path = Path(directory) / snap.name
@@ -1149,6 +1129,25 @@ def test_evidence_after_the_last_signature_does_not_vouch_for_an_altered_snapsho
     i = data.index(b"public 2")
     forged = data[:i] + b"forged 2" + data[i + 8:]
     path.write_bytes(forged)
+    return directory, forged
+
+
+def test_a_snapshot_altered_after_its_evidence_is_refused_before_its_state_is_used(tmp_path: Path) -> None:
+    snap = snapshot_old_service(tmp_path / "old")
+    directory, _ = _forge_snapshot(snap)
+    files, _ = LedgerFiles.open(snap.old.directory)
+    chosen = choose_snapshot([directory], files, snap.old.cert)
+    files.close()
+    assert chosen is not None  # its receipt proves the (genuine) evidence transaction: the state is what differs
+    with pytest.raises(LedgerError):
+        start_recovery(snap.old.directory, snap.old.cert, snapshot=chosen[1])
+
+
+def test_evidence_after_the_last_signature_does_not_vouch_for_an_altered_snapshot(tmp_path: Path) -> None:
+    """Whoever can write the files can append an unsigned entry with evidence for an altered snapshot; the
+    recovery drops that entry, and its evidence counts for nothing."""
+    snap = snapshot_old_service(tmp_path / "old")
+    directory, forged = _forge_snapshot(snap)
     files, _ = LedgerFiles.open(snap.old.directory)
     record = dump_json({"hash": summarise_snapshot(forged).digest.hex(), "version": snap.seqno})
     tail = {SNAPSHOT_EVIDENCE: {SINGLETON_KEY: record}}
@@ -1157,7 +1156,7 @@ def test_evidence_after_the_last_signature_does_not_vouch_for_an_altered_snapsho
     files.flush()
     chosen = choose_snapshot([directory], files, snap.old.cert)
     files.close()
-    assert chosen is not None  # its receipt proves the (genuine) evidence transaction
+    assert chosen is not None
     with pytest.raises(RecoveryError, match="does not match the digest its evidence"):
         start_recovery(snap.old.directory, snap.old.cert, snapshot=chosen[1])
 
