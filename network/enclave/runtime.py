@@ -86,9 +86,12 @@ class EnclaveRuntime:
             self.channels.tick()
         try:
             self.enclave.tick()
-        except Exception:  # a failing signature must be seen, and must not stop the timer silently
-            logger.exception("signature failed")
-            raise
+        except Exception as e:
+            # A node whose timer work fails (a signature, the opening of a recovered service) would go on
+            # answering without heartbeats, elections or signatures: it stops instead, saying why, and the
+            # others elect a primary without it.
+            logger.exception("the enclave's timer work failed")
+            self.host.failed(f"the enclave's timer work failed: {e!r}")
 
     def connection_opened(self, conn: int, interface: str, peer: str) -> None:
         if self.outbound.owns(conn):
