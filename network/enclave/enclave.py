@@ -690,6 +690,8 @@ class Enclave:
             elif recovery.phase is Phase.DONE and self._service_open:
                 self.ledger.endorse_previous_identities()
                 self.recovery = None  # the recovery is over for this node
+                if self.is_primary and self.ledger.snapshot_dir is not None:
+                    self.snapshot()  # as CCF at the opening: a disaster soon after starts from here
 
     def turn_ended(self) -> None:
         """The runtime has handled a turn's worth of input (requests, acknowledgements). Group commit: sign now
