@@ -87,6 +87,18 @@ def create_seqno(ledger: ServiceLedger) -> int:
         raise RecoveryError(f"service info holds no creation transaction id ({txid!r})") from None
 
 
+def _hand_to_trusted_nodes(tx: Tx, secrets: list[LedgerSecret]) -> None:
+    """The predecessor's `secrets`, each encrypted to every trusted node's key, in `tx`."""
+    nodes: dict[str, rsa.RSAPublicKey] = {}
+    for key, _ in tx.items(NODES_INFO):
+        info = tx.get_json(NODES_INFO, key)
+        if isinstance(info, dict) and info.get("status") == "Trusted" and info.get("encryption_pub_key"):
+            public = serialization.load_pem_public_key(str(info["encryption_pub_key"]).encode())
+            if isinstance(public, rsa.RSAPublicKey):
+                nodes[key.decode()] = public
+    tx.put(NODE_SECRETS, SINGLETON_KEY, dump_json(node_secrets_entries(nodes, secrets)))
+
+
 class NodeRecovery:
     """Drives one node through a recovery; the enclave asks it what to do and when."""
 
@@ -134,14 +146,7 @@ class NodeRecovery:
         if secrets[0].start > self._replay_start():
             logger.warning(f"recovery: secrets before seqno {secrets[0].start} are not in the ledger files")
         clear_submitted_shares(tx)
-        nodes: dict[str, rsa.RSAPublicKey] = {}
-        for key, _ in tx.items(NODES_INFO):
-            info = tx.get_json(NODES_INFO, key)
-            if isinstance(info, dict) and info.get("status") == "Trusted" and info.get("encryption_pub_key"):
-                public = serialization.load_pem_public_key(str(info["encryption_pub_key"]).encode())
-                if isinstance(public, rsa.RSAPublicKey):
-                    nodes[key.decode()] = public
-        tx.put(NODE_SECRETS, SINGLETON_KEY, dump_json(node_secrets_entries(nodes, secrets)))
+        _hand_to_trusted_nodes(tx, secrets)
         return secrets
 
     def take_secrets(self, secrets: list[LedgerSecret]) -> None:
@@ -233,9 +238,15 @@ class NodeRecovery:
         return self.phase is Phase.DONE and recovering_status(self.ledger) == "WaitingForRecoveryShares"
 
     def open_writes(self, tx: Tx) -> None:
-        """The opening of the recovered service, in `tx`: status Open, the secret chain continued, new shares, and
-        no decrypted share of the predecessor left behind (as CCF's opening clears them)."""
+        """The opening of the recovered service, in `tx`: status Open, the secret chain continued, new shares, the
+        predecessor's secrets handed to the trusted nodes again, and no decrypted share of the predecessor left
+        behind (as CCF's opening clears them)."""
         clear_submitted_shares(tx)
+        # The transaction of `shares_complete` handed the secrets to every trusted node, but this node took them
+        # once it committed here, not once a majority held it: if an election rolled it back, and this node leads
+        # again, the other nodes never had them. The opening hands them over again (a node that holds them
+        # already takes nothing from it).
+        _hand_to_trusted_nodes(tx, [s for s in self.ledger.secrets.all() if s.start < self.first_new_seqno])
         info = dict(tx.get_json(SERVICE_INFO, SINGLETON_KEY))
         previous_info_version = info.get("previous_service_identity_version")
         info["status"] = "Open"

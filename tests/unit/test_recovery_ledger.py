@@ -71,6 +71,7 @@ from ledger.tables import (
     HISTORICAL_SECRETS,
     MEMBERS_ENCRYPTION_KEYS,
     MEMBERS_INFO,
+    NODE_SECRETS,
     NODES_ENDORSED_CERTS,
     NODES_INFO,
     PREVIOUS_SERVICE_IDENTITY,
@@ -914,9 +915,12 @@ def test_a_recovering_node_keeps_the_digests_its_private_replay_checks_while_new
     verify_json_receipt(ledger.receipt(create + 1), ledger.service.cert)
 
 
-def test_the_opening_of_a_recovered_service_leaves_no_decrypted_share_behind(old: OldService) -> None:
+def test_the_opening_of_a_recovered_service_leaves_no_decrypted_share_behind_and_hands_the_secrets_again(
+        old: OldService) -> None:
     """A share that came in after the threshold (or that a rollback brought back) is cleared by the opening, as
-    CCF's opening clears the submitted shares: a decrypted share of the predecessor is not kept."""
+    CCF's opening clears the submitted shares: a decrypted share of the predecessor is not kept. The opening hands
+    the predecessor's secrets to every trusted node again, in case the transaction that first did was rolled
+    back by an election after this node took them."""
     from network.enclave.recovery import NodeRecovery, Phase
 
     rec = start_recovery(old.directory, old.cert)
@@ -938,10 +942,14 @@ def test_the_opening_of_a_recovered_service_leaves_no_decrypted_share_behind(old
     ledger.commit(tx)
     tx = ledger.begin()
     recovery.open_writes(tx)
-    ledger.commit(tx)
+    opening = ledger.commit(tx)
+    assert opening is not None
     state = ledger.read_tx()
     assert state.get_json(SERVICE_INFO, SINGLETON_KEY)["status"] == "Open"
     assert list(state.keys(SUBMITTED_SHARES)) == []
+    assert state.get_version(NODE_SECRETS, SINGLETON_KEY) == opening.seqno
+    handed = secrets_for_node(state.get_json(NODE_SECRETS, SINGLETON_KEY), rec.identity.node_id, _NODE_RSA)
+    assert _raws(handed) == _raws(old.ledger.secrets.all())
 
 
 @pytest.mark.parametrize("just_replicated", [True, False])
