@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from loguru import logger
 
 from ledger.audit_scan import check_private_entry
@@ -42,13 +43,13 @@ from ledger.errors import (
 from ledger.files import LedgerFiles
 from ledger.framing import frame_entry
 from ledger.genesis import GenesisNode
-from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem
+from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, load_cert
 from ledger.kv import LastWrites, Tx, WriteSet
 from ledger.parallel_replay import replay_public_in_parallel
 from ledger.receipts import verify_json_receipt
 from ledger.replay import recover
 from ledger.secrets import LedgerSecret, LedgerSecrets, unwrap_secret_chain
-from ledger.service_ledger import ServiceLedger
+from ledger.service_ledger import ServiceLedger, SignatureRecord
 from ledger.snapshot_files import parse_snapshot_name
 from ledger.snapshots import read_snapshot_maps, summarise_snapshot
 from ledger.tables import (
@@ -151,11 +152,16 @@ def replay_public(files: LedgerFiles, *, node: NodeIdentity, service: ServiceIde
     def cert_at(seqno: int) -> str:
         return next((pem for version, pem, _ in reversed(certs) if version <= seqno), "")
 
-    signed = [s for s in ledger.signature_seqnos() if cert_at(s) == previous_pem]
-    if not signed:
+    # The last signature that vouches for the ledger in the previous service's name: made while its certificate
+    # was the service's, and either the service's own (COSE, verified with that certificate's key) or by a node
+    # whose certificate it issued (as a receipt is). One by any other key (say, of a node that whoever wrote the
+    # files declared trusted in entries of their own) vouches for nothing: what follows the last that does is
+    # dropped or set aside as any unsigned tail is.
+    last = next((s for s in reversed(ledger.signature_seqnos())
+                 if cert_at(s) == previous_pem and _vouches(ledger.signature(s), previous_service_cert)), None)
+    if last is None:
         raise RecoveryError("no signature made under the previous service identity was found in the ledger "
                             "(wrong previous_service_identity_file, or an empty ledger)")
-    last = signed[-1]
     if snapshot is not None:
         # The snapshot's receipt proves its evidence transaction; the evidence must hold this snapshot's digest,
         # else its state (read without a secret to check its GCM tag) could be anything. Only evidence the
@@ -199,6 +205,18 @@ def replay_public(files: LedgerFiles, *, node: NodeIdentity, service: ServiceIde
     state = ledger.read_tx()
     info = state.get_json(SERVICE_INFO, SINGLETON_KEY)
     return PublicRecovery(ledger, dropped, dict(info), state.get_version(SERVICE_INFO, SINGLETON_KEY), warnings)
+
+
+def _vouches(record: SignatureRecord, service_cert: x509.Certificate) -> bool:
+    """The signature transaction is the service's (a COSE signature, which the replay verified with the key of
+    the certificate then in force) or its node's certificate was issued by `service_cert`."""
+    if record.cose:
+        return True
+    try:
+        load_cert(record.primary.cert.encode()).verify_directly_issued_by(service_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def recovery_create_writes(state: Tx, service: ServiceIdentity, node: GenesisNode, create_txid: str) -> WriteSet:

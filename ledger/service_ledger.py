@@ -428,6 +428,10 @@ class ServiceLedger:
             raise LedgerError(f"the host returned {len(entries)} entries for seqno {seqno}")
         return entries[0]
 
+    def signature(self, seqno: int) -> SignatureRecord:
+        """The signature transaction at `seqno` (one of `signature_seqnos`)."""
+        return self._signature(seqno)
+
     def _signature(self, seqno: int) -> SignatureRecord:
         """The signature transaction at `seqno` (one of `_sig_seqnos`): held, or read back from the files."""
         record = self._signatures.get(seqno)

@@ -37,6 +37,7 @@ from governance.recovery_shares import (
     unwrap_ledger_secret,
 )
 from governance.shamir import SHARE_SIZE, combine
+from ledger import service_ledger as service_ledger_module
 from ledger.bootstrap import NodeKeys, start_new_service
 from ledger.entry import decode_entry, serialise_entry
 from ledger.errors import LedgerError, LedgerSecretError, ReceiptEndorsementError, RecoveryError, VersionUnavailable
@@ -66,8 +67,10 @@ from ledger.secrets import (
     unwrap_secret_chain,
 )
 from ledger.service_ledger import DEFAULT_CHUNK_SIZE, ServiceLedger
+from ledger.signatures import signature_writes
 from ledger.snapshots import summarise_snapshot
 from ledger.tables import (
+    COSE_SIGNATURES,
     HISTORICAL_SECRETS,
     MEMBERS_ENCRYPTION_KEYS,
     MEMBERS_INFO,
@@ -659,6 +662,40 @@ def test_a_recovery_killed_before_sealing_can_start_again_from_the_same_files(tm
     again = start_recovery(old.directory, old.cert, chunk_size=10_000)
     assert again.ledger.last_seqno == old.last_signature
 
+
+
+@pytest.mark.parametrize("committed", [False, True])
+def test_a_signature_by_a_node_the_previous_service_never_endorsed_vouches_for_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, committed: bool) -> None:
+    """Whoever can write the files can append entries declaring a node of their own trusted, then a signature by
+    it without the service's COSE signature. That signature does not vouch for the ledger: the recovery stops
+    at the last signature that does (the appended entries dropped, or set aside if their chunk is named
+    committed), and never takes what they wrote."""
+    old = build_old_service(tmp_path / "old", tail=0)
+    ledger = old.ledger
+    intruder = NodeIdentity.create().endorsed_by(ServiceIdentity.create())  # not endorsed by the old service
+    assert intruder.endorsed is not None
+    node_id = intruder.node_id.encode()
+    ledger.commit_writes({NODES_INFO: {node_id: dump_json({"status": "Trusted", "cert": intruder.pem})},
+                          NODES_ENDORSED_CERTS: {node_id: cert_pem(intruder.endorsed).encode()},
+                          PUBLIC: {b"planted": b"by the intruder"}})
+
+    def without_cose(*args: Any) -> tuple[Any, Any, bytes]:
+        writes, primary, _ = signature_writes(*args)
+        return {name: changes for name, changes in writes.items() if name != COSE_SIGNATURES}, primary, b""
+
+    monkeypatch.setattr(service_ledger_module, "signature_writes", without_cose)
+    ledger.node = intruder
+    if committed:
+        ledger.request_chunk()
+    sig = ledger.emit_signature()
+    ledger.flush()
+    ledger.commit_to(sig.seqno)
+    ledger.files.close()
+    monkeypatch.undo()
+    rec = start_recovery(old.directory, old.cert)
+    assert rec.ledger.last_seqno == old.last_signature < sig.seqno
+    assert rec.ledger.read_tx().get(PUBLIC, b"planted") is None
 
 # --- 5. private replay and the restored state ----------------------------------------------------------
 
