@@ -96,8 +96,10 @@ def _decode_chunk(path: str, start: int, end: int) -> ChunkFacts:
     facts.inner = inner_nodes(facts.leaves, start)
     facts.wsd, facts.sizes = records.wsd, array("Q", records.sizes)
     facts.claims, facts.views, facts.flags = records.claims, records.views, records.flags
-    facts.ordered = [(start + entry.index, {name: changes for name, changes in entry.tables.items()
-                                            if name in ORDERED_MAPS}) for entry in scan.kept]
+    # a signature transaction whole (what else it writes is refused, as the sequential replay refuses it)
+    facts.ordered = [(start + entry.index, entry.tables if SIGNATURES in entry.tables else
+                      {name: changes for name, changes in entry.tables.items() if name in ORDERED_MAPS})
+                     for entry in scan.kept]
     return facts
 
 

@@ -28,8 +28,10 @@ from typing import Any
 import orjson
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec
 from loguru import logger
 
+from ledger import cose
 from ledger.audit_scan import check_private_entry
 from ledger.entry import decode_entry, decrypt_private, parse_public_header
 from ledger.errors import (
@@ -208,10 +210,17 @@ def replay_public(files: LedgerFiles, *, node: NodeIdentity, service: ServiceIde
 
 
 def _vouches(record: SignatureRecord, service_cert: x509.Certificate) -> bool:
-    """The signature transaction is the service's (a COSE signature, which the replay verified with the key of
-    the certificate then in force) or its node's certificate was issued by `service_cert`."""
+    """The signature transaction is the service's (its COSE signature verifies over the signed root with
+    `service_cert`'s key) or its node's certificate was issued by `service_cert`. Both are checked against
+    `service_cert` itself, never against a certificate the ledger names."""
     if record.cose:
-        return True
+        key = service_cert.public_key()
+        try:
+            if isinstance(key, ec.EllipticCurvePublicKey):
+                cose.decode(record.cose).verify(key, record.primary.root)
+                return True
+        except cose.CoseError:
+            pass
     try:
         load_cert(record.primary.cert.encode()).verify_directly_issued_by(service_cert)
     except (ValueError, TypeError, InvalidSignature):

@@ -43,6 +43,7 @@ from ledger.tables import (
     SERVICE_INFO,
     SIGNATURES,
     SINGLETON_KEY,
+    TREE,
 )
 
 _BATCH = 1000
@@ -160,10 +161,17 @@ def verify_signature_writes(lookup: StateLookup, root: bytes, seqno: int, writes
         raise VerificationError(f"malformed signature transaction: {e!r}", file=file, seqno=seqno) from None
 
 
+# What a signature transaction may write (CCF's deserialisation refuses any other content, src/kv/deserialise.h)
+SIGNATURE_MAPS = frozenset({SIGNATURES, COSE_SIGNATURES, TREE})
+
+
 def _verify_signature_writes(lookup: StateLookup, root: bytes, seqno: int, writes: WriteSet) -> SignatureRecord | None:
     raw_sig = writes[SIGNATURES].get(SINGLETON_KEY)
     if raw_sig is None:
         return None
+    if not SIGNATURE_MAPS.issuperset(writes):
+        raise VerificationError(f"signature transaction also writes {', '.join(sorted(set(writes) - SIGNATURE_MAPS))}",
+                                seqno=seqno)
     primary = parse_primary_signature(raw_sig, seqno)
     raw_info = lookup(NODES_INFO, primary.node.encode())
     info = orjson.loads(raw_info) if raw_info is not None else None

@@ -46,7 +46,7 @@ from ledger.framing import FLAG_FORCE_CHUNK_BEFORE
 from ledger.gather import gather_previous_ledger
 from ledger.genesis import GenesisMember, GenesisNode, NodeNetwork, VirtualQuote
 from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, cert_pem
-from ledger.kv import PACK_MAX, ZERO_CLAIMS, LastWrites, Store, is_public, last_write, last_write_history
+from ledger.kv import PACK_MAX, ZERO_CLAIMS, LastWrites, Store, WriteSet, is_public, last_write, last_write_history
 from ledger.receipts import verify_json_receipt
 from ledger.recovery import (
     PrivateReplay,
@@ -664,36 +664,48 @@ def test_a_recovery_killed_before_sealing_can_start_again_from_the_same_files(tm
 
 
 
-@pytest.mark.parametrize("committed", [False, True])
+@pytest.mark.parametrize(("committed", "swapped"), [(False, False), (True, False), (False, True)])
 def test_a_signature_by_a_node_the_previous_service_never_endorsed_vouches_for_nothing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, committed: bool) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, committed: bool, swapped: bool) -> None:
     """Whoever can write the files can append entries declaring a node of their own trusted, then a signature by
-    it without the service's COSE signature. That signature does not vouch for the ledger: the recovery stops
-    at the last signature that does (the appended entries dropped, or set aside if their chunk is named
-    committed), and never takes what they wrote."""
+    it: without the service's COSE signature, or (`swapped`) with one by a service key of their own, named in
+    service info meanwhile and the previous certificate put back by the signature transaction itself. Neither
+    vouches for the ledger: the recovery stops at the last signature that does (the appended entries dropped, or
+    set aside if their chunk is named committed), and never takes what they wrote."""
     old = build_old_service(tmp_path / "old", tail=0)
-    ledger = old.ledger
-    intruder = NodeIdentity.create().endorsed_by(ServiceIdentity.create())  # not endorsed by the old service
+    ledger, previous_cert = old.ledger, old.cert  # (`old.cert` is its ledger's, which the intruder replaces)
+    previous_info = ledger.read_tx().get_json(SERVICE_INFO, SINGLETON_KEY)
+    other_service = ServiceIdentity.create()
+    intruder = NodeIdentity.create().endorsed_by(other_service)  # not endorsed by the old service
     assert intruder.endorsed is not None
     node_id = intruder.node_id.encode()
-    ledger.commit_writes({NODES_INFO: {node_id: dump_json({"status": "Trusted", "cert": intruder.pem})},
-                          NODES_ENDORSED_CERTS: {node_id: cert_pem(intruder.endorsed).encode()},
-                          PUBLIC: {b"planted": b"by the intruder"}})
+    planted: WriteSet = {NODES_INFO: {node_id: dump_json({"status": "Trusted", "cert": intruder.pem})},
+                         NODES_ENDORSED_CERTS: {node_id: cert_pem(intruder.endorsed).encode()},
+                         PUBLIC: {b"planted": b"by the intruder"}}
+    if swapped:
+        planted[SERVICE_INFO] = {SINGLETON_KEY: dump_json({**previous_info, "cert": other_service.pem})}
+    ledger.commit_writes(planted)
 
-    def without_cose(*args: Any) -> tuple[Any, Any, bytes]:
-        writes, primary, _ = signature_writes(*args)
+    def forged(*args: Any) -> tuple[Any, Any, bytes]:
+        writes, primary, cose_sig = signature_writes(*args)
+        if swapped:
+            writes[SERVICE_INFO] = {SINGLETON_KEY: dump_json(previous_info)}
+            return writes, primary, cose_sig
         return {name: changes for name, changes in writes.items() if name != COSE_SIGNATURES}, primary, b""
 
-    monkeypatch.setattr(service_ledger_module, "signature_writes", without_cose)
+    monkeypatch.setattr(service_ledger_module, "signature_writes", forged)
     ledger.node = intruder
+    if swapped:
+        ledger.service = other_service
     if committed:
         ledger.request_chunk()
     sig = ledger.emit_signature()
     ledger.flush()
     ledger.commit_to(sig.seqno)
+    assert ledger.files is not None
     ledger.files.close()
     monkeypatch.undo()
-    rec = start_recovery(old.directory, old.cert)
+    rec = start_recovery(old.directory, previous_cert)
     assert rec.ledger.last_seqno == old.last_signature < sig.seqno
     assert rec.ledger.read_tx().get(PUBLIC, b"planted") is None
 
