@@ -29,6 +29,8 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from loguru import logger
+
 from ledger.snapshot_files import write_file
 
 
@@ -83,8 +85,12 @@ class Forks:
         a bound on each job's pickled result, if the caller knows one (the results then travel through shared
         memory, each unpickled on the loop as it arrives)."""
         loop = self.loop
-        shared = _SharedResults(result_bytes) if result_bytes is not None and len(result_bytes) == len(jobs) \
-            else None
+        shared = None
+        if result_bytes is not None and len(result_bytes) == len(jobs):
+            try:
+                shared = _SharedResults(result_bytes)
+            except OSError as e:  # the kernel would not commit that much shared memory: the pipe it is
+                logger.info(f"worker results through the pipe: no shared mapping of {sum(result_bytes)} bytes ({e})")
         _WORKER_JOBS[:] = jobs  # the forked workers inherit the jobs: only their indices cross the pipe
         _WORKER_SHARED[:] = [shared] if shared is not None else []
         pool = ProcessPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1)),
@@ -100,6 +106,11 @@ class Forks:
                     results = [shared.load(i, await future) for i, future in enumerate(futures)]
             except Exception as e:  # the first failure, passed on as it is
                 results = e
+                for future in futures:  # the others' outcomes are not wanted (nor logged as never retrieved)
+                    if future.done() and not future.cancelled():
+                        future.exception()
+                    else:
+                        future.cancel()
             finally:
                 pool.shutdown(wait=False, cancel_futures=True)
                 _WORKER_JOBS.clear()

@@ -175,8 +175,11 @@ class NodeRecovery:
             logger.info(f"recovery: reading the private ledger up to seqno {self.first_new_seqno - 1}, "
                         f"{len(jobs)} chunks in worker processes")
             assert self._run_in_workers is not None
-            self._run_in_workers(list(jobs), self._decrypted, [job.result_bytes for job in jobs])
-            return
+            try:
+                self._run_in_workers(list(jobs), self._decrypted, [job.result_bytes for job in jobs])
+                return
+            except Exception as e:  # (no worker could be started: the replay in steps needs none)
+                logger.warning(f"recovery: no private replay in worker processes ({e!r})")
         self._replay_in_steps()
 
     def _decrypted(self, results: list[Any] | BaseException) -> None:

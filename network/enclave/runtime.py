@@ -55,6 +55,7 @@ class EnclaveRuntime:
     def __init__(self, host: HostCalls, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.host = host
         self.clock = clock
+        self._timer_failed = False
         self.enclave: Enclave | None = None
         self.metrics = SessionMetrics()
         self._start: EnclaveStart | None = None
@@ -80,7 +81,7 @@ class EnclaveRuntime:
         task.add_done_callback(self._tasks.discard)
 
     def tick(self) -> None:
-        if self.enclave is None:
+        if self.enclave is None or self._timer_failed:
             return
         if self.channels is not None:
             self.channels.tick()
@@ -91,6 +92,7 @@ class EnclaveRuntime:
             # answering without heartbeats, elections or signatures: it stops instead, saying why, and the
             # others elect a primary without it.
             logger.exception("the enclave's timer work failed")
+            self._timer_failed = True  # once: the node is stopping
             self.host.failed(f"the enclave's timer work failed: {e!r}")
 
     def connection_opened(self, conn: int, interface: str, peer: str) -> None:

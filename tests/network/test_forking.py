@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import mmap
 import os
 from typing import Any
 
@@ -56,3 +57,12 @@ def test_a_failing_job_hands_its_error_to_done(shared: bool) -> None:
     jobs = [functools.partial(_payload, 0, 10), _fails, functools.partial(_payload, 2, 10)]
     result = _run(jobs, [4096] * 3 if shared else None)
     assert isinstance(result, ValueError) and str(result) == "a damaged chunk"
+
+
+def test_results_take_the_pipe_when_the_kernel_refuses_the_shared_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(mmap, "mmap", refused)
+    jobs = [functools.partial(_payload, i, 100) for i in range(3)]
+    assert _run(jobs, [8192] * 3) == [_payload(i, 100) for i in range(3)]

@@ -31,4 +31,5 @@ def test_a_failing_tick_stops_the_node_with_its_reason_instead_of_killing_the_ti
     runtime = EnclaveRuntime(cast(HostCalls, host))
     runtime.enclave = cast(Enclave, _FailingEnclave())
     runtime.tick()  # does not raise: the host's timer task lives on while the node stops
+    runtime.tick()  # and the node is asked to stop once
     assert len(host.failures) == 1 and "no active recovery member" in host.failures[0]

@@ -1202,7 +1202,8 @@ def test_a_snapshot_altered_after_its_evidence_is_refused_before_its_state_is_us
 
 def test_evidence_after_the_last_signature_does_not_vouch_for_an_altered_snapshot(tmp_path: Path) -> None:
     """Whoever can write the files can append an unsigned entry with evidence for an altered snapshot; the
-    recovery drops that entry, and its evidence counts for nothing."""
+    recovery drops that entry, and its evidence does not vouch for the snapshot (nor could two evidence records
+    naming different digests for one snapshot)."""
     snap = snapshot_old_service(tmp_path / "old")
     directory, forged = _forge_snapshot(snap)
     files, _ = LedgerFiles.open(snap.old.directory)
