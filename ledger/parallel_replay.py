@@ -96,8 +96,11 @@ def _decode_chunk(path: str, start: int, end: int) -> ChunkFacts:
     facts.inner = inner_nodes(facts.leaves, start)
     facts.wsd, facts.sizes = records.wsd, array("Q", records.sizes)
     facts.claims, facts.views, facts.flags = records.claims, records.views, records.flags
-    # a signature transaction whole (what else it writes is refused, as the sequential replay refuses it)
-    facts.ordered = [(start + entry.index, entry.tables if SIGNATURES in entry.tables else
+    # every map a signature transaction writes is named (what else it writes is refused, as the sequential replay
+    # refuses it), the changes only of those the checks read (not the tree)
+    facts.ordered = [(start + entry.index,
+                      {name: changes if name in ORDERED_MAPS else {} for name, changes in entry.tables.items()}
+                      if SIGNATURES in entry.tables else
                       {name: changes for name, changes in entry.tables.items() if name in ORDERED_MAPS})
                      for entry in scan.kept]
     return facts

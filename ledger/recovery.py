@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from loguru import logger
 
@@ -223,7 +223,7 @@ def _vouches(record: SignatureRecord, service_cert: x509.Certificate) -> bool:
             pass
     try:
         load_cert(record.primary.cert.encode()).verify_directly_issued_by(service_cert)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):  # whatever the files' author made
         return False
     return True
 

@@ -95,7 +95,19 @@ class Forks:
         _WORKER_SHARED[:] = [shared] if shared is not None else []
         pool = ProcessPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1)),
                                    mp_context=multiprocessing.get_context("fork"))
-        futures = [asyncio.wrap_future(pool.submit(_run_worker_job, i), loop=loop) for i in range(len(jobs))]
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for i in range(len(jobs)):
+                futures.append(asyncio.wrap_future(pool.submit(_run_worker_job, i), loop=loop))
+        except Exception:  # a fork refused: nothing is left running or held for the caller's fallback
+            for future in futures:
+                future.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            _WORKER_JOBS.clear()
+            _WORKER_SHARED.clear()
+            if shared is not None:
+                shared.close()
+            raise
 
         async def collect() -> None:
             results: list[Any] | BaseException

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import mmap
 import os
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import pytest
@@ -66,3 +67,25 @@ def test_results_take_the_pipe_when_the_kernel_refuses_the_shared_mapping(monkey
     monkeypatch.setattr(mmap, "mmap", refused)
     jobs = [functools.partial(_payload, i, 100) for i in range(3)]
     assert _run(jobs, [8192] * 3) == [_payload(i, 100) for i in range(3)]
+
+
+def test_a_fork_refused_midway_leaves_nothing_running_or_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    class RefusesTheSecond(ProcessPoolExecutor):
+        submitted = 0
+
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            RefusesTheSecond.submitted += 1
+            if RefusesTheSecond.submitted == 2:
+                raise OSError(11, "Resource temporarily unavailable")
+            return super().submit(*args, **kwargs)
+
+    monkeypatch.setattr(forking, "ProcessPoolExecutor", RefusesTheSecond)
+
+    async def main() -> None:
+        forks = Forks(asyncio.get_running_loop(), os.getcwd())
+        with pytest.raises(OSError, match="temporarily unavailable"):
+            forks.run_in_workers([functools.partial(_payload, i, 10) for i in range(3)], lambda results: None,
+                                 [8192] * 3)
+
+    asyncio.run(main())
+    assert forking._WORKER_JOBS == [] and forking._WORKER_SHARED == []

@@ -86,7 +86,7 @@ from ledger.tables import (
     VIRTUAL_MEASUREMENTS,
     dump_json,
 )
-from tests.ledger_helpers import flip_byte
+from tests.ledger_helpers import flip_byte, sign_and_commit
 
 pytestmark = pytest.mark.unit
 
@@ -697,11 +697,7 @@ def test_a_signature_by_a_node_the_previous_service_never_endorsed_vouches_for_n
     ledger.node = intruder
     if swapped:
         ledger.service = other_service
-    if committed:
-        ledger.request_chunk()
-    sig = ledger.emit_signature()
-    ledger.flush()
-    ledger.commit_to(sig.seqno)
+    sig = sign_and_commit(ledger, end_chunk=committed)
     assert ledger.files is not None
     ledger.files.close()
     monkeypatch.undo()
