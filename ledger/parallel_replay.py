@@ -147,9 +147,7 @@ def replay_public_in_parallel(files: LedgerFiles, ledger: ServiceLedger, *, work
             merkle.extend_hashed(facts.leaves, facts.inner)
             for seqno, writes in facts.ordered:
                 if SIGNATURES in writes:  # it signs the root of the tree before it
-                    record = verify_signature_writes(lookup, merkle.root(seqno), seqno, writes)
-                    if record is not None:
-                        signatures[seqno] = record
+                    signatures[seqno] = verify_signature_writes(lookup, merkle.root(seqno), seqno, writes)
                 for name, changes in writes.items():
                     governance.setdefault(name, {}).update(changes)
             expected += facts.count

@@ -151,7 +151,7 @@ StateLookup = Callable[[str, bytes], bytes | None]  # (map, key) -> the value in
 
 
 def verify_signature_writes(lookup: StateLookup, root: bytes, seqno: int, writes: WriteSet, *,
-                            file: str | None = None) -> SignatureRecord | None:
+                            file: str | None = None) -> SignatureRecord:
     """As the auditor checks a signature transaction, with the signer's trust and certificate and the service
     certificate taken from the state rebuilt so far (`lookup`), against the root of the entries before it.
     Raises `VerificationError` (never a parsing exception) if it does not hold."""
@@ -165,13 +165,13 @@ def verify_signature_writes(lookup: StateLookup, root: bytes, seqno: int, writes
 SIGNATURE_MAPS = frozenset({SIGNATURES, COSE_SIGNATURES, TREE})
 
 
-def _verify_signature_writes(lookup: StateLookup, root: bytes, seqno: int, writes: WriteSet) -> SignatureRecord | None:
-    raw_sig = writes[SIGNATURES].get(SINGLETON_KEY)
-    if raw_sig is None:
-        return None
+def _verify_signature_writes(lookup: StateLookup, root: bytes, seqno: int, writes: WriteSet) -> SignatureRecord:
     if not SIGNATURE_MAPS.issuperset(writes):
         raise VerificationError(f"signature transaction also writes {', '.join(sorted(set(writes) - SIGNATURE_MAPS))}",
                                 seqno=seqno)
+    raw_sig = writes[SIGNATURES].get(SINGLETON_KEY)
+    if raw_sig is None or len(writes[SIGNATURES]) != 1:  # the map holds one value, never removed
+        raise VerificationError("signature transaction writes no signature, or writes the map otherwise", seqno=seqno)
     primary = parse_primary_signature(raw_sig, seqno)
     raw_info = lookup(NODES_INFO, primary.node.encode())
     info = orjson.loads(raw_info) if raw_info is not None else None

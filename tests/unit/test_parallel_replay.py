@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 
 from ledger import recovery as ledger_recovery
-from ledger.errors import EntryFormatError
+from ledger.errors import EntryFormatError, VerificationError
 from ledger.files import LedgerFiles
 from ledger.identity import NodeIdentity, ServiceIdentity
-from ledger.kv import last_write
+from ledger.kv import WriteSet, last_write
 from ledger.parallel_replay import merge_private, private_replay_jobs, replay_public_in_parallel
 from ledger.recovery import PrivateReplay, RecoveryError
-from ledger.replay import recover
+from ledger.replay import recover, verify_signature_writes
 from ledger.secrets import LedgerSecret, LedgerSecrets
 from ledger.service_ledger import ServiceLedger
+from ledger.tables import SERVICE_INFO, SIGNATURES, SINGLETON_KEY
 from tests.ledger_helpers import flip_byte
 from tests.unit.test_recovery_ledger import build_old_service, chunk_bytes, start_recovery
 
@@ -169,3 +170,14 @@ def test_a_recovery_replayed_in_parallel_cuts_an_unsigned_tail_back_to_the_last_
     recovered = start_recovery(old.directory, old.cert).ledger
     assert taken == [True]
     assert recovered.last_seqno == recovered.committed_seqno == old.last_signature
+
+
+@pytest.mark.parametrize("writes", [
+    {SIGNATURES: {SINGLETON_KEY: None}},  # the signature removed
+    {SIGNATURES: {SINGLETON_KEY: b"{}", b"another": b"{}"}},  # the map written otherwise
+    {SIGNATURES: {SINGLETON_KEY: b"{}"}, SERVICE_INFO: {SINGLETON_KEY: b"{}"}},  # something else besides
+])
+def test_a_signature_transaction_writes_its_signature_and_nothing_else(writes: WriteSet) -> None:
+    """As CCF's deserialisation: both replays and the backups refuse any other shape, before anything is parsed."""
+    with pytest.raises(VerificationError, match="signature transaction"):
+        verify_signature_writes(lambda table, key: None, bytes(32), 7, writes)
