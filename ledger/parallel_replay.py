@@ -157,8 +157,7 @@ def replay_public_in_parallel(files: LedgerFiles, ledger: ServiceLedger, *, work
         logger.info(f"parallel replay stopped ({e}); replaying sequentially")
         return False
     ends = [facts.start + facts.count - 1 for facts, _, _ in decoded]
-    taken_count = next((i + 1 for i in reversed(range(len(decoded)))
-                        if ends[i] <= files.committed_seqno and ends[i] in signatures), 0)
+    taken_count = next((i + 1 for i in reversed(range(len(decoded))) if ends[i] in signatures), 0)  # (committed)
     if taken_count == 0:
         merkle.truncate(merkle_size)
         logger.info("parallel replay: no committed chunk ends with a signature; replaying sequentially")

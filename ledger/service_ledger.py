@@ -429,10 +429,6 @@ class ServiceLedger:
         return entries[0]
 
     def signature(self, seqno: int) -> SignatureRecord:
-        """The signature transaction at `seqno` (one of `signature_seqnos`)."""
-        return self._signature(seqno)
-
-    def _signature(self, seqno: int) -> SignatureRecord:
         """The signature transaction at `seqno` (one of `_sig_seqnos`): held, or read back from the files."""
         record = self._signatures.get(seqno)
         if record is not None:
@@ -584,10 +580,10 @@ class ServiceLedger:
         """CCF's JSON receipt (describe_receipt_v1) for a committed transaction."""
         self._check_receiptable(seqno)
         if self.is_signature(seqno):
-            record = self._signature(seqno)
+            record = self.signature(seqno)
             return json_receipt_for_signature(record.primary, self._service_endorsements(record.primary.cert))
         sig_seqno = self._covering_signature(seqno)
-        primary = self._signature(sig_seqno).primary
+        primary = self.signature(sig_seqno).primary
         claims = self._claims.get(seqno, ZERO_CLAIMS)
         write_set_digest, path = self._proof(seqno, sig_seqno, claims)
         return json_receipt(
@@ -606,7 +602,7 @@ class ServiceLedger:
         claims = self._claims.get(seqno, ZERO_CLAIMS)
         write_set_digest, path = self._proof(seqno, sig_seqno, claims)
         return cose_receipt(
-            self._signature(sig_seqno).cose,
+            self.signature(sig_seqno).cose,
             write_set_digest=write_set_digest,
             commit_evidence=self.commit_evidence(seqno),
             claims_digest=claims,
