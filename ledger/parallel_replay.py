@@ -83,18 +83,18 @@ def _decode_chunk(path: str, start: int, end: int) -> ChunkFacts:
     file = os.path.basename(path)
     try:
         with open(path, "rb") as f:
-            scan = scan_chunk(f.read(), file, start, end, keep=ORDERED_MAPS, keep_leaves=True, records=True,
+            scan = scan_chunk(f.read(), file, start, end, keep=ORDERED_MAPS, records=True,
                               public_state=facts.state, summaries=False)
     except (EntryFormatError, LedgerFileError) as e:
         facts.error = str(e)
         facts.state = LastWrites()
         return facts
     records = scan.records
-    assert records is not None and scan.leaves is not None
+    assert records is not None
     facts.count = scan.count
-    facts.leaves = b"".join(scan.leaves)
+    facts.leaves = bytes(records.leaves)
     facts.inner = inner_nodes(facts.leaves, start)
-    facts.wsd, facts.sizes = records.wsd, array("Q", records.sizes)
+    facts.wsd, facts.sizes = records.wsd, records.sizes
     facts.claims, facts.views, facts.flags = records.claims, records.views, records.flags
     # every map a signature transaction writes is named (what else it writes is refused, as the sequential replay
     # refuses it), the changes only of those the checks read (not the tree)
@@ -129,6 +129,8 @@ def replay_public_in_parallel(files: LedgerFiles, ledger: ServiceLedger, *, work
     governance: dict[str, dict[bytes, bytes | None]] = {}
     signatures: dict[int, SignatureRecord] = {}
     decoded: list[tuple[ChunkFacts, int, int]] = []  # each chunk verified, the tree's size and the view after it
+    # The chunks taken: up to the last (committed) one that ends with a signature; their state merged in order.
+    taken_count, state = 0, LastWrites()
     expected, view = 1, ledger.view  # files starting after a snapshot fail the first check: not for this path
     merkle = ledger.merkle
     merkle_size = merkle.size
@@ -152,23 +154,24 @@ def replay_public_in_parallel(files: LedgerFiles, ledger: ServiceLedger, *, work
                     governance.setdefault(name, {}).update(changes)
             expected += facts.count
             decoded.append((facts, merkle.size, view))
+            if expected - 1 in signatures:
+                # Taken whatever follows (it ends with a signature): merged now, while the workers decode what
+                # follows, rather than all at the end, when they are done.
+                for earlier, _, _ in decoded[taken_count:]:
+                    state.merge(earlier.state)
+                    earlier.state = LastWrites()  # merged: not held twice
+                taken_count = len(decoded)
     except (VerificationError, EntryFormatError, MerkleError) as e:
         merkle.truncate(merkle_size)
         logger.info(f"parallel replay stopped ({e}); replaying sequentially")
         return False
-    ends = [facts.start + facts.count - 1 for facts, _, _ in decoded]
-    taken_count = next((i + 1 for i in reversed(range(len(decoded))) if ends[i] in signatures), 0)  # (committed)
     if taken_count == 0:
         merkle.truncate(merkle_size)
         logger.info("parallel replay: no committed chunk ends with a signature; replaying sequentially")
         return False
-    last = ends[taken_count - 1]
     taken = [facts for facts, _, _ in decoded[:taken_count]]
+    last = taken[-1].start + taken[-1].count - 1
     merkle.truncate(decoded[taken_count - 1][1])
-    state = LastWrites()
-    for facts in taken:
-        state.merge(facts.state)
-        facts.state = LastWrites()  # merged: not held twice
     ledger.adopt_replayed(taken, {s: r for s, r in signatures.items() if s <= last}, state,
                           decoded[taken_count - 1][2])
     return True

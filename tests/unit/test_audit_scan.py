@@ -29,3 +29,17 @@ def test_a_map_whose_name_is_not_public_is_refused_in_the_public_domain() -> Non
     with pytest.raises(EntryFormatError, match="'private.x' is in the public domain") as raised:
         scan_chunk(_open_chunk(renamed), "ledger_1", 1, None)
     assert (raised.value.file, raised.value.seqno, raised.value.offset) == ("ledger_1", 1, FILE_HEADER_SIZE)
+
+
+def test_a_replays_records_hold_each_entrys_leaf_digest_and_size_back_to_back() -> None:
+    entries = [serialise_entry(seqno, 2, {"public:ab": {b"k%d" % seqno: b"v" * seqno}}, bytes(32), bytes(32), SECRET)
+               for seqno in (1, 2, 3)]
+    chunk = _open_chunk(*entries)
+    leaves = scan_chunk(chunk, "ledger_1", 1, None, keep_leaves=True).leaves
+    records = scan_chunk(chunk, "ledger_1", 1, None, records=True, summaries=False).records
+    assert leaves is not None and records is not None
+    assert bytes(records.leaves) == b"".join(leaves)
+    assert list(records.sizes) == [len(entry) for entry in entries]
+    assert len(records.wsd) == 3 * 32
+    with pytest.raises(ValueError, match="records hold the leaves"):
+        scan_chunk(chunk, "ledger_1", 1, None, records=True)  # (summaries too: the leaves would be in two places)
