@@ -90,9 +90,13 @@ def set_user(cert: x509.Certificate, user_data: Any = None) -> dict[str, Any]:
 
 
 def set_member(
-    cert: x509.Certificate, encryption_pub_key: str | None = None, member_data: Any = None
+    cert: x509.Certificate, encryption_pub_key: str | None = None, member_data: Any = None,
+    recovery_role: str | None = None,
 ) -> dict[str, Any]:
-    return action("set_member", cert=cert_pem(cert), encryption_pub_key=encryption_pub_key, member_data=member_data)
+    """Add a member; with `encryption_pub_key` a recovery member, whose `recovery_role` is "Participant" (the default:
+    one share of the threshold) or "Owner" (the whole recovery key)."""
+    return action("set_member", cert=cert_pem(cert), encryption_pub_key=encryption_pub_key, member_data=member_data,
+                  recovery_role=recovery_role)
 
 
 def transition_node_to_trusted(node_id: str, valid_from: str | None = None) -> dict[str, Any]:

@@ -2,14 +2,17 @@
 disaster recovery.
 
 The latest ledger secret is wrapped (AES-256-GCM, zero IV, under a fresh wrapping key); the wrapping key is
-Shamir-split with threshold `recovery_threshold` among the active recovery members (those with an
-encryption key and a `Participant` role, the default); each share is encrypted to the member's RSA key
-(OAEP, SHA-256); all of it goes to `public:ccf.internal.recovery_shares`. Any `threshold` members can then
-rebuild the wrapping key and unwrap the secret.
+Shamir-split with threshold `recovery_threshold` among the active recovery participants (members with an
+encryption key and the `Participant` role, the default), and each active recovery owner (role `Owner`) gets the
+whole wrapping key (the share at index zero); each share is encrypted to the member's RSA key (OAEP, SHA-256);
+all of it goes to `public:ccf.internal.recovery_shares`. Any `threshold` participants, or one owner, can then
+rebuild the wrapping key and unwrap the secret. As in CCF, shares are dealt only if there is at least one active
+recovery member, the threshold is at most the number of participants, and at most 1 when there are only owners.
 
-During a recovery each member submits its decrypted share (`submit_share`); at the threshold the node calls
-`recover_latest_secret`. A combination that does not unwrap the secret (a wrong share that passed the format
-checks) raises `RecoverySharesError`: the secret is authenticated (AES-GCM), so a wrong key is never used.
+During a recovery each member submits its decrypted share (`submit_share`); at the threshold, or at an owner's
+full key, the node calls `recover_latest_secret`. A combination that does not unwrap the secret (a wrong share that
+passed the format checks) raises `RecoverySharesError`: the secret is authenticated (AES-GCM), so a wrong key is
+never used.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from governance.errors import AuthorizationFailed, GovernanceError, InvalidRequest, NotFound
-from governance.shamir import MAX_SHARES, SHARE_SIZE, SharingError, combine, split
+from governance.shamir import SHARE_SIZE, SharingError, combine, full_share, full_share_secret, is_full_share, split
 from ledger.kv import Tx
 from ledger.tables import MEMBERS_ENCRYPTION_KEYS, MEMBERS_INFO, SERVICE_CONFIG, SINGLETON_KEY
 
@@ -40,14 +43,16 @@ class RecoverySharesError(GovernanceError):
     """Shares cannot be dealt (too few recovery members) or a share/secret cannot be used."""
 
 
-def active_recovery_members(tx: Tx) -> dict[str, rsa.RSAPublicKey]:
+def active_recovery_members(tx: Tx, role: str = "Participant") -> dict[str, rsa.RSAPublicKey]:
+    """The encryption keys of the Active members with an encryption key and recovery role `role` (`Participant`,
+    the default role of a member with a key, or `Owner`)."""
     members: dict[str, rsa.RSAPublicKey] = {}
     for key, pem in tx.items(MEMBERS_ENCRYPTION_KEYS):
         member_id = key.decode()
         info = tx.get_json(MEMBERS_INFO, member_id)
         if not isinstance(info, dict) or info.get("status") != "Active":
             continue
-        if info.get("recovery_role", "Participant") != "Participant":
+        if info.get("recovery_role", "Participant") != role:
             continue
         try:
             public_key = serialization.load_pem_public_key(pem)
@@ -67,19 +72,28 @@ def recovery_threshold(tx: Tx) -> int:
 
 def deal_shares(tx: Tx, latest_ledger_secret: bytes, previous_record_seqno: int | None = None) -> dict[str, Any]:
     """Write fresh recovery shares for `latest_ledger_secret`; returns the record written."""
-    members = active_recovery_members(tx)
+    participants = active_recovery_members(tx)
+    owners = active_recovery_members(tx, "Owner")
     threshold = recovery_threshold(tx)
-    if len(members) < threshold:
+    if not participants and not owners:
+        raise RecoverySharesError("There should be at least one active recovery member to issue recovery shares")
+    if participants and len(participants) < threshold:
         raise RecoverySharesError(
-            f"cannot deal shares: {len(members)} active recovery member(s) for a threshold of {threshold}")
+            f"cannot deal shares: {len(participants)} active recovery member(s) for a threshold of {threshold}")
+    if not participants and threshold > 1:
+        raise RecoverySharesError(f"Recovery threshold {threshold} cannot be greater than 1 when the consortium "
+                                  f"consists of only active recovery owner members ({len(owners)})")
     wrapping_key = os.urandom(32)
     sealed = AESGCM(wrapping_key).encrypt(_ZERO_IV, latest_ledger_secret, None)
     wrapped = sealed[-16:] + _ZERO_IV + sealed[:-16]
-    ordered = sorted(members)
-    shares = split(wrapping_key, threshold, len(ordered))
+    ordered = sorted(participants)
+    shares = dict(zip(ordered, split(wrapping_key, threshold, len(ordered)), strict=True)) if ordered else {}
+    keys = {**participants, **owners}
+    if owners:
+        shares.update(dict.fromkeys(owners, full_share(wrapping_key)))
     record: dict[str, Any] = {
-        "encrypted_shares": {mid: base64.b64encode(members[mid].encrypt(share, _OAEP)).decode()
-                             for mid, share in zip(ordered, shares, strict=True)},
+        "encrypted_shares": {mid: base64.b64encode(keys[mid].encrypt(shares[mid], _OAEP)).decode()
+                             for mid in sorted(shares)},
         "wrapped_latest_ledger_secret": base64.b64encode(wrapped).decode(),
     }
     if previous_record_seqno is not None:
@@ -103,8 +117,10 @@ def decrypt_share(encrypted_b64: str, member_key: rsa.RSAPrivateKey) -> bytes:
 
 
 def unwrap_ledger_secret(record: dict[str, Any], shares: list[bytes]) -> bytes:
-    """Rebuild the wrapping key from decrypted shares and unwrap the ledger secret."""
-    key = combine(shares, 32)
+    """Rebuild the wrapping key from decrypted shares (an owner's full key alone is enough, as in CCF) and unwrap
+    the ledger secret."""
+    full = next((share for share in shares if is_full_share(share)), None)
+    key = full_share_secret(full, 32) if full is not None else combine(shares, 32)
     wrapped = base64.b64decode(record["wrapped_latest_ledger_secret"])
     tag, ct = wrapped[:16], wrapped[28:]
     try:
@@ -122,15 +138,15 @@ def parse_share(body: Any) -> bytes:
         share = base64.b64decode(share_b64, validate=True)
     except ValueError:
         raise InvalidRequest("The recovery share is not valid base64", code="InvalidInput") from None
-    if len(share) != SHARE_SIZE or not 1 <= share[0] <= MAX_SHARES:
-        raise InvalidRequest(f"A recovery share is {SHARE_SIZE} bytes with an index from 1 to {MAX_SHARES}; "
-                             f"got {len(share)} bytes", code="InvalidInput")
+    if len(share) != SHARE_SIZE:
+        raise InvalidRequest(f"A recovery share is {SHARE_SIZE} bytes (an index, 0 for an owner's full key, then "
+                             f"the value); got {len(share)} bytes", code="InvalidInput")
     return share
 
 
-def submit_share(tx: Tx, member_id: str, share: bytes) -> tuple[int, int]:
-    """Record `member_id`'s decrypted share; returns (shares submitted, threshold). Only a member the current
-    recovery shares were dealt to may submit, once."""
+def submit_share(tx: Tx, member_id: str, share: bytes) -> tuple[int, int, bool]:
+    """Record `member_id`'s decrypted share; returns (shares submitted, threshold, whether it is a full key). Only
+    a member the current recovery shares were dealt to may submit, once."""
     record = tx.get_json(RECOVERY_SHARES, SINGLETON_KEY)
     dealt = record.get("encrypted_shares", {}) if isinstance(record, dict) else {}
     if member_id not in dealt:
@@ -138,7 +154,7 @@ def submit_share(tx: Tx, member_id: str, share: bytes) -> tuple[int, int]:
     if tx.get(SUBMITTED_SHARES, member_id) is not None:
         raise InvalidRequest(f"Member {member_id} has already submitted its recovery share", code="InvalidInput")
     tx.put(SUBMITTED_SHARES, member_id, share)
-    return tx.size(SUBMITTED_SHARES), recovery_threshold(tx)
+    return tx.size(SUBMITTED_SHARES), recovery_threshold(tx), is_full_share(share)
 
 
 def submitted_shares(tx: Tx) -> list[bytes]:

@@ -2,7 +2,9 @@
 
 `split(secret, threshold, count)` gives `count` shares, any `threshold` of which rebuild the secret with
 `combine`; fewer give an unrelated value (information-theoretically nothing about the secret). A share is
-`x (1 byte, 1..255) || y (66 bytes, big-endian)`. Secrets are at most 64 bytes. Randomness comes from
+`x (1 byte, 1..255) || y (66 bytes, big-endian)`. The point at x = 0 is the secret itself: `full_share` gives it
+(as CCF deals the whole wrapping key to recovery owners, a share whose index is zero) and `full_share_secret` reads
+it back. Secrets are at most 64 bytes. Randomness comes from
 `secrets.randbelow` (the dealer's, not the consensus's, so determinism across nodes does not apply: the
 dealt shares are written to the ledger and replicated as data).
 """
@@ -66,3 +68,24 @@ def combine(shares: list[bytes], secret_size: int) -> bytes:
     if secret >= 1 << (8 * secret_size):
         raise SharingError("the shares do not combine to a secret of that size (too few or wrong shares)")
     return secret.to_bytes(secret_size, "big")
+
+
+def full_share(secret: bytes) -> bytes:
+    """The share at x = 0, which is the secret: one is enough (what a recovery owner holds)."""
+    if len(secret) > 64:
+        raise SharingError("a secret is at most 64 bytes")
+    return bytes([0]) + int.from_bytes(secret, "big").to_bytes(_Y_BYTES, "big")
+
+
+def is_full_share(share: bytes) -> bool:
+    return len(share) == SHARE_SIZE and share[0] == 0
+
+
+def full_share_secret(share: bytes, secret_size: int) -> bytes:
+    """The secret (of `secret_size` bytes) a full share holds."""
+    if not is_full_share(share):
+        raise SharingError(f"a full share is {SHARE_SIZE} bytes starting with index 0")
+    y = int.from_bytes(share[1:], "big")
+    if y >= 1 << (8 * secret_size):
+        raise SharingError("the full share does not hold a secret of that size")
+    return y.to_bytes(secret_size, "big")

@@ -15,7 +15,8 @@ COSE_Sign1 body goes to --out (or stdout), ready to POST with `Content-Type: app
   ack [--state-digest JSON_FILE] (with --url and no file: fetch the digest and ack it, i.e. activate)
   show PROPOSAL_ID, list       (--url only)
   recovery-share --enc-key PEM (--url only: fetch this member's encrypted recovery share, decrypt it with the
-                               member's RSA encryption private key and submit it; prints `k/N shares submitted`)
+                               member's RSA encryption private key and submit it; prints `k/N shares submitted`,
+                               or `full recovery key submitted` for a recovery owner)
 A proposal id may be shortened to a unique prefix. `-q` prints only the proposal id (propose) or state, for
 scripts: `P=$(pyccf-member ... propose --trigger trigger_ledger_rekey -q)`.
 Errors print one line (`error: ...`, with CCF's code when the node refused) and exit 1.
@@ -95,6 +96,8 @@ def _created_at(text: str | None) -> int | None:
 def _proposal_actions(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.previous_service_cert and not args.transition_service_to_open:
         raise ValueError("--previous-service-cert goes with --transition-service-to-open")
+    if args.recovery_role and not args.set_member:
+        raise ValueError("--recovery-role goes with --set-member")
     if args.actions:
         body = orjson.loads(_read(args.actions))
         if not isinstance(body, dict) or not isinstance(body.get("actions"), list):
@@ -106,7 +109,7 @@ def _proposal_actions(args: argparse.Namespace) -> list[dict[str, Any]]:
         return [action("remove_user", user_id=args.remove_user)]
     if args.set_member:
         key = _read(args.encryption_key).decode() if args.encryption_key else None
-        return [set_member(load_cert(_read(args.set_member)), key)]
+        return [set_member(load_cert(_read(args.set_member)), key, recovery_role=args.recovery_role)]
     if args.trust_node:
         return [transition_node_to_trusted(args.trust_node)]
     if args.transition_service_to_open:
@@ -166,6 +169,9 @@ def _parser() -> argparse.ArgumentParser:
                                              "refresh_js_app_bytecode_cache"], help="an action without arguments")
     propose.add_argument("--encryption-key", metavar="PEM",
                          help="with --set-member: the member's RSA encryption public key (a recovery member)")
+    propose.add_argument("--recovery-role", choices=["Participant", "Owner", "NonParticipant"],
+                         help="with --set-member and --encryption-key: Participant (the default, one share of the "
+                              "threshold) or Owner (the whole recovery key: recovers the service alone)")
     propose.add_argument("--previous-service-cert", metavar="OLD_SERVICE_CERT",
                          help="with --transition-service-to-open: the certificate of the service being recovered")
     vote = add("vote", "vote on a proposal; prints its state after the ballot")
@@ -251,7 +257,7 @@ def _submitted(result: dict[str, Any]) -> str:
     if count is None or threshold is None:
         counts = re.match(r"\s*(\d+)/(\d+)", message)
         count, threshold = counts.groups() if counts else ("?", "?")
-    line = f"{count}/{threshold} shares submitted"
+    line = "full recovery key submitted" if result.get("fullKeySubmitted") else f"{count}/{threshold} shares submitted"
     if "end of recovery procedure initiated" in message.lower():
         line += "\nend of recovery procedure initiated"
     return line

@@ -106,8 +106,8 @@ class MemberApi:
 
     def submit_recovery_share(self, encryption_key: rsa.RSAPrivateKey) -> dict[str, Any]:
         """Fetch this member's share, decrypt it with `encryption_key`, and submit it to the recovering service.
-        Returns the answer: `message` ("k/N recovery shares successfully submitted"), `submittedCount`,
-        `recoveryThreshold`."""
+        Returns the answer: `message` ("k/N recovery shares successfully submitted", or "Full recovery key
+        successfully submitted" from a recovery owner), `submittedCount`, `recoveryThreshold`, `fullKeySubmitted`."""
         share = decrypt_share(self.encrypted_recovery_share(), encryption_key)
         result: dict[str, Any] = self._post(f"/recovery/members/{self.member_id}:recover",
                                             self.signer.recovery_share(share))

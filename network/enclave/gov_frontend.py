@@ -307,9 +307,11 @@ def build_gov_frontend(ledger: LedgerView) -> Endpoints:
         except orjson.JSONDecodeError:
             body = None
         share = recovery_shares.parse_share(body)
-        submitted, threshold = recovery_shares.submit_share(ctx.tx, request.member_id, share)
-        message = f"{submitted}/{threshold} recovery shares successfully submitted"
-        if submitted >= threshold:
+        submitted, threshold, full_key = recovery_shares.submit_share(ctx.tx, request.member_id, share)
+        # (CCF's wording: an owner's full key says so; the counts otherwise, enough or not)
+        message = ("Full recovery key successfully submitted" if full_key else
+                   f"{submitted}/{threshold} recovery shares successfully submitted")
+        if submitted >= threshold or full_key:
             try:
                 node.recovery_shares_complete(ctx.tx)
             except recovery_shares.RecoverySharesError as e:
@@ -319,7 +321,7 @@ def build_gov_frontend(ledger: LedgerView) -> Endpoints:
                 return Response.error(500, "InternalError", f"Failed to initiate private recovery: {e.message}")
             message += "\nEnd of recovery procedure initiated"
         return {"message": message, "submittedCount": submitted, "recoveryThreshold": threshold,
-                "fullKeySubmitted": False}
+                "fullKeySubmitted": full_key}
 
     # --- service state ------------------------------------------------------------------------------
 

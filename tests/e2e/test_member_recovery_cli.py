@@ -5,6 +5,9 @@ A one-node service is opened, given a private record and stopped; a recovery nod
 script only, proposes to open the recovered service naming both service identities, votes, and submits its
 recovery share (`recovery-share --enc-key`). The private record is read back through the new service
 certificate, and a share submitted once the service is open is refused in one line with CCF's code.
+
+A recovery owner (CCF's `Owner` recovery role) holds the whole recovery key: with two participants and a
+threshold of 2 besides, the owner's share alone opens the recovered service.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from governance.member_client import MemberSigner, action, set_member
+from ledger.identity import PartyIdentity, key_pem
 from network.client.connection import ServiceClient
+from network.client.member_api import MemberApi
 from scripts.sandbox import _write, start_node
 from tests.e2e.conftest import SandboxFactory
 from tests.e2e.harness import API_VERSION, TXID, Sandbox, free_port
@@ -189,5 +195,93 @@ def test_a_member_recovers_the_service_with_the_members_script(sandbox_factory: 
     finally:
         for client in clients:
             client.close()
+        code = _stop(process)
+    assert code == 0, f"the recovery node exited {code} on SIGTERM\n{_log_tail(node_dir)}"
+
+
+def _new_member(sandbox: Sandbox, name: str) -> tuple[PartyIdentity, str]:
+    """A member's identity and RSA encryption key, written as sandbox_common/{name}_*.pem; the public key's PEM."""
+    identity = PartyIdentity.create(name)
+    encryption = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    files = {
+        "cert": identity.pem.encode(), "privk": key_pem(identity.key).encode(),
+        "enc_privk": encryption.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()),
+    }
+    for suffix, content in files.items():
+        Path(sandbox.common_file(f"{name}_{suffix}.pem")).write_bytes(content)
+    public = encryption.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return identity, public
+
+
+def _member_api(sandbox: Sandbox, name: str, url: str, service_cert: str) -> MemberApi:
+    with open(sandbox.common_file(f"{name}_privk.pem"), "rb") as k, \
+            open(sandbox.common_file(f"{name}_cert.pem"), "rb") as c:
+        return MemberApi(ServiceClient(url, service_cert, timeout=20), MemberSigner.from_pem(k.read(), c.read()))
+
+
+def _pass(apis: list[MemberApi], actions: list[dict[str, Any]]) -> None:
+    """The first member proposes `actions`; the others vote for them until the proposal is accepted."""
+    proposal = apis[0].propose(actions)
+    for api in apis:
+        if proposal["proposalState"] != "Open":
+            break
+        proposal = api.vote(proposal["proposalId"])
+    assert proposal["proposalState"] == "Accepted", proposal
+
+
+@pytest.mark.enclave_process_pass
+def test_a_recovery_owner_recovers_the_service_alone(sandbox_factory: SandboxFactory) -> None:
+    sandbox = sandbox_factory("owned")
+    sandbox.start()
+    sandbox.open()
+    url, old_cert = sandbox.url, sandbox.service_cert_path
+    owner, owner_key = _new_member(sandbox, "owner")
+    participant, participant_key = _new_member(sandbox, "member1")
+    apis = {name: _member_api(sandbox, name, url, old_cert) for name in ("member0", "owner", "member1")}
+    try:
+        _pass([apis["member0"]], [set_member(owner.cert, owner_key, recovery_role="Owner"),
+                                  set_member(participant.cert, participant_key)])
+        apis["owner"].activate()
+        apis["member1"].activate()
+        _pass([apis["member0"], apis["member1"]], [action("set_recovery_threshold", recovery_threshold=2)])
+        shares = sandbox.client(None).json_ok("GET", f"/gov/recovery/encrypted-shares/{owner.id}?{API_VERSION}")
+        assert shares["memberId"] == owner.id
+    finally:
+        for api in apis.values():
+            api.client.close()
+    written = sandbox.client("user0").call("POST", "/app/log/private", {"id": 7, "msg": "owned"})
+    assert written.status == 200, written
+    sandbox.wait_for_commit(written.headers[TXID])
+    assert sandbox.stop() == 0
+
+    new_cert = sandbox.common_file("new_service_cert.pem")
+    process, port, node_dir = _start_recovery_node(sandbox)
+    url = f"https://127.0.0.1:{port}"
+    apis = {name: _member_api(sandbox, name, url, new_cert) for name in ("member0", "member1")}
+    try:
+        with open(new_cert) as f, open(old_cert) as g:
+            opening = {"name": "transition_service_to_open",
+                       "args": {"next_service_identity": f.read(), "previous_service_identity": g.read()}}
+        _pass([apis["member0"], apis["member1"]], [opening])
+        submitted = subprocess.run(
+            [sys.executable, MEMBER_SCRIPT, "--cert", sandbox.common_file("owner_cert.pem"),
+             "--key", sandbox.common_file("owner_privk.pem"), "--url", url, "--service-cert", new_cert,
+             "recovery-share", "--enc-key", sandbox.common_file("owner_enc_privk.pem")],
+            capture_output=True, text=True, timeout=120, check=False)
+        assert submitted.returncode == 0, submitted.stderr + _log_tail(node_dir)
+        # one share against a threshold of 2, but the whole key: the private recovery begins
+        assert submitted.stdout == "full recovery key submitted\nend of recovery procedure initiated\n"
+        anonymous = ServiceClient(url, new_cert, timeout=20)
+        _wait_until_open(anonymous, node_dir)
+        user = ServiceClient(url, new_cert, cert=sandbox.common_file("user0_cert.pem"),
+                             key=sandbox.common_file("user0_privk.pem"), timeout=20)
+        assert user.json_ok("GET", "/app/log/private?id=7") == {"msg": "owned"}
+        for client in (anonymous, user):
+            client.close()
+    finally:
+        for api in apis.values():
+            api.client.close()
         code = _stop(process)
     assert code == 0, f"the recovery node exited {code} on SIGTERM\n{_log_tail(node_dir)}"

@@ -104,6 +104,26 @@ def test_removing_an_active_recovery_member_below_the_threshold_is_refused_and_o
     assert [e.name for e in outcome.effects] == ["trigger_ledger_rekey"]
 
 
+def test_recovery_owners_follow_ccfs_rules_for_removal_and_the_threshold() -> None:
+    gov = sandbox(status="Open")
+    owner, participant = gov.members[1], gov.members[2]
+    tx = gov.store.begin()
+    for member in (owner, participant):
+        tx.put(MEMBERS_ENCRYPTION_KEYS, member.id, RSA_PEM.encode())
+    tx.put_json(MEMBERS_INFO, owner.id, {**tx.get_json(MEMBERS_INFO, owner.id), "recovery_role": "Owner"})
+    gov.store.commit(tx)
+    # the last participant may go while an owner recovers alone at a threshold of 1 (and the ledger is rekeyed)
+    outcome = act(gov, "remove_member", {"member_id": participant.id})
+    assert [e.name for e in outcome.effects] == ["trigger_ledger_rekey"]
+    # with owners only, the threshold stays 1
+    with pytest.raises(ConstitutionFailure, match="that are of type recovery owner exist"):
+        act(gov, "set_recovery_threshold", {"recovery_threshold": 2})
+    # and the last owner cannot go: nobody would hold the key
+    with pytest.raises(ConstitutionFailure, match="last active recovery owner"):
+        act(gov, "remove_member", {"member_id": owner.id})
+    assert state(gov).get(MEMBERS_CERTS, owner.id) is not None
+
+
 def test_users() -> None:
     gov = sandbox()
     user = PartyIdentity.create("user")
@@ -209,6 +229,8 @@ def test_set_constitution_replaces_it_and_drops_open_proposals() -> None:
     ("set_member", {"cert": "not a cert"}, "cert must be a valid X509 certificate"),
     ("set_member", {"cert": SERVICE.pem, "recovery_role": "Boss"}, "recovery_role must be one of"),
     ("set_member", {"cert": SERVICE.pem, "recovery_role": "Participant"}, "needs an encryption_pub_key"),
+    ("set_member", {"cert": SERVICE.pem, "recovery_role": "NonParticipant", "encryption_pub_key": RSA_PEM},
+     "recovery role Participant or Owner"),
     ("remove_member", {"member_id": "xyz"}, "member_id must contain exactly 64 characters"),
     ("set_user", {"cert": 12}, "cert must be of type string but is of type number"),
     ("remove_user", {}, "user_id must be of type string"),

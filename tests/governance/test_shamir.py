@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from governance.shamir import SHARE_SIZE, SharingError, combine, split
+from governance.shamir import SHARE_SIZE, SharingError, combine, full_share, full_share_secret, is_full_share, split
 
 pytestmark = pytest.mark.property
 
@@ -60,3 +60,17 @@ def test_shares_of_the_wrong_type_and_bad_sizes_are_sharing_errors() -> None:
     for size in (-1, 0, 65):
         with pytest.raises(SharingError):
             combine(shares, size)
+
+
+@given(st.binary(min_size=32, max_size=32), st.integers(1, 6), st.integers(0, 4))
+def test_the_full_share_is_the_sharings_point_at_zero(secret: bytes, threshold: int, extra: int) -> None:
+    """An owner's full key is the point at x = 0 of the same sharing: it is the secret, alone, and no ordinary
+    share is one."""
+    full = full_share(secret)
+    assert is_full_share(full) and len(full) == SHARE_SIZE
+    assert full_share_secret(full, 32) == secret
+    assert not any(is_full_share(share) for share in split(secret, threshold, threshold + extra))
+    with pytest.raises(SharingError):
+        full_share_secret(split(secret, threshold, threshold + extra)[0], 32)
+    with pytest.raises(SharingError):
+        full_share_secret(bytes([0]) + b"\xff" * (SHARE_SIZE - 1), 32)  # larger than a 32-byte secret

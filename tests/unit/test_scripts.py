@@ -215,6 +215,32 @@ def test_member_propose_open_with_the_previous_service_identity(tmp_path: os.Pat
                                                "args": {"next_service_identity": new_pem}}]
 
 
+def test_member_propose_set_member_as_a_recovery_owner(tmp_path: os.PathLike[str]) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from ledger import cose
+
+    files = member_files(tmp_path)
+    with open(files["enc_key"], "rb") as f:
+        public = serialization.load_pem_private_key(f.read(), None).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    public_path = os.path.join(tmp_path, "enc_pub.pem")
+    with open(public_path, "w") as f:
+        f.write(public)
+    out = os.path.join(tmp_path, "owner.cose")
+    proc = run_member(files, "--out", out, "propose", "--set-member", files["cert"], "--encryption-key", public_path,
+                      "--recovery-role", "Owner")
+    assert proc.returncode == 0, proc.stderr
+    with open(out, "rb") as f:
+        payload = cose.decode(f.read()).payload
+    assert payload is not None
+    [proposed] = json.loads(payload)["actions"]
+    assert proposed["name"] == "set_member"
+    assert (proposed["args"]["recovery_role"], proposed["args"]["encryption_pub_key"]) == ("Owner", public)
+    lone = run_member(files, "propose", "--trigger", "trigger_snapshot", "--recovery-role", "Owner")
+    assert_one_error_line(lone, "--recovery-role goes with --set-member")
+
+
 def test_member_propose_refuses_a_lone_or_bad_previous_service_cert(tmp_path: os.PathLike[str]) -> None:
     files = member_files(tmp_path)
     lone = run_member(files, "propose", "--trigger", "trigger_snapshot", "--previous-service-cert",

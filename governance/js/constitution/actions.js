@@ -72,9 +72,16 @@ function checkRecoveryThreshold(threshold) {
   if (service !== undefined && service.status === "WaitingForRecoveryShares") {
     throw new Error("Cannot set recovery threshold if service is WaitingForRecoveryShares");
   }
-  if (service !== undefined && service.status === "Open" && threshold > getActiveRecoveryMembersCount()) {
-    throw new Error(`Cannot set recovery threshold to ${threshold}: only ` +
-      `${getActiveRecoveryMembersCount()} active recovery members`);
+  if (service === undefined || service.status !== "Open") return;
+  const participants = getActiveRecoveryMembersCount();
+  const owners = getActiveRecoveryMembersCount("Owner");
+  if (participants === 0 && owners > 0) {
+    if (threshold > 1) {
+      throw new Error(`Cannot set recovery threshold to ${threshold} when only active consortium members ` +
+        `(${owners}) that are of type recovery owner exist`);
+    }
+  } else if (threshold > participants) {
+    throw new Error(`Cannot set recovery threshold to ${threshold}: only ${participants} active recovery members`);
   }
 }
 
@@ -139,11 +146,13 @@ function getActiveMemberCount() {
   return count;
 }
 
-function getActiveRecoveryMembersCount() {
+// Active members with an encryption key and the recovery role `role`: "Participant" (a key's default role, each
+// holding one share of the threshold) or "Owner" (each holding the whole key).
+function getActiveRecoveryMembersCount(role = "Participant") {
   let count = 0;
   ccf.kv["public:ccf.gov.members.encryption_public_keys"].forEach((_, k) => {
     const info = getJson("public:ccf.gov.members.info", k);
-    if (info !== undefined && info.status === "Active" && (info.recovery_role || "Participant") === "Participant") {
+    if (info !== undefined && info.status === "Active" && (info.recovery_role || "Participant") === role) {
       count++;
     }
   });
@@ -208,9 +217,12 @@ const actions = new Map([
       checkType(args.recovery_role, "string?", "recovery_role");
       if (args.recovery_role !== undefined && args.recovery_role !== null) {
         checkEnum(args.recovery_role, ["NonParticipant", "Participant", "Owner"], "recovery_role");
-        if (args.recovery_role !== "NonParticipant" &&
-            (args.encryption_pub_key === undefined || args.encryption_pub_key === null)) {
+        const hasKey = args.encryption_pub_key !== undefined && args.encryption_pub_key !== null;
+        if (args.recovery_role !== "NonParticipant" && !hasKey) {
           throw new Error("A recovery member needs an encryption_pub_key");
+        }
+        if (args.recovery_role === "NonParticipant" && hasKey) {  // (as CCF refuses it)
+          throw new Error("A member with an encryption_pub_key has the recovery role Participant or Owner");
         }
       }
     },
@@ -237,12 +249,20 @@ const actions = new Map([
       const memberId = args.member_id;
       const info = getJson("public:ccf.gov.members.info", memberId);
       if (info === undefined) return; // idempotent
-      const wasActiveRecovery = info.status === "Active" && isRecoveryMember(memberId) &&
-        (info.recovery_role || "Participant") === "Participant";
+      const wasActiveRecovery = info.status === "Active" && isRecoveryMember(memberId);
       if (wasActiveRecovery) {
+        // what is left must still recover the service (CCF's rules): `threshold` participants, or an owner with a
+        // threshold of 1
         const threshold = getServiceConfig().recovery_threshold || 1;
-        if (getActiveRecoveryMembersCount() - 1 < threshold) {
-          throw new Error(`Number of active recovery members (${getActiveRecoveryMembersCount() - 1}) would be ` +
+        const participants = getActiveRecoveryMembersCount();
+        const owners = getActiveRecoveryMembersCount("Owner");
+        if ((info.recovery_role || "Participant") === "Owner") {
+          if (owners - 1 === 0 && participants === 0) {
+            throw new Error(`Cannot remove the last active recovery owner: no active recovery participant ` +
+              `would be left for the recovery threshold (${threshold})`);
+          }
+        } else if (!(participants - 1 === 0 && owners > 0 && threshold === 1) && participants - 1 < threshold) {
+          throw new Error(`Number of active recovery members (${participants - 1}) would be ` +
             `less than recovery threshold (${threshold})`);
         }
       }
