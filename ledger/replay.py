@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import binascii
 import dataclasses
+import enum
 import os
 from collections.abc import Callable
 from typing import Any
@@ -96,20 +97,28 @@ def _replay_entry(ledger: ServiceLedger, raw: bytes, seqno: int, file: str) -> N
     ledger.append_replayed(raw, decoded, signature)
 
 
+class SecretsTaken(enum.Flag):
+    """What the secrets record of a replicated entry gave this node."""
+
+    NONE = 0
+    LATER = enum.auto()  # the next ledger secret (a rekey, or a recovered service's own)
+    EARLIER = enum.auto()  # a predecessor's secrets, handed to the nodes of the service that recovered it
+
+
 def receive_entry(ledger: ServiceLedger, raw: bytes, seqno: int, *, node_id: str,
-                  encryption_key: rsa.RSAPrivateKey) -> bool:
+                  encryption_key: rsa.RSAPrivateKey) -> SecretsTaken:
     """Hold an entry the primary replicated: verified as a stored entry is at replay (GCM tag, commit
     evidence, signatures against the tree rebuilt so far), then appended to the files and applied. A rekey
-    that encrypts the next ledger secret to this node switches to it. Returns True if the secrets changed
-    (the node must re-seal them). Raises `EntryFormatError` / `VerificationError` and holds nothing if the
-    entry does not verify."""
+    that encrypts the next ledger secret to this node switches to it. Returns what the entry gave this node
+    (NONE if its secrets did not change; otherwise the node must re-seal them). Raises `EntryFormatError` /
+    `VerificationError` and holds nothing if the entry does not verify."""
     decoded, signature = _verify_entry(ledger, raw, seqno, "<replicated>")
     if ledger.files is not None:
         ledger.files.append(raw)
     ledger.append_replayed(raw, decoded, signature)
     record = decoded.writes.get(NODE_SECRETS, {}).get(SINGLETON_KEY)
     if record is None:
-        return False
+        return SecretsTaken.NONE
     try:
         given = secrets_for_node(orjson.loads(record), node_id, encryption_key)
     except (orjson.JSONDecodeError, LedgerSecretError, AttributeError) as e:
@@ -123,7 +132,8 @@ def receive_entry(ledger: ServiceLedger, raw: bytes, seqno: int, *, node_id: str
         ledger.secrets.restore_earlier(earlier)
     for secret in later:
         ledger.secrets.add(secret)
-    return bool(earlier or later)
+    return (SecretsTaken.EARLIER if earlier else SecretsTaken.NONE) | (SecretsTaken.LATER if later else
+                                                                        SecretsTaken.NONE)
 
 
 def _verify_entry(ledger: ServiceLedger, raw: bytes, seqno: int,

@@ -40,6 +40,7 @@ from ledger.errors import LedgerError, LedgerFileError, TransactionConflict, Ver
 from ledger.genesis import VirtualQuote
 from ledger.identity import cert_pem, endorse, key_id, self_signed_cert
 from ledger.kv import Tx
+from ledger.replay import SecretsTaken
 from ledger.secrets import opening_secret_record
 from ledger.service_ledger import ServiceLedger
 from ledger.tables import (
@@ -61,7 +62,7 @@ from network.enclave.historical import HistoricalQueries, ReceiptSource, add_rec
 from network.enclave.http import ANSWER_LATER, Pending, Request, Response
 from network.enclave.join import JoinRefused, JoinRequest, network_info, node_key_of, record_join
 from network.enclave.node_frontend import build_node_frontend
-from network.enclave.recovery import NodeRecovery, Phase, recovering_status
+from network.enclave.recovery import NodeRecovery, Phase, follows_recovery
 from network.enclave.replication import ReplicationError, Replicator, ledger_entry_meta
 from network.enclave.wire import Envelope, ForwardedRequest, ForwardedResponse
 
@@ -285,18 +286,21 @@ class Enclave:
 
     # --- disaster recovery ---------------------------------------------------------------------------------
 
-    def _ensure_recovery(self, *, secrets_just_replicated: bool = False) -> None:
+    def _ensure_recovery(self, *, secrets_just_replicated: bool = False,
+                         predecessor_secrets_arrived: bool = False) -> None:
         """Follow a recovery of the service this node belongs to (from the state held, or once it arrives)."""
-        if self.recovery is None and recovering_status(self.ledger) is not None:
+        if self.recovery is None and follows_recovery(self.ledger,
+                                                      predecessor_secrets_arrived=predecessor_secrets_arrived):
             self.recovery = NodeRecovery(self.ledger, self.host.schedule, self.host.secrets_changed,
                                          self._recovery_snapshot, self.host.run_in_workers,
                                          secrets_just_replicated=secrets_just_replicated)
 
-    def _secrets_changed(self) -> None:
+    def _secrets_changed(self, taken: SecretsTaken) -> None:
         """A replicated entry changed the secrets this node holds (a rekey, or a recovered service handing its
         predecessor's secrets to its nodes)."""
         self.host.secrets_changed()
-        self._ensure_recovery(secrets_just_replicated=True)
+        self._ensure_recovery(secrets_just_replicated=True,
+                              predecessor_secrets_arrived=SecretsTaken.EARLIER in taken)
         if self.recovery is not None:
             self.recovery.secrets_arrived()
 

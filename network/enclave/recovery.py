@@ -71,6 +71,17 @@ class Phase(enum.Enum):
     DONE = "PartOfNetwork"
 
 
+def follows_recovery(ledger: ServiceLedger, *, predecessor_secrets_arrived: bool = False) -> bool:
+    """Whether this node has a recovery to follow: its service is recovering, or it is Open and its predecessor's
+    secrets reached this node only now, in a replicated entry. That entry is then the opening, which hands them over
+    again: an election rolled back the transaction that first did before this node held it, so this node read the
+    predecessor's entries public-only and has their private part still to read."""
+    if recovering_status(ledger) is not None:
+        return True
+    info = ledger.read_tx().get_json(SERVICE_INFO, SINGLETON_KEY)
+    return predecessor_secrets_arrived and isinstance(info, dict) and info.get("status") == "Open"
+
+
 def recovering_status(ledger: ServiceLedger) -> str | None:
     info = ledger.read_tx().get_json(SERVICE_INFO, SINGLETON_KEY)
     status = info.get("status") if isinstance(info, dict) else None

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from loguru import logger
 
 from ledger.errors import EntryFormatError, LedgerError, VerificationError
-from ledger.replay import receive_entry
+from ledger.replay import SecretsTaken, receive_entry
 from ledger.service_ledger import ServiceLedger
 from network.consensus.raft import AppendEntries, EntryMeta, HardState, Message, Raft, Role
 from network.enclave.wire import Envelope, ForwardedRequest, ForwardedResponse
@@ -55,7 +55,7 @@ class ReplicationError(Exception):
 class Replicator:
     def __init__(self, ledger: ServiceLedger, raft: Raft, encryption_key: rsa.RSAPrivateKey,
                  send: Callable[[Envelope], None], persist_state: Callable[[HardState], None],
-                 secrets_changed: Callable[[], None] = lambda: None) -> None:
+                 secrets_changed: Callable[[SecretsTaken], None] = lambda taken: None) -> None:
         self.ledger = ledger
         self.raft = raft
         self.encryption_key = encryption_key
@@ -153,7 +153,7 @@ class Replicator:
         if self.ledger.view_of(index) != term:
             raise ReplicationError(f"entry {index} is in view {self.ledger.view_of(index)}, consensus says {term}")
         if changed:
-            self.secrets_changed()
+            self.secrets_changed(changed)
 
     def _envelope(self, message: Message) -> Envelope:
         if not isinstance(message, AppendEntries) or not message.entries:

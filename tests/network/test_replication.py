@@ -15,6 +15,7 @@ from ledger.bootstrap import NodeKeys, start_new_service
 from ledger.files import LedgerFiles
 from ledger.genesis import GenesisMember, VirtualQuote
 from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, cert_pem
+from ledger.replay import SecretsTaken
 from ledger.secrets import LedgerSecrets
 from ledger.service_ledger import ServiceLedger
 from ledger.tables import NODES_ENDORSED_CERTS, NODES_INFO, dump_json
@@ -39,6 +40,7 @@ class Cluster:
         self.network: list[bytes] = []
         self.down: set[str] = set()
         self.sealed: dict[str, int] = {i: 0 for i in self.ids}
+        self.taken: dict[str, list[SecretsTaken]] = {i: [] for i in self.ids}  # what each replicated rekey gave
         member = PartyIdentity.create("member0")
         k0 = self.keys[0]
         quote = VirtualQuote("aa" * 32, "bb" * 32, k0.identity.node_id)
@@ -61,8 +63,12 @@ class Cluster:
                 raft.assume_leadership()
             self.replicators[node_id] = Replicator(
                 self.ledgers[node_id], raft, k.encryption_key, self._send, lambda hs: None,
-                lambda n=node_id: self.sealed.__setitem__(n, self.sealed[n] + 1))  # type: ignore[misc]
+                lambda taken, n=node_id: self._secrets_taken(n, taken))  # type: ignore[misc]
         self.replicators[self.ids[0]].process()
+
+    def _secrets_taken(self, node_id: str, taken: SecretsTaken) -> None:
+        self.sealed[node_id] += 1
+        self.taken[node_id].append(taken)
 
     def _send(self, envelope: Envelope) -> None:
         self.network.append(encode(envelope))
@@ -244,6 +250,7 @@ def test_a_rekey_reaches_the_backups_and_they_read_what_follows(cluster: Cluster
         assert _state(ledger, "records") == _state(primary, "records")
         ledger.flush()
     assert cluster.sealed[cluster.ids[1]] == 1 and cluster.sealed[cluster.ids[2]] == 1
+    assert cluster.taken[cluster.ids[1]] == cluster.taken[cluster.ids[2]] == [SecretsTaken.LATER]
     for i in range(3):
         assert_read_ledger_accepts(str(tmp_path / f"n{i}" / "ledger"), "--uncommitted")
 

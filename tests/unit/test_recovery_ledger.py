@@ -1029,6 +1029,58 @@ def test_a_backup_that_learns_of_the_recovery_with_the_secrets_still_reads_the_p
         ([value for _, _, value in private] if just_replicated else [None] * len(private))
 
 
+def test_a_backup_that_first_gets_the_predecessors_secrets_in_the_opening_reads_the_private_ledger(
+    old: OldService, tmp_path: Path,
+) -> None:
+    """If an election rolled back the transaction that first handed the predecessor's secrets to the nodes, a
+    backup gets them only from the opening, which hands them again: it catches up to an Open service, having read
+    the predecessor's entries public-only. `receive_entry` says the secrets it took are earlier ones, the node then
+    follows the recovery although the service is Open, and reads the private ledger."""
+    from ledger.replay import SecretsTaken, receive_entry
+    from network.enclave.recovery import NodeRecovery, Phase, follows_recovery
+
+    rec = start_recovery(old.directory, old.cert)
+    created = create_recovered_service(rec)
+    primary = rec.ledger
+    tx = primary.begin()
+    for member_id in ("m2", "m0"):
+        submit_share(tx, member_id, old.shares[member_id])
+    predecessor = restore_secrets(primary, rec.files, recover_latest_secret(tx))
+    primary.secrets.restore_earlier([s for s in predecessor if s.start < primary.secrets.latest.start])
+    backup_rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    backup_identity = NodeIdentity.create().endorsed_by(rec.service)
+    # the opening as the backup receives it: status Open, and the predecessor's secrets encrypted to it
+    tx = primary.begin()
+    info = dict(tx.get_json(SERVICE_INFO, SINGLETON_KEY))
+    tx.put_json(SERVICE_INFO, SINGLETON_KEY, {**info, "status": "Open"})
+    tx.put(NODE_SECRETS, SINGLETON_KEY, orjson.dumps(node_secrets_entries(
+        {backup_identity.node_id: backup_rsa.public_key()}, [s for s in predecessor if s.start < created])))
+    opening = primary.commit(tx)
+    assert opening is not None
+    primary.commit_to(primary.emit_signature().seqno)
+    primary.flush()
+    # the backup: the recovered service's own secret only, every entry received from the primary in one go
+    files, _ = LedgerFiles.open(str(tmp_path / "backup"))
+    backup = ServiceLedger(node=backup_identity, service=rec.service, files=files,
+                           secrets=LedgerSecrets([primary.secrets.for_seqno(created)]))
+    taken = {seqno: receive_entry(backup, rec.files.read(seqno), seqno, node_id=backup_identity.node_id,
+                                  encryption_key=backup_rsa) for seqno in range(1, primary.last_seqno + 1)}
+    assert {seqno: t for seqno, t in taken.items() if t} == {opening.seqno: SecretsTaken.EARLIER}
+    backup.commit_to(primary.last_seqno)
+    assert not follows_recovery(backup)  # the service is Open...
+    assert follows_recovery(backup, predecessor_secrets_arrived=True)  # ...but its private ledger was not read
+    turns: list[Any] = []
+    recovery = NodeRecovery(backup, turns.append, lambda: None, secrets_just_replicated=True)
+    recovery.secrets_arrived()
+    while turns:
+        turns.pop(0)()
+    assert recovery.phase is Phase.DONE
+    state = backup.read_tx()
+    private = [(name, key, value) for name, values in old.private.items() for key, value in values.items()
+               if value is not None]
+    assert private and [state.get(name, key) for name, key, _ in private] == [value for _, _, value in private]
+
+
 def test_a_private_replay_that_cannot_be_cut_into_worker_jobs_runs_in_steps(
     old: OldService, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
