@@ -156,7 +156,8 @@ def test_bad_shares_are_refused_wrong_ones_cleared_and_the_right_one_still_recov
     assert recovery.status() == "Recovering"
     assert recovery.open()["proposalState"] == "Accepted"
     assert recovery.status() == "WaitingForRecoveryShares"
-    # malformed and truncated shares: 400, nothing recorded
+    # malformed and truncated shares, and an index-zero (whole key) share from a member who is no recovery owner:
+    # 400, nothing recorded
     for bad in (share[:-1], b"", bytes([0]) + share[1:], share + b"x"):
         answer = recovery.submit(bad)
         assert answer.status == 400 and code(answer) == "InvalidInput", answer.body

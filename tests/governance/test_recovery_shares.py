@@ -11,9 +11,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from governance.errors import NotFound
+from governance.errors import InvalidRequest, NotFound
 from governance.recovery_shares import (
     RECOVERY_SHARES,
+    SUBMITTED_SHARES,
     RecoverySharesError,
     deal_shares,
     decrypt_share,
@@ -95,14 +96,19 @@ def test_a_recovery_owner_holds_the_whole_wrapping_key_and_recovers_alone() -> N
     assert recover_latest_secret(tx) == secret
 
 
-def test_a_forged_full_key_passes_the_format_checks_but_never_unwraps_the_secret() -> None:
+def test_a_forged_full_key_never_unwraps_the_secret_and_only_an_owner_may_submit_one() -> None:
     store = service(1, ["Active", "Active"], ["Participant", "Owner"])
     tx = store.begin()
     record = deal_shares(tx, os.urandom(32))
     store.commit(tx)
-    forged = bytes([0]) + os.urandom(32).rjust(SHARE_SIZE - 1, b"\0")
+    forged = parse_share({"share": base64.b64encode(bytes([0]) + os.urandom(32).rjust(SHARE_SIZE - 1, b"\0")).decode()})
     tx = store.begin()
-    assert submit_share(tx, "m0", parse_share({"share": base64.b64encode(forged).decode()})) == (1, 1, True)
+    # a participant was dealt a part of the key: an index-zero share from it is malformed, and nothing is recorded
+    with pytest.raises(InvalidRequest, match="not a recovery owner"):
+        submit_share(tx, "m0", forged)
+    assert tx.size(SUBMITTED_SHARES) == 0
+    # the owner's, forged: it passes the format checks, and the authenticated unwrap refuses it
+    assert submit_share(tx, "m1", forged) == (1, 1, True)
     with pytest.raises(RecoverySharesError, match="do not unwrap"):
         recover_latest_secret(tx)
     assert unwrap_ledger_secret(record, [_decrypted(record, "m1")])  # the real one does
