@@ -156,7 +156,9 @@ def submit_share(tx: Tx, member_id: str, share: bytes) -> tuple[int, int, bool]:
     info = tx.get_json(MEMBERS_INFO, member_id)
     if is_full_share(share) and (not isinstance(info, dict) or info.get("recovery_role") != "Owner"):
         # Only an owner was dealt the whole key: anyone else's index-zero share is malformed, refused before it
-        # could make the combination fail and clear the shares the other members submitted.
+        # could make the combination fail and clear the shares the other members submitted. (A member whose role
+        # changed since the shares were dealt is Accepted again, and may not submit, until it acks: then the
+        # shares are dealt again, for its new role.)
         raise InvalidRequest(f"Member {member_id} is not a recovery owner: its share's index is from 1 to 255",
                              code="InvalidInput")
     tx.put(SUBMITTED_SHARES, member_id, share)

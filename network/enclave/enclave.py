@@ -62,7 +62,7 @@ from network.enclave.historical import HistoricalQueries, ReceiptSource, add_rec
 from network.enclave.http import ANSWER_LATER, Pending, Request, Response
 from network.enclave.join import JoinRefused, JoinRequest, network_info, node_key_of, record_join
 from network.enclave.node_frontend import build_node_frontend
-from network.enclave.recovery import NodeRecovery, Phase, follows_recovery
+from network.enclave.recovery import NodeRecovery, Phase, follows_recovery, recovering_status
 from network.enclave.replication import ReplicationError, Replicator, ledger_entry_meta
 from network.enclave.wire import Envelope, ForwardedRequest, ForwardedResponse
 
@@ -620,7 +620,9 @@ class Enclave:
 
     def rekey(self) -> TxID | None:
         """A new ledger secret for later writes; shares are dealt again for it once the service is Open."""
-        if self.recovery is not None:
+        # (a node still reading its predecessor's private ledger once the service is Open may rekey: the opening
+        # continued the secret chain already)
+        if recovering_status(self.ledger) is not None:
             logger.warning("a rekey is not carried out while the service recovers (the secret chain must end at "
                            "the recovered service's first secret); propose it again once the service is Open")
             return None

@@ -75,7 +75,9 @@ def follows_recovery(ledger: ServiceLedger, *, predecessor_secrets_arrived: bool
     """Whether this node has a recovery to follow: its service is recovering, or it is Open and its predecessor's
     secrets reached this node only now, in a replicated entry. That entry is then the opening, which hands them over
     again: an election rolled back the transaction that first did before this node held it, so this node read the
-    predecessor's entries public-only and has their private part still to read."""
+    predecessor's entries public-only and has their private part still to read. (Removals the recovered service
+    made before the opening reached this node are held only from then on; the only map it writes then that the
+    predecessor's private state could hold is the submitted shares, which the opening clears.)"""
     if recovering_status(ledger) is not None:
         return True
     info = ledger.read_tx().get_json(SERVICE_INFO, SINGLETON_KEY)

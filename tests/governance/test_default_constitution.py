@@ -112,6 +112,14 @@ def test_recovery_owners_follow_ccfs_rules_for_removal_and_the_threshold() -> No
         tx.put(MEMBERS_ENCRYPTION_KEYS, member.id, RSA_PEM.encode())
     tx.put_json(MEMBERS_INFO, owner.id, {**tx.get_json(MEMBERS_INFO, owner.id), "recovery_role": "Owner"})
     gov.store.commit(tx)
+    # not below the threshold while it is above 1, owner or not
+    act(gov, "set_recovery_threshold", {"recovery_threshold": 1})
+    tx = gov.store.begin()
+    tx.put_json(SERVICE_CONFIG, SINGLETON_KEY, {**tx.get_json(SERVICE_CONFIG, SINGLETON_KEY), "recovery_threshold": 2})
+    gov.store.commit(tx)
+    with pytest.raises(ConstitutionFailure, match="would be less than recovery threshold"):
+        act(gov, "remove_member", {"member_id": participant.id})
+    act(gov, "set_recovery_threshold", {"recovery_threshold": 1})
     # the last participant may go while an owner recovers alone at a threshold of 1 (and the ledger is rekeyed)
     outcome = act(gov, "remove_member", {"member_id": participant.id})
     assert [e.name for e in outcome.effects] == ["trigger_ledger_rekey"]
@@ -122,6 +130,20 @@ def test_recovery_owners_follow_ccfs_rules_for_removal_and_the_threshold() -> No
     with pytest.raises(ConstitutionFailure, match="last active recovery owner"):
         act(gov, "remove_member", {"member_id": owner.id})
     assert state(gov).get(MEMBERS_CERTS, owner.id) is not None
+
+
+def test_an_owner_may_go_while_participants_remain_and_a_non_participant_with_a_key_always() -> None:
+    gov = sandbox(status="Open")
+    owner, participant, bystander = gov.members[1], gov.members[2], gov.members[0]
+    tx = gov.store.begin()
+    for member, role in ((owner, "Owner"), (participant, "Participant"), (bystander, "NonParticipant")):
+        tx.put(MEMBERS_ENCRYPTION_KEYS, member.id, RSA_PEM.encode())  # (older ledgers let a NonParticipant hold one)
+        tx.put_json(MEMBERS_INFO, member.id, {**tx.get_json(MEMBERS_INFO, member.id), "recovery_role": role})
+    gov.store.commit(tx)
+    act(gov, "remove_member", {"member_id": owner.id})
+    assert state(gov).get(MEMBERS_CERTS, owner.id) is None
+    act(gov, "remove_member", {"member_id": bystander.id})  # (member0, who proposes: last)
+    assert state(gov).get(MEMBERS_CERTS, bystander.id) is None
 
 
 def test_users() -> None:

@@ -6,6 +6,7 @@ import base64
 import gc
 import os
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -85,6 +86,19 @@ def test_opening_deals_recovery_shares_that_member0_can_use(open_node: Node) -> 
     # the opening also starts the chain of historical secrets (verify_ledger_secrets_chain reads it)
     assert open_node.ledger.read_tx().get_json(HISTORICAL_SECRETS, SINGLETON_KEY) == {
         "next_version": open_node.ledger.secrets.latest.start}
+
+
+def test_a_rekey_waits_while_the_service_recovers_but_not_for_one_nodes_late_private_replay(open_node: Node) -> None:
+    """A node that reads its predecessor's private ledger after the opening reached it (it got the secrets only
+    from the opening) may rekey, say as a new primary after `remove_member`: the opening continued the secret chain.
+    While the service itself recovers, a rekey is not carried out."""
+    enclave = open_node.enclave
+    enclave.recovery = cast(Any, object())  # following a recovery, its private replay not done
+    assert enclave.rekey() is not None and len(open_node.ledger.secrets) == 2
+    tx = open_node.ledger.begin()
+    tx.put_json(SERVICE_INFO, SINGLETON_KEY, {**tx.get_json(SERVICE_INFO, SINGLETON_KEY), "status": "Recovering"})
+    assert open_node.ledger.commit(tx) is not None
+    assert enclave.rekey() is None and len(open_node.ledger.secrets) == 2
 
 
 def test_a_rekey_switches_secrets_reseals_and_deals_shares_for_the_new_secret(open_node: Node) -> None:

@@ -1066,7 +1066,15 @@ def test_a_backup_that_first_gets_the_predecessors_secrets_in_the_opening_reads_
     taken = {seqno: receive_entry(backup, rec.files.read(seqno), seqno, node_id=backup_identity.node_id,
                                   encryption_key=backup_rsa) for seqno in range(1, primary.last_seqno + 1)}
     assert {seqno: t for seqno, t in taken.items() if t} == {opening.seqno: SecretsTaken.EARLIER}
-    backup.commit_to(primary.last_seqno)
+    # handed again (as an opening does after a first hand-over that stood): a node holding them takes nothing
+    tx = primary.begin()
+    tx.put(NODE_SECRETS, SINGLETON_KEY, primary.read_tx().get(NODE_SECRETS, SINGLETON_KEY))
+    again = primary.commit(tx)
+    assert again is not None
+    primary.flush()
+    assert receive_entry(backup, rec.files.read(again.seqno), again.seqno, node_id=backup_identity.node_id,
+                         encryption_key=backup_rsa) == SecretsTaken.NONE
+    backup.commit_to(opening.seqno + 1)
     assert not follows_recovery(backup)  # the service is Open...
     assert follows_recovery(backup, predecessor_secrets_arrived=True)  # ...but its private ledger was not read
     turns: list[Any] = []

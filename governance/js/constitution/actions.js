@@ -256,12 +256,14 @@ const actions = new Map([
         const threshold = getServiceConfig().recovery_threshold || 1;
         const participants = getActiveRecoveryMembersCount();
         const owners = getActiveRecoveryMembersCount("Owner");
-        if ((info.recovery_role || "Participant") === "Owner") {
+        const role = info.recovery_role || "Participant";
+        if (role === "Owner") {
           if (owners - 1 === 0 && participants === 0) {
             throw new Error(`Cannot remove the last active recovery owner: no active recovery participant ` +
               `would be left for the recovery threshold (${threshold})`);
           }
-        } else if (!(participants - 1 === 0 && owners > 0 && threshold === 1) && participants - 1 < threshold) {
+        } else if (role === "Participant" && !(participants - 1 === 0 && owners > 0 && threshold === 1) &&
+                   participants - 1 < threshold) {
           throw new Error(`Number of active recovery members (${participants - 1}) would be ` +
             `less than recovery threshold (${threshold})`);
         }
