@@ -996,6 +996,45 @@ def test_the_opening_of_a_recovered_service_leaves_no_decrypted_share_behind_and
     assert _raws(handed) == _raws(old.ledger.secrets.all())
 
 
+def _recovered_holding_secrets(old: OldService) -> tuple[Recovering, int, list[LedgerSecret]]:
+    """A recovered service of `old` whose node holds the predecessor's secrets (two members' shares unwrapped them),
+    its create seqno, and those secrets."""
+    rec = start_recovery(old.directory, old.cert)
+    created = create_recovered_service(rec)
+    ledger = rec.ledger
+    tx = ledger.begin()
+    for member_id in ("m2", "m0"):
+        submit_share(tx, member_id, old.shares[member_id])
+    secrets = restore_secrets(ledger, rec.files, recover_latest_secret(tx))
+    ledger.secrets.restore_earlier([s for s in secrets if s.start < ledger.secrets.latest.start])
+    return rec, created, secrets
+
+
+def _private_values_read(old: OldService, ledger: ServiceLedger) -> list[bytes | None]:
+    """What `ledger` holds of each private key's last value in `old` (None where it holds nothing)."""
+    state = ledger.read_tx()
+    private = [(name, key) for name, values in old.private.items() for key, value in values.items()
+               if value is not None]
+    assert private
+    return [state.get(name, key) for name, key in private]
+
+
+def _follow_recovery(ledger: ServiceLedger, *, just_replicated: bool) -> Any:
+    """A node's `NodeRecovery` given the secrets that cover its predecessor's entries, driven to its end."""
+    from network.enclave.recovery import NodeRecovery
+
+    turns: list[Any] = []
+    recovery = NodeRecovery(ledger, turns.append, lambda: None, secrets_just_replicated=just_replicated)
+    recovery.secrets_arrived()
+    while turns:
+        turns.pop(0)()
+    return recovery
+
+
+def _private_values(old: OldService) -> list[bytes]:
+    return [value for values in old.private.values() for value in values.values() if value is not None]
+
+
 @pytest.mark.parametrize("just_replicated", [True, False])
 def test_a_backup_that_learns_of_the_recovery_with_the_secrets_still_reads_the_private_ledger(
     old: OldService, just_replicated: bool,
@@ -1004,29 +1043,15 @@ def test_a_backup_that_learns_of_the_recovery_with_the_secrets_still_reads_the_p
     entry handing it the predecessor's secrets: it follows the recovery only then, with secrets that already
     cover the predecessor's entries, which it held public-only. It still reads their private part; a node that
     had the secrets when it read the entries (a restart) does not read them again."""
-    from network.enclave.recovery import NodeRecovery, Phase
+    from network.enclave.recovery import Phase
 
-    rec = start_recovery(old.directory, old.cert)
-    create_recovered_service(rec)
+    rec, _, _ = _recovered_holding_secrets(old)
     ledger = rec.ledger
-    tx = ledger.begin()
-    for member_id in ("m2", "m0"):
-        submit_share(tx, member_id, old.shares[member_id])
-    secrets = restore_secrets(ledger, rec.files, recover_latest_secret(tx))
-    ledger.secrets.restore_earlier([s for s in secrets if s.start < ledger.secrets.latest.start])
-    turns: list[Any] = []
-    recovery = NodeRecovery(ledger, turns.append, lambda: None, secrets_just_replicated=just_replicated)
-    recovery.secrets_arrived()
-    while turns:
-        turns.pop(0)()
+    recovery = _follow_recovery(ledger, just_replicated=just_replicated)
     assert recovery.phase is Phase.DONE
     assert not recovery.wants_shares()  # read, and the service not open yet: a share now is refused all the same
-    state = ledger.read_tx()
-    private = [(name, key, value) for name, values in old.private.items() for key, value in values.items()
-               if value is not None]
-    assert private
-    assert [state.get(name, key) for name, key, _ in private] == \
-        ([value for _, _, value in private] if just_replicated else [None] * len(private))
+    expected = _private_values(old)
+    assert _private_values_read(old, ledger) == (expected if just_replicated else [None] * len(expected))
 
 
 def test_a_backup_that_first_gets_the_predecessors_secrets_in_the_opening_reads_the_private_ledger(
@@ -1037,16 +1062,10 @@ def test_a_backup_that_first_gets_the_predecessors_secrets_in_the_opening_reads_
     the predecessor's entries public-only. `receive_entry` says the secrets it took are earlier ones, the node then
     follows the recovery although the service is Open, and reads the private ledger."""
     from ledger.replay import SecretsTaken, receive_entry
-    from network.enclave.recovery import NodeRecovery, Phase, follows_recovery
+    from network.enclave.recovery import Phase, follows_recovery
 
-    rec = start_recovery(old.directory, old.cert)
-    created = create_recovered_service(rec)
+    rec, created, predecessor = _recovered_holding_secrets(old)
     primary = rec.ledger
-    tx = primary.begin()
-    for member_id in ("m2", "m0"):
-        submit_share(tx, member_id, old.shares[member_id])
-    predecessor = restore_secrets(primary, rec.files, recover_latest_secret(tx))
-    primary.secrets.restore_earlier([s for s in predecessor if s.start < primary.secrets.latest.start])
     backup_rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     backup_identity = NodeIdentity.create().endorsed_by(rec.service)
     # the opening as the backup receives it: status Open, and the predecessor's secrets encrypted to it
@@ -1068,7 +1087,9 @@ def test_a_backup_that_first_gets_the_predecessors_secrets_in_the_opening_reads_
     assert {seqno: t for seqno, t in taken.items() if t} == {opening.seqno: SecretsTaken.EARLIER}
     # handed again (as an opening does after a first hand-over that stood): a node holding them takes nothing
     tx = primary.begin()
-    tx.put(NODE_SECRETS, SINGLETON_KEY, primary.read_tx().get(NODE_SECRETS, SINGLETON_KEY))
+    handed = primary.read_tx().get(NODE_SECRETS, SINGLETON_KEY)
+    assert handed is not None
+    tx.put(NODE_SECRETS, SINGLETON_KEY, handed)
     again = primary.commit(tx)
     assert again is not None
     primary.flush()
@@ -1077,16 +1098,8 @@ def test_a_backup_that_first_gets_the_predecessors_secrets_in_the_opening_reads_
     backup.commit_to(opening.seqno + 1)
     assert not follows_recovery(backup)  # the service is Open...
     assert follows_recovery(backup, predecessor_secrets_arrived=True)  # ...but its private ledger was not read
-    turns: list[Any] = []
-    recovery = NodeRecovery(backup, turns.append, lambda: None, secrets_just_replicated=True)
-    recovery.secrets_arrived()
-    while turns:
-        turns.pop(0)()
-    assert recovery.phase is Phase.DONE
-    state = backup.read_tx()
-    private = [(name, key, value) for name, values in old.private.items() for key, value in values.items()
-               if value is not None]
-    assert private and [state.get(name, key) for name, key, _ in private] == [value for _, _, value in private]
+    assert _follow_recovery(backup, just_replicated=True).phase is Phase.DONE
+    assert _private_values_read(old, backup) == _private_values(old)
 
 
 def test_a_private_replay_that_cannot_be_cut_into_worker_jobs_runs_in_steps(
