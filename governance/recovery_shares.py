@@ -153,8 +153,9 @@ def submit_share(tx: Tx, member_id: str, share: bytes) -> tuple[int, int, bool]:
         raise AuthorizationFailed(f"Member {member_id} holds no recovery share of this service")
     if tx.get(SUBMITTED_SHARES, member_id) is not None:
         raise InvalidRequest(f"Member {member_id} has already submitted its recovery share", code="InvalidInput")
+    full_key = is_full_share(share)
     info = tx.get_json(MEMBERS_INFO, member_id)
-    if is_full_share(share) and (not isinstance(info, dict) or info.get("recovery_role") != "Owner"):
+    if full_key and (not isinstance(info, dict) or info.get("recovery_role") != "Owner"):
         # Only an owner was dealt the whole key: anyone else's index-zero share is malformed, refused before it
         # could make the combination fail and clear the shares the other members submitted. (A member whose role
         # changed since the shares were dealt is Accepted again, and may not submit, until it acks: then the
@@ -162,7 +163,7 @@ def submit_share(tx: Tx, member_id: str, share: bytes) -> tuple[int, int, bool]:
         raise InvalidRequest(f"Member {member_id} is not a recovery owner: its share's index is from 1 to 255",
                              code="InvalidInput")
     tx.put(SUBMITTED_SHARES, member_id, share)
-    return tx.size(SUBMITTED_SHARES), recovery_threshold(tx), is_full_share(share)
+    return tx.size(SUBMITTED_SHARES), recovery_threshold(tx), full_key
 
 
 def submitted_shares(tx: Tx) -> list[bytes]:

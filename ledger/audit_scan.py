@@ -194,6 +194,8 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
     entry must be, byte for byte, the one verified. Raises `EntryFormatError` or `LedgerFileError` naming the
     file, offset and seqno of the damage.
     """
+    if records and (keep_leaves or summaries):
+        raise ValueError("records hold the leaves: not with keep_leaves or summaries")
     if len(buf) < FILE_HEADER_SIZE:
         raise LedgerFileError("file shorter than its header", file=file, seqno=start)
     (table,) = _HEAD.unpack_from(buf, 0)
@@ -208,8 +210,6 @@ def scan_chunk(buf: bytes, file: str, start: int, end: int | None, secrets: Ledg
                                   file=file, seqno=start)
         positions = list(struct.unpack_from(f"<{count}I", buf, table))
         stop = table
-    if records and (keep_leaves or summaries):
-        raise ValueError("records hold the leaves: not with keep_leaves or summaries")
     leaves: list[bytes] = []
     kept: list[KeptEntry] = []
     sha = _sha256

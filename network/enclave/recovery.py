@@ -78,16 +78,21 @@ def follows_recovery(ledger: ServiceLedger, *, predecessor_secrets_arrived: bool
     predecessor's entries public-only and has their private part still to read. (Removals the recovered service
     made before the opening reached this node are held only from then on; the only map it writes then that the
     predecessor's private state could hold is the submitted shares, which the opening clears.)"""
-    if recovering_status(ledger) is not None:
-        return True
+    status = _service_status(ledger)
+    return status in _RECOVERING or (predecessor_secrets_arrived and status == "Open")
+
+
+_RECOVERING = ("Recovering", "WaitingForRecoveryShares")
+
+
+def _service_status(ledger: ServiceLedger) -> object:
     info = ledger.read_tx().get_json(SERVICE_INFO, SINGLETON_KEY)
-    return predecessor_secrets_arrived and isinstance(info, dict) and info.get("status") == "Open"
+    return info.get("status") if isinstance(info, dict) else None
 
 
 def recovering_status(ledger: ServiceLedger) -> str | None:
-    info = ledger.read_tx().get_json(SERVICE_INFO, SINGLETON_KEY)
-    status = info.get("status") if isinstance(info, dict) else None
-    return str(status) if status in ("Recovering", "WaitingForRecoveryShares") else None
+    status = _service_status(ledger)
+    return str(status) if status in _RECOVERING else None
 
 
 def create_seqno(ledger: ServiceLedger) -> int:
