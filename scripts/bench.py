@@ -6,7 +6,9 @@ functions: real governance requests), then drives it with an asyncio load genera
 `--connections` kept-alive TLS connections authenticated as user0, each with `--window` pipelined
 `POST /app/log/private` requests (`{"id": <int>, "msg": "<--msg-size letters>"}`, pre-encoded) in flight. A
 separate connection polls `GET /app/commit` every `--poll-ms` to learn when each write's seqno (from its
-`x-ms-ccf-transaction-id`) is committed.
+`x-ms-ccf-transaction-id`) is committed. With `--until-committed` a write holds its place in the window until it
+is seen committed, not only answered: each connection then waits for its commits as a synchronous client does
+(an etcd put returns at commit; a CCF client polls `/app/tx` until `Committed`).
 
 Figures, over the measured window (after `--warmup` seconds, for `--seconds`, or until `--writes` writes):
 - `write_tx_per_s`: successful (2xx) writes answered in the window, per second;
@@ -46,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import heapq
 import os
 import shutil
 import signal
@@ -60,6 +63,7 @@ from array import array
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from itertools import repeat
 from typing import Any, cast
 
@@ -183,6 +187,19 @@ class Load:
         self.sent = array("d")
         self.answered = array("d")
         self.drained = asyncio.Event()  # stopped (or the limit reached) and nothing outstanding
+        # --until-committed: (seqno, connection number, connection) of answered writes whose commit each
+        # connection waits for before it sends more
+        self.awaiting_commit: list[tuple[int, int, WriterConnection]] = []
+
+    def committed_up_to(self, seqno: int) -> None:
+        """The poller saw the commit point reach `seqno`: connections waiting for it send their next writes."""
+        waiting, ready = self.awaiting_commit, []
+        while waiting and waiting[0][0] <= seqno:
+            _, _, connection = heapq.heappop(waiting)
+            connection.held -= 1
+            ready.append(connection)
+        for connection in ready:
+            connection.fill()
 
     def take(self, n: int) -> list[bytes]:
         if self.stopped:
@@ -210,20 +227,27 @@ class Load:
 
 
 class WriterConnection(asyncio.Protocol):
-    """Keeps `window` pipelined writes in flight; parses answers with a minimal HTTP/1.1 response reader."""
+    """Keeps `window` pipelined writes in flight; parses answers with a minimal HTTP/1.1 response reader.
 
-    def __init__(self, load: Load, window: int) -> None:
+    With `until_committed`, a write stays in the window until the poller sees it committed, not only until it
+    is answered: the connection then waits for each commit as a synchronous client does (an etcd put returns
+    at commit; a CCF client polls `/app/tx` until `Committed`)."""
+
+    def __init__(self, load: Load, window: int, number: int = 0, until_committed: bool = False) -> None:
         self.load = load
         self.window = window
+        self.number = number
+        self.until_committed = until_committed
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.pending: deque[float] = deque()  # send times of the requests in flight, in order
+        self.held = 0  # answered writes whose commit the connection still waits for (--until-committed)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
     def fill(self) -> None:
-        n = self.window - len(self.pending)
+        n = self.window - len(self.pending) - self.held
         if n <= 0 or self.transport is None or self.transport.is_closing():
             return
         requests = self.load.take(n)
@@ -257,7 +281,11 @@ class WriterConnection(asyncio.Protocol):
             if 200 <= status < 300 and k >= 0:
                 j = head.find(b"\r\n", k + 2)
                 txid = head[k + len(TXID_HEADER): j if j >= 0 else len(head)]
-                load.seqnos.append(int(txid[txid.find(b".") + 1:]))
+                seqno = int(txid[txid.find(b".") + 1:])
+                load.seqnos.append(seqno)
+                if self.until_committed:
+                    self.held += 1
+                    heapq.heappush(load.awaiting_commit, (seqno, self.number, self))
                 load.sent.append(sent)
                 load.answered.append(now)
                 load.ok += 1
@@ -291,6 +319,7 @@ class CommitPoller:
         self.stop = asyncio.Event()
         self.advanced = asyncio.Event()
         self.ended = False
+        self.on_advance: Callable[[int], None] | None = None
 
     async def run(self) -> None:
         try:
@@ -321,6 +350,8 @@ class CommitPoller:
                     self.times.append(now)
                     self.seqnos.append(seqno)
                     self.advanced.set()
+                    if self.on_advance is not None:
+                        self.on_advance(seqno)
                 await asyncio.sleep(max(0.0, self.interval - (now - asked)))
         finally:
             writer.close()
@@ -363,12 +394,15 @@ async def run_load(args: argparse.Namespace, targets: list[tuple[str, int]], con
                 f"content-length: {len(body % 0)}\r\n\r\n").encode() + body
     load = Load(template, args.writes, args.key_space)
     poller = CommitPoller(host, port, context, args.poll_ms / 1000)
+    if args.until_committed:
+        poller.on_advance = load.committed_up_to
     poll_task = loop.create_task(poller.run())
     connections: list[WriterConnection] = []
     for i in range(connection_count):
         target_host, target_port = targets[i % len(targets)]
-        _, protocol = await loop.create_connection(lambda: WriterConnection(load, args.window), target_host,
-                                                   target_port, ssl=context)
+        _, protocol = await loop.create_connection(
+            partial(WriterConnection, load, args.window, i, args.until_committed), target_host, target_port,
+            ssl=context)
         connections.append(protocol)
     log(f"{len(connections)} connections open over {min(len(targets), connection_count)} node(s), {args.window} "
         "requests in flight on each")
@@ -478,6 +512,7 @@ async def run_load(args: argparse.Namespace, targets: list[tuple[str, int]], con
         "commit_polls_advancing": len(pseqnos),
         "connections": connection_count,
         "window": args.window,
+        "until_committed": args.until_committed,
         "spread_over_nodes": min(len(targets), connection_count),
         "msg_size": args.msg_size,
         "key_space": args.key_space,
@@ -538,6 +573,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--msg-size", type=int, default=64, help="characters in each message")
     parser.add_argument("--key-space", type=int, default=0,
                         help="ids cycle through 0..N-1 (0: every write records a new id)")
+    parser.add_argument("--until-committed", action="store_true",
+                        help="a write stays in its connection's window until it is seen committed, not only "
+                             "answered: each connection waits for its commits, as a synchronous client does")
     parser.add_argument("--poll-ms", type=float, default=10.0, help="interval of the GET /app/commit polls")
     parser.add_argument("--node-config", default="{}",
                         help='JSON merged into the node configuration, e.g. \'{"snapshots": {"every_tx": 0}}\'')
