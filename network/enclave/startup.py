@@ -38,7 +38,16 @@ from ledger.errors import LedgerError, RecoveryError
 from ledger.files import LedgerFiles
 from ledger.framing import FLAG_FORCE_CHUNK_BEFORE
 from ledger.genesis import GenesisNode, NodeNetwork, ServiceConfig, VirtualQuote
-from ledger.identity import NodeIdentity, ServiceIdentity, cert_pem, hash_for_key, key_pem, load_cert, load_key
+from ledger.identity import (
+    NODE_CURVES,
+    NodeIdentity,
+    ServiceIdentity,
+    cert_pem,
+    hash_for_key,
+    key_pem,
+    load_cert,
+    load_key,
+)
 from ledger.recovery import choose_snapshot, recovery_create_writes, replay_public
 from ledger.replay import recover
 from ledger.secrets import LedgerSecret, LedgerSecrets
@@ -103,8 +112,12 @@ def quote_for(identity: NodeIdentity, start: EnclaveStart) -> VirtualQuote:
     return make_quote(identity.key.public_key(), code_measurement(), host_data(start.host_data.encode()))
 
 
-def new_node_keys() -> tuple[NodeIdentity, rsa.RSAPrivateKey]:
-    return NodeIdentity.create(), rsa.generate_private_key(public_exponent=65537, key_size=2048)
+def new_node_keys(start: EnclaveStart) -> tuple[NodeIdentity, rsa.RSAPrivateKey]:
+    """A new node's signing identity, on the configured curve, and its RSA key for the secrets sent to it."""
+    curve = NODE_CURVES.get(start.settings.node_curve)
+    if curve is None:
+        raise StartError(f"node_certificate.curve_id {start.settings.node_curve!r} is not one of {sorted(NODE_CURVES)}")
+    return NodeIdentity.create(curve=curve), rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def seal(keys: NodeKeys, ledger: ServiceLedger, start: EnclaveStart, host: HostCalls) -> None:
@@ -133,7 +146,7 @@ def new_service(start: EnclaveStart, files: LedgerFiles, host: HostCalls) -> Hel
     members = [genesis.GenesisMember(m.certificate_pem, m.member_data, m.encryption_public_key_pem)
                for m in asked.members]
     service = ServiceIdentity.create()
-    identity, encryption_key = new_node_keys()
+    identity, encryption_key = new_node_keys(start)
     identity = identity.endorsed_by(service)
     keys = NodeKeys(identity, encryption_key)
     recovery_members = sum(1 for m in members if m.encryption_public_key_pem)
@@ -218,7 +231,7 @@ def recover_service(start: EnclaveStart, files: LedgerFiles, host: HostCalls) ->
         if files.first_seqno > 1 or asked.start_from_snapshot:
             found = choose_snapshot(list(asked.snapshot_dirs), files, previous_cert)
         service = ServiceIdentity.create()
-        identity, encryption_key = new_node_keys()
+        identity, encryption_key = new_node_keys(start)
         identity = identity.endorsed_by(service)
         keys = NodeKeys(identity, encryption_key)
         logger.info("recovery: replaying the public ledger" + (f" from snapshot {found[0]}" if found else ""))
@@ -257,7 +270,7 @@ async def join(start: EnclaveStart, files: LedgerFiles, host: HostCalls, outboun
     assert asked is not None
     if files.last_seqno:
         raise StartError(f"{files.directory} already holds a ledger: a joining node starts empty")
-    identity, encryption_key = new_node_keys()
+    identity, encryption_key = new_node_keys(start)
     keys = NodeKeys(identity, encryption_key)
     csr = (x509.CertificateSigningRequestBuilder()
            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "CCF Node")]))

@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from ledger.files import LedgerFiles, parse_chunk_name
+from ledger.identity import load_cert
 from network.client.connection import ServiceClient
 from scripts.sandbox import make_identities, node_config, open_service, start_node
 from tests.ccf_tools import assert_read_ledger_accepts
@@ -27,7 +28,9 @@ pytestmark = pytest.mark.e2e
 
 class Network:
     def __init__(self, workspace: Path, size: int = 3, n2n: list[tuple[str, str]] | None = None) -> None:
-        """`n2n`: per node, where it binds its node-to-node channel and where the others reach it."""
+        """`n2n`: per node, where it binds its node-to-node channel and where the others reach it. The first node
+        signs with a P-384 key (CCF's default `node_certificate.curve_id`), the others with P-256 (ours): each
+        verifies the other curve's signatures, before and after an election."""
         self.workspace = workspace
         self.common = str(workspace / "sandbox_common")
         make_identities(self.common)
@@ -43,7 +46,8 @@ class Network:
                                      join=f"https://127.0.0.1:{self.ports[0]}" if i else None,
                                      node_to_node_address=link[0], node_to_node_published_address=link[1],
                                      consensus={"election_timeout_ms": 500, "heartbeat_ms": 50},
-                                     snapshots={"every_tx": 20})
+                                     snapshots={"every_tx": 20},
+                                     node_certificate={"curve_id": "Secp384R1" if i == 0 else "Secp256R1"})
                 try:
                     process = start_node(config)[0]
                     break
@@ -83,6 +87,10 @@ class Network:
                 return ids[only]
             time.sleep(0.1)
         raise AssertionError("the live nodes do not agree on a primary")
+
+    def key_curve(self, i: int) -> str:
+        pem = self.client(i).call("GET", "/node/self_signed_certificate").json()["self_signed_certificate"]
+        return str(load_cert(pem).public_key().curve.name)
 
     def node_id(self, i: int) -> str:
         with open(os.path.join(os.path.dirname(self.configs[i]), "node.json"), "rb") as f:
@@ -142,6 +150,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
 def test_a_killed_primary_is_replaced_and_no_committed_write_is_lost(network: Network) -> None:
     first = network.primary()
     assert first == 0
+    assert [network.key_curve(i) for i in range(3)] == ["secp384r1", "secp256r1", "secp256r1"]
     committed = {i: network.write_committed(first, i, f"before-{i}") for i in range(5)}
     # reads are served by every node, from its replicated state
     for i in range(3):

@@ -8,13 +8,13 @@ from typing import Any
 
 import orjson
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ledger.bootstrap import NodeKeys
 from ledger.files import FsyncPolicy
-from ledger.identity import NodeIdentity, ServiceIdentity
+from ledger.identity import DEFAULT_NODE_CURVE, NODE_CURVES, NodeIdentity, ServiceIdentity
 from ledger.secrets import LedgerSecrets
-from network.boundary import SEALED_FILE
+from network.boundary import DEFAULT_NODE_CURVE_ID, NODE_CURVE_IDS, SEALED_FILE
 from network.enclave.sealing import SealedState, SealingError, seal, unseal, unseal_data_dir
 from network.host.config import ConfigError, load_config, parse_config
 
@@ -67,6 +67,9 @@ def test_a_full_configuration_is_read_with_paths_relative_to_its_file(tmp_path: 
     ({"consensus": {"node_to_node_queue_limit": "x"}}, "consensus.node_to_node_queue_limit"),
     ({"ledger": {"retained_records": 0}}, "ledger.retained_records"),
     ({"ledger": {"retained_records": "all"}}, "ledger.retained_records"),
+    ({"node_certificate": {"curve_id": "Secp521R1"}}, "node_certificate.curve_id"),
+    ({"node_certificate": {"curve_id": 256}}, "node_certificate.curve_id"),
+    ({"node_certificate": "P-256"}, "node_certificate"),
 ])
 def test_a_bad_field_is_named_in_the_error(change: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -85,6 +88,15 @@ def test_every_limit_of_the_rpc_interface_has_a_name_and_ccfs_defaults() -> None
     config = parse_config({**MINIMAL, "http": names, "consensus": {"node_to_node_queue_limit": 9}})
     assert {name: getattr(config.http, name) for name in names} == names
     assert config.enclave.node_to_node_queue_limit == 9
+
+
+def test_the_node_key_curve_takes_ccfs_names_and_defaults_to_p256() -> None:
+    assert parse_config(MINIMAL).enclave.node_curve == "Secp256R1"
+    chosen = parse_config({**MINIMAL, "node_certificate": {"curve_id": "Secp384R1"}})
+    assert chosen.enclave.node_curve == "Secp384R1"
+    # the host knows the names only; the enclave maps each to its curve
+    assert set(NODE_CURVE_IDS) == set(NODE_CURVES) and DEFAULT_NODE_CURVE_ID == DEFAULT_NODE_CURVE
+    assert isinstance(NodeIdentity.create().key.curve, ec.SECP256R1)
 
 
 def test_an_unreadable_or_non_json_file_is_a_config_error(tmp_path: Path) -> None:
