@@ -24,12 +24,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 DEFAULT_CURVE: ec.EllipticCurve = ec.SECP384R1()
-# A node's own key, by CCF's names for `node_certificate.curve_id`. CCF defaults to Secp384R1; the default here is
-# Secp256R1, which CCF also offers: every signature transaction carries one signature by the node's key, which
-# each backup verifies, and a P-256 signature costs a ninth of a P-384 one to make and an eighth to verify
-# (OpenSSL through `cryptography`, this project's measurements). The service identity stays on P-384.
-NODE_CURVES: dict[str, ec.EllipticCurve] = {"Secp256R1": ec.SECP256R1(), "Secp384R1": ec.SECP384R1()}
-DEFAULT_NODE_CURVE = "Secp256R1"
+# The curves of a node's key and of the service identity a starting (or recovering) node creates, by CCF's names
+# for `node_certificate.curve_id`, which in CCF chooses both. CCF defaults to Secp384R1; the default here is
+# Secp256R1, which CCF also offers: every signature transaction carries a signature by the node's key and one by
+# the service's, which each backup verifies before acknowledging, and a P-256 signature costs about a ninth of a
+# P-384 one to make and an eighth to verify (OpenSSL through `cryptography` on this project's machine).
+IDENTITY_CURVES: dict[str, ec.EllipticCurve] = {"Secp256R1": ec.SECP256R1(), "Secp384R1": ec.SECP384R1()}
+DEFAULT_IDENTITY_CURVE = "Secp256R1"
 CertificateKey = ec.EllipticCurvePrivateKey
 
 
@@ -205,9 +206,9 @@ class NodeIdentity:
 
     @classmethod
     def create(cls, *, curve: ec.EllipticCurve | None = None, now: dt.datetime | None = None) -> NodeIdentity:
-        """A new node key (on `curve`, by default `NODE_CURVES[DEFAULT_NODE_CURVE]`) and its self-signed
+        """A new node key (on `curve`, by default `IDENTITY_CURVES[DEFAULT_IDENTITY_CURVE]`) and its self-signed
         certificate."""
-        key = generate_key(curve or NODE_CURVES[DEFAULT_NODE_CURVE])
+        key = generate_key(curve or IDENTITY_CURVES[DEFAULT_IDENTITY_CURVE])
         return cls(key, self_signed_cert(key, "CCF Node", ca=False, now=now))
 
     def endorsed_by(self, service: ServiceIdentity, *, now: dt.datetime | None = None,

@@ -39,10 +39,10 @@ from ledger.files import LedgerFiles
 RPC_INTERFACE = "primary_rpc_interface"  # clients (CCF's name for the node's RPC interface)
 NODE_TO_NODE = "node_to_node"  # other nodes of the service
 OUTGOING = "outgoing"  # a connection the enclave asked the host to open
-# CCF's names for node_certificate.curve_id (the enclave maps them to curves: ledger.identity.NODE_CURVES; the host
+# CCF's names for node_certificate.curve_id (the enclave maps them to curves: ledger.identity.IDENTITY_CURVES; the host
 # only checks the configuration names one)
-NODE_CURVE_IDS = ("Secp256R1", "Secp384R1")
-DEFAULT_NODE_CURVE_ID = "Secp256R1"
+IDENTITY_CURVE_IDS = ("Secp256R1", "Secp384R1")
+DEFAULT_IDENTITY_CURVE_ID = "Secp256R1"
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,9 @@ class EnclaveSettings:
     # committed transactions whose Merkle nodes, digests and signature records stay in memory (older ones' receipts
     # and historical reads are checked against the trees their signatures stored in the ledger files)
     retained_records: int = 65_536
-    # CCF's node_certificate.curve_id: the curve of the key a new node generates (ledger.identity.NODE_CURVES)
-    node_curve: str = DEFAULT_NODE_CURVE_ID
+    # CCF's node_certificate.curve_id: the curve of the key a new node generates, and of the service identity it
+    # creates when it starts or recovers a service (ledger.identity.IDENTITY_CURVES)
+    identity_curve: str = DEFAULT_IDENTITY_CURVE_ID
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from loguru import logger
 
 from ledger import genesis
@@ -39,7 +39,7 @@ from ledger.files import LedgerFiles
 from ledger.framing import FLAG_FORCE_CHUNK_BEFORE
 from ledger.genesis import GenesisNode, NodeNetwork, ServiceConfig, VirtualQuote
 from ledger.identity import (
-    NODE_CURVES,
+    IDENTITY_CURVES,
     NodeIdentity,
     ServiceIdentity,
     cert_pem,
@@ -112,12 +112,19 @@ def quote_for(identity: NodeIdentity, start: EnclaveStart) -> VirtualQuote:
     return make_quote(identity.key.public_key(), code_measurement(), host_data(start.host_data.encode()))
 
 
+def identity_curve(start: EnclaveStart) -> ec.EllipticCurve:
+    """The configured curve (CCF's node_certificate.curve_id) of this node's key and of a service it creates."""
+    curve = IDENTITY_CURVES.get(start.settings.identity_curve)
+    if curve is None:
+        raise StartError(f"node_certificate.curve_id {start.settings.identity_curve!r} is not one of "
+                         f"{sorted(IDENTITY_CURVES)}")
+    return curve
+
+
 def new_node_keys(start: EnclaveStart) -> tuple[NodeIdentity, rsa.RSAPrivateKey]:
     """A new node's signing identity, on the configured curve, and its RSA key for the secrets sent to it."""
-    curve = NODE_CURVES.get(start.settings.node_curve)
-    if curve is None:
-        raise StartError(f"node_certificate.curve_id {start.settings.node_curve!r} is not one of {sorted(NODE_CURVES)}")
-    return NodeIdentity.create(curve=curve), rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return (NodeIdentity.create(curve=identity_curve(start)),
+            rsa.generate_private_key(public_exponent=65537, key_size=2048))
 
 
 def seal(keys: NodeKeys, ledger: ServiceLedger, start: EnclaveStart, host: HostCalls) -> None:
@@ -145,7 +152,7 @@ def new_service(start: EnclaveStart, files: LedgerFiles, host: HostCalls) -> Hel
     assert asked is not None
     members = [genesis.GenesisMember(m.certificate_pem, m.member_data, m.encryption_public_key_pem)
                for m in asked.members]
-    service = ServiceIdentity.create()
+    service = ServiceIdentity.create(curve=identity_curve(start))
     identity, encryption_key = new_node_keys(start)
     identity = identity.endorsed_by(service)
     keys = NodeKeys(identity, encryption_key)
@@ -230,7 +237,7 @@ def recover_service(start: EnclaveStart, files: LedgerFiles, host: HostCalls) ->
         found = None
         if files.first_seqno > 1 or asked.start_from_snapshot:
             found = choose_snapshot(list(asked.snapshot_dirs), files, previous_cert)
-        service = ServiceIdentity.create()
+        service = ServiceIdentity.create(curve=identity_curve(start))
         identity, encryption_key = new_node_keys(start)
         identity = identity.endorsed_by(service)
         keys = NodeKeys(identity, encryption_key)

@@ -17,7 +17,8 @@
   "signatures": {"every_tx": 5000, "every_ms": 20, "group_commit": true},
   "snapshots": {"every_tx": 10000},
   "ledger": {"chunk_size": 5000000, "fsync": "batch", "retained_records": 65536},
-  "node_certificate": {"curve_id": "Secp256R1"},  // or "Secp384R1" (CCF's default); the node's own key
+  "node_certificate": {"curve_id": "Secp256R1"},  // or "Secp384R1" (CCF's default): the node's key, and the
+                                                  // service identity's when this node starts or recovers one
   "http": {"max_body_bytes": 1048576, "max_header_bytes": 16384, "idle_timeout": 60,
            "max_open_sessions_soft": 1000, "max_open_sessions_hard": 1010,
            "tls_handshake_timeout": 10, "request_timeout": 30, "max_pipelined": 64, "max_unsent_bytes": 262144},
@@ -39,7 +40,7 @@ from typing import Any
 import orjson
 
 from ledger.files import FsyncPolicy
-from network.boundary import DEFAULT_NODE_CURVE_ID, NODE_CURVE_IDS, EnclaveSettings, HttpLimits, SignaturePolicy
+from network.boundary import DEFAULT_IDENTITY_CURVE_ID, IDENTITY_CURVE_IDS, EnclaveSettings, HttpLimits, SignaturePolicy
 
 
 class ConfigError(Exception):
@@ -226,10 +227,11 @@ def parse_config(obj: Any, base_dir: str = ".") -> NodeConfig:
         fsync = FsyncPolicy(fsync_name)
     except ValueError:
         raise ConfigError(f"ledger.fsync must be one of {[p.value for p in FsyncPolicy]}") from None
-    node_curve = _get(_section(obj, "node_certificate"), "curve_id", str, DEFAULT_NODE_CURVE_ID,
+    identity_curve = _get(_section(obj, "node_certificate"), "curve_id", str, DEFAULT_IDENTITY_CURVE_ID,
                       where="node_certificate.")
-    if node_curve not in NODE_CURVE_IDS:
-        raise ConfigError(f"node_certificate.curve_id must be one of {list(NODE_CURVE_IDS)}, not {node_curve!r}")
+    if identity_curve not in IDENTITY_CURVE_IDS:
+        raise ConfigError(f"node_certificate.curve_id must be one of {list(IDENTITY_CURVE_IDS)}, "
+                          f"not {identity_curve!r}")
     log_format = _get(log, "format", str, "text", where="log.")
     if log_format not in ("text", "json"):
         raise ConfigError("log.format must be 'text' or 'json'")
@@ -251,7 +253,7 @@ def parse_config(obj: Any, base_dir: str = ".") -> NodeConfig:
                                      where="consensus."),
                                 _get(_section(obj, "consensus"), "node_to_node_queue_limit", int, 10_000,
                                      where="consensus."),
-                                retained_records, node_curve),
+                                retained_records, identity_curve),
         chunk_size=_get(ledger, "chunk_size", int, 5_000_000, where="ledger."),
         fsync=fsync,
         http=_http_limits(http),

@@ -29,8 +29,9 @@ pytestmark = pytest.mark.e2e
 class Network:
     def __init__(self, workspace: Path, size: int = 3, n2n: list[tuple[str, str]] | None = None) -> None:
         """`n2n`: per node, where it binds its node-to-node channel and where the others reach it. The first node
-        signs with a P-384 key (CCF's default `node_certificate.curve_id`), the others with P-256 (ours): each
-        verifies the other curve's signatures, before and after an election."""
+        starts the service with CCF's default `node_certificate.curve_id` (Secp384R1: its key and the service identity
+        on P-384), the others join with ours (Secp256R1): each verifies the other curve's signatures, before and
+        after an election."""
         self.workspace = workspace
         self.common = str(workspace / "sandbox_common")
         make_identities(self.common)
@@ -151,6 +152,8 @@ def test_a_killed_primary_is_replaced_and_no_committed_write_is_lost(network: Ne
     first = network.primary()
     assert first == 0
     assert [network.key_curve(i) for i in range(3)] == ["secp384r1", "secp256r1", "secp256r1"]
+    with open(os.path.join(network.common, "service_cert.pem"), "rb") as f:
+        assert load_cert(f.read()).public_key().curve.name == "secp384r1"
     committed = {i: network.write_committed(first, i, f"before-{i}") for i in range(5)}
     # reads are served by every node, from its replicated state
     for i in range(3):

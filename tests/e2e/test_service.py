@@ -102,6 +102,11 @@ def test_a_user_writes_and_reads_a_private_record_and_its_receipt_verifies_with_
     assert receipt["leaf_components"]["commit_evidence"].startswith(f"ce:{txid}:")
     assert receipt["proof"], "a write's receipt has a Merkle path to the signed root"
     ccf_check_json_receipt(receipt, service_cert)
+    # node_certificate.curve_id defaults to Secp256R1 here: the node's key and the service identity are on P-256
+    service_key, node_key = service_cert.public_key(), x509.load_pem_x509_certificate(
+        receipt["cert"].encode()).public_key()
+    assert isinstance(service_key, ec.EllipticCurvePublicKey) and isinstance(service_key.curve, ec.SECP256R1)
+    assert isinstance(node_key, ec.EllipticCurvePublicKey) and isinstance(node_key.curve, ec.SECP256R1)
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ledger.bootstrap import NodeKeys
 from ledger.files import FsyncPolicy
-from ledger.identity import DEFAULT_NODE_CURVE, NODE_CURVES, NodeIdentity, ServiceIdentity
+from ledger.identity import DEFAULT_IDENTITY_CURVE, IDENTITY_CURVES, NodeIdentity, ServiceIdentity
 from ledger.secrets import LedgerSecrets
-from network.boundary import DEFAULT_NODE_CURVE_ID, NODE_CURVE_IDS, SEALED_FILE
+from network.boundary import DEFAULT_IDENTITY_CURVE_ID, IDENTITY_CURVE_IDS, SEALED_FILE
 from network.enclave.sealing import SealedState, SealingError, seal, unseal, unseal_data_dir
 from network.host.config import ConfigError, load_config, parse_config
 
@@ -91,11 +91,11 @@ def test_every_limit_of_the_rpc_interface_has_a_name_and_ccfs_defaults() -> None
 
 
 def test_the_node_key_curve_takes_ccfs_names_and_defaults_to_p256() -> None:
-    assert parse_config(MINIMAL).enclave.node_curve == "Secp256R1"
+    assert parse_config(MINIMAL).enclave.identity_curve == "Secp256R1"
     chosen = parse_config({**MINIMAL, "node_certificate": {"curve_id": "Secp384R1"}})
-    assert chosen.enclave.node_curve == "Secp384R1"
+    assert chosen.enclave.identity_curve == "Secp384R1"
     # the host knows the names only; the enclave maps each to its curve
-    assert set(NODE_CURVE_IDS) == set(NODE_CURVES) and DEFAULT_NODE_CURVE_ID == DEFAULT_NODE_CURVE
+    assert set(IDENTITY_CURVE_IDS) == set(IDENTITY_CURVES) and DEFAULT_IDENTITY_CURVE_ID == DEFAULT_IDENTITY_CURVE
     assert isinstance(NodeIdentity.create().key.curve, ec.SECP256R1)
 
 
