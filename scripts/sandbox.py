@@ -344,10 +344,28 @@ def wait_for_primary(url: str, common: str, processes: list[subprocess.Popen[byt
     return seen
 
 
+def wait_serving(urls: list[str], common: str, processes: list[subprocess.Popen[bytes]],
+                 timeout: float = 60.0) -> None:
+    """Wait until every node answers `/node/ready/app` with 204: a backup serves the app only once the opening has
+    reached it, so a client sent to it straight after the primary opened would be told FrontendNotOpen."""
+    for url in urls:
+        client = ServiceClient(url, os.path.join(common, "service_cert.pem"), timeout=10)
+
+        def ready(client: ServiceClient = client) -> bool:
+            try:
+                return client.call("GET", "/node/ready/app").status == 204
+            except (ServiceError, OSError):
+                return False
+
+        _wait(ready, f"app frontend open on {url}", timeout, processes)
+        client.close()
+
+
 def describe_service(urls: list[str], common: str, origin: str,
                      processes: list[subprocess.Popen[bytes]]) -> ServiceView:
-    """Once the service has a primary, what the sandbox prints of it."""
+    """Once the service has a primary and every node serves the app, what the sandbox prints of it."""
     network = wait_for_primary(urls[0], common, processes)
+    wait_serving(urls, common, processes)
     client = ServiceClient(urls[0], os.path.join(common, "service_cert.pem"), timeout=10)
     primary_url = None
     for node in client.json_ok("GET", "/node/network/nodes")["nodes"]:

@@ -48,6 +48,9 @@ def test_three_nodes_serve_an_approved_model_with_receipts_and_keep_its_weights_
         user = dict(cert=str(common / "user0_cert.pem"), key=str(common / "user0_privk.pem"), timeout=30)
         backup1 = ServiceClient(f"https://127.0.0.1:{port + 1}", cert, **user)
         backup2 = ServiceClient(f"https://127.0.0.1:{port + 2}", cert, **user)
+        # the sandbox returns only once every node serves the app (a backup learns of the opening a moment later
+        # than the primary; its app frontend answered FrontendNotOpen until then)
+        assert [c.call("GET", "/node/ready/app").status for c in (backup1, backup2)] == [204, 204]
         model = mlp()
         uploaded = backup1.call("PUT", "/app/models/mlp", model, content_type="application/octet-stream")
         assert uploaded.status == 200, uploaded.body
