@@ -85,6 +85,9 @@ class HostServices(Protocol):
     def send(self, envelope: Envelope) -> None:
         """Queue a consensus message for another node."""
 
+    def send_now(self) -> None:
+        """Write the messages queued so far to their peers now, rather than at the end of the loop's turn."""
+
     def persist_consensus(self, state: HardState) -> None:
         """Make the term and vote durable before anything that depends on them is sent."""
 
@@ -218,7 +221,7 @@ class Enclave:
         self._refresh_service_open()
         # Consensus decides commit: a new service's node is its sole voter and leads at once.
         self.replicator = Replicator(ledger, raft or sole_voter(ledger), keys.encryption_key, host.send,
-                                     host.persist_consensus, self._secrets_changed)
+                                     host.persist_consensus, self._secrets_changed, send_now=host.send_now)
         self.replicator.process()
         ledger.store.add_global_hook(NODES_INFO, lambda version, changes: self._membership_changed())
         # on a backup the service opens through replicated state, not through a local request

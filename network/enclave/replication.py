@@ -9,9 +9,13 @@ carries out what the core hands over, persisting before it sends or acknowledges
 3. append the entries received from the primary, each verified as replay verifies a stored entry (GCM tag,
    commit evidence, node and service signatures against the tree rebuilt so far), switching ledger secrets
    at a rekey that encrypts the next one to this node;
-4. flush (fsync) before anything is sent if the batch holds a signature (`Ready.sync`), so an acknowledgement
-   of a signature means it is durable with every entry before it; other entries may be acknowledged before
-   they are durable, since nothing commits but at a signature (a rollback is synced by the files themselves);
+4. flush (fsync) if the batch holds a signature (`Ready.sync`): a backup before anything is sent, so an
+   acknowledgement of a signature means it is durable with every entry before it (other entries may be
+   acknowledged before they are durable, since nothing commits but at a signature; a rollback is synced by the
+   files themselves); the primary just after its AppendEntries have gone out (`send_now`), so the backups
+   verify and sync the signature while it syncs its own copy (Raft thesis §10.2.1: a leader may write to its
+   disk in parallel with replication, provided it counts itself towards a majority only once durable, and no
+   acknowledgement is read before this flush returns);
 5. send the messages, attaching the bytes of the entries an AppendEntries carries (read back from the
    ledger files, or from memory while they are new);
 6. advance commit; and a node that became primary sets its view and signs at once (CCF).
@@ -55,13 +59,15 @@ class ReplicationError(Exception):
 class Replicator:
     def __init__(self, ledger: ServiceLedger, raft: Raft, encryption_key: rsa.RSAPrivateKey,
                  send: Callable[[Envelope], None], persist_state: Callable[[HardState], None],
-                 secrets_changed: Callable[[SecretsTaken], None] = lambda taken: None) -> None:
+                 secrets_changed: Callable[[SecretsTaken], None] = lambda taken: None,
+                 send_now: Callable[[], None] = lambda: None) -> None:
         self.ledger = ledger
         self.raft = raft
         self.encryption_key = encryption_key
         self.send = send
         self.persist_state = persist_state
         self.secrets_changed = secrets_changed
+        self.send_now = send_now
         self._stash: dict[tuple[int, int], bytes] = {}  # (index, term) -> entry bytes from the primary
 
     @property
@@ -121,10 +127,15 @@ class Replicator:
                     # this node wrote another entry there, as a primary deposed before it proposed it
                     self.ledger.rollback(meta.index - 1)
                 self._append_received(meta.index, meta.term)
-            if ready.sync:  # a signature, or a rollback: see `Ready` for why other entries need not be synced
+            # a signature, or a rollback: see `Ready` for why other entries need not be synced
+            sync_after_sending = ready.sync and self.is_primary and bool(ready.messages)
+            if ready.sync and not sync_after_sending:
                 self.ledger.flush()
             for message in ready.messages:
                 self.send(self._envelope(message))
+            if sync_after_sending:
+                self.send_now()
+                self.ledger.flush()
             if ready.commit is not None and ready.commit > self.ledger.committed_seqno:
                 self.ledger.commit_to(ready.commit)
             if ready.commit is not None:

@@ -248,6 +248,10 @@ class EnclaveRuntime:
         if self.channels is not None:
             self.channels.send(envelope)
 
+    def send_now(self) -> None:
+        if self.channels is not None:
+            self.channels.flush()
+
     def persist_consensus(self, state: HardState) -> None:
         self.host.persist_consensus(state.term, state.voted_for)
 

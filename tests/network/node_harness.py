@@ -40,6 +40,7 @@ class FakeHost:
         self.reads: list[tuple[int, int]] = []
         self.sealed = 0
         self.sent: list[Envelope] = []
+        self.sent_now_at: list[int] = []  # len(sent) at each send_now()
         self.hard_state: HardState | None = None
         self.peers: dict[str, str] = {}
         self.answers: list[ForwardedResponse] = []
@@ -67,6 +68,9 @@ class FakeHost:
 
     def send(self, envelope: Envelope) -> None:
         self.sent.append(envelope)
+
+    def send_now(self) -> None:
+        self.sent_now_at.append(len(self.sent))
 
     def persist_consensus(self, state: HardState) -> None:
         self.hard_state = state

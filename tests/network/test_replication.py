@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -19,7 +21,15 @@ from ledger.replay import SecretsTaken
 from ledger.secrets import LedgerSecrets
 from ledger.service_ledger import ServiceLedger
 from ledger.tables import NODES_ENDORSED_CERTS, NODES_INFO, dump_json
-from network.consensus.raft import ConsensusConfig, EntryMeta, HardState, Raft, Role
+from network.consensus.raft import (
+    AppendEntries,
+    AppendEntriesResponse,
+    ConsensusConfig,
+    EntryMeta,
+    HardState,
+    Raft,
+    Role,
+)
 from network.enclave.replication import Replicator, ledger_entry_meta
 from network.enclave.wire import Envelope, decode, encode
 from tests.ccf_tools import assert_read_ledger_accepts
@@ -188,6 +198,39 @@ def test_backups_sync_only_batches_that_hold_a_signature(cluster: Cluster, monke
     cluster.run(3)  # the signature, then the commit point on the heartbeats
     assert synced == [cluster.primary.ledger.last_signature_seqno]  # one sync, with the signature
     assert backup.committed_seqno == synced[0]
+
+
+def test_the_primary_sends_a_signature_before_syncing_it_and_a_backup_syncs_it_before_acknowledging(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster.trust_backups()
+    cluster.run(3)
+    primary, backup = cluster.primary, cluster.replicators[cluster.ids[1]]
+    events: list[tuple[str, list[Any]]] = []
+
+    def in_flight() -> list[Any]:
+        return [decode(frame[4:]).message for frame in cluster.network]
+
+    def record(what: str, then: Callable[[], None]) -> Callable[[], None]:
+        return lambda: (events.append((what, in_flight())), then())[1]
+
+    monkeypatch.setattr(primary, "send_now", record("primary pushed", lambda: None))
+    monkeypatch.setattr(primary.ledger, "flush", record("primary synced", primary.ledger.flush))
+    monkeypatch.setattr(backup.ledger, "flush", record("backup synced", backup.ledger.flush))
+    cluster.write(3)
+    cluster.deliver_all()
+    assert events == []  # entries without a signature: neither node syncs
+    cluster.sign()
+    signature = primary.ledger.last_signature_seqno
+    (pushed, queued), (synced, still_queued) = events
+    assert (pushed, synced) == ("primary pushed", "primary synced") and queued == still_queued
+    carried = {m.to for m in queued if isinstance(m, AppendEntries) and any(e.index == signature for e in m.entries)}
+    assert carried == {cluster.ids[1], cluster.ids[2]}  # out to both backups before the primary's own sync
+    cluster.deliver_all()
+    (what, at_backup_sync), = events[2:]
+    assert what == "backup synced"
+    assert not [m for m in at_backup_sync if isinstance(m, AppendEntriesResponse) and m.sender == backup.node_id
+                and m.last_index >= signature]  # its acknowledgement of the signature comes after its sync
+    assert primary.ledger.committed_seqno == signature  # which the primary's commit then counts
 
 
 def test_nothing_commits_without_a_majority_and_everything_does_once_it_is_back(cluster: Cluster) -> None:
