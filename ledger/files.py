@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -468,6 +469,44 @@ class LedgerFiles:
                 self._failure = e
                 raise LedgerFileError(f"writing the ledger failed: {e}") from e
             self._dirty = False
+
+    def flush_in_background(self) -> Callable[[], None] | None:
+        """`flush`, split for a caller that waits for the disk off its thread: the appended entries are written to
+        the operating system now; the function returned (None: nothing to wait for) then makes them durable, and
+        may run on another thread (it syncs a duplicate of the file's descriptor, so the chunk may be completed,
+        written to or closed meanwhile). It raises `OSError`; the caller hands that to `background_flush_failed`."""
+        if self._failure is not None:
+            raise LedgerFileError(f"ledger files stopped after a failed write: {self._failure}")
+        if self._file is None or not self._dirty:
+            return None
+        try:
+            self._write_pending()
+            _injected_disk_fault(self.directory)
+            self._file.flush()
+        except OSError as e:
+            self._failure = e
+            raise LedgerFileError(f"writing the ledger failed: {e}") from e
+        self._dirty = False
+        if self.fsync is FsyncPolicy.NEVER:
+            return None
+        fd = os.dup(self._file.fileno())
+        directory = self.directory if self._new_name_unsynced else None
+        self._new_name_unsynced = False
+
+        def make_durable() -> None:
+            try:
+                os.fsync(fd)
+                if directory is not None:
+                    _fsync_directory(directory)  # a new chunk's name must survive a crash as its entries do
+            finally:
+                os.close(fd)
+
+        return make_durable
+
+    def background_flush_failed(self, error: BaseException) -> LedgerFileError:
+        """What `flush_in_background`'s function raised: the files stop, as after any failed write."""
+        self._failure = error if isinstance(error, OSError) else OSError(errno.EIO, str(error))
+        return LedgerFileError(f"writing the ledger failed: {error}")
 
     def _sync(self, f: BinaryIO) -> None:
         _injected_disk_fault(self.directory)

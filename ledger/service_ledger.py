@@ -356,6 +356,17 @@ class ServiceLedger:
         if self.files is not None:
             self.files.flush()
 
+    def flush_in_background(self) -> Callable[[], None] | None:
+        """`flush` in two steps (`LedgerFiles.flush_in_background`): the function returned makes what was appended
+        until now durable, and may run on another thread; None if nothing needs it."""
+        return self.files.flush_in_background() if self.files is not None else None
+
+    def background_flush_failed(self, error: BaseException) -> LedgerError:
+        """The function `flush_in_background` returned raised `error`: the files stop taking writes."""
+        if self.files is None:
+            return LedgerError(f"writing the ledger failed: {error}")
+        return self.files.background_flush_failed(error)
+
     # --- commit and rollback -----------------------------------------------------------------------
 
     def commit_to(self, seqno: int) -> None:

@@ -88,6 +88,10 @@ class HostServices(Protocol):
     def send_now(self) -> None:
         """Write the messages queued so far to their peers now, rather than at the end of the loop's turn."""
 
+    def sync_off_loop(self, work: Callable[[], None], done: Callable[[BaseException | None], None]) -> None:
+        """Run `work` (a blocking sync of the ledger files) away from the loop; then call `done` on the loop with
+        what it raised, or None. A host that cannot calls both at once."""
+
     def persist_consensus(self, state: HardState) -> None:
         """Make the term and vote durable before anything that depends on them is sent."""
 
@@ -221,7 +225,9 @@ class Enclave:
         self._refresh_service_open()
         # Consensus decides commit: a new service's node is its sole voter and leads at once.
         self.replicator = Replicator(ledger, raft or sole_voter(ledger), keys.encryption_key, host.send,
-                                     host.persist_consensus, self._secrets_changed, send_now=host.send_now)
+                                     host.persist_consensus, self._secrets_changed, send_now=host.send_now,
+                                     sync_off_loop=host.sync_off_loop,
+                                     sync_failed=lambda e: self._fail(f"the ledger cannot be written: {e}"))
         self.replicator.process()
         ledger.store.add_global_hook(NODES_INFO, lambda version, changes: self._membership_changed())
         # on a backup the service opens through replicated state, not through a local request

@@ -14,8 +14,11 @@ carries out what the core hands over, persisting before it sends or acknowledges
    acknowledged before they are durable, since nothing commits but at a signature; a rollback is synced by the
    files themselves); the primary just after its AppendEntries have gone out (`send_now`), so the backups
    verify and sync the signature while it syncs its own copy (Raft thesis §10.2.1: a leader may write to its
-   disk in parallel with replication, provided it counts itself towards a majority only once durable, and no
-   acknowledgement is read before this flush returns);
+   disk in parallel with replication, provided it counts itself towards a majority only once durable). Given
+   `sync_off_loop`, the primary's sync runs off the loop: until it is done, consensus inputs (messages, ticks,
+   proposals) wait in order, so no acknowledgement is counted and the core sees exactly what it would have
+   seen after a blocking sync; the loop meanwhile executes and answers requests, whose entries are proposed
+   once it is done;
 5. send the messages, attaching the bytes of the entries an AppendEntries carries (read back from the
    ledger files, or from memory while they are new);
 6. advance commit; and a node that became primary sets its view and signs at once (CCF).
@@ -27,6 +30,7 @@ sends one, so the node must not go on with a state it cannot trust.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeAlias
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from loguru import logger
@@ -38,6 +42,9 @@ from network.consensus.raft import AppendEntries, EntryMeta, HardState, Message,
 from network.enclave.wire import Envelope, ForwardedRequest, ForwardedResponse
 
 MAX_STASHED = 100_000  # entries received but not yet appended (beyond: the oldest are forgotten)
+
+# run `work` (a blocking sync) away from the loop, then `done(what it raised, or None)` on the loop
+SyncOffLoop: TypeAlias = Callable[[Callable[[], None], Callable[[BaseException | None], None]], None]
 
 
 def ledger_entry_meta(ledger: ServiceLedger) -> Callable[[int], EntryMeta]:
@@ -60,7 +67,8 @@ class Replicator:
     def __init__(self, ledger: ServiceLedger, raft: Raft, encryption_key: rsa.RSAPrivateKey,
                  send: Callable[[Envelope], None], persist_state: Callable[[HardState], None],
                  secrets_changed: Callable[[SecretsTaken], None] = lambda taken: None,
-                 send_now: Callable[[], None] = lambda: None) -> None:
+                 send_now: Callable[[], None] = lambda: None, sync_off_loop: SyncOffLoop | None = None,
+                 sync_failed: Callable[[LedgerError], None] | None = None) -> None:
         self.ledger = ledger
         self.raft = raft
         self.encryption_key = encryption_key
@@ -68,6 +76,12 @@ class Replicator:
         self.persist_state = persist_state
         self.secrets_changed = secrets_changed
         self.send_now = send_now
+        self.sync_off_loop = sync_off_loop
+        self.sync_failed = sync_failed
+        self._syncing = False  # the primary's sync of a signature runs off the loop
+        self._waiting: list[Envelope | None] = []  # consensus inputs meanwhile, in order: a message, or a tick
+        self._sync_asked = False  # `sync()` was called meanwhile
+        self._starting_sync = False
         self._stash: dict[tuple[int, int], bytes] = {}  # (index, term) -> entry bytes from the primary
 
     @property
@@ -82,8 +96,16 @@ class Replicator:
         """On the primary: how many entries the ledger holds that consensus has not been given yet."""
         return self.ledger.last_seqno - self.raft.last_index if self.is_primary else 0
 
+    @property
+    def syncing(self) -> bool:
+        """The primary's sync of its last signature is still running off the loop (consensus inputs wait)."""
+        return self._syncing
+
     def sync(self) -> None:
         """On the primary: propose what the ledger appended since the last call, then process."""
+        if self._syncing:
+            self._sync_asked = True
+            return
         if self.is_primary:
             for seqno in range(self.raft.last_index + 1, self.ledger.last_seqno + 1):
                 self.raft.propose(signature=self.ledger.is_signature(seqno))
@@ -92,6 +114,9 @@ class Replicator:
         self.process()
 
     def receive(self, envelope: Envelope) -> None:
+        if self._syncing:
+            self._waiting.append(envelope)
+            return
         m = envelope.message
         if isinstance(m, ForwardedRequest | ForwardedResponse):
             raise ReplicationError("a forwarded request is not a consensus message")
@@ -105,11 +130,14 @@ class Replicator:
         self.process()
 
     def tick(self) -> None:
+        if self._syncing:
+            self._waiting.append(None)
+            return
         self.raft.tick()
         self.process()
 
     def process(self) -> None:
-        while self.raft.has_ready():
+        while self.raft.has_ready() and not self._syncing:
             ready = self.raft.ready()
             if ready.hard_state is not None:
                 self.persist_state(ready.hard_state)
@@ -135,13 +163,48 @@ class Replicator:
                 self.send(self._envelope(message))
             if sync_after_sending:
                 self.send_now()
-                self.ledger.flush()
+                self._sync_sent()
             if ready.commit is not None and ready.commit > self.ledger.committed_seqno:
                 self.ledger.commit_to(ready.commit)
             if ready.commit is not None:
                 self.raft.compact(ready.commit)  # the ledger keeps what consensus needs below commit
             if ready.became_leader:
                 self._sign_as_new_primary()
+
+    def _sync_sent(self) -> None:
+        """The primary makes what it just sent durable: off the loop if it can, consensus waiting meanwhile."""
+        work = self.ledger.flush_in_background() if self.sync_off_loop is not None else None
+        if work is None:
+            self.ledger.flush()
+            return
+        assert self.sync_off_loop is not None
+        self._syncing = self._starting_sync = True
+        try:
+            self.sync_off_loop(work, self._synced)
+        finally:
+            self._starting_sync = False
+
+    def _synced(self, error: BaseException | None) -> None:
+        """The primary's sync is done: the inputs that waited are handled, in the order they came."""
+        if error is not None:
+            failure = self.ledger.background_flush_failed(error)
+            if self.sync_failed is None:
+                raise failure
+            self.sync_failed(failure)  # the node stops taking writes, as after any failed write
+            return
+        self._syncing = False
+        if self._starting_sync:
+            return  # done at once (a host without a thread for it): `process` goes on; nothing waited
+        self.process()  # what the core had ready before the sync (commit from earlier acknowledgements)
+        while self._waiting and not self._syncing:
+            waited = self._waiting.pop(0)
+            if waited is None:
+                self.tick()
+            else:
+                self.receive(waited)
+        if not self._syncing and self._sync_asked:
+            self._sync_asked = False
+            self.sync()
 
     def _drop_unproposed(self) -> None:
         """A primary's ledger runs ahead of consensus between a write and the next `sync`. If it is deposed in

@@ -18,6 +18,7 @@ import importlib
 import itertools
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from loguru import logger
@@ -68,6 +69,7 @@ class EnclaveRuntime:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._peers: dict[str, str] = {}  # the other nodes, kept until the channels exist
         self._turn_end_scheduled = False
+        self._sync_thread: ThreadPoolExecutor | None = None  # the primary's syncs of its signatures
 
     def _new_conn(self) -> int:
         return next(self._conn_ids)
@@ -151,6 +153,8 @@ class EnclaveRuntime:
             try:
                 enclave.sign()
                 enclave.ledger.flush()
+                if self._sync_thread is not None:
+                    self._sync_thread.shutdown(wait=True)
             except LedgerError as e:  # a disk that refuses writes (the reason the node may be stopping)
                 logger.error(f"stopping without a last signature: {e}")
         self.host.stopped()
@@ -251,6 +255,17 @@ class EnclaveRuntime:
     def send_now(self) -> None:
         if self.channels is not None:
             self.channels.flush()
+
+    def sync_off_loop(self, work: Callable[[], None], done: Callable[[BaseException | None], None]) -> None:
+        """One thread syncs, so syncs finish in the order they began (`os.fsync` lets the loop run meanwhile)."""
+        if self._sync_thread is None:
+            self._sync_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sync")
+
+        def finished(future: asyncio.Future[None]) -> None:
+            done(future.exception())
+            self._end_turn_soon()  # what waited for the sync may commit: group commit then signs what gathered
+
+        asyncio.get_running_loop().run_in_executor(self._sync_thread, work).add_done_callback(finished)
 
     def persist_consensus(self, state: HardState) -> None:
         self.host.persist_consensus(state.term, state.voted_for)

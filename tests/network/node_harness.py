@@ -72,6 +72,10 @@ class FakeHost:
     def send_now(self) -> None:
         self.sent_now_at.append(len(self.sent))
 
+    def sync_off_loop(self, work: Callable[[], None], done: Callable[[BaseException | None], None]) -> None:
+        work()
+        done(None)
+
     def persist_consensus(self, state: HardState) -> None:
         self.hard_state = state
 

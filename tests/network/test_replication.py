@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ledger.bootstrap import NodeKeys, start_new_service
+from ledger.errors import LedgerError
 from ledger.files import LedgerFiles
 from ledger.genesis import GenesisMember, VirtualQuote
 from ledger.identity import NodeIdentity, PartyIdentity, ServiceIdentity, cert_pem
@@ -231,6 +232,65 @@ def test_the_primary_sends_a_signature_before_syncing_it_and_a_backup_syncs_it_b
     assert not [m for m in at_backup_sync if isinstance(m, AppendEntriesResponse) and m.sender == backup.node_id
                 and m.last_index >= signature]  # its acknowledgement of the signature comes after its sync
     assert primary.ledger.committed_seqno == signature  # which the primary's commit then counts
+
+
+class HeldSyncs:
+    """A host's `sync_off_loop` whose syncs run only when the test says (`finish`)."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[Callable[[], None], Callable[[BaseException | None], None]]] = []
+
+    def __call__(self, work: Callable[[], None], done: Callable[[BaseException | None], None]) -> None:
+        self.held.append((work, done))
+
+    def finish(self, error: BaseException | None = None) -> None:
+        work, done = self.held.pop(0)
+        if error is None:
+            work()
+        done(error)
+
+
+def test_the_primary_syncs_off_the_loop_and_consensus_waits_for_it(cluster: Cluster) -> None:
+    cluster.trust_backups()
+    cluster.run(3)
+    primary = cluster.primary
+    primary.sync_off_loop = syncs = HeldSyncs()
+    cluster.write(3)
+    cluster.sign()
+    signature = primary.ledger.last_signature_seqno
+    assert primary.syncing and len(syncs.held) == 1
+    cluster.deliver_all()  # both backups hold the signature and acknowledge it: the primary has not counted them
+    assert all(cluster.ledgers[b].last_seqno == signature for b in cluster.ids[1:])
+    assert primary.raft.commit < signature and primary.ledger.committed_seqno < signature
+    cluster.write(2)  # the loop goes on executing requests; their entries wait to be proposed
+    assert primary.raft.last_index == signature and primary.ledger.last_seqno == signature + 2
+    cluster.run(2)  # ticks wait too
+    syncs.finish()
+    assert not primary.syncing
+    assert primary.ledger.committed_seqno == signature  # the acknowledgements that waited, counted now
+    assert primary.raft.last_index == signature + 2  # and what was written meanwhile is proposed
+    cluster.sign()
+    syncs.finish()
+    cluster.run(3)
+    assert all(cluster.ledgers[n].committed_seqno == signature + 3 for n in cluster.ids)
+
+
+def test_a_failed_sync_off_the_loop_stops_the_primary_taking_writes(cluster: Cluster) -> None:
+    cluster.trust_backups()
+    cluster.run(3)
+    primary = cluster.primary
+    primary.sync_off_loop = syncs = HeldSyncs()
+    failures: list[LedgerError] = []
+    primary.sync_failed = failures.append
+    cluster.write(1)
+    cluster.sign()
+    syncs.finish(OSError(28, "No space left on device"))
+    assert len(failures) == 1 and "No space left on device" in str(failures[0])
+    assert primary.syncing  # consensus stays stopped: the node is going down
+    tx = primary.ledger.begin()
+    tx.put("records", "after", b"v")
+    with pytest.raises(LedgerError, match="stopped after a failed write"):
+        primary.ledger.commit(tx)
 
 
 def test_nothing_commits_without_a_majority_and_everything_does_once_it_is_back(cluster: Cluster) -> None:
