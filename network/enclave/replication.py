@@ -42,6 +42,7 @@ from network.consensus.raft import AppendEntries, EntryMeta, HardState, Message,
 from network.enclave.wire import Envelope, ForwardedRequest, ForwardedResponse
 
 MAX_STASHED = 100_000  # entries received but not yet appended (beyond: the oldest are forgotten)
+MAX_WAITING = 10_000  # consensus inputs held while the primary syncs (beyond: the oldest are dropped)
 
 # run `work` (a blocking sync) away from the loop, then `done(what it raised, or None)` on the loop
 SyncOffLoop: TypeAlias = Callable[[Callable[[], None], Callable[[BaseException | None], None]], None]
@@ -115,7 +116,7 @@ class Replicator:
 
     def receive(self, envelope: Envelope) -> None:
         if self._syncing:
-            self._waiting.append(envelope)
+            self._hold(envelope)
             return
         m = envelope.message
         if isinstance(m, ForwardedRequest | ForwardedResponse):
@@ -131,10 +132,15 @@ class Replicator:
 
     def tick(self) -> None:
         if self._syncing:
-            self._waiting.append(None)
+            self._hold(None)
             return
         self.raft.tick()
         self.process()
+
+    def _hold(self, waiting: Envelope | None) -> None:
+        self._waiting.append(waiting)
+        if len(self._waiting) > MAX_WAITING:  # a disk that hangs: drop the oldest, as a lossy network would
+            del self._waiting[0]
 
     def process(self) -> None:
         while self.raft.has_ready() and not self._syncing:
@@ -173,11 +179,12 @@ class Replicator:
 
     def _sync_sent(self) -> None:
         """The primary makes what it just sent durable: off the loop if it can, consensus waiting meanwhile."""
-        work = self.ledger.flush_in_background() if self.sync_off_loop is not None else None
-        if work is None:
+        if self.sync_off_loop is None:
             self.ledger.flush()
             return
-        assert self.sync_off_loop is not None
+        work = self.ledger.flush_in_background()
+        if work is None:
+            return  # nothing to wait for (no fsync configured, or files that synced already: the enclave's host)
         self._syncing = self._starting_sync = True
         try:
             self.sync_off_loop(work, self._synced)
