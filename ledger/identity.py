@@ -1,8 +1,9 @@
 """Identities: EC keys and X.509 certificates of the service, nodes, members and users.
 
 Guarantees (as CCF 6.x and its `ccf` package's checks expect):
-- The service identity is a self-signed CA certificate (BasicConstraints CA, keyCertSign, SKI) on a
-  P-384 key by default; node certificates it endorses have CA false, a SAN and the service's AKI, and
+- The service identity is a self-signed CA certificate (BasicConstraints CA, keyCertSign, SKI); its key is on
+  P-384 unless asked otherwise here (`ServiceIdentity.create`), while a node creates it on its configured curve
+  (`IDENTITY_CURVES`, P-256 by default); node certificates it endorses have CA false, a SAN and the service's AKI, and
   pass `ccf.receipt.check_endorsements` and `check_cert_chain`.
 - Node id = hex SHA-256 of the node's public key (SubjectPublicKeyInfo DER); member and user ids =
   hex SHA-256 of their DER certificate; a COSE kid = hex SHA-256 of the signer's SPKI, as ASCII bytes.

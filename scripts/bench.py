@@ -49,6 +49,7 @@ import argparse
 import asyncio
 import contextlib
 import heapq
+import itertools
 import os
 import shutil
 import signal
@@ -190,6 +191,7 @@ class Load:
         # --until-committed: (seqno, connection number, connection) of answered writes whose commit each
         # connection waits for before it sends more
         self.awaiting_commit: list[tuple[int, int, WriterConnection]] = []
+        self.awaiting_order = itertools.count()  # ties (a seqno written again after a rollback) never compare
 
     def committed_up_to(self, seqno: int) -> None:
         """The poller saw the commit point reach `seqno`: connections waiting for it send their next writes."""
@@ -285,7 +287,7 @@ class WriterConnection(asyncio.Protocol):
                 load.seqnos.append(seqno)
                 if self.until_committed:
                     self.held += 1
-                    heapq.heappush(load.awaiting_commit, (seqno, self.number, self))
+                    heapq.heappush(load.awaiting_commit, (seqno, next(load.awaiting_order), self))
                 load.sent.append(sent)
                 load.answered.append(now)
                 load.ok += 1

@@ -365,7 +365,8 @@ def describe_service(urls: list[str], common: str, origin: str,
                      processes: list[subprocess.Popen[bytes]]) -> ServiceView:
     """Once the service has a primary and every node serves the app, what the sandbox prints of it."""
     network = wait_for_primary(urls[0], common, processes)
-    wait_serving(urls, common, processes)
+    # a recovered service's backups finish their private replay before they serve (long for a long ledger)
+    wait_serving(urls, common, processes, timeout=600.0 if origin == "recovered" else 60.0)
     client = ServiceClient(urls[0], os.path.join(common, "service_cert.pem"), timeout=10)
     primary_url = None
     for node in client.json_ok("GET", "/node/network/nodes")["nodes"]:

@@ -227,7 +227,7 @@ class Enclave:
         self.replicator = Replicator(ledger, raft or sole_voter(ledger), keys.encryption_key, host.send,
                                      host.persist_consensus, self._secrets_changed, send_now=host.send_now,
                                      sync_off_loop=host.sync_off_loop,
-                                     sync_failed=lambda e: self._fail(f"the ledger cannot be written: {e}"))
+                                     sync_failed=lambda e: self._fail(f"replication: {e}"))
         self.replicator.process()
         ledger.store.add_global_hook(NODES_INFO, lambda version, changes: self._membership_changed())
         # on a backup the service opens through replicated state, not through a local request
@@ -682,7 +682,7 @@ class Enclave:
         if self._unsigned == 0:
             self._first_unsigned_at = self.clock()
         self._unsigned += n
-        if self._unsigned >= self.settings.signatures.every_tx:
+        if self._unsigned >= self.settings.signatures.every_tx and not self.replicator.syncing:
             self.sign()
 
     def tick(self) -> None:
@@ -691,7 +691,10 @@ class Enclave:
         if self._failed:
             return
         try:
+            # (not while the last signature's sync runs off the loop: its commit decides the next one, as in
+            # group commit, rather than signatures piling up behind a slow disk)
             if self.is_primary and self._unsigned and self._first_unsigned_at is not None and \
+                    not self.replicator.syncing and \
                     (self.clock() - self._first_unsigned_at) * 1000 >= self.settings.signatures.every_ms:
                 self.sign()
             self.replicator.tick()

@@ -29,6 +29,7 @@ sends one, so the node must not go on with a state it cannot trust.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import TypeAlias
 
@@ -69,7 +70,7 @@ class Replicator:
                  send: Callable[[Envelope], None], persist_state: Callable[[HardState], None],
                  secrets_changed: Callable[[SecretsTaken], None] = lambda taken: None,
                  send_now: Callable[[], None] = lambda: None, sync_off_loop: SyncOffLoop | None = None,
-                 sync_failed: Callable[[LedgerError], None] | None = None) -> None:
+                 sync_failed: Callable[[Exception], None] | None = None) -> None:
         self.ledger = ledger
         self.raft = raft
         self.encryption_key = encryption_key
@@ -80,9 +81,12 @@ class Replicator:
         self.sync_off_loop = sync_off_loop
         self.sync_failed = sync_failed
         self._syncing = False  # the primary's sync of a signature runs off the loop
-        self._waiting: list[Envelope | None] = []  # consensus inputs meanwhile, in order: a message, or a tick
+        # consensus inputs meanwhile, in order: a message, or a tick
+        self._waiting: deque[Envelope | None] = deque(maxlen=MAX_WAITING)
+        self._held_ticks = 0
         self._sync_asked = False  # `sync()` was called meanwhile
         self._starting_sync = False
+        self._failed = False  # a sync failed, or what waited for it could not be handled: consensus stays stopped
         self._stash: dict[tuple[int, int], bytes] = {}  # (index, term) -> entry bytes from the primary
 
     @property
@@ -133,14 +137,17 @@ class Replicator:
     def tick(self) -> None:
         if self._syncing:
             self._hold(None)
+            self._held_ticks += 1
+            if self._held_ticks == self.raft.config.election_ticks and not self._failed:
+                # a disk that does not answer: before syncs left the loop, the whole node stalled; now it would
+                # go on executing writes as a primary the others have replaced, so it stops
+                self._stop(LedgerError("the ledger's sync has not finished within an election timeout"))
             return
         self.raft.tick()
         self.process()
 
     def _hold(self, waiting: Envelope | None) -> None:
-        self._waiting.append(waiting)
-        if len(self._waiting) > MAX_WAITING:  # a disk that hangs: drop the oldest, as a lossy network would
-            del self._waiting[0]
+        self._waiting.append(waiting)  # past MAX_WAITING the oldest goes, as on a lossy network
 
     def process(self) -> None:
         while self.raft.has_ready() and not self._syncing:
@@ -165,11 +172,17 @@ class Replicator:
             sync_after_sending = ready.sync and self.is_primary and bool(ready.messages)
             if ready.sync and not sync_after_sending:
                 self.ledger.flush()
+            # off the loop: the entries go to the operating system, and consensus inputs are held, before anything
+            # is sent (so no acknowledgement can be counted before the sync, whatever the host's delivery)
+            work = self._begin_sync() if sync_after_sending and self.sync_off_loop is not None else None
             for message in ready.messages:
                 self.send(self._envelope(message))
             if sync_after_sending:
                 self.send_now()
-                self._sync_sent()
+                if self.sync_off_loop is None:
+                    self.ledger.flush()
+                elif work is not None:
+                    self._start_sync(work)
             if ready.commit is not None and ready.commit > self.ledger.committed_seqno:
                 self.ledger.commit_to(ready.commit)
             if ready.commit is not None:
@@ -177,15 +190,19 @@ class Replicator:
             if ready.became_leader:
                 self._sign_as_new_primary()
 
-    def _sync_sent(self) -> None:
-        """The primary makes what it just sent durable: off the loop if it can, consensus waiting meanwhile."""
-        if self.sync_off_loop is None:
-            self.ledger.flush()
-            return
+    def _begin_sync(self) -> Callable[[], None] | None:
+        """The primary's sync off the loop, first step: what it appended goes to the files, and consensus inputs
+        wait from now on. Returns the blocking rest (None: nothing to wait for, no fsync configured or files that
+        synced already, as the enclave's host does)."""
         work = self.ledger.flush_in_background()
-        if work is None:
-            return  # nothing to wait for (no fsync configured, or files that synced already: the enclave's host)
-        self._syncing = self._starting_sync = True
+        if work is not None:
+            self._syncing = True
+            self._held_ticks = 0
+        return work
+
+    def _start_sync(self, work: Callable[[], None]) -> None:
+        assert self.sync_off_loop is not None
+        self._starting_sync = True
         try:
             self.sync_off_loop(work, self._synced)
         finally:
@@ -193,25 +210,36 @@ class Replicator:
 
     def _synced(self, error: BaseException | None) -> None:
         """The primary's sync is done: the inputs that waited are handled, in the order they came."""
+        if self._failed:
+            return
         if error is not None:
-            failure = self.ledger.background_flush_failed(error)
-            if self.sync_failed is None:
-                raise failure
-            self.sync_failed(failure)  # the node stops taking writes, as after any failed write
+            self._stop(self.ledger.background_flush_failed(error))  # as after any failed write
             return
         self._syncing = False
         if self._starting_sync:
             return  # done at once (a host without a thread for it): `process` goes on; nothing waited
-        self.process()  # what the core had ready before the sync (commit from earlier acknowledgements)
-        while self._waiting and not self._syncing:
-            waited = self._waiting.pop(0)
-            if waited is None:
-                self.tick()
-            else:
-                self.receive(waited)
-        if not self._syncing and self._sync_asked:
-            self._sync_asked = False
-            self.sync()
+        try:
+            self.process()  # what the core had ready before the sync (commit from earlier acknowledgements)
+            while self._waiting and not self._syncing:
+                waited = self._waiting.popleft()
+                if waited is None:
+                    self.tick()
+                else:
+                    self.receive(waited)
+            if not self._syncing and self._sync_asked:
+                self._sync_asked = False
+                self.sync()
+        except (ReplicationError, LedgerError) as e:
+            # as when a message arrives (`Enclave.receive`): consensus took an input the ledger could not follow
+            self._stop(e)
+
+    def _stop(self, error: Exception) -> None:
+        """This node cannot go on: consensus stays stopped (inputs are held and never handled) and the node says so."""
+        self._failed = True
+        self._syncing = True
+        if self.sync_failed is None:
+            raise error
+        self.sync_failed(error)
 
     def _drop_unproposed(self) -> None:
         """A primary's ledger runs ahead of consensus between a write and the next `sync`. If it is deposed in

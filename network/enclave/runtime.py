@@ -70,6 +70,7 @@ class EnclaveRuntime:
         self._peers: dict[str, str] = {}  # the other nodes, kept until the channels exist
         self._turn_end_scheduled = False
         self._sync_thread: ThreadPoolExecutor | None = None  # the primary's syncs of its signatures
+        self._stopping = False
 
     def _new_conn(self) -> int:
         return next(self._conn_ids)
@@ -139,6 +140,9 @@ class EnclaveRuntime:
             self.outbound.closed(conn)
 
     def stop(self) -> None:
+        self._stopping = True
+        if self._sync_thread is not None:
+            self._sync_thread.shutdown(wait=True)  # a sync in flight finishes; its answer is not waited for
         for task in list(self._tasks):
             task.cancel()
         if self.enclave is not None:
@@ -153,8 +157,6 @@ class EnclaveRuntime:
             try:
                 enclave.sign()
                 enclave.ledger.flush()
-                if self._sync_thread is not None:
-                    self._sync_thread.shutdown(wait=True)
             except LedgerError as e:  # a disk that refuses writes (the reason the node may be stopping)
                 logger.error(f"stopping without a last signature: {e}")
         self.host.stopped()
@@ -257,12 +259,26 @@ class EnclaveRuntime:
             self.channels.flush()
 
     def sync_off_loop(self, work: Callable[[], None], done: Callable[[BaseException | None], None]) -> None:
-        """One thread syncs, so syncs finish in the order they began (`os.fsync` lets the loop run meanwhile)."""
+        """One thread syncs, so syncs finish in the order they began (`os.fsync` lets the loop run meanwhile).
+        Once the node is stopping, the sync runs here and now."""
+        if self._stopping:
+            try:
+                work()
+            except OSError as e:
+                done(e)
+                return
+            done(None)
+            return
         if self._sync_thread is None:
             self._sync_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sync")
 
         def finished(future: asyncio.Future[None]) -> None:
-            done(future.exception())
+            try:
+                done(future.exception())
+            except Exception as e:  # noqa: BLE001 - as a failing tick does: the node stops, never half-applies
+                logger.exception("handling what waited for the ledger's sync failed")
+                self.host.failed(f"replication: {e}")
+                return
             self._end_turn_soon()  # what waited for the sync may commit: group commit then signs what gathered
 
         asyncio.get_running_loop().run_in_executor(self._sync_thread, work).add_done_callback(finished)

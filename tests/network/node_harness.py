@@ -73,7 +73,11 @@ class FakeHost:
         self.sent_now_at.append(len(self.sent))
 
     def sync_off_loop(self, work: Callable[[], None], done: Callable[[BaseException | None], None]) -> None:
-        work()
+        try:
+            work()
+        except OSError as e:
+            done(e)
+            return
         done(None)
 
     def persist_consensus(self, state: HardState) -> None:

@@ -31,7 +31,7 @@ from network.consensus.raft import (
     Raft,
     Role,
 )
-from network.enclave.replication import Replicator, ledger_entry_meta
+from network.enclave.replication import ReplicationError, Replicator, ledger_entry_meta
 from network.enclave.wire import Envelope, decode, encode
 from tests.ccf_tools import assert_read_ledger_accepts
 
@@ -264,7 +264,9 @@ def test_the_primary_syncs_off_the_loop_and_consensus_waits_for_it(cluster: Clus
     assert primary.raft.commit < signature and primary.ledger.committed_seqno < signature
     cluster.write(2)  # the loop goes on executing requests; their entries wait to be proposed
     assert primary.raft.last_index == signature and primary.ledger.last_seqno == signature + 2
+    elapsed = primary.raft.elapsed
     cluster.run(2)  # ticks wait too
+    assert primary.raft.elapsed == elapsed
     syncs.finish()
     assert not primary.syncing
     assert primary.ledger.committed_seqno == signature  # the acknowledgements that waited, counted now
@@ -291,6 +293,43 @@ def test_a_failed_sync_off_the_loop_stops_the_primary_taking_writes(cluster: Clu
     tx.put("records", "after", b"v")
     with pytest.raises(LedgerError, match="stopped after a failed write"):
         primary.ledger.commit(tx)
+
+
+def test_what_waited_for_the_sync_and_cannot_be_handled_stops_the_node(cluster: Cluster,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster.trust_backups()
+    cluster.run(3)
+    primary = cluster.primary
+    primary.sync_off_loop = syncs = HeldSyncs()
+    failures: list[Exception] = []
+    primary.sync_failed = failures.append
+    cluster.write(1)
+    cluster.sign()
+    cluster.deliver_all()  # the acknowledgements wait
+
+    def unverifiable(envelope: Envelope) -> None:
+        raise ReplicationError("an entry from the primary does not verify")
+
+    monkeypatch.setattr(primary, "receive", unverifiable)  # what handling a held message may raise
+    syncs.finish()
+    assert [str(f) for f in failures] == ["an entry from the primary does not verify"]
+    assert primary.syncing  # consensus stays stopped
+
+
+def test_a_sync_that_outlives_an_election_timeout_stops_the_primary(cluster: Cluster) -> None:
+    cluster.trust_backups()
+    cluster.run(3)
+    primary = cluster.primary
+    primary.sync_off_loop = HeldSyncs()  # a disk that never answers
+    failures: list[Exception] = []
+    primary.sync_failed = failures.append
+    cluster.write(1)
+    cluster.sign()
+    for _ in range(CONFIG.election_ticks - 1):
+        primary.tick()
+    assert failures == []
+    primary.tick()
+    assert len(failures) == 1 and "election timeout" in str(failures[0])
 
 
 def test_nothing_commits_without_a_majority_and_everything_does_once_it_is_back(cluster: Cluster) -> None:
