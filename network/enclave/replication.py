@@ -49,6 +49,16 @@ MAX_WAITING = 10_000  # consensus inputs held while the primary syncs (beyond: t
 SyncOffLoop: TypeAlias = Callable[[Callable[[], None], Callable[[BaseException | None], None]], None]
 
 
+def sync_in_place(work: Callable[[], None], done: Callable[[BaseException | None], None]) -> None:
+    """A `SyncOffLoop` for a host that has no thread for it (or no longer): the sync runs here and now."""
+    try:
+        work()
+    except OSError as e:
+        done(e)
+        return
+    done(None)
+
+
 def ledger_entry_meta(ledger: ServiceLedger) -> Callable[[int], EntryMeta]:
     """Consensus metadata of the ledger's entries, read from the ledger (so the core keeps none)."""
 

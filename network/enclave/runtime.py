@@ -34,6 +34,7 @@ from network.enclave.enclave import Enclave, sole_voter
 from network.enclave.endpoints import Endpoints
 from network.enclave.http import ANSWER_LATER, HttpConnection, Pending, Request, Response, SessionMetrics
 from network.enclave.outbound import OutboundCalls
+from network.enclave.replication import sync_in_place
 from network.enclave.rpc_sessions import RpcSessions
 from network.enclave.tls import node_to_node_contexts, server_context
 from network.enclave.wire import Envelope, ForwardedRequest, ForwardedResponse
@@ -262,12 +263,7 @@ class EnclaveRuntime:
         """One thread syncs, so syncs finish in the order they began (`os.fsync` lets the loop run meanwhile).
         Once the node is stopping, the sync runs here and now."""
         if self._stopping:
-            try:
-                work()
-            except OSError as e:
-                done(e)
-                return
-            done(None)
+            sync_in_place(work, done)
             return
         if self._sync_thread is None:
             self._sync_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sync")

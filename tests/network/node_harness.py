@@ -24,6 +24,7 @@ from network.consensus.raft import HardState
 from network.enclave.enclave import Enclave
 from network.enclave.endpoints import Endpoints
 from network.enclave.http import Request, Response
+from network.enclave.replication import sync_in_place
 from network.enclave.wire import Envelope, ForwardedResponse
 
 API = "?api-version=2024-07-01"
@@ -73,12 +74,7 @@ class FakeHost:
         self.sent_now_at.append(len(self.sent))
 
     def sync_off_loop(self, work: Callable[[], None], done: Callable[[BaseException | None], None]) -> None:
-        try:
-            work()
-        except OSError as e:
-            done(e)
-            return
-        done(None)
+        sync_in_place(work, done)
 
     def persist_consensus(self, state: HardState) -> None:
         self.hard_state = state

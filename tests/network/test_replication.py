@@ -277,15 +277,22 @@ def test_the_primary_syncs_off_the_loop_and_consensus_waits_for_it(cluster: Clus
     assert all(cluster.ledgers[n].committed_seqno == signature + 3 for n in cluster.ids)
 
 
-def test_a_failed_sync_off_the_loop_stops_the_primary_taking_writes(cluster: Cluster) -> None:
+def _signing_with_held_syncs(cluster: Cluster) -> tuple[Replicator, HeldSyncs, list[Exception]]:
+    """The primary, whose syncs wait for the test (`HeldSyncs`) and whose failures are recorded, once it has
+    written one transaction and signed it (the signature's sync then held)."""
     cluster.trust_backups()
     cluster.run(3)
     primary = cluster.primary
     primary.sync_off_loop = syncs = HeldSyncs()
-    failures: list[LedgerError] = []
+    failures: list[Exception] = []
     primary.sync_failed = failures.append
     cluster.write(1)
     cluster.sign()
+    return primary, syncs, failures
+
+
+def test_a_failed_sync_off_the_loop_stops_the_primary_taking_writes(cluster: Cluster) -> None:
+    primary, syncs, failures = _signing_with_held_syncs(cluster)
     syncs.finish(OSError(28, "No space left on device"))
     assert len(failures) == 1 and "No space left on device" in str(failures[0])
     assert primary.syncing  # consensus stays stopped: the node is going down
@@ -297,14 +304,7 @@ def test_a_failed_sync_off_the_loop_stops_the_primary_taking_writes(cluster: Clu
 
 def test_what_waited_for_the_sync_and_cannot_be_handled_stops_the_node(cluster: Cluster,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    cluster.trust_backups()
-    cluster.run(3)
-    primary = cluster.primary
-    primary.sync_off_loop = syncs = HeldSyncs()
-    failures: list[Exception] = []
-    primary.sync_failed = failures.append
-    cluster.write(1)
-    cluster.sign()
+    primary, syncs, failures = _signing_with_held_syncs(cluster)
     cluster.deliver_all()  # the acknowledgements wait
 
     def unverifiable(envelope: Envelope) -> None:
@@ -317,14 +317,7 @@ def test_what_waited_for_the_sync_and_cannot_be_handled_stops_the_node(cluster: 
 
 
 def test_a_sync_that_outlives_an_election_timeout_stops_the_primary(cluster: Cluster) -> None:
-    cluster.trust_backups()
-    cluster.run(3)
-    primary = cluster.primary
-    primary.sync_off_loop = HeldSyncs()  # a disk that never answers
-    failures: list[Exception] = []
-    primary.sync_failed = failures.append
-    cluster.write(1)
-    cluster.sign()
+    primary, _, failures = _signing_with_held_syncs(cluster)  # a disk that never answers
     for _ in range(CONFIG.election_ticks - 1):
         primary.tick()
     assert failures == []
