@@ -92,6 +92,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
         while data := await reader.read(65536):
             if (seconds := delay()) > 0:
                 await asyncio.sleep(seconds)
+            if writer.is_closing():  # the link was cut while this chunk was read or delayed: writing to the
+                break  # closed transport raised out of asyncio's own error path (its socket and loop were gone)
             writer.write(data)
             await writer.drain()
     writer.close()
