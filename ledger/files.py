@@ -474,7 +474,8 @@ class LedgerFiles:
         """`flush`, split for a caller that waits for the disk off its thread: the appended entries are written to
         the operating system now; the function returned (None: nothing to wait for) then makes them durable, and
         may run on another thread (it syncs a duplicate of the file's descriptor, so the chunk may be completed,
-        written to or closed meanwhile). It raises `OSError`; the caller hands that to `background_flush_failed`."""
+        written to or closed meanwhile). That function raises `OSError`, which the caller hands to
+        `background_flush_failed`."""
         if self._failure is not None:
             raise LedgerFileError(f"ledger files stopped after a failed write: {self._failure}")
         if self._file is None or not self._dirty:

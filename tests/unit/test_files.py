@@ -636,6 +636,42 @@ def test_fsync_policy_decides_when_data_is_fsynced(tmp_path: Path, monkeypatch: 
     assert counts[FsyncPolicy.NEVER] == (0, 0)
 
 
+def test_a_flush_in_background_writes_now_and_syncs_when_its_function_runs(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    files, _ = LedgerFiles.open(str(tmp_path / "ledger"), fsync=FsyncPolicy.BATCH)
+    for s in range(1, 4):
+        files.append(entry(s))
+    make_durable = files.flush_in_background()
+    assert make_durable is not None and synced == []
+    on_disk = (tmp_path / "ledger" / "ledger_1").read_bytes()
+    assert all(entry(s) in on_disk for s in range(1, 4))  # in the operating system's hands already
+    files.append(entry(4))  # the loop goes on writing (and may complete or close the chunk) meanwhile
+    files.flush()  # a blocking flush of what came since: the chunk file and, still unsynced, nothing else
+    make_durable()  # its own duplicate of the descriptor, and the new chunk's directory
+    assert len(synced) == 3
+    assert files.flush_in_background() is None  # nothing appended since
+    files.close()
+    never, _ = LedgerFiles.open(str(tmp_path / "never"), fsync=FsyncPolicy.NEVER)
+    never.append(entry(1))
+    assert never.flush_in_background() is None and (tmp_path / "never" / "ledger_1").stat().st_size > 8
+    never.close()
+
+
+def test_a_failed_background_sync_stops_the_files(tmp_path: Path) -> None:
+    files, _ = LedgerFiles.open(str(tmp_path), fsync=FsyncPolicy.BATCH)
+    files.append(entry(1))
+    assert files.flush_in_background() is not None
+    error = files.background_flush_failed(OSError(5, "Input/output error"))
+    assert isinstance(error, LedgerFileError) and "Input/output error" in str(error)
+    with pytest.raises(LedgerFileError, match="stopped after a failed write"):
+        files.append(entry(2))
+    with pytest.raises(LedgerFileError, match="stopped after a failed write"):
+        files.flush_in_background()
+
+
 # --- a whole ServiceLedger restart --------------------------------------------------------------------
 
 
