@@ -455,20 +455,13 @@ class LedgerFiles:
             self._pending_bytes = 0
 
     def flush(self) -> None:
-        """Make appended entries durable (per the fsync policy)."""
-        if self._failure is not None:
-            raise LedgerFileError(f"ledger files stopped after a failed write: {self._failure}")
-        if self._file is not None and self._dirty:
+        """Make appended entries durable (per the fsync policy): `flush_in_background`, waited for here."""
+        make_durable = self.flush_in_background()
+        if make_durable is not None:
             try:
-                self._write_pending()
-                self._sync(self._file)
-                if self._new_name_unsynced:
-                    self._fsync_dir()  # a new chunk's name must survive a crash as its entries do
-                    self._new_name_unsynced = False
+                make_durable()
             except OSError as e:
-                self._failure = e
-                raise LedgerFileError(f"writing the ledger failed: {e}") from e
-            self._dirty = False
+                raise self.background_flush_failed(e) from e
 
     def flush_in_background(self) -> Callable[[], None] | None:
         """`flush`, split for a caller that waits for the disk off its thread: the appended entries are written to

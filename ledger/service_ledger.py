@@ -362,9 +362,9 @@ class ServiceLedger:
         return self.files.flush_in_background() if self.files is not None else None
 
     def background_flush_failed(self, error: BaseException) -> LedgerError:
-        """The function `flush_in_background` returned raised `error`: the files stop taking writes."""
-        if self.files is None:
-            return LedgerError(f"writing the ledger failed: {error}")
+        """The function `flush_in_background` returned (so there are files) raised `error`: they stop taking
+        writes."""
+        assert self.files is not None
         return self.files.background_flush_failed(error)
 
     # --- commit and rollback -----------------------------------------------------------------------

@@ -188,10 +188,10 @@ class Load:
         self.sent = array("d")
         self.answered = array("d")
         self.drained = asyncio.Event()  # stopped (or the limit reached) and nothing outstanding
-        # --until-committed: (seqno, connection number, connection) of answered writes whose commit each
-        # connection waits for before it sends more
+        # --until-committed: (seqno, order of answering, connection) of answered writes whose commit each
+        # connection waits for before it sends more (the order breaks ties: a seqno written again after a rollback)
         self.awaiting_commit: list[tuple[int, int, WriterConnection]] = []
-        self.awaiting_order = itertools.count()  # ties (a seqno written again after a rollback) never compare
+        self.awaiting_order = itertools.count()
 
     def committed_up_to(self, seqno: int) -> None:
         """The poller saw the commit point reach `seqno`: connections waiting for it send their next writes."""
@@ -235,10 +235,9 @@ class WriterConnection(asyncio.Protocol):
     is answered: the connection then waits for each commit as a synchronous client does (an etcd put returns
     at commit; a CCF client polls `/app/tx` until `Committed`)."""
 
-    def __init__(self, load: Load, window: int, number: int = 0, until_committed: bool = False) -> None:
+    def __init__(self, load: Load, window: int, until_committed: bool = False) -> None:
         self.load = load
         self.window = window
-        self.number = number
         self.until_committed = until_committed
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
@@ -403,7 +402,7 @@ async def run_load(args: argparse.Namespace, targets: list[tuple[str, int]], con
     for i in range(connection_count):
         target_host, target_port = targets[i % len(targets)]
         _, protocol = await loop.create_connection(
-            partial(WriterConnection, load, args.window, i, args.until_committed), target_host, target_port,
+            partial(WriterConnection, load, args.window, args.until_committed), target_host, target_port,
             ssl=context)
         connections.append(protocol)
     log(f"{len(connections)} connections open over {min(len(targets), connection_count)} node(s), {args.window} "

@@ -284,11 +284,7 @@ def complete_recovery(url: str, common: str) -> None:
         raise RuntimeError("member0_enc_privk.pem is not an RSA key")
     answer = member.submit_recovery_share(enc)
     print("recovery: member0's share: " + answer["message"].replace("\n", "; "), flush=True)
-    deadline = time.monotonic() + 600
-    while client.call("GET", "/node/ready/app").status != 204:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the recovered service did not open within 600 s")
-        time.sleep(0.1)
+    wait_serving([url], common, [], timeout=600.0)
     print(f"recovery: service {member.service_info()['status']} again "
           f"(recovery count {member.service_info()['recoveryCount']})", flush=True)
     client.close()

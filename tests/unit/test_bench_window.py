@@ -31,7 +31,7 @@ def answer(seqno: int) -> bytes:
 
 def connection(window: int, until_committed: bool) -> tuple[bench.Load, bench.WriterConnection, Transport]:
     load = bench.Load(b"POST %d\r\n", None, 0)
-    writer = bench.WriterConnection(load, window, 0, until_committed)
+    writer = bench.WriterConnection(load, window, until_committed)
     transport = Transport()
     writer.transport = transport  # type: ignore[assignment]
     writer.fill()
