@@ -14,9 +14,11 @@ platform's sealing key (`sealing`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import itertools
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -71,6 +73,8 @@ class EnclaveRuntime:
         self._peers: dict[str, str] = {}  # the other nodes, kept until the channels exist
         self._turn_end_scheduled = False
         self._sync_thread: ThreadPoolExecutor | None = None  # the primary's syncs of its signatures
+        # syncs the thread finished, with what to call on the loop (appended there, taken here: deque is thread-safe)
+        self._finished_syncs: deque[tuple[Callable[[BaseException | None], None], BaseException | None]] = deque()
         self._stopping = False
 
     def _new_conn(self) -> int:
@@ -110,6 +114,8 @@ class EnclaveRuntime:
             self.host.close(conn)
 
     def received(self, conn: int, data: bytes) -> None:
+        if self._finished_syncs:
+            self._hand_back_syncs()
         if self.sessions is not None and self.sessions.owns(conn):
             self.sessions.received(conn, data)
             self._end_turn_soon()
@@ -261,23 +267,44 @@ class EnclaveRuntime:
 
     def sync_off_loop(self, work: Callable[[], None], done: Callable[[BaseException | None], None]) -> None:
         """One thread syncs, so syncs finish in the order they began (`os.fsync` lets the loop run meanwhile).
-        Once the node is stopping, the sync runs here and now."""
+        Once the node is stopping, the sync runs here and now.
+
+        A finished sync is handed back at the first of: the next input the loop gives the enclave (`received`),
+        or a callback the sync thread schedules. Under load a turn of the loop takes milliseconds, and the
+        primary's commit waits for this hand-off, so it is not left to wait for the turn's end (nor for the two
+        turns an asyncio future's done-callback takes)."""
         if self._stopping:
             sync_in_place(work, done)
             return
         if self._sync_thread is None:
             self._sync_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sync")
+        loop = asyncio.get_running_loop()
+        finished = self._finished_syncs
 
-        def finished(future: asyncio.Future[None]) -> None:
+        def run() -> None:  # on the sync thread
             try:
-                done(future.exception())
+                work()
+                error: BaseException | None = None
+            except BaseException as e:  # noqa: BLE001 - handed to `done`, which stops the node
+                error = e
+            finished.append((done, error))
+            with contextlib.suppress(RuntimeError):  # a closed loop: the node stopped, nothing waits for this
+                loop.call_soon_threadsafe(self._hand_back_syncs)
+
+        self._sync_thread.submit(run)
+
+    def _hand_back_syncs(self) -> None:
+        """Give the enclave the syncs that finished, in the order they finished (which is the order they began)."""
+        finished = self._finished_syncs
+        while finished:
+            done, error = finished.popleft()
+            try:
+                done(error)
             except Exception as e:  # noqa: BLE001 - as a failing tick does: the node stops, never half-applies
                 logger.exception("handling what waited for the ledger's sync failed")
                 self.host.failed(f"replication: {e}")
                 return
             self._end_turn_soon()  # what waited for the sync may commit: group commit then signs what gathered
-
-        asyncio.get_running_loop().run_in_executor(self._sync_thread, work).add_done_callback(finished)
 
     def persist_consensus(self, state: HardState) -> None:
         self.host.persist_consensus(state.term, state.voted_for)
@@ -333,12 +360,22 @@ class EnclaveRuntime:
         sent = self.channels.send(Envelope(ForwardedRequest(enclave.node_id, primary, ident, request.method,
                                                             request.target, headers, request.body,
                                                             request.peer_cert)))
+        # the future is awaited as it is, with its own timer: `asyncio.wait_for` would take two more turns of this
+        # busy loop between the primary's answer and the client's
+        timeout = asyncio.get_running_loop().call_later(FORWARD_TIMEOUT, _time_out, future)
         try:
             if not sent:
                 raise TimeoutError
-            return await asyncio.wait_for(future, FORWARD_TIMEOUT)
+            return await future
         except TimeoutError:
             return Response.error(503, "TransactionReplicationFailed",
                                   "The primary did not answer the forwarded request in time")
         finally:
+            timeout.cancel()
             self._forwarding.pop(ident, None)
+
+
+def _time_out(future: asyncio.Future[Response]) -> None:
+    """A forwarded request's answer is overdue (`FORWARD_TIMEOUT`)."""
+    if not future.done():
+        future.set_exception(TimeoutError())
