@@ -357,7 +357,10 @@ class HttpConnection(asyncio.Protocol):
                 self.close_after_out = True
                 self._flush_out()
                 return
-            self._flush_soon()
+            if self.unanswered == 0:
+                self._flush_out()
+            else:
+                self._flush_soon()
             if self.queue.qsize() < self.limits.max_pipelined:
                 self.transport.resume_reading()
 

@@ -302,3 +302,72 @@ def test_requests_behind_pending_answers_start_at_once_only_if_they_defer_and_an
     assert [body for _, _, body in responses] == [b"defer1", b"defer2", b"plain3", b"defer4"]
     assert events == ["defer1 started", "defer2 started behind pending", "plain3 asked to wait", "defer2 done",
                       "defer1 done", "plain3 ran", "defer4 started", "defer4 done"]
+
+
+class _RecordingTransport:
+    """Enough of a transport for `HttpConnection`, recording each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_answer_made_later_is_written_at_once_when_nothing_follows_it_and_pipelined_answers_go_together() -> None:
+    # A forwarded write is answered when the primary's answer arrives: with nothing behind it on the connection it
+    # is written then, not at a later turn of the loop; answers made in one go for pipelined requests share a write.
+    from network.enclave.http import HttpConnection
+
+    async def main() -> tuple[list[bytes], int, list[bytes]]:
+        gate = asyncio.Event()
+
+        async def handler(request: Request) -> Response:
+            await gate.wait()
+            return Response(200, request.target.encode())
+
+        conn = HttpConnection(handler, HttpLimits())
+        transport = _RecordingTransport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        scheduled_flushes = 0
+        flush_soon = conn._flush_soon
+
+        def counting_flush_soon() -> None:
+            nonlocal scheduled_flushes
+            scheduled_flushes += 1
+            flush_soon()
+
+        conn._flush_soon = counting_flush_soon  # type: ignore[method-assign]
+        conn.data_received(b"GET /alone HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert transport.writes == []  # waiting for its answer
+        gate.set()
+        while not transport.writes:
+            await asyncio.sleep(0)
+        alone, alone_flushes = list(transport.writes), scheduled_flushes
+        transport.writes.clear()
+        conn.data_received(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        conn.connection_lost(None)
+        return alone, alone_flushes, transport.writes
+
+    alone, alone_flushes, pipelined = asyncio.run(main())
+    assert len(alone) == 1 and alone[0].endswith(b"/alone") and alone_flushes == 0
+    assert len(pipelined) == 1 and pipelined[0].count(b"HTTP/1.1 200") == 2  # one write for both answers
