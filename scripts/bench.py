@@ -16,7 +16,8 @@ Figures, over the measured window (after `--warmup` seconds, for `--seconds`, or
 - `p50_ms`, `p99_ms` (and `p999_ms`, `max_ms`): commit latency of the writes sent in the window, from the request
   being sent to the first `/app/commit` answer showing the commit point at or past the write's seqno (so it
   includes up to one poll interval of observation delay); `answer_p50_ms`/`answer_p99_ms`: request sent to
-  answer received;
+  answer received; `answer_p50_p99_ms_by_node`: those two by the node written to, the primary first (a backup
+  forwards its writes to the primary: the difference is what forwarding costs);
 - `node_peak_rss_mb` (VmHWM) and `node_rss_mb` (VmRSS) of the node process once the load has drained;
 - `node_cpu_percent` and `loadgen_cpu_percent` (100 = one core) over the window (with the node's enclave in its
   own process, `PYCCF_ENCLAVE_PROCESS=1`, also `enclave_process_cpu_percent` and `enclave_process_peak_rss_mb`,
@@ -187,6 +188,7 @@ class Load:
         self.seqnos = array("q")
         self.sent = array("d")
         self.answered = array("d")
+        self.node = array("b")  # which of the targets answered it (0: the primary)
         self.drained = asyncio.Event()  # stopped (or the limit reached) and nothing outstanding
         # --until-committed: (seqno, order of answering, connection) of answered writes whose commit each
         # connection waits for before it sends more (the order breaks ties: a seqno written again after a rollback)
@@ -235,8 +237,9 @@ class WriterConnection(asyncio.Protocol):
     is answered: the connection then waits for each commit as a synchronous client does (an etcd put returns
     at commit; a CCF client polls `/app/tx` until `Committed`)."""
 
-    def __init__(self, load: Load, window: int, until_committed: bool = False) -> None:
+    def __init__(self, load: Load, window: int, until_committed: bool = False, node: int = 0) -> None:
         self.load = load
+        self.node = node  # index of the target it writes to (0: the primary)
         self.window = window
         self.until_committed = until_committed
         self.transport: asyncio.Transport | None = None
@@ -289,6 +292,7 @@ class WriterConnection(asyncio.Protocol):
                     heapq.heappush(load.awaiting_commit, (seqno, next(load.awaiting_order), self))
                 load.sent.append(sent)
                 load.answered.append(now)
+                load.node.append(self.node)
                 load.ok += 1
             else:
                 load.failed(f"{status}: {bytes(buf[end + 4:stop])[:300].decode(errors='replace')}")
@@ -402,7 +406,8 @@ async def run_load(args: argparse.Namespace, targets: list[tuple[str, int]], con
     for i in range(connection_count):
         target_host, target_port = targets[i % len(targets)]
         _, protocol = await loop.create_connection(
-            partial(WriterConnection, load, args.window, args.until_committed), target_host, target_port,
+            partial(WriterConnection, load, args.window, args.until_committed, i % len(targets)), target_host,
+            target_port,
             ssl=context)
         connections.append(protocol)
     log(f"{len(connections)} connections open over {min(len(targets), connection_count)} node(s), {args.window} "
@@ -474,10 +479,12 @@ async def run_load(args: argparse.Namespace, targets: list[tuple[str, int]], con
     committed_in = sum(1 for t in commit_times if t0 <= t <= t1)
     latencies: list[float] = []
     answer_latencies: list[float] = []
+    by_node: dict[int, list[float]] = {}
     uncommitted = 0
-    for sent, answered, committed in zip(load.sent, load.answered, commit_times, strict=True):
+    for sent, answered, committed, node in zip(load.sent, load.answered, commit_times, load.node, strict=True):
         if t0 <= sent <= t1:
             answer_latencies.append(answered - sent)
+            by_node.setdefault(node, []).append(answered - sent)
             if committed == never:
                 uncommitted += 1
             else:
@@ -498,6 +505,9 @@ async def run_load(args: argparse.Namespace, targets: list[tuple[str, int]], con
                    "the write's seqno",
         "answer_p50_ms": ms(percentile(answer_latencies, 0.50)),
         "answer_p99_ms": ms(percentile(answer_latencies, 0.99)),
+        # the same by the node written to, the primary first (a backup forwards its writes to the primary)
+        "answer_p50_p99_ms_by_node": [[ms(percentile(sorted(by_node[n]), p)) for p in (0.50, 0.99)]
+                                      for n in sorted(by_node)],
         "node_peak_rss_mb": round(status["VmHWM"], 1),
         "node_rss_mb": round(status["VmRSS"], 1),
         "node_cpu_percent": round(100 * (cpu1 - cpu0) / window),

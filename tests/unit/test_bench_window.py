@@ -65,3 +65,15 @@ def test_with_until_committed_each_commit_frees_the_places_of_the_writes_it_cove
     load.committed_up_to(20)
     assert transport.written[2] == b"POST 5\r\n"
     assert load.awaiting_commit == [] and writer.held == 0 and len(writer.pending) == 3
+
+
+def test_each_answered_write_is_recorded_with_the_node_it_was_written_to() -> None:
+    load = bench.Load(b"POST %d\r\n", None, 0)
+    to_primary = bench.WriterConnection(load, 1, node=0)
+    to_backup = bench.WriterConnection(load, 1, node=2)
+    for writer in (to_primary, to_backup):
+        writer.transport = Transport()  # type: ignore[assignment]
+        writer.fill()
+    to_backup.data_received(answer(7))
+    to_primary.data_received(answer(8))
+    assert list(load.seqnos) == [7, 8] and list(load.node) == [2, 0]
