@@ -16,8 +16,9 @@ Figures, over the measured window (after `--warmup` seconds, for `--seconds`, or
 - `p50_ms`, `p99_ms` (and `p999_ms`, `max_ms`): commit latency of the writes sent in the window, from the request
   being sent to the first `/app/commit` answer showing the commit point at or past the write's seqno (so it
   includes up to one poll interval of observation delay); `answer_p50_ms`/`answer_p99_ms`: request sent to
-  answer received; `answer_p50_p99_ms_by_node`: those two by the node written to, the primary first (a backup
-  forwards its writes to the primary: the difference is what forwarding costs);
+  answer received; `answer_p50_p99_ms_by_node`: those two by the node written to, in the order the nodes were
+  started, the first one (the primary, unless an election moved it) first; null for a node with no answered write
+  in the window (a backup forwards its writes to the primary: the difference is what forwarding costs);
 - `node_peak_rss_mb` (VmHWM) and `node_rss_mb` (VmRSS) of the node process once the load has drained;
 - `node_cpu_percent` and `loadgen_cpu_percent` (100 = one core) over the window (with the node's enclave in its
   own process, `PYCCF_ENCLAVE_PROCESS=1`, also `enclave_process_cpu_percent` and `enclave_process_peak_rss_mb`,
@@ -507,7 +508,7 @@ async def run_load(args: argparse.Namespace, targets: list[tuple[str, int]], con
         "answer_p99_ms": ms(percentile(answer_latencies, 0.99)),
         # the same by the node written to, the primary first (a backup forwards its writes to the primary)
         "answer_p50_p99_ms_by_node": [[ms(percentile(sorted(by_node[n]), p)) for p in (0.50, 0.99)]
-                                      for n in sorted(by_node)],
+                                      if n in by_node else None for n in range(min(len(targets), connection_count))],
         "node_peak_rss_mb": round(status["VmHWM"], 1),
         "node_rss_mb": round(status["VmRSS"], 1),
         "node_cpu_percent": round(100 * (cpu1 - cpu0) / window),

@@ -5,6 +5,7 @@ included. And its forwarding: the primary's answer relayed, or a 503 once it is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from typing import cast
@@ -180,4 +181,22 @@ def test_a_forwarded_request_the_primary_does_not_answer_in_time_is_a_503_and_a_
 
     response = asyncio.run(scenario())
     assert response.status == 503 and orjson.loads(response.body)["error"]["code"] == "TransactionReplicationFailed"
+    assert runtime._forwarding == {}
+
+
+def test_a_forwarded_request_whose_client_is_gone_leaves_no_timer_and_no_waiting_entry() -> None:
+    runtime, channels = _forwarding_runtime()
+
+    async def scenario() -> int:
+        task = asyncio.get_running_loop().create_task(
+            runtime._forward(Request("POST", "/app/log/private", {}, b"{}", None)))
+        await asyncio.sleep(0)
+        (sent,) = channels.sent
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        runtime.forwarded(ForwardedResponse("primary", "backup", sent.message.id, 200, (), b"late"))  # dropped
+        return len(asyncio.get_running_loop()._scheduled)  # type: ignore[attr-defined]
+
+    assert asyncio.run(scenario()) == 0  # the timeout's timer was cancelled with the request
     assert runtime._forwarding == {}
