@@ -189,7 +189,7 @@ class Load:
         self.seqnos = array("q")
         self.sent = array("d")
         self.answered = array("d")
-        self.node = array("b")  # which of the targets answered it (0: the primary)
+        self.node = array("b")  # the index of the target it was written to (0: the first node started)
         self.drained = asyncio.Event()  # stopped (or the limit reached) and nothing outstanding
         # --until-committed: (seqno, order of answering, connection) of answered writes whose commit each
         # connection waits for before it sends more (the order breaks ties: a seqno written again after a rollback)
@@ -240,7 +240,7 @@ class WriterConnection(asyncio.Protocol):
 
     def __init__(self, load: Load, window: int, until_committed: bool = False, node: int = 0) -> None:
         self.load = load
-        self.node = node  # index of the target it writes to (0: the primary)
+        self.node = node  # the index of the target it writes to (0: the first node started)
         self.window = window
         self.until_committed = until_committed
         self.transport: asyncio.Transport | None = None
@@ -408,8 +408,7 @@ async def run_load(args: argparse.Namespace, targets: list[tuple[str, int]], con
         target_host, target_port = targets[i % len(targets)]
         _, protocol = await loop.create_connection(
             partial(WriterConnection, load, args.window, args.until_committed, i % len(targets)), target_host,
-            target_port,
-            ssl=context)
+            target_port, ssl=context)
         connections.append(protocol)
     log(f"{len(connections)} connections open over {min(len(targets), connection_count)} node(s), {args.window} "
         "requests in flight on each")
@@ -480,18 +479,20 @@ async def run_load(args: argparse.Namespace, targets: list[tuple[str, int]], con
     committed_in = sum(1 for t in commit_times if t0 <= t <= t1)
     latencies: list[float] = []
     answer_latencies: list[float] = []
-    by_node: dict[int, list[float]] = {}
+    by_node: dict[int, list[float]] = {n: [] for n in range(min(len(targets), connection_count))}
     uncommitted = 0
     for sent, answered, committed, node in zip(load.sent, load.answered, commit_times, load.node, strict=True):
         if t0 <= sent <= t1:
             answer_latencies.append(answered - sent)
-            by_node.setdefault(node, []).append(answered - sent)
+            by_node[node].append(answered - sent)
             if committed == never:
                 uncommitted += 1
             else:
                 latencies.append(committed - sent)
     latencies.sort()
     answer_latencies.sort()
+    for node_latencies in by_node.values():
+        node_latencies.sort()
     curve = rss_curve[:: max(1, len(rss_curve) // 20)]
     if rss_curve and curve[-1] != rss_curve[-1]:
         curve.append(rss_curve[-1])
@@ -506,9 +507,9 @@ async def run_load(args: argparse.Namespace, targets: list[tuple[str, int]], con
                    "the write's seqno",
         "answer_p50_ms": ms(percentile(answer_latencies, 0.50)),
         "answer_p99_ms": ms(percentile(answer_latencies, 0.99)),
-        # the same by the node written to, the primary first (a backup forwards its writes to the primary)
-        "answer_p50_p99_ms_by_node": [[ms(percentile(sorted(by_node[n]), p)) for p in (0.50, 0.99)]
-                                      if n in by_node else None for n in range(min(len(targets), connection_count))],
+        # the same by the node written to, in start order (null: no answered write in the window)
+        "answer_p50_p99_ms_by_node": [[ms(percentile(node_latencies, p)) for p in (0.50, 0.99)] if node_latencies
+                                      else None for node_latencies in by_node.values()],
         "node_peak_rss_mb": round(status["VmHWM"], 1),
         "node_rss_mb": round(status["VmRSS"], 1),
         "node_cpu_percent": round(100 * (cpu1 - cpu0) / window),

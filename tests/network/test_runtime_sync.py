@@ -151,16 +151,24 @@ def _forwarding_runtime() -> tuple[EnclaveRuntime, _Channels]:
     return runtime, channels
 
 
+async def _forward_started(runtime: EnclaveRuntime,
+                           channels: _Channels) -> tuple[asyncio.Task[Response], ForwardedRequest]:
+    """A write being forwarded (its task started), and the request the channels were given for the primary."""
+    request = Request("POST", "/app/log/private", {}, b"{}", None)
+    task = asyncio.get_running_loop().create_task(runtime._forward(request))
+    await asyncio.sleep(0)
+    (sent,) = channels.sent
+    assert isinstance(sent.message, ForwardedRequest)
+    return task, sent.message
+
+
 def test_a_forwarded_request_gets_the_primarys_answer() -> None:
     runtime, channels = _forwarding_runtime()
 
     async def scenario() -> Response:
-        answer = asyncio.get_running_loop().create_task(
-            runtime._forward(Request("POST", "/app/log/private", {}, b"{}", None)))
-        await asyncio.sleep(0)
-        (sent,) = channels.sent
-        assert isinstance(sent.message, ForwardedRequest) and sent.message.to == "primary"
-        runtime.forwarded(ForwardedResponse("primary", "backup", sent.message.id, 201, (("x", "y"),), b"made"))
+        answer, forwarded = await _forward_started(runtime, channels)
+        assert forwarded.to == "primary"
+        runtime.forwarded(ForwardedResponse("primary", "backup", forwarded.id, 201, (("x", "y"),), b"made"))
         return await answer
 
     response = asyncio.run(scenario())
@@ -188,14 +196,11 @@ def test_a_forwarded_request_whose_client_is_gone_leaves_no_timer_and_no_waiting
     runtime, channels = _forwarding_runtime()
 
     async def scenario() -> int:
-        task = asyncio.get_running_loop().create_task(
-            runtime._forward(Request("POST", "/app/log/private", {}, b"{}", None)))
-        await asyncio.sleep(0)
-        (sent,) = channels.sent
+        task, forwarded = await _forward_started(runtime, channels)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        runtime.forwarded(ForwardedResponse("primary", "backup", sent.message.id, 200, (), b"late"))  # dropped
+        runtime.forwarded(ForwardedResponse("primary", "backup", forwarded.id, 200, (), b"late"))  # dropped
         return len(asyncio.get_running_loop()._scheduled)  # type: ignore[attr-defined]
 
     assert asyncio.run(scenario()) == 0  # the timeout's timer was cancelled with the request
