@@ -165,6 +165,21 @@ def _as_list(history: History | None) -> list[tuple[int, bytes | None]]:
     return history
 
 
+@dataclass(frozen=True, slots=True)
+class MapRecords:
+    """One map's live records at a snapshot's seqno, each as version (8 bytes, little-endian) || value, the form in
+    which the store keeps a small compacted record. `held` is the store's own dictionary, to be read and never
+    changed: a key whose history there is packed (`bytes`) has that as its record; any other key's record is in
+    `unpacked`, and a key absent from `unpacked` has no live value at the seqno. `live` counts the records."""
+
+    held: dict[bytes, History]
+    unpacked: dict[bytes, bytes]
+    live: int
+
+
+SnapshotRecords = dict[str, MapRecords]
+
+
 class _MapState:
     """All retained versions of one map: key -> its `History`."""
 
@@ -444,6 +459,29 @@ class Store:
             if entries:
                 state[map_name] = entries
         return state
+
+    def snapshot_records(self, seqno: int | None = None) -> SnapshotRecords:
+        """`snapshot`'s live state as `MapRecords`: most records of a large state are handed over as the store holds
+        them, with no object or dictionary made for them (a snapshot is serialised in a forked process, where every
+        page written is a page copied from the parent). Read the result before the store changes."""
+        if seqno is None:
+            seqno = self._version
+        self._check_readable(seqno)
+        records: SnapshotRecords = {}
+        for map_name, ms in self._maps.items():
+            keys = ms.keys
+            # A packed history was compacted, so its version is at or below the compaction point, which `seqno`
+            # is not below: it is live at `seqno`.
+            others = [k for k, h in keys.items() if h.__class__ is not bytes]
+            unpacked: dict[bytes, bytes] = {}
+            for k in others:
+                ver, val = ms.value_at(k, seqno)
+                if val is not None:
+                    unpacked[k] = _pack(ver, val)
+            live = len(keys) - len(others) + len(unpacked)
+            if live:
+                records[map_name] = MapRecords(keys, unpacked, live)
+        return records
 
     def hold_removals_from(self, version: int) -> None:
         """Keep removals made at `version` or later through compaction, until `restore_earlier_state` (a

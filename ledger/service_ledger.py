@@ -650,8 +650,8 @@ class ServiceLedger:
             raise SnapshotError(f"the state has moved past the signature at {seqno}: snapshot right after signing")
         view, leaf, history = self.txid(seqno).view, self.merkle.leaf(seqno), self._view_history(seqno)
         secret = self.secrets.for_seqno(seqno)
-        return seqno, lambda: snapshots.serialise_snapshot(self.store.snapshot(seqno), seqno, view, leaf, history,
-                                                           secret)
+        return seqno, lambda: snapshots.serialise_snapshot(self.store.snapshot_records(seqno), seqno, view, leaf,
+                                                           history, secret)
 
     def record_snapshot(self, seqno: int, digest_hex: str, place: Callable[[str], None]) -> int:
         """Commit the evidence of the snapshot at `seqno` (its SHA-256) and have `place` put the snapshot at

@@ -23,49 +23,71 @@ import orjson
 from ledger.entry import TYPE_SNAPSHOT, decrypt_private, entry_header, gcm_iv, split_domains
 from ledger.errors import EntryFormatError, LedgerSecretError, SnapshotError
 from ledger.framing import BODY_PREFIX, GCM_TAG_SIZE, frame_entry
-from ledger.kv import PACK_MAX, History, LastWrites, SnapshotState, is_public
+from ledger.kv import PACK_MAX, History, LastWrites, MapRecords, SnapshotRecords, is_public
 from ledger.secrets import LedgerSecret, LedgerSecrets
 
 _U64 = struct.Struct("<Q")
-_KV_HEAD = struct.Struct("<Qq")
 
 
 def _pad(n: int) -> bytes:
     return bytes(-n % 8)
 
 
-def _serialise_snapshot_maps(state: SnapshotState, names: list[str]) -> bytes:
-    parts: list[bytes] = []
+_PADS = tuple(_pad(n) for n in range(8))  # the padding after n bytes, by n % 8
+
+
+def _serialise_map(records: MapRecords) -> tuple[int, bytearray]:
+    """(map version, entries) of one map: the entries in the store's order (no reader depends on the order; CCF
+    writes its own hash order), each written from a record without taking it apart, as a record (version ||
+    value) is already an entry's `i64 version || value`. The map version is the newest record's."""
+    pack, pads = _U64.pack, _PADS
+    held, unpacked = records.held, records.unpacked
+    out = bytearray()
+    for k, history in held.items():
+        record = history if history.__class__ is bytes else unpacked.get(k)
+        if record is None:
+            continue
+        lk, lr = len(k), len(record)
+        out += pack(lk)
+        out += k
+        out += pads[lk & 7]
+        out += pack(lr)
+        out += record
+        out += pads[lr & 7]
+    # the records' versions, reversed to big-endian, compare as numbers do
+    newest = max((r[7::-1] for r in held.values() if r.__class__ is bytes), default=bytes(8))
+    if unpacked:
+        newest = max(newest, max(r[7::-1] for r in unpacked.values()))
+    return int.from_bytes(newest, "big"), out
+
+
+def _serialise_snapshot_maps(records: SnapshotRecords, names: list[str]) -> bytes:
+    parts: list[bytes | bytearray] = []
     for name in names:
-        entries = state[name]
-        body: list[bytes] = []
-        for k in sorted(entries):
-            ver, val = entries[k]
-            body += [_U64.pack(len(k)), k, _pad(len(k)), _KV_HEAD.pack(8 + len(val), ver), val, _pad(8 + len(val))]
-        blob = b"".join(body)
+        map_version, blob = _serialise_map(records[name])
         bname = name.encode()
-        map_version = max(ver for ver, _ in entries.values())
         parts += [_U64.pack(len(bname)), bname, _U64.pack(map_version), _U64.pack(len(blob)), blob]
     return b"".join(parts)
 
 
 def serialise_snapshot(
-    state: SnapshotState, seqno: int, view: int, hash_at_snapshot: bytes, view_history: list[int],
+    records: SnapshotRecords, seqno: int, view: int, hash_at_snapshot: bytes, view_history: list[int],
     secret: LedgerSecret,
 ) -> bytes:
-    public_names, private_names = split_domains({name: {b"": None} for name, e in state.items() if e})
+    """The snapshot of the store's live `records` (`Store.snapshot_records`) at `seqno`."""
+    public_names, private_names = split_domains({name: {b"": None} for name in records})
     history = b"".join(_U64.pack(s) for s in view_history)
     public = b"".join([
         bytes([TYPE_SNAPSHOT]), _U64.pack(seqno), _U64.pack(0),
         _U64.pack(len(hash_at_snapshot)), hash_at_snapshot, _U64.pack(len(history)), history,
-        _serialise_snapshot_maps(state, public_names),
+        _serialise_snapshot_maps(records, public_names),
     ])
-    private = _serialise_snapshot_maps(state, private_names)
+    private = _serialise_snapshot_maps(records, private_names)
     iv = gcm_iv(seqno, view, snapshot=True)
     sealed = secret.aead.encrypt(iv, private, public)
     size = BODY_PREFIX + len(public) + len(private)
     return b"".join([entry_header(0, size), sealed[-GCM_TAG_SIZE:], iv, _U64.pack(len(public)), public,
-                     sealed[:-GCM_TAG_SIZE]])
+                     memoryview(sealed)[:-GCM_TAG_SIZE]])
 
 
 _ENTRY_HEAD = struct.Struct("<Qq")  # value size (8 + value length), version (negative: removed)

@@ -15,7 +15,7 @@ from ledger.errors import (
     TransactionConflict,
     VersionUnavailable,
 )
-from ledger.kv import PACK_MAX, LastWrites, Store, is_public, last_write_history
+from ledger.kv import PACK_MAX, LastWrites, SnapshotRecords, SnapshotState, Store, is_public, last_write_history
 
 pytestmark = pytest.mark.unit
 
@@ -767,6 +767,21 @@ def assert_store_matches(store: Store, version: int, expected: Model, written_at
                 assert tx.get_version(map_name, key) == versions.get(key, 0), (version, map_name, key)
 
 
+def records_as_state(records: SnapshotRecords) -> SnapshotState:
+    """`Store.snapshot_records` read back as `Store.snapshot` gives it, checking the records' own invariants."""
+    state: SnapshotState = {}
+    for name, map_records in records.items():
+        assert set(map_records.unpacked) <= set(map_records.held)
+        entries: dict[bytes, tuple[int, bytes]] = {}
+        for k, history in map_records.held.items():
+            record = history if isinstance(history, bytes) else map_records.unpacked.get(k)
+            if record is not None:
+                entries[k] = (int.from_bytes(record[:8], "little"), record[8:])
+        assert entries and len(entries) == map_records.live
+        state[name] = entries
+    return state
+
+
 @pytest.mark.property
 @given(steps=steps_strategy, probes=st.lists(st.integers(0, 1000), max_size=5))
 def test_random_histories_match_dict_model_at_latest_and_retained_versions(
@@ -821,6 +836,7 @@ def test_random_histories_match_dict_model_at_latest_and_retained_versions(
         assert {m: {k: val for k, (_, val) in kv.items()} for m, kv in snap.items()} == {
             m: kv for m, kv in states[v].items() if kv
         }
+        assert records_as_state(store.snapshot_records(v)) == snap
     for v in range(compacted):
         with pytest.raises(VersionUnavailable):
             store.read_tx(at=v)

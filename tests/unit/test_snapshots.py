@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.errors import SnapshotError
-from ledger.kv import PACK_MAX, LastWrites, last_write_history
+from ledger.kv import PACK_MAX, LastWrites, MapRecords, SnapshotRecords, SnapshotState, last_write_history
 from ledger.secrets import LedgerSecrets
 from ledger.service_ledger import ServiceLedger
 from ledger.snapshot_files import latest_committed_snapshot
@@ -168,11 +168,23 @@ def test_damaged_snapshot_bytes_raise_only_snapshot_error(new_service: Callable[
 _SNAPSHOT_CACHE: dict[str, Any] = {}
 
 
+def _records(state: SnapshotState) -> SnapshotRecords:
+    """Maps' records as a store holds them: small values packed, large ones in a history list (their records
+    then come in `unpacked`)."""
+    records: SnapshotRecords = {}
+    for name, entries in state.items():
+        held = {k: last_write_history(ver, val) for k, (ver, val) in entries.items()}
+        unpacked = {k: ver.to_bytes(8, "little") + val for k, (ver, val) in entries.items()
+                    if not isinstance(held[k], bytes)}
+        records[name] = MapRecords(held, unpacked, len(entries))
+    return records
+
+
 def test_snapshot_maps_read_into_the_store_s_packed_records_in_batches_or_at_once() -> None:
     large = b"L" * (PACK_MAX + 1)
     state = {"records": {b"a": (3, b"small"), b"b": (7, large), b"c": (5, b"")}, "other": {b"x": (2, b"y")},
              "zero": {b"z": (0, b"written at version 0")}}
-    body = _serialise_snapshot_maps(state, ["other", "records", "zero"])
+    body = _serialise_snapshot_maps(_records(state), ["other", "records", "zero"])
     whole = LastWrites()
     assert list(read_snapshot_maps(body, 0, len(body), whole, public=False)) == [5]
     assert whole.maps == {"records": {b"a": last_write_history(3, b"small"), b"b": last_write_history(7, large),
@@ -184,3 +196,24 @@ def test_snapshot_maps_read_into_the_store_s_packed_records_in_batches_or_at_onc
     stepped = LastWrites()
     assert list(read_snapshot_maps(body, 0, len(body), stepped, public=False, batch=3)) == [3, 2]
     assert stepped == whole
+
+
+def _map_versions(body: bytes) -> dict[str, int]:
+    """Each map's version field, read from serialised maps."""
+    versions, pos = {}, 0
+    while pos < len(body):
+        name_size = int.from_bytes(body[pos : pos + 8], "little")
+        name = body[pos + 8 : pos + 8 + name_size].decode()
+        pos += 8 + name_size
+        versions[name] = int.from_bytes(body[pos : pos + 8], "little")
+        pos += 16 + int.from_bytes(body[pos + 8 : pos + 16], "little")
+    return versions
+
+
+def test_a_snapshot_map_s_version_is_its_newest_record_s_packed_or_not() -> None:
+    large = b"L" * (PACK_MAX + 1)
+    state = {"packed": {b"a": (300, b"x"), b"b": (2**40 + 1, b"y"), b"c": (256, b"z")},
+             "mixed": {b"a": (9, large), b"b": (70000, b"small"), b"c": (65536, large)},
+             "large": {b"a": (5, large), b"b": (4, large)}}
+    body = _serialise_snapshot_maps(_records(state), ["large", "mixed", "packed"])
+    assert _map_versions(body) == {"large": 5, "mixed": 70000, "packed": 2**40 + 1}
