@@ -59,7 +59,9 @@ class SignaturePolicy:
 @dataclass(frozen=True)
 class EnclaveSettings:
     signatures: SignaturePolicy = field(default_factory=SignaturePolicy)
-    snapshot_every_tx: int = 10_000  # 0: only when governance asks (trigger_snapshot)
+    # 0: only when governance asks (trigger_snapshot); otherwise at the first signature this many transactions after
+    # the last snapshot, once the rest after it has passed (`enclave.SNAPSHOT_REST_FACTOR`)
+    snapshot_every_tx: int = 10_000
     # CCF's consensus.max_uncommitted_tx_count: past it, /app and /gov answer 503 TooManyPendingTransactions
     max_uncommitted_tx: int = 10_000
     # messages waiting for a node-to-node channel (per peer) before new ones are dropped (consensus tolerates loss)

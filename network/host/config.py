@@ -15,7 +15,7 @@
   //   "previous_ledger_dirs": ["old/ledger"], "previous_snapshot_dirs": ["old/snapshots"]}
   "app": "app.logging:app",
   "signatures": {"every_tx": 5000, "every_ms": 20, "group_commit": true},
-  "snapshots": {"every_tx": 10000},
+  "snapshots": {"every_tx": 10000},  // and, after each, 3x as long as it took (a large state's snapshots)
   "ledger": {"chunk_size": 5000000, "fsync": "batch", "retained_records": 65536},
   "node_certificate": {"curve_id": "Secp256R1"},  // or "Secp384R1" (CCF's default): the node's key, and the
                                                   // service identity's when this node starts or recovers one

@@ -444,3 +444,34 @@ def test_a_serving_node_collects_its_youngest_objects_rarely_enough_for_requests
         assert gc.get_threshold()[0] == startup.YOUNG_COLLECTION_EVERY >= 50 * 700
     finally:
         gc.set_threshold(*before)
+
+
+def test_automatic_snapshots_come_every_n_transactions_and_rest_three_times_as_long_as_the_last_took(
+        tmp_path: Path) -> None:
+    node = Node(str(tmp_path), every_tx=1, snapshot_every_tx=4)
+    node.open_service()
+    started: list[tuple[int, Any]] = []  # (seqno of the state, finish) of each snapshot the enclave started
+    node.host.run_snapshot = lambda serialise, done: started.append(  # type: ignore[method-assign]
+        (node.ledger.last_signature_seqno, lambda: done("00" * 32, lambda path: None)))
+
+    def write_until_a_snapshot_starts(limit: int) -> int:
+        before = len(started)
+        for i in range(limit):
+            node.user_call("POST", "/app/log/public", {"id": i, "msg": "m"})  # every_tx=1: one signature each
+            if len(started) > before:
+                return i + 1
+        return 0
+
+    assert write_until_a_snapshot_starts(40) > 0  # the first: every_tx transactions after the opening's
+    node.clock.now += 2.0  # it takes 2 s
+    started[-1][1]()
+    # the next one is due by count, but waits 3 x 2 s after the last one finished
+    assert write_until_a_snapshot_starts(20) == 0
+    node.clock.now += 5.9
+    assert write_until_a_snapshot_starts(20) == 0
+    node.clock.now += 0.1
+    assert write_until_a_snapshot_starts(1) == 1
+    # a quick one leaves the count alone to decide
+    started[-1][1]()
+    assert 0 < write_until_a_snapshot_starts(40) <= 8  # 4 transactions, each with its signature
+    assert [seqno for seqno, _ in started] == sorted({seqno for seqno, _ in started})
