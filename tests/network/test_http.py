@@ -164,6 +164,27 @@ def test_connection_close_and_idle_timeout_close_the_connection(sync: bool) -> N
     assert run(scenario, limits=HttpLimits(idle_timeout=0.3), sync=sync) == (b"", b"")
 
 
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+def test_requests_keep_a_connection_open_and_the_idle_timeout_counts_from_the_last_answer(sync: bool) -> None:
+    async def scenario(port: int) -> tuple[int, float, bytes]:
+        loop = asyncio.get_running_loop()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answered = 0
+        for _ in range(6):  # 0.9 s of requests 0.15 s apart, three times the idle timeout
+            await asyncio.sleep(0.15)
+            writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            answered += len(await read_responses(reader, 1))
+        last_answer = loop.time()
+        rest = await asyncio.wait_for(reader.read(), 5)  # then closed by the idle timer
+        waited = loop.time() - last_answer
+        writer.close()
+        return answered, waited, rest
+
+    answered, waited, rest = run(scenario, limits=HttpLimits(idle_timeout=0.3), sync=sync)
+    assert (answered, rest) == (6, b"")
+    assert 0.25 <= waited < 1.5  # the timeout from the last answer, not from the connection's start
+
+
 def test_tls_with_the_node_certificate_and_a_client_certificate(tmp_path: Path) -> None:
     service = ServiceIdentity.create()
     node = NodeIdentity.create().endorsed_by(service)
