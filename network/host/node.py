@@ -135,6 +135,7 @@ class _Relay(asyncio.Protocol):
                                             f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "")
 
     def data_received(self, data: bytes) -> None:
+        self.host.send_at_turn_end()  # scheduled ahead of the enclave's own end of turn: see `NodeHost.send`
         self.host.enclave.received(self.conn, data)
 
     def pause_writing(self) -> None:
@@ -184,6 +185,8 @@ class NodeHost(RunsForks):
         self.address = config.rpc_address
         self.files: LedgerFiles | None = None
         self.connections: dict[int, _Relay] = {}  # open, by id
+        self._unsent: dict[_Relay, list[bytes]] = {}  # sent this turn, written together at its end
+        self._send_scheduled = False
         self._accepted = 0
         self._connecting: dict[int, asyncio.Task[None]] = {}
         self._started: asyncio.Future[tuple[str, str]] | None = None
@@ -230,11 +233,41 @@ class NodeHost(RunsForks):
     # --- HostCalls: connections -----------------------------------------------------------------------
 
     def send(self, conn: int, data: bytes) -> None:
+        """Written at the end of this turn of the loop, with whatever else this turn sent to the connection.
+
+        A write to a connection's idle socket is a system call that wakes the process at the other end; one
+        client process waiting on many connections (a load generator, a gateway) is then woken, and the node
+        preempted, once for each answer. Written together after the turn's reads, the answers wake it once (the
+        figures are in docs/network.md). The end of the turn is
+        scheduled as soon as data arrives (`_Relay.data_received`), ahead of the enclave's own end of turn
+        (signing, replicating), so an answer never waits for that work. `close` writes what is waiting first."""
         relay = self.connections.get(conn)
-        if relay is not None and relay.transport is not None:
-            relay.transport.write(data)
+        if relay is None or relay.transport is None:
+            return
+        unsent = self._unsent.get(relay)
+        if unsent is None:
+            self._unsent[relay] = [data]
+            self.send_at_turn_end()
+        else:
+            unsent.append(data)
+
+    def send_at_turn_end(self) -> None:
+        """Write what `send` gathers at the end of this turn (scheduled now, once a turn)."""
+        if not self._send_scheduled:
+            self._send_scheduled = True
+            assert self.loop is not None
+            self.loop.call_soon(self._send_unsent)
+
+    def _send_unsent(self) -> None:
+        self._send_scheduled = False
+        unsent, self._unsent = self._unsent, {}
+        for relay, parts in unsent.items():
+            transport = relay.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
 
     def close(self, conn: int) -> None:
+        self._send_unsent()  # what was sent goes out first
         relay = self.connections.get(conn)
         if relay is not None and relay.transport is not None:
             relay.transport.close()  # what was written goes out first; connection_lost then tells the enclave
@@ -425,6 +458,7 @@ class NodeHost(RunsForks):
             close = getattr(self.enclave, "aclose", None)  # an enclave in its own process: end it
             if close is not None:
                 await close()
+            self._send_unsent()
             for relay in list(self.connections.values()):
                 if relay.transport is not None:
                     relay.transport.abort()

@@ -1,0 +1,98 @@
+"""The host writes what the enclave sends at the end of the loop's turn: together per connection, in order."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from network.host.config import parse_config
+from network.host.node import NodeHost, _Relay
+
+pytestmark = pytest.mark.unit
+
+
+class _Transport:
+    def __init__(self, log: list[tuple[str, int, bytes]], conn: int) -> None:
+        self.log, self.conn, self.closing = log, conn, False
+
+    def write(self, data: bytes) -> None:
+        self.log.append(("write", self.conn, data))
+
+    def close(self) -> None:
+        self.closing = True
+        self.log.append(("close", self.conn, b""))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class _Enclave:
+    """Answers each input at once, as the in-process enclave does, and schedules its own end of turn."""
+
+    def __init__(self, host: NodeHost, log: list[tuple[str, int, bytes]]) -> None:
+        self.host, self.log = host, log
+
+    def received(self, conn: int, data: bytes) -> None:
+        assert self.host.loop is not None
+        self.host.loop.call_soon(lambda: self.log.append(("turn ended", conn, b"")))
+        self.host.send(conn, b"answer to " + data)
+
+
+def _host(tmp_path: Path, log: list[tuple[str, int, bytes]]) -> tuple[NodeHost, dict[int, _Transport]]:
+    host = NodeHost(parse_config({"data_dir": "node", "service_certificate_file": "cert.pem"}, str(tmp_path)))
+    host.loop = asyncio.get_running_loop()
+    transports = {}
+    for conn in (1, 2):
+        relay = _Relay(host, conn, "rpc")
+        transports[conn] = relay.transport = _Transport(log, conn)  # type: ignore[assignment]
+        host.connections[conn] = relay
+    host.attach(_Enclave(host, log))  # type: ignore[arg-type]
+    return host, transports
+
+
+def test_sends_are_written_at_the_turn_s_end_together_per_connection_in_order(tmp_path: Path) -> None:
+    async def scenario() -> list[Any]:
+        log: list[tuple[str, int, bytes]] = []
+        host, _ = _host(tmp_path, log)
+        host.send(1, b"a")
+        host.send(2, b"x")
+        host.send(1, b"b")
+        host.send(3, b"to no connection")
+        assert log == []  # nothing written during the turn
+        await asyncio.sleep(0)
+        written = list(log)
+        host.send(2, b"y")
+        await asyncio.sleep(0)
+        return written + log[len(written):]
+
+    assert asyncio.run(scenario()) == [("write", 1, b"ab"), ("write", 2, b"x"), ("write", 2, b"y")]
+
+
+def test_a_close_writes_what_waits_first_and_a_closing_connection_gets_nothing(tmp_path: Path) -> None:
+    async def scenario() -> list[Any]:
+        log: list[tuple[str, int, bytes]] = []
+        host, transports = _host(tmp_path, log)
+        host.send(1, b"last words")
+        host.send(2, b"for a connection closing meanwhile")
+        transports[2].closing = True
+        host.close(1)
+        await asyncio.sleep(0)
+        return log
+
+    assert asyncio.run(scenario()) == [("write", 1, b"last words"), ("close", 1, b"")]
+
+
+def test_answers_to_a_turn_s_reads_go_out_before_the_enclave_s_end_of_turn_work(tmp_path: Path) -> None:
+    async def scenario() -> list[Any]:
+        log: list[tuple[str, int, bytes]] = []
+        host, _ = _host(tmp_path, log)
+        host.connections[1].data_received(b"r1")
+        host.connections[2].data_received(b"r2")
+        await asyncio.sleep(0)
+        return log
+
+    assert asyncio.run(scenario()) == [("write", 1, b"answer to r1"), ("write", 2, b"answer to r2"),
+                                       ("turn ended", 1, b""), ("turn ended", 2, b"")]
