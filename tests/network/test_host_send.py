@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -41,58 +41,57 @@ class _Enclave:
         self.host.send(conn, b"answer to " + data)
 
 
-def _host(tmp_path: Path, log: list[tuple[str, int, bytes]]) -> tuple[NodeHost, dict[int, _Transport]]:
-    host = NodeHost(parse_config({"data_dir": "node", "service_certificate_file": "cert.pem"}, str(tmp_path)))
-    host.loop = asyncio.get_running_loop()
-    transports = {}
-    for conn in (1, 2):
-        relay = _Relay(host, conn, "rpc")
-        transports[conn] = relay.transport = _Transport(log, conn)  # type: ignore[assignment]
-        host.connections[conn] = relay
-    host.attach(_Enclave(host, log))  # type: ignore[arg-type]
-    return host, transports
+Log = list[tuple[str, int, bytes]]
+
+
+def _run(tmp_path: Path, steps: Callable[[NodeHost, dict[int, _Transport], Log], Awaitable[None]]) -> Log:
+    """`steps` on a host with connections 1 and 2 (fake transports) and an enclave that answers at once, inside a
+    running loop; then what was written, closed and ended, in order."""
+    async def scenario() -> Log:
+        log: Log = []
+        host = NodeHost(parse_config({"data_dir": "node", "service_certificate_file": "cert.pem"}, str(tmp_path)))
+        host.loop = asyncio.get_running_loop()
+        transports = {}
+        for conn in (1, 2):
+            relay = _Relay(host, conn, "rpc")
+            transports[conn] = relay.transport = _Transport(log, conn)  # type: ignore[assignment]
+            host.connections[conn] = relay
+        host.attach(_Enclave(host, log))  # type: ignore[arg-type]
+        await steps(host, transports, log)
+        await asyncio.sleep(0)
+        return log
+
+    return asyncio.run(scenario())
 
 
 def test_sends_are_written_at_the_turn_s_end_together_per_connection_in_order(tmp_path: Path) -> None:
-    async def scenario() -> list[Any]:
-        log: list[tuple[str, int, bytes]] = []
-        host, _ = _host(tmp_path, log)
+    async def steps(host: NodeHost, transports: dict[int, _Transport], log: Log) -> None:
         host.send(1, b"a")
         host.send(2, b"x")
         host.send(1, b"b")
         host.send(3, b"to no connection")
         assert log == []  # nothing written during the turn
         await asyncio.sleep(0)
-        written = list(log)
+        assert log == [("write", 1, b"ab"), ("write", 2, b"x")]
         host.send(2, b"y")
-        await asyncio.sleep(0)
-        return written + log[len(written):]
 
-    assert asyncio.run(scenario()) == [("write", 1, b"ab"), ("write", 2, b"x"), ("write", 2, b"y")]
+    assert _run(tmp_path, steps) == [("write", 1, b"ab"), ("write", 2, b"x"), ("write", 2, b"y")]
 
 
 def test_a_close_writes_what_waits_first_and_a_closing_connection_gets_nothing(tmp_path: Path) -> None:
-    async def scenario() -> list[Any]:
-        log: list[tuple[str, int, bytes]] = []
-        host, transports = _host(tmp_path, log)
+    async def steps(host: NodeHost, transports: dict[int, _Transport], log: Log) -> None:
         host.send(1, b"last words")
         host.send(2, b"for a connection closing meanwhile")
         transports[2].closing = True
         host.close(1)
-        await asyncio.sleep(0)
-        return log
 
-    assert asyncio.run(scenario()) == [("write", 1, b"last words"), ("close", 1, b"")]
+    assert _run(tmp_path, steps) == [("write", 1, b"last words"), ("close", 1, b"")]
 
 
 def test_answers_to_a_turn_s_reads_go_out_before_the_enclave_s_end_of_turn_work(tmp_path: Path) -> None:
-    async def scenario() -> list[Any]:
-        log: list[tuple[str, int, bytes]] = []
-        host, _ = _host(tmp_path, log)
+    async def steps(host: NodeHost, transports: dict[int, _Transport], log: Log) -> None:
         host.connections[1].data_received(b"r1")
         host.connections[2].data_received(b"r2")
-        await asyncio.sleep(0)
-        return log
 
-    assert asyncio.run(scenario()) == [("write", 1, b"answer to r1"), ("write", 2, b"answer to r2"),
-                                       ("turn ended", 1, b""), ("turn ended", 2, b"")]
+    assert _run(tmp_path, steps) == [("write", 1, b"answer to r1"), ("write", 2, b"answer to r2"),
+                                      ("turn ended", 1, b""), ("turn ended", 2, b"")]
