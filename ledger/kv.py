@@ -470,8 +470,9 @@ class Store:
         records: SnapshotRecords = {}
         for map_name, ms in self._maps.items():
             keys = ms.keys
-            # A packed history was compacted, so its version is at or below the compaction point, which `seqno`
-            # is not below: it is live at `seqno`.
+            # A packed history is one that compaction, a replay (`load_histories`, `restore_earlier_state`) or a
+            # snapshot (`from_snapshot`) left at or below the compaction point, which `seqno` is not below: it is
+            # live at `seqno`.
             others = [k for k, h in keys.items() if h.__class__ is not bytes]
             unpacked: dict[bytes, bytes] = {}
             for k in others:

@@ -47,8 +47,11 @@ async def _measure(args: argparse.Namespace) -> dict[str, list[float]]:
     listener.bind(("127.0.0.1", 0))
     listener.listen(args.connections)
     pid = os.fork()
-    if pid == 0:
-        _reader(listener, args.connections)
+    if pid == 0:  # the reader: never back into the parent's code, whatever happens
+        try:
+            _reader(listener, args.connections)
+        finally:
+            os._exit(0)
     transports = []
     for _ in range(args.connections):
         transport, _ = await loop.create_connection(asyncio.Protocol, *listener.getsockname())

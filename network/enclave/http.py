@@ -331,7 +331,7 @@ class HttpConnection(asyncio.Protocol):
         if self.close_after_out:
             self.closing = True
             self.transport.close()
-        elif self.unanswered == 0:
+        elif self.unanswered == 0 and not self.in_request:  # (a request begun in the same read is not idle)
             self._arm_idle_timer()
 
     # --- answering ---------------------------------------------------------------------------------

@@ -233,26 +233,31 @@ class NodeHost(RunsForks):
     # --- HostCalls: connections -----------------------------------------------------------------------
 
     def send(self, conn: int, data: bytes) -> None:
-        """Written at the end of this turn of the loop, with whatever else this turn sent to the connection.
+        """Written after the reads of this turn of the loop, with whatever else they sent to the connection, or at
+        once when sent outside them.
 
-        A write to a connection's idle socket is a system call that wakes the process at the other end; one
-        client process waiting on many connections (a load generator, a gateway) is then woken, and the node
-        preempted, once for each answer. Written together after the turn's reads, the answers wake it once (the
-        figures are in docs/network.md). The end of the turn is
-        scheduled as soon as data arrives (`_Relay.data_received`), ahead of the enclave's own end of turn
-        (signing, replicating), so an answer never waits for that work. `close` writes what is waiting first."""
+        A write to a connection's idle socket is a system call that wakes the process at the other end; one client
+        process waiting on many connections (a load generator, a gateway) is then woken, and the node preempted,
+        once for each answer. The answers to one turn's reads are written together after them, and wake it once
+        (the figures are in docs/network.md). The write is scheduled as soon as data arrives
+        (`_Relay.data_received`), ahead of the enclave's own end of turn (signing, replicating), so those answers
+        do not wait for that work. What is sent once that write has run (the end of turn's messages to other
+        nodes, which the channels gather already, a pipelined batch of answers, an answer that was waited for)
+        goes at once rather than after the next turn's reads. `close` writes what waits for its connection first."""
         relay = self.connections.get(conn)
         if relay is None or relay.transport is None:
+            return
+        if not self._send_scheduled:
+            relay.transport.write(data)
             return
         unsent = self._unsent.get(relay)
         if unsent is None:
             self._unsent[relay] = [data]
-            self.send_at_turn_end()
         else:
             unsent.append(data)
 
     def send_at_turn_end(self) -> None:
-        """Write what `send` gathers at the end of this turn (scheduled now, once a turn)."""
+        """Gather what is sent from now on, to be written once this turn's reads are handled (scheduled now)."""
         if not self._send_scheduled:
             self._send_scheduled = True
             assert self.loop is not None
@@ -262,13 +267,18 @@ class NodeHost(RunsForks):
         self._send_scheduled = False
         unsent, self._unsent = self._unsent, {}
         for relay, parts in unsent.items():
-            transport = relay.transport
-            if transport is not None and not transport.is_closing():
-                transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+            self._write(relay, parts)
+
+    @staticmethod
+    def _write(relay: _Relay, parts: list[bytes]) -> None:
+        transport = relay.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
 
     def close(self, conn: int) -> None:
-        self._send_unsent()  # what was sent goes out first
         relay = self.connections.get(conn)
+        if relay is not None and (unsent := self._unsent.pop(relay, None)) is not None:
+            self._write(relay, unsent)  # what was sent goes out first
         if relay is not None and relay.transport is not None:
             relay.transport.close()  # what was written goes out first; connection_lost then tells the enclave
             return

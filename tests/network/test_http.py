@@ -185,6 +185,21 @@ def test_requests_keep_a_connection_open_and_the_idle_timeout_counts_from_the_la
     assert 0.25 <= waited < 1.5  # the timeout from the last answer, not from the connection's start
 
 
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+def test_a_request_begun_in_the_read_of_an_answered_one_is_not_closed_as_idle(sync: bool) -> None:
+    async def scenario(port: int) -> list[int]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\n")  # one request and a half
+        await read_responses(reader, 1)
+        await asyncio.sleep(0.6)  # twice the idle timeout, well within the request timeout
+        writer.write(b"Host: x\r\n\r\n")
+        statuses = [status for status, _, _ in await read_responses(reader, 1)]
+        writer.close()
+        return statuses
+
+    assert run(scenario, limits=HttpLimits(idle_timeout=0.3, request_timeout=5), sync=sync) == [200]
+
+
 def test_tls_with_the_node_certificate_and_a_client_certificate(tmp_path: Path) -> None:
     service = ServiceIdentity.create()
     node = NodeIdentity.create().endorsed_by(service)
