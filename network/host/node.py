@@ -187,6 +187,7 @@ class NodeHost(RunsForks):
         self.connections: dict[int, _Relay] = {}  # open, by id
         self._unsent: dict[_Relay, list[bytes]] = {}  # sent this turn, written together at its end
         self._send_scheduled = False
+        self._sent_this_turn = False  # a write went out at once in this turn's reads
         self._accepted = 0
         self._connecting: dict[int, asyncio.Task[None]] = {}
         self._started: asyncio.Future[tuple[str, str]] | None = None
@@ -238,8 +239,9 @@ class NodeHost(RunsForks):
 
         A write to a connection's idle socket is a system call that wakes the process at the other end; one client
         process waiting on many connections (a load generator, a gateway) is then woken, and the node preempted,
-        once for each answer. The answers to one turn's reads are written together after them, and wake it once
-        (the figures are in docs/network.md). The write is scheduled as soon as data arrives
+        once for each answer. The first write of a turn goes at once (alone, as one client's answer is, it gains
+        nothing by waiting); the others that the turn's reads make are written together after them, and wake it
+        once more (the figures are in docs/network.md). That write is scheduled as soon as data arrives
         (`_Relay.data_received`), ahead of the enclave's own end of turn (signing, replicating), so those answers
         do not wait for that work. What is sent once that write has run (the end of turn's messages to other
         nodes, which the channels gather already, a pipelined batch of answers, an answer that was waited for)
@@ -247,7 +249,9 @@ class NodeHost(RunsForks):
         relay = self.connections.get(conn)
         if relay is None or relay.transport is None:
             return
-        if not self._send_scheduled:
+        if not self._send_scheduled or not self._sent_this_turn:
+            # the first write of a turn goes at once: alone (one client), it would gain nothing by waiting
+            self._sent_this_turn = self._send_scheduled
             relay.transport.write(data)
             return
         unsent = self._unsent.get(relay)
@@ -260,6 +264,7 @@ class NodeHost(RunsForks):
         """Gather what is sent from now on, to be written once this turn's reads are handled (scheduled now)."""
         if not self._send_scheduled:
             self._send_scheduled = True
+            self._sent_this_turn = False
             assert self.loop is not None
             self.loop.call_soon(self._send_unsent)
 

@@ -64,34 +64,42 @@ def _run(tmp_path: Path, steps: Callable[[NodeHost, dict[int, _Transport], Log],
     return asyncio.run(scenario())
 
 
-def test_sends_after_a_turn_s_reads_are_written_together_per_connection_in_order_then_at_once(
+def test_a_turn_s_first_write_goes_at_once_the_rest_after_its_reads_together_per_connection_then_at_once(
         tmp_path: Path) -> None:
     async def steps(host: NodeHost, transports: dict[int, _Transport], log: Log) -> None:
         host.send_at_turn_end()  # as data arriving does
-        host.send(1, b"a")
+        host.send(1, b"a")  # the first: at once (one client's answer waits for nothing)
+        assert log == [("write", 1, b"a")]
         host.send(2, b"x")
         host.send(1, b"b")
+        host.send(1, b"c")
         host.send(3, b"to no connection")
-        assert log == []  # nothing written while the turn's reads are handled
+        assert log == [("write", 1, b"a")]  # the others wait for the turn's reads to be handled
         await asyncio.sleep(0)
-        assert log == [("write", 1, b"ab"), ("write", 2, b"x")]
+        assert log == [("write", 1, b"a"), ("write", 2, b"x"), ("write", 1, b"bc")]
         host.send(2, b"y")  # after them (the enclave's end of turn, say): at once
         assert log[-1] == ("write", 2, b"y")
+        host.send_at_turn_end()  # the next turn's first write goes at once again
+        host.send(2, b"z")
+        assert log[-1] == ("write", 2, b"z")
 
-    assert _run(tmp_path, steps) == [("write", 1, b"ab"), ("write", 2, b"x"), ("write", 2, b"y")]
+    assert _run(tmp_path, steps) == [("write", 1, b"a"), ("write", 2, b"x"), ("write", 1, b"bc"),
+                                      ("write", 2, b"y"), ("write", 2, b"z")]
 
 
 def test_a_close_writes_what_waits_for_its_connection_first_and_a_closing_connection_gets_nothing(
         tmp_path: Path) -> None:
     async def steps(host: NodeHost, transports: dict[int, _Transport], log: Log) -> None:
         host.send_at_turn_end()
+        host.send(2, b"the turn's first write")
         host.send(1, b"last words")
         host.send(2, b"for a connection closing meanwhile")
         transports[2].closing = True
         host.close(1)
-        assert log == [("write", 1, b"last words"), ("close", 1, b"")]
+        assert log == [("write", 2, b"the turn's first write"), ("write", 1, b"last words"), ("close", 1, b"")]
 
-    assert _run(tmp_path, steps) == [("write", 1, b"last words"), ("close", 1, b"")]
+    assert _run(tmp_path, steps) == [("write", 2, b"the turn's first write"), ("write", 1, b"last words"),
+                                      ("close", 1, b"")]
 
 
 def test_answers_to_a_turn_s_reads_go_out_before_the_enclave_s_end_of_turn_work(tmp_path: Path) -> None:
