@@ -29,11 +29,7 @@ from ledger.secrets import LedgerSecret, LedgerSecrets
 _U64 = struct.Struct("<Q")
 
 
-def _pad(n: int) -> bytes:
-    return bytes(-n % 8)
-
-
-_PADS = tuple(_pad(n) for n in range(8))  # the padding after n bytes, by n % 8
+_PADS = tuple(bytes(-n % 8) for n in range(8))  # the padding to 8 bytes after n bytes, by n % 8
 
 
 def _serialise_map(records: MapRecords) -> tuple[int, bytearray]:

@@ -385,7 +385,8 @@ class HttpConnection(asyncio.Protocol):
 
     def _arm_idle_timer(self) -> None:
         """The connection is idle from now: closed `idle_timeout` from now unless a request comes first."""
-        loop = self.loop or asyncio.get_running_loop()
+        loop = self.loop
+        assert loop is not None, "armed once the connection is made"
         self.idle_since = loop.time()
         if self.idle is None:
             self.idle = loop.call_later(self.limits.idle_timeout, self._on_idle)
@@ -394,7 +395,8 @@ class HttpConnection(asyncio.Protocol):
         self.idle = None
         if self.transport is None or self.closing or self.idle_since is None or self.unanswered:
             return  # busy: the timer is armed again when the connection next becomes idle
-        loop = self.loop or asyncio.get_running_loop()
+        loop = self.loop
+        assert loop is not None
         rest = self.idle_since + self.limits.idle_timeout - loop.time()
         if rest > 0:  # a request came and was answered since the timer was armed
             self.idle = loop.call_later(rest, self._on_idle)

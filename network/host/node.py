@@ -249,16 +249,18 @@ class NodeHost(RunsForks):
         relay = self.connections.get(conn)
         if relay is None or relay.transport is None:
             return
-        if not self._send_scheduled or not self._sent_this_turn:
-            # the first write of a turn goes at once: alone (one client), it would gain nothing by waiting
-            self._sent_this_turn = self._send_scheduled
-            relay.transport.write(data)
+        if self._send_scheduled and self._sent_this_turn:  # gathered until the turn's reads are handled
+            unsent = self._unsent.get(relay)
+            if unsent is None:
+                self._unsent[relay] = [data]
+            else:
+                unsent.append(data)
             return
-        unsent = self._unsent.get(relay)
-        if unsent is None:
-            self._unsent[relay] = [data]
-        else:
-            unsent.append(data)
+        # outside a turn's reads, or the turn's first write (alone, as one client's answer is, it gains nothing by
+        # waiting): at once
+        if self._send_scheduled:
+            self._sent_this_turn = True
+        relay.transport.write(data)
 
     def send_at_turn_end(self) -> None:
         """Gather what is sent from now on, to be written once this turn's reads are handled (scheduled now)."""
